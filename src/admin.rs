@@ -1,0 +1,63 @@
+//! Admin HTTP on its own port: `/healthz` (the process is up), `/readyz` (it can
+//! decide; the JSON body names what is not ready and every policy error), and
+//! `/policies` (each tenant's rule-set digest, to prove replicas agree).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json};
+use axum::routing::get;
+
+use crate::store::PolicyStore;
+
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    pub store: Arc<PolicyStore>,
+    /// Set when shutdown begins, so load balancers stop sending new work.
+    pub draining: Arc<AtomicBool>,
+}
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/policies", get(policies))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    let status = state.store.status();
+    let mut not_ready = Vec::new();
+    if state.draining.load(Ordering::Acquire) {
+        not_ready.push("shutting down".to_string());
+    }
+    if !state.store.is_ready() {
+        not_ready.push("no policies loaded".to_string());
+    }
+    let ready = not_ready.is_empty();
+    let body = serde_json::json!({
+        "ready": ready,
+        "not_ready": not_ready,
+        "generation": status.generation,
+        "tenants": status.tenants.len(),
+        "policy_errors": status.errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "notes": status.notes,
+    });
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body))
+}
+
+async fn policies(State(state): State<AdminState>) -> impl IntoResponse {
+    let status = state.store.status();
+    Json(serde_json::json!({
+        "generation": status.generation,
+        "tenants": status.tenants,
+    }))
+}

@@ -1,0 +1,279 @@
+//! The command line: `serve`, `validate`, `check`.
+//!
+//! Exit codes: 0 success; 1 a policy directory with errors (`validate`); 64 bad
+//! configuration or usage (EX_USAGE); 70 the server failed while running.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use prost::Message;
+use prost_reflect::{DescriptorPool, DynamicMessage};
+
+use crate::config::{Config, LogFormat};
+use crate::pipeline::Pipeline;
+use crate::proto::auth::CheckRequest;
+use crate::store::PolicyStore;
+use crate::tenant::TenantResolver;
+
+const EX_USAGE: u8 = 64;
+const EX_SOFTWARE: u8 = 70;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Envoy external authorization: per-tenant rules over verified identities"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve ext_authz gRPC and the admin HTTP port.
+    Serve {
+        /// Server configuration file (YAML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Policy directory (overrides the config file's `policies`).
+        #[arg(long)]
+        policies: Option<PathBuf>,
+        /// gRPC listen address (overrides the config file).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Admin HTTP listen address (overrides the config file).
+        #[arg(long)]
+        admin_listen: Option<std::net::SocketAddr>,
+        /// Also serve gRPC on this unix socket.
+        #[arg(long)]
+        unix_socket: Option<PathBuf>,
+    },
+    /// Compile every policy file exactly as a reload would; report every error.
+    Validate {
+        /// Policy directory.
+        dir: PathBuf,
+    },
+    /// Decide one CheckRequest offline and explain which rules matched.
+    Check {
+        #[arg(long)]
+        policies: PathBuf,
+        /// A CheckRequest in protobuf's JSON mapping, as JSON or YAML.
+        #[arg(long)]
+        request: PathBuf,
+        /// Server configuration, for its tenancy settings.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            config,
+            policies,
+            listen,
+            admin_listen,
+            unix_socket,
+        } => {
+            let mut cfg = match (config, &policies) {
+                (Some(path), _) => match Config::load(&path) {
+                    Ok(c) => c,
+                    Err(e) => return usage(&e),
+                },
+                (None, Some(dir)) => Config::with_policies(dir),
+                (None, None) => return usage("serve needs --config FILE or --policies DIR"),
+            };
+            if let Some(p) = policies {
+                cfg.policies = p;
+            }
+            if let Some(l) = listen {
+                cfg.listen = Some(l);
+            }
+            if let Some(a) = admin_listen {
+                cfg.admin_listen = a;
+            }
+            if unix_socket.is_some() {
+                cfg.unix_socket = unix_socket;
+            }
+            if let Err(e) = cfg.validate() {
+                return usage(&e);
+            }
+            init_logging(cfg.log_format);
+            serve(cfg)
+        }
+        Command::Validate { dir } => validate(&dir),
+        Command::Check {
+            policies,
+            request,
+            config,
+        } => {
+            let tenancy = match config.map(|c| Config::load(&c)) {
+                Some(Ok(c)) => c.tenancy,
+                Some(Err(e)) => return usage(&e),
+                None => TenantResolver::default(),
+            };
+            check(&policies, &request, tenancy)
+        }
+    }
+}
+
+fn usage(message: &str) -> ExitCode {
+    eprintln!("portcullis: {message}");
+    ExitCode::from(EX_USAGE)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("portcullis: cannot start runtime: {e}");
+            return ExitCode::from(EX_SOFTWARE);
+        }
+    };
+    runtime.block_on(async move {
+        let running = match crate::server::start(&config).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "cannot start");
+                return ExitCode::from(EX_USAGE);
+            }
+        };
+        tracing::info!(
+            grpc = ?running.grpc_addr,
+            unix_socket = ?config.unix_socket,
+            admin = %running.admin_addr,
+            policies = %config.policies.display(),
+            "portcullis serving"
+        );
+        match running.wait_or(shutdown_signal()).await {
+            Ok(()) => {
+                tracing::info!("stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "server failed");
+                ExitCode::from(EX_SOFTWARE)
+            }
+        }
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+    }
+}
+
+fn validate(dir: &Path) -> ExitCode {
+    if !dir.is_dir() {
+        return usage(&format!("{} is not a directory", dir.display()));
+    }
+    let store = PolicyStore::new(dir);
+    let status = store.reload();
+    for e in &status.errors {
+        eprintln!("error: {e}");
+    }
+    for n in &status.notes {
+        eprintln!("note: {n}");
+    }
+    for t in &status.tenants {
+        println!(
+            "ok: {} ({} rules) {} {}",
+            t.file.display(),
+            t.rules,
+            t.tenant,
+            t.digest
+        );
+    }
+    if status.errors.is_empty() && !status.tenants.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Reads a CheckRequest written in protobuf's JSON mapping (JSON or YAML).
+pub fn read_check_request(path: &Path) -> Result<CheckRequest, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let value: serde_json::Value = serde_yaml::from_str(&text)
+        .map_err(|e| format!("{}: not JSON or YAML: {e}", path.display()))?;
+    check_request_from_json(&value).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Converts the protobuf JSON mapping of a CheckRequest into the message.
+pub fn check_request_from_json(value: &serde_json::Value) -> Result<CheckRequest, String> {
+    let pool = DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET)
+        .map_err(|e| format!("internal: bad descriptors: {e}"))?;
+    let desc = pool
+        .get_message_by_name("envoy.service.auth.v3.CheckRequest")
+        .ok_or("internal: CheckRequest descriptor missing")?;
+    let dynamic =
+        DynamicMessage::deserialize(desc, value).map_err(|e| format!("not a CheckRequest: {e}"))?;
+    CheckRequest::decode(dynamic.encode_to_vec().as_slice())
+        .map_err(|e| format!("not a CheckRequest: {e}"))
+}
+
+fn check(policies: &Path, request: &Path, tenancy: TenantResolver) -> ExitCode {
+    let store = Arc::new(PolicyStore::new(policies));
+    let status = store.reload();
+    for e in &status.errors {
+        eprintln!("error: {e}");
+    }
+    let req = match read_check_request(request) {
+        Ok(r) => r,
+        Err(e) => return usage(&e),
+    };
+    let pipeline = Pipeline::new(store, tenancy);
+    let (decision, trace) = pipeline.explain(&req);
+    let out = serde_json::json!({
+        "decision": if decision.allowed { "allow" } else { "deny" },
+        "status": decision.status(),
+        "reason": decision.reason,
+        "tenant": decision.tenant,
+        "rule": decision.rule,
+        "policy_digest": decision.digest,
+        "auth_method": decision.auth_method,
+        "subject": decision.subject,
+        "detail": decision.detail,
+        "set_headers": decision.set_headers,
+        "remove_headers": decision.remove_headers,
+        "rules": trace,
+    });
+    println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,157 @@
+//! The server's own configuration (`portcullis serve --config FILE`).
+//!
+//! Validated once at start-up; a bad file exits with code 64 and says what is
+//! wrong. Paths inside the file are relative to the file's directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::tenant::TenantResolver;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// gRPC (ext_authz and health) TCP address; `null` to serve only on the socket.
+    #[serde(default = "default_listen")]
+    pub listen: Option<SocketAddr>,
+    /// gRPC on a unix socket as well (for a sidecar next to Envoy).
+    #[serde(default)]
+    pub unix_socket: Option<PathBuf>,
+    /// Admin HTTP: `/healthz`, `/readyz`.
+    #[serde(default = "default_admin")]
+    pub admin_listen: SocketAddr,
+    /// Directory of policy files, one per tenant.
+    pub policies: PathBuf,
+    #[serde(default)]
+    pub tenancy: TenantResolver,
+    #[serde(default)]
+    pub reload: ReloadConfig,
+    /// How long in-flight checks get to finish after SIGTERM/SIGINT.
+    #[serde(default = "default_grace", with = "crate::duration::serde_text")]
+    pub shutdown_grace: Duration,
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadConfig {
+    /// Quiet time after a change before reloading, so one ConfigMap swap (or a
+    /// burst of writes) loads as one generation.
+    #[serde(with = "crate::duration::serde_text")]
+    pub debounce: Duration,
+    /// Full rescan even without change events (a watch can be lost when the
+    /// directory itself is replaced).
+    #[serde(with = "crate::duration::serde_text")]
+    pub rescan_interval: Duration,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            debounce: Duration::from_millis(200),
+            rescan_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
+}
+
+fn default_listen() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 9001)))
+}
+
+fn default_admin() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9002))
+}
+
+fn default_grace() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Config {
+    /// Defaults for everything but the policy directory.
+    pub fn with_policies(policies: impl Into<PathBuf>) -> Config {
+        Config {
+            listen: default_listen(),
+            unix_socket: None,
+            admin_listen: default_admin(),
+            policies: policies.into(),
+            tenancy: TenantResolver::default(),
+            reload: ReloadConfig::default(),
+            shutdown_grace: default_grace(),
+            log_format: LogFormat::default(),
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        let mut config: Config = serde_yaml::from_str(&text).map_err(|e| match e.location() {
+            Some(l) => format!("{}:{}: {e}", path.display(), l.line()),
+            None => format!("{}: {e}", path.display()),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        if config.policies.is_relative() {
+            config.policies = base.join(&config.policies);
+        }
+        if let Some(sock) = &config.unix_socket
+            && sock.is_relative()
+        {
+            config.unix_socket = Some(base.join(sock));
+        }
+        config
+            .validate()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.listen.is_none() && self.unix_socket.is_none() {
+            return Err("set listen, unix_socket, or both".into());
+        }
+        if self.reload.debounce.is_zero() || self.reload.rescan_interval.is_zero() {
+            return Err("reload.debounce and reload.rescan_interval must be positive".into());
+        }
+        self.tenancy.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loads_with_defaults_and_relative_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("portcullis.yaml");
+        std::fs::write(&path, "policies: policies\nreload: { debounce: 50ms }\n").unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.policies, dir.path().join("policies"));
+        assert_eq!(c.reload.debounce, Duration::from_millis(50));
+        assert_eq!(c.reload.rescan_interval, Duration::from_secs(30));
+        assert_eq!(c.listen, default_listen());
+    }
+
+    #[test]
+    fn bad_config_names_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "policies: p\nlisten: 127.0.0.1:1\nbogus: 1\n").unwrap();
+        let e = Config::load(&path).unwrap_err();
+        assert!(e.contains("c.yaml:3"), "{e}");
+        std::fs::write(&path, "policies: p\nlisten: null\n").unwrap();
+        assert!(Config::load(&path).unwrap_err().contains("unix_socket"));
+        std::fs::write(&path, "policies: p\ntenancy: { sources: [header] }\n").unwrap();
+        assert!(Config::load(&path).unwrap_err().contains("tenancy.header"));
+    }
+}

@@ -1,0 +1,43 @@
+//! portcullis: an Envoy external-authorization server (ext_authz v3, gRPC).
+//!
+//! Envoy asks [`server`] to `Check` every request; portcullis answers allow or deny
+//! and, on allow, which headers Envoy must set or strip before the request reaches
+//! the service.
+//!
+//! # Layout
+//!
+//! The modules below follow one request, in order:
+//!
+//! - [`proto`] — the generated ext_authz v3 messages (from our own `proto/`).
+//! - [`input`] — `CheckRequest` → plain [`input::Input`] (`Resource` + `Context`);
+//!   nothing downstream reads the protobuf again. [`path`] holds the canonical-path
+//!   check and the route templates that rules match.
+//! - [`tenant`] — which tenant's rule set applies, from a trusted source.
+//! - [`identity`] — the caller's [`identity::Identity`] (claims) from a verified
+//!   credential: Envoy's `jwt_authn` metadata, an mTLS SPIFFE peer, or anonymous.
+//! - [`policy`] — policy files: parsed, compiled once ([`policy::CompiledTenant`]) and
+//!   evaluated per request.
+//! - [`decision`] — the outcome as data: allow/deny, rule, reason, headers, status.
+//! - [`response`] — a [`decision::Decision`] rendered into a `CheckResponse`.
+//!
+//! [`pipeline`] chains the stages as plain functions; [`server`] wraps them in the
+//! gRPC service, and [`admin`] serves health and readiness. [`store`] keeps the
+//! compiled tenants and swaps them on reload; [`watch`] notices policy changes.
+//! [`config`] is the server's own configuration, [`cli`] the command line.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod decision;
+pub mod duration;
+pub mod identity;
+pub mod input;
+pub mod path;
+pub mod pipeline;
+pub mod policy;
+pub mod proto;
+pub mod response;
+pub mod server;
+pub mod store;
+pub mod tenant;
+pub mod watch;

@@ -1,0 +1,500 @@
+//! Request paths: the canonical-form check, and the route templates rules match.
+//!
+//! Rules see the path exactly as the upstream will. portcullis never normalizes a
+//! path itself: if it did so differently from the upstream, a rule for `/admin`
+//! could be walked around with `/public/../admin` or `/%61dmin` (the class of bypass
+//! behind CVE-2021-31920). A path that is not already canonical is denied instead,
+//! and Envoy's own `normalize_path`/`merge_slashes` keep honest clients clear of it.
+
+use std::collections::HashMap;
+
+/// Longest path (without the query) that portcullis considers; longer is denied.
+pub const MAX_PATH_BYTES: usize = 8 * 1024;
+
+/// Why a path was refused. Each is denied with reason `non_canonical_path`
+/// (or `path_too_long`); the variant is only logged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("path is longer than {MAX_PATH_BYTES} bytes")]
+    TooLong,
+    #[error("path does not start with '/'")]
+    NotAbsolute,
+    #[error("path has an empty segment ('//')")]
+    EmptySegment,
+    #[error("path has a '.' or '..' segment")]
+    DotSegment,
+    #[error("path has a ';' parameter")]
+    Semicolon,
+    #[error("path has a control character, NUL, '\\' or '#'")]
+    ForbiddenChar,
+    #[error("path has an encoded '/', '\\', '.', NUL or control character")]
+    EncodedSeparator,
+    #[error("path percent-encodes an unreserved character")]
+    EncodedUnreserved,
+    #[error("path has a malformed percent-encoding")]
+    BadEscape,
+    #[error("path segment is not valid UTF-8 once decoded")]
+    NotUtf8,
+}
+
+impl PathError {
+    /// The stable reason code for a deny caused by this path.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PathError::TooLong => "path_too_long",
+            _ => "non_canonical_path",
+        }
+    }
+}
+
+/// Splits `:path` into path and query (Envoy sends them together) and checks that
+/// the path is canonical. Returns the decoded segments alongside the raw path.
+pub fn split_and_check(raw: &str) -> Result<(&str, &str, Vec<String>), PathError> {
+    let (path, query) = match raw.split_once('?') {
+        Some((p, q)) => (p, q),
+        None => (raw, ""),
+    };
+    let segments = canonical_segments(path)?;
+    Ok((path, query, segments))
+}
+
+/// Checks that `path` is canonical and returns its percent-decoded segments.
+///
+/// `/` alone has no segments. Decoding is unambiguous once the checks pass: no
+/// decoded segment can contain `/`, `\`, NUL, or be `.`/`..`.
+pub fn canonical_segments(path: &str) -> Result<Vec<String>, PathError> {
+    if path.len() > MAX_PATH_BYTES {
+        return Err(PathError::TooLong);
+    }
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err(PathError::NotAbsolute);
+    };
+    if rest.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut segments: Vec<String> = Vec::new();
+    let mut raw = rest.split('/').peekable();
+    while let Some(seg) = raw.next() {
+        // A trailing slash is kept as a final empty segment: `/orders/` and
+        // `/orders` are different resources to many upstreams, and neither is
+        // ambiguous. Empty segments anywhere else (`//`) are refused.
+        if seg.is_empty() && raw.peek().is_none() {
+            segments.push(String::new());
+        } else {
+            segments.push(decode_segment(seg)?);
+        }
+    }
+    Ok(segments)
+}
+
+fn decode_segment(seg: &str) -> Result<String, PathError> {
+    if seg.is_empty() {
+        return Err(PathError::EmptySegment);
+    }
+    if seg == "." || seg == ".." {
+        return Err(PathError::DotSegment);
+    }
+    let bytes = seg.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b';' => return Err(PathError::Semicolon),
+            b'\\' | b'#' | 0..=0x1f | 0x7f => return Err(PathError::ForbiddenChar),
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).ok_or(PathError::BadEscape)?;
+                let decoded = hex_pair(hex).ok_or(PathError::BadEscape)?;
+                match decoded {
+                    b'/' | b'\\' | b'.' | 0..=0x1f | 0x7f => {
+                        return Err(PathError::EncodedSeparator);
+                    }
+                    // RFC 3986 §2.3/§6.2.2.2: unreserved characters are never
+                    // encoded in a normalized URI, and a server may decode them.
+                    b if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'~' => {
+                        return Err(PathError::EncodedUnreserved);
+                    }
+                    _ => out.push(decoded),
+                }
+                i += 3;
+                continue;
+            }
+            _ => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| PathError::NotUtf8)
+}
+
+fn hex_pair(hex: &[u8]) -> Option<u8> {
+    let digit = |c: u8| (c as char).to_digit(16);
+    Some((digit(hex[0])? * 16 + digit(hex[1])?) as u8)
+}
+
+/// A compiled route template: `/tenants/{tenant}/orders/{order}`, with an optional
+/// trailing catch-all `{rest...}` that matches zero or more segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    source: String,
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Literal(String),
+    Param(String),
+    CatchAll(String),
+}
+
+/// Why a template was refused at compile time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("path template must start with '/'")]
+    NotAbsolute,
+    #[error("path template segment {0:?} is not canonical ({1})")]
+    NonCanonical(String, PathError),
+    #[error("path template parameter {0:?} is not a valid name (letters, digits, '_')")]
+    BadParamName(String),
+    #[error("path template parameter {0:?} appears twice")]
+    DuplicateParam(String),
+    #[error("catch-all {{{0}...}} must be the last segment")]
+    CatchAllNotLast(String),
+    #[error(
+        "path template segment {0:?} mixes text and a parameter; a parameter is a whole segment"
+    )]
+    PartialParam(String),
+}
+
+impl Template {
+    pub fn parse(source: &str) -> Result<Template, TemplateError> {
+        let Some(rest) = source.strip_prefix('/') else {
+            return Err(TemplateError::NotAbsolute);
+        };
+        let mut parts = Vec::new();
+        let mut seen = Vec::<String>::new();
+        let raw_segments: Vec<&str> = if rest.is_empty() {
+            Vec::new()
+        } else {
+            rest.split('/').collect()
+        };
+        let count = raw_segments.len();
+        for (i, seg) in raw_segments.into_iter().enumerate() {
+            if let Some(inner) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                let (name, catch_all) = match inner.strip_suffix("...") {
+                    Some(n) => (n, true),
+                    None => (inner, false),
+                };
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(TemplateError::BadParamName(name.to_string()));
+                }
+                if seen.iter().any(|s| s == name) {
+                    return Err(TemplateError::DuplicateParam(name.to_string()));
+                }
+                seen.push(name.to_string());
+                if catch_all {
+                    if i + 1 != count {
+                        return Err(TemplateError::CatchAllNotLast(name.to_string()));
+                    }
+                    parts.push(Part::CatchAll(name.to_string()));
+                } else {
+                    parts.push(Part::Param(name.to_string()));
+                }
+            } else if seg.contains('{') || seg.contains('}') {
+                return Err(TemplateError::PartialParam(seg.to_string()));
+            } else if seg.is_empty() && i + 1 == count {
+                // A trailing slash, as in request paths.
+                parts.push(Part::Literal(String::new()));
+            } else {
+                let decoded = decode_segment(seg)
+                    .map_err(|e| TemplateError::NonCanonical(seg.to_string(), e))?;
+                parts.push(Part::Literal(decoded));
+            }
+        }
+        Ok(Template {
+            source: source.to_string(),
+            parts,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// Names of the parameters this template binds, in order.
+    pub fn params(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Param(n) | Part::CatchAll(n) => Some(n.as_str()),
+            Part::Literal(_) => None,
+        })
+    }
+
+    /// Matches decoded segments; on success returns the bound parameters.
+    pub fn matches(&self, segments: &[String]) -> Option<Vec<(String, String)>> {
+        let mut params = Vec::new();
+        let mut i = 0;
+        for part in &self.parts {
+            match part {
+                Part::Literal(lit) => {
+                    if segments.get(i)? != lit {
+                        return None;
+                    }
+                }
+                Part::Param(name) => {
+                    params.push((name.clone(), segments.get(i)?.clone()));
+                }
+                Part::CatchAll(name) => {
+                    params.push((name.clone(), segments.get(i..)?.join("/")));
+                    return Some(params);
+                }
+            }
+            i += 1;
+        }
+        (i == segments.len()).then_some(params)
+    }
+}
+
+/// An index from route templates to the items (rule numbers) registered on them,
+/// so finding the candidates for a path costs the path's depth, not the number of
+/// rules. Lookup returns every item whose template matches, in ascending order.
+#[derive(Debug, Default, Clone)]
+pub struct RouteIndex {
+    root: Node,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Node {
+    literals: HashMap<String, Node>,
+    param: Option<Box<Node>>,
+    /// Items whose template ends exactly here.
+    items: Vec<usize>,
+    /// Items whose template has a catch-all here.
+    catch_all: Vec<usize>,
+}
+
+impl RouteIndex {
+    pub fn insert(&mut self, template: &Template, item: usize) {
+        let mut node = &mut self.root;
+        for part in &template.parts {
+            match part {
+                Part::Literal(lit) => node = node.literals.entry(lit.clone()).or_default(),
+                Part::Param(_) => node = node.param.get_or_insert_with(Default::default),
+                Part::CatchAll(_) => {
+                    node.catch_all.push(item);
+                    return;
+                }
+            }
+        }
+        node.items.push(item);
+    }
+
+    /// All items whose template matches `segments`, sorted and without repeats.
+    pub fn lookup(&self, segments: &[String]) -> Vec<usize> {
+        let mut out = Vec::new();
+        collect(&self.root, segments, &mut out);
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
+fn collect(node: &Node, segments: &[String], out: &mut Vec<usize>) {
+    out.extend_from_slice(&node.catch_all);
+    let Some((first, rest)) = segments.split_first() else {
+        out.extend_from_slice(&node.items);
+        return;
+    };
+    if let Some(child) = node.literals.get(first) {
+        collect(child, rest, out);
+    }
+    if let Some(child) = &node.param {
+        collect(child, rest, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn segs(p: &str) -> Vec<String> {
+        canonical_segments(p).unwrap_or_else(|e| panic!("{p}: {e}"))
+    }
+
+    #[test]
+    fn canonical_paths_pass_and_decode() {
+        assert_eq!(segs("/"), Vec::<String>::new());
+        assert_eq!(segs("/a/b"), vec!["a", "b"]);
+        assert_eq!(segs("/a%20b/c"), vec!["a b", "c"]);
+        assert_eq!(segs("/a/b/"), vec!["a", "b", ""]);
+    }
+
+    #[test]
+    fn non_canonical_paths_are_refused() {
+        for (p, want) in [
+            ("a/b", PathError::NotAbsolute),
+            ("", PathError::NotAbsolute),
+            ("//a", PathError::EmptySegment),
+            ("/a//b", PathError::EmptySegment),
+            ("/a//", PathError::EmptySegment),
+            ("/a/../admin", PathError::DotSegment),
+            ("/a/./b", PathError::DotSegment),
+            ("/..", PathError::DotSegment),
+            ("/a;x=1/b", PathError::Semicolon),
+            ("/a/b;", PathError::Semicolon),
+            ("/a%2Fb", PathError::EncodedSeparator),
+            ("/a%2fb", PathError::EncodedSeparator),
+            ("/a%5Cb", PathError::EncodedSeparator),
+            ("/%2E%2E/admin", PathError::EncodedSeparator),
+            ("/a%00", PathError::EncodedSeparator),
+            ("/a\\b", PathError::ForbiddenChar),
+            ("/a\0b", PathError::ForbiddenChar),
+            ("/a#frag", PathError::ForbiddenChar),
+            ("/%61dmin", PathError::EncodedUnreserved),
+            ("/a%zz", PathError::BadEscape),
+            ("/a%4", PathError::BadEscape),
+            ("/%ff", PathError::NotUtf8),
+        ] {
+            assert_eq!(canonical_segments(p), Err(want), "{p:?}");
+        }
+        let long = format!("/{}", "a".repeat(MAX_PATH_BYTES));
+        assert_eq!(canonical_segments(&long), Err(PathError::TooLong));
+        assert_eq!(PathError::TooLong.reason(), "path_too_long");
+        assert_eq!(PathError::DotSegment.reason(), "non_canonical_path");
+    }
+
+    #[test]
+    fn query_is_split_off() {
+        let (path, query, segments) = split_and_check("/a/b?x=1&y=/../").unwrap();
+        assert_eq!((path, query), ("/a/b", "x=1&y=/../"));
+        assert_eq!(segments, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn templates_bind_params_and_catch_all() {
+        let t = Template::parse("/tenants/{tenant}/orders/{order}").unwrap();
+        assert_eq!(
+            t.matches(&segs("/tenants/acme/orders/42")),
+            Some(vec![
+                ("tenant".into(), "acme".into()),
+                ("order".into(), "42".into())
+            ])
+        );
+        assert_eq!(t.matches(&segs("/tenants/acme/orders")), None);
+        assert_eq!(t.matches(&segs("/tenants/acme/orders/42/x")), None);
+        let c = Template::parse("/static/{rest...}").unwrap();
+        assert_eq!(
+            c.matches(&segs("/static/a/b")),
+            Some(vec![("rest".into(), "a/b".into())])
+        );
+        assert_eq!(
+            c.matches(&segs("/static")),
+            Some(vec![("rest".into(), String::new())])
+        );
+        assert_eq!(c.matches(&segs("/other/a")), None);
+        assert_eq!(Template::parse("/").unwrap().matches(&[]), Some(vec![]));
+        let slash = Template::parse("/orders/").unwrap();
+        assert!(slash.matches(&segs("/orders/")).is_some());
+        assert!(slash.matches(&segs("/orders")).is_none());
+        assert!(
+            Template::parse("/orders")
+                .unwrap()
+                .matches(&segs("/orders/"))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn bad_templates_are_refused() {
+        assert_eq!(Template::parse("a"), Err(TemplateError::NotAbsolute));
+        assert!(matches!(
+            Template::parse("/a/{x...}/b"),
+            Err(TemplateError::CatchAllNotLast(_))
+        ));
+        assert!(matches!(
+            Template::parse("/a/{x}/{x}"),
+            Err(TemplateError::DuplicateParam(_))
+        ));
+        assert!(matches!(
+            Template::parse("/a/x{y}"),
+            Err(TemplateError::PartialParam(_))
+        ));
+        assert!(matches!(
+            Template::parse("/a/{b-c}"),
+            Err(TemplateError::BadParamName(_))
+        ));
+        assert!(matches!(
+            Template::parse("/a/../b"),
+            Err(TemplateError::NonCanonical(..))
+        ));
+    }
+
+    #[test]
+    fn index_finds_every_matching_template_only() {
+        let templates = [
+            "/tenants/{tenant}/orders/{order}",
+            "/tenants/{tenant}/orders",
+            "/tenants/acme/orders/{order}",
+            "/static/{rest...}",
+            "/{any...}",
+        ];
+        let mut index = RouteIndex::default();
+        for (i, t) in templates.iter().enumerate() {
+            index.insert(&Template::parse(t).unwrap(), i);
+        }
+        assert_eq!(index.lookup(&segs("/tenants/acme/orders/1")), vec![0, 2, 4]);
+        assert_eq!(index.lookup(&segs("/tenants/other/orders/1")), vec![0, 4]);
+        assert_eq!(index.lookup(&segs("/static/x")), vec![3, 4]);
+        assert_eq!(index.lookup(&segs("/")), vec![4]);
+    }
+
+    fn segment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("admin".to_string()),
+            Just("..".to_string()),
+            Just(".".to_string()),
+            Just(String::new()),
+            Just("%2e%2e".to_string()),
+            Just("%2F".to_string()),
+            Just("%61dmin".to_string()),
+            Just("a;b".to_string()),
+            "[a-zA-Z0-9%;._~\\-\\\\]{0,6}",
+        ]
+    }
+
+    proptest! {
+        /// No path that reaches a template binds a parameter or matches a literal
+        /// through a dot segment, an encoded separator or an empty segment: every
+        /// accepted path's decoded segments are exactly the raw segments decoded.
+        #[test]
+        fn accepted_paths_are_unambiguous(parts in proptest::collection::vec(segment(), 0..6)) {
+            let path = format!("/{}", parts.join("/"));
+            if let Ok(decoded) = canonical_segments(&path) {
+                let raw_count = if parts.is_empty() || path == "/" { 0 } else { parts.len() };
+                prop_assert_eq!(decoded.len(), raw_count);
+                let last = decoded.len().saturating_sub(1);
+                for (i, seg) in decoded.iter().enumerate() {
+                    prop_assert!((i == last || !seg.is_empty()) && seg != "." && seg != "..");
+                    prop_assert!(!seg.contains('/') && !seg.contains('\\') && !seg.contains('\0'));
+                }
+            }
+        }
+
+        /// A rule for /admin/{x} is reached only by a path whose first segment is
+        /// literally "admin", never through `..`, encodings or empty segments.
+        #[test]
+        fn admin_rule_is_reached_only_by_admin_paths(parts in proptest::collection::vec(segment(), 0..6)) {
+            let path = format!("/{}", parts.join("/"));
+            let template = Template::parse("/admin/{x}").unwrap();
+            let mut index = RouteIndex::default();
+            index.insert(&template, 0);
+            if let Ok(decoded) = canonical_segments(&path) {
+                let hit = !index.lookup(&decoded).is_empty();
+                prop_assert_eq!(hit, template.matches(&decoded).is_some());
+                if hit {
+                    prop_assert!(path.starts_with("/admin/"));
+                    prop_assert_eq!(parts.len(), 2);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The request path as one function: input → tenant → identity → policy → decision.
+//!
+//! Each stage is a plain function over plain data, so the whole path runs without
+//! a socket (the gRPC handler, `portcullis check` and the golden tests all call
+//! [`Pipeline::check`]).
+
+use std::sync::Arc;
+
+use crate::decision::{Decision, Reason};
+use crate::identity;
+use crate::input::Input;
+use crate::policy::{Effect, Outcome, RuleTrace};
+use crate::proto::auth::CheckRequest;
+use crate::store::PolicyStore;
+use crate::tenant::TenantResolver;
+
+/// Header carrying the decision id to the upstream (allow) and the client (deny).
+pub const DECISION_ID_HEADER: &str = "x-portcullis-decision-id";
+
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub store: Arc<PolicyStore>,
+    pub tenancy: TenantResolver,
+}
+
+impl Pipeline {
+    pub fn new(store: Arc<PolicyStore>, tenancy: TenantResolver) -> Pipeline {
+        Pipeline { store, tenancy }
+    }
+
+    /// Decides one request.
+    pub fn check(&self, request: &CheckRequest) -> Decision {
+        self.run(request, false).0
+    }
+
+    /// Decides one request and says what every candidate rule did.
+    pub fn explain(&self, request: &CheckRequest) -> (Decision, Vec<RuleTrace>) {
+        self.run(request, true)
+    }
+
+    fn run(&self, request: &CheckRequest, explain: bool) -> (Decision, Vec<RuleTrace>) {
+        let id = uuid::Uuid::new_v4().to_string();
+        if !self.store.is_ready() {
+            return (Decision::deny(id, Reason::NotReady), Vec::new());
+        }
+        let input = match Input::from_check_request(request) {
+            Ok(input) => input,
+            Err(e) => {
+                let reason = Reason::from_code(e.reason()).unwrap_or(Reason::MalformedRequest);
+                let mut d = Decision::deny(id, reason);
+                d.detail = Some(e.to_string());
+                return (d, Vec::new());
+            }
+        };
+        let Some(tenant) = self.tenancy.resolve(&input.resource, &self.store) else {
+            return (Decision::deny(id, Reason::UnknownTenant), Vec::new());
+        };
+        let mut decision = Decision::deny(id, Reason::NoMatchingRule);
+        decision.tenant = Some(tenant.id.clone());
+        decision.digest = Some(tenant.digest.clone());
+
+        let identity = match identity::authenticate(&tenant.identity, &input) {
+            Ok(identity) => identity,
+            Err(e) => {
+                decision.reason = e.reason();
+                decision.detail = Some(e.to_string());
+                return (decision, Vec::new());
+            }
+        };
+        decision.auth_method = identity.method.as_str();
+        decision.subject = identity.subject.clone();
+
+        let eval = tenant.evaluate(&input, &identity, explain);
+        let (reason, rule) = match eval.outcome {
+            Outcome::CorsPreflight => (Reason::CorsPreflight, None),
+            Outcome::Allow(rule) => (Reason::Allowed, Some(rule)),
+            Outcome::Deny(rule) => (Reason::DeniedByRule, Some(rule)),
+            Outcome::PolicyError(rule, message) => {
+                decision.detail = Some(message);
+                (Reason::PolicyError, Some(rule))
+            }
+            Outcome::BodyUnavailable(rule) => (Reason::BodyUnavailable, Some(rule)),
+            Outcome::NoMatch => match tenant.default {
+                Effect::Allow => (Reason::DefaultAllow, None),
+                Effect::Deny if identity.is_anonymous() => (Reason::MissingCredential, None),
+                Effect::Deny => (Reason::NoMatchingRule, None),
+            },
+        };
+        decision.reason = reason;
+        decision.rule = rule;
+        if reason.allows() {
+            match tenant.response_headers(&identity, &eval.params) {
+                Ok(edits) => {
+                    decision.allowed = true;
+                    decision.set_headers = edits.set;
+                    decision.remove_headers = edits.remove;
+                    decision
+                        .set_headers
+                        .push((DECISION_ID_HEADER.to_string(), decision.decision_id.clone()));
+                }
+                Err(message) => {
+                    decision.reason = Reason::UnsafeHeaderValue;
+                    decision.detail = Some(message);
+                }
+            }
+        }
+        (decision, eval.trace)
+    }
+}

@@ -1,0 +1,304 @@
+//! Rule conditions in CEL: compiled once per policy load, evaluated per request.
+//!
+//! CEL has no runtime cost limit, so the cost is bounded at compile time: a
+//! condition has a maximum length and node count, and comprehensions (`all`,
+//! `exists`, `map`, `filter`) may not nest, so evaluation is at most linear in the
+//! size of the input lists. A condition must name only the roots rules can see.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
+
+use cel::common::ast::{EntryExpr, Expr, IdedExpr};
+use cel::{Context, Env, Program, Value};
+use serde_json::Value as Json;
+
+/// Longest condition source accepted.
+pub const MAX_CONDITION_BYTES: usize = 4 * 1024;
+/// Most AST nodes in one condition.
+pub const MAX_CONDITION_NODES: usize = 512;
+
+/// The variables a condition can read.
+pub const ROOTS: [&str; 3] = ["claims", "resource", "context"];
+
+/// One standard-library environment shared by every condition.
+static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| Arc::new(Env::stdlib()));
+
+/// A compiled condition.
+pub struct Condition {
+    source: String,
+    program: Program,
+    /// The condition reads `resource.body`: a truncated body must deny.
+    reads_body: bool,
+}
+
+impl std::fmt::Debug for Condition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Condition")
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl Condition {
+    pub fn compile(source: &str) -> Result<Condition, String> {
+        if source.len() > MAX_CONDITION_BYTES {
+            return Err(format!(
+                "condition is {} bytes; the limit is {MAX_CONDITION_BYTES}",
+                source.len()
+            ));
+        }
+        let program = ENV
+            .compile(source)
+            .map_err(|e| format!("condition does not parse: {}", one_line(&e.to_string())))?;
+        let mut check = Check::default();
+        check.walk(program.expression(), &mut Vec::new(), 0)?;
+        if check.nodes > MAX_CONDITION_NODES {
+            return Err(format!(
+                "condition has {} nodes; the limit is {MAX_CONDITION_NODES}",
+                check.nodes
+            ));
+        }
+        Ok(Condition {
+            source: source.to_string(),
+            program,
+            reads_body: check.reads_body,
+        })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    pub fn reads_body(&self) -> bool {
+        self.reads_body
+    }
+
+    /// Evaluates against prepared variables. Anything but a boolean is an error.
+    pub fn evaluate(&self, vars: &Variables) -> Result<bool, String> {
+        let mut ctx = Context::with_env(Arc::clone(&ENV));
+        ctx.add_variable_from_value("claims", vars.claims.clone());
+        ctx.add_variable_from_value("resource", vars.resource.clone());
+        ctx.add_variable_from_value("context", vars.context.clone());
+        match self.program.execute(&ctx) {
+            Ok(Value::Bool(b)) => Ok(b),
+            Ok(other) => Err(format!(
+                "condition returned {:?}, not a boolean",
+                other.type_of()
+            )),
+            Err(e) => Err(one_line(&e.to_string())),
+        }
+    }
+}
+
+/// The three roots, converted once per request.
+#[derive(Debug, Clone)]
+pub struct Variables {
+    pub claims: Value,
+    pub resource: Value,
+    pub context: Value,
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[derive(Default)]
+struct Check {
+    nodes: usize,
+    reads_body: bool,
+}
+
+impl Check {
+    /// Walks the AST: counts nodes, refuses unknown roots and nested
+    /// comprehensions, and notes whether `resource.body` is read.
+    fn walk(&mut self, e: &IdedExpr, bound: &mut Vec<String>, depth: usize) -> Result<(), String> {
+        self.nodes += 1;
+        match &e.expr {
+            Expr::Unspecified | Expr::Literal(_) => {}
+            Expr::Ident(name) => {
+                if !ROOTS.contains(&name.as_str()) && !bound.iter().any(|b| b == name) {
+                    return Err(format!(
+                        "condition reads unknown variable {name:?}; conditions see claims, resource and context"
+                    ));
+                }
+            }
+            Expr::Select(sel) => {
+                if sel.field == "body"
+                    && matches!(&sel.operand.expr, Expr::Ident(root) if root == "resource")
+                {
+                    self.reads_body = true;
+                }
+                self.walk(&sel.operand, bound, depth)?;
+            }
+            Expr::Call(call) => {
+                if let Some(target) = &call.target {
+                    self.walk(target, bound, depth)?;
+                }
+                for arg in &call.args {
+                    self.walk(arg, bound, depth)?;
+                }
+            }
+            Expr::List(list) => {
+                for el in &list.elements {
+                    self.walk(el, bound, depth)?;
+                }
+            }
+            Expr::Map(map) => self.walk_entries(&map.entries, bound, depth)?,
+            Expr::Struct(st) => self.walk_entries(&st.entries, bound, depth)?,
+            Expr::Comprehension(c) => {
+                if depth > 0 {
+                    return Err(
+                        "condition nests one comprehension (all, exists, map, filter) inside another; nesting is not allowed".into(),
+                    );
+                }
+                self.walk(&c.iter_range, bound, depth)?;
+                self.walk(&c.accu_init, bound, depth)?;
+                let before = bound.len();
+                bound.push(c.iter_var.clone());
+                if let Some(v2) = &c.iter_var2 {
+                    bound.push(v2.clone());
+                }
+                bound.push(c.accu_var.clone());
+                for part in [&c.loop_cond, &c.loop_step, &c.result] {
+                    self.walk(part, bound, depth + 1)?;
+                }
+                bound.truncate(before);
+            }
+        }
+        Ok(())
+    }
+
+    fn walk_entries(
+        &mut self,
+        entries: &[cel::common::ast::IdedEntryExpr],
+        bound: &mut Vec<String>,
+        depth: usize,
+    ) -> Result<(), String> {
+        for entry in entries {
+            match &entry.expr {
+                EntryExpr::StructField(f) => self.walk(&f.value, bound, depth)?,
+                EntryExpr::MapEntry(m) => {
+                    self.walk(&m.key, bound, depth)?;
+                    self.walk(&m.value, bound, depth)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// JSON → CEL. Integers stay integers; other numbers become doubles.
+pub fn json_to_cel(v: &Json) -> Value {
+    match v {
+        Json::Null => Value::Null,
+        Json::Bool(b) => Value::Bool(*b),
+        Json::Number(n) => n
+            .as_i64()
+            .map(Value::Int)
+            .or_else(|| n.as_u64().map(Value::UInt))
+            .unwrap_or_else(|| Value::Float(n.as_f64().unwrap_or(f64::NAN))),
+        Json::String(s) => Value::String(Arc::new(s.clone())),
+        Json::Array(a) => Value::List(Arc::new(a.iter().map(json_to_cel).collect())),
+        Json::Object(o) => map(o.iter().map(|(k, v)| (k.as_str(), json_to_cel(v)))),
+    }
+}
+
+/// Builds a CEL map with string keys.
+pub fn map<'a>(entries: impl IntoIterator<Item = (&'a str, Value)>) -> Value {
+    let m: HashMap<String, Value> = entries
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    Value::from(m)
+}
+
+pub fn string(s: &str) -> Value {
+    Value::String(Arc::new(s.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn vars(claims: Json, resource: Json) -> Variables {
+        Variables {
+            claims: json_to_cel(&claims),
+            resource: json_to_cel(&resource),
+            context: json_to_cel(&json!({})),
+        }
+    }
+
+    #[test]
+    fn evaluates_over_the_three_roots() {
+        let c = Condition::compile(
+            r#""orders:read" in claims.scope && resource.params.tenant == claims.tenant"#,
+        )
+        .unwrap();
+        let v = vars(
+            json!({"scope": ["orders:read"], "tenant": "acme"}),
+            json!({"params": {"tenant": "acme"}}),
+        );
+        assert_eq!(c.evaluate(&v), Ok(true));
+        let v = vars(
+            json!({"scope": ["orders:read"], "tenant": "acme"}),
+            json!({"params": {"tenant": "globex"}}),
+        );
+        assert_eq!(c.evaluate(&v), Ok(false));
+    }
+
+    #[test]
+    fn missing_field_and_non_boolean_are_errors() {
+        let c = Condition::compile("claims.nope == 1").unwrap();
+        assert!(c.evaluate(&vars(json!({}), json!({}))).is_err());
+        let c = Condition::compile("claims.n").unwrap();
+        assert!(c.evaluate(&vars(json!({"n": 1}), json!({}))).is_err());
+    }
+
+    #[test]
+    fn compile_time_bounds() {
+        assert!(
+            Condition::compile("unknown.x == 1")
+                .unwrap_err()
+                .contains("unknown variable")
+        );
+        assert!(Condition::compile("claims.a.all(x, x > 0)").is_ok());
+        assert!(
+            Condition::compile("claims.a.all(x, claims.b.exists(y, y == x))")
+                .unwrap_err()
+                .contains("nest")
+        );
+        let long = format!("claims.a == \"{}\"", "x".repeat(MAX_CONDITION_BYTES));
+        assert!(Condition::compile(&long).unwrap_err().contains("limit"));
+        let wide = vec!["claims.a == 1"; 200].join(" || ");
+        assert!(Condition::compile(&wide).unwrap_err().contains("nodes"));
+        assert!(
+            Condition::compile("claims.a ==")
+                .unwrap_err()
+                .contains("parse")
+        );
+    }
+
+    #[test]
+    fn body_reads_are_noticed() {
+        assert!(
+            Condition::compile("resource.body.amount < 10")
+                .unwrap()
+                .reads_body()
+        );
+        assert!(
+            !Condition::compile("resource.path == '/'")
+                .unwrap()
+                .reads_body()
+        );
+    }
+
+    #[test]
+    fn comprehension_variables_are_bound() {
+        let c = Condition::compile("claims.roles.exists(r, r == 'admin')").unwrap();
+        assert_eq!(
+            c.evaluate(&vars(json!({"roles": ["user", "admin"]}), json!({}))),
+            Ok(true)
+        );
+    }
+}

@@ -1,0 +1,655 @@
+//! Stage 4: a tenant's rules, compiled once and evaluated per request.
+//!
+//! [`compile`] turns one policy file into an immutable [`CompiledTenant`],
+//! reporting every error with the file and line. [`CompiledTenant::evaluate`]
+//! cannot fail: it returns an [`Outcome`], and a condition that errors at run time
+//! is [`Outcome::PolicyError`], which denies. It never allows.
+//!
+//! Evaluation order: the route index yields the rules whose path template matches;
+//! method and host narrow them; every matching deny rule is checked first (any one
+//! that holds denies); then allow rules in file order, the first that holds allows;
+//! otherwise the tenant's default applies.
+
+mod cel;
+pub mod file;
+pub mod template;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ::cel::Value;
+use serde_json::Value as Json;
+use sha2::{Digest, Sha256};
+
+use crate::identity::{Identity, IdentityConfig};
+use crate::input::{Body, Input};
+use crate::path::{RouteIndex, Template};
+pub use cel::{Condition, MAX_CONDITION_BYTES};
+pub use file::{API_VERSION, Effect, PolicyFile};
+use template::{HeaderTemplate, Scope};
+pub use template::{Rendered, valid_header_name};
+
+/// Most rules in one tenant's file.
+pub const MAX_RULES_PER_TENANT: usize = 10_000;
+/// Largest policy file read.
+pub const MAX_POLICY_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// One problem in a policy file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PolicyError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{line}: {}", self.file.display(), self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// A host name or `*.suffix` wildcard, lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    Exact(String),
+    /// `*.example.com` matches `a.example.com` and `a.b.example.com`, not
+    /// `example.com`. Holds `.example.com`.
+    Suffix(String),
+}
+
+impl HostPattern {
+    pub fn parse(text: &str) -> Result<HostPattern, String> {
+        let lower = text.trim().to_ascii_lowercase();
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                && !s.starts_with('.')
+                && !s.ends_with('.')
+        };
+        if let Some(rest) = lower.strip_prefix("*.") {
+            if valid(rest) {
+                return Ok(HostPattern::Suffix(format!(".{rest}")));
+            }
+        } else if valid(&lower) {
+            return Ok(HostPattern::Exact(lower));
+        }
+        Err(format!(
+            "host {text:?} must be a DNS name or a '*.' wildcard, without port"
+        ))
+    }
+
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => h == host,
+            HostPattern::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
+        }
+    }
+}
+
+/// A compiled rule.
+#[derive(Debug)]
+pub struct Rule {
+    pub id: Arc<str>,
+    pub effect: Effect,
+    pub public: bool,
+    methods: Vec<String>,
+    template: Template,
+    hosts: Vec<HostPattern>,
+    condition: Option<Condition>,
+}
+
+/// A tenant's rule set, compiled and immutable; shared by `Arc`.
+#[derive(Debug)]
+pub struct CompiledTenant {
+    pub id: Arc<str>,
+    /// The file it came from.
+    pub source: PathBuf,
+    /// `sha256:<hex>` of the file's bytes.
+    pub digest: Arc<str>,
+    pub hosts: Vec<HostPattern>,
+    pub identity: IdentityConfig,
+    pub default: Effect,
+    cors_preflight: bool,
+    rules: Vec<Rule>,
+    index: RouteIndex,
+    resources: Vec<(Template, BTreeMap<String, String>)>,
+    resource_index: RouteIndex,
+    headers: Vec<(String, HeaderTemplate)>,
+    remove: Vec<String>,
+}
+
+/// The digest portcullis reports for a policy file's bytes.
+pub fn digest_of(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Compiles one policy file's text. `file` names it in errors.
+pub fn compile(file: &Path, text: &str) -> Result<CompiledTenant, Vec<PolicyError>> {
+    let err = |line: Option<usize>, message: String| PolicyError {
+        file: file.to_path_buf(),
+        line,
+        message,
+    };
+    // Check the version before the shape, so a newer file gets a clear message
+    // rather than a list of unknown fields.
+    if let Ok(Json::Object(doc)) = serde_yaml::from_str::<Json>(text) {
+        match doc.get("apiVersion") {
+            Some(Json::String(v)) if v == API_VERSION => {}
+            Some(Json::String(v)) if v.starts_with("portcullis/") => {
+                return Err(vec![err(
+                    line_of(text, 0, "apiVersion"),
+                    format!(
+                        "apiVersion {v:?} is not supported by this portcullis, which reads {API_VERSION}; upgrade portcullis or keep the file at {API_VERSION}"
+                    ),
+                )]);
+            }
+            Some(other) => {
+                return Err(vec![err(
+                    line_of(text, 0, "apiVersion"),
+                    format!("apiVersion must be {API_VERSION:?}, found {other}"),
+                )]);
+            }
+            None => {
+                return Err(vec![err(
+                    Some(1),
+                    format!("file does not start with apiVersion: {API_VERSION}"),
+                )]);
+            }
+        }
+    }
+    let spec: PolicyFile = serde_yaml::from_str(text).map_err(|e| {
+        vec![err(
+            e.location().map(|l| l.line()),
+            format!("invalid policy file: {e}"),
+        )]
+    })?;
+    let mut errors = Vec::new();
+
+    let tenant_ok = !spec.tenant.is_empty()
+        && spec
+            .tenant
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if !tenant_ok {
+        errors.push(err(
+            line_of(text, 0, "tenant"),
+            format!(
+                "tenant {:?} must be letters, digits, '-', '_' or '.'",
+                spec.tenant
+            ),
+        ));
+    }
+
+    let mut hosts = Vec::new();
+    for h in &spec.hosts {
+        match HostPattern::parse(h) {
+            Ok(p) => hosts.push(p),
+            Err(e) => errors.push(err(line_of(text, 0, "hosts"), e)),
+        }
+    }
+
+    let identity = IdentityConfig::compile(&spec.identity)
+        .map_err(|e| errors.push(err(line_of(text, 0, "identity"), e)))
+        .ok();
+
+    if spec.rules.len() > MAX_RULES_PER_TENANT {
+        errors.push(err(
+            line_of(text, 0, "rules"),
+            format!(
+                "{} rules; the limit is {MAX_RULES_PER_TENANT}",
+                spec.rules.len()
+            ),
+        ));
+    }
+    let mut rules = Vec::new();
+    let mut index = RouteIndex::default();
+    let mut ids = std::collections::HashSet::new();
+    for spec_rule in &spec.rules {
+        let at = line_of_value(text, "id", &spec_rule.id).unwrap_or(0);
+        let rule_err = |key: &str, message: String| PolicyError {
+            file: file.to_path_buf(),
+            line: line_of(text, at.saturating_sub(1), key),
+            message: format!("rule {:?}: {message}", spec_rule.id),
+        };
+        if spec_rule.id.is_empty() || !ids.insert(spec_rule.id.clone()) {
+            errors.push(rule_err(
+                "id",
+                "rule ids must be unique and non-empty".into(),
+            ));
+        }
+        let template = Template::parse(&spec_rule.path)
+            .map_err(|e| errors.push(rule_err("path", e.to_string())))
+            .ok();
+        let condition = match &spec_rule.when {
+            Some(src) => Condition::compile(src)
+                .map(Some)
+                .map_err(|e| errors.push(rule_err("when", e)))
+                .unwrap_or(None),
+            None => None,
+        };
+        let mut methods = Vec::new();
+        for m in &spec_rule.methods {
+            if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+                errors.push(rule_err(
+                    "methods",
+                    format!("method {m:?} must be an upper-case HTTP method"),
+                ));
+            }
+            methods.push(m.clone());
+        }
+        let mut rule_hosts = Vec::new();
+        for h in &spec_rule.hosts {
+            match HostPattern::parse(h) {
+                Ok(p) => rule_hosts.push(p),
+                Err(e) => errors.push(rule_err("hosts", e)),
+            }
+        }
+        if spec_rule.public && spec_rule.effect == Effect::Deny {
+            errors.push(rule_err(
+                "public",
+                "public applies to allow rules only; deny rules apply to everyone".into(),
+            ));
+        }
+        if let Some(template) = template {
+            index.insert(&template, rules.len());
+            rules.push(Rule {
+                id: Arc::from(spec_rule.id.as_str()),
+                effect: spec_rule.effect,
+                public: spec_rule.public,
+                methods,
+                template,
+                hosts: rule_hosts,
+                condition,
+            });
+        }
+    }
+
+    let mut resources = Vec::new();
+    let mut resource_index = RouteIndex::default();
+    for r in &spec.resources {
+        match Template::parse(&r.path) {
+            Ok(t) => {
+                resource_index.insert(&t, resources.len());
+                resources.push((t, r.attributes.clone()));
+            }
+            Err(e) => errors.push(err(
+                line_of_value(text, "path", &r.path),
+                format!("resource {:?}: {e}", r.path),
+            )),
+        }
+    }
+
+    let mut headers = Vec::new();
+    for (name, source) in &spec.response.headers {
+        let at = line_of(text, 0, name);
+        if let Err(e) = valid_header_name(name) {
+            errors.push(err(at, format!("response.headers: {e}")));
+            continue;
+        }
+        match HeaderTemplate::parse(source) {
+            Ok(t) => headers.push((name.clone(), t)),
+            Err(e) => errors.push(err(at, format!("response.headers.{name}: {e}"))),
+        }
+    }
+    let mut remove = Vec::new();
+    for name in &spec.response.remove {
+        let lower = name.to_ascii_lowercase();
+        match valid_header_name(&lower) {
+            Ok(()) if spec.response.headers.contains_key(&lower) => errors.push(err(
+                line_of(text, 0, "remove"),
+                format!("response.remove: {lower:?} is also in response.headers; an owned header is already set or removed"),
+            )),
+            Ok(()) => remove.push(lower),
+            Err(e) => errors.push(err(line_of(text, 0, "remove"), format!("response.remove: {e}"))),
+        }
+    }
+
+    match identity {
+        Some(identity) if errors.is_empty() => Ok(CompiledTenant {
+            id: Arc::from(spec.tenant.as_str()),
+            source: file.to_path_buf(),
+            digest: Arc::from(digest_of(text.as_bytes()).as_str()),
+            hosts,
+            identity,
+            default: spec.default,
+            cors_preflight: spec.cors.allow_preflight,
+            rules,
+            index,
+            resources,
+            resource_index,
+            headers,
+            remove,
+        }),
+        _ => Err(errors),
+    }
+}
+
+/// The first line at or after `from` (0-based) whose key is `key`.
+fn line_of(text: &str, from: usize, key: &str) -> Option<usize> {
+    let is_key = |line: &str| {
+        let t = line.trim_start().trim_start_matches("- ").trim_start();
+        t.strip_prefix(key)
+            .and_then(|r| r.trim_start_matches(['"', '\'']).strip_prefix(':'))
+            .is_some()
+            || t.strip_prefix('"')
+                .or_else(|| t.strip_prefix('\''))
+                .and_then(|t| t.strip_prefix(key))
+                .is_some_and(|r| r.trim_start_matches(['"', '\'']).starts_with(':'))
+    };
+    text.lines()
+        .enumerate()
+        .skip(from)
+        .find(|(_, l)| is_key(l))
+        .or_else(|| text.lines().enumerate().find(|(_, l)| is_key(l)))
+        .map(|(i, _)| i + 1)
+}
+
+/// The line of `key: value` (the value may be quoted).
+fn line_of_value(text: &str, key: &str, value: &str) -> Option<usize> {
+    text.lines().enumerate().find_map(|(i, l)| {
+        let t = l.trim_start().trim_start_matches("- ").trim_start();
+        let rest = t.strip_prefix(key)?.strip_prefix(':')?.trim();
+        (rest.trim_matches(['"', '\'']) == value).then_some(i + 1)
+    })
+}
+
+/// What one rule did, for `portcullis check` explanations.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RuleTrace {
+    pub rule: String,
+    pub effect: Effect,
+    pub result: String,
+}
+
+/// The result of evaluating a tenant's rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The tenant allows CORS preflights, and this is one.
+    CorsPreflight,
+    Allow(Arc<str>),
+    Deny(Arc<str>),
+    /// A matching rule's condition failed to evaluate.
+    PolicyError(Arc<str>, String),
+    /// A matching rule reads a body that is truncated or not JSON.
+    BodyUnavailable(Arc<str>),
+    /// No rule held: the tenant's default applies.
+    NoMatch,
+}
+
+/// Evaluation output: the outcome, the deciding rule's path parameters, and
+/// (when asked) what every candidate rule did.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    pub outcome: Outcome,
+    pub params: Vec<(String, String)>,
+    pub trace: Vec<RuleTrace>,
+}
+
+impl CompiledTenant {
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Evaluates the rules for one request. Never fails; never allows on error.
+    pub fn evaluate(&self, input: &Input, identity: &Identity, explain: bool) -> Evaluation {
+        let resource = &input.resource;
+        let mut trace = Vec::new();
+        if self.cors_preflight
+            && resource.method == "OPTIONS"
+            && resource
+                .headers
+                .contains_key("access-control-request-method")
+            && resource.headers.contains_key("origin")
+        {
+            return Evaluation {
+                outcome: Outcome::CorsPreflight,
+                params: Vec::new(),
+                trace,
+            };
+        }
+        let candidates: Vec<(&Rule, Vec<(String, String)>)> = self
+            .index
+            .lookup(&resource.segments)
+            .into_iter()
+            .filter_map(|i| {
+                let rule = &self.rules[i];
+                let params = rule.template.matches(&resource.segments)?;
+                let method_ok = rule.methods.is_empty() || rule.methods.contains(&resource.method);
+                let host_ok =
+                    rule.hosts.is_empty() || rule.hosts.iter().any(|h| h.matches(&resource.host));
+                if explain && !(method_ok && host_ok) {
+                    trace.push(RuleTrace {
+                        rule: rule.id.to_string(),
+                        effect: rule.effect,
+                        result: if method_ok {
+                            "path matched; host did not".into()
+                        } else {
+                            "path matched; method did not".into()
+                        },
+                    });
+                }
+                (method_ok && host_ok).then_some((rule, params))
+            })
+            .collect();
+
+        let attributes = self
+            .resource_index
+            .lookup(&resource.segments)
+            .first()
+            .map(|&i| &self.resources[i].1);
+        let mut base: Option<Base> = None;
+        let ordered = candidates
+            .iter()
+            .filter(|(r, _)| r.effect == Effect::Deny)
+            .chain(candidates.iter().filter(|(r, _)| r.effect == Effect::Allow));
+        for (rule, params) in ordered {
+            let note = |trace: &mut Vec<RuleTrace>, result: &str| {
+                if explain {
+                    trace.push(RuleTrace {
+                        rule: rule.id.to_string(),
+                        effect: rule.effect,
+                        result: result.to_string(),
+                    });
+                }
+            };
+            if rule.effect == Effect::Allow && !rule.public && identity.is_anonymous() {
+                note(
+                    &mut trace,
+                    "skipped: needs an identified caller (not public)",
+                );
+                continue;
+            }
+            let holds = match &rule.condition {
+                None => Ok(true),
+                Some(c)
+                    if c.reads_body()
+                        && matches!(resource.body, Body::Truncated | Body::Unparsed) =>
+                {
+                    note(&mut trace, "body is truncated or not JSON");
+                    return Evaluation {
+                        outcome: Outcome::BodyUnavailable(rule.id.clone()),
+                        params: params.clone(),
+                        trace,
+                    };
+                }
+                Some(c) => {
+                    let base = base.get_or_insert_with(|| Base::new(self, input, identity));
+                    c.evaluate(&base.variables(params, attributes))
+                }
+            };
+            match holds {
+                Ok(true) => {
+                    note(&mut trace, "matched");
+                    let outcome = match rule.effect {
+                        Effect::Allow => Outcome::Allow(rule.id.clone()),
+                        Effect::Deny => Outcome::Deny(rule.id.clone()),
+                    };
+                    return Evaluation {
+                        outcome,
+                        params: params.clone(),
+                        trace,
+                    };
+                }
+                Ok(false) => note(&mut trace, "condition is false"),
+                Err(message) => {
+                    note(&mut trace, &format!("error: {message}"));
+                    return Evaluation {
+                        outcome: Outcome::PolicyError(rule.id.clone(), message),
+                        params: params.clone(),
+                        trace,
+                    };
+                }
+            }
+        }
+        Evaluation {
+            outcome: Outcome::NoMatch,
+            params: Vec::new(),
+            trace,
+        }
+    }
+
+    /// Headers to set and remove on an allowed request: every owned header is
+    /// either set (overwriting the client's) or removed. `Err` when a value
+    /// would be unsafe.
+    pub fn response_headers(
+        &self,
+        identity: &Identity,
+        params: &[(String, String)],
+    ) -> Result<HeaderEdits, String> {
+        let scope = Scope {
+            claims: &identity.claims,
+            params,
+            tenant: &self.id,
+            subject: identity.subject.as_deref(),
+            auth_method: identity.method.as_str(),
+        };
+        let mut set = Vec::new();
+        let mut remove = self.remove.clone();
+        for (name, template) in &self.headers {
+            match template.render(&scope) {
+                Rendered::Value(v) => set.push((name.clone(), v)),
+                Rendered::Missing => remove.push(name.clone()),
+                Rendered::Unsafe => return Err(format!("value for header {name:?} is unsafe")),
+            }
+        }
+        Ok(HeaderEdits { set, remove })
+    }
+}
+
+/// What an allowed request's headers become on the way to the upstream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderEdits {
+    /// Set with overwrite: the client's value never survives.
+    pub set: Vec<(String, String)>,
+    /// Removed by exact name; never also in `set`.
+    pub remove: Vec<String>,
+}
+
+/// The parts of the CEL input shared by every rule of one request.
+struct Base {
+    claims: Value,
+    context: Value,
+    resource: std::collections::HashMap<String, Value>,
+}
+
+impl Base {
+    fn new(tenant: &CompiledTenant, input: &Input, identity: &Identity) -> Base {
+        let r = &input.resource;
+        let c = &input.context;
+        let strings = |m: &BTreeMap<String, String>| {
+            cel::map(m.iter().map(|(k, v)| (k.as_str(), cel::string(v))))
+        };
+        let opt = |s: &Option<String>| s.as_deref().map_or(Value::Null, cel::string);
+        let resource = [
+            ("host", cel::string(&r.host)),
+            ("method", cel::string(&r.method)),
+            ("path", cel::string(&r.path)),
+            ("query", strings(&r.query_params)),
+            ("headers", strings(&r.headers)),
+            (
+                "body",
+                match &r.body {
+                    Body::Json(j) => cel::json_to_cel(j),
+                    _ => Value::Null,
+                },
+            ),
+            ("context_extensions", strings(&r.context_extensions)),
+            ("grpc", Value::Bool(r.grpc)),
+            ("scheme", cel::string(&r.scheme)),
+            ("protocol", cel::string(&r.protocol)),
+            ("destination", opt(&r.destination)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let time = c
+            .time
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let peer = c.peer.as_ref().map_or(Value::Null, |p| {
+            cel::map([
+                ("principal", cel::string(&p.principal)),
+                ("spiffe_id", p.spiffe_id().map_or(Value::Null, cel::string)),
+                ("has_certificate", Value::Bool(p.certificate.is_some())),
+            ])
+        });
+        let context = cel::map([
+            ("time", Value::Int(time)),
+            ("source", opt(&c.source)),
+            ("peer", peer),
+            ("sni", cel::string(&c.sni)),
+            ("request_id", cel::string(&c.request_id)),
+            ("tenant", cel::string(&tenant.id)),
+            (
+                "auth",
+                cel::map([
+                    ("method", cel::string(identity.method.as_str())),
+                    ("subject", opt(&identity.subject)),
+                    ("issuer", opt(&identity.issuer)),
+                ]),
+            ),
+        ]);
+        Base {
+            claims: cel::map(
+                identity
+                    .claims
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), cel::json_to_cel(v))),
+            ),
+            context,
+            resource,
+        }
+    }
+
+    fn variables(
+        &self,
+        params: &[(String, String)],
+        attributes: Option<&BTreeMap<String, String>>,
+    ) -> cel::Variables {
+        let mut resource = self.resource.clone();
+        resource.insert(
+            "params".into(),
+            cel::map(params.iter().map(|(k, v)| (k.as_str(), cel::string(v)))),
+        );
+        resource.insert(
+            "attributes".into(),
+            cel::map(
+                attributes
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k.as_str(), cel::string(v))),
+            ),
+        );
+        cel::Variables {
+            claims: self.claims.clone(),
+            resource: Value::from(resource),
+            context: self.context.clone(),
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! Stage 6: a [`Decision`] rendered into Envoy's `CheckResponse`.
+//!
+//! Envoy appends request headers by default and applies `headers_to_remove` after
+//! the headers it sets. So every header portcullis sets uses
+//! `OVERWRITE_IF_EXISTS_OR_ADD`, and a header it owns but has no value for is
+//! removed by name; the two lists never share a name. A deny carries a small JSON
+//! body with the reason code and decision id, never internal detail. A 503 deny
+//! (portcullis can answer but not decide) is still a *denied* response, so an
+//! Envoy with `failure_mode_allow: true` fails closed.
+
+use prost_types::{Struct, Value, value::Kind};
+
+use crate::decision::Decision;
+use crate::pipeline::DECISION_ID_HEADER;
+use crate::proto::auth::{CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response};
+use crate::proto::core::{HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction};
+use crate::proto::envoy::r#type::v3::HttpStatus;
+use crate::proto::google::rpc::Status;
+
+/// Namespace of the dynamic metadata portcullis emits (for access logs and
+/// later filters).
+pub const METADATA_NAMESPACE: &str = "portcullis";
+
+/// `google.rpc.Code` values used in `CheckResponse.status`.
+mod code {
+    pub const OK: i32 = 0;
+    pub const INVALID_ARGUMENT: i32 = 3;
+    pub const PERMISSION_DENIED: i32 = 7;
+    pub const UNAVAILABLE: i32 = 14;
+    pub const UNAUTHENTICATED: i32 = 16;
+}
+
+pub fn render(decision: &Decision) -> CheckResponse {
+    let status = decision.status();
+    let rpc_code = match status {
+        200 => code::OK,
+        401 => code::UNAUTHENTICATED,
+        400 | 414 => code::INVALID_ARGUMENT,
+        503 => code::UNAVAILABLE,
+        _ => code::PERMISSION_DENIED,
+    };
+    let http_response = if decision.allowed {
+        check_response::HttpResponse::OkResponse(OkHttpResponse {
+            headers: decision
+                .set_headers
+                .iter()
+                .map(|(k, v)| overwrite(k, v))
+                .collect(),
+            headers_to_remove: decision.remove_headers.clone(),
+            ..Default::default()
+        })
+    } else {
+        let mut headers = vec![
+            overwrite("content-type", "application/json"),
+            overwrite(DECISION_ID_HEADER, &decision.decision_id),
+            overwrite("cache-control", "no-store"),
+        ];
+        if status == 401 {
+            // RFC 6750 §3: name the scheme; `invalid_token` only when one was sent.
+            let challenge = if decision.reason == crate::decision::Reason::MissingCredential {
+                "Bearer realm=\"portcullis\"".to_string()
+            } else {
+                "Bearer realm=\"portcullis\", error=\"invalid_token\"".to_string()
+            };
+            headers.push(overwrite("www-authenticate", &challenge));
+        }
+        let body = serde_json::json!({
+            "error": decision.reason.code(),
+            "decision_id": decision.decision_id,
+        });
+        check_response::HttpResponse::DeniedResponse(DeniedHttpResponse {
+            status: Some(HttpStatus {
+                code: i32::from(status),
+            }),
+            headers,
+            body: body.to_string(),
+        })
+    };
+    CheckResponse {
+        status: Some(Status {
+            code: rpc_code,
+            message: if decision.allowed {
+                String::new()
+            } else {
+                decision.reason.code().to_string()
+            },
+            details: Vec::new(),
+        }),
+        http_response: Some(http_response),
+        dynamic_metadata: Some(metadata(decision)),
+    }
+}
+
+fn overwrite(key: &str, value: &str) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_string(),
+            value: value.to_string(),
+            raw_value: Vec::new(),
+        }),
+        append: None,
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        keep_empty_value: false,
+    }
+}
+
+/// Decision id, tenant, rule, digest and reason, for Envoy's access log
+/// (`%DYNAMIC_METADATA(envoy.filters.http.ext_authz:...)%`).
+fn metadata(decision: &Decision) -> Struct {
+    let s = |v: &str| Value {
+        kind: Some(Kind::StringValue(v.to_string())),
+    };
+    let mut fields = std::collections::BTreeMap::new();
+    fields.insert("decision_id".to_string(), s(&decision.decision_id));
+    fields.insert("reason".to_string(), s(decision.reason.code()));
+    fields.insert(
+        "decision".to_string(),
+        s(if decision.allowed { "allow" } else { "deny" }),
+    );
+    if let Some(t) = &decision.tenant {
+        fields.insert("tenant".to_string(), s(t));
+    }
+    if let Some(r) = &decision.rule {
+        fields.insert("rule".to_string(), s(r));
+    }
+    if let Some(d) = &decision.digest {
+        fields.insert("policy_digest".to_string(), s(d));
+    }
+    Struct {
+        fields: [(
+            METADATA_NAMESPACE.to_string(),
+            Value {
+                kind: Some(Kind::StructValue(Struct { fields })),
+            },
+        )]
+        .into_iter()
+        .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::Reason;
+
+    fn header<'a>(opts: &'a [HeaderValueOption], name: &str) -> Option<&'a HeaderValueOption> {
+        opts.iter()
+            .find(|h| h.header.as_ref().is_some_and(|h| h.key == name))
+    }
+
+    #[test]
+    fn allow_overwrites_and_removes() {
+        let mut d = Decision::deny("id-1".into(), Reason::Allowed);
+        d.allowed = true;
+        d.set_headers = vec![("x-subject".into(), "alice".into())];
+        d.remove_headers = vec!["x-tenant".into()];
+        let r = render(&d);
+        assert_eq!(r.status.unwrap().code, 0);
+        let Some(check_response::HttpResponse::OkResponse(ok)) = r.http_response else {
+            panic!("not ok")
+        };
+        let h = header(&ok.headers, "x-subject").unwrap();
+        assert_eq!(
+            h.append_action,
+            HeaderAppendAction::OverwriteIfExistsOrAdd as i32
+        );
+        assert_eq!(ok.headers_to_remove, vec!["x-tenant"]);
+        #[allow(deprecated)]
+        let legacy = ok.dynamic_metadata.is_none();
+        assert!(legacy);
+        assert!(
+            r.dynamic_metadata
+                .unwrap()
+                .fields
+                .contains_key(METADATA_NAMESPACE)
+        );
+    }
+
+    #[test]
+    fn deny_has_status_body_and_challenge() {
+        let mut d = Decision::deny("id-2".into(), Reason::MissingCredential);
+        d.detail = Some("secret internal detail".into());
+        let r = render(&d);
+        assert_eq!(r.status.as_ref().unwrap().code, code::UNAUTHENTICATED);
+        let Some(check_response::HttpResponse::DeniedResponse(denied)) = r.http_response else {
+            panic!("not denied")
+        };
+        assert_eq!(denied.status.unwrap().code, 401);
+        assert!(header(&denied.headers, "www-authenticate").is_some());
+        let body: serde_json::Value = serde_json::from_str(&denied.body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"error": "missing_credential", "decision_id": "id-2"})
+        );
+        assert!(!denied.body.contains("secret"));
+
+        let r = render(&Decision::deny("id-3".into(), Reason::NotReady));
+        assert_eq!(r.status.unwrap().code, code::UNAVAILABLE);
+        let Some(check_response::HttpResponse::DeniedResponse(denied)) = r.http_response else {
+            panic!("not denied")
+        };
+        assert_eq!(denied.status.unwrap().code, 503);
+        assert!(header(&denied.headers, "www-authenticate").is_none());
+    }
+}

@@ -1,0 +1,295 @@
+//! The gRPC server: `envoy.service.auth.v3.Authorization/Check` and
+//! `grpc.health.v1`, on TCP and/or a unix socket, plus the admin HTTP port.
+//!
+//! The handler only chains the pipeline and owns the span. Shutdown (SIGTERM or
+//! SIGINT in `serve`) marks the server not ready and not serving, stops accepting
+//! connections and lets in-flight checks finish within the grace period.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::{Request, Response, Status};
+use tonic_health::ServingStatus;
+use tracing::Instrument;
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::pipeline::Pipeline;
+use crate::proto::auth::authorization_server::{Authorization, AuthorizationServer};
+use crate::proto::auth::{CheckRequest, CheckResponse};
+use crate::response;
+use crate::store::PolicyStore;
+use crate::watch as policy_watch;
+
+/// The ext_authz service.
+#[derive(Debug, Clone)]
+pub struct AuthzService {
+    pipeline: Arc<Pipeline>,
+}
+
+impl AuthzService {
+    pub fn new(pipeline: Arc<Pipeline>) -> AuthzService {
+        AuthzService { pipeline }
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for AuthzService {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        let span = tracing::info_span!(
+            "check",
+            tenant = tracing::field::Empty,
+            decision = tracing::field::Empty,
+            rule = tracing::field::Empty,
+            reason = tracing::field::Empty,
+            decision_id = tracing::field::Empty,
+        );
+        async {
+            let decision = self.pipeline.check(request.get_ref());
+            let span = tracing::Span::current();
+            span.record("decision_id", decision.decision_id.as_str());
+            span.record("decision", if decision.allowed { "allow" } else { "deny" });
+            span.record("reason", decision.reason.code());
+            if let Some(t) = &decision.tenant {
+                span.record("tenant", &**t);
+            }
+            if let Some(r) = &decision.rule {
+                span.record("rule", &**r);
+            }
+            if decision.allowed {
+                tracing::debug!(
+                    status = decision.status(),
+                    auth_method = decision.auth_method,
+                    subject = decision.subject.as_deref(),
+                    "allow"
+                );
+            } else {
+                tracing::info!(
+                    status = decision.status(),
+                    auth_method = decision.auth_method,
+                    subject = decision.subject.as_deref(),
+                    detail = decision.detail.as_deref(),
+                    "deny"
+                );
+            }
+            Ok(Response::new(response::render(&decision)))
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// A running server; dropped handles do not stop it, [`Running::shutdown`] does.
+#[derive(Debug)]
+pub struct Running {
+    pub grpc_addr: Option<SocketAddr>,
+    pub admin_addr: SocketAddr,
+    pub store: Arc<PolicyStore>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<anyhow::Result<()>>,
+    grace: Duration,
+}
+
+const SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
+
+/// Loads policies, binds every listener and starts serving.
+pub async fn start(config: &Config) -> anyhow::Result<Running> {
+    let store = Arc::new(PolicyStore::new(&config.policies));
+    let first = {
+        let s = Arc::clone(&store);
+        tokio::task::spawn_blocking(move || s.reload()).await?
+    };
+    policy_watch::log_status(&first);
+
+    let pipeline = Arc::new(Pipeline::new(Arc::clone(&store), config.tenancy.clone()));
+    let (stop, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let draining = Arc::new(AtomicBool::new(false));
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, store.is_ready()).await;
+
+    let mut tasks = JoinSet::new();
+
+    // Admin first, so /healthz answers while gRPC binds.
+    let admin_listener = TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("cannot bind admin address {}", config.admin_listen))?;
+    let admin_addr = admin_listener.local_addr()?;
+    let admin_router = admin::router(AdminState {
+        store: Arc::clone(&store),
+        draining: Arc::clone(&draining),
+    });
+    let admin_stop = stopped();
+    tasks.spawn(async move {
+        axum::serve(admin_listener, admin_router)
+            .with_graceful_shutdown(admin_stop)
+            .await
+            .context("admin server failed")
+    });
+
+    let make_router = || {
+        tonic::transport::Server::builder()
+            .add_service(health_service.clone())
+            .add_service(AuthorizationServer::new(AuthzService::new(Arc::clone(
+                &pipeline,
+            ))))
+    };
+    let mut grpc_addr = None;
+    if let Some(addr) = config.listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot bind gRPC address {addr}"))?;
+        grpc_addr = Some(listener.local_addr()?);
+        let incoming = TcpListenerStream::new(listener);
+        let router = make_router();
+        let s = stopped();
+        tasks.spawn(async move {
+            router
+                .serve_with_incoming_shutdown(incoming, s)
+                .await
+                .context("gRPC server failed")
+        });
+    }
+    if let Some(path) = &config.unix_socket {
+        // A stale socket from an earlier run would make bind fail.
+        if path.exists() {
+            std::fs::remove_file(path)
+                .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+        }
+        let listener = UnixListener::bind(path)
+            .with_context(|| format!("cannot bind unix socket {}", path.display()))?;
+        let incoming = UnixListenerStream::new(listener);
+        let router = make_router();
+        let s = stopped();
+        tasks.spawn(async move {
+            router
+                .serve_with_incoming_shutdown(incoming, s)
+                .await
+                .context("gRPC server on unix socket failed")
+        });
+    }
+
+    {
+        let store = Arc::clone(&store);
+        let health = health.clone();
+        let s = stopped();
+        let reload = config.reload.clone();
+        let draining = Arc::clone(&draining);
+        tasks.spawn(async move {
+            let handle = tokio::runtime::Handle::current();
+            policy_watch::run(
+                Arc::clone(&store),
+                reload.debounce,
+                reload.rescan_interval,
+                move |status| {
+                    policy_watch::log_status(status);
+                    if !draining.load(Ordering::Acquire) {
+                        let health = health.clone();
+                        let ready = store.is_ready();
+                        handle.spawn(async move { set_health(&health, ready).await });
+                    }
+                },
+                s,
+            )
+            .await;
+            Ok(())
+        });
+    }
+    {
+        // On shutdown: not serving first, so Envoy's health checks move away.
+        let s = stopped();
+        let draining = Arc::clone(&draining);
+        let health = health.clone();
+        tasks.spawn(async move {
+            s.await;
+            draining.store(true, Ordering::Release);
+            set_health(&health, false).await;
+            Ok(())
+        });
+    }
+
+    Ok(Running {
+        grpc_addr,
+        admin_addr,
+        store,
+        stop,
+        tasks,
+        grace: config.shutdown_grace,
+    })
+}
+
+async fn set_health(health: &tonic_health::server::HealthReporter, ready: bool) {
+    let status = if ready {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    health.set_service_status("", status).await;
+    health.set_service_status(SERVICE_NAME, status).await;
+}
+
+impl Running {
+    /// Stops accepting connections; in-flight checks continue.
+    pub fn shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Serves until `stop` resolves (or a listener fails), then shuts down and
+    /// waits for in-flight work, aborting what has not finished within the grace
+    /// period. Returns the first failure.
+    pub async fn wait_or(
+        mut self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let flatten = |res: Result<anyhow::Result<()>, tokio::task::JoinError>| {
+            res.map_err(anyhow::Error::from).and_then(|r| r)
+        };
+        let mut first_error = None;
+        tokio::select! {
+            () = stop => {}
+            Some(res) = self.tasks.join_next() => first_error = flatten(res).err(),
+        }
+        self.shutdown();
+        let grace = self.grace;
+        let tasks = &mut self.tasks;
+        let drain = async move {
+            let mut err = None;
+            while let Some(res) = tasks.join_next().await {
+                if let Err(e) = flatten(res) {
+                    err.get_or_insert(e);
+                }
+            }
+            err
+        };
+        match tokio::time::timeout(grace, drain).await {
+            Ok(err) => first_error = first_error.or(err),
+            Err(_) => {
+                tracing::warn!(
+                    ?grace,
+                    "shutdown grace period ended; aborting remaining work"
+                );
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Shuts down now and waits for the drain.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.wait_or(std::future::ready(())).await
+    }
+}

@@ -1,0 +1,504 @@
+//! The compiled tenants, and how a reload replaces them.
+//!
+//! Readers ([`PolicyStore::tenant`], [`PolicyStore::tenant_for_host`]) clone an
+//! `Arc` out of a `DashMap` shard or an `ArcSwap` and drop the guard at once; no
+//! lock a reload holds is ever taken on the request path.
+//!
+//! A reload compiles changed files aside and swaps a tenant only when its file
+//! compiled whole. A broken file keeps the tenant's previous rules serving, and the
+//! error (file, line, cause) is kept for `/readyz`. A file removed from a directory
+//! that still has policy files removes its tenant; a directory that is missing or
+//! has no policy files keeps the last good rules.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+
+use crate::policy::{self, CompiledTenant, HostPattern, MAX_POLICY_FILE_BYTES, PolicyError};
+
+/// Tenant ids as map keys.
+pub type TenantId = Arc<str>;
+
+/// Host → tenant, rebuilt on each reload that changes a tenant.
+#[derive(Debug, Default)]
+struct HostIndex {
+    exact: HashMap<String, TenantId>,
+    /// `.suffix` patterns, longest first.
+    suffixes: Vec<(String, TenantId)>,
+}
+
+impl HostIndex {
+    fn build<'a>(tenants: impl Iterator<Item = &'a Arc<CompiledTenant>>) -> HostIndex {
+        let mut index = HostIndex::default();
+        for t in tenants {
+            for h in &t.hosts {
+                match h {
+                    HostPattern::Exact(name) => {
+                        index.exact.insert(name.clone(), t.id.clone());
+                    }
+                    HostPattern::Suffix(s) => index.suffixes.push((s.clone(), t.id.clone())),
+                }
+            }
+        }
+        index
+            .suffixes
+            .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
+        index
+    }
+
+    fn lookup(&self, host: &str) -> Option<&TenantId> {
+        self.exact.get(host).or_else(|| {
+            self.suffixes
+                .iter()
+                .find(|(s, _)| host.len() > s.len() && host.ends_with(s.as_str()))
+                .map(|(_, t)| t)
+        })
+    }
+}
+
+/// What `/readyz` and `portcullis validate` report.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StoreStatus {
+    /// Incremented by each reload that changed the served rules.
+    pub generation: u64,
+    pub tenants: Vec<TenantStatus>,
+    /// Files whose latest version did not load (their previous rules, if any,
+    /// still serve).
+    pub errors: Vec<PolicyError>,
+    /// Conditions worth knowing that are not file errors.
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TenantStatus {
+    pub tenant: String,
+    pub digest: String,
+    pub file: PathBuf,
+    pub rules: usize,
+}
+
+/// The last good compile of one file.
+#[derive(Debug, Clone)]
+struct Loaded {
+    digest: String,
+    tenant: Arc<CompiledTenant>,
+}
+
+/// The tenants' rule sets, and the reload that replaces them.
+#[derive(Debug)]
+pub struct PolicyStore {
+    dir: PathBuf,
+    tenants: DashMap<TenantId, Arc<CompiledTenant>>,
+    hosts: ArcSwap<HostIndex>,
+    status: ArcSwap<StoreStatus>,
+    ready: AtomicBool,
+    /// Held only by reloads, which it serializes.
+    files: Mutex<BTreeMap<PathBuf, Loaded>>,
+}
+
+impl PolicyStore {
+    /// An empty store for `dir`; call [`PolicyStore::reload`] to load it.
+    pub fn new(dir: impl Into<PathBuf>) -> PolicyStore {
+        PolicyStore {
+            dir: dir.into(),
+            tenants: DashMap::new(),
+            hosts: ArcSwap::from_pointee(HostIndex::default()),
+            status: ArcSwap::from_pointee(StoreStatus::default()),
+            ready: AtomicBool::new(false),
+            files: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The tenant's current rule set. The map guard is dropped before returning.
+    pub fn tenant(&self, id: &str) -> Option<Arc<CompiledTenant>> {
+        self.tenants.get(id).map(|t| Arc::clone(t.value()))
+    }
+
+    /// The tenant whose `hosts` include `host` (exact first, then the longest
+    /// `*.` wildcard).
+    pub fn tenant_for_host(&self, host: &str) -> Option<Arc<CompiledTenant>> {
+        let id = self.hosts.load().lookup(host).cloned()?;
+        self.tenant(&id)
+    }
+
+    /// True once a load has produced at least one tenant.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn status(&self) -> Arc<StoreStatus> {
+        self.status.load_full()
+    }
+
+    /// Rescans the directory and swaps in every file that compiled whole.
+    /// Returns the new status. Safe to call concurrently (reloads serialize).
+    pub fn reload(&self) -> Arc<StoreStatus> {
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = self.status.load_full();
+        let mut errors = Vec::new();
+        let mut notes = Vec::new();
+
+        let listing = match list_policy_files(&self.dir) {
+            Ok(list) if list.is_empty() => {
+                notes.push(format!(
+                    "policy directory {} has no policy files; keeping the last good rules",
+                    self.dir.display()
+                ));
+                None
+            }
+            Ok(list) => Some(list),
+            Err(e) => {
+                notes.push(format!(
+                    "policy directory {} cannot be read ({e}); keeping the last good rules",
+                    self.dir.display()
+                ));
+                None
+            }
+        };
+        let Some(paths) = listing else {
+            // Keep every tenant and every earlier file error.
+            let status = Arc::new(StoreStatus {
+                generation: previous.generation,
+                tenants: previous.tenants.clone(),
+                errors: previous.errors.clone(),
+                notes,
+            });
+            self.status.store(Arc::clone(&status));
+            return status;
+        };
+
+        // Files that no longer exist drop out; the rest start from their last good.
+        let mut next: BTreeMap<PathBuf, Loaded> = files
+            .iter()
+            .filter(|(p, _)| paths.contains(p))
+            .map(|(p, l)| (p.clone(), l.clone()))
+            .collect();
+        let mut changed: Vec<(PathBuf, Arc<CompiledTenant>)> = Vec::new();
+        for path in &paths {
+            let text = match read_limited(path) {
+                Ok(t) => t,
+                Err(message) => {
+                    errors.push(PolicyError {
+                        file: path.clone(),
+                        line: None,
+                        message,
+                    });
+                    continue;
+                }
+            };
+            let digest = policy::digest_of(text.as_bytes());
+            if next.get(path).is_some_and(|l| l.digest == digest) {
+                continue;
+            }
+            match policy::compile(path, &text) {
+                Ok(t) => changed.push((path.clone(), Arc::new(t))),
+                Err(mut errs) => errors.append(&mut errs),
+            }
+        }
+
+        // Admit changed files whose tenant id and hosts no other file holds. An
+        // incumbent keeps what it has; a file that loses a conflict may win it in a
+        // later pass once the holder has changed, so repeat until nothing moves.
+        let mut pending = changed;
+        loop {
+            let mut rejected = Vec::new();
+            let before = pending.len();
+            for (path, tenant) in pending {
+                match conflict(&next, &path, &tenant) {
+                    None => {
+                        next.insert(
+                            path,
+                            Loaded {
+                                digest: tenant.digest.to_string(),
+                                tenant,
+                            },
+                        );
+                    }
+                    Some(message) => rejected.push((path, tenant, message)),
+                }
+            }
+            if rejected.len() == before || rejected.is_empty() {
+                for (path, _, message) in &rejected {
+                    errors.push(PolicyError {
+                        file: path.clone(),
+                        line: None,
+                        message: message.clone(),
+                    });
+                }
+                break;
+            }
+            pending = rejected.into_iter().map(|(p, t, _)| (p, t)).collect();
+        }
+
+        // Swap: add and replace first, then the host index, then removals.
+        let serving: HashMap<TenantId, Arc<CompiledTenant>> = next
+            .values()
+            .map(|l| (l.tenant.id.clone(), Arc::clone(&l.tenant)))
+            .collect();
+        let mut moved = false;
+        for (id, tenant) in &serving {
+            let same = self
+                .tenants
+                .get(id)
+                .is_some_and(|cur| Arc::ptr_eq(cur.value(), tenant));
+            if !same {
+                self.tenants.insert(id.clone(), Arc::clone(tenant));
+                moved = true;
+            }
+        }
+        self.hosts
+            .store(Arc::new(HostIndex::build(serving.values())));
+        let stale: Vec<TenantId> = self
+            .tenants
+            .iter()
+            .filter(|e| !serving.contains_key(e.key()))
+            .map(|e| e.key().clone())
+            .collect();
+        for id in stale {
+            self.tenants.remove(&id);
+            moved = true;
+        }
+        *files = next;
+
+        let mut tenants: Vec<TenantStatus> = files
+            .values()
+            .map(|l| TenantStatus {
+                tenant: l.tenant.id.to_string(),
+                digest: l.tenant.digest.to_string(),
+                file: l.tenant.source.clone(),
+                rules: l.tenant.rule_count(),
+            })
+            .collect();
+        tenants.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+        let status = Arc::new(StoreStatus {
+            generation: previous.generation + u64::from(moved),
+            tenants,
+            errors,
+            notes,
+        });
+        self.status.store(Arc::clone(&status));
+        if !self.tenants.is_empty() {
+            self.ready.store(true, Ordering::Release);
+        }
+        status
+    }
+}
+
+/// Why `tenant` (from `path`) cannot be admitted next to the other files.
+fn conflict(
+    next: &BTreeMap<PathBuf, Loaded>,
+    path: &Path,
+    tenant: &CompiledTenant,
+) -> Option<String> {
+    for (other_path, other) in next.iter().filter(|(p, _)| p.as_path() != path) {
+        if other.tenant.id == tenant.id {
+            return Some(format!(
+                "tenant {:?} is already defined in {}",
+                tenant.id,
+                other_path.display()
+            ));
+        }
+        if let Some(h) = tenant.hosts.iter().find(|h| other.tenant.hosts.contains(h)) {
+            return Some(format!(
+                "host {h:?} is already claimed by tenant {:?} in {}",
+                other.tenant.id,
+                other_path.display()
+            ));
+        }
+    }
+    None
+}
+
+/// `*.yaml` and `*.yml` files, skipping hidden entries: a Kubernetes ConfigMap
+/// mount's `..data` and `..<timestamp>` entries start with a dot. Symlinks are
+/// followed, since a ConfigMap's visible files are symlinks into `..data`.
+pub fn list_policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with('.') || !(name.ends_with(".yaml") || name.ends_with(".yml")) {
+            continue;
+        }
+        let path = entry.path();
+        if path.is_file() {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn read_limited(path: &Path) -> Result<String, String> {
+    let file = fs::File::open(path).map_err(|e| format!("cannot read file: {e}"))?;
+    let mut text = String::new();
+    file.take(MAX_POLICY_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read file: {e}"))?;
+    if text.len() as u64 > MAX_POLICY_FILE_BYTES {
+        return Err(format!("file is larger than {MAX_POLICY_FILE_BYTES} bytes"));
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, body: &str) {
+        // Atomic replace, as operators are told to do.
+        let tmp = dir.join(format!(".{name}.tmp"));
+        fs::write(&tmp, body).unwrap();
+        fs::rename(&tmp, dir.join(name)).unwrap();
+    }
+
+    fn policy(tenant: &str, host: &str, rule: &str) -> String {
+        format!(
+            "apiVersion: portcullis/v1\ntenant: {tenant}\nhosts: [{host}]\nrules:\n  - id: {rule}\n    path: /x\n    effect: allow\n    public: true\n"
+        )
+    }
+
+    #[test]
+    fn broken_file_keeps_old_rules_and_reports_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "acme.yaml",
+            &policy("acme", "acme.example", "r1"),
+        );
+        let store = PolicyStore::new(dir.path());
+        let s = store.reload();
+        assert!(s.errors.is_empty(), "{:?}", s.errors);
+        assert!(store.is_ready());
+        let first = store.tenant("acme").unwrap();
+
+        write(
+            dir.path(),
+            "acme.yaml",
+            "apiVersion: portcullis/v1\ntenant: acme\nrules:\n  - id: r2\n    path: /x\n    effect: allow\n    when: 'claims.a =='\n",
+        );
+        let s = store.reload();
+        assert_eq!(s.errors.len(), 1);
+        let e = &s.errors[0];
+        assert!(e.file.ends_with("acme.yaml"));
+        assert_eq!(e.line, Some(7), "{e}");
+        assert!(
+            e.message.contains("r2") && e.message.contains("parse"),
+            "{e}"
+        );
+        let still = store.tenant("acme").unwrap();
+        assert!(Arc::ptr_eq(&first, &still));
+        assert_eq!(s.generation, 1);
+
+        write(
+            dir.path(),
+            "acme.yaml",
+            &policy("acme", "acme.example", "r3"),
+        );
+        let s = store.reload();
+        assert!(s.errors.is_empty());
+        assert_eq!(s.generation, 2);
+        assert_ne!(store.tenant("acme").unwrap().digest, first.digest);
+    }
+
+    #[test]
+    fn deleted_file_removes_tenant_but_empty_or_missing_dir_keeps_all() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.yaml", &policy("a", "a.example", "r"));
+        write(dir.path(), "b.yaml", &policy("b", "b.example", "r"));
+        let store = PolicyStore::new(dir.path());
+        store.reload();
+        fs::remove_file(dir.path().join("b.yaml")).unwrap();
+        store.reload();
+        assert!(store.tenant("b").is_none());
+        assert!(store.tenant_for_host("b.example").is_none());
+
+        fs::remove_file(dir.path().join("a.yaml")).unwrap();
+        let s = store.reload();
+        assert!(store.tenant("a").is_some());
+        assert!(s.notes[0].contains("no policy files"));
+
+        let path = dir.path().to_path_buf();
+        drop(dir);
+        assert!(!path.exists());
+        let s = store.reload();
+        assert!(store.tenant("a").is_some());
+        assert!(s.notes[0].contains("cannot be read"));
+    }
+
+    #[test]
+    fn conflicts_keep_the_incumbent() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "b.yaml", &policy("b", "shared.example", "r"));
+        let store = PolicyStore::new(dir.path());
+        store.reload();
+        write(dir.path(), "a.yaml", &policy("a", "shared.example", "r"));
+        let s = store.reload();
+        assert_eq!(s.errors.len(), 1);
+        assert!(s.errors[0].file.ends_with("a.yaml"));
+        assert!(s.errors[0].message.contains("b.yaml"));
+        assert_eq!(&*store.tenant_for_host("shared.example").unwrap().id, "b");
+
+        write(dir.path(), "c.yaml", &policy("b", "c.example", "r"));
+        let s = store.reload();
+        assert!(
+            s.errors
+                .iter()
+                .any(|e| e.file.ends_with("c.yaml") && e.message.contains("already defined"))
+        );
+
+        // Once b releases the host, a is admitted (its file is retried).
+        write(dir.path(), "b.yaml", &policy("b", "b.example", "r"));
+        fs::remove_file(dir.path().join("c.yaml")).unwrap();
+        let s = store.reload();
+        assert!(s.errors.is_empty(), "{:?}", s.errors);
+        assert_eq!(&*store.tenant_for_host("shared.example").unwrap().id, "a");
+    }
+
+    #[test]
+    fn hidden_and_configmap_entries_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("..2026_01_01");
+        fs::create_dir(&data).unwrap();
+        fs::write(data.join("a.yaml"), policy("a", "a.example", "r")).unwrap();
+        std::os::unix::fs::symlink("..2026_01_01", dir.path().join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/a.yaml", dir.path().join("a.yaml")).unwrap();
+        fs::write(dir.path().join(".hidden.yaml"), "garbage: [").unwrap();
+        fs::write(dir.path().join("README.md"), "not policy").unwrap();
+        let files = list_policy_files(dir.path()).unwrap();
+        assert_eq!(files, vec![dir.path().join("a.yaml")]);
+        let store = PolicyStore::new(dir.path());
+        assert!(store.reload().errors.is_empty());
+        assert!(store.tenant_for_host("a.example").is_some());
+    }
+
+    #[test]
+    fn wildcard_hosts_prefer_exact_then_longest() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.yaml", &policy("a", "'*.example.com'", "r"));
+        write(
+            dir.path(),
+            "b.yaml",
+            &policy("b", "'*.eu.example.com'", "r"),
+        );
+        write(dir.path(), "c.yaml", &policy("c", "x.eu.example.com", "r"));
+        let store = PolicyStore::new(dir.path());
+        assert!(store.reload().errors.is_empty());
+        let t = |h: &str| store.tenant_for_host(h).map(|t| t.id.to_string());
+        assert_eq!(t("shop.example.com").as_deref(), Some("a"));
+        assert_eq!(t("shop.eu.example.com").as_deref(), Some("b"));
+        assert_eq!(t("x.eu.example.com").as_deref(), Some("c"));
+        assert_eq!(t("example.com"), None);
+    }
+}

@@ -1,0 +1,163 @@
+//! Stage 2: which tenant's rules apply, from a trusted source.
+//!
+//! Sources are tried in the configured order. The route's `context_extensions`
+//! are set by Envoy's configuration, so they are trusted. The host is set by the
+//! client: host-based tenancy is safe only where Envoy's virtual hosts pin the
+//! domains (Istio's inbound listener matches `*`, so it is not safe there). A
+//! header is used only when the operator names it and states that the proxy sets
+//! it. An unknown tenant is denied.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::input::Resource;
+use crate::policy::CompiledTenant;
+use crate::store::PolicyStore;
+
+/// Where a tenant id may come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantSource {
+    /// A `context_extensions` key on the route (default key `tenant`).
+    ContextExtension,
+    /// The request host, against each tenant's `hosts`.
+    Host,
+    /// A request header the proxy sets (and strips from clients).
+    Header,
+}
+
+/// How tenants are resolved; part of the server configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantResolver {
+    pub sources: Vec<TenantSource>,
+    pub context_key: String,
+    /// Required when `sources` includes `header`.
+    pub header: Option<String>,
+}
+
+impl Default for TenantResolver {
+    fn default() -> Self {
+        TenantResolver {
+            sources: vec![TenantSource::ContextExtension, TenantSource::Host],
+            context_key: "tenant".into(),
+            header: None,
+        }
+    }
+}
+
+impl TenantResolver {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.sources.is_empty() {
+            return Err("tenancy.sources must name at least one source".into());
+        }
+        if self.sources.contains(&TenantSource::Header)
+            && self.header.as_deref().is_none_or(str::is_empty)
+        {
+            return Err("tenancy.sources includes header, so tenancy.header must name it".into());
+        }
+        Ok(())
+    }
+
+    /// The tenant for this request. The first source that yields an id decides:
+    /// an id that names no tenant is unknown, not a reason to try the next source.
+    pub fn resolve(&self, resource: &Resource, store: &PolicyStore) -> Option<Arc<CompiledTenant>> {
+        for source in &self.sources {
+            match source {
+                TenantSource::ContextExtension => {
+                    if let Some(id) = resource.context_extensions.get(&self.context_key) {
+                        return store.tenant(id);
+                    }
+                }
+                TenantSource::Host => {
+                    if !resource.host.is_empty() {
+                        return store.tenant_for_host(&resource.host);
+                    }
+                }
+                TenantSource::Header => {
+                    let name = self
+                        .header
+                        .as_deref()
+                        .unwrap_or_default()
+                        .to_ascii_lowercase();
+                    if let Some(id) = resource.headers.get(&name) {
+                        return store.tenant(id);
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, PolicyStore) {
+        let dir = tempfile::tempdir().unwrap();
+        for (t, h) in [("acme", "acme.example"), ("globex", "globex.example")] {
+            std::fs::write(
+                dir.path().join(format!("{t}.yaml")),
+                format!("apiVersion: portcullis/v1\ntenant: {t}\nhosts: [{h}]\n"),
+            )
+            .unwrap();
+        }
+        let store = PolicyStore::new(dir.path());
+        assert!(store.reload().errors.is_empty());
+        (dir, store)
+    }
+
+    fn resource(host: &str, ext: Option<&str>) -> Resource {
+        let mut r = Resource {
+            host: host.into(),
+            ..Default::default()
+        };
+        if let Some(t) = ext {
+            r.context_extensions.insert("tenant".into(), t.into());
+        }
+        r
+    }
+
+    #[test]
+    fn context_extension_wins_over_host() {
+        let (_d, store) = store();
+        let r = TenantResolver::default();
+        let t = r.resolve(&resource("acme.example", Some("globex")), &store);
+        assert_eq!(t.unwrap().id.as_ref(), "globex");
+        let t = r.resolve(&resource("acme.example", None), &store);
+        assert_eq!(t.unwrap().id.as_ref(), "acme");
+    }
+
+    #[test]
+    fn unknown_ids_do_not_fall_through() {
+        let (_d, store) = store();
+        let r = TenantResolver::default();
+        assert!(
+            r.resolve(&resource("acme.example", Some("nope")), &store)
+                .is_none()
+        );
+        assert!(
+            r.resolve(&resource("other.example", None), &store)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn headers_only_when_configured() {
+        let (_d, store) = store();
+        let mut res = resource("", None);
+        res.headers.insert("x-tenant".into(), "acme".into());
+        assert!(TenantResolver::default().resolve(&res, &store).is_none());
+        let r = TenantResolver {
+            sources: vec![TenantSource::Header],
+            context_key: "tenant".into(),
+            header: Some("X-Tenant".into()),
+        };
+        assert!(r.validate().is_ok());
+        assert_eq!(r.resolve(&res, &store).unwrap().id.as_ref(), "acme");
+        let bad = TenantResolver { header: None, ..r };
+        assert!(bad.validate().is_err());
+    }
+}

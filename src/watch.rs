@@ -1,0 +1,90 @@
+//! Notices policy changes and reloads the store.
+//!
+//! Change events are debounced, so a Kubernetes ConfigMap update (new
+//! `..<timestamp>` directory, then a rename of the `..data` symlink) loads as one
+//! generation. A periodic rescan catches what a watch can miss, e.g. when the
+//! directory itself is removed and created again. Reloads run on a blocking thread
+//! and one at a time.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify_debouncer_mini::notify::RecursiveMode;
+use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
+use tokio::sync::mpsc;
+
+use crate::store::{PolicyStore, StoreStatus};
+
+type Watcher = Debouncer<notify_debouncer_mini::notify::RecommendedWatcher>;
+
+/// Runs until `stop` resolves. `on_reload` sees every reload's status.
+pub async fn run(
+    store: Arc<PolicyStore>,
+    debounce: Duration,
+    rescan_interval: Duration,
+    on_reload: impl Fn(&StoreStatus) + Send + 'static,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let (tx, mut rx) = mpsc::channel::<()>(1);
+    let mut watcher = watch(store.dir(), debounce, tx.clone());
+    let mut tick = tokio::time::interval(rescan_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick is immediate; the caller has just loaded
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            Some(()) = rx.recv() => {}
+            _ = tick.tick() => {
+                if watcher.is_none() {
+                    watcher = watch(store.dir(), debounce, tx.clone());
+                }
+            }
+        }
+        let s = Arc::clone(&store);
+        match tokio::task::spawn_blocking(move || s.reload()).await {
+            Ok(status) => on_reload(&status),
+            Err(e) => tracing::error!(error = %e, "policy reload task failed"),
+        }
+    }
+}
+
+fn watch(dir: &Path, debounce: Duration, tx: mpsc::Sender<()>) -> Option<Watcher> {
+    let handler = move |res: DebounceEventResult| {
+        if res.is_ok() {
+            // A full channel already holds a pending reload: nothing is lost.
+            let _ = tx.try_send(());
+        }
+    };
+    let mut debouncer = match new_debouncer(debounce, handler) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot create policy watcher; relying on rescans");
+            return None;
+        }
+    };
+    match debouncer.watcher().watch(dir, RecursiveMode::Recursive) {
+        Ok(()) => Some(debouncer),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch policy directory; relying on rescans");
+            None
+        }
+    }
+}
+
+/// Logs a reload's outcome: every file error with file and line.
+pub fn log_status(status: &StoreStatus) {
+    for e in &status.errors {
+        tracing::warn!(file = %e.file.display(), line = e.line, error = %e.message, "policy file rejected; previous rules keep serving");
+    }
+    for n in &status.notes {
+        tracing::warn!(note = %n, "policy reload");
+    }
+    tracing::info!(
+        generation = status.generation,
+        tenants = status.tenants.len(),
+        errors = status.errors.len(),
+        "policies loaded"
+    );
+}
