@@ -1,0 +1,389 @@
+//! Integration tests: the real server on loopback port 0, spoken to by a tonic
+//! client (TCP and unix socket), a raw HTTP/2 client, and the admin HTTP port.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use prost::Message;
+use serde_json::json;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use portcullis::cli::check_request_from_json;
+use portcullis::proto::auth::authorization_client::AuthorizationClient;
+use portcullis::proto::auth::check_response::HttpResponse;
+use portcullis::proto::auth::{CheckRequest, CheckResponse};
+use support::http;
+
+fn request(host: &str, path: &str, ext_tenant: Option<&str>) -> CheckRequest {
+    let mut attrs = json!({
+        "request": { "http": { "method": "GET", "host": host, "path": path, "headers": {} } }
+    });
+    if let Some(t) = ext_tenant {
+        attrs["contextExtensions"] = json!({ "tenant": t });
+    }
+    check_request_from_json(&json!({ "attributes": attrs })).unwrap()
+}
+
+async fn client(addr: std::net::SocketAddr) -> AuthorizationClient<Channel> {
+    AuthorizationClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
+fn status_of(r: &CheckResponse) -> u16 {
+    match r.http_response.as_ref().unwrap() {
+        HttpResponse::OkResponse(_) => 200,
+        HttpResponse::DeniedResponse(d) => d.status.as_ref().unwrap().code as u16,
+    }
+}
+
+fn write_atomically(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+/// Polls until `f` holds; fails the test after the deadline.
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+const POLICY_V1: &str = "apiVersion: portcullis/v1\ntenant: t1\nhosts: [t1.example]\nrules:\n  - id: open\n    path: /open\n    effect: allow\n    public: true\n";
+const POLICY_V2: &str = "apiVersion: portcullis/v1\ntenant: t1\nhosts: [t1.example]\nrules:\n  - id: open-v2\n    path: /open2\n    effect: allow\n    public: true\n";
+const POLICY_BROKEN: &str = "apiVersion: portcullis/v1\ntenant: t1\nrules:\n  - id: bad\n    path: /open\n    effect: allow\n    when: 'claims.x =='\n";
+
+#[tokio::test]
+async fn check_over_grpc_allows_and_denies() {
+    let server = support::start_portcullis(&support::example_policies()).await;
+    let mut c = client(server.grpc_addr.unwrap()).await;
+
+    let allowed = c
+        .check(request("acme.example.com", "/docs/a", None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(allowed.status.as_ref().unwrap().code, 0);
+    let HttpResponse::OkResponse(ok) = allowed.http_response.as_ref().unwrap() else {
+        panic!("expected ok")
+    };
+    assert!(ok.headers.iter().any(|h| {
+        let h = h.header.as_ref().unwrap();
+        h.key == "x-tenant" && h.value == "acme"
+    }));
+    assert!(ok.headers_to_remove.contains(&"x-subject".to_string()));
+    let md = allowed.dynamic_metadata.as_ref().unwrap();
+    assert!(md.fields.contains_key("portcullis"));
+
+    let denied = c
+        .check(request("acme.example.com", "/tenants/acme/orders/1", None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status_of(&denied), 401);
+    assert_eq!(denied.status.unwrap().code, 16);
+
+    let unknown = c
+        .check(request("acme.example.com", "/docs/a", Some("nope")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status_of(&unknown), 403);
+
+    // A TCP-level check (no HTTP attributes) is answered, not an error.
+    let tcp = c
+        .check(CheckRequest {
+            attributes: Some(Default::default()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status_of(&tcp), 403);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn not_ready_until_policies_load_then_reload_swaps_and_broken_keeps_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = support::start_portcullis(dir.path()).await;
+    let addr = server.grpc_addr.unwrap();
+    let mut c = client(addr).await;
+    let mut health = HealthClient::new(
+        Endpoint::try_from(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let service = "envoy.service.auth.v3.Authorization".to_string();
+
+    // Nothing loaded: a 503 deny (fails closed even with failure_mode_allow),
+    // health NOT_SERVING, /readyz 503 naming why.
+    let r = c
+        .check(request("t1.example", "/open", None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status_of(&r), 503);
+    let h = health
+        .check(HealthCheckRequest {
+            service: service.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(h.status, ServingStatus::NotServing as i32);
+    let ready = http(server.admin_addr, "GET", "/readyz", &[], None).await;
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.json()["not_ready"][0], "no policies loaded");
+    let live = http(server.admin_addr, "GET", "/healthz", &[], None).await;
+    assert_eq!(live.status, 200);
+
+    // A policy appears: the watcher loads it; serving, ready, and allowing.
+    write_atomically(dir.path(), "t1.yaml", POLICY_V1);
+    eventually("policy load", || {
+        let mut health = health.clone();
+        let service = service.clone();
+        async move {
+            health
+                .check(HealthCheckRequest { service })
+                .await
+                .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32)
+        }
+    })
+    .await;
+    let r = c
+        .check(request("t1.example", "/open", None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status_of(&r), 200);
+    let ready = http(server.admin_addr, "GET", "/readyz", &[], None).await;
+    assert_eq!(ready.status, 200, "{ready:?}");
+
+    // A broken version: the old rules keep serving; the error names file and line.
+    write_atomically(dir.path(), "t1.yaml", POLICY_BROKEN);
+    eventually("reload error", || async {
+        let r = http(server.admin_addr, "GET", "/readyz", &[], None).await;
+        r.json()["policy_errors"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    })
+    .await;
+    let ready = http(server.admin_addr, "GET", "/readyz", &[], None).await;
+    assert_eq!(ready.status, 200);
+    let err = ready.json()["policy_errors"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("t1.yaml:7:"), "{err}");
+    let r = c
+        .check(request("t1.example", "/open", None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status_of(&r), 200, "old rules must keep serving");
+
+    // A good new version replaces it; every decision names the digest.
+    write_atomically(dir.path(), "t1.yaml", POLICY_V2);
+    let digest_v2 = portcullis::policy::digest_of(POLICY_V2.as_bytes());
+    eventually("v2", || {
+        let mut c = c.clone();
+        let digest_v2 = digest_v2.clone();
+        async move {
+            let r = c
+                .check(request("t1.example", "/open2", None))
+                .await
+                .unwrap()
+                .into_inner();
+            let md = r.dynamic_metadata.unwrap();
+            let Some(prost_types::value::Kind::StructValue(s)) =
+                md.fields["portcullis"].kind.clone()
+            else {
+                return false;
+            };
+            status_of_ok(&r.http_response)
+                && matches!(&s.fields["policy_digest"].kind,
+                    Some(prost_types::value::Kind::StringValue(d)) if *d == digest_v2)
+        }
+    })
+    .await;
+    let r = c
+        .check(request("t1.example", "/open", None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status_of(&r), 401, "v1's route is gone");
+    let policies = http(server.admin_addr, "GET", "/policies", &[], None).await;
+    assert_eq!(policies.json()["tenants"][0]["digest"], digest_v2);
+    server.stop().await.unwrap();
+}
+
+fn status_of_ok(r: &Option<HttpResponse>) -> bool {
+    matches!(r, Some(HttpResponse::OkResponse(_)))
+}
+
+#[tokio::test]
+async fn serves_on_a_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("portcullis.sock");
+    let mut config = portcullis::config::Config::with_policies(support::example_policies());
+    config.listen = None;
+    config.unix_socket = Some(sock.clone());
+    config.admin_listen = "127.0.0.1:0".parse().unwrap();
+    let server = portcullis::server::start(&config).await.unwrap();
+    let path = sock.clone();
+    let channel = Endpoint::try_from("http://unix.invalid")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .unwrap();
+    let mut c = AuthorizationClient::new(channel);
+    let r = c
+        .check(request("acme.example.com", "/docs/a", None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status_of(&r), 200);
+    server.stop().await.unwrap();
+}
+
+/// gRPC framing: a 5-byte prefix, then the message.
+fn grpc_frame(msg: &impl Message) -> Bytes {
+    let body = msg.encode_to_vec();
+    let mut b = BytesMut::with_capacity(body.len() + 5);
+    b.put_u8(0);
+    b.put_u32(body.len() as u32);
+    b.put_slice(&body);
+    b.freeze()
+}
+
+#[tokio::test]
+async fn shutdown_finishes_in_flight_checks_and_refuses_new_connections() {
+    let server = support::start_portcullis(&support::example_policies()).await;
+    let addr = server.grpc_addr.unwrap();
+
+    // Open a Check stream and send its headers, but hold the message back.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut h2c, mut conn) = h2::client::handshake(tcp).await.unwrap();
+    let mut ping = conn.ping_pong().expect("ping handle");
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{addr}/envoy.service.auth.v3.Authorization/Check"
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut send) = h2c.send_request(req, false).unwrap();
+    // The server has the stream open once the headers are acknowledged; a
+    // second round trip (a ping) guarantees that.
+    ping.ping(h2::Ping::opaque()).await.unwrap();
+
+    // Shut down while the check is in flight.
+    let stopping = tokio::spawn(server.stop());
+    // New connections are refused once the listener closes.
+    eventually("listener closed", || async {
+        tokio::net::TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+
+    // The held check completes normally.
+    send.send_data(
+        grpc_frame(&request("acme.example.com", "/docs/a", None)),
+        true,
+    )
+    .unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut data = BytesMut::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        body.flow_control().release_capacity(chunk.len()).unwrap();
+        data.extend_from_slice(&chunk);
+    }
+    let trailers = body.trailers().await.unwrap().unwrap();
+    assert_eq!(trailers["grpc-status"], "0");
+    let check = CheckResponse::decode(&data[5..]).unwrap();
+    assert_eq!(status_of(&check), 200);
+
+    stopping.await.unwrap().unwrap();
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    let bin = env!("CARGO_BIN_EXE_portcullis");
+    let mut child = std::process::Command::new(bin)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--policies")
+        .arg(support::example_policies())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    // Wait for the "serving" log line (JSON), which names the bound addresses.
+    let serving = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .find(|l| l.contains("portcullis serving"))
+        .expect("serving line");
+    let v: serde_json::Value = serde_json::from_str(&serving).unwrap();
+    assert!(v["admin"].as_str().unwrap().starts_with("127.0.0.1:"));
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    let exit = child.wait().unwrap();
+    assert_eq!(exit.code(), Some(0), "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("SIGTERM")), "{rest:?}");
+}
+
+#[test]
+fn bad_configuration_exits_64() {
+    let bin = env!("CARGO_BIN_EXE_portcullis");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.yaml");
+    std::fs::write(&cfg, "policies: p\nnot_a_setting: 1\n").unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.yaml:2"), "{err}");
+}
