@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Runs the demo: the echo upstream (:8081), portcullis (gRPC :9001, admin :9002)
+# and a real Envoy (:8080, admin :9901) on the bundled example policies.
+# Ctrl-C stops exactly the processes this script started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+envoy_bin=$(ls .tools/venv/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -n1)
+if [ -z "$envoy_bin" ]; then
+  echo "no Envoy in .tools/: run 'make tools' first" >&2
+  exit 1
+fi
+
+pids=()
+stop() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap stop EXIT INT TERM
+
+python3 examples/echo_upstream.py 8081 &
+pids+=($!)
+target/debug/portcullis serve --config examples/portcullis.yaml &
+pids+=($!)
+"$envoy_bin" -c examples/envoy/envoy.yaml -l warning --use-dynamic-base-id &
+pids+=($!)
+
+for _ in $(seq 1 100); do
+  if curl -fs http://127.0.0.1:9901/ready >/dev/null 2>&1 \
+     && curl -fs http://127.0.0.1:9002/readyz >/dev/null 2>&1; then
+    break
+  fi
+  sleep 0.2
+done
+
+cat <<'TOUR'
+
+portcullis is deciding for Envoy on http://127.0.0.1:8080. Try:
+
+  curl -s -H 'host: acme.example.com' -H 'x-subject: forged' localhost:8080/docs/intro
+  curl -si -H 'host: acme.example.com' localhost:8080/tenants/acme/orders/1
+  curl -si -H 'host: acme.example.com' 'localhost:8080/docs/intro;x=1'
+  curl -si -H 'host: unknown.example.com' localhost:8080/docs/intro
+  curl -s -H 'host: api.globex.example.com' localhost:8080/status
+  curl -s localhost:9002/readyz
+
+Ctrl-C stops everything.
+TOUR
+wait
