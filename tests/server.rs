@@ -387,3 +387,63 @@ fn bad_configuration_exits_64() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.yaml:2"), "{err}");
 }
+
+/// A Kubernetes ConfigMap volume: files are symlinks into `..data`, itself a
+/// symlink to a timestamped directory; an update writes a new directory and
+/// renames a new `..data` over the old one in one step.
+#[tokio::test]
+async fn configmap_symlink_swap_loads_as_one_generation() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let publish = |stamp: &str, files: &[(&str, &str)]| {
+        let data = root.join(stamp);
+        std::fs::create_dir(&data).unwrap();
+        for (name, text) in files {
+            std::fs::write(data.join(name), text).unwrap();
+            let link = root.join(name);
+            if std::fs::symlink_metadata(&link).is_err() {
+                symlink(format!("..data/{name}"), &link).unwrap();
+            }
+        }
+        symlink(stamp, root.join("..data_tmp")).unwrap();
+        std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+    };
+    let t2_v1 = POLICY_V1.replace("t1", "t2");
+    let t2_v2 = POLICY_V2.replace("t1", "t2");
+    publish(
+        "..2026_11_22_01",
+        &[("t1.yaml", POLICY_V1), ("t2.yaml", &t2_v1)],
+    );
+    let server = support::start_portcullis(root).await;
+    let first = server.store.status();
+    assert_eq!(first.tenants.len(), 2, "{first:?}");
+    assert!(first.errors.is_empty());
+
+    publish(
+        "..2026_11_22_02",
+        &[("t1.yaml", POLICY_V2), ("t2.yaml", &t2_v2)],
+    );
+    let want = portcullis::policy::digest_of(POLICY_V2.as_bytes());
+    eventually("swap", || async {
+        server
+            .store
+            .tenant("t1")
+            .is_some_and(|t| *t.digest == *want)
+    })
+    .await;
+    let status = server.store.status();
+    assert!(status.errors.is_empty(), "{status:?}");
+    assert_eq!(
+        status.generation,
+        first.generation + 1,
+        "one swap, one generation"
+    );
+    let t2 = server.store.tenant("t2").unwrap();
+    assert_eq!(
+        *t2.digest,
+        *portcullis::policy::digest_of(t2_v2.as_bytes()),
+        "both files of one swap are loaded"
+    );
+    server.stop().await.unwrap();
+}
