@@ -14,6 +14,7 @@ use std::time::SystemTime;
 
 use serde_json::Value as Json;
 
+use crate::decision::Reason;
 use crate::path::{self, PathError};
 use crate::proto::auth::{AttributeContext, CheckRequest, attribute_context};
 use crate::proto::core::{Address, Metadata, address};
@@ -131,10 +132,10 @@ pub enum InputError {
 }
 
 impl InputError {
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            InputError::NotHttp => "not_http",
-            InputError::NoMethod => "malformed_request",
+            InputError::NotHttp => Reason::NotHttp,
+            InputError::NoMethod => Reason::MalformedRequest,
             InputError::Path(e) => e.reason(),
         }
     }
@@ -418,7 +419,7 @@ mod tests {
     #[test]
     fn non_canonical_path_is_an_error_not_normalized() {
         let err = Input::from_check_request(&request(get("/public/../admin"))).unwrap_err();
-        assert_eq!(err.reason(), "non_canonical_path");
+        assert_eq!(err.reason(), Reason::NonCanonicalPath);
     }
 
     #[test]
@@ -433,7 +434,7 @@ mod tests {
         let empty = CheckRequest { attributes: None };
         assert_eq!(
             Input::from_check_request(&empty).unwrap_err().reason(),
-            "not_http"
+            Reason::NotHttp
         );
     }
 

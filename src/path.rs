@@ -8,6 +8,8 @@
 
 use std::collections::HashMap;
 
+use crate::decision::Reason;
+
 /// Longest path (without the query) that portcullis considers; longer is denied.
 pub const MAX_PATH_BYTES: usize = 8 * 1024;
 
@@ -38,11 +40,11 @@ pub enum PathError {
 }
 
 impl PathError {
-    /// The stable reason code for a deny caused by this path.
-    pub fn reason(&self) -> &'static str {
+    /// The reason a request with this path is denied.
+    pub fn reason(&self) -> Reason {
         match self {
-            PathError::TooLong => "path_too_long",
-            _ => "non_canonical_path",
+            PathError::TooLong => Reason::PathTooLong,
+            _ => Reason::NonCanonicalPath,
         }
     }
 }
@@ -358,8 +360,8 @@ mod tests {
         }
         let long = format!("/{}", "a".repeat(MAX_PATH_BYTES));
         assert_eq!(canonical_segments(&long), Err(PathError::TooLong));
-        assert_eq!(PathError::TooLong.reason(), "path_too_long");
-        assert_eq!(PathError::DotSegment.reason(), "non_canonical_path");
+        assert_eq!(PathError::TooLong.reason(), Reason::PathTooLong);
+        assert_eq!(PathError::DotSegment.reason(), Reason::NonCanonicalPath);
     }
 
     #[test]

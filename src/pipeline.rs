@@ -46,8 +46,7 @@ impl Pipeline {
         let input = match Input::from_check_request(request) {
             Ok(input) => input,
             Err(e) => {
-                let reason = Reason::from_code(e.reason()).unwrap_or(Reason::MalformedRequest);
-                let mut d = Decision::deny(id, reason);
+                let mut d = Decision::deny(id, e.reason());
                 d.detail = Some(e.to_string());
                 return (d, Vec::new());
             }

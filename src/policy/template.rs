@@ -45,8 +45,7 @@ pub enum Rendered {
 }
 
 impl HeaderTemplate {
-    /// `params` lists the path parameters the template may name; `None` means the
-    /// template is tenant-wide and may name any (a missing one renders `Missing`).
+    /// Parses a template; text outside `{...}` must itself be a safe value.
     pub fn parse(source: &str) -> Result<HeaderTemplate, String> {
         let mut pieces = Vec::new();
         let mut rest = source;
