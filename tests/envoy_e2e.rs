@@ -260,6 +260,27 @@ async fn decides_for_a_real_envoy() {
     let seen = upstream_saw(&r);
     assert_eq!(header_values(&seen, "x-tenant"), vec!["globex"]);
 
+    // gRPC: rules match /package.Service/Method, and a deny reaches a gRPC
+    // client as a gRPC status.
+    let (status, headers) = grpc_call(
+        main,
+        "api.globex.example.com",
+        "/globex.inventory.v1.Inventory/DeleteItem",
+    )
+    .await;
+    assert_eq!(status, 200, "{headers:?}");
+    assert_eq!(
+        headers.get("grpc-status").map(String::as_str),
+        Some("7"),
+        "{headers:?}"
+    );
+    assert!(
+        headers
+            .get("grpc-message")
+            .is_some_and(|m| m.contains("denied_by_rule")),
+        "{headers:?}"
+    );
+
     // portcullis unreachable: Envoy's own status_on_error, never an allow, and
     // no portcullis body.
     let r = http(dead, "GET", "/docs/intro", &[acme], None).await;
@@ -269,6 +290,45 @@ async fn decides_for_a_real_envoy() {
 
     drop(envoy);
     portcullis.stop().await.unwrap();
+}
+
+/// Sends an empty unary gRPC request over HTTP/2 (prior knowledge) and returns
+/// the HTTP status with the response headers (a deny is trailers-only).
+async fn grpc_call(
+    addr: SocketAddr,
+    authority: &str,
+    path: &str,
+) -> (u16, std::collections::BTreeMap<String, String>) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let req = ::http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{authority}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut send) = client.send_request(req, false).unwrap();
+    send.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .unwrap();
+    let response = response.await.unwrap();
+    let mut headers: std::collections::BTreeMap<String, String> = response
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+        .collect();
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        chunk.unwrap();
+    }
+    if let Ok(Some(trailers)) = body.trailers().await {
+        for (k, v) in &trailers {
+            headers.insert(k.to_string(), v.to_str().unwrap_or_default().to_string());
+        }
+    }
+    (status, headers)
 }
 
 #[test]
