@@ -29,6 +29,61 @@ pub struct Condition {
     program: Program,
     /// The condition reads `resource.body`: a truncated body must deny.
     reads_body: bool,
+    /// Which fields of `resource` and `context` it reads.
+    reads: Reads,
+}
+
+/// The fields of a root a condition reads: building only those keeps the cost of
+/// a check independent of, say, how many headers the request has.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Fields {
+    #[default]
+    None,
+    Some(std::collections::BTreeSet<String>),
+    /// The root is used whole (e.g. `resource["path"]`, or passed to a macro).
+    All,
+}
+
+impl Fields {
+    pub fn wants(&self, field: &str) -> bool {
+        match self {
+            Fields::None => false,
+            Fields::Some(set) => set.contains(field),
+            Fields::All => true,
+        }
+    }
+
+    fn add(&mut self, field: &str) {
+        match self {
+            Fields::All => {}
+            Fields::Some(set) => {
+                set.insert(field.to_string());
+            }
+            Fields::None => *self = Fields::Some([field.to_string()].into()),
+        }
+    }
+
+    pub fn union(&mut self, other: &Fields) {
+        match other {
+            Fields::None => {}
+            Fields::All => *self = Fields::All,
+            Fields::Some(set) => set.iter().for_each(|f| self.add(f)),
+        }
+    }
+}
+
+/// What a condition reads of `resource` and `context`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reads {
+    pub resource: Fields,
+    pub context: Fields,
+}
+
+impl Reads {
+    pub fn union(&mut self, other: &Reads) {
+        self.resource.union(&other.resource);
+        self.context.union(&other.context);
+    }
 }
 
 impl std::fmt::Debug for Condition {
@@ -62,6 +117,7 @@ impl Condition {
             source: source.to_string(),
             program,
             reads_body: check.reads_body,
+            reads: check.reads,
         })
     }
 
@@ -71,6 +127,10 @@ impl Condition {
 
     pub fn reads_body(&self) -> bool {
         self.reads_body
+    }
+
+    pub fn reads(&self) -> &Reads {
+        &self.reads
     }
 
     /// Evaluates against prepared variables. Anything but a boolean is an error.
@@ -106,6 +166,7 @@ fn one_line(s: &str) -> String {
 struct Check {
     nodes: usize,
     reads_body: bool,
+    reads: Reads,
 }
 
 impl Check {
@@ -116,19 +177,35 @@ impl Check {
         match &e.expr {
             Expr::Unspecified | Expr::Literal(_) => {}
             Expr::Ident(name) => {
-                if !ROOTS.contains(&name.as_str()) && !bound.iter().any(|b| b == name) {
+                let shadowed = bound.iter().any(|b| b == name);
+                if !shadowed && name == "resource" {
+                    self.reads.resource = Fields::All;
+                }
+                if !shadowed && name == "context" {
+                    self.reads.context = Fields::All;
+                }
+                if !ROOTS.contains(&name.as_str()) && !shadowed {
                     return Err(format!(
                         "condition reads unknown variable {name:?}; conditions see claims, resource and context"
                     ));
                 }
             }
             Expr::Select(sel) => {
-                if sel.field == "body"
-                    && matches!(&sel.operand.expr, Expr::Ident(root) if root == "resource")
-                {
-                    self.reads_body = true;
+                match &sel.operand.expr {
+                    Expr::Ident(root) if !bound.iter().any(|b| b == root) => {
+                        // `resource.x` / `context.x`: note the field, not the root.
+                        self.nodes += 1;
+                        match root.as_str() {
+                            "resource" => {
+                                self.reads_body |= sel.field == "body";
+                                self.reads.resource.add(&sel.field);
+                            }
+                            "context" => self.reads.context.add(&sel.field),
+                            _ => self.walk(&sel.operand, bound, depth)?,
+                        }
+                    }
+                    _ => self.walk(&sel.operand, bound, depth)?,
                 }
-                self.walk(&sel.operand, bound, depth)?;
             }
             Expr::Call(call) => {
                 if let Some(target) = &call.target {
@@ -291,6 +368,21 @@ mod tests {
                 .unwrap()
                 .reads_body()
         );
+    }
+
+    #[test]
+    fn fields_read_are_collected() {
+        let c = Condition::compile("resource.params.a == claims.b && context.auth.method == 'x'")
+            .unwrap();
+        assert!(c.reads().resource.wants("params"));
+        assert!(!c.reads().resource.wants("headers"));
+        assert!(c.reads().context.wants("auth"));
+        let c = Condition::compile("resource['headers'].size() > 0").unwrap();
+        assert_eq!(c.reads().resource, Fields::All);
+        assert_eq!(c.reads().context, Fields::None);
+        let c = Condition::compile("[resource].all(r, r.path == '/')").unwrap();
+        assert_eq!(c.reads().resource, Fields::All);
+        assert!(Condition::compile("unknown.x == 1").is_err());
     }
 
     #[test]

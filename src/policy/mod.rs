@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use crate::identity::{Identity, IdentityConfig};
 use crate::input::{Body, Input};
 use crate::path::{RouteIndex, Template};
-pub use cel::{Condition, MAX_CONDITION_BYTES};
+pub use cel::{Condition, Fields, MAX_CONDITION_BYTES, Reads};
 pub use file::{API_VERSION, Effect, PolicyFile};
 use template::{HeaderTemplate, Scope};
 pub use template::{Rendered, valid_header_name};
@@ -122,6 +122,8 @@ pub struct CompiledTenant {
     resource_index: RouteIndex,
     headers: Vec<(String, HeaderTemplate)>,
     remove: Vec<String>,
+    /// Union of what the conditions read: only these fields are built per check.
+    reads: Reads,
 }
 
 /// The digest portcullis reports for a policy file's bytes.
@@ -310,6 +312,11 @@ pub fn compile(file: &Path, text: &str) -> Result<CompiledTenant, Vec<PolicyErro
         }
     }
 
+    let mut reads = Reads::default();
+    for c in rules.iter().filter_map(|r| r.condition.as_ref()) {
+        reads.union(c.reads());
+    }
+
     match identity {
         Some(identity) if errors.is_empty() => Ok(CompiledTenant {
             id: Arc::from(spec.tenant.as_str()),
@@ -325,6 +332,7 @@ pub fn compile(file: &Path, text: &str) -> Result<CompiledTenant, Vec<PolicyErro
             resource_index,
             headers,
             remove,
+            reads,
         }),
         _ => Err(errors),
     }
@@ -556,6 +564,12 @@ struct Base {
     claims: Value,
     context: Value,
     resource: std::collections::HashMap<String, Value>,
+    /// Whether conditions read `resource.params` / `resource.attributes`.
+    params: (bool, bool),
+}
+
+fn want_params(fields: &Fields) -> (bool, bool) {
+    (fields.wants("params"), fields.wants("attributes"))
 }
 
 impl Base {
@@ -566,55 +580,62 @@ impl Base {
             cel::map(m.iter().map(|(k, v)| (k.as_str(), cel::string(v))))
         };
         let opt = |s: &Option<String>| s.as_deref().map_or(Value::Null, cel::string);
-        let resource = [
-            ("host", cel::string(&r.host)),
-            ("method", cel::string(&r.method)),
-            ("path", cel::string(&r.path)),
-            ("query", strings(&r.query_params)),
-            ("headers", strings(&r.headers)),
-            (
-                "body",
-                match &r.body {
-                    Body::Json(j) => cel::json_to_cel(j),
-                    _ => Value::Null,
-                },
-            ),
-            ("context_extensions", strings(&r.context_extensions)),
-            ("grpc", Value::Bool(r.grpc)),
-            ("scheme", cel::string(&r.scheme)),
-            ("protocol", cel::string(&r.protocol)),
-            ("destination", opt(&r.destination)),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        let time = c
-            .time
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        let peer = c.peer.as_ref().map_or(Value::Null, |p| {
+        let want = &tenant.reads.resource;
+        let mut resource = std::collections::HashMap::new();
+        let mut put = |key: &str, value: &dyn Fn() -> Value| {
+            if want.wants(key) {
+                resource.insert(key.to_string(), value());
+            }
+        };
+        put("host", &|| cel::string(&r.host));
+        put("method", &|| cel::string(&r.method));
+        put("path", &|| cel::string(&r.path));
+        put("query", &|| strings(&r.query_params));
+        put("headers", &|| strings(&r.headers));
+        put("body", &|| match &r.body {
+            Body::Json(j) => cel::json_to_cel(j),
+            _ => Value::Null,
+        });
+        put("context_extensions", &|| strings(&r.context_extensions));
+        put("grpc", &|| Value::Bool(r.grpc));
+        put("scheme", &|| cel::string(&r.scheme));
+        put("protocol", &|| cel::string(&r.protocol));
+        put("destination", &|| opt(&r.destination));
+
+        let want = &tenant.reads.context;
+        let mut context = Vec::new();
+        let mut put = |key: &'static str, value: &dyn Fn() -> Value| {
+            if want.wants(key) {
+                context.push((key, value()));
+            }
+        };
+        put("time", &|| {
+            Value::Int(
+                c.time
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64),
+            )
+        });
+        put("source", &|| opt(&c.source));
+        put("peer", &|| {
+            c.peer.as_ref().map_or(Value::Null, |p| {
+                cel::map([
+                    ("principal", cel::string(&p.principal)),
+                    ("spiffe_id", p.spiffe_id().map_or(Value::Null, cel::string)),
+                    ("has_certificate", Value::Bool(p.certificate.is_some())),
+                ])
+            })
+        });
+        put("sni", &|| cel::string(&c.sni));
+        put("request_id", &|| cel::string(&c.request_id));
+        put("tenant", &|| cel::string(&tenant.id));
+        put("auth", &|| {
             cel::map([
-                ("principal", cel::string(&p.principal)),
-                ("spiffe_id", p.spiffe_id().map_or(Value::Null, cel::string)),
-                ("has_certificate", Value::Bool(p.certificate.is_some())),
+                ("method", cel::string(identity.method.as_str())),
+                ("subject", opt(&identity.subject)),
+                ("issuer", opt(&identity.issuer)),
             ])
         });
-        let context = cel::map([
-            ("time", Value::Int(time)),
-            ("source", opt(&c.source)),
-            ("peer", peer),
-            ("sni", cel::string(&c.sni)),
-            ("request_id", cel::string(&c.request_id)),
-            ("tenant", cel::string(&tenant.id)),
-            (
-                "auth",
-                cel::map([
-                    ("method", cel::string(identity.method.as_str())),
-                    ("subject", opt(&identity.subject)),
-                    ("issuer", opt(&identity.issuer)),
-                ]),
-            ),
-        ]);
         Base {
             claims: cel::map(
                 identity
@@ -622,8 +643,9 @@ impl Base {
                     .iter()
                     .map(|(k, v)| (k.as_str(), cel::json_to_cel(v))),
             ),
-            context,
+            context: cel::map(context),
             resource,
+            params: want_params(&tenant.reads.resource),
         }
     }
 
@@ -633,19 +655,24 @@ impl Base {
         attributes: Option<&BTreeMap<String, String>>,
     ) -> cel::Variables {
         let mut resource = self.resource.clone();
-        resource.insert(
-            "params".into(),
-            cel::map(params.iter().map(|(k, v)| (k.as_str(), cel::string(v)))),
-        );
-        resource.insert(
-            "attributes".into(),
-            cel::map(
-                attributes
-                    .into_iter()
-                    .flatten()
-                    .map(|(k, v)| (k.as_str(), cel::string(v))),
-            ),
-        );
+        let (want_params, want_attributes) = self.params;
+        if want_params {
+            resource.insert(
+                "params".into(),
+                cel::map(params.iter().map(|(k, v)| (k.as_str(), cel::string(v)))),
+            );
+        }
+        if want_attributes {
+            resource.insert(
+                "attributes".into(),
+                cel::map(
+                    attributes
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, v)| (k.as_str(), cel::string(v))),
+                ),
+            );
+        }
         cel::Variables {
             claims: self.claims.clone(),
             resource: Value::from(resource),
