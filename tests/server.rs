@@ -38,6 +38,10 @@ async fn client(addr: std::net::SocketAddr) -> AuthorizationClient<Channel> {
         .unwrap()
 }
 
+async fn decide(c: &mut AuthorizationClient<Channel>, req: CheckRequest) -> CheckResponse {
+    c.check(req).await.unwrap().into_inner()
+}
+
 fn status_of(r: &CheckResponse) -> u16 {
     match r.http_response.as_ref().unwrap() {
         HttpResponse::OkResponse(_) => 200,
@@ -73,11 +77,7 @@ async fn check_over_grpc_allows_and_denies() {
     let server = support::start_portcullis(&support::example_policies()).await;
     let mut c = client(server.grpc_addr.unwrap()).await;
 
-    let allowed = c
-        .check(request("acme.example.com", "/docs/a", None))
-        .await
-        .unwrap()
-        .into_inner();
+    let allowed = decide(&mut c, request("acme.example.com", "/docs/a", None)).await;
     assert_eq!(allowed.status.as_ref().unwrap().code, 0);
     let HttpResponse::OkResponse(ok) = allowed.http_response.as_ref().unwrap() else {
         panic!("expected ok")
@@ -90,19 +90,15 @@ async fn check_over_grpc_allows_and_denies() {
     let md = allowed.dynamic_metadata.as_ref().unwrap();
     assert!(md.fields.contains_key("portcullis"));
 
-    let denied = c
-        .check(request("acme.example.com", "/tenants/acme/orders/1", None))
-        .await
-        .unwrap()
-        .into_inner();
+    let denied = decide(
+        &mut c,
+        request("acme.example.com", "/tenants/acme/orders/1", None),
+    )
+    .await;
     assert_eq!(status_of(&denied), 401);
     assert_eq!(denied.status.unwrap().code, 16);
 
-    let unknown = c
-        .check(request("acme.example.com", "/docs/a", Some("nope")))
-        .await
-        .unwrap()
-        .into_inner();
+    let unknown = decide(&mut c, request("acme.example.com", "/docs/a", Some("nope"))).await;
     assert_eq!(status_of(&unknown), 403);
 
     // A TCP-level check (no HTTP attributes) is answered, not an error.
@@ -134,11 +130,7 @@ async fn not_ready_until_policies_load_then_reload_swaps_and_broken_keeps_old() 
 
     // Nothing loaded: a 503 deny (fails closed even with failure_mode_allow),
     // health NOT_SERVING, /readyz 503 naming why.
-    let r = c
-        .check(request("t1.example", "/open", None))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = decide(&mut c, request("t1.example", "/open", None)).await;
     assert_eq!(status_of(&r), 503);
     let h = health
         .check(HealthCheckRequest {
@@ -167,11 +159,7 @@ async fn not_ready_until_policies_load_then_reload_swaps_and_broken_keeps_old() 
         }
     })
     .await;
-    let r = c
-        .check(request("t1.example", "/open", None))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = decide(&mut c, request("t1.example", "/open", None)).await;
     assert_eq!(status_of(&r), 200);
     let ready = http(server.admin_addr, "GET", "/readyz", &[], None).await;
     assert_eq!(ready.status, 200, "{ready:?}");
@@ -192,11 +180,7 @@ async fn not_ready_until_policies_load_then_reload_swaps_and_broken_keeps_old() 
         .unwrap()
         .to_string();
     assert!(err.contains("t1.yaml:7:"), "{err}");
-    let r = c
-        .check(request("t1.example", "/open", None))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = decide(&mut c, request("t1.example", "/open", None)).await;
     assert_eq!(status_of(&r), 200, "old rules must keep serving");
 
     // A good new version replaces it; every decision names the digest.
@@ -206,11 +190,7 @@ async fn not_ready_until_policies_load_then_reload_swaps_and_broken_keeps_old() 
         let mut c = c.clone();
         let digest_v2 = digest_v2.clone();
         async move {
-            let r = c
-                .check(request("t1.example", "/open2", None))
-                .await
-                .unwrap()
-                .into_inner();
+            let r = decide(&mut c, request("t1.example", "/open2", None)).await;
             let md = r.dynamic_metadata.unwrap();
             let Some(prost_types::value::Kind::StructValue(s)) =
                 md.fields["portcullis"].kind.clone()
@@ -223,11 +203,7 @@ async fn not_ready_until_policies_load_then_reload_swaps_and_broken_keeps_old() 
         }
     })
     .await;
-    let r = c
-        .check(request("t1.example", "/open", None))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = decide(&mut c, request("t1.example", "/open", None)).await;
     assert_eq!(status_of(&r), 401, "v1's route is gone");
     let policies = http(server.admin_addr, "GET", "/policies", &[], None).await;
     assert_eq!(policies.json()["tenants"][0]["digest"], digest_v2);
@@ -261,11 +237,7 @@ async fn serves_on_a_unix_socket() {
         .await
         .unwrap();
     let mut c = AuthorizationClient::new(channel);
-    let r = c
-        .check(request("acme.example.com", "/docs/a", None))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = decide(&mut c, request("acme.example.com", "/docs/a", None)).await;
     assert_eq!(status_of(&r), 200);
     server.stop().await.unwrap();
 }
