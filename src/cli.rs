@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use std::io::{IsTerminal, Write};
+
 use clap::{Parser, Subcommand};
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage};
@@ -70,7 +72,17 @@ pub enum Command {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EX_USAGE)
+            } else {
+                ExitCode::SUCCESS // --help, --version
+            };
+        }
+    };
     match cli.command {
         Command::Serve {
             config,
@@ -131,7 +143,8 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Json => builder
             .json()
@@ -162,8 +175,8 @@ fn serve(config: Config) -> ExitCode {
             }
         };
         tracing::info!(
-            grpc = ?running.grpc_addr,
-            unix_socket = ?config.unix_socket,
+            grpc = running.grpc_addr.map(|a| a.to_string()),
+            unix_socket = config.unix_socket.as_ref().map(|p| p.display().to_string()),
             admin = %running.admin_addr,
             policies = %config.policies.display(),
             "portcullis serving"
@@ -210,8 +223,11 @@ fn validate(dir: &Path) -> ExitCode {
     for n in &status.notes {
         eprintln!("note: {n}");
     }
+    let mut out = std::io::stdout().lock();
     for t in &status.tenants {
-        println!(
+        // A closed pipe (`| head`) is not an error worth a panic.
+        let _ = writeln!(
+            out,
             "ok: {} ({} rules) {} {}",
             t.file.display(),
             t.rules,
@@ -254,6 +270,9 @@ fn check(policies: &Path, request: &Path, tenancy: TenantResolver) -> ExitCode {
     for e in &status.errors {
         eprintln!("error: {e}");
     }
+    for n in &status.notes {
+        eprintln!("note: {n}");
+    }
     let req = match read_check_request(request) {
         Ok(r) => r,
         Err(e) => return usage(&e),
@@ -274,6 +293,10 @@ fn check(policies: &Path, request: &Path, tenancy: TenantResolver) -> ExitCode {
         "remove_headers": decision.remove_headers,
         "rules": trace,
     });
-    println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    let _ = writeln!(
+        std::io::stdout(),
+        "{}",
+        serde_json::to_string_pretty(&out).unwrap_or_default()
+    );
     ExitCode::SUCCESS
 }

@@ -20,7 +20,7 @@ pub struct Config {
     /// gRPC on a unix socket as well (for a sidecar next to Envoy).
     #[serde(default)]
     pub unix_socket: Option<PathBuf>,
-    /// Admin HTTP: `/healthz`, `/readyz`.
+    /// Admin HTTP: `/healthz`, `/readyz`, `/policies`.
     #[serde(default = "default_admin")]
     pub admin_listen: SocketAddr,
     /// Directory of policy files, one per tenant.

@@ -242,7 +242,9 @@ impl Template {
                     }
                 }
                 Part::Param(name) => {
-                    params.push((name.clone(), segments.get(i)?.clone()));
+                    // The empty segment after a trailing slash binds nothing.
+                    let seg = segments.get(i).filter(|s| !s.is_empty())?;
+                    params.push((name.clone(), seg.clone()));
                 }
                 Part::CatchAll(name) => {
                     params.push((name.clone(), segments.get(i..)?.join("/")));
@@ -308,7 +310,7 @@ fn collect(node: &Node, segments: &[String], out: &mut Vec<usize>) {
     if let Some(child) = node.literals.get(first) {
         collect(child, rest, out);
     }
-    if let Some(child) = &node.param {
+    if let Some(child) = node.param.as_ref().filter(|_| !first.is_empty()) {
         collect(child, rest, out);
     }
 }
@@ -382,6 +384,7 @@ mod tests {
             ])
         );
         assert_eq!(t.matches(&segs("/tenants/acme/orders")), None);
+        assert_eq!(t.matches(&segs("/tenants/acme/orders/")), None);
         assert_eq!(t.matches(&segs("/tenants/acme/orders/42/x")), None);
         let c = Template::parse("/static/{rest...}").unwrap();
         assert_eq!(
@@ -447,6 +450,7 @@ mod tests {
         assert_eq!(index.lookup(&segs("/tenants/other/orders/1")), vec![0, 4]);
         assert_eq!(index.lookup(&segs("/static/x")), vec![3, 4]);
         assert_eq!(index.lookup(&segs("/")), vec![4]);
+        assert_eq!(index.lookup(&segs("/tenants/acme/orders/")), vec![4]);
     }
 
     fn segment() -> impl Strategy<Value = String> {

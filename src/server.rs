@@ -211,7 +211,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         });
     }
     {
-        // On shutdown: not serving first, so Envoy's health checks move away.
+        // On shutdown: report NOT_SERVING and not ready. The listeners close at
+        // the same moment, so this only informs clients already connected; a
+        // pre-stop delay (Kubernetes `preStop`) is what gives load balancers
+        // time to move away.
         let s = stopped();
         let draining = Arc::clone(&draining);
         let health = health.clone();

@@ -116,7 +116,8 @@ impl Condition {
         Ok(Condition {
             source: source.to_string(),
             program,
-            reads_body: check.reads_body,
+            // A condition that uses `resource` whole may read the body by index.
+            reads_body: check.reads_body || check.reads.resource == Fields::All,
             reads: check.reads,
         })
     }
@@ -145,7 +146,7 @@ impl Condition {
                 "condition returned {:?}, not a boolean",
                 other.type_of()
             )),
-            Err(e) => Err(one_line(&e.to_string())),
+            Err(e) => Err(describe(&e)),
         }
     }
 }
@@ -156,6 +157,58 @@ pub struct Variables {
     pub claims: Value,
     pub resource: Value,
     pub context: Value,
+}
+
+/// Longest name quoted in an evaluation error.
+const MAX_NAME_IN_ERROR: usize = 64;
+
+/// An evaluation error in words that never quote a value: CEL's own messages
+/// include the operands, which can be a header, a claim or a token. Only names
+/// (keys, functions, types) are kept, and those are shortened.
+fn describe(e: &cel::ExecutionError) -> String {
+    use cel::ExecutionError as E;
+    let name = |n: &str| -> String {
+        let clean: String = n
+            .chars()
+            .filter(|c| c.is_ascii_graphic())
+            .take(MAX_NAME_IN_ERROR)
+            .collect();
+        clean
+    };
+    match e {
+        E::NoSuchKey(k) => format!("no such key {:?}", name(k)),
+        E::UndeclaredReference(r) => format!("undeclared reference {:?}", name(r)),
+        E::NoSuchOverload(o) => format!(
+            "no overload of {} for ({})",
+            name(o.function()),
+            o.argument_types()
+                .iter()
+                .map(|t| name(t))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        E::UnexpectedType { got, want } => {
+            format!("unexpected type {}, want {}", name(got), name(want))
+        }
+        E::InvalidArgumentCount { expected, actual } => {
+            format!("wrong argument count: expected {expected}, got {actual}")
+        }
+        E::DivisionByZero(_) | E::RemainderByZero(_) => "division by zero".into(),
+        E::Overflow(op, ..) => format!("overflow in {op}"),
+        E::IndexOutOfBounds(_) => "index out of bounds".into(),
+        E::ValuesNotComparable(..) => "values cannot be compared".into(),
+        E::FunctionError { function, .. } => format!("function {} failed", name(function)),
+        E::UnsupportedBinaryOperator(op, ..) => {
+            format!("operator {op} does not apply to these types")
+        }
+        E::NotSupportedAsMethod { method, .. } => {
+            format!("{} is not a method of this type", name(method))
+        }
+        E::UnsupportedTargetType { .. } => "unsupported target type".into(),
+        E::UnsupportedKeyType(_) | E::UnsupportedIndex(..) => "unsupported map key or index".into(),
+        E::DuplicateKey(_) => "duplicate map key".into(),
+        _ => "evaluation error".into(),
+    }
 }
 
 fn one_line(s: &str) -> String {
@@ -357,7 +410,30 @@ mod tests {
     }
 
     #[test]
+    fn errors_never_quote_values() {
+        let c = Condition::compile("resource.headers.cookie + 1 == 2").unwrap();
+        let v = Variables {
+            claims: json_to_cel(&json!({})),
+            resource: json_to_cel(&json!({"headers": {"cookie": "session=SECRET"}})),
+            context: json_to_cel(&json!({})),
+        };
+        let e = c.evaluate(&v).unwrap_err();
+        assert!(!e.contains("SECRET"), "{e}");
+        assert!(e.contains("add"), "{e}");
+        let c = Condition::compile("claims.scope == 'x'").unwrap();
+        assert_eq!(
+            c.evaluate(&vars(json!({}), json!({}))).unwrap_err(),
+            "no such key \"scope\""
+        );
+    }
+
+    #[test]
     fn body_reads_are_noticed() {
+        assert!(
+            Condition::compile("resource['body'] == null")
+                .unwrap()
+                .reads_body()
+        );
         assert!(
             Condition::compile("resource.body.amount < 10")
                 .unwrap()

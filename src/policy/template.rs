@@ -158,6 +158,10 @@ fn safe(v: &str) -> bool {
     v.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b',')
 }
 
+/// Headers portcullis sets on every response (e.g. the decision id); policies
+/// can neither set nor remove them.
+pub const RESERVED_PREFIX: &str = "x-portcullis-";
+
 /// A header name portcullis may own: lower-case token characters, and never a
 /// pseudo-header or a hop-by-hop or framing header Envoy manages itself.
 pub fn valid_header_name(name: &str) -> Result<(), String> {
@@ -183,6 +187,11 @@ pub fn valid_header_name(name: &str) -> Result<(), String> {
     if FORBIDDEN.contains(&name) {
         return Err(format!(
             "header {name:?} is managed by Envoy and cannot be set"
+        ));
+    }
+    if name.starts_with(RESERVED_PREFIX) {
+        return Err(format!(
+            "header {name:?} is reserved: portcullis sets {RESERVED_PREFIX}* headers itself"
         ));
     }
     Ok(())
@@ -259,5 +268,6 @@ mod tests {
         assert!(valid_header_name("X-Subject").is_err());
         assert!(valid_header_name(":path").is_err());
         assert!(valid_header_name("content-length").is_err());
+        assert!(valid_header_name("x-portcullis-decision-id").is_err());
     }
 }
