@@ -14,8 +14,10 @@ pub enum Reason {
     Allowed,
     /// No rule matched and the tenant's default is allow.
     DefaultAllow,
-    /// A CORS preflight the tenant allows.
+    /// A CORS preflight the tenant allows, answered by portcullis (204).
     CorsPreflight,
+    /// A CORS preflight from an origin or for a method the tenant does not allow.
+    CorsRejected,
     /// No rule matched (default deny) for a known caller.
     NoMatchingRule,
     /// A deny rule matched.
@@ -30,8 +32,11 @@ pub enum Reason {
     IssuerNotTrusted,
     /// A rule's condition failed to evaluate: never an allow.
     PolicyError,
-    /// A rule reads the body, and the body is truncated or not JSON.
+    /// A rule reads the body, and the body is truncated, not sent, not JSON, or
+    /// has duplicate keys.
     BodyUnavailable,
+    /// A rule reads the query, and a parameter name repeats.
+    AmbiguousQuery,
     /// A header value for the upstream would carry CR, LF, NUL, a comma or a
     /// non-printable character.
     UnsafeHeaderValue,
@@ -55,6 +60,7 @@ impl Reason {
             Reason::Allowed => "allowed",
             Reason::DefaultAllow => "default_allow",
             Reason::CorsPreflight => "cors_preflight",
+            Reason::CorsRejected => "cors_rejected",
             Reason::NoMatchingRule => "no_matching_rule",
             Reason::DeniedByRule => "denied_by_rule",
             Reason::MissingCredential => "missing_credential",
@@ -63,6 +69,7 @@ impl Reason {
             Reason::IssuerNotTrusted => "issuer_not_trusted",
             Reason::PolicyError => "policy_error",
             Reason::BodyUnavailable => "body_unavailable",
+            Reason::AmbiguousQuery => "ambiguous_query",
             Reason::UnsafeHeaderValue => "unsafe_header_value",
             Reason::UnknownTenant => "unknown_tenant",
             Reason::NonCanonicalPath => "non_canonical_path",
@@ -78,7 +85,8 @@ impl Reason {
     /// portcullis cannot decide.
     pub fn status(self) -> u16 {
         match self {
-            Reason::Allowed | Reason::DefaultAllow | Reason::CorsPreflight => 200,
+            Reason::Allowed | Reason::DefaultAllow => 200,
+            Reason::CorsPreflight => 204,
             Reason::MissingCredential
             | Reason::InvalidCredential
             | Reason::MalformedCredential
@@ -89,8 +97,9 @@ impl Reason {
             | Reason::BodyUnavailable
             | Reason::UnsafeHeaderValue
             | Reason::UnknownTenant
+            | Reason::CorsRejected
             | Reason::NotHttp => 403,
-            Reason::NonCanonicalPath | Reason::MalformedRequest => 400,
+            Reason::NonCanonicalPath | Reason::MalformedRequest | Reason::AmbiguousQuery => 400,
             Reason::PathTooLong => 414,
             Reason::NotReady => 503,
         }
@@ -106,10 +115,11 @@ impl Reason {
     }
 }
 
-const ALL: [Reason; 18] = [
+const ALL: [Reason; 20] = [
     Reason::Allowed,
     Reason::DefaultAllow,
     Reason::CorsPreflight,
+    Reason::CorsRejected,
     Reason::NoMatchingRule,
     Reason::DeniedByRule,
     Reason::MissingCredential,
@@ -118,6 +128,7 @@ const ALL: [Reason; 18] = [
     Reason::IssuerNotTrusted,
     Reason::PolicyError,
     Reason::BodyUnavailable,
+    Reason::AmbiguousQuery,
     Reason::UnsafeHeaderValue,
     Reason::UnknownTenant,
     Reason::NonCanonicalPath,
@@ -145,6 +156,9 @@ pub struct Decision {
     pub set_headers: Vec<(String, String)>,
     /// Headers removed before the upstream sees the request.
     pub remove_headers: Vec<String>,
+    /// Headers for the client on a response portcullis answers itself (a CORS
+    /// preflight).
+    pub client_headers: Vec<(String, String)>,
     /// Internal detail for logs and `portcullis check`; never sent to a client.
     pub detail: Option<String>,
 }
@@ -163,6 +177,7 @@ impl Decision {
             subject: None,
             set_headers: Vec::new(),
             remove_headers: Vec::new(),
+            client_headers: Vec::new(),
             detail: None,
         }
     }

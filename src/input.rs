@@ -41,6 +41,10 @@ pub struct Resource {
     pub query: String,
     /// Query parameters, percent-decoded; a repeated name keeps its first value.
     pub query_params: BTreeMap<String, String>,
+    /// A query parameter name appears more than once. Upstreams disagree on which
+    /// value counts (first, last, joined), so rules that read `resource.query`
+    /// deny such a request rather than pick one.
+    pub query_repeated: bool,
     /// Lower-cased names; repeated headers joined with `,` as Envoy does.
     pub headers: BTreeMap<String, String>,
     pub body: Body,
@@ -155,6 +159,7 @@ impl Input {
         }
         let headers = headers_of(http);
         let (path, query, segments) = path::split_and_check(&http.path)?;
+        let (query_params, query_repeated) = parse_query(query);
         let grpc = headers
             .get("content-type")
             .is_some_and(|ct| ct.starts_with("application/grpc"));
@@ -168,7 +173,8 @@ impl Input {
             path: path.to_string(),
             segments,
             query: query.to_string(),
-            query_params: parse_query(query),
+            query_params,
+            query_repeated,
             body: body_of(http, &headers),
             headers,
             scheme: http.scheme.clone(),
@@ -235,8 +241,10 @@ pub fn normalize_host(host: &str) -> String {
             None => host,
         }
     } else {
+        // Only a real port (`:443`) is dropped; `host:` is left as it is, so it
+        // matches no tenant, as it matches none of Envoy's virtual hosts.
         match host.rsplit_once(':') {
-            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            Some((h, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
             _ => host,
         }
     };
@@ -286,7 +294,17 @@ fn body_of(http: &attribute_context::HttpRequest, headers: &BTreeMap<String, Str
         return Body::Truncated;
     }
     if bytes.is_empty() {
-        return Body::Absent;
+        // The request has a body that Envoy did not send (no `with_request_body`,
+        // an upgrade, buffering off): rules must not read it as "no body".
+        let has_body = headers
+            .get("content-length")
+            .is_some_and(|n| n.trim() != "0")
+            || headers.contains_key("transfer-encoding");
+        return if has_body {
+            Body::Unparsed
+        } else {
+            Body::Absent
+        };
     }
     let is_json = headers.get("content-type").is_some_and(|ct| {
         let ct = ct.to_ascii_lowercase();
@@ -295,11 +313,85 @@ fn body_of(http: &attribute_context::HttpRequest, headers: &BTreeMap<String, Str
     if !is_json || bytes.len() > MAX_BODY_BYTES {
         return Body::Unparsed;
     }
-    serde_json::from_slice(bytes).map_or(Body::Unparsed, Body::Json)
+    strict_json(bytes).map_or(Body::Unparsed, Body::Json)
 }
 
-fn parse_query(query: &str) -> BTreeMap<String, String> {
+/// Parses JSON, refusing objects with a key twice, also when the keys differ only
+/// in case: upstream parsers disagree on which duplicate wins (serde_json keeps the
+/// last, Go matches keys case-insensitively), so a rule could check one value
+/// while the service uses another.
+fn strict_json(bytes: &[u8]) -> Option<Json> {
+    use serde::Deserialize;
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = StrictJson::deserialize(&mut de).ok()?.0;
+    de.end().ok()?;
+    Some(value)
+}
+
+struct StrictJson(Json);
+
+impl<'de> serde::Deserialize<'de> for StrictJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(StrictJson)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Json;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JSON without duplicate keys")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Json, E> {
+        Ok(Json::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Json, E> {
+        Ok(Json::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Json, E> {
+        Ok(Json::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Json, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Json::Null, Json::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Json, E> {
+        Ok(Json::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Json, E> {
+        Ok(Json::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Json, E> {
+        Ok(Json::Null)
+    }
+    fn visit_none<E>(self) -> Result<Json, E> {
+        Ok(Json::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
+        let mut out = Vec::new();
+        while let Some(StrictJson(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Json::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
+        let mut out = serde_json::Map::new();
+        let mut folded = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !folded.insert(key.to_lowercase()) {
+                return Err(serde::de::Error::custom("duplicate key"));
+            }
+            let StrictJson(v) = map.next_value()?;
+            out.insert(key, v);
+        }
+        Ok(Json::Object(out))
+    }
+}
+
+fn parse_query(query: &str) -> (BTreeMap<String, String>, bool) {
     let mut out = BTreeMap::new();
+    let mut repeated = false;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let decode = |s: &str| {
@@ -307,9 +399,14 @@ fn parse_query(query: &str) -> BTreeMap<String, String> {
                 .decode_utf8_lossy()
                 .into_owned()
         };
-        out.entry(decode(k)).or_insert_with(|| decode(v));
+        match out.entry(decode(k)) {
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(decode(v));
+            }
+            std::collections::btree_map::Entry::Occupied(_) => repeated = true,
+        }
     }
-    out
+    (out, repeated)
 }
 
 fn address_of(addr: Option<&Address>) -> Option<String> {
@@ -402,6 +499,7 @@ mod tests {
         assert_eq!(normalize_host("example.com"), "example.com");
         assert_eq!(normalize_host("[::1]:8080"), "[::1]");
         assert_eq!(normalize_host(""), "");
+        assert_eq!(normalize_host("example.com:"), "example.com:");
         let input = Input::from_check_request(&request(get("/a"))).unwrap();
         assert_eq!(input.resource.host, "example.com");
     }
@@ -414,6 +512,9 @@ mod tests {
         assert_eq!(input.resource.query, "x=1&y=a%2Fb&x=2");
         assert_eq!(input.resource.query_params["x"], "1");
         assert_eq!(input.resource.query_params["y"], "a/b");
+        assert!(input.resource.query_repeated);
+        let input = Input::from_check_request(&request(get("/a?x=1&y=2"))).unwrap();
+        assert!(!input.resource.query_repeated);
     }
 
     #[test]
@@ -482,6 +583,25 @@ mod tests {
             .insert(PARTIAL_BODY_HEADER.into(), "true".into());
         let input = Input::from_check_request(&request(http.clone())).unwrap();
         assert_eq!(input.resource.body, Body::Truncated);
+
+        for ambiguous in [
+            r#"{"amount": 1, "amount": 1000000}"#,
+            r#"{"amount": 1, "AMOUNT": 1000000}"#,
+            r#"{"a": {"k": 1, "K": 2}}"#,
+            r#"{"amount": 1} trailing"#,
+        ] {
+            let mut dup = get("/");
+            dup.headers
+                .insert("content-type".into(), "application/json".into());
+            dup.body = ambiguous.into();
+            let input = Input::from_check_request(&request(dup)).unwrap();
+            assert_eq!(input.resource.body, Body::Unparsed, "{ambiguous}");
+        }
+
+        let mut unsent = get("/");
+        unsent.headers.insert("content-length".into(), "12".into());
+        let input = Input::from_check_request(&request(unsent)).unwrap();
+        assert_eq!(input.resource.body, Body::Unparsed);
 
         let mut text = get("/");
         text.body = "not json".into();

@@ -33,6 +33,8 @@ pub enum PathError {
     EncodedSeparator,
     #[error("path percent-encodes an unreserved character")]
     EncodedUnreserved,
+    #[error("path has a double percent-encoding ('%25' followed by hex)")]
+    DoubleEncoded,
     #[error("path has a malformed percent-encoding")]
     BadEscape,
     #[error("path segment is not valid UTF-8 once decoded")]
@@ -115,6 +117,11 @@ fn decode_segment(seg: &str) -> Result<String, PathError> {
                     // encoded in a normalized URI, and a server may decode them.
                     b if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'~' => {
                         return Err(PathError::EncodedUnreserved);
+                    }
+                    // `%25` followed by hex is a double encoding (`%252e`): a hop
+                    // that decodes once more would see `.`, `/` or `a`.
+                    b'%' if bytes.get(i + 3..i + 5).and_then(hex_pair).is_some() => {
+                        return Err(PathError::DoubleEncoded);
                     }
                     _ => out.push(decoded),
                 }
@@ -329,6 +336,8 @@ mod tests {
         assert_eq!(segs("/"), Vec::<String>::new());
         assert_eq!(segs("/a/b"), vec!["a", "b"]);
         assert_eq!(segs("/a%20b/c"), vec!["a b", "c"]);
+        assert_eq!(segs("/100%25"), vec!["100%"]);
+        assert_eq!(segs("/100%25off"), vec!["100%off"]);
         assert_eq!(segs("/a/b/"), vec!["a", "b", ""]);
     }
 
@@ -354,6 +363,8 @@ mod tests {
             ("/a\0b", PathError::ForbiddenChar),
             ("/a#frag", PathError::ForbiddenChar),
             ("/%61dmin", PathError::EncodedUnreserved),
+            ("/%2561dmin/x", PathError::DoubleEncoded),
+            ("/%252e%252e/admin", PathError::DoubleEncoded),
             ("/a%zz", PathError::BadEscape),
             ("/a%4", PathError::BadEscape),
             ("/%ff", PathError::NotUtf8),

@@ -17,6 +17,29 @@ use crate::tenant::TenantResolver;
 /// Header carrying the decision id to the upstream (allow) and the client (deny).
 pub const DECISION_ID_HEADER: &str = "x-portcullis-decision-id";
 
+/// Removes a client's `x_subject` when portcullis owns `x-subject`: many servers
+/// (CGI, WSGI, Rack, PHP, nginx with `underscores_in_headers`) read both
+/// spellings as the same variable, so the client's value must not travel beside
+/// the owned one. (Envoy's `headers_with_underscores_action: REJECT_REQUEST`
+/// stops these at the edge; this holds without it.)
+fn strip_underscore_spellings(
+    decision: &mut Decision,
+    headers: &std::collections::BTreeMap<String, String>,
+) {
+    let owned: Vec<String> = decision
+        .set_headers
+        .iter()
+        .map(|(k, _)| k.clone())
+        .chain(decision.remove_headers.iter().cloned())
+        .collect();
+    for name in headers.keys().filter(|k| k.contains('_')) {
+        let dashed = name.replace('_', "-");
+        if owned.contains(&dashed) && !decision.remove_headers.contains(name) {
+            decision.remove_headers.push(name.clone());
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Pipeline {
     pub store: Arc<PolicyStore>,
@@ -71,7 +94,11 @@ impl Pipeline {
 
         let eval = tenant.evaluate(&input, &identity, explain);
         let (reason, rule) = match eval.outcome {
-            Outcome::CorsPreflight => (Reason::CorsPreflight, None),
+            Outcome::CorsPreflight(headers) => {
+                decision.client_headers = headers;
+                (Reason::CorsPreflight, None)
+            }
+            Outcome::CorsRejected => (Reason::CorsRejected, None),
             Outcome::Allow(rule) => (Reason::Allowed, Some(rule)),
             Outcome::Deny(rule) => (Reason::DeniedByRule, Some(rule)),
             Outcome::PolicyError(rule, message) => {
@@ -79,6 +106,7 @@ impl Pipeline {
                 (Reason::PolicyError, Some(rule))
             }
             Outcome::BodyUnavailable(rule) => (Reason::BodyUnavailable, Some(rule)),
+            Outcome::AmbiguousQuery(rule) => (Reason::AmbiguousQuery, Some(rule)),
             Outcome::NoMatch => match tenant.default {
                 Effect::Allow => (Reason::DefaultAllow, None),
                 Effect::Deny if identity.is_anonymous() => (Reason::MissingCredential, None),
@@ -93,6 +121,7 @@ impl Pipeline {
                     decision.allowed = true;
                     decision.set_headers = edits.set;
                     decision.remove_headers = edits.remove;
+                    strip_underscore_spellings(&mut decision, &input.resource.headers);
                     decision
                         .set_headers
                         .push((DECISION_ID_HEADER.to_string(), decision.decision_id.clone()));

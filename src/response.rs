@@ -34,6 +34,7 @@ pub fn render(decision: &Decision) -> CheckResponse {
     let status = decision.status();
     let rpc_code = match status {
         200 => code::OK,
+        204 => code::PERMISSION_DENIED, // answered by portcullis: not forwarded
         401 => code::UNAUTHENTICATED,
         400 | 414 => code::INVALID_ARGUMENT,
         503 => code::UNAVAILABLE,
@@ -55,6 +56,7 @@ pub fn render(decision: &Decision) -> CheckResponse {
             overwrite(DECISION_ID_HEADER, &decision.decision_id),
             overwrite("cache-control", "no-store"),
         ];
+        headers.extend(decision.client_headers.iter().map(|(k, v)| overwrite(k, v)));
         if status == 401 {
             // RFC 6750 §3: name the scheme; `invalid_token` only when one was sent.
             let challenge = if decision.reason == crate::decision::Reason::MissingCredential {
@@ -68,12 +70,20 @@ pub fn render(decision: &Decision) -> CheckResponse {
             "error": decision.reason.code(),
             "decision_id": decision.decision_id,
         });
+        // A 204 (an answered preflight) has no body.
+        if status == 204 {
+            headers.retain(|h| h.header.as_ref().is_some_and(|h| h.key != "content-type"));
+        }
         check_response::HttpResponse::DeniedResponse(DeniedHttpResponse {
             status: Some(HttpStatus {
                 code: i32::from(status),
             }),
             headers,
-            body: body.to_string(),
+            body: if status == 204 {
+                String::new()
+            } else {
+                body.to_string()
+            },
         })
     };
     CheckResponse {

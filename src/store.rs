@@ -25,12 +25,14 @@ use crate::policy::{self, CompiledTenant, HostPattern, MAX_POLICY_FILE_BYTES, Po
 /// Tenant ids as map keys.
 pub type TenantId = Arc<str>;
 
-/// Host → tenant, rebuilt on each reload that changes a tenant.
+/// Host → tenant, rebuilt on each reload. It holds the tenants themselves, not
+/// their ids, so a host always resolves to the rule set of the generation that
+/// claimed it, even while a reload is replacing map entries one by one.
 #[derive(Debug, Default)]
 struct HostIndex {
-    exact: HashMap<String, TenantId>,
+    exact: HashMap<String, Arc<CompiledTenant>>,
     /// `.suffix` patterns, longest first.
-    suffixes: Vec<(String, TenantId)>,
+    suffixes: Vec<(String, Arc<CompiledTenant>)>,
 }
 
 impl HostIndex {
@@ -40,9 +42,9 @@ impl HostIndex {
             for h in &t.hosts {
                 match h {
                     HostPattern::Exact(name) => {
-                        index.exact.insert(name.clone(), t.id.clone());
+                        index.exact.insert(name.clone(), Arc::clone(t));
                     }
-                    HostPattern::Suffix(s) => index.suffixes.push((s.clone(), t.id.clone())),
+                    HostPattern::Suffix(s) => index.suffixes.push((s.clone(), Arc::clone(t))),
                 }
             }
         }
@@ -52,7 +54,7 @@ impl HostIndex {
         index
     }
 
-    fn lookup(&self, host: &str) -> Option<&TenantId> {
+    fn lookup(&self, host: &str) -> Option<&Arc<CompiledTenant>> {
         self.exact.get(host).or_else(|| {
             self.suffixes
                 .iter()
@@ -127,8 +129,7 @@ impl PolicyStore {
     /// The tenant whose `hosts` include `host` (exact first, then the longest
     /// `*.` wildcard).
     pub fn tenant_for_host(&self, host: &str) -> Option<Arc<CompiledTenant>> {
-        let id = self.hosts.load().lookup(host).cloned()?;
-        self.tenant(&id)
+        self.hosts.load().lookup(host).cloned()
     }
 
     /// True once a load has produced at least one tenant.

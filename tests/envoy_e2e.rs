@@ -281,6 +281,50 @@ async fn decides_for_a_real_envoy() {
         "{headers:?}"
     );
 
+    // A trailing dot reaches the same virtual host and the same tenant.
+    let r = http(
+        main,
+        "GET",
+        "/status",
+        &[("host", "api.globex.example.com.")],
+        None,
+    )
+    .await;
+    assert_eq!(header_values(&upstream_saw(&r), "x-tenant"), vec!["globex"]);
+
+    // A CORS preflight is answered by portcullis and never reaches the upstream.
+    let r = http(
+        main,
+        "OPTIONS",
+        "/tenants/acme/orders/42",
+        &[
+            acme,
+            ("origin", "https://app.acme.example"),
+            ("access-control-request-method", "GET"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 204, "{r:?}");
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.acme.example")
+    );
+    assert!(r.body.is_empty(), "{r:?}");
+    let r = http(
+        main,
+        "OPTIONS",
+        "/tenants/acme/orders/42",
+        &[
+            acme,
+            ("origin", "https://evil.example"),
+            ("access-control-request-method", "GET"),
+        ],
+        None,
+    )
+    .await;
+    assert_denied(&r, 403, "cors_rejected");
+
     // portcullis unreachable: Envoy's own status_on_error, never an allow, and
     // no portcullis body.
     let r = http(dead, "GET", "/docs/intro", &[acme], None).await;

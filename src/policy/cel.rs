@@ -146,7 +146,7 @@ impl Condition {
                 "condition returned {:?}, not a boolean",
                 other.type_of()
             )),
-            Err(e) => Err(describe(&e)),
+            Err(e) => Err(describe(&e, &self.source)),
         }
     }
 }
@@ -165,7 +165,7 @@ const MAX_NAME_IN_ERROR: usize = 64;
 /// An evaluation error in words that never quote a value: CEL's own messages
 /// include the operands, which can be a header, a claim or a token. Only names
 /// (keys, functions, types) are kept, and those are shortened.
-fn describe(e: &cel::ExecutionError) -> String {
+fn describe(e: &cel::ExecutionError, source: &str) -> String {
     use cel::ExecutionError as E;
     let name = |n: &str| -> String {
         let clean: String = n
@@ -176,7 +176,10 @@ fn describe(e: &cel::ExecutionError) -> String {
         clean
     };
     match e {
-        E::NoSuchKey(k) => format!("no such key {:?}", name(k)),
+        // A key computed from request data (`claims[resource.headers.x]`) could
+        // be a secret: quote only keys the condition spells out itself.
+        E::NoSuchKey(k) if source.contains(k.as_str()) => format!("no such key {:?}", name(k)),
+        E::NoSuchKey(_) => "no such key (computed)".into(),
         E::UndeclaredReference(r) => format!("undeclared reference {:?}", name(r)),
         E::NoSuchOverload(o) => format!(
             "no overload of {} for ({})",
@@ -420,6 +423,13 @@ mod tests {
         let e = c.evaluate(&v).unwrap_err();
         assert!(!e.contains("SECRET"), "{e}");
         assert!(e.contains("add"), "{e}");
+        let c = Condition::compile("claims[resource.headers.authorization] == 'x'").unwrap();
+        let v = Variables {
+            claims: json_to_cel(&json!({})),
+            resource: json_to_cel(&json!({"headers": {"authorization": "Bearer SECRET"}})),
+            context: json_to_cel(&json!({})),
+        };
+        assert_eq!(c.evaluate(&v).unwrap_err(), "no such key (computed)");
         let c = Condition::compile("claims.scope == 'x'").unwrap();
         assert_eq!(
             c.evaluate(&vars(json!({}), json!({}))).unwrap_err(),

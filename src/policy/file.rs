@@ -81,10 +81,33 @@ pub struct ResourceSpec {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CorsSpec {
-    /// Allow CORS preflights (`OPTIONS` with `Access-Control-Request-Method`)
-    /// without a credential, since browsers never send one on a preflight.
+    /// Answer CORS preflights (`OPTIONS` with `Origin` and
+    /// `Access-Control-Request-Method`) without a credential, since browsers never
+    /// send one. portcullis answers them itself (204); they never reach the
+    /// upstream.
     #[serde(default)]
     pub allow_preflight: bool,
+    /// Origins allowed to call (`https://app.example.com`), or `"*"`. Required
+    /// with `allow_preflight`.
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
+    /// Request headers a browser may send (default `authorization`, `content-type`).
+    #[serde(default)]
+    pub allow_headers: Option<Vec<String>>,
+    /// How long a browser may cache the answer (default `10m`).
+    #[serde(default, with = "opt_duration")]
+    pub max_age: Option<std::time::Duration>,
+}
+
+mod opt_duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|t| crate::duration::parse(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

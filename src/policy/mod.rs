@@ -115,7 +115,7 @@ pub struct CompiledTenant {
     pub hosts: Vec<HostPattern>,
     pub identity: IdentityConfig,
     pub default: Effect,
-    cors_preflight: bool,
+    cors: Option<Cors>,
     rules: Vec<Rule>,
     index: RouteIndex,
     resources: Vec<(Template, BTreeMap<String, String>)>,
@@ -312,6 +312,54 @@ pub fn compile(file: &Path, text: &str) -> Result<CompiledTenant, Vec<PolicyErro
         }
     }
 
+    let cors = if spec.cors.allow_preflight {
+        let at = line_of(text, 0, "cors");
+        if spec.cors.allow_origins.is_empty() {
+            errors.push(err(
+                at,
+                "cors.allow_preflight needs cors.allow_origins (origins, or \"*\")".into(),
+            ));
+        }
+        for o in &spec.cors.allow_origins {
+            let ok = o == "*"
+                || ((o.starts_with("https://") || o.starts_with("http://"))
+                    && !o.ends_with('/')
+                    && template::safe_value(o));
+            if !ok {
+                errors.push(err(
+                    at,
+                    format!("cors.allow_origins: {o:?} must be \"*\" or scheme://host[:port]"),
+                ));
+            }
+        }
+        let headers = spec
+            .cors
+            .allow_headers
+            .clone()
+            .unwrap_or_else(|| vec!["authorization".into(), "content-type".into()]);
+        for h in &headers {
+            if h.is_empty() || !template::safe_value(h) {
+                errors.push(err(
+                    at,
+                    format!("cors.allow_headers: {h:?} is not a header name"),
+                ));
+            }
+        }
+        Some(Cors {
+            any_origin: spec.cors.allow_origins.iter().any(|o| o == "*"),
+            origins: spec.cors.allow_origins.clone(),
+            headers: headers.join(", ").to_ascii_lowercase(),
+            max_age: spec
+                .cors
+                .max_age
+                .unwrap_or(std::time::Duration::from_secs(600))
+                .as_secs()
+                .to_string(),
+        })
+    } else {
+        None
+    };
+
     let mut reads = Reads::default();
     for c in rules.iter().filter_map(|r| r.condition.as_ref()) {
         reads.union(c.reads());
@@ -325,7 +373,7 @@ pub fn compile(file: &Path, text: &str) -> Result<CompiledTenant, Vec<PolicyErro
             hosts,
             identity,
             default: spec.default,
-            cors_preflight: spec.cors.allow_preflight,
+            cors,
             rules,
             index,
             resources,
@@ -375,17 +423,32 @@ pub struct RuleTrace {
     pub result: String,
 }
 
+/// A tenant's compiled CORS preflight settings.
+#[derive(Debug)]
+struct Cors {
+    any_origin: bool,
+    origins: Vec<String>,
+    /// `Access-Control-Allow-Headers` value.
+    headers: String,
+    /// `Access-Control-Max-Age` value, in seconds.
+    max_age: String,
+}
+
 /// The result of evaluating a tenant's rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// The tenant allows CORS preflights, and this is one.
-    CorsPreflight,
+    /// A CORS preflight portcullis answers itself, with these headers.
+    CorsPreflight(Vec<(String, String)>),
+    /// A CORS preflight from an origin, or for a method, the tenant does not allow.
+    CorsRejected,
     Allow(Arc<str>),
     Deny(Arc<str>),
     /// A matching rule's condition failed to evaluate.
     PolicyError(Arc<str>, String),
     /// A matching rule reads a body that is truncated or not JSON.
     BodyUnavailable(Arc<str>),
+    /// A matching rule reads the query, and a parameter name repeats.
+    AmbiguousQuery(Arc<str>),
     /// No rule held: the tenant's default applies.
     NoMatch,
 }
@@ -408,15 +471,15 @@ impl CompiledTenant {
     pub fn evaluate(&self, input: &Input, identity: &Identity, explain: bool) -> Evaluation {
         let resource = &input.resource;
         let mut trace = Vec::new();
-        if self.cors_preflight
+        if let Some(cors) = &self.cors
             && resource.method == "OPTIONS"
-            && resource
-                .headers
-                .contains_key("access-control-request-method")
-            && resource.headers.contains_key("origin")
+            && let (Some(origin), Some(method)) = (
+                resource.headers.get("origin"),
+                resource.headers.get("access-control-request-method"),
+            )
         {
             return Evaluation {
-                outcome: Outcome::CorsPreflight,
+                outcome: self.preflight(cors, resource, origin, method),
                 params: Vec::new(),
                 trace,
             };
@@ -486,6 +549,14 @@ impl CompiledTenant {
                         trace,
                     };
                 }
+                Some(c) if resource.query_repeated && c.reads().resource.wants("query") => {
+                    note(&mut trace, "query repeats a parameter name");
+                    return Evaluation {
+                        outcome: Outcome::AmbiguousQuery(rule.id.clone()),
+                        params: params.clone(),
+                        trace,
+                    };
+                }
                 Some(c) => {
                     let base = base.get_or_insert_with(|| Base::new(self, input, identity));
                     c.evaluate(&base.variables(params, attributes))
@@ -520,6 +591,39 @@ impl CompiledTenant {
             params: Vec::new(),
             trace,
         }
+    }
+
+    /// Answers a CORS preflight: the origin must be allowed, and some allow rule
+    /// must route the requested method on this path and host. The answer never
+    /// reaches the upstream, so a handler that ignores the method cannot run an
+    /// anonymous `OPTIONS` as if it were the real request.
+    fn preflight(
+        &self,
+        cors: &Cors,
+        resource: &crate::input::Resource,
+        origin: &str,
+        method: &str,
+    ) -> Outcome {
+        let origin_ok = (cors.any_origin || cors.origins.iter().any(|o| o == origin))
+            && template::safe_value(origin);
+        let method = method.trim();
+        let routed = self.index.lookup(&resource.segments).into_iter().any(|i| {
+            let rule = &self.rules[i];
+            rule.effect == Effect::Allow
+                && (rule.methods.is_empty() || rule.methods.iter().any(|m| m == method))
+                && (rule.hosts.is_empty() || rule.hosts.iter().any(|h| h.matches(&resource.host)))
+                && rule.template.matches(&resource.segments).is_some()
+        });
+        if !origin_ok || !routed || !template::safe_value(method) || method.is_empty() {
+            return Outcome::CorsRejected;
+        }
+        Outcome::CorsPreflight(vec![
+            ("access-control-allow-origin".into(), origin.to_string()),
+            ("access-control-allow-methods".into(), method.to_string()),
+            ("access-control-allow-headers".into(), cors.headers.clone()),
+            ("access-control-max-age".into(), cors.max_age.clone()),
+            ("vary".into(), "origin".into()),
+        ])
     }
 
     /// Headers to set and remove on an allowed request: every owned header is

@@ -153,6 +153,11 @@ fn claim(claims: &serde_json::Map<String, Json>, path: &[String]) -> Option<Stri
     }
 }
 
+/// A value that is safe in a response header: see [`safe`].
+pub fn safe_value(v: &str) -> bool {
+    safe(v)
+}
+
 /// Visible ASCII and space, without a comma.
 fn safe(v: &str) -> bool {
     v.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b',')
@@ -178,10 +183,12 @@ pub fn valid_header_name(name: &str) -> Result<(), String> {
     if name.is_empty()
         || !name
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     {
+        // No '_': many servers read `x_subject` and `x-subject` as one header,
+        // and portcullis strips the underscore spellings of the names it owns.
         return Err(format!(
-            "header name {name:?} must be lower-case letters, digits, '-' or '_'"
+            "header name {name:?} must be lower-case letters, digits or '-'"
         ));
     }
     if FORBIDDEN.contains(&name) {
