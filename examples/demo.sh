@@ -42,6 +42,8 @@ portcullis is deciding for Envoy on http://127.0.0.1:8080. Try:
   curl -si -H 'host: acme.example.com' 'localhost:8080/docs/intro;x=1'
   curl -si -H 'host: unknown.example.com' localhost:8080/docs/intro
   curl -s -H 'host: api.globex.example.com' localhost:8080/status
+  curl -si -X OPTIONS -H 'host: acme.example.com' -H 'origin: https://app.acme.example' \
+       -H 'access-control-request-method: GET' localhost:8080/tenants/acme/orders/1
   curl -s localhost:9002/readyz
 
 Ctrl-C stops everything.

@@ -26,15 +26,12 @@ fn strip_underscore_spellings(
     decision: &mut Decision,
     headers: &std::collections::BTreeMap<String, String>,
 ) {
-    let owned: Vec<String> = decision
-        .set_headers
-        .iter()
-        .map(|(k, _)| k.clone())
-        .chain(decision.remove_headers.iter().cloned())
-        .collect();
+    // Headers with '_' are rare; nothing is allocated when there are none.
     for name in headers.keys().filter(|k| k.contains('_')) {
         let dashed = name.replace('_', "-");
-        if owned.contains(&dashed) && !decision.remove_headers.contains(name) {
+        let owned = decision.set_headers.iter().any(|(k, _)| *k == dashed)
+            || decision.remove_headers.contains(&dashed);
+        if owned && !decision.remove_headers.contains(name) {
             decision.remove_headers.push(name.clone());
         }
     }
