@@ -23,6 +23,11 @@ use crate::proto::core::{Address, Metadata, address};
 /// not exceed it.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// Most elements in one JSON array, and most members in one object, that a body
+/// may have to be parsed. CEL has no time limit; with lists this short even a
+/// quadratic condition (`x in list` inside `all`) stays in the milliseconds.
+pub const MAX_BODY_COLLECTION_LEN: usize = 256;
+
 /// Envoy sets this request header when it sent only part of the body
 /// (`allow_partial_message: true`).
 pub const PARTIAL_BODY_HEADER: &str = "x-envoy-auth-partial-body";
@@ -371,6 +376,9 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
         let mut out = Vec::new();
         while let Some(StrictJson(v)) = seq.next_element()? {
+            if out.len() == MAX_BODY_COLLECTION_LEN {
+                return Err(serde::de::Error::custom("array too long"));
+            }
             out.push(v);
         }
         Ok(Json::Array(out))
@@ -381,6 +389,9 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
         while let Some(key) = map.next_key::<String>()? {
             if !folded.insert(key.to_lowercase()) {
                 return Err(serde::de::Error::custom("duplicate key"));
+            }
+            if out.len() == MAX_BODY_COLLECTION_LEN {
+                return Err(serde::de::Error::custom("object too large"));
             }
             let StrictJson(v) = map.next_value()?;
             out.insert(key, v);
@@ -596,6 +607,17 @@ mod tests {
             dup.body = ambiguous.into();
             let input = Input::from_check_request(&request(dup)).unwrap();
             assert_eq!(input.resource.body, Body::Unparsed, "{ambiguous}");
+        }
+
+        let long = format!("[{}]", vec!["1"; MAX_BODY_COLLECTION_LEN + 1].join(","));
+        let fits = format!("[{}]", vec!["1"; MAX_BODY_COLLECTION_LEN].join(","));
+        for (body, want_json) in [(long, false), (fits, true)] {
+            let mut list = get("/");
+            list.headers
+                .insert("content-type".into(), "application/json".into());
+            list.body = body;
+            let input = Input::from_check_request(&request(list)).unwrap();
+            assert_eq!(matches!(input.resource.body, Body::Json(_)), want_json);
         }
 
         let mut unsent = get("/");
