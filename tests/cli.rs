@@ -64,6 +64,16 @@ fn validate_reports_every_error_with_file_and_line() {
     assert!(err.contains("c.yaml:3:") && err.contains("rulez"), "{err}");
 }
 
+fn check_examples(request: &std::path::Path) -> std::process::Output {
+    portcullis()
+        .args(["check", "--policies"])
+        .arg(support::example_policies())
+        .arg("--request")
+        .arg(request)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn check_explains_a_decision() {
     let dir = tempfile::tempdir().unwrap();
@@ -82,13 +92,7 @@ attributes:
 "#,
     )
     .unwrap();
-    let out = portcullis()
-        .args(["check", "--policies"])
-        .arg(support::example_policies())
-        .arg("--request")
-        .arg(&req)
-        .output()
-        .unwrap();
+    let out = check_examples(&req);
     assert!(
         out.status.success(),
         "{}",
@@ -112,12 +116,6 @@ attributes:
         "{\"attributes\": {\"request\": {\"http\": {\"nope\": 1}}}}",
     )
     .unwrap();
-    let out = portcullis()
-        .args(["check", "--policies"])
-        .arg(support::example_policies())
-        .arg("--request")
-        .arg(&req)
-        .output()
-        .unwrap();
+    let out = check_examples(&req);
     assert_eq!(out.status.code(), Some(64));
 }
