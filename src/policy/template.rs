@@ -72,7 +72,7 @@ impl HeaderTemplate {
         }
         for p in &pieces {
             if let Piece::Text(t) = p
-                && !safe(t)
+                && !safe_value(t)
             {
                 return Err(format!(
                     "template {source:?} has text that is not a safe header value"
@@ -104,7 +104,7 @@ impl HeaderTemplate {
         }
         if out.is_empty() {
             Rendered::Missing
-        } else if !safe(&out) || out.len() > MAX_HEADER_VALUE_BYTES {
+        } else if !safe_value(&out) || out.len() > MAX_HEADER_VALUE_BYTES {
             Rendered::Unsafe
         } else {
             Rendered::Value(out)
@@ -153,13 +153,8 @@ fn claim(claims: &serde_json::Map<String, Json>, path: &[String]) -> Option<Stri
     }
 }
 
-/// A value that is safe in a response header: see [`safe`].
+/// A value that is safe in a header: visible ASCII and space, without a comma.
 pub fn safe_value(v: &str) -> bool {
-    safe(v)
-}
-
-/// Visible ASCII and space, without a comma.
-fn safe(v: &str) -> bool {
     v.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b',')
 }
 
