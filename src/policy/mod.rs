@@ -104,6 +104,18 @@ pub struct Rule {
     condition: Option<Condition>,
 }
 
+impl Rule {
+    /// No `methods` means any method.
+    fn allows_method(&self, method: &str) -> bool {
+        self.methods.is_empty() || self.methods.iter().any(|m| m == method)
+    }
+
+    /// No `hosts` means any host.
+    fn allows_host(&self, host: &str) -> bool {
+        self.hosts.is_empty() || self.hosts.iter().any(|h| h.matches(host))
+    }
+}
+
 /// A tenant's rule set, compiled and immutable; shared by `Arc`.
 #[derive(Debug)]
 pub struct CompiledTenant {
@@ -491,9 +503,8 @@ impl CompiledTenant {
             .filter_map(|i| {
                 let rule = &self.rules[i];
                 let params = rule.template.matches(&resource.segments)?;
-                let method_ok = rule.methods.is_empty() || rule.methods.contains(&resource.method);
-                let host_ok =
-                    rule.hosts.is_empty() || rule.hosts.iter().any(|h| h.matches(&resource.host));
+                let method_ok = rule.allows_method(&resource.method);
+                let host_ok = rule.allows_host(&resource.host);
                 if explain && !(method_ok && host_ok) {
                     trace.push(RuleTrace {
                         rule: rule.id.to_string(),
@@ -610,8 +621,8 @@ impl CompiledTenant {
         let routed = self.index.lookup(&resource.segments).into_iter().any(|i| {
             let rule = &self.rules[i];
             rule.effect == Effect::Allow
-                && (rule.methods.is_empty() || rule.methods.iter().any(|m| m == method))
-                && (rule.hosts.is_empty() || rule.hosts.iter().any(|h| h.matches(&resource.host)))
+                && rule.allows_method(method)
+                && rule.allows_host(&resource.host)
                 && rule.template.matches(&resource.segments).is_some()
         });
         if !origin_ok || !routed || !template::safe_value(method) || method.is_empty() {
@@ -668,12 +679,10 @@ struct Base {
     claims: Value,
     context: Value,
     resource: std::collections::HashMap<String, Value>,
-    /// Whether conditions read `resource.params` / `resource.attributes`.
-    params: (bool, bool),
-}
-
-fn want_params(fields: &Fields) -> (bool, bool) {
-    (fields.wants("params"), fields.wants("attributes"))
+    /// Whether conditions read `resource.params` and `resource.attributes`,
+    /// which differ per rule and are added per evaluation.
+    want_params: bool,
+    want_attributes: bool,
 }
 
 impl Base {
@@ -749,7 +758,8 @@ impl Base {
             ),
             context: cel::map(context),
             resource,
-            params: want_params(&tenant.reads.resource),
+            want_params: tenant.reads.resource.wants("params"),
+            want_attributes: tenant.reads.resource.wants("attributes"),
         }
     }
 
@@ -759,14 +769,13 @@ impl Base {
         attributes: Option<&BTreeMap<String, String>>,
     ) -> cel::Variables {
         let mut resource = self.resource.clone();
-        let (want_params, want_attributes) = self.params;
-        if want_params {
+        if self.want_params {
             resource.insert(
                 "params".into(),
                 cel::map(params.iter().map(|(k, v)| (k.as_str(), cel::string(v)))),
             );
         }
-        if want_attributes {
+        if self.want_attributes {
             resource.insert(
                 "attributes".into(),
                 cel::map(
