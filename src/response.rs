@@ -51,11 +51,15 @@ pub fn render(decision: &Decision) -> CheckResponse {
             ..Default::default()
         })
     } else {
+        // A 204 (a preflight portcullis answers) has no body.
+        let has_body = status != 204;
         let mut headers = vec![
-            overwrite("content-type", "application/json"),
             overwrite(DECISION_ID_HEADER, &decision.decision_id),
             overwrite("cache-control", "no-store"),
         ];
+        if has_body {
+            headers.push(overwrite("content-type", "application/json"));
+        }
         headers.extend(decision.client_headers.iter().map(|(k, v)| overwrite(k, v)));
         if status == 401 {
             // RFC 6750 §3: name the scheme; `invalid_token` only when one was sent.
@@ -66,24 +70,21 @@ pub fn render(decision: &Decision) -> CheckResponse {
             };
             headers.push(overwrite("www-authenticate", &challenge));
         }
-        let body = serde_json::json!({
-            "error": decision.reason.code(),
-            "decision_id": decision.decision_id,
-        });
-        // A 204 (an answered preflight) has no body.
-        if status == 204 {
-            headers.retain(|h| h.header.as_ref().is_some_and(|h| h.key != "content-type"));
-        }
+        let body = if has_body {
+            serde_json::json!({
+                "error": decision.reason.code(),
+                "decision_id": decision.decision_id,
+            })
+            .to_string()
+        } else {
+            String::new()
+        };
         check_response::HttpResponse::DeniedResponse(DeniedHttpResponse {
             status: Some(HttpStatus {
                 code: i32::from(status),
             }),
             headers,
-            body: if status == 204 {
-                String::new()
-            } else {
-                body.to_string()
-            },
+            body,
         })
     };
     CheckResponse {
