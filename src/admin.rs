@@ -38,7 +38,26 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
         not_ready.push("no policies loaded".to_string());
     }
     let ready = not_ready.is_empty();
+    // Issuers whose keys never loaded: their tokens get 503 keys_unavailable.
+    // Reported, not counted against readiness: one identity provider down must
+    // not take every replica out of rotation.
+    let issuers_without_keys: Vec<String> = status
+        .tenants
+        .iter()
+        .filter_map(|t| state.store.tenant(&t.tenant))
+        .flat_map(|t| {
+            t.identity
+                .remote_keys()
+                .filter(|(_, keys)| !keys.loaded_once())
+                .map(|(issuer, keys)| match keys.last_error() {
+                    Some(e) => format!("{}: {issuer}: {e}", t.id),
+                    None => format!("{}: {issuer}: not fetched yet", t.id),
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
     let body = serde_json::json!({
+        "issuers_without_keys": issuers_without_keys,
         "ready": ready,
         "not_ready": not_ready,
         "generation": status.generation,

@@ -278,7 +278,19 @@ fn check(policies: &Path, request: &Path, tenancy: TenantResolver) -> ExitCode {
         Err(e) => return usage(&e),
     };
     let pipeline = Pipeline::new(store, tenancy);
-    let (decision, trace) = pipeline.explain(&req);
+    // Issuers with remote keys need a runtime to fetch them.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("portcullis: cannot start runtime: {e}");
+            return ExitCode::from(70);
+        }
+    };
+    let (decision, trace) =
+        runtime.block_on(pipeline.explain_async(&req, crate::pipeline::DEFAULT_KEY_WAIT));
     let out = serde_json::json!({
         "decision": if decision.allowed { "allow" } else { "deny" },
         "status": decision.status(),

@@ -30,6 +30,26 @@ pub enum Reason {
     MalformedCredential,
     /// The credential's issuer is not one this tenant trusts.
     IssuerNotTrusted,
+    /// A token that is not a well-formed JWT, has a header portcullis refuses
+    /// (`crit`, a wrong `typ`), claims of the wrong type, or a required claim missing.
+    InvalidToken,
+    /// A token over the size limit.
+    TokenTooLarge,
+    /// The token's `alg` is not in its issuer's allow-list.
+    AlgorithmNotAllowed,
+    /// No key of the issuer matches the token's `kid` (or fits its `alg`).
+    UnknownKey,
+    InvalidSignature,
+    TokenExpired,
+    /// `nbf` or `iat` is in the future.
+    TokenNotYetValid,
+    /// `exp − iat` is longer than the issuer's `max_lifetime`.
+    TokenTooLongLived,
+    /// None of the token's audiences is one the issuer lists.
+    InvalidAudience,
+    /// The issuer's keys could not be fetched (or are staler than allowed):
+    /// portcullis can answer but not decide.
+    KeysUnavailable,
     /// A rule's condition failed to evaluate: never an allow.
     PolicyError,
     /// A rule reads the body, and the body is truncated, not sent, not JSON, or
@@ -67,6 +87,16 @@ impl Reason {
             Reason::InvalidCredential => "invalid_credential",
             Reason::MalformedCredential => "malformed_credential",
             Reason::IssuerNotTrusted => "issuer_not_trusted",
+            Reason::InvalidToken => "invalid_token",
+            Reason::TokenTooLarge => "token_too_large",
+            Reason::AlgorithmNotAllowed => "algorithm_not_allowed",
+            Reason::UnknownKey => "unknown_key",
+            Reason::InvalidSignature => "invalid_signature",
+            Reason::TokenExpired => "token_expired",
+            Reason::TokenNotYetValid => "token_not_yet_valid",
+            Reason::TokenTooLongLived => "token_too_long_lived",
+            Reason::InvalidAudience => "invalid_audience",
+            Reason::KeysUnavailable => "keys_unavailable",
             Reason::PolicyError => "policy_error",
             Reason::BodyUnavailable => "body_unavailable",
             Reason::AmbiguousQuery => "ambiguous_query",
@@ -89,8 +119,16 @@ impl Reason {
             Reason::CorsPreflight => 204,
             Reason::MissingCredential
             | Reason::InvalidCredential
-            | Reason::MalformedCredential
-            | Reason::IssuerNotTrusted => 401,
+            | Reason::IssuerNotTrusted
+            | Reason::InvalidToken
+            | Reason::TokenTooLarge
+            | Reason::AlgorithmNotAllowed
+            | Reason::UnknownKey
+            | Reason::InvalidSignature
+            | Reason::TokenExpired
+            | Reason::TokenNotYetValid
+            | Reason::TokenTooLongLived
+            | Reason::InvalidAudience => 401,
             Reason::NoMatchingRule
             | Reason::DeniedByRule
             | Reason::PolicyError
@@ -99,10 +137,45 @@ impl Reason {
             | Reason::UnknownTenant
             | Reason::CorsRejected
             | Reason::NotHttp => 403,
-            Reason::NonCanonicalPath | Reason::MalformedRequest | Reason::AmbiguousQuery => 400,
+            // RFC 6750 §3.1: two credentials at once are an `invalid_request`.
+            Reason::NonCanonicalPath
+            | Reason::MalformedRequest
+            | Reason::AmbiguousQuery
+            | Reason::MalformedCredential => 400,
             Reason::PathTooLong => 414,
-            Reason::NotReady => 503,
+            Reason::NotReady | Reason::KeysUnavailable => 503,
         }
+    }
+
+    /// The `WWW-Authenticate` challenge for a credential problem (RFC 6750 §3):
+    /// bare when there was no credential, `invalid_request` for two at once,
+    /// `invalid_token` with a fixed, short description otherwise. The
+    /// description never carries anything from the request.
+    pub fn challenge(self) -> Option<String> {
+        const REALM: &str = "Bearer realm=\"portcullis\"";
+        let description = match self {
+            Reason::MissingCredential => return Some(REALM.to_string()),
+            Reason::MalformedCredential => {
+                return Some(format!(
+                    "{REALM}, error=\"invalid_request\", error_description=\"more than one credential\""
+                ));
+            }
+            Reason::InvalidCredential => "credential not accepted",
+            Reason::IssuerNotTrusted => "issuer not trusted",
+            Reason::InvalidToken => "malformed token",
+            Reason::TokenTooLarge => "token too large",
+            Reason::AlgorithmNotAllowed => "algorithm not allowed",
+            Reason::UnknownKey => "unknown signing key",
+            Reason::InvalidSignature => "bad signature",
+            Reason::TokenExpired => "token expired",
+            Reason::TokenNotYetValid => "token not valid yet",
+            Reason::TokenTooLongLived => "token lifetime too long",
+            Reason::InvalidAudience => "wrong audience",
+            _ => return None,
+        };
+        Some(format!(
+            "{REALM}, error=\"invalid_token\", error_description=\"{description}\""
+        ))
     }
 
     pub fn allows(self) -> bool {
@@ -115,7 +188,7 @@ impl Reason {
     }
 }
 
-const ALL: [Reason; 20] = [
+const ALL: [Reason; 30] = [
     Reason::Allowed,
     Reason::DefaultAllow,
     Reason::CorsPreflight,
@@ -126,6 +199,16 @@ const ALL: [Reason; 20] = [
     Reason::InvalidCredential,
     Reason::MalformedCredential,
     Reason::IssuerNotTrusted,
+    Reason::InvalidToken,
+    Reason::TokenTooLarge,
+    Reason::AlgorithmNotAllowed,
+    Reason::UnknownKey,
+    Reason::InvalidSignature,
+    Reason::TokenExpired,
+    Reason::TokenNotYetValid,
+    Reason::TokenTooLongLived,
+    Reason::InvalidAudience,
+    Reason::KeysUnavailable,
     Reason::PolicyError,
     Reason::BodyUnavailable,
     Reason::AmbiguousQuery,
@@ -156,6 +239,9 @@ pub struct Decision {
     pub set_headers: Vec<(String, String)>,
     /// Headers removed before the upstream sees the request.
     pub remove_headers: Vec<String>,
+    /// Query parameters removed before the upstream sees the request (a token
+    /// sent in the query).
+    pub remove_query: Vec<String>,
     /// Headers for the client on a response portcullis answers itself (a CORS
     /// preflight).
     pub client_headers: Vec<(String, String)>,
@@ -177,6 +263,7 @@ impl Decision {
             subject: None,
             set_headers: Vec::new(),
             remove_headers: Vec::new(),
+            remove_query: Vec::new(),
             client_headers: Vec::new(),
             detail: None,
         }
@@ -214,5 +301,15 @@ mod tests {
         assert_eq!(Reason::NonCanonicalPath.status(), 400);
         assert_eq!(Reason::NotReady.status(), 503);
         assert!(Reason::Allowed.allows() && !Reason::PolicyError.allows());
+        assert_eq!(Reason::MalformedCredential.status(), 400);
+        assert_eq!(Reason::KeysUnavailable.status(), 503);
+        // Every 401 has a challenge, and only the missing credential's is bare.
+        for r in ALL {
+            let challenge = r.challenge();
+            if r.status() == 401 {
+                let c = challenge.unwrap_or_else(|| panic!("{r:?} has no challenge"));
+                assert_eq!(c.contains("error="), r != Reason::MissingCredential, "{c}");
+            }
+        }
     }
 }

@@ -400,16 +400,30 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
     }
 }
 
+fn decode_query_part(s: &str) -> String {
+    percent_encoding::percent_decode_str(&s.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// Every value of the query parameter `name` (names compared after decoding,
+/// so `access%5Ftoken` counts as `access_token`).
+pub fn query_values<'q>(query: &'q str, name: &'q str) -> impl Iterator<Item = &'q str> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter_map(move |pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode_query_part(k) == name).then_some(v)
+        })
+}
+
 fn parse_query(query: &str) -> (BTreeMap<String, String>, bool) {
     let mut out = BTreeMap::new();
     let mut repeated = false;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let decode = |s: &str| {
-            percent_encoding::percent_decode_str(&s.replace('+', " "))
-                .decode_utf8_lossy()
-                .into_owned()
-        };
+        let decode = decode_query_part;
         match out.entry(decode(k)) {
             std::collections::btree_map::Entry::Vacant(e) => {
                 e.insert(decode(v));

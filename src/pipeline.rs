@@ -5,14 +5,18 @@
 //! [`Pipeline::check`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::decision::{Decision, Reason};
-use crate::identity;
+use crate::identity::{self, IdentityError, keys::RemoteKeys};
 use crate::input::Input;
 use crate::policy::{Effect, Outcome, RuleTrace};
 use crate::proto::auth::CheckRequest;
 use crate::store::PolicyStore;
 use crate::tenant::TenantResolver;
+
+/// The longest a check waits for an issuer's keys when Envoy sent no deadline.
+pub const DEFAULT_KEY_WAIT: Duration = Duration::from_secs(2);
 
 /// Header carrying the decision id to the upstream (allow) and the client (deny).
 pub const DECISION_ID_HEADER: &str = "x-portcullis-decision-id";
@@ -48,31 +52,59 @@ impl Pipeline {
         Pipeline { store, tenancy }
     }
 
-    /// Decides one request.
+    /// Decides one request without waiting for anything: when an issuer's keys
+    /// are not there yet, the answer is 503 `keys_unavailable`.
     pub fn check(&self, request: &CheckRequest) -> Decision {
-        self.run(request, false).0
+        self.run(request, false).decision
+    }
+
+    /// Decides one request; when an issuer's keys must be fetched first, waits
+    /// for that fetch (shared with every other check that needs it) at most
+    /// `wait`, then decides again.
+    pub async fn check_async(&self, request: &CheckRequest, wait: Duration) -> Decision {
+        self.run_async(request, wait, false).await.decision
+    }
+
+    /// [`Pipeline::check_async`], and what every candidate rule did.
+    pub async fn explain_async(
+        &self,
+        request: &CheckRequest,
+        wait: Duration,
+    ) -> (Decision, Vec<RuleTrace>) {
+        let run = self.run_async(request, wait, true).await;
+        (run.decision, run.trace)
+    }
+
+    async fn run_async(&self, request: &CheckRequest, wait: Duration, explain: bool) -> Run {
+        let first = self.run(request, explain);
+        let Some(keys) = first.pending else {
+            return first;
+        };
+        keys.fetch_and_wait(wait).await;
+        self.run(request, explain)
     }
 
     /// Decides one request and says what every candidate rule did.
     pub fn explain(&self, request: &CheckRequest) -> (Decision, Vec<RuleTrace>) {
-        self.run(request, true)
+        let run = self.run(request, true);
+        (run.decision, run.trace)
     }
 
-    fn run(&self, request: &CheckRequest, explain: bool) -> (Decision, Vec<RuleTrace>) {
+    fn run(&self, request: &CheckRequest, explain: bool) -> Run {
         let id = uuid::Uuid::new_v4().to_string();
         if !self.store.is_ready() {
-            return (Decision::deny(id, Reason::NotReady), Vec::new());
+            return Run::done(Decision::deny(id, Reason::NotReady));
         }
         let input = match Input::from_check_request(request) {
             Ok(input) => input,
             Err(e) => {
                 let mut d = Decision::deny(id, e.reason());
                 d.detail = Some(e.to_string());
-                return (d, Vec::new());
+                return Run::done(d);
             }
         };
         let Some(tenant) = self.tenancy.resolve(&input.resource, &self.store) else {
-            return (Decision::deny(id, Reason::UnknownTenant), Vec::new());
+            return Run::done(Decision::deny(id, Reason::UnknownTenant));
         };
         let mut decision = Decision::deny(id, Reason::NoMatchingRule);
         decision.tenant = Some(tenant.id.clone());
@@ -83,7 +115,15 @@ impl Pipeline {
             Err(e) => {
                 decision.reason = e.reason();
                 decision.detail = Some(e.to_string());
-                return (decision, Vec::new());
+                let pending = match e {
+                    IdentityError::NeedKeys(keys) => Some(keys),
+                    _ => None,
+                };
+                return Run {
+                    decision,
+                    trace: Vec::new(),
+                    pending,
+                };
             }
         };
         decision.auth_method = identity.method.as_str();
@@ -118,6 +158,7 @@ impl Pipeline {
                     decision.allowed = true;
                     decision.set_headers = edits.set;
                     decision.remove_headers = edits.remove;
+                    decision.remove_query = identity.consumed_query.clone().into_iter().collect();
                     strip_underscore_spellings(&mut decision, &input.resource.headers);
                     decision
                         .set_headers
@@ -129,6 +170,28 @@ impl Pipeline {
                 }
             }
         }
-        (decision, eval.trace)
+        Run {
+            decision,
+            trace: eval.trace,
+            pending: None,
+        }
+    }
+}
+
+/// One pass through the stages.
+struct Run {
+    decision: Decision,
+    trace: Vec<RuleTrace>,
+    /// Keys the check needed and did not have: fetch them and run again.
+    pending: Option<Arc<RemoteKeys>>,
+}
+
+impl Run {
+    fn done(decision: Decision) -> Run {
+        Run {
+            decision,
+            trace: Vec::new(),
+            pending: None,
+        }
     }
 }

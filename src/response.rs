@@ -48,6 +48,7 @@ pub fn render(decision: &Decision) -> CheckResponse {
                 .map(|(k, v)| overwrite(k, v))
                 .collect(),
             headers_to_remove: decision.remove_headers.clone(),
+            query_parameters_to_remove: decision.remove_query.clone(),
             ..Default::default()
         })
     } else {
@@ -61,13 +62,7 @@ pub fn render(decision: &Decision) -> CheckResponse {
             headers.push(overwrite("content-type", "application/json"));
         }
         headers.extend(decision.client_headers.iter().map(|(k, v)| overwrite(k, v)));
-        if status == 401 {
-            // RFC 6750 §3: name the scheme; `invalid_token` only when one was sent.
-            let challenge = if decision.reason == crate::decision::Reason::MissingCredential {
-                "Bearer realm=\"portcullis\"".to_string()
-            } else {
-                "Bearer realm=\"portcullis\", error=\"invalid_token\"".to_string()
-            };
+        if let Some(challenge) = decision.reason.challenge() {
             headers.push(overwrite("www-authenticate", &challenge));
         }
         let body = if has_body {

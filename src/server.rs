@@ -21,7 +21,8 @@ use tracing::Instrument;
 
 use crate::admin::{self, AdminState};
 use crate::config::Config;
-use crate::pipeline::Pipeline;
+use crate::identity::keys;
+use crate::pipeline::{DEFAULT_KEY_WAIT, Pipeline};
 use crate::proto::auth::authorization_server::{Authorization, AuthorizationServer};
 use crate::proto::auth::{CheckRequest, CheckResponse};
 use crate::response;
@@ -55,7 +56,11 @@ impl Authorization for AuthzService {
             decision_id = tracing::field::Empty,
         );
         async {
-            let decision = self.pipeline.check(request.get_ref());
+            let wait = grpc_timeout(request.metadata()).map_or(DEFAULT_KEY_WAIT, |t| {
+                // Leave room to answer before Envoy gives up on us.
+                t.saturating_sub(t / 5).min(DEFAULT_KEY_WAIT)
+            });
+            let decision = self.pipeline.check_async(request.get_ref(), wait).await;
             let span = tracing::Span::current();
             span.record("decision_id", decision.decision_id.as_str());
             span.record("decision", if decision.allowed { "allow" } else { "deny" });
@@ -87,6 +92,26 @@ impl Authorization for AuthzService {
         .instrument(span)
         .await
     }
+}
+
+/// The deadline Envoy set on the Check call (`grpc-timeout`, gRPC over HTTP/2:
+/// up to 8 digits and a unit).
+pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// A running server; dropped handles do not stop it, [`Running::shutdown`] does.
@@ -207,6 +232,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                 s,
             )
             .await;
+            Ok(())
+        });
+    }
+    {
+        // Remote issuer keys: fetched when due, in the background.
+        let s = stop.subscribe();
+        tasks.spawn(async move {
+            keys::refresh_loop(s).await;
             Ok(())
         });
     }

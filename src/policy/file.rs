@@ -99,7 +99,7 @@ pub struct CorsSpec {
     pub max_age: Option<std::time::Duration>,
 }
 
-mod opt_duration {
+pub(crate) mod opt_duration {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 

@@ -208,9 +208,12 @@ pub fn compile(file: &Path, text: &str) -> Result<CompiledTenant, Vec<PolicyErro
         }
     }
 
-    let identity = IdentityConfig::compile(&spec.identity)
-        .map_err(|e| errors.push(err(line_of(text, 0, "identity"), e)))
-        .ok();
+    let identity = IdentityConfig::compile(
+        &spec.identity,
+        file.parent().unwrap_or_else(|| Path::new(".")),
+    )
+    .map_err(|e| errors.push(err(line_of(text, 0, "identity"), e)))
+    .ok();
 
     if spec.rules.len() > MAX_RULES_PER_TENANT {
         errors.push(err(
@@ -747,6 +750,7 @@ impl Base {
                 ("method", cel::string(identity.method.as_str())),
                 ("subject", opt(&identity.subject)),
                 ("issuer", opt(&identity.issuer)),
+                ("token_id", opt(&identity.token_id)),
             ])
         });
         Base {

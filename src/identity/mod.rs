@@ -1,18 +1,25 @@
 //! Stage 3: who is calling, from a verified credential.
 //!
-//! Each tenant lists the identity sources it trusts. This issue's sources are
-//! Envoy's own `jwt_authn` filter (claims it already verified, read from
-//! `metadata_context`) and the SPIFFE ID of an mTLS peer. portcullis' own JWT
-//! validation slots in as another [`Source`].
+//! Each tenant lists the identity sources it trusts: JWTs that portcullis
+//! validates itself against the tenant's own issuers ([`jwt`], keys in [`keys`]),
+//! claims Envoy's `jwt_authn` filter already verified (read from
+//! `metadata_context`), and the SPIFFE ID of an mTLS peer.
 //!
 //! What this stage must never do: accept a credential it could not verify (an
 //! invalid credential never falls back to anonymous), accept claims from an issuer
 //! the tenant does not trust, or put a token into an error or a log line.
 
+pub mod jwt;
+pub mod keys;
+
+use std::sync::Arc;
+
 use serde::Deserialize;
 use serde_json::{Map, Value as Json};
 
 use crate::input::Input;
+use jwt::{Attempt, Issuer, IssuerSpec, TokenError};
+use keys::RemoteKeys;
 
 /// Envoy's `jwt_authn` filter name, the default metadata namespace of its claims.
 pub const JWT_AUTHN_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
@@ -23,6 +30,12 @@ pub const JWT_AUTHN_PAYLOAD_KEY: &str = "jwt_payload";
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdentitySpec {
+    /// Issuers whose JWTs portcullis validates itself.
+    #[serde(default)]
+    pub jwt: Vec<IssuerSpec>,
+    /// Where a token for `jwt` is read from; default `Authorization: Bearer`.
+    #[serde(default)]
+    pub token_sources: Option<Vec<TokenSourceSpec>>,
     /// Claims verified by Envoy's `jwt_authn` filter.
     #[serde(default)]
     pub envoy_jwt_authn: Option<EnvoyJwtSpec>,
@@ -34,6 +47,36 @@ pub struct IdentitySpec {
     /// treated as anonymous.
     #[serde(default)]
     pub credential_headers: Option<Vec<String>>,
+}
+
+/// One place a token may be: a header (with an auth scheme), a cookie, or a
+/// query parameter. Exactly one of `header`, `cookie`, `query`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSourceSpec {
+    #[serde(default)]
+    pub header: Option<String>,
+    /// The auth scheme before the token (`Bearer`), compared case-insensitively;
+    /// default `Bearer` for `authorization`, none for other headers.
+    #[serde(default)]
+    pub scheme: Option<String>,
+    #[serde(default)]
+    pub cookie: Option<String>,
+    /// A query parameter; removed from the request before it goes upstream, so
+    /// the token does not land in access logs.
+    #[serde(default)]
+    pub query: Option<String>,
+}
+
+/// Where a token was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    Header {
+        name: String,
+        scheme: Option<String>,
+    },
+    Cookie(String),
+    Query(String),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -63,10 +106,13 @@ fn default_payload_key() -> String {
 }
 
 /// A tenant's identity sources, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct IdentityConfig {
     sources: Vec<Source>,
     credential_headers: Vec<String>,
+    /// portcullis' own JWT issuers, and where their tokens are read from.
+    issuers: Vec<Issuer>,
+    token_sources: Vec<TokenSource>,
 }
 
 /// One way of turning a request into an [`Identity`].
@@ -77,7 +123,35 @@ enum Source {
 }
 
 impl IdentityConfig {
-    pub fn compile(spec: &IdentitySpec) -> Result<IdentityConfig, String> {
+    /// Validates a tenant's identity section; `base` is the policy file's
+    /// directory (for a relative `jwks_file`).
+    pub fn compile(spec: &IdentitySpec, base: &std::path::Path) -> Result<IdentityConfig, String> {
+        let mut issuers: Vec<Issuer> = Vec::new();
+        for issuer in &spec.jwt {
+            if issuers.iter().any(|i| i.issuer == issuer.issuer) {
+                return Err(format!(
+                    "identity.jwt: issuer {:?} is listed twice",
+                    issuer.issuer
+                ));
+            }
+            issuers.push(Issuer::compile(issuer, base)?);
+        }
+        let token_sources = match &spec.token_sources {
+            None => vec![TokenSource::Header {
+                name: "authorization".into(),
+                scheme: Some("bearer".into()),
+            }],
+            Some(list) if list.is_empty() => {
+                return Err("identity.token_sources must not be empty".into());
+            }
+            Some(list) => list
+                .iter()
+                .map(TokenSource::compile)
+                .collect::<Result<_, _>>()?,
+        };
+        if spec.token_sources.is_some() && issuers.is_empty() {
+            return Err("identity.token_sources needs identity.jwt issuers".into());
+        }
         let mut sources = Vec::new();
         if let Some(jwt) = &spec.envoy_jwt_authn {
             if jwt.issuers.is_empty() || jwt.issuers.iter().any(String::is_empty) {
@@ -98,17 +172,115 @@ impl IdentityConfig {
             }
             sources.push(Source::Spiffe(spiffe.clone()));
         }
-        let credential_headers = spec
+        let mut credential_headers: Vec<String> = spec
             .credential_headers
             .clone()
             .unwrap_or_else(|| vec!["authorization".to_string()])
             .into_iter()
             .map(|h| h.to_ascii_lowercase())
             .collect();
+        // A header that carries our own tokens is a credential header too: sent
+        // and not verified, it never falls back to anonymous.
+        for source in &token_sources {
+            if let TokenSource::Header { name, .. } = source
+                && !credential_headers.contains(name)
+            {
+                credential_headers.push(name.clone());
+            }
+        }
         Ok(IdentityConfig {
             sources,
             credential_headers,
+            issuers,
+            token_sources,
         })
+    }
+
+    /// The remote key sets this tenant's issuers use.
+    pub fn remote_keys(&self) -> impl Iterator<Item = (&str, &Arc<RemoteKeys>)> {
+        self.issuers
+            .iter()
+            .filter_map(|i| i.remote().map(|r| (i.issuer.as_str(), r)))
+    }
+}
+
+impl TokenSource {
+    fn compile(spec: &TokenSourceSpec) -> Result<TokenSource, String> {
+        let valid = |n: &str| {
+            !n.is_empty()
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        };
+        match (&spec.header, &spec.cookie, &spec.query) {
+            (Some(h), None, None) if valid(h) => {
+                let name = h.to_ascii_lowercase();
+                let scheme = match &spec.scheme {
+                    Some(s) if valid(s) => Some(s.to_ascii_lowercase()),
+                    Some(s) => return Err(format!("identity.token_sources: scheme {s:?} is not a token")),
+                    None if name == "authorization" => Some("bearer".into()),
+                    None => None,
+                };
+                Ok(TokenSource::Header { name, scheme })
+            }
+            (None, Some(c), None) if valid(c) && spec.scheme.is_none() => {
+                Ok(TokenSource::Cookie(c.clone()))
+            }
+            (None, None, Some(q)) if valid(q) && spec.scheme.is_none() => {
+                Ok(TokenSource::Query(q.clone()))
+            }
+            _ => Err(
+                "identity.token_sources: each entry names one valid header (with an optional scheme), cookie or query parameter".into(),
+            ),
+        }
+    }
+
+    /// The token this source holds in the request, if any. `Err` when the
+    /// source holds two (a repeated cookie or query parameter).
+    fn find<'a>(&'a self, input: &'a Input) -> Result<Option<&'a str>, IdentityError> {
+        let r = &input.resource;
+        match self {
+            TokenSource::Header { name, scheme } => {
+                let Some(value) = r.headers.get(name) else {
+                    return Ok(None);
+                };
+                let value = value.trim();
+                Ok(match scheme {
+                    None => Some(value),
+                    Some(scheme) => value
+                        .split_once(' ')
+                        .filter(|(s, _)| s.eq_ignore_ascii_case(scheme))
+                        .map(|(_, t)| t.trim()),
+                }
+                .filter(|t| !t.is_empty()))
+            }
+            TokenSource::Cookie(name) => {
+                let mut found = None;
+                for pair in r
+                    .headers
+                    .get("cookie")
+                    .into_iter()
+                    .flat_map(|c| c.split(';'))
+                {
+                    if let Some((k, v)) = pair.trim().split_once('=')
+                        && k == name
+                    {
+                        if found.is_some() {
+                            return Err(IdentityError::Malformed(format!("cookie {name}")));
+                        }
+                        found = Some(v.trim_matches('"'));
+                    }
+                }
+                Ok(found.filter(|t| !t.is_empty()))
+            }
+            TokenSource::Query(name) => {
+                let mut values = crate::input::query_values(&r.query, name);
+                let first = values.next();
+                if values.next().is_some() {
+                    return Err(IdentityError::Malformed(format!("query parameter {name}")));
+                }
+                Ok(first.filter(|t| !t.is_empty()))
+            }
+        }
     }
 }
 
@@ -116,6 +288,8 @@ impl IdentityConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMethod {
     Anonymous,
+    /// A JWT portcullis validated itself.
+    Jwt,
     EnvoyJwt,
     Spiffe,
 }
@@ -124,6 +298,7 @@ impl AuthMethod {
     pub fn as_str(self) -> &'static str {
         match self {
             AuthMethod::Anonymous => "anonymous",
+            AuthMethod::Jwt => "jwt",
             AuthMethod::EnvoyJwt => "envoy_jwt",
             AuthMethod::Spiffe => "spiffe",
         }
@@ -136,7 +311,11 @@ pub struct Identity {
     pub method: AuthMethod,
     pub subject: Option<String>,
     pub issuer: Option<String>,
+    /// The token's `jti`, when it has one.
+    pub token_id: Option<String>,
     pub claims: Map<String, Json>,
+    /// A query parameter that carried the token: removed before the upstream.
+    pub consumed_query: Option<String>,
 }
 
 impl Identity {
@@ -145,7 +324,9 @@ impl Identity {
             method: AuthMethod::Anonymous,
             subject: None,
             issuer: None,
+            token_id: None,
             claims: Map::new(),
+            consumed_query: None,
         }
     }
 
@@ -155,10 +336,18 @@ impl Identity {
 }
 
 /// Why no identity could be established. Messages name the header, never its value.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum IdentityError {
-    #[error("credential header {0:?} is repeated or holds several values")]
+    #[error("credential {0:?} is repeated or holds several values")]
     Malformed(String),
+    #[error("more than one credential: {0} and {1}")]
+    Conflict(String, String),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// Not a failure yet: the issuer's keys must be fetched, then the check
+    /// runs again (see [`crate::pipeline::Pipeline::check_async`]).
+    #[error("the issuer's keys are being fetched")]
+    NeedKeys(Arc<RemoteKeys>),
     #[error("credential header {0:?} was sent but no identity source verified it")]
     Unverified(String),
     #[error("issuer is not trusted by this tenant")]
@@ -171,7 +360,11 @@ impl IdentityError {
     pub fn reason(&self) -> crate::decision::Reason {
         use crate::decision::Reason;
         match self {
-            IdentityError::Malformed(_) => Reason::MalformedCredential,
+            IdentityError::Malformed(_) | IdentityError::Conflict(..) => {
+                Reason::MalformedCredential
+            }
+            IdentityError::Token(e) => e.reason(),
+            IdentityError::NeedKeys(_) => Reason::KeysUnavailable,
             IdentityError::Unverified(_) | IdentityError::BadClaims(_) => Reason::InvalidCredential,
             IdentityError::IssuerNotTrusted => Reason::IssuerNotTrusted,
         }
@@ -188,6 +381,11 @@ pub fn authenticate(config: &IdentityConfig, input: &Input) -> Result<Identity, 
         if headers.get(name).is_some_and(|v| v.contains(',')) {
             return Err(IdentityError::Malformed(name.clone()));
         }
+    }
+    if !config.issuers.is_empty()
+        && let Some(identity) = own_jwt(config, input)?
+    {
+        return Ok(identity);
     }
     let mut bearer_verified = false;
     let mut found = None;
@@ -214,6 +412,49 @@ pub fn authenticate(config: &IdentityConfig, input: &Input) -> Result<Identity, 
         return Err(IdentityError::Unverified(name.clone()));
     }
     Ok(found.unwrap_or_else(Identity::anonymous))
+}
+
+/// Finds the one token in the tenant's token sources and validates it. No
+/// token: `None`, and the other sources are tried.
+fn own_jwt(config: &IdentityConfig, input: &Input) -> Result<Option<Identity>, IdentityError> {
+    let mut found: Option<(&TokenSource, &str)> = None;
+    for source in &config.token_sources {
+        if let Some(token) = source.find(input)? {
+            if let Some((first, _)) = found {
+                // RFC 6750 §3.1: a request with two credentials is refused.
+                return Err(IdentityError::Conflict(first.describe(), source.describe()));
+            }
+            found = Some((source, token));
+        }
+    }
+    let Some((source, token)) = found else {
+        return Ok(None);
+    };
+    let verified = match jwt::verify(token, &config.issuers, input.context.time) {
+        Attempt::Done(result) => result?,
+        Attempt::NeedKeys(remote) => return Err(IdentityError::NeedKeys(remote)),
+    };
+    Ok(Some(Identity {
+        method: AuthMethod::Jwt,
+        subject: verified.subject,
+        issuer: Some(verified.issuer),
+        token_id: verified.token_id,
+        claims: verified.claims,
+        consumed_query: match source {
+            TokenSource::Query(name) => Some(name.clone()),
+            _ => None,
+        },
+    }))
+}
+
+impl TokenSource {
+    fn describe(&self) -> String {
+        match self {
+            TokenSource::Header { name, .. } => format!("header {name}"),
+            TokenSource::Cookie(name) => format!("cookie {name}"),
+            TokenSource::Query(name) => format!("query parameter {name}"),
+        }
+    }
 }
 
 fn envoy_jwt(spec: &EnvoyJwtSpec, input: &Input) -> Result<Option<Identity>, IdentityError> {
@@ -247,7 +488,9 @@ fn envoy_jwt(spec: &EnvoyJwtSpec, input: &Input) -> Result<Option<Identity>, Ide
         method: AuthMethod::EnvoyJwt,
         subject,
         issuer: Some(issuer.clone()),
+        token_id: claims.get("jti").and_then(Json::as_str).map(str::to_string),
         claims: claims.clone(),
+        consumed_query: None,
     }))
 }
 
@@ -268,7 +511,9 @@ fn spiffe(spec: &SpiffeSpec, input: &Input) -> Option<Identity> {
         method: AuthMethod::Spiffe,
         subject: Some(id.to_string()),
         issuer: Some(format!("spiffe://{trust_domain}")),
+        token_id: None,
         claims,
+        consumed_query: None,
     })
 }
 
@@ -281,7 +526,7 @@ mod tests {
 
     fn config(yaml: &str) -> IdentityConfig {
         let spec: IdentitySpec = serde_yaml::from_str(yaml).unwrap();
-        IdentityConfig::compile(&spec).unwrap()
+        IdentityConfig::compile(&spec, std::path::Path::new(".")).unwrap()
     }
 
     fn jwt_config() -> IdentityConfig {
@@ -386,10 +631,10 @@ mod tests {
     #[test]
     fn bad_specs_are_refused() {
         let spec: IdentitySpec = serde_yaml::from_str("envoy_jwt_authn: { issuers: [] }").unwrap();
-        assert!(IdentityConfig::compile(&spec).is_err());
+        assert!(IdentityConfig::compile(&spec, std::path::Path::new(".")).is_err());
         let spec: IdentitySpec =
             serde_yaml::from_str("spiffe: { trust_domains: ['spiffe://x'] }").unwrap();
-        assert!(IdentityConfig::compile(&spec).is_err());
+        assert!(IdentityConfig::compile(&spec, std::path::Path::new(".")).is_err());
         assert!(serde_yaml::from_str::<IdentitySpec>("bogus: 1").is_err());
     }
 }

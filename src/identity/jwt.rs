@@ -1,0 +1,586 @@
+//! portcullis' own JWT validation: the same strict checks for every tenant.
+//!
+//! A token is checked in this order, and the first failure decides:
+//! size → shape → header (`alg`, `crit`, `typ`, `kid`) → `iss` selects one of the
+//! tenant's issuers → `alg` in that issuer's allow-list → key by `kid` from that
+//! issuer's own keys → signature → claim types → `exp`, `nbf`, `iat`, lifetime →
+//! `aud` → required claims. Claims are read before the signature is checked only
+//! to pick the issuer; nothing else is trusted until the signature verifies.
+//!
+//! The checks follow RFC 8725 (JWT BCP) and RFC 7519; each names its section.
+//! This module must never choose a key from the token (`jku`, `x5u`, `jwk`,
+//! `x5c` are ignored), accept `none` or a symmetric algorithm, or put the token
+//! into an error.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+use serde_json::{Map, Value as Json};
+
+use super::keys::{
+    self, KeyKind, KeyLookup, KeyMatch, KeySet, RefreshPolicy, RemoteKeys, RemoteSource,
+};
+use crate::decision::Reason;
+
+/// Largest token accepted, in bytes (RFC 8725 §3.1 leaves bounds to us; 8 KiB
+/// is far above any real access token and far below Envoy's header limit).
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Default clock leeway for `exp`, `nbf` and `iat`.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+/// Default refresh interval for remote keys.
+pub const DEFAULT_KEYS_TTL: Duration = Duration::from_secs(300);
+/// Default time to keep using the last good keys while the issuer is down.
+pub const DEFAULT_KEYS_MAX_STALE: Duration = Duration::from_secs(3600);
+
+/// One trusted issuer, as written in a policy file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerSpec {
+    /// The exact `iss` value.
+    pub issuer: String,
+    /// At least one of these must be in `aud` (RFC 8725 §3.9).
+    pub audiences: Vec<String>,
+    /// Allowed `alg` values (asymmetric only).
+    pub algorithms: Vec<String>,
+    /// An inline JWKS document.
+    #[serde(default)]
+    pub jwks: Option<Json>,
+    /// A JWKS file (e.g. a mounted ConfigMap or Secret).
+    #[serde(default)]
+    pub jwks_file: Option<String>,
+    /// A JWKS URL, fetched and refreshed in the background.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// Fetch keys through OIDC discovery of `issuer`.
+    #[serde(default)]
+    pub discovery: bool,
+    /// Origins a discovered `jwks_uri` may be on besides the issuer's own.
+    #[serde(default)]
+    pub jwks_allowed_origins: Vec<String>,
+    #[serde(default, with = "crate::policy::file::opt_duration")]
+    pub keys_ttl: Option<Duration>,
+    #[serde(default, with = "crate::policy::file::opt_duration")]
+    pub keys_max_stale: Option<Duration>,
+    /// Clock leeway (default 30s).
+    #[serde(default, with = "crate::policy::file::opt_duration")]
+    pub leeway: Option<Duration>,
+    /// Longest accepted `exp − iat`; tokens without `iat` are then refused.
+    #[serde(default, with = "crate::policy::file::opt_duration")]
+    pub max_lifetime: Option<Duration>,
+    /// Claims every token must carry.
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+    /// Required `typ` header, e.g. `at+jwt` (RFC 9068 §2.1).
+    #[serde(default)]
+    pub typ: Option<String>,
+    /// Claims added to `claims` from a dotted path in the token:
+    /// `roles: realm_access.roles`.
+    #[serde(default)]
+    pub claim_mappings: std::collections::BTreeMap<String, String>,
+}
+
+/// Where an issuer's keys are.
+#[derive(Debug)]
+enum KeySource {
+    Static(Arc<KeySet>),
+    Remote(Arc<RemoteKeys>),
+}
+
+/// A validated issuer.
+#[derive(Debug)]
+pub struct Issuer {
+    pub issuer: String,
+    audiences: Vec<String>,
+    /// Allowed `alg` names, with what each means.
+    algorithms: Vec<(String, Algorithm, KeyKind)>,
+    keys: KeySource,
+    leeway: u64,
+    max_lifetime: Option<u64>,
+    required_claims: Vec<String>,
+    typ: Option<String>,
+    claim_mappings: Vec<(String, Vec<String>)>,
+}
+
+impl Issuer {
+    /// Validates a spec. `base` resolves a relative `jwks_file`.
+    pub fn compile(spec: &IssuerSpec, base: &std::path::Path) -> Result<Issuer, String> {
+        let name = &spec.issuer;
+        if name.is_empty() {
+            return Err("identity.jwt: issuer must not be empty".into());
+        }
+        let at = |m: String| format!("identity.jwt {name:?}: {m}");
+        if spec.audiences.is_empty() || spec.audiences.iter().any(String::is_empty) {
+            return Err(at(
+                "audiences must list at least one audience (RFC 8725 §3.9)".into(),
+            ));
+        }
+        if spec.algorithms.is_empty() {
+            return Err(at(
+                "algorithms must list the algorithms the issuer signs with".into(),
+            ));
+        }
+        let algorithms = spec
+            .algorithms
+            .iter()
+            .map(|a| keys::parse_algorithm(a).map(|(alg, kind)| (a.clone(), alg, kind)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(at)?;
+        let sources = usize::from(spec.jwks.is_some())
+            + usize::from(spec.jwks_file.is_some())
+            + usize::from(spec.jwks_uri.is_some())
+            + usize::from(spec.discovery);
+        if sources != 1 {
+            return Err(at(
+                "name exactly one key source: jwks, jwks_file, jwks_uri or discovery: true".into(),
+            ));
+        }
+        let refresh = RefreshPolicy {
+            ttl: spec.keys_ttl.unwrap_or(DEFAULT_KEYS_TTL),
+            max_stale: spec.keys_max_stale.unwrap_or(DEFAULT_KEYS_MAX_STALE),
+        };
+        if refresh.ttl < Duration::from_secs(1) {
+            return Err(at("keys_ttl must be at least 1s".into()));
+        }
+        let parse_set = |bytes: &[u8]| -> Result<Arc<KeySet>, String> {
+            let (set, notes) = KeySet::parse(bytes).map_err(at)?;
+            if set.keys.is_empty() {
+                return Err(at(format!(
+                    "key set has no usable key ({})",
+                    notes.join("; ")
+                )));
+            }
+            Ok(Arc::new(set))
+        };
+        let keys = if let Some(doc) = &spec.jwks {
+            KeySource::Static(parse_set(doc.to_string().as_bytes())?)
+        } else if let Some(file) = &spec.jwks_file {
+            let path = base.join(file);
+            let bytes = std::fs::read(&path)
+                .map_err(|e| at(format!("cannot read jwks_file {}: {e}", path.display())))?;
+            KeySource::Static(parse_set(&bytes)?)
+        } else if let Some(uri) = &spec.jwks_uri {
+            keys::origin_of(uri).map_err(at)?;
+            KeySource::Remote(RemoteKeys::shared(RemoteSource::Jwks(uri.clone()), refresh))
+        } else {
+            keys::origin_of(name).map_err(at)?;
+            let mut allowed = Vec::new();
+            for o in &spec.jwks_allowed_origins {
+                let origin = keys::origin_of(o).map_err(at)?;
+                if origin != o.trim_end_matches('/') {
+                    return Err(at(format!(
+                        "jwks_allowed_origins: {o:?} is not a bare origin"
+                    )));
+                }
+                allowed.push(origin);
+            }
+            KeySource::Remote(RemoteKeys::shared(
+                RemoteSource::Discovery {
+                    issuer: name.clone(),
+                    allowed_origins: allowed,
+                },
+                refresh,
+            ))
+        };
+        if !spec.jwks_allowed_origins.is_empty() && !spec.discovery {
+            return Err(at("jwks_allowed_origins applies to discovery only".into()));
+        }
+        let mut claim_mappings = Vec::new();
+        for (claim, path) in &spec.claim_mappings {
+            let parts: Vec<String> = path.split('.').map(str::to_string).collect();
+            if claim.is_empty() || parts.iter().any(String::is_empty) {
+                return Err(at(format!(
+                    "claim_mappings: {claim:?}: {path:?} is not a dotted path"
+                )));
+            }
+            claim_mappings.push((claim.clone(), parts));
+        }
+        Ok(Issuer {
+            issuer: name.clone(),
+            audiences: spec.audiences.clone(),
+            algorithms,
+            keys,
+            leeway: spec.leeway.unwrap_or(DEFAULT_LEEWAY).as_secs(),
+            max_lifetime: spec.max_lifetime.map(|d| d.as_secs()),
+            required_claims: spec.required_claims.clone(),
+            typ: spec.typ.clone(),
+            claim_mappings,
+        })
+    }
+
+    /// The issuer's remote key set, when it has one.
+    pub fn remote(&self) -> Option<&Arc<RemoteKeys>> {
+        match &self.keys {
+            KeySource::Remote(r) => Some(r),
+            KeySource::Static(_) => None,
+        }
+    }
+
+    fn lookup(&self) -> KeyLookup {
+        match &self.keys {
+            KeySource::Static(set) => KeyLookup::Ready(Arc::clone(set)),
+            KeySource::Remote(remote) => match remote.keys() {
+                Some(set) => KeyLookup::Ready(set),
+                None => KeyLookup::Fetch(Arc::clone(remote)),
+            },
+        }
+    }
+}
+
+/// Why a token was refused. Messages never quote the token or a claim value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token is larger than {MAX_TOKEN_BYTES} bytes")]
+    TooLarge,
+    #[error("token is not a compact JWS: {0}")]
+    Malformed(&'static str),
+    #[error("token header: {0}")]
+    BadHeader(&'static str),
+    #[error("token header lists critical extensions portcullis does not understand")]
+    UnknownCritical,
+    #[error("issuer is not trusted by this tenant")]
+    IssuerNotTrusted,
+    #[error("algorithm is not allowed for this issuer")]
+    AlgorithmNotAllowed,
+    #[error("no key of the issuer matches the token's kid")]
+    UnknownKey,
+    #[error("the issuer's keys are unavailable")]
+    KeysUnavailable,
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("claim {0:?} has the wrong type")]
+    ClaimType(&'static str),
+    #[error("claim {0:?} is missing")]
+    MissingClaim(String),
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
+    #[error("token was issued in the future")]
+    IssuedInFuture,
+    #[error("token lives longer than this issuer allows")]
+    TooLongLived,
+    #[error("token is for another audience")]
+    WrongAudience,
+}
+
+impl TokenError {
+    pub fn reason(&self) -> Reason {
+        match self {
+            TokenError::TooLarge => Reason::TokenTooLarge,
+            TokenError::IssuerNotTrusted => Reason::IssuerNotTrusted,
+            TokenError::AlgorithmNotAllowed => Reason::AlgorithmNotAllowed,
+            TokenError::UnknownKey => Reason::UnknownKey,
+            TokenError::KeysUnavailable => Reason::KeysUnavailable,
+            TokenError::BadSignature => Reason::InvalidSignature,
+            TokenError::Expired => Reason::TokenExpired,
+            TokenError::NotYetValid | TokenError::IssuedInFuture => Reason::TokenNotYetValid,
+            TokenError::TooLongLived => Reason::TokenTooLongLived,
+            TokenError::WrongAudience => Reason::InvalidAudience,
+            TokenError::Malformed(_)
+            | TokenError::BadHeader(_)
+            | TokenError::UnknownCritical
+            | TokenError::ClaimType(_)
+            | TokenError::MissingClaim(_) => Reason::InvalidToken,
+        }
+    }
+}
+
+/// A verified token.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub issuer: String,
+    pub subject: Option<String>,
+    pub token_id: Option<String>,
+    /// The token's claims with the issuer's mappings applied and `scope`
+    /// normalized to a list.
+    pub claims: Map<String, Json>,
+    pub expires: u64,
+}
+
+/// The outcome of one verification attempt.
+#[derive(Debug)]
+pub enum Attempt {
+    Done(Result<Verified, TokenError>),
+    /// The issuer's keys must be fetched first; the caller may wait and retry.
+    NeedKeys(Arc<RemoteKeys>),
+}
+
+/// Verifies `token` against the tenant's issuers at time `now`.
+pub fn verify(token: &str, issuers: &[Issuer], now: SystemTime) -> Attempt {
+    let parsed = match parse(token, issuers) {
+        Ok(p) => p,
+        Err(e) => return Attempt::Done(Err(e)),
+    };
+    let keys = match parsed.issuer.lookup() {
+        KeyLookup::Ready(keys) => keys,
+        KeyLookup::Fetch(remote) => return Attempt::NeedKeys(remote),
+        KeyLookup::Unavailable => return Attempt::Done(Err(TokenError::KeysUnavailable)),
+    };
+    let key = match keys.find(parsed.kid.as_deref(), parsed.alg, parsed.kind) {
+        KeyMatch::Found(key) => key,
+        // RFC 8725 §3.1: a kid naming a key of another type is never "close
+        // enough"; it is refused like an unknown key.
+        KeyMatch::WrongType => return Attempt::Done(Err(TokenError::UnknownKey)),
+        KeyMatch::Unknown => {
+            // Keys may have rotated: one fetch per interval, then deny.
+            if let Some(remote) = parsed.issuer.remote()
+                && remote.may_refetch_for_unknown_kid()
+            {
+                return Attempt::NeedKeys(Arc::clone(remote));
+            }
+            return Attempt::Done(Err(TokenError::UnknownKey));
+        }
+    };
+    let signature_ok = jsonwebtoken::crypto::verify(
+        parsed.signature,
+        parsed.signing_input.as_bytes(),
+        &key.key,
+        parsed.alg,
+    )
+    .unwrap_or(false);
+    if !signature_ok {
+        return Attempt::Done(Err(TokenError::BadSignature));
+    }
+    Attempt::Done(check_claims(parsed.issuer, parsed.claims, now))
+}
+
+struct Parsed<'t, 'i> {
+    issuer: &'i Issuer,
+    alg: Algorithm,
+    kind: KeyKind,
+    kid: Option<String>,
+    signing_input: &'t str,
+    signature: &'t str,
+    claims: Map<String, Json>,
+}
+
+fn parse<'t, 'i>(token: &'t str, issuers: &'i [Issuer]) -> Result<Parsed<'t, 'i>, TokenError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(TokenError::TooLarge);
+    }
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        // Five parts would be a JWE: portcullis accepts signed tokens only.
+        return Err(TokenError::Malformed("not three dot-separated parts"));
+    };
+    if signature.is_empty() {
+        return Err(TokenError::Malformed("no signature"));
+    }
+    let signing_input = &token[..h.len() + 1 + p.len()];
+    let header = decode_object(h).ok_or(TokenError::Malformed("header is not a JSON object"))?;
+    let claims = decode_object(p).ok_or(TokenError::Malformed("payload is not a JSON object"))?;
+
+    // RFC 7515 §4.1.11: a `crit` extension we do not implement must be refused;
+    // portcullis implements none.
+    if header.contains_key("crit") {
+        return Err(TokenError::UnknownCritical);
+    }
+    // RFC 7797 unencoded payloads change what the signature covers.
+    if header.contains_key("b64") {
+        return Err(TokenError::BadHeader("b64 is not supported"));
+    }
+    let alg_name = header
+        .get("alg")
+        .and_then(Json::as_str)
+        .ok_or(TokenError::BadHeader("alg is missing or not a string"))?;
+    let kid = match header.get("kid") {
+        None => None,
+        Some(Json::String(k)) => Some(k.clone()),
+        Some(_) => return Err(TokenError::BadHeader("kid is not a string")),
+    };
+    if header.get("enc").is_some() {
+        return Err(TokenError::BadHeader("encrypted tokens are not accepted"));
+    }
+    // The issuer is chosen by the exact `iss` among this tenant's issuers only:
+    // an issuer another tenant trusts is unknown here (RFC 8725 §3.8).
+    let iss = match claims.get("iss") {
+        Some(Json::String(s)) => s,
+        Some(_) => return Err(TokenError::ClaimType("iss")),
+        None => return Err(TokenError::IssuerNotTrusted),
+    };
+    let issuer = issuers
+        .iter()
+        .find(|i| i.issuer == *iss)
+        .ok_or(TokenError::IssuerNotTrusted)?;
+    // RFC 8725 §3.1 and §2.1: only the issuer's allow-listed algorithms; `none`
+    // and HMAC can never be on the list (see `keys::parse_algorithm`).
+    let (alg, kind) = issuer
+        .algorithms
+        .iter()
+        .find(|(name, ..)| name == alg_name)
+        .map(|(_, alg, kind)| (*alg, *kind))
+        .ok_or(TokenError::AlgorithmNotAllowed)?;
+    // RFC 8725 §3.11 / RFC 9068 §2.1: explicit typing, when the issuer sets it.
+    if let Some(want) = &issuer.typ {
+        let got = header
+            .get("typ")
+            .and_then(Json::as_str)
+            .ok_or(TokenError::BadHeader("typ is missing"))?;
+        let got = got
+            .strip_prefix("application/")
+            .unwrap_or(got)
+            .to_ascii_lowercase();
+        if got != want.to_ascii_lowercase() {
+            return Err(TokenError::BadHeader("typ is not the one this issuer uses"));
+        }
+    }
+    Ok(Parsed {
+        issuer,
+        alg,
+        kind,
+        kid,
+        signing_input,
+        signature,
+        claims,
+    })
+}
+
+fn decode_object(part: &str) -> Option<Map<String, Json>> {
+    let bytes = URL_SAFE_NO_PAD.decode(part).ok()?;
+    match serde_json::from_slice(&bytes).ok()? {
+        Json::Object(map) => Some(map),
+        _ => None,
+    }
+}
+
+/// A NumericDate (RFC 7519 §2): a JSON number of seconds. Fractions are cut.
+fn numeric_date(claims: &Map<String, Json>, name: &'static str) -> Result<Option<u64>, TokenError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Json::Number(n)) => n
+            .as_u64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.is_finite() && *f >= 0.0)
+                    .map(|f| f as u64)
+            })
+            .map(Some)
+            .ok_or(TokenError::ClaimType(name)),
+        Some(_) => Err(TokenError::ClaimType(name)),
+    }
+}
+
+fn optional_string(
+    claims: &Map<String, Json>,
+    name: &'static str,
+) -> Result<Option<String>, TokenError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Json::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(TokenError::ClaimType(name)),
+    }
+}
+
+fn check_claims(
+    issuer: &Issuer,
+    mut claims: Map<String, Json>,
+    now: SystemTime,
+) -> Result<Verified, TokenError> {
+    let now = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    // RFC 7519 §4.1: registered claims with the wrong JSON type are refused, so
+    // a rule never compares a claim it cannot read the way the issuer meant.
+    let subject = optional_string(&claims, "sub")?;
+    let token_id = optional_string(&claims, "jti")?;
+    for name in ["client_id", "azp", "acr"] {
+        optional_string(&claims, name)?;
+    }
+    let exp = numeric_date(&claims, "exp")?.ok_or(TokenError::MissingClaim("exp".into()))?;
+    let nbf = numeric_date(&claims, "nbf")?;
+    let iat = numeric_date(&claims, "iat")?;
+    numeric_date(&claims, "auth_time")?;
+    let leeway = issuer.leeway;
+    // RFC 7519 §4.1.4: expired when now is at or after exp (plus leeway).
+    if now >= exp.saturating_add(leeway) {
+        return Err(TokenError::Expired);
+    }
+    // RFC 7519 §4.1.5.
+    if nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
+        return Err(TokenError::NotYetValid);
+    }
+    if iat.is_some_and(|iat| iat > now.saturating_add(leeway)) {
+        return Err(TokenError::IssuedInFuture);
+    }
+    if let Some(max) = issuer.max_lifetime {
+        let iat = iat.ok_or(TokenError::MissingClaim("iat".into()))?;
+        if exp.saturating_sub(iat) > max {
+            return Err(TokenError::TooLongLived);
+        }
+    }
+    // RFC 7519 §4.1.3 and RFC 8725 §3.9: one of our audiences must be named.
+    let audience_ok = match claims.get("aud") {
+        Some(Json::String(a)) => issuer.audiences.contains(a),
+        Some(Json::Array(list)) => {
+            if list.iter().any(|a| !a.is_string()) {
+                return Err(TokenError::ClaimType("aud"));
+            }
+            list.iter().any(|a| {
+                a.as_str()
+                    .is_some_and(|a| issuer.audiences.iter().any(|w| w == a))
+            })
+        }
+        Some(_) => return Err(TokenError::ClaimType("aud")),
+        None => false,
+    };
+    if !audience_ok {
+        return Err(TokenError::WrongAudience);
+    }
+    if let Some(missing) = issuer
+        .required_claims
+        .iter()
+        .find(|c| !claims.contains_key(*c))
+    {
+        return Err(TokenError::MissingClaim(missing.clone()));
+    }
+    normalize_scope(&mut claims)?;
+    for (name, path) in &issuer.claim_mappings {
+        let mut value = claims.get(&path[0]);
+        for part in &path[1..] {
+            value = value.and_then(|v| v.get(part));
+        }
+        if let Some(v) = value.cloned() {
+            claims.insert(name.clone(), v);
+        }
+    }
+    Ok(Verified {
+        issuer: issuer.issuer.clone(),
+        subject,
+        token_id,
+        claims,
+        expires: exp,
+    })
+}
+
+/// `scope` (RFC 8693 §4.2: space-separated) and `scp` (a list or a string, as
+/// some issuers send it) become one list under `scope`.
+fn normalize_scope(claims: &mut Map<String, Json>) -> Result<(), TokenError> {
+    let split = |s: &str| -> Vec<Json> {
+        s.split(' ')
+            .filter(|p| !p.is_empty())
+            .map(|p| Json::String(p.to_string()))
+            .collect()
+    };
+    let mut scopes = match claims.get("scope") {
+        None => Vec::new(),
+        Some(Json::String(s)) => split(s),
+        Some(Json::Array(a)) if a.iter().all(Json::is_string) => a.clone(),
+        Some(_) => return Err(TokenError::ClaimType("scope")),
+    };
+    match claims.get("scp") {
+        None => {}
+        Some(Json::String(s)) => scopes.extend(split(s)),
+        Some(Json::Array(a)) if a.iter().all(Json::is_string) => scopes.extend(a.iter().cloned()),
+        Some(_) => return Err(TokenError::ClaimType("scp")),
+    }
+    if claims.contains_key("scope") || claims.contains_key("scp") {
+        claims.insert("scope".into(), Json::Array(scopes));
+    }
+    Ok(())
+}

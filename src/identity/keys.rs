@@ -1,0 +1,690 @@
+//! An issuer's public keys: parsed from a JWKS (inline, a file, `jwks_uri` or
+//! OIDC discovery) into verification keys that each know which algorithms they fit.
+//!
+//! Remote key sets are fetched by a bounded HTTP client and shared by every tenant
+//! that names the same source (a process-wide registry of weak references), so a
+//! policy reload keeps the keys it already has. A check never waits on the network
+//! inside the pipeline: it reads the current keys, and when they are missing or a
+//! `kid` is unknown it asks for a fetch ([`KeyLookup::Fetch`]); the async caller
+//! waits for that fetch within Envoy's deadline and runs the check again.
+//!
+//! What this module must never do: choose a key from the token (`jku`, `x5u`,
+//! `jwk`, `x5c` are never read), accept a symmetric or private key in a key set,
+//! follow a redirect or a discovery document to another origin, or read an
+//! unbounded response.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde_json::{Map, Value as Json};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Largest JWKS or discovery document read.
+pub const MAX_KEYS_DOCUMENT_BYTES: usize = 256 * 1024;
+/// Most keys kept from one key set.
+pub const MAX_KEYS_PER_SET: usize = 64;
+/// Connecting to a key server gives up after this long.
+pub const FETCH_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A whole fetch (connect, headers, body) gives up after this long.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a failed fetch, the next scheduled attempt waits this long.
+pub const FETCH_RETRY: Duration = Duration::from_secs(5);
+/// An unknown `kid` forces at most one fetch per issuer in this interval; in
+/// between, every unknown `kid` is denied without a fetch (the negative cache).
+pub const UNKNOWN_KID_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Which key type an algorithm needs (RFC 8725 §3.1: the algorithm must fit the
+/// key, so a public RSA key can never be used as an HMAC secret).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    Rsa,
+    P256,
+    P384,
+    Ed25519,
+}
+
+/// The asymmetric algorithms portcullis accepts, and the key kind each needs.
+/// HMAC (`HS*`) and `none` are not here, so no configuration can enable them.
+pub fn parse_algorithm(name: &str) -> Result<(Algorithm, KeyKind), String> {
+    Ok(match name {
+        "RS256" => (Algorithm::RS256, KeyKind::Rsa),
+        "RS384" => (Algorithm::RS384, KeyKind::Rsa),
+        "RS512" => (Algorithm::RS512, KeyKind::Rsa),
+        "PS256" => (Algorithm::PS256, KeyKind::Rsa),
+        "PS384" => (Algorithm::PS384, KeyKind::Rsa),
+        "PS512" => (Algorithm::PS512, KeyKind::Rsa),
+        "ES256" => (Algorithm::ES256, KeyKind::P256),
+        "ES384" => (Algorithm::ES384, KeyKind::P384),
+        "EdDSA" => (Algorithm::EdDSA, KeyKind::Ed25519),
+        "none" => return Err("algorithm \"none\" is never accepted (RFC 8725 §3.2)".into()),
+        h if h.starts_with("HS") => {
+            return Err(format!(
+                "algorithm {h:?} is symmetric; portcullis verifies issuers' tokens with public keys only (RFC 8725 §3.1)"
+            ));
+        }
+        other => return Err(format!("algorithm {other:?} is not supported")),
+    })
+}
+
+/// One verification key from a key set.
+pub struct Key {
+    pub kid: Option<String>,
+    pub kind: KeyKind,
+    /// The JWK's own `alg`, when it names one: then only that algorithm fits.
+    pub alg: Option<Algorithm>,
+    pub key: DecodingKey,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("kid", &self.kid)
+            .field("kind", &self.kind)
+            .field("alg", &self.alg)
+            .finish()
+    }
+}
+
+impl Key {
+    pub fn fits(&self, alg: Algorithm, kind: KeyKind) -> bool {
+        self.kind == kind && self.alg.is_none_or(|a| a == alg)
+    }
+}
+
+/// A parsed key set. `generation` changes whenever the keys do, so cached
+/// verifications made with old keys are never reused.
+#[derive(Debug)]
+pub struct KeySet {
+    pub keys: Vec<Key>,
+    pub generation: u64,
+}
+
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+impl KeySet {
+    /// Parses a JWKS document. Keys that are not for signatures, of a type
+    /// portcullis does not verify with, or malformed are skipped and counted in
+    /// the returned notes; a symmetric key or one with private members makes the
+    /// whole set an error (it is a misconfiguration that leaks a secret).
+    pub fn parse(document: &[u8]) -> Result<(KeySet, Vec<String>), String> {
+        let doc: Json = serde_json::from_slice(document)
+            .map_err(|e| format!("key set is not JSON (line {})", e.line()))?;
+        let keys = doc
+            .get("keys")
+            .and_then(Json::as_array)
+            .ok_or("key set has no \"keys\" array")?;
+        let mut out = Vec::new();
+        let mut notes = Vec::new();
+        for (i, jwk) in keys.iter().enumerate() {
+            let Json::Object(jwk) = jwk else {
+                notes.push(format!("key {i} is not an object; skipped"));
+                continue;
+            };
+            match parse_jwk(jwk) {
+                Ok(Some(key)) => out.push(key),
+                Ok(None) => notes.push(format!("key {i} is not a signature key; skipped")),
+                Err(JwkError::Fatal(e)) => return Err(format!("key {i}: {e}")),
+                Err(JwkError::Skip(e)) => notes.push(format!("key {i}: {e}; skipped")),
+            }
+            if out.len() == MAX_KEYS_PER_SET {
+                notes.push(format!(
+                    "more than {MAX_KEYS_PER_SET} keys; the rest skipped"
+                ));
+                break;
+            }
+        }
+        Ok((
+            KeySet {
+                keys: out,
+                generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+            },
+            notes,
+        ))
+    }
+
+    /// The key for a token: by `kid` when the token names one; without a `kid`,
+    /// the one key that fits the algorithm (two that fit is ambiguous: none).
+    pub fn find(&self, kid: Option<&str>, alg: Algorithm, kind: KeyKind) -> KeyMatch<'_> {
+        match kid {
+            Some(kid) => match self.keys.iter().find(|k| k.kid.as_deref() == Some(kid)) {
+                Some(k) if k.fits(alg, kind) => KeyMatch::Found(k),
+                Some(_) => KeyMatch::WrongType,
+                None => KeyMatch::Unknown,
+            },
+            None => {
+                let mut fitting = self.keys.iter().filter(|k| k.fits(alg, kind));
+                match (fitting.next(), fitting.next()) {
+                    (Some(k), None) => KeyMatch::Found(k),
+                    _ => KeyMatch::Unknown,
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum KeyMatch<'a> {
+    Found(&'a Key),
+    /// The `kid` names a key of another type or algorithm.
+    WrongType,
+    Unknown,
+}
+
+enum JwkError {
+    Fatal(String),
+    Skip(String),
+}
+
+/// Members that only a private or symmetric JWK has (RFC 7518 §6).
+const PRIVATE_MEMBERS: [&str; 7] = ["d", "p", "q", "dp", "dq", "qi", "k"];
+
+fn parse_jwk(jwk: &Map<String, Json>) -> Result<Option<Key>, JwkError> {
+    let s = |name: &str| jwk.get(name).and_then(Json::as_str);
+    if let Some(m) = PRIVATE_MEMBERS.iter().find(|m| jwk.contains_key(**m)) {
+        return Err(JwkError::Fatal(format!(
+            "holds the private or symmetric member {m:?}; publish public keys only"
+        )));
+    }
+    if s("use").is_some_and(|u| u != "sig") {
+        return Ok(None);
+    }
+    if let Some(ops) = jwk.get("key_ops").and_then(Json::as_array)
+        && !ops.iter().any(|o| o == "verify")
+    {
+        return Ok(None);
+    }
+    let kid = match jwk.get("kid") {
+        None => None,
+        Some(Json::String(k)) => Some(k.clone()),
+        Some(_) => return Err(JwkError::Skip("kid is not a string".into())),
+    };
+    let alg = match s("alg") {
+        None => None,
+        Some(a) => Some(parse_algorithm(a).map_err(JwkError::Skip)?),
+    };
+    let bad = |what: &str| JwkError::Skip(format!("bad {what}"));
+    let (kind, key) = match (s("kty"), s("crv")) {
+        (Some("RSA"), _) => {
+            let (n, e) = (s("n").ok_or(bad("n"))?, s("e").ok_or(bad("e"))?);
+            let bits = URL_SAFE_NO_PAD.decode(n).map_err(|_| bad("n"))?.len() * 8;
+            // RFC 7518 §3.3: 2048 bits or larger.
+            if bits < 2048 {
+                return Err(JwkError::Skip(format!(
+                    "RSA key of {bits} bits (2048 at least)"
+                )));
+            }
+            (
+                KeyKind::Rsa,
+                DecodingKey::from_rsa_components(n, e).map_err(|_| bad("RSA key"))?,
+            )
+        }
+        (Some("EC"), Some(crv @ ("P-256" | "P-384"))) => {
+            let (x, y) = (s("x").ok_or(bad("x"))?, s("y").ok_or(bad("y"))?);
+            let want = if crv == "P-256" { 32 } else { 48 };
+            for c in [x, y] {
+                if URL_SAFE_NO_PAD
+                    .decode(c)
+                    .map_err(|_| bad("coordinate"))?
+                    .len()
+                    != want
+                {
+                    return Err(bad("coordinate length"));
+                }
+            }
+            let kind = if crv == "P-256" {
+                KeyKind::P256
+            } else {
+                KeyKind::P384
+            };
+            (
+                kind,
+                DecodingKey::from_ec_components(x, y).map_err(|_| bad("EC key"))?,
+            )
+        }
+        (Some("OKP"), Some("Ed25519")) => {
+            let x = s("x").ok_or(bad("x"))?;
+            if URL_SAFE_NO_PAD.decode(x).map_err(|_| bad("x"))?.len() != 32 {
+                return Err(bad("Ed25519 key length"));
+            }
+            (
+                KeyKind::Ed25519,
+                DecodingKey::from_ed_components(x).map_err(|_| bad("Ed25519 key"))?,
+            )
+        }
+        (Some("oct"), _) => {
+            return Err(JwkError::Fatal(
+                "is a symmetric (oct) key; portcullis verifies with public keys only".into(),
+            ));
+        }
+        (kty, crv) => {
+            return Err(JwkError::Skip(format!(
+                "unsupported key type {:?}/{:?}",
+                kty.unwrap_or("?"),
+                crv.unwrap_or("-")
+            )));
+        }
+    };
+    if let Some((_, alg_kind)) = alg
+        && alg_kind != kind
+    {
+        return Err(JwkError::Skip("alg does not fit the key type".into()));
+    }
+    Ok(Some(Key {
+        kid,
+        kind,
+        alg: alg.map(|(a, _)| a),
+        key,
+    }))
+}
+
+/// Where a remote key set comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RemoteSource {
+    /// A JWKS URL.
+    Jwks(String),
+    /// OIDC discovery: `{issuer}/.well-known/openid-configuration`, whose
+    /// `jwks_uri` must be on the issuer's origin or one of these origins.
+    Discovery {
+        issuer: String,
+        allowed_origins: Vec<String>,
+    },
+}
+
+/// How a remote key set is kept fresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RefreshPolicy {
+    /// Fetch again after this long.
+    pub ttl: Duration,
+    /// Keep using the last good keys this long after the last successful fetch
+    /// while the issuer is down; after that, checks get 503 `keys_unavailable`.
+    pub max_stale: Duration,
+}
+
+/// The state of one remote key set.
+#[derive(Debug)]
+struct Fetched {
+    keys: Arc<KeySet>,
+    at: Instant,
+}
+
+/// A remote key set shared by every tenant that names the same source.
+#[derive(Debug)]
+pub struct RemoteKeys {
+    pub source: RemoteSource,
+    pub refresh: RefreshPolicy,
+    current: ArcSwapOption<Fetched>,
+    in_flight: AtomicBool,
+    /// Bumped after every fetch attempt; waiters watch it.
+    attempts: watch::Sender<u64>,
+    /// When the next scheduled fetch is due.
+    due: Mutex<Instant>,
+    last_forced: Mutex<Option<Instant>>,
+    last_error: Mutex<Option<String>>,
+}
+
+type Registry = Mutex<HashMap<(RemoteSource, RefreshPolicy), Weak<RemoteKeys>>>;
+static REGISTRY: LazyLock<Registry> = LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// What a check can do with an issuer's keys now.
+#[derive(Debug)]
+pub enum KeyLookup {
+    Ready(Arc<KeySet>),
+    /// No usable keys: fetch (and the caller may wait for it).
+    Fetch(Arc<RemoteKeys>),
+    /// No usable keys and nothing to wait for.
+    Unavailable,
+}
+
+impl RemoteKeys {
+    /// The shared entry for a source, created on first use.
+    pub fn shared(source: RemoteSource, refresh: RefreshPolicy) -> Arc<RemoteKeys> {
+        let mut registry = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+        registry.retain(|_, w| w.strong_count() > 0);
+        let key = (source.clone(), refresh);
+        if let Some(existing) = registry.get(&key).and_then(Weak::upgrade) {
+            return existing;
+        }
+        let keys = Arc::new(RemoteKeys {
+            source,
+            refresh,
+            current: ArcSwapOption::empty(),
+            in_flight: AtomicBool::new(false),
+            attempts: watch::channel(0).0,
+            due: Mutex::new(Instant::now()),
+            last_forced: Mutex::new(None),
+            last_error: Mutex::new(None),
+        });
+        registry.insert(key, Arc::downgrade(&keys));
+        keys
+    }
+
+    /// Every remote key set some tenant still uses.
+    pub fn all() -> Vec<Arc<RemoteKeys>> {
+        let registry = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+        registry.values().filter_map(Weak::upgrade).collect()
+    }
+
+    /// The keys, if some were fetched and are not older than `max_stale`.
+    pub fn keys(&self) -> Option<Arc<KeySet>> {
+        let current = self.current.load_full()?;
+        (current.at.elapsed() <= self.refresh.max_stale).then(|| Arc::clone(&current.keys))
+    }
+
+    pub fn loaded_once(&self) -> bool {
+        self.current.load().is_some()
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A check met a `kid` these keys lack: allow one fetch per
+    /// [`UNKNOWN_KID_REFETCH_INTERVAL`].
+    pub fn may_refetch_for_unknown_kid(&self) -> bool {
+        let mut last = self.last_forced.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < UNKNOWN_KID_REFETCH_INTERVAL) {
+            return false;
+        }
+        *last = Some(now);
+        *self.due.lock().unwrap_or_else(|e| e.into_inner()) = now;
+        true
+    }
+
+    /// Whether a scheduled fetch is due.
+    pub fn is_due(&self) -> bool {
+        *self.due.lock().unwrap_or_else(|e| e.into_inner()) <= Instant::now()
+    }
+
+    /// Starts a fetch unless one is in flight: however many checks ask, one
+    /// request goes to the issuer. Must be called inside a tokio runtime.
+    pub fn start_fetch(self: &Arc<Self>) {
+        if self
+            .in_flight
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return;
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let result = fetch(&this.source).await;
+            let next = match result {
+                Ok((set, notes)) => {
+                    if !notes.is_empty() {
+                        tracing::warn!(source = %this.source, notes = ?notes, "key set had keys that were skipped");
+                    }
+                    tracing::info!(source = %this.source, keys = set.keys.len(), "keys fetched");
+                    this.current.store(Some(Arc::new(Fetched {
+                        keys: Arc::new(set),
+                        at: Instant::now(),
+                    })));
+                    *this.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    this.refresh.ttl
+                }
+                Err(e) => {
+                    tracing::warn!(source = %this.source, error = %e, "key fetch failed");
+                    *this.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                    FETCH_RETRY.min(this.refresh.ttl)
+                }
+            };
+            *this.due.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now() + next;
+            this.in_flight.store(false, Ordering::Release);
+            this.attempts.send_modify(|n| *n += 1);
+        });
+    }
+
+    /// Starts a fetch if one is due (or joins the one in flight) and waits for
+    /// it to end, at most `limit`. After a failed fetch none is due for
+    /// [`FETCH_RETRY`], so checks against a down issuer do not hammer it: they
+    /// get their answer at once. Returns whether usable keys are there afterwards.
+    pub async fn fetch_and_wait(self: &Arc<Self>, limit: Duration) -> bool {
+        let mut attempts = self.attempts.subscribe();
+        attempts.borrow_and_update();
+        if self.is_due() {
+            self.start_fetch();
+        }
+        if self.in_flight.load(Ordering::Acquire) {
+            let _ = tokio::time::timeout(limit, attempts.changed()).await;
+        }
+        self.keys().is_some()
+    }
+}
+
+impl std::fmt::Display for RemoteSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RemoteSource::Jwks(url) => write!(f, "{url}"),
+            RemoteSource::Discovery { issuer, .. } => write!(f, "discovery:{issuer}"),
+        }
+    }
+}
+
+/// Refreshes every remote key set that is due, until `stop` says so. One loop
+/// per server.
+pub async fn refresh_loop(mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        for keys in RemoteKeys::all() {
+            if keys.is_due() {
+                keys.start_fetch();
+            }
+        }
+    }
+}
+
+/// The bounded client for key servers: short timeouts, no redirects (a redirect
+/// could steer the fetch elsewhere), no proxy from the environment.
+fn client() -> Result<&'static reqwest::Client, String> {
+    static CLIENT: LazyLock<Result<reqwest::Client, String>> = LazyLock::new(|| {
+        reqwest::Client::builder()
+            .connect_timeout(FETCH_CONNECT_TIMEOUT)
+            .timeout(FETCH_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))
+    });
+    CLIENT.as_ref().map_err(Clone::clone)
+}
+
+/// The scheme, host and port of an absolute URL, or an error for anything but
+/// `https` (and `http` to a loopback host, for local identity providers and tests).
+pub fn origin_of(url: &str) -> Result<String, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|_| format!("{url:?} is not a URL"))?;
+    let host = parsed.host_str().ok_or(format!("{url:?} has no host"))?;
+    let loopback = host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match parsed.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        _ => return Err(format!("{url:?} must use https")),
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(format!("{url:?} must not carry credentials"));
+    }
+    Ok(parsed.origin().ascii_serialization())
+}
+
+async fn fetch(source: &RemoteSource) -> Result<(KeySet, Vec<String>), String> {
+    let jwks_uri = match source {
+        RemoteSource::Jwks(url) => url.clone(),
+        RemoteSource::Discovery {
+            issuer,
+            allowed_origins,
+        } => {
+            let url = format!(
+                "{}/.well-known/openid-configuration",
+                issuer.trim_end_matches('/')
+            );
+            let doc: Json = serde_json::from_slice(&get(&url).await?)
+                .map_err(|_| "discovery document is not JSON".to_string())?;
+            // OpenID Connect Discovery §4.3: the document's issuer must be exactly
+            // the one configured.
+            if doc.get("issuer").and_then(Json::as_str) != Some(issuer.as_str()) {
+                return Err("discovery document names another issuer".into());
+            }
+            let uri = doc
+                .get("jwks_uri")
+                .and_then(Json::as_str)
+                .ok_or("discovery document has no jwks_uri")?;
+            let origin = origin_of(uri)?;
+            if origin != origin_of(issuer)? && !allowed_origins.contains(&origin) {
+                return Err(format!(
+                    "discovery jwks_uri origin {origin} is neither the issuer's nor allowed"
+                ));
+            }
+            uri.to_string()
+        }
+    };
+    KeySet::parse(&get(&jwks_uri).await?)
+}
+
+/// GETs a document of at most [`MAX_KEYS_DOCUMENT_BYTES`].
+async fn get(url: &str) -> Result<Vec<u8>, String> {
+    origin_of(url)?;
+    let mut response = client()?
+        .get(url)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {}", describe(&e)))?;
+    if !response.status().is_success() {
+        return Err(format!("GET {url}: status {}", response.status().as_u16()));
+    }
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_KEYS_DOCUMENT_BYTES as u64)
+    {
+        return Err(format!(
+            "GET {url}: body over {MAX_KEYS_DOCUMENT_BYTES} bytes"
+        ));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("GET {url}: {}", describe(&e)))?
+    {
+        if body.len() + chunk.len() > MAX_KEYS_DOCUMENT_BYTES {
+            return Err(format!(
+                "GET {url}: body over {MAX_KEYS_DOCUMENT_BYTES} bytes"
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn describe(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else if e.is_body() || e.is_decode() {
+        "bad body"
+    } else {
+        "request failed"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ed_jwk(kid: &str) -> Json {
+        json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": URL_SAFE_NO_PAD.encode([7u8; 32])})
+    }
+
+    #[test]
+    fn symmetric_and_private_keys_are_refused() {
+        let doc = json!({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}).to_string();
+        assert!(
+            KeySet::parse(doc.as_bytes())
+                .unwrap_err()
+                .contains("private or symmetric")
+        );
+        let mut private = ed_jwk("a");
+        private["d"] = json!("AAAA");
+        let doc = json!({"keys": [private]}).to_string();
+        assert!(KeySet::parse(doc.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn unusable_keys_are_skipped_with_a_note() {
+        let doc = json!({"keys": [
+            ed_jwk("sig"),
+            {"kty": "RSA", "n": URL_SAFE_NO_PAD.encode([1u8; 128]), "e": "AQAB", "kid": "small"},
+            {"kty": "OKP", "crv": "X25519", "x": "AAAA", "kid": "x"},
+            {"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode([7u8; 32]), "use": "enc"},
+            {"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode([7u8; 32]), "alg": "RS256", "kid": "mismatch"},
+        ]})
+        .to_string();
+        let (set, notes) = KeySet::parse(doc.as_bytes()).unwrap();
+        assert_eq!(set.keys.len(), 1);
+        assert_eq!(notes.len(), 4, "{notes:?}");
+    }
+
+    #[test]
+    fn keys_are_found_by_kid_and_must_fit() {
+        let doc = json!({"keys": [ed_jwk("a"), ed_jwk("b")]}).to_string();
+        let (set, _) = KeySet::parse(doc.as_bytes()).unwrap();
+        assert!(matches!(
+            set.find(Some("a"), Algorithm::EdDSA, KeyKind::Ed25519),
+            KeyMatch::Found(k) if k.kid.as_deref() == Some("a")
+        ));
+        assert!(matches!(
+            set.find(Some("a"), Algorithm::RS256, KeyKind::Rsa),
+            KeyMatch::WrongType
+        ));
+        assert!(matches!(
+            set.find(Some("zz"), Algorithm::EdDSA, KeyKind::Ed25519),
+            KeyMatch::Unknown
+        ));
+        // No kid and two fitting keys: ambiguous, so none.
+        assert!(matches!(
+            set.find(None, Algorithm::EdDSA, KeyKind::Ed25519),
+            KeyMatch::Unknown
+        ));
+    }
+
+    #[test]
+    fn algorithms_never_include_none_or_hmac() {
+        assert!(parse_algorithm("none").is_err());
+        assert!(parse_algorithm("HS256").is_err());
+        assert!(parse_algorithm("ES256K").is_err());
+        assert_eq!(parse_algorithm("PS256").unwrap().1, KeyKind::Rsa);
+    }
+
+    #[test]
+    fn origins_must_be_https_or_loopback() {
+        assert_eq!(
+            origin_of("https://idp.example/a/b").unwrap(),
+            "https://idp.example"
+        );
+        assert!(origin_of("http://idp.example/jwks").is_err());
+        assert!(origin_of("http://127.0.0.1:8080/jwks").is_ok());
+        assert!(origin_of("https://user:pw@idp.example/").is_err());
+        assert!(origin_of("file:///etc/passwd").is_err());
+    }
+}

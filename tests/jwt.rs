@@ -1,0 +1,788 @@
+//! portcullis' own JWT validation, through the whole pipeline: tokens minted by an
+//! independent JOSE library (jwt-simple), keys inline or served by a real JWKS
+//! server on loopback, and one test per rejection the validator must make.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use jwt_simple::prelude::*;
+use serde_json::{Value, json};
+
+use portcullis::decision::Decision;
+use portcullis::pipeline::Pipeline;
+use portcullis::proto::auth::CheckRequest;
+use portcullis::store::PolicyStore;
+use portcullis::tenant::TenantResolver;
+
+const ISSUER: &str = "https://idp.acme.example";
+const OTHER_ISSUER: &str = "https://idp.globex.example";
+const WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// RSA key generation is slow in debug builds: a few pairs, made once.
+/// Each call takes the next of four pairs, so one issuer's two RSA keys, and two
+/// issuers made one after the other, never share one.
+fn rsa_der() -> Vec<u8> {
+    static PAIRS: std::sync::LazyLock<Vec<Vec<u8>>> = std::sync::LazyLock::new(|| {
+        (0..4)
+            .map(|_| RS256KeyPair::generate(2048).unwrap().to_der().unwrap())
+            .collect()
+    });
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    PAIRS[NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % PAIRS.len()].clone()
+}
+
+/// Signing keys of every algorithm the tests use, one set per issuer.
+struct Keys {
+    rs: RS256KeyPair,
+    ps: PS256KeyPair,
+    es: ES256KeyPair,
+    es384: ES384KeyPair,
+    ed: Ed25519KeyPair,
+}
+
+impl Keys {
+    fn new(prefix: &str) -> Keys {
+        Keys {
+            rs: RS256KeyPair::from_der(&rsa_der())
+                .unwrap()
+                .with_key_id(&format!("{prefix}-rs")),
+            ps: PS256KeyPair::from_der(&rsa_der())
+                .unwrap()
+                .with_key_id(&format!("{prefix}-ps")),
+            es: ES256KeyPair::generate().with_key_id(&format!("{prefix}-es")),
+            es384: ES384KeyPair::generate().with_key_id(&format!("{prefix}-es384")),
+            ed: Ed25519KeyPair::generate().with_key_id(&format!("{prefix}-ed")),
+        }
+    }
+
+    fn jwks(&self) -> Value {
+        let jwk = |s: String| -> Value { serde_json::from_str(&s).unwrap() };
+        json!({ "keys": [
+            jwk(self.rs.public_key().to_jwk()),
+            jwk(self.ps.public_key().to_jwk()),
+            jwk(self.es.public_key().to_jwk()),
+            jwk(self.es384.public_key().to_jwk()),
+            jwk(self.ed.public_key().to_jwk()),
+        ]})
+    }
+
+    /// An Ed25519 token with any header, signed for real by this issuer's key:
+    /// for header attacks that jwt-simple will not put in a header itself.
+    fn ed_with_header(&self, header: Value, claims: Value) -> String {
+        let input = format!(
+            "{}.{}",
+            B64.encode(header.to_string()),
+            B64.encode(claims.to_string())
+        );
+        let sig = self.ed.key_pair().as_ref().sk.sign(input.as_bytes(), None);
+        format!("{input}.{}", B64.encode(sig.as_ref()))
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Claims of a valid token from `iss` for the `orders-api` audience.
+fn claims(iss: &str) -> Value {
+    let t = now();
+    json!({
+        "iss": iss, "sub": "alice", "aud": "orders-api", "tenant": "acme",
+        "iat": t, "exp": t + 300, "jti": "t-1", "scope": "orders:read orders:write",
+        "realm_access": { "roles": ["buyer"] },
+    })
+}
+
+fn with(mut base: Value, patch: Value) -> Value {
+    for (k, v) in patch.as_object().unwrap() {
+        if v.is_null() {
+            base.as_object_mut().unwrap().remove(k);
+        } else {
+            base[k] = v.clone();
+        }
+    }
+    base
+}
+
+fn jwt_claims(c: &Value) -> JWTClaims<Value> {
+    // jwt-simple sets its own iat/exp/nbf; ours go through custom claims, so
+    // leave the registered ones unset and let the JSON carry everything.
+    JWTClaims {
+        issued_at: None,
+        expires_at: None,
+        invalid_before: None,
+        issuer: None,
+        subject: None,
+        audiences: None,
+        jwt_id: None,
+        nonce: None,
+        custom: c.clone(),
+    }
+}
+
+fn policy(acme_keys: &str, globex_keys: &str, extra: &str) -> String {
+    format!(
+        r#"apiVersion: portcullis/v1
+tenant: acme
+identity:
+  jwt:
+    - issuer: {ISSUER}
+      audiences: [orders-api]
+      algorithms: [RS256, PS256, ES256, ES384, EdDSA]
+      {acme_keys}
+      max_lifetime: 1h
+      required_claims: [tenant]
+      claim_mappings: {{ roles: realm_access.roles }}
+{extra}
+rules:
+  - id: orders
+    path: /tenants/{{tenant}}/orders
+    when: '"orders:read" in claims.scope && resource.params.tenant == claims.tenant && context.auth.issuer == "{ISSUER}" && "buyer" in claims.roles'
+    effect: allow
+response:
+  headers: {{ x-subject: "{{claims.sub}}", x-token-tenant: "{{claims.tenant}}" }}
+---
+apiVersion: portcullis/v1
+tenant: globex
+identity:
+  jwt:
+    - issuer: {OTHER_ISSUER}
+      audiences: [orders-api]
+      algorithms: [RS256, ES256, EdDSA]
+      {globex_keys}
+rules:
+  - {{ id: all, path: "/{{rest...}}", effect: allow }}
+"#
+    )
+}
+
+/// Writes the two tenants into their own files and loads them.
+fn pipeline(dir: &Path, text: &str) -> Pipeline {
+    let mut parts = text.split("---\n");
+    std::fs::write(dir.join("acme.yaml"), parts.next().unwrap()).unwrap();
+    std::fs::write(dir.join("globex.yaml"), parts.next().unwrap()).unwrap();
+    let store = PolicyStore::new(dir);
+    let status = store.reload();
+    assert!(
+        status.errors.is_empty(),
+        "policies load: {:?}",
+        status
+            .errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    );
+    Pipeline::new(Arc::new(store), TenantResolver::default())
+}
+
+fn inline(keys: &Keys) -> String {
+    format!("jwks: {}", keys.jwks())
+}
+
+fn request(tenant: &str, path: &str, headers: Value) -> CheckRequest {
+    portcullis::cli::check_request_from_json(&json!({
+        "attributes": {
+            "contextExtensions": { "tenant": tenant },
+            "request": { "http": { "method": "GET", "host": "api.example", "path": path, "headers": headers } }
+        }
+    }))
+    .unwrap()
+}
+
+fn bearer(token: &str) -> Value {
+    json!({ "authorization": format!("Bearer {token}") })
+}
+
+fn check(p: &Pipeline, token: &str) -> Decision {
+    p.check(&request("acme", "/tenants/acme/orders", bearer(token)))
+}
+
+fn challenge(d: &Decision) -> String {
+    d.reason.challenge().unwrap_or_default()
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    acme: Keys,
+    globex: Keys,
+    p: Pipeline,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let acme = Keys::new("acme");
+    let globex = Keys::new("globex");
+    let p = pipeline(dir.path(), &policy(&inline(&acme), &inline(&globex), ""));
+    Fixture {
+        _dir: dir,
+        acme,
+        globex,
+        p,
+    }
+}
+
+#[test]
+fn every_allowed_algorithm_verifies() {
+    let f = fixture();
+    let c = jwt_claims(&claims(ISSUER));
+    let tokens = [
+        ("RS256", f.acme.rs.sign(c.clone()).unwrap()),
+        ("PS256", f.acme.ps.sign(c.clone()).unwrap()),
+        ("ES256", f.acme.es.sign(c.clone()).unwrap()),
+        ("ES384", f.acme.es384.sign(c.clone()).unwrap()),
+        ("EdDSA", f.acme.ed.sign(c.clone()).unwrap()),
+    ];
+    for (alg, token) in tokens {
+        let d = check(&f.p, &token);
+        assert!(d.allowed, "{alg}: {:?} {:?}", d.reason, d.detail);
+        assert_eq!(d.auth_method, "jwt");
+        assert_eq!(d.subject.as_deref(), Some("alice"));
+        // The claim mapping (roles) and the split scope were read by the
+        // condition; claims reach the header templates.
+        assert!(
+            d.set_headers
+                .contains(&("x-subject".into(), "alice".into()))
+        );
+        assert!(
+            d.set_headers
+                .contains(&("x-token-tenant".into(), "acme".into()))
+        );
+    }
+}
+
+#[test]
+fn claims_and_lifetime_rejections() {
+    let f = fixture();
+    let t = now();
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "expired",
+            json!({"exp": t - 60, "iat": t - 360}),
+            "token_expired",
+        ),
+        (
+            "expired within leeway is fine",
+            json!({"exp": t - 10}),
+            "allowed",
+        ),
+        (
+            "not yet valid",
+            json!({"nbf": t + 120}),
+            "token_not_yet_valid",
+        ),
+        (
+            "issued in the future",
+            json!({"iat": t + 120, "exp": t + 400}),
+            "token_not_yet_valid",
+        ),
+        (
+            "too long-lived",
+            json!({"iat": t, "exp": t + 7200}),
+            "token_too_long_lived",
+        ),
+        (
+            "no iat with max_lifetime",
+            json!({"iat": null}),
+            "invalid_token",
+        ),
+        ("no exp", json!({"exp": null}), "invalid_token"),
+        (
+            "wrong audience",
+            json!({"aud": "billing-api"}),
+            "invalid_audience",
+        ),
+        (
+            "audience list with ours",
+            json!({"aud": ["billing-api", "orders-api"]}),
+            "allowed",
+        ),
+        ("no audience", json!({"aud": null}), "invalid_audience"),
+        (
+            "exp as a string",
+            json!({"exp": (t + 60).to_string()}),
+            "invalid_token",
+        ),
+        ("sub as a number", json!({"sub": 42}), "invalid_token"),
+        (
+            "aud as an object",
+            json!({"aud": {"a": 1}}),
+            "invalid_token",
+        ),
+        (
+            "aud list with a number",
+            json!({"aud": ["orders-api", 7]}),
+            "invalid_token",
+        ),
+        ("scope as a number", json!({"scope": 3}), "invalid_token"),
+        ("iss as a list", json!({"iss": [ISSUER]}), "invalid_token"),
+        (
+            "required claim missing",
+            json!({"tenant": null}),
+            "invalid_token",
+        ),
+        (
+            "wrong issuer",
+            json!({"iss": "https://evil.example"}),
+            "issuer_not_trusted",
+        ),
+        ("no issuer", json!({"iss": null}), "issuer_not_trusted"),
+        // A valid token whose scope lacks orders:read is a known caller
+        // without the right: 403, not 401.
+        (
+            "lacks the scope",
+            json!({"scope": "orders:write"}),
+            "no_matching_rule",
+        ),
+        // Object level: the path's tenant must equal the token's.
+        (
+            "another tenant's orders",
+            json!({"tenant": "globex"}),
+            "no_matching_rule",
+        ),
+    ];
+    for (name, patch, want) in cases {
+        let token = f
+            .acme
+            .es
+            .sign(jwt_claims(&with(claims(ISSUER), patch)))
+            .unwrap();
+        let d = check(&f.p, &token);
+        assert_eq!(d.reason.code(), want, "{name}: {:?}", d.detail);
+        if d.status() == 401 {
+            assert!(challenge(&d).contains("error=\"invalid_token\""), "{name}");
+            assert!(!challenge(&d).contains(&token));
+        }
+    }
+}
+
+#[test]
+fn another_tenants_issuer_and_keys_are_refused() {
+    let f = fixture();
+    // globex's issuer, signed by globex's key: valid for globex, not for acme.
+    let token = f.globex.rs.sign(jwt_claims(&claims(OTHER_ISSUER))).unwrap();
+    let d = f.p.check(&request("globex", "/x", bearer(&token)));
+    assert!(d.allowed, "{:?}", d.detail);
+    let d = check(&f.p, &token);
+    assert_eq!(d.reason.code(), "issuer_not_trusted");
+    assert_eq!(d.status(), 401);
+
+    // acme's issuer but globex's key (kid acme doesn't have): unknown key.
+    let token = f.globex.rs.sign(jwt_claims(&claims(ISSUER))).unwrap();
+    assert_eq!(check(&f.p, &token).reason.code(), "unknown_key");
+
+    // acme's issuer, signed by globex's key, claiming acme's kid: bad signature.
+    let forged = Keys::new("acme");
+    let token = forged.es.sign(jwt_claims(&claims(ISSUER))).unwrap();
+    assert_eq!(check(&f.p, &token).reason.code(), "invalid_signature");
+}
+
+#[test]
+fn header_attacks_are_refused() {
+    let f = fixture();
+    let c = claims(ISSUER);
+    let ed = |header: Value| f.acme.ed_with_header(header, c.clone());
+
+    // Baseline: the hand-built header path itself verifies.
+    let good = ed(json!({"alg": "EdDSA", "kid": "acme-ed"}));
+    assert!(check(&f.p, &good).allowed);
+
+    // RFC 7515 §4.1.11: an unknown critical extension.
+    let d = check(
+        &f.p,
+        &ed(json!({"alg": "EdDSA", "kid": "acme-ed", "crit": ["exp"], "exp": 1})),
+    );
+    assert_eq!(d.reason.code(), "invalid_token");
+
+    // alg none, with and without a signature.
+    let unsigned = format!(
+        "{}.{}.",
+        B64.encode(json!({"alg": "none"}).to_string()),
+        B64.encode(c.to_string())
+    );
+    assert_eq!(check(&f.p, &unsigned).reason.code(), "invalid_token");
+    let none_signed = format!("{unsigned}c2ln");
+    assert_eq!(
+        check(&f.p, &none_signed).reason.code(),
+        "algorithm_not_allowed"
+    );
+
+    // HS256 keyed with the RSA public key (the classic key-confusion attack).
+    use hmac::{Hmac, Mac};
+    let pem = f.acme.rs.public_key().to_pem().unwrap();
+    let input = format!(
+        "{}.{}",
+        B64.encode(json!({"alg": "HS256", "kid": "acme-rs"}).to_string()),
+        B64.encode(c.to_string())
+    );
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(pem.as_bytes()).unwrap();
+    mac.update(input.as_bytes());
+    let hs = format!("{input}.{}", B64.encode(mac.finalize().into_bytes()));
+    assert_eq!(check(&f.p, &hs).reason.code(), "algorithm_not_allowed");
+
+    // An attacker's own key, offered in `jwk` and `jku`, and named by kid: the
+    // token's key material is never used.
+    let attacker = Keys::new("attacker");
+    let jwk: Value = serde_json::from_str(&attacker.ed.public_key().to_jwk()).unwrap();
+    let header = json!({"alg": "EdDSA", "kid": "attacker-ed", "jwk": jwk, "jku": "https://evil.example/jwks"});
+    let t = attacker.ed_with_header(header, c.clone());
+    assert_eq!(check(&f.p, &t).reason.code(), "unknown_key");
+    // ... and with acme's kid, the signature fails.
+    let header =
+        json!({"alg": "EdDSA", "kid": "acme-ed", "jwk": jwk, "x5u": "https://evil.example/c"});
+    let t = attacker.ed_with_header(header, c.clone());
+    assert_eq!(check(&f.p, &t).reason.code(), "invalid_signature");
+
+    // A kid naming a key of another type than the alg.
+    let t = f
+        .acme
+        .ed_with_header(json!({"alg": "EdDSA", "kid": "acme-rs"}), c.clone());
+    assert_eq!(check(&f.p, &t).reason.code(), "unknown_key");
+
+    // An algorithm the issuer does not list (globex doesn't list PS256).
+    let token = f.globex.ps.sign(jwt_claims(&claims(OTHER_ISSUER))).unwrap();
+    let d = f.p.check(&request("globex", "/x", bearer(&token)));
+    assert_eq!(d.reason.code(), "algorithm_not_allowed");
+
+    // Not a JWS: garbage, a JWE-shaped token, a header that is not JSON.
+    for bad in [
+        "abc",
+        "a.b.c.d.e",
+        "e30.e30.",
+        "!!!.e30.c2ln",
+        &format!("{}.e30.c2ln", B64.encode("[1]")),
+    ] {
+        let d = check(&f.p, bad);
+        assert_eq!(d.reason.code(), "invalid_token", "{bad}");
+    }
+}
+
+#[test]
+fn oversized_and_repeated_credentials() {
+    let f = fixture();
+    let big = "a".repeat(9 * 1024);
+    assert_eq!(check(&f.p, &big).reason.code(), "token_too_large");
+    // Two credentials: 400 invalid_request (RFC 6750 §3.1).
+    let token = f.acme.es.sign(jwt_claims(&claims(ISSUER))).unwrap();
+    let d = f.p.check(&request(
+        "acme",
+        "/tenants/acme/orders",
+        json!({"authorization": format!("Bearer {token}, Bearer {token}")}),
+    ));
+    assert_eq!((d.status(), d.reason.code()), (400, "malformed_credential"));
+    assert!(challenge(&d).contains("invalid_request"));
+    // Another scheme in Authorization is not a token we verify: never anonymous.
+    let d = f.p.check(&request(
+        "acme",
+        "/tenants/acme/orders",
+        json!({"authorization": "Basic YWxpY2U6cHc="}),
+    ));
+    assert_eq!((d.status(), d.reason.code()), (401, "invalid_credential"));
+    // No credential: 401 with a bare challenge.
+    let d =
+        f.p.check(&request("acme", "/tenants/acme/orders", json!({})));
+    assert_eq!(d.reason.code(), "missing_credential");
+    assert_eq!(challenge(&d), "Bearer realm=\"portcullis\"");
+}
+
+#[test]
+fn cookie_and_query_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let acme = Keys::new("acme");
+    let globex = Keys::new("globex");
+    let extra = "  token_sources: [ { header: authorization }, { cookie: session }, { query: access_token } ]";
+    let p = pipeline(dir.path(), &policy(&inline(&acme), &inline(&globex), extra));
+    let token = acme.es.sign(jwt_claims(&claims(ISSUER))).unwrap();
+
+    let d = p.check(&request(
+        "acme",
+        "/tenants/acme/orders",
+        json!({"cookie": format!("theme=dark; session={token}")}),
+    ));
+    assert!(d.allowed, "{:?}", d.detail);
+    assert!(d.remove_query.is_empty());
+
+    let d = p.check(&request(
+        "acme",
+        &format!("/tenants/acme/orders?x=1&access_token={token}"),
+        json!({}),
+    ));
+    assert!(d.allowed, "{:?}", d.detail);
+    assert_eq!(d.remove_query, vec!["access_token".to_string()]);
+
+    // The same token twice, or in two places: refused.
+    let d = p.check(&request(
+        "acme",
+        &format!("/tenants/acme/orders?access_token={token}&access%5Ftoken={token}"),
+        json!({}),
+    ));
+    assert_eq!(d.reason.code(), "malformed_credential");
+    let d = p.check(&request(
+        "acme",
+        &format!("/tenants/acme/orders?access_token={token}"),
+        bearer(&token),
+    ));
+    assert_eq!(d.reason.code(), "malformed_credential");
+}
+
+#[test]
+fn broken_issuer_configs_are_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new("k");
+    let write_and_load = |issuer_yaml: &str| -> String {
+        std::fs::write(
+            dir.path().join("t.yaml"),
+            format!("apiVersion: portcullis/v1\ntenant: t\nidentity:\n  jwt:\n    - {issuer_yaml}\nrules: []\n"),
+        )
+        .unwrap();
+        let store = PolicyStore::new(dir.path());
+        let status = store.reload();
+        status
+            .errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let jwks = keys.jwks();
+    let cases = [
+        (
+            format!("{{ issuer: {ISSUER}, audiences: [a], algorithms: [HS256], jwks: {jwks} }}"),
+            "symmetric",
+        ),
+        (
+            format!("{{ issuer: {ISSUER}, audiences: [a], algorithms: [none], jwks: {jwks} }}"),
+            "never accepted",
+        ),
+        (
+            format!("{{ issuer: {ISSUER}, audiences: [], algorithms: [RS256], jwks: {jwks} }}"),
+            "audiences",
+        ),
+        (
+            format!("{{ issuer: {ISSUER}, audiences: [a], algorithms: [RS256] }}"),
+            "exactly one key source",
+        ),
+        (
+            format!(
+                "{{ issuer: {ISSUER}, audiences: [a], algorithms: [RS256], jwks_uri: 'http://idp.example/jwks' }}"
+            ),
+            "https",
+        ),
+        (
+            format!(
+                "{{ issuer: {ISSUER}, audiences: [a], algorithms: [RS256], jwks: {{keys: [{{kty: oct, k: c2VjcmV0}}]}} }}"
+            ),
+            "private or symmetric",
+        ),
+        (
+            format!(
+                "{{ issuer: {ISSUER}, audiences: [a], algorithms: [RS256], jwks_file: missing.json }}"
+            ),
+            "cannot read jwks_file",
+        ),
+    ];
+    for (yaml, want) in cases {
+        let errors = write_and_load(&yaml);
+        assert!(errors.contains("t.yaml:"), "{yaml}: {errors}");
+        assert!(errors.contains(want), "{yaml}: want {want:?} in {errors}");
+    }
+    // And the working one loads.
+    assert_eq!(
+        write_and_load(&format!(
+            "{{ issuer: {ISSUER}, audiences: [a], algorithms: [RS256], jwks: {jwks} }}"
+        )),
+        ""
+    );
+}
+
+/// A JWKS (and discovery) server on loopback whose document the test can
+/// change or take down.
+#[derive(Clone)]
+struct IdP {
+    jwks: Arc<Mutex<Option<String>>>,
+    fetches: Arc<std::sync::atomic::AtomicUsize>,
+    addr: SocketAddr,
+}
+
+impl IdP {
+    async fn start() -> IdP {
+        use axum::routing::get;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let idp = IdP {
+            jwks: Arc::new(Mutex::new(None)),
+            fetches: Arc::default(),
+            addr,
+        };
+        let (jwks, fetches) = (Arc::clone(&idp.jwks), Arc::clone(&idp.fetches));
+        let issuer = idp.issuer();
+        let app = axum::Router::new()
+            .route(
+                "/jwks.json",
+                get(move || {
+                    let jwks = jwks.lock().unwrap().clone();
+                    fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    async move {
+                        match jwks {
+                            Some(body) => (axum::http::StatusCode::OK, body),
+                            None => (axum::http::StatusCode::SERVICE_UNAVAILABLE, String::new()),
+                        }
+                    }
+                }),
+            )
+            .route(
+                "/.well-known/openid-configuration",
+                get(move || {
+                    let doc =
+                        json!({"issuer": issuer, "jwks_uri": format!("http://{addr}/jwks.json")});
+                    async move { doc.to_string() }
+                }),
+            );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        idp
+    }
+
+    fn issuer(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn publish(&self, keys: Option<Value>) {
+        *self.jwks.lock().unwrap() = keys.map(|k| k.to_string());
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn remote_policy(issuer: &str, source: &str) -> String {
+    format!(
+        r#"apiVersion: portcullis/v1
+tenant: acme
+identity:
+  jwt:
+    - issuer: {issuer}
+      audiences: [orders-api]
+      algorithms: [ES256]
+      {source}
+      keys_ttl: 60s
+      keys_max_stale: 10m
+rules:
+  - {{ id: all, path: "/{{rest...}}", effect: allow }}
+---
+apiVersion: portcullis/v1
+tenant: globex
+rules: []
+"#
+    )
+}
+
+fn es_token(key: &ES256KeyPair, iss: &str) -> String {
+    key.sign(jwt_claims(&with(claims(iss), json!({"iss": iss}))))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn remote_keys_rotation_and_outage() {
+    let idp = IdP::start().await;
+    let old = ES256KeyPair::generate().with_key_id("old");
+    let new = ES256KeyPair::generate().with_key_id("new");
+    let jwk =
+        |k: &ES256KeyPair| -> Value { serde_json::from_str(&k.public_key().to_jwk()).unwrap() };
+    idp.publish(Some(json!({"keys": [jwk(&old)]})));
+
+    let dir = tempfile::tempdir().unwrap();
+    let iss = idp.issuer();
+    let p = pipeline(
+        dir.path(),
+        &remote_policy(&iss, &format!("jwks_uri: {iss}/jwks.json")),
+    );
+    let req = |token: &str| request("acme", "/a", bearer(token));
+
+    // Without waiting, the first check cannot decide: 503, never an allow.
+    let d = p.check(&req(&es_token(&old, &iss)));
+    assert_eq!((d.status(), d.reason.code()), (503, "keys_unavailable"));
+    // Waiting fetches the keys once, however many checks wait together.
+    let token = es_token(&old, &iss);
+    let r = req(&token);
+    let (a, b) = tokio::join!(p.check_async(&r, WAIT), p.check_async(&r, WAIT));
+    assert!(a.allowed && b.allowed, "{:?} {:?}", a.detail, b.detail);
+    assert_eq!(idp.fetches(), 1);
+
+    // Rotation: the new key is published and the old removed. A token with the
+    // new kid triggers one re-fetch and verifies.
+    idp.publish(Some(json!({"keys": [jwk(&new)]})));
+    let d = p.check_async(&req(&es_token(&new, &iss)), WAIT).await;
+    assert!(d.allowed, "{:?}", d.detail);
+    assert_eq!(idp.fetches(), 2);
+    // The old key is gone with the re-fetch.
+    let d = p.check_async(&req(&es_token(&old, &iss)), WAIT).await;
+    assert_eq!(d.reason.code(), "unknown_key");
+    // Unknown kids do not hammer the issuer: rate-limited, no new fetch.
+    let stranger = ES256KeyPair::generate().with_key_id("stranger");
+    for _ in 0..5 {
+        let d = p.check_async(&req(&es_token(&stranger, &iss)), WAIT).await;
+        assert_eq!(d.reason.code(), "unknown_key");
+    }
+    assert_eq!(idp.fetches(), 2);
+
+    // Outage: the issuer goes down. Within keys_max_stale the last good keys
+    // keep serving; past it, 503 keys_unavailable.
+    idp.publish(None);
+    tokio::time::pause();
+    tokio::time::advance(std::time::Duration::from_secs(5 * 60)).await;
+    tokio::time::resume();
+    let d = p.check_async(&req(&es_token(&new, &iss)), WAIT).await;
+    assert!(d.allowed, "within staleness: {:?}", d.detail);
+    tokio::time::pause();
+    tokio::time::advance(std::time::Duration::from_secs(6 * 60)).await;
+    tokio::time::resume();
+    let before = idp.fetches();
+    let d = p.check_async(&req(&es_token(&new, &iss)), WAIT).await;
+    assert_eq!((d.status(), d.reason.code()), (503, "keys_unavailable"));
+    assert_eq!(idp.fetches(), before + 1, "one fetch was tried");
+    // And when it comes back, the next due fetch restores service.
+    idp.publish(Some(json!({"keys": [jwk(&new)]})));
+    tokio::time::pause();
+    tokio::time::advance(portcullis::identity::keys::FETCH_RETRY).await;
+    tokio::time::resume();
+    let d = p.check_async(&req(&es_token(&new, &iss)), WAIT).await;
+    assert!(d.allowed, "after recovery: {:?}", d.detail);
+}
+
+#[tokio::test]
+async fn oidc_discovery_finds_the_keys_and_checks_the_issuer() {
+    let idp = IdP::start().await;
+    let key = ES256KeyPair::generate().with_key_id("d1");
+    idp.publish(Some(
+        json!({"keys": [serde_json::from_str::<Value>(&key.public_key().to_jwk()).unwrap()]}),
+    ));
+    let iss = idp.issuer();
+
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline(dir.path(), &remote_policy(&iss, "discovery: true"));
+    let d = p
+        .check_async(&request("acme", "/a", bearer(&es_token(&key, &iss))), WAIT)
+        .await;
+    assert!(d.allowed, "{:?}", d.detail);
+
+    // The same server under another name: its discovery document names a
+    // different issuer, so no keys are taken from it.
+    let dir = tempfile::tempdir().unwrap();
+    let alias = format!("http://localhost:{}", idp.addr.port());
+    let p = pipeline(dir.path(), &remote_policy(&alias, "discovery: true"));
+    let d = p
+        .check_async(
+            &request("acme", "/a", bearer(&es_token(&key, &alias))),
+            WAIT,
+        )
+        .await;
+    assert_eq!(d.reason.code(), "keys_unavailable", "{:?}", d.detail);
+}
