@@ -81,6 +81,18 @@ fn everything_on() -> Value {
     })
 }
 
+fn read_yaml(relative: &str) -> Value {
+    let text = std::fs::read_to_string(support::repo_root().join(relative)).unwrap();
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{relative}: {e}"))
+}
+
+/// `examples/istio/values.yaml`, with the example policies as the README installs them.
+fn istio_example_values() -> Value {
+    let mut values = read_yaml("examples/istio/values.yaml");
+    values["policies"] = json!({ "files": example_policy_files() });
+    values
+}
+
 /// (name, release, namespace, values); the values must render.
 fn scenarios() -> Vec<(&'static str, &'static str, &'static str, Value)> {
     vec![
@@ -94,6 +106,12 @@ fn scenarios() -> Vec<(&'static str, &'static str, &'static str, Value)> {
         ),
         ("team-a", "portcullis", "team-a", everything_on()),
         ("team-b", "portcullis", "team-b", everything_on()),
+        (
+            "istio-example",
+            "portcullis",
+            "shop",
+            istio_example_values(),
+        ),
         (
             "sidecar",
             "portcullis",
@@ -930,4 +948,91 @@ fn dockerfile_passes_hadolint_and_runs_as_non_root() {
     // The chart's runAsUser is the image's user.
     let sc = &rendered("default").portcullis_container()["securityContext"];
     assert_eq!(sc["runAsUser"], uid);
+}
+
+/// The files in `examples/istio/` use only documented fields, agree with each other
+/// and with what the chart renders from `examples/istio/values.yaml`.
+#[test]
+fn istio_examples_match_the_chart() {
+    let mesh = read_yaml("examples/istio/mesh-config.yaml");
+    let providers = mesh["meshConfig"]["extensionProviders"].as_array().unwrap();
+    for p in providers {
+        only_documented("extension provider", p, &["name", "envoyExtAuthzGrpc"]);
+        // Istio's EnvoyExternalAuthorizationGrpcProvider.
+        let grpc = &p["envoyExtAuthzGrpc"];
+        only_documented(
+            "envoyExtAuthzGrpc",
+            grpc,
+            &[
+                "service",
+                "port",
+                "timeout",
+                "failOpen",
+                "statusOnError",
+                "includeRequestBodyInCheck",
+            ],
+        );
+        assert_eq!(grpc["failOpen"], false, "fail closed");
+        assert_eq!(grpc["statusOnError"], "503");
+        assert_eq!(grpc["port"], GRPC_PORT);
+    }
+
+    let r = rendered("istio-example");
+    let rendered_policy = r.one("AuthorizationPolicy");
+    let example = read_yaml("examples/istio/authorization-policy.yaml");
+    assert_eq!(example["spec"], rendered_policy["spec"]);
+    let name = rendered_policy["spec"]["provider"]["name"].clone();
+    let entry = providers
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("mesh-config.yaml has no provider {name}"));
+    let service = r.one("Service");
+    assert_eq!(
+        entry["envoyExtAuthzGrpc"]["service"],
+        format!(
+            "{}.{}.svc.cluster.local",
+            service["metadata"]["name"].as_str().unwrap(),
+            service["metadata"]["namespace"].as_str().unwrap()
+        )
+    );
+    assert_eq!(
+        r.server_config()["tenancy"]["sources"],
+        json!(["context_extension"])
+    );
+    assert!(
+        r.one("NetworkPolicy")["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+            == rendered_policy["spec"]["selector"]["matchLabels"],
+        "the NetworkPolicy admits the workloads the CUSTOM policy selects"
+    );
+
+    let filter = read_yaml("examples/istio/tenant-envoyfilter.yaml");
+    assert_eq!(filter["apiVersion"], "networking.istio.io/v1alpha3");
+    let patch = &filter["spec"]["configPatches"][0];
+    assert_eq!(patch["applyTo"], "HTTP_ROUTE");
+    assert_eq!(patch["match"]["context"], "SIDECAR_INBOUND");
+    let per_route =
+        &patch["patch"]["value"]["typed_per_filter_config"]["envoy.filters.http.ext_authz"];
+    assert_eq!(
+        per_route["@type"],
+        "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
+    );
+    // The key portcullis reads (server.tenancy.contextKey) names a tenant that exists.
+    let key = r.server_config()["tenancy"]["context_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tenant = per_route["check_settings"]["context_extensions"][&key]
+        .as_str()
+        .expect("the EnvoyFilter sets the context key");
+    assert!(
+        example_policy_files()
+            .as_object()
+            .unwrap()
+            .values()
+            .any(|text| text
+                .as_str()
+                .unwrap()
+                .contains(&format!("tenant: {tenant}\n"))),
+        "no example policy for tenant {tenant}"
+    );
 }
