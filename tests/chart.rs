@@ -584,16 +584,25 @@ fn container_args_are_real_portcullis_flags() {
         .iter()
         .map(|a| a.as_str().unwrap().to_string())
         .collect();
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(&args)
-        .arg("--help")
-        .output()
-        .unwrap();
+    succeed(
+        Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(&args)
+            .arg("--help"),
+        &format!("portcullis {args:?}"),
+    );
+}
+
+/// Runs `command`; fails with its output unless it exits 0. Returns its stdout.
+fn succeed(command: &mut Command, what: &str) -> String {
+    let out = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "portcullis {args:?}: {}",
+        "{what}: {}\n{stdout}{}",
+        out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout
 }
 
 fn write_policies(r: &Rendered, dir: &Path) -> usize {
@@ -615,16 +624,9 @@ fn rendered_policies_and_server_config_are_accepted_by_portcullis() {
         let policies = dir.path().join("policies");
         std::fs::create_dir(&policies).unwrap();
         assert_eq!(write_policies(r, &policies), 2, "{name}");
-        let out = Command::new(bin)
-            .arg("validate")
-            .arg(&policies)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{name}: portcullis validate:\n{stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
+        let stdout = succeed(
+            Command::new(bin).arg("validate").arg(&policies),
+            &format!("{name}: portcullis validate"),
         );
         assert!(
             stdout.contains(" acme ") && stdout.contains(" globex "),
@@ -651,22 +653,18 @@ fn rendered_policies_and_server_config_are_accepted_by_portcullis() {
             .to_string(),
         )
         .unwrap();
-        let out = Command::new(bin)
-            .arg("check")
-            .arg("--policies")
-            .arg(&policies)
-            .arg("--request")
-            .arg(&request)
-            .arg("--config")
-            .arg(&config)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{name}: the rendered server config is refused: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let stdout = succeed(
+            Command::new(bin)
+                .arg("check")
+                .arg("--policies")
+                .arg(&policies)
+                .arg("--request")
+                .arg(&request)
+                .arg("--config")
+                .arg(&config),
+            &format!("{name}: portcullis check with the rendered server config"),
         );
-        let decision: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let decision: Value = serde_json::from_str(&stdout).unwrap();
         assert_eq!(decision["decision"], "allow", "{decision:#}");
         assert_eq!(decision["rule"], "public-docs");
     }
@@ -925,12 +923,9 @@ fn dockerfile_passes_hadolint_and_runs_as_non_root() {
         hadolint.display()
     );
     let dockerfile = support::repo_root().join("Dockerfile");
-    let out = Command::new(hadolint).arg(&dockerfile).output().unwrap();
-    assert!(
-        out.status.success(),
-        "hadolint:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        Command::new(hadolint).arg(&dockerfile),
+        "hadolint Dockerfile",
     );
     let text = std::fs::read_to_string(&dockerfile).unwrap();
     let last_user = text
