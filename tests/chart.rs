@@ -924,7 +924,7 @@ fn dockerfile_passes_hadolint_and_runs_as_non_root() {
     );
     let dockerfile = support::repo_root().join("Dockerfile");
     succeed(
-        Command::new(hadolint).arg(&dockerfile),
+        Command::new(hadolint).arg("--no-color").arg(&dockerfile),
         "hadolint Dockerfile",
     );
     let text = std::fs::read_to_string(&dockerfile).unwrap();
