@@ -146,6 +146,11 @@ fn refused() -> Vec<(&'static str, Value, &'static str)> {
             json!({ "istio": { "workloadSelector": null, "authorizationPolicy": { "enabled": true } } }),
             "workloadSelector must name",
         ),
+        (
+            "network-policy-open-to-all",
+            json!({ "networkPolicy": { "enabled": true, "callers": [] } }),
+            "admits every source",
+        ),
         ("typo", json!({ "replicaCout": 3 }), "replicaCout"),
         (
             "header-tenancy-without-header",

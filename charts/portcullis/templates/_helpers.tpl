@@ -117,6 +117,9 @@ log_format: {{ $s.logFormat }}
 {{- if gt (int $total) 1000000 }}
 {{- fail (printf "policies.files hold %d bytes; a ConfigMap holds at most 1 MiB: split them into policies.existingConfigMaps" (int $total)) }}
 {{- end }}
+{{- if and .Values.networkPolicy.enabled (not .Values.networkPolicy.callers) }}
+{{- fail "networkPolicy.callers is empty: a NetworkPolicy rule with an empty from admits every source; list the callers' pods or namespaces" }}
+{{- end }}
 {{- if .Values.istio.authorizationPolicy.enabled }}
 {{- if not .Values.istio.workloadSelector }}
 {{- fail "istio.workloadSelector must name at least one label: without a selector the policy would also cover portcullis' own pods" }}
