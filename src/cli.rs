@@ -174,6 +174,9 @@ fn serve(config: Config) -> ExitCode {
                 return ExitCode::from(EX_USAGE);
             }
         };
+        // Listen for signals before saying we serve: a SIGTERM sent right after
+        // that line must drain, not kill the process.
+        let stop = shutdown_signal();
         tracing::info!(
             grpc = running.grpc_addr.map(|a| a.to_string()),
             unix_socket = config.unix_socket.as_ref().map(|p| p.display().to_string()),
@@ -181,7 +184,7 @@ fn serve(config: Config) -> ExitCode {
             policies = %config.policies.display(),
             "portcullis serving"
         );
-        match running.wait_or(shutdown_signal()).await {
+        match running.wait_or(stop).await {
             Ok(()) => {
                 tracing::info!("stopped");
                 ExitCode::SUCCESS
@@ -194,20 +197,25 @@ fn serve(config: Config) -> ExitCode {
     })
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now; the returned future resolves on
+/// the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            std::future::pending::<()>().await;
-            return;
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        let (mut term, mut int) = match (term, int) {
+            (Ok(t), Ok(i)) => (t, i),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM or SIGINT");
+                std::future::pending::<()>().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = int.recv() => tracing::info!("SIGINT: draining"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: draining"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
     }
 }
 

@@ -375,16 +375,19 @@ async fn grpc_call(
     (status, headers)
 }
 
+/// Both example layouts: the front proxy (`envoy.yaml`) and the sidecar (`sidecar.yaml`).
 #[test]
-fn example_envoy_config_is_valid_for_envoy() {
-    let out = std::process::Command::new(support::envoy_binary())
-        .args(["--mode", "validate", "--use-dynamic-base-id", "-c"])
-        .arg(support::repo_root().join("examples/envoy/envoy.yaml"))
-        .output()
-        .expect("envoy runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+fn example_envoy_configs_are_valid_for_envoy() {
+    for file in ["examples/envoy/envoy.yaml", "examples/envoy/sidecar.yaml"] {
+        let out = std::process::Command::new(support::envoy_binary())
+            .args(["--mode", "validate", "--use-dynamic-base-id", "-c"])
+            .arg(support::repo_root().join(file))
+            .output()
+            .expect("envoy runs");
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
