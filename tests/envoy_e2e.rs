@@ -336,6 +336,160 @@ async fn decides_for_a_real_envoy() {
     portcullis.stop().await.unwrap();
 }
 
+/// A tenant that trusts its own issuer and lets portcullis validate the tokens
+/// (no `jwt_authn` for its host): keys inline, minted here by jwt-simple.
+fn initech_policy(jwks: &str) -> String {
+    format!(
+        r#"apiVersion: portcullis/v1
+tenant: initech
+hosts: [initech.example.com]
+identity:
+  jwt:
+    - issuer: https://idp.initech.example
+      audiences: [reports-api]
+      algorithms: [ES256]
+      jwks: {jwks}
+      max_lifetime: 15m
+      claim_mappings: {{ team: org.team }}
+rules:
+  - id: read-reports
+    methods: [GET]
+    path: /reports/{{team}}
+    when: '"reports:read" in claims.scope && resource.params.team == claims.team'
+    effect: allow
+response:
+  headers: {{ x-subject: "{{claims.sub}}", x-team: "{{claims.team}}", x-auth-method: "{{auth_method}}" }}
+  remove: [authorization]
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validates_its_own_tokens_behind_a_real_envoy() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(support::example_policies()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let key = ES256KeyPair::generate().with_key_id("initech-1");
+    let jwks =
+        json!({ "keys": [serde_json::from_str::<Value>(&key.public_key().to_jwk()).unwrap()] });
+    std::fs::write(
+        dir.path().join("initech.yaml"),
+        initech_policy(&jwks.to_string()),
+    )
+    .unwrap();
+
+    let portcullis = support::start_portcullis(dir.path()).await;
+    let (upstream, _echo) = support::start_echo_upstream().await;
+    let envoy_issuer = Issuer::new();
+    let mut config: Value = serde_json::from_str(&e2e_config(
+        portcullis.grpc_addr.unwrap(),
+        upstream,
+        support::dead_port(),
+        &envoy_issuer.jwks(),
+    ))
+    .unwrap();
+    // Envoy's jwt_authn leaves initech's host alone: portcullis is its validator.
+    let jwt_rules = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
+        [0]["typed_config"]["http_filters"][0]["typed_config"]["rules"];
+    jwt_rules.as_array_mut().unwrap().insert(
+        0,
+        json!({ "match": { "prefix": "/", "headers": [
+            { "name": ":authority", "string_match": { "exact": "initech.example.com" } }
+        ]}}),
+    );
+    let envoy = Envoy::start(&serde_json::to_string(&config).unwrap()).await;
+    let main = envoy.listener("main").await;
+    let host = ("host", "initech.example.com");
+
+    let mint = |exp_in: i64, scope: &str| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let claims = json!({
+            "iss": "https://idp.initech.example", "aud": "reports-api", "sub": "milton",
+            "scope": scope, "org": { "team": "tps" }, "iat": now - 60, "exp": now + exp_in,
+        });
+        let claims = JWTClaims {
+            issued_at: None,
+            expires_at: None,
+            invalid_before: None,
+            issuer: None,
+            subject: None,
+            audiences: None,
+            jwt_id: None,
+            nonce: None,
+            custom: claims,
+        };
+        format!("Bearer {}", key.sign(claims).unwrap())
+    };
+
+    // A valid token: the upstream sees the mapped claims, not the token.
+    let token = mint(300, "reports:read");
+    let r = http(
+        main,
+        "GET",
+        "/reports/tps",
+        &[host, ("authorization", &token), ("x-team", "forged")],
+        None,
+    )
+    .await;
+    let seen = upstream_saw(&r);
+    assert_eq!(header_values(&seen, "x-subject"), vec!["milton"]);
+    assert_eq!(header_values(&seen, "x-team"), vec!["tps"]);
+    assert_eq!(header_values(&seen, "x-auth-method"), vec!["jwt"]);
+    assert!(header_values(&seen, "authorization").is_empty(), "{seen}");
+
+    // Valid, but for another team's reports: 403.
+    let r = http(
+        main,
+        "GET",
+        "/reports/qa",
+        &[host, ("authorization", &token)],
+        None,
+    )
+    .await;
+    assert_denied(&r, 403, "no_matching_rule");
+
+    // Expired: 401 with the RFC 6750 challenge.
+    let expired = mint(-120, "reports:read");
+    let r = http(
+        main,
+        "GET",
+        "/reports/tps",
+        &[host, ("authorization", &expired)],
+        None,
+    )
+    .await;
+    assert_denied(&r, 401, "token_expired");
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(
+            "Bearer realm=\"portcullis\", error=\"invalid_token\", error_description=\"token expired\""
+        )
+    );
+
+    // Tampered (payload swapped, signature kept): 401 invalid_signature.
+    let mut parts: Vec<&str> = token.split('.').collect();
+    let other = mint(300, "reports:read reports:admin");
+    parts[1] = other.split('.').nth(1).unwrap();
+    let tampered = parts.join(".");
+    let r = http(
+        main,
+        "GET",
+        "/reports/tps",
+        &[host, ("authorization", &tampered)],
+        None,
+    )
+    .await;
+    assert_denied(&r, 401, "invalid_signature");
+
+    drop(envoy);
+    portcullis.stop().await.unwrap();
+}
+
 /// Sends an empty unary gRPC request over HTTP/2 (prior knowledge) and returns
 /// the HTTP status with the response headers (a deny is trailers-only).
 async fn grpc_call(
