@@ -465,6 +465,31 @@ fn header_attacks_are_refused() {
 }
 
 #[test]
+fn a_cached_verification_never_outlives_the_token() {
+    let f = fixture();
+    let t = now();
+    let token = f
+        .acme
+        .es
+        .sign(jwt_claims(&with(claims(ISSUER), json!({"exp": t + 100}))))
+        .unwrap();
+    let at = |secs: u64| {
+        let mut r = request("acme", "/tenants/acme/orders", bearer(&token));
+        let http = r.attributes.as_mut().unwrap().request.as_mut().unwrap();
+        http.time = Some(prost_types::Timestamp {
+            seconds: secs as i64,
+            nanos: 0,
+        });
+        f.p.check(&r)
+    };
+    assert!(at(t).allowed);
+    assert!(at(t + 50).allowed, "a cache hit");
+    // exp + leeway (30s) has passed: the cached entry is not used.
+    assert_eq!(at(t + 131).reason.code(), "token_expired");
+    assert!(at(t + 129).allowed, "within leeway it still verifies");
+}
+
+#[test]
 fn oversized_and_repeated_credentials() {
     let f = fixture();
     let big = "a".repeat(9 * 1024);
@@ -722,8 +747,9 @@ async fn remote_keys_rotation_and_outage() {
     let d = p.check_async(&req(&es_token(&new, &iss)), WAIT).await;
     assert!(d.allowed, "{:?}", d.detail);
     assert_eq!(idp.fetches(), 2);
-    // The old key is gone with the re-fetch.
-    let d = p.check_async(&req(&es_token(&old, &iss)), WAIT).await;
+    // The old key is gone with the re-fetch, also for the very token that
+    // verified (and was cached) before the rotation.
+    let d = p.check_async(&req(&token), WAIT).await;
     assert_eq!(d.reason.code(), "unknown_key");
     // Unknown kids do not hammer the issuer: rate-limited, no new fetch.
     let stranger = ES256KeyPair::generate().with_key_id("stranger");

@@ -219,6 +219,14 @@ impl Issuer {
         }
     }
 
+    /// The generation of the key set in use now, if there is a usable one.
+    fn generation(&self) -> Option<u64> {
+        match &self.keys {
+            KeySource::Static(set) => Some(set.generation),
+            KeySource::Remote(remote) => remote.keys().map(|k| k.generation),
+        }
+    }
+
     fn lookup(&self) -> KeyLookup {
         match &self.keys {
             KeySource::Static(set) => KeyLookup::Ready(Arc::clone(set)),
@@ -309,30 +317,124 @@ pub enum Attempt {
     NeedKeys(Arc<RemoteKeys>),
 }
 
+/// Most verified tokens one tenant keeps.
+pub const MAX_CACHED_TOKENS: usize = 10_000;
+
+/// One tenant's verified tokens, by SHA-256 of the token. An entry is used only
+/// while the token is unexpired and its issuer still has the very key set that
+/// verified it (a rotation or a reload starts afresh: a reload compiles a new
+/// tenant with an empty cache). Failures are never cached. Sender-constrained
+/// tokens' proofs (DPoP, mTLS binding) must be checked per request, outside it.
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    entries: dashmap::DashMap<[u8; 32], Cached>,
+}
+
+#[derive(Debug)]
+struct Cached {
+    issuer: usize,
+    generation: u64,
+    /// The first second at which the token no longer verifies (exp + leeway).
+    invalid_from: u64,
+    verified: Verified,
+}
+
+impl TokenCache {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// [`verify`], remembering successes in `cache`.
+pub fn verify_cached(
+    token: &str,
+    issuers: &[Issuer],
+    cache: &TokenCache,
+    now: SystemTime,
+) -> Attempt {
+    use sha2::Digest as _;
+    let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+    let secs = unix_seconds(now);
+    if let Some(hit) = cache.entries.get(&digest) {
+        let fresh = secs < hit.invalid_from
+            && issuers
+                .get(hit.issuer)
+                .and_then(Issuer::generation)
+                .is_some_and(|g| g == hit.generation);
+        if fresh {
+            return Attempt::Done(Ok(hit.verified.clone()));
+        }
+        drop(hit);
+        cache.entries.remove(&digest);
+    }
+    let (attempt, by) = verify_with(token, issuers, now);
+    if let (Attempt::Done(Ok(verified)), Some((issuer, generation))) = (&attempt, by) {
+        if cache.entries.len() >= MAX_CACHED_TOKENS {
+            cache.entries.retain(|_, e| secs < e.invalid_from);
+        }
+        if cache.entries.len() < MAX_CACHED_TOKENS {
+            cache.entries.insert(
+                digest,
+                Cached {
+                    issuer,
+                    generation,
+                    invalid_from: verified.expires.saturating_add(issuers[issuer].leeway),
+                    verified: verified.clone(),
+                },
+            );
+        }
+    }
+    attempt
+}
+
 /// Verifies `token` against the tenant's issuers at time `now`.
 pub fn verify(token: &str, issuers: &[Issuer], now: SystemTime) -> Attempt {
+    verify_with(token, issuers, now).0
+}
+
+/// Verifies, and says which issuer and key-set generation verified it.
+fn verify_with(
+    token: &str,
+    issuers: &[Issuer],
+    now: SystemTime,
+) -> (Attempt, Option<(usize, u64)>) {
     let parsed = match parse(token, issuers) {
         Ok(p) => p,
-        Err(e) => return Attempt::Done(Err(e)),
+        Err(e) => return (Attempt::Done(Err(e)), None),
     };
+    let index = parsed.index;
+    let (attempt, generation) = verify_parsed(parsed, now);
+    (attempt, generation.map(|g| (index, g)))
+}
+
+fn verify_parsed(parsed: Parsed<'_, '_>, now: SystemTime) -> (Attempt, Option<u64>) {
+    let done = |r| (Attempt::Done(r), None);
     let keys = match parsed.issuer.lookup() {
         KeyLookup::Ready(keys) => keys,
-        KeyLookup::Fetch(remote) => return Attempt::NeedKeys(remote),
-        KeyLookup::Unavailable => return Attempt::Done(Err(TokenError::KeysUnavailable)),
+        KeyLookup::Fetch(remote) => return (Attempt::NeedKeys(remote), None),
     };
     let key = match keys.find(parsed.kid.as_deref(), parsed.alg, parsed.kind) {
         KeyMatch::Found(key) => key,
         // RFC 8725 §3.1: a kid naming a key of another type is never "close
         // enough"; it is refused like an unknown key.
-        KeyMatch::WrongType => return Attempt::Done(Err(TokenError::UnknownKey)),
+        KeyMatch::WrongType => return done(Err(TokenError::UnknownKey)),
         KeyMatch::Unknown => {
             // Keys may have rotated: one fetch per interval, then deny.
             if let Some(remote) = parsed.issuer.remote()
                 && remote.may_refetch_for_unknown_kid()
             {
-                return Attempt::NeedKeys(Arc::clone(remote));
+                return (Attempt::NeedKeys(Arc::clone(remote)), None);
             }
-            return Attempt::Done(Err(TokenError::UnknownKey));
+            return done(Err(TokenError::UnknownKey));
         }
     };
     let signature_ok = jsonwebtoken::crypto::verify(
@@ -343,13 +445,18 @@ pub fn verify(token: &str, issuers: &[Issuer], now: SystemTime) -> Attempt {
     )
     .unwrap_or(false);
     if !signature_ok {
-        return Attempt::Done(Err(TokenError::BadSignature));
+        return done(Err(TokenError::BadSignature));
     }
-    Attempt::Done(check_claims(parsed.issuer, parsed.claims, now))
+    (
+        Attempt::Done(check_claims(parsed.issuer, parsed.claims, now)),
+        Some(keys.generation),
+    )
 }
 
 struct Parsed<'t, 'i> {
     issuer: &'i Issuer,
+    /// The issuer's position in the tenant's list.
+    index: usize,
     alg: Algorithm,
     kind: KeyKind,
     kid: Option<String>,
@@ -404,10 +511,11 @@ fn parse<'t, 'i>(token: &'t str, issuers: &'i [Issuer]) -> Result<Parsed<'t, 'i>
         Some(_) => return Err(TokenError::ClaimType("iss")),
         None => return Err(TokenError::IssuerNotTrusted),
     };
-    let issuer = issuers
+    let index = issuers
         .iter()
-        .find(|i| i.issuer == *iss)
+        .position(|i| i.issuer == *iss)
         .ok_or(TokenError::IssuerNotTrusted)?;
+    let issuer = &issuers[index];
     // RFC 8725 §3.1 and §2.1: only the issuer's allow-listed algorithms; `none`
     // and HMAC can never be on the list (see `keys::parse_algorithm`).
     let (alg, kind) = issuer
@@ -432,6 +540,7 @@ fn parse<'t, 'i>(token: &'t str, issuers: &'i [Issuer]) -> Result<Parsed<'t, 'i>
     }
     Ok(Parsed {
         issuer,
+        index,
         alg,
         kind,
         kid,

@@ -338,8 +338,6 @@ pub enum KeyLookup {
     Ready(Arc<KeySet>),
     /// No usable keys: fetch (and the caller may wait for it).
     Fetch(Arc<RemoteKeys>),
-    /// No usable keys and nothing to wait for.
-    Unavailable,
 }
 
 impl RemoteKeys {

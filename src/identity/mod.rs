@@ -113,6 +113,7 @@ pub struct IdentityConfig {
     /// portcullis' own JWT issuers, and where their tokens are read from.
     issuers: Vec<Issuer>,
     token_sources: Vec<TokenSource>,
+    token_cache: jwt::TokenCache,
 }
 
 /// One way of turning a request into an [`Identity`].
@@ -193,6 +194,7 @@ impl IdentityConfig {
             credential_headers,
             issuers,
             token_sources,
+            token_cache: jwt::TokenCache::default(),
         })
     }
 
@@ -430,7 +432,12 @@ fn own_jwt(config: &IdentityConfig, input: &Input) -> Result<Option<Identity>, I
     let Some((source, token)) = found else {
         return Ok(None);
     };
-    let verified = match jwt::verify(token, &config.issuers, input.context.time) {
+    let verified = match jwt::verify_cached(
+        token,
+        &config.issuers,
+        &config.token_cache,
+        input.context.time,
+    ) {
         Attempt::Done(result) => result?,
         Attempt::NeedKeys(remote) => return Err(IdentityError::NeedKeys(remote)),
     };
