@@ -325,7 +325,7 @@ fn body_of(http: &attribute_context::HttpRequest, headers: &BTreeMap<String, Str
 /// in case: upstream parsers disagree on which duplicate wins (serde_json keeps the
 /// last, Go matches keys case-insensitively), so a rule could check one value
 /// while the service uses another.
-fn strict_json(bytes: &[u8]) -> Option<Json> {
+pub(crate) fn strict_json(bytes: &[u8]) -> Option<Json> {
     use serde::Deserialize;
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = StrictJson::deserialize(&mut de).ok()?.0;
@@ -406,15 +406,16 @@ fn decode_query_part(s: &str) -> String {
         .into_owned()
 }
 
-/// Every value of the query parameter `name` (names compared after decoding,
-/// so `access%5Ftoken` counts as `access_token`).
-pub fn query_values<'q>(query: &'q str, name: &'q str) -> impl Iterator<Item = &'q str> {
+/// Every `(raw name, raw value)` of the query parameter `name`, names compared
+/// after decoding (so `access%5Ftoken` counts as `access_token`; a caller that
+/// must remove the parameter needs the raw name).
+pub fn query_values<'q>(query: &'q str, name: &'q str) -> impl Iterator<Item = (&'q str, &'q str)> {
     query
         .split('&')
         .filter(|p| !p.is_empty())
         .filter_map(move |pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode_query_part(k) == name).then_some(v)
+            (decode_query_part(k) == name).then_some((k, v))
         })
 }
 

@@ -74,11 +74,12 @@ impl Keys {
     /// An Ed25519 token with any header, signed for real by this issuer's key:
     /// for header attacks that jwt-simple will not put in a header itself.
     fn ed_with_header(&self, header: Value, claims: Value) -> String {
-        let input = format!(
-            "{}.{}",
-            B64.encode(header.to_string()),
-            B64.encode(claims.to_string())
-        );
+        self.ed_raw(&header.to_string(), &claims.to_string())
+    }
+
+    /// As [`Keys::ed_with_header`], with header and payload as raw JSON text.
+    fn ed_raw(&self, header: &str, claims: &str) -> String {
+        let input = format!("{}.{}", B64.encode(header), B64.encode(claims));
         let sig = self.ed.key_pair().as_ref().sk.sign(input.as_bytes(), None);
         format!("{input}.{}", B64.encode(sig.as_ref()))
     }
@@ -157,6 +158,7 @@ identity:
     - issuer: {OTHER_ISSUER}
       audiences: [orders-api]
       algorithms: [RS256, ES256, EdDSA]
+      typ: at+jwt
       {globex_keys}
 rules:
   - {{ id: all, path: "/{{rest...}}", effect: allow }}
@@ -358,8 +360,12 @@ fn claims_and_lifetime_rejections() {
         assert_eq!(d.reason.code(), want, "{name}: {:?}", d.detail);
         if d.status() == 401 {
             assert!(challenge(&d).contains("error=\"invalid_token\""), "{name}");
-            assert!(!challenge(&d).contains(&token));
         }
+        // Nothing of the token reaches the response, its metadata or the
+        // internal detail (which is logged).
+        let signature = token.rsplit('.').next().unwrap();
+        let rendered = format!("{:?} {:?}", portcullis::response::render(&d), d.detail);
+        assert!(!rendered.contains(signature), "{name}: {rendered}");
     }
 }
 
@@ -367,9 +373,21 @@ fn claims_and_lifetime_rejections() {
 fn another_tenants_issuer_and_keys_are_refused() {
     let f = fixture();
     // globex's issuer, signed by globex's key: valid for globex, not for acme.
-    let token = f.globex.rs.sign(jwt_claims(&claims(OTHER_ISSUER))).unwrap();
+    let at_jwt = HeaderOptions {
+        signature_type: Some("at+jwt".into()),
+        ..Default::default()
+    };
+    let token = f
+        .globex
+        .rs
+        .sign_with_options(jwt_claims(&claims(OTHER_ISSUER)), &at_jwt)
+        .unwrap();
     let d = f.p.check(&request("globex", "/x", bearer(&token)));
     assert!(d.allowed, "{:?}", d.detail);
+    // globex requires typ at+jwt (RFC 9068): a plain JWT (an ID token, say) is refused.
+    let plain = f.globex.rs.sign(jwt_claims(&claims(OTHER_ISSUER))).unwrap();
+    let d = f.p.check(&request("globex", "/x", bearer(&plain)));
+    assert_eq!(d.reason.code(), "invalid_token");
     let d = check(&f.p, &token);
     assert_eq!(d.reason.code(), "issuer_not_trusted");
     assert_eq!(d.status(), 401);
@@ -450,6 +468,26 @@ fn header_attacks_are_refused() {
     let token = f.globex.ps.sign(jwt_claims(&claims(OTHER_ISSUER))).unwrap();
     let d = f.p.check(&request("globex", "/x", bearer(&token)));
     assert_eq!(d.reason.code(), "algorithm_not_allowed");
+
+    // Unencoded payloads (RFC 7797) and encrypted-token headers.
+    for header in [
+        json!({"alg": "EdDSA", "kid": "acme-ed", "b64": false}),
+        json!({"alg": "EdDSA", "kid": "acme-ed", "enc": "A256GCM"}),
+    ] {
+        assert_eq!(check(&f.p, &ed(header)).reason.code(), "invalid_token");
+    }
+    // Duplicate member names, signed for real: parsers disagree on which wins.
+    let payload = c.to_string().replacen('{', "{\"sub\":\"mallory\",", 1);
+    let t = f.acme.ed_raw(
+        &json!({"alg": "EdDSA", "kid": "acme-ed"}).to_string(),
+        &payload,
+    );
+    assert_eq!(check(&f.p, &t).reason.code(), "invalid_token");
+    let t = f.acme.ed_raw(
+        r#"{"alg":"EdDSA","kid":"acme-ed","kid":"acme-rs"}"#,
+        &c.to_string(),
+    );
+    assert_eq!(check(&f.p, &t).reason.code(), "invalid_token");
 
     // Not a JWS: garbage, a JWE-shaped token, a header that is not JSON.
     for bad in [
@@ -542,6 +580,21 @@ fn cookie_and_query_sources() {
     assert!(d.allowed, "{:?}", d.detail);
     assert_eq!(d.remove_query, vec!["access_token".to_string()]);
 
+    // A percent-encoded name would escape Envoy's removal by raw name: refused.
+    let d = p.check(&request(
+        "acme",
+        &format!("/tenants/acme/orders?access%5Ftoken={token}"),
+        json!({}),
+    ));
+    assert_eq!(d.reason.code(), "malformed_credential");
+    // A cookie token beside another credential header value: two credentials.
+    let d = p.check(&request(
+        "acme",
+        "/tenants/acme/orders",
+        json!({"cookie": format!("session={token}"), "authorization": "Basic YWxpY2U6cHc="}),
+    ));
+    assert_eq!(d.reason.code(), "malformed_credential");
+
     // The same token twice, or in two places: refused.
     let d = p.check(&request(
         "acme",
@@ -632,6 +685,8 @@ fn broken_issuer_configs_are_refused_at_load() {
 #[derive(Clone)]
 struct IdP {
     jwks: Arc<Mutex<Option<String>>>,
+    /// When set, the discovery document names this issuer instead of its own.
+    claimed_issuer: Arc<Mutex<Option<String>>>,
     fetches: Arc<std::sync::atomic::AtomicUsize>,
     addr: SocketAddr,
 }
@@ -643,11 +698,13 @@ impl IdP {
         let addr = listener.local_addr().unwrap();
         let idp = IdP {
             jwks: Arc::new(Mutex::new(None)),
+            claimed_issuer: Arc::default(),
             fetches: Arc::default(),
             addr,
         };
         let (jwks, fetches) = (Arc::clone(&idp.jwks), Arc::clone(&idp.fetches));
         let issuer = idp.issuer();
+        let claimed = Arc::clone(&idp.claimed_issuer);
         let app = axum::Router::new()
             .route(
                 "/jwks.json",
@@ -665,8 +722,9 @@ impl IdP {
             .route(
                 "/.well-known/openid-configuration",
                 get(move || {
+                    let named = claimed.lock().unwrap().clone().unwrap_or(issuer.clone());
                     let doc =
-                        json!({"issuer": issuer, "jwks_uri": format!("http://{addr}/jwks.json")});
+                        json!({"issuer": named, "jwks_uri": format!("http://{addr}/jwks.json")});
                     async move { doc.to_string() }
                 }),
             );
@@ -759,6 +817,21 @@ async fn remote_keys_rotation_and_outage() {
     }
     assert_eq!(idp.fetches(), 2);
 
+    // An empty key set is a failed fetch: the last good keys stay in use.
+    idp.publish(Some(json!({"keys": []})));
+    tokio::time::pause();
+    tokio::time::advance(portcullis::identity::keys::UNKNOWN_KID_REFETCH_INTERVAL).await;
+    tokio::time::resume();
+    let d = p.check_async(&req(&es_token(&stranger, &iss)), WAIT).await;
+    assert_eq!(d.reason.code(), "unknown_key");
+    assert_eq!(idp.fetches(), 3, "the unknown kid refetched once more");
+    let d = p.check_async(&req(&es_token(&new, &iss)), WAIT).await;
+    assert!(
+        d.allowed,
+        "the empty set did not replace the keys: {:?}",
+        d.detail
+    );
+
     // Outage: the issuer goes down. Within keys_max_stale the last good keys
     // keep serving; past it, 503 keys_unavailable.
     idp.publish(None);
@@ -798,6 +871,22 @@ async fn oidc_discovery_finds_the_keys_and_checks_the_issuer() {
         .check_async(&request("acme", "/a", bearer(&es_token(&key, &iss))), WAIT)
         .await;
     assert!(d.allowed, "{:?}", d.detail);
+
+    // A discovery document on the issuer's own origin that names another
+    // issuer: no keys are taken from it (OIDC Discovery §4.3).
+    let idp2 = IdP::start().await;
+    idp2.publish(Some(
+        json!({"keys": [serde_json::from_str::<Value>(&key.public_key().to_jwk()).unwrap()]}),
+    ));
+    *idp2.claimed_issuer.lock().unwrap() = Some("https://idp.other.example".into());
+    let iss2 = idp2.issuer();
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline(dir.path(), &remote_policy(&iss2, "discovery: true"));
+    let d = p
+        .check_async(&request("acme", "/a", bearer(&es_token(&key, &iss2))), WAIT)
+        .await;
+    assert_eq!(d.reason.code(), "keys_unavailable", "{:?}", d.detail);
+    assert_eq!(idp2.fetches(), 0, "the JWKS was never fetched");
 
     // The same server under another name: its discovery document names a
     // different issuer, so no keys are taken from it.

@@ -26,8 +26,9 @@ use super::keys::{
 };
 use crate::decision::Reason;
 
-/// Largest token accepted, in bytes (RFC 8725 §3.1 leaves bounds to us; 8 KiB
-/// is far above any real access token and far below Envoy's header limit).
+/// Largest token accepted, in bytes: far above any real access token, far
+/// below Envoy's header limit, and a bound on the JSON parsed before the
+/// signature is checked.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// Default clock leeway for `exp`, `nbf` and `iat`.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
@@ -35,6 +36,23 @@ pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 pub const DEFAULT_KEYS_TTL: Duration = Duration::from_secs(300);
 /// Default time to keep using the last good keys while the issuer is down.
 pub const DEFAULT_KEYS_MAX_STALE: Duration = Duration::from_secs(3600);
+
+/// Claims portcullis checks or normalizes itself; a mapping may not replace them.
+const PROTECTED_CLAIMS: [&str; 11] = [
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "nbf",
+    "iat",
+    "jti",
+    "scope",
+    "scp",
+    "cnf",
+    "client_id",
+];
+/// Largest clock leeway accepted: more would all but switch `exp` off.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
 
 /// One trusted issuer, as written in a policy file.
 #[derive(Debug, Clone, Deserialize)]
@@ -145,6 +163,20 @@ impl Issuer {
         if refresh.ttl < Duration::from_secs(1) {
             return Err(at("keys_ttl must be at least 1s".into()));
         }
+        // Keys must stay usable until the next fetch has had its chance;
+        // otherwise checks get 503 while no fetch is due.
+        if refresh.max_stale < refresh.ttl + keys::FETCH_TIMEOUT {
+            return Err(at(format!(
+                "keys_max_stale must be at least keys_ttl + {}s",
+                keys::FETCH_TIMEOUT.as_secs()
+            )));
+        }
+        if spec.leeway.is_some_and(|l| l > MAX_LEEWAY) {
+            return Err(at(format!(
+                "leeway must be at most {}s",
+                MAX_LEEWAY.as_secs()
+            )));
+        }
         let parse_set = |bytes: &[u8]| -> Result<Arc<KeySet>, String> {
             let (set, notes) = KeySet::parse(bytes).map_err(at)?;
             if set.keys.is_empty() {
@@ -191,6 +223,11 @@ impl Issuer {
         let mut claim_mappings = Vec::new();
         for (claim, path) in &spec.claim_mappings {
             let parts: Vec<String> = path.split('.').map(str::to_string).collect();
+            if PROTECTED_CLAIMS.contains(&claim.as_str()) {
+                return Err(at(format!(
+                    "claim_mappings: {claim:?} is checked by portcullis and cannot be mapped"
+                )));
+            }
             if claim.is_empty() || parts.iter().any(String::is_empty) {
                 return Err(at(format!(
                     "claim_mappings: {claim:?}: {path:?} is not a dotted path"
@@ -362,6 +399,9 @@ pub fn verify_cached(
     now: SystemTime,
 ) -> Attempt {
     use sha2::Digest as _;
+    if token.len() > MAX_TOKEN_BYTES {
+        return Attempt::Done(Err(TokenError::TooLarge));
+    }
     let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
     let secs = unix_seconds(now);
     if let Some(hit) = cache.entries.get(&digest) {
@@ -379,9 +419,14 @@ pub fn verify_cached(
     let (attempt, by) = verify_with(token, issuers, now);
     if let (Attempt::Done(Ok(verified)), Some((issuer, generation))) = (&attempt, by) {
         if cache.entries.len() >= MAX_CACHED_TOKENS {
+            // Full: drop what expired; if that freed too little, start afresh,
+            // so a full cache costs one scan per many misses, not per miss.
             cache.entries.retain(|_, e| secs < e.invalid_from);
+            if cache.entries.len() >= MAX_CACHED_TOKENS * 9 / 10 {
+                cache.entries.clear();
+            }
         }
-        if cache.entries.len() < MAX_CACHED_TOKENS {
+        {
             cache.entries.insert(
                 digest,
                 Cached {
@@ -530,10 +575,8 @@ fn parse<'t, 'i>(token: &'t str, issuers: &'i [Issuer]) -> Result<Parsed<'t, 'i>
             .get("typ")
             .and_then(Json::as_str)
             .ok_or(TokenError::BadHeader("typ is missing"))?;
-        let got = got
-            .strip_prefix("application/")
-            .unwrap_or(got)
-            .to_ascii_lowercase();
+        let got = got.to_ascii_lowercase();
+        let got = got.strip_prefix("application/").unwrap_or(&got);
         if got != want.to_ascii_lowercase() {
             return Err(TokenError::BadHeader("typ is not the one this issuer uses"));
         }
@@ -550,9 +593,12 @@ fn parse<'t, 'i>(token: &'t str, issuers: &'i [Issuer]) -> Result<Parsed<'t, 'i>
     })
 }
 
+/// A base64url JSON object. Duplicate member names (also differing only in
+/// case) are refused: parsers disagree on which one counts (RFC 7515 §4,
+/// RFC 8725 §3.4's spirit), and the token may travel on to the upstream.
 fn decode_object(part: &str) -> Option<Map<String, Json>> {
     let bytes = URL_SAFE_NO_PAD.decode(part).ok()?;
-    match serde_json::from_slice(&bytes).ok()? {
+    match crate::input::strict_json(&bytes)? {
         Json::Object(map) => Some(map),
         _ => None,
     }
@@ -654,9 +700,12 @@ fn check_claims(
         for part in &path[1..] {
             value = value.and_then(|v| v.get(part));
         }
-        if let Some(v) = value.cloned() {
-            claims.insert(name.clone(), v);
-        }
+        // A missing path removes the claim: the token's own claim of that
+        // name must never stand in for the mapped one.
+        match value.cloned() {
+            Some(v) => claims.insert(name.clone(), v),
+            None => claims.remove(name),
+        };
     }
     Ok(Verified {
         issuer: issuer.issuer.clone(),

@@ -414,9 +414,26 @@ impl RemoteKeys {
         {
             return;
         }
+        /// Clears `in_flight` and wakes waiters however the fetch ends (even by
+        /// a panic), so one failure never stops fetching for good.
+        struct Done(Arc<RemoteKeys>);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                self.0.in_flight.store(false, Ordering::Release);
+                self.0.attempts.send_modify(|n| *n += 1);
+            }
+        }
         let this = Arc::clone(self);
         tokio::spawn(async move {
-            let result = fetch(&this.source).await;
+            let done = Done(Arc::clone(&this));
+            let result = fetch(&this.source).await.and_then(|(set, notes)| {
+                // An empty set would deny every token: keep the last good keys.
+                if set.keys.is_empty() {
+                    Err(format!("key set has no usable key ({})", notes.join("; ")))
+                } else {
+                    Ok((set, notes))
+                }
+            });
             let next = match result {
                 Ok((set, notes)) => {
                     if !notes.is_empty() {
@@ -437,8 +454,7 @@ impl RemoteKeys {
                 }
             };
             *this.due.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now() + next;
-            this.in_flight.store(false, Ordering::Release);
-            this.attempts.send_modify(|n| *n += 1);
+            drop(done);
         });
     }
 
@@ -557,11 +573,13 @@ async fn fetch(source: &RemoteSource) -> Result<(KeySet, Vec<String>), String> {
     KeySet::parse(&get(&jwks_uri).await?)
 }
 
-/// GETs a document of at most [`MAX_KEYS_DOCUMENT_BYTES`].
-async fn get(url: &str) -> Result<Vec<u8>, String> {
-    origin_of(url)?;
+/// GETs a document of at most [`MAX_KEYS_DOCUMENT_BYTES`]. Errors name the URL
+/// without its query, which could hold a secret.
+async fn get(full_url: &str) -> Result<Vec<u8>, String> {
+    origin_of(full_url)?;
+    let url = full_url.split(['?', '#']).next().unwrap_or(full_url);
     let mut response = client()?
-        .get(url)
+        .get(full_url)
         .header("accept", "application/json")
         .send()
         .await

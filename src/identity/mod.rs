@@ -280,7 +280,16 @@ impl TokenSource {
                 if values.next().is_some() {
                     return Err(IdentityError::Malformed(format!("query parameter {name}")));
                 }
-                Ok(first.filter(|t| !t.is_empty()))
+                // Envoy removes query parameters by their raw name: a
+                // percent-encoded spelling would be read here and still reach
+                // the upstream (and its access logs). Refused.
+                match first {
+                    Some((raw, _)) if raw != name => Err(IdentityError::Malformed(format!(
+                        "query parameter {name} (percent-encoded name)"
+                    ))),
+                    Some((_, value)) => Ok(Some(value).filter(|t| !t.is_empty())),
+                    None => Ok(None),
+                }
             }
         }
     }
@@ -432,6 +441,21 @@ fn own_jwt(config: &IdentityConfig, input: &Input) -> Result<Option<Identity>, I
     let Some((source, token)) = found else {
         return Ok(None);
     };
+    // A token from a cookie or the query beside something in a credential
+    // header is two credentials too.
+    if let Some(other) = config.credential_headers.iter().find(|h| {
+        !matches!(source, TokenSource::Header { name, .. } if name == *h)
+            && input
+                .resource
+                .headers
+                .get(*h)
+                .is_some_and(|v| !v.trim().is_empty())
+    }) {
+        return Err(IdentityError::Conflict(
+            source.describe(),
+            format!("header {other}"),
+        ));
+    }
     let verified = match jwt::verify_cached(
         token,
         &config.issuers,
