@@ -14,7 +14,9 @@
 //!   check and the route templates that rules match.
 //! - [`tenant`] — which tenant's rule set applies, from a trusted source.
 //! - [`identity`] — the caller's [`identity::Identity`] (claims) from a verified
-//!   credential: Envoy's `jwt_authn` metadata, an mTLS SPIFFE peer, or anonymous.
+//!   credential: a JWT portcullis validates itself ([`identity::jwt`], keys in
+//!   [`identity::keys`]), Envoy's `jwt_authn` metadata, an mTLS SPIFFE peer, or
+//!   anonymous.
 //! - [`policy`] — policy files: parsed, compiled once ([`policy::CompiledTenant`]) and
 //!   evaluated per request.
 //! - [`decision`] — the outcome as data: allow/deny, rule, reason, headers, status.
