@@ -47,6 +47,11 @@ pub enum Reason {
     TokenTooLongLived,
     /// None of the token's audiences is one the issuer lists.
     InvalidAudience,
+    /// A valid token without the scopes an applicable rule names (RFC 6750 §3.1).
+    InsufficientScope,
+    /// A valid token whose `acr` or `auth_time` an applicable rule does not
+    /// accept: the client must authenticate again, more strongly (RFC 9470).
+    InsufficientUserAuthentication,
     /// The issuer's keys could not be fetched (or are staler than allowed):
     /// portcullis can answer but not decide.
     KeysUnavailable,
@@ -96,6 +101,8 @@ impl Reason {
             Reason::TokenNotYetValid => "token_not_yet_valid",
             Reason::TokenTooLongLived => "token_too_long_lived",
             Reason::InvalidAudience => "invalid_audience",
+            Reason::InsufficientScope => "insufficient_scope",
+            Reason::InsufficientUserAuthentication => "insufficient_user_authentication",
             Reason::KeysUnavailable => "keys_unavailable",
             Reason::PolicyError => "policy_error",
             Reason::BodyUnavailable => "body_unavailable",
@@ -128,8 +135,10 @@ impl Reason {
             | Reason::TokenExpired
             | Reason::TokenNotYetValid
             | Reason::TokenTooLongLived
-            | Reason::InvalidAudience => 401,
+            | Reason::InvalidAudience
+            | Reason::InsufficientUserAuthentication => 401,
             Reason::NoMatchingRule
+            | Reason::InsufficientScope
             | Reason::DeniedByRule
             | Reason::PolicyError
             | Reason::BodyUnavailable
@@ -171,6 +180,15 @@ impl Reason {
             Reason::TokenNotYetValid => "token not valid yet",
             Reason::TokenTooLongLived => "token lifetime too long",
             Reason::InvalidAudience => "wrong audience",
+            // Their challenges name what is missing; see `Decision::challenge`.
+            Reason::InsufficientScope => {
+                return Some(format!("{REALM}, error=\"insufficient_scope\""));
+            }
+            Reason::InsufficientUserAuthentication => {
+                return Some(format!(
+                    "{REALM}, error=\"insufficient_user_authentication\""
+                ));
+            }
             _ => return None,
         };
         Some(format!(
@@ -188,7 +206,7 @@ impl Reason {
     }
 }
 
-const ALL: [Reason; 30] = [
+const ALL: [Reason; 32] = [
     Reason::Allowed,
     Reason::DefaultAllow,
     Reason::CorsPreflight,
@@ -208,6 +226,8 @@ const ALL: [Reason; 30] = [
     Reason::TokenNotYetValid,
     Reason::TokenTooLongLived,
     Reason::InvalidAudience,
+    Reason::InsufficientScope,
+    Reason::InsufficientUserAuthentication,
     Reason::KeysUnavailable,
     Reason::PolicyError,
     Reason::BodyUnavailable,
@@ -242,6 +262,10 @@ pub struct Decision {
     /// Query parameters removed before the upstream sees the request (a token
     /// sent in the query).
     pub remove_query: Vec<String>,
+    /// A `WWW-Authenticate` value that says more than the reason's own (the
+    /// scopes or `acr_values` a rule asks for). Built from policy, never from
+    /// the request.
+    pub challenge: Option<String>,
     /// Headers for the client on a response portcullis answers itself (a CORS
     /// preflight).
     pub client_headers: Vec<(String, String)>,
@@ -264,6 +288,7 @@ impl Decision {
             set_headers: Vec::new(),
             remove_headers: Vec::new(),
             remove_query: Vec::new(),
+            challenge: None,
             client_headers: Vec::new(),
             detail: None,
         }
@@ -271,6 +296,11 @@ impl Decision {
 
     pub fn status(&self) -> u16 {
         self.reason.status()
+    }
+
+    /// The `WWW-Authenticate` value of this deny, if it has one.
+    pub fn challenge(&self) -> Option<String> {
+        self.challenge.clone().or_else(|| self.reason.challenge())
     }
 }
 

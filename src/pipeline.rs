@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::decision::{Decision, Reason};
 use crate::identity::{self, IdentityError, keys::RemoteKeys};
 use crate::input::Input;
-use crate::policy::{Effect, Outcome, RuleTrace};
+use crate::policy::{Effect, Outcome, RuleTrace, Unmet};
 use crate::proto::auth::CheckRequest;
 use crate::store::PolicyStore;
 use crate::tenant::TenantResolver;
@@ -144,6 +144,14 @@ impl Pipeline {
             }
             Outcome::BodyUnavailable(rule) => (Reason::BodyUnavailable, Some(rule)),
             Outcome::AmbiguousQuery(rule) => (Reason::AmbiguousQuery, Some(rule)),
+            // Only when the default would deny: a tenant that allows by default
+            // lets such a request through like any other unmatched one.
+            Outcome::Unmet(rule, missing) if tenant.default == Effect::Deny => {
+                let (reason, challenge) = unmet_challenge(&missing);
+                decision.challenge = Some(challenge);
+                (reason, Some(rule))
+            }
+            Outcome::Unmet(..) => (Reason::DefaultAllow, None),
             Outcome::NoMatch => match tenant.default {
                 Effect::Allow => (Reason::DefaultAllow, None),
                 Effect::Deny if identity.is_anonymous() => (Reason::MissingCredential, None),
@@ -174,6 +182,33 @@ impl Pipeline {
             decision,
             trace: eval.trace,
             pending: None,
+        }
+    }
+}
+
+/// The reason and challenge for a credential that lacks what a rule asks:
+/// RFC 6750 §3 `scope`, or RFC 9470 §3 `acr_values` and `max_age`.
+fn unmet_challenge(missing: &Unmet) -> (Reason, String) {
+    match missing {
+        Unmet::Scope(scopes) => (
+            Reason::InsufficientScope,
+            format!(
+                "Bearer realm=\"portcullis\", error=\"insufficient_scope\", scope=\"{}\"",
+                scopes.join(" ")
+            ),
+        ),
+        Unmet::StepUp {
+            acr_values,
+            max_age,
+        } => {
+            let mut c = "Bearer realm=\"portcullis\", error=\"insufficient_user_authentication\", error_description=\"stronger or more recent authentication required\"".to_string();
+            if !acr_values.is_empty() {
+                c.push_str(&format!(", acr_values=\"{}\"", acr_values.join(" ")));
+            }
+            if let Some(age) = max_age {
+                c.push_str(&format!(", max_age={age}"));
+            }
+            (Reason::InsufficientUserAuthentication, c)
         }
     }
 }

@@ -62,7 +62,7 @@ pub fn render(decision: &Decision) -> CheckResponse {
             headers.push(overwrite("content-type", "application/json"));
         }
         headers.extend(decision.client_headers.iter().map(|(k, v)| overwrite(k, v)));
-        if let Some(challenge) = decision.reason.challenge() {
+        if let Some(challenge) = decision.challenge() {
             headers.push(overwrite("www-authenticate", &challenge));
         }
         let body = if has_body {

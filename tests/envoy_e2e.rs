@@ -412,18 +412,7 @@ async fn validates_its_own_tokens_behind_a_real_envoy() {
             "iss": "https://idp.initech.example", "aud": "reports-api", "sub": "milton",
             "scope": scope, "org": { "team": "tps" }, "iat": now - 60, "exp": now + exp_in,
         });
-        let claims = JWTClaims {
-            issued_at: None,
-            expires_at: None,
-            invalid_before: None,
-            issuer: None,
-            subject: None,
-            audiences: None,
-            jwt_id: None,
-            nonce: None,
-            custom: claims,
-        };
-        format!("Bearer {}", key.sign(claims).unwrap())
+        format!("Bearer {}", key.sign(support::raw_claims(claims)).unwrap())
     };
 
     // A valid token: the upstream sees the mapped claims, not the token.

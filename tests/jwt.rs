@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -114,19 +116,7 @@ fn with(mut base: Value, patch: Value) -> Value {
 }
 
 fn jwt_claims(c: &Value) -> JWTClaims<Value> {
-    // jwt-simple sets its own iat/exp/nbf; ours go through custom claims, so
-    // leave the registered ones unset and let the JSON carry everything.
-    JWTClaims {
-        issued_at: None,
-        expires_at: None,
-        invalid_before: None,
-        issuer: None,
-        subject: None,
-        audiences: None,
-        jwt_id: None,
-        nonce: None,
-        custom: c.clone(),
-    }
+    support::raw_claims(c.clone())
 }
 
 fn policy(acme_keys: &str, globex_keys: &str, extra: &str) -> String {
@@ -900,4 +890,177 @@ async fn oidc_discovery_finds_the_keys_and_checks_the_issuer() {
         )
         .await;
     assert_eq!(d.reason.code(), "keys_unavailable", "{:?}", d.detail);
+}
+
+#[test]
+fn scopes_and_step_up_name_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new("acme");
+    let policy = format!(
+        r#"apiVersion: portcullis/v1
+tenant: acme
+identity:
+  jwt:
+    - {{ issuer: "{ISSUER}", audiences: [orders-api], algorithms: [ES256], jwks: {jwks} }}
+rules:
+  - {{ id: read, methods: [GET], path: /orders, scopes: [orders:read], effect: allow }}
+  - id: refund
+    methods: [POST]
+    path: /orders/refund
+    scopes: [orders:write]
+    acr: [urn:acme:mfa]
+    max_auth_age: 5m
+    effect: allow
+---
+apiVersion: portcullis/v1
+tenant: globex
+rules: []
+"#,
+        jwks = keys.jwks()
+    );
+    let p = pipeline(dir.path(), &policy);
+    let t = now();
+    let call = |method: &str, path: &str, patch: Value| {
+        let token = keys
+            .es
+            .sign(jwt_claims(&with(claims(ISSUER), patch)))
+            .unwrap();
+        let mut r = request("acme", path, bearer(&token));
+        r.attributes
+            .as_mut()
+            .unwrap()
+            .request
+            .as_mut()
+            .unwrap()
+            .http
+            .as_mut()
+            .unwrap()
+            .method = method.into();
+        p.check(&r)
+    };
+    assert!(call("GET", "/orders", json!({})).allowed);
+    let d = call("GET", "/orders", json!({"scope": "profile"}));
+    assert_eq!((d.status(), d.reason.code()), (403, "insufficient_scope"));
+    assert_eq!(
+        d.challenge().unwrap(),
+        "Bearer realm=\"portcullis\", error=\"insufficient_scope\", scope=\"orders:read\""
+    );
+    // Step-up: the right scope, but no MFA, or MFA too long ago.
+    let strong = json!({"scope": "orders:write", "acr": "urn:acme:mfa", "auth_time": t - 60});
+    assert!(call("POST", "/orders/refund", strong.clone()).allowed);
+    for patch in [
+        json!({"acr": "urn:acme:pwd"}),
+        json!({"acr": null}),
+        json!({"auth_time": t - 3600}),
+        json!({"auth_time": null}),
+    ] {
+        let d = call(
+            "POST",
+            "/orders/refund",
+            with(strong.clone(), patch.clone()),
+        );
+        assert_eq!(
+            (d.status(), d.reason.code()),
+            (401, "insufficient_user_authentication"),
+            "{patch}"
+        );
+        let c = d.challenge().unwrap();
+        assert!(
+            c.contains("acr_values=\"urn:acme:mfa\"") && c.contains("max_age=300"),
+            "{c}"
+        );
+    }
+    // Scope first: without orders:write the answer asks for the scope.
+    let d = call("POST", "/orders/refund", json!({"scope": "orders:read"}));
+    assert_eq!(d.reason.code(), "insufficient_scope");
+    // The rendered 401 carries the step-up challenge to the client.
+    let d = call("POST", "/orders/refund", json!({"scope": "orders:write"}));
+    let rendered = format!("{:?}", portcullis::response::render(&d));
+    assert!(
+        rendered.contains("insufficient_user_authentication"),
+        "{rendered}"
+    );
+}
+
+#[test]
+fn api_keys_are_stored_hashed_and_compared_whole() {
+    use sha2::Digest as _;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "pk_live_0123456789abcdef";
+    let hash = hex_encode(&sha2::Sha256::digest(secret.as_bytes()));
+    let policy = format!(
+        r#"apiVersion: portcullis/v1
+tenant: acme
+identity:
+  api_keys:
+    keys:
+      - {{ sha256: {hash}, subject: ci-bot, claims: {{ scope: [reports:read] }} }}
+rules:
+  - {{ id: reports, path: /reports, when: '"reports:read" in claims.scope', effect: allow }}
+response:
+  headers: {{ x-subject: "{{subject}}", x-auth-method: "{{auth_method}}" }}
+  remove: [x-api-key]
+---
+apiVersion: portcullis/v1
+tenant: globex
+rules: []
+"#
+    );
+    let p = pipeline(dir.path(), &policy);
+    let d = p.check(&request("acme", "/reports", json!({"x-api-key": secret})));
+    assert!(d.allowed, "{:?}", d.detail);
+    assert!(
+        d.set_headers
+            .contains(&("x-subject".into(), "ci-bot".into()))
+    );
+    assert!(
+        d.set_headers
+            .contains(&("x-auth-method".into(), "api_key".into()))
+    );
+    assert!(d.remove_headers.contains(&"x-api-key".to_string()));
+
+    for wrong in [
+        &secret[..secret.len() - 1],
+        "pk_live_0123456789abcdeF",
+        hash.as_str(),
+    ] {
+        let d = p.check(&request("acme", "/reports", json!({"x-api-key": wrong})));
+        assert_eq!(
+            (d.status(), d.reason.code()),
+            (401, "invalid_credential"),
+            "{wrong}"
+        );
+        assert!(!format!("{:?}", d.detail).contains(wrong));
+    }
+    // A key and a bearer token at once: two credentials.
+    let d = p.check(&request(
+        "acme",
+        "/reports",
+        json!({"x-api-key": secret, "authorization": "Bearer abc"}),
+    ));
+    assert_eq!(d.reason.code(), "malformed_credential");
+
+    // Plaintext keys never load.
+    std::fs::write(
+        dir.path().join("acme.yaml"),
+        "apiVersion: portcullis/v1\ntenant: acme\nidentity:\n  api_keys:\n    keys:\n      - { key: pk_live_x, subject: a }\nrules: []\n",
+    )
+    .unwrap();
+    let store = PolicyStore::new(dir.path());
+    let errors: Vec<String> = store
+        .reload()
+        .errors
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("acme.yaml:") && e.contains("plaintext keys are refused")),
+        "{errors:?}"
+    );
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -36,6 +36,9 @@ pub struct IdentitySpec {
     /// Where a token for `jwt` is read from; default `Authorization: Bearer`.
     #[serde(default)]
     pub token_sources: Option<Vec<TokenSourceSpec>>,
+    /// API keys for machine clients, stored as SHA-256 hashes.
+    #[serde(default)]
+    pub api_keys: Option<ApiKeysSpec>,
     /// Claims verified by Envoy's `jwt_authn` filter.
     #[serde(default)]
     pub envoy_jwt_authn: Option<EnvoyJwtSpec>,
@@ -66,6 +69,118 @@ pub struct TokenSourceSpec {
     /// the token does not land in access logs.
     #[serde(default)]
     pub query: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeysSpec {
+    /// The header that carries the key (default `x-api-key`).
+    #[serde(default = "default_api_key_header")]
+    pub header: String,
+    pub keys: Vec<ApiKeySpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySpec {
+    /// Hex SHA-256 of the key.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Present only to refuse it with a clear message: keys are never stored
+    /// in plaintext.
+    #[serde(default)]
+    pub key: Option<serde::de::IgnoredAny>,
+    /// The caller's subject (`claims.sub`).
+    pub subject: String,
+    /// More claims the rules see (e.g. `scope: [reports:read]`).
+    #[serde(default)]
+    pub claims: Map<String, Json>,
+}
+
+fn default_api_key_header() -> String {
+    "x-api-key".into()
+}
+
+/// API keys, compiled: the header and each key's hash with its identity.
+#[derive(Debug)]
+struct ApiKeys {
+    header: String,
+    keys: Vec<ApiKey>,
+}
+
+#[derive(Debug)]
+struct ApiKey {
+    hash: [u8; 32],
+    subject: String,
+    claims: Map<String, Json>,
+}
+
+impl ApiKeys {
+    fn compile(spec: &ApiKeysSpec) -> Result<ApiKeys, String> {
+        let header = spec.header.to_ascii_lowercase();
+        if header.is_empty()
+            || !header
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(format!(
+                "identity.api_keys.header {:?} is not a header name",
+                spec.header
+            ));
+        }
+        if spec.keys.is_empty() {
+            return Err("identity.api_keys.keys must list at least one key".into());
+        }
+        let mut keys = Vec::new();
+        for (i, k) in spec.keys.iter().enumerate() {
+            if k.key.is_some() {
+                return Err(format!(
+                    "identity.api_keys.keys[{i}]: plaintext keys are refused; store sha256: the hex SHA-256 of the key"
+                ));
+            }
+            let hash = k
+                .sha256
+                .as_deref()
+                .and_then(|h| hex::decode(h.trim()).ok())
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| {
+                    format!("identity.api_keys.keys[{i}]: sha256 must be 64 hex digits")
+                })?;
+            if k.subject.is_empty() {
+                return Err(format!(
+                    "identity.api_keys.keys[{i}]: subject must not be empty"
+                ));
+            }
+            if keys.iter().any(|k: &ApiKey| k.hash == hash) {
+                return Err(format!(
+                    "identity.api_keys.keys[{i}]: the same key is listed twice"
+                ));
+            }
+            let mut claims = k.claims.clone();
+            claims.insert("sub".into(), Json::String(k.subject.clone()));
+            keys.push(ApiKey {
+                hash,
+                subject: k.subject.clone(),
+                claims,
+            });
+        }
+        Ok(ApiKeys { header, keys })
+    }
+
+    /// The key's identity. Every stored hash is compared, in constant time, so
+    /// the time taken says nothing about which key (or how much of one) matched.
+    fn find(&self, presented: &str) -> Option<&ApiKey> {
+        use sha2::Digest as _;
+        use subtle::ConstantTimeEq as _;
+        let hash: [u8; 32] = sha2::Sha256::digest(presented.as_bytes()).into();
+        let mut found = None;
+        for (i, key) in self.keys.iter().enumerate() {
+            if bool::from(key.hash.ct_eq(&hash)) {
+                found = Some(i);
+            }
+        }
+        found.map(|i| &self.keys[i])
+    }
 }
 
 /// Where a token was found.
@@ -114,6 +229,7 @@ pub struct IdentityConfig {
     issuers: Vec<Issuer>,
     token_sources: Vec<TokenSource>,
     token_cache: jwt::TokenCache,
+    api_keys: Option<ApiKeys>,
 }
 
 /// One way of turning a request into an [`Identity`].
@@ -153,6 +269,7 @@ impl IdentityConfig {
         if spec.token_sources.is_some() && issuers.is_empty() {
             return Err("identity.token_sources needs identity.jwt issuers".into());
         }
+        let api_keys = spec.api_keys.as_ref().map(ApiKeys::compile).transpose()?;
         let mut sources = Vec::new();
         if let Some(jwt) = &spec.envoy_jwt_authn {
             if jwt.issuers.is_empty() || jwt.issuers.iter().any(String::is_empty) {
@@ -180,13 +297,19 @@ impl IdentityConfig {
             .into_iter()
             .map(|h| h.to_ascii_lowercase())
             .collect();
-        // A header that carries our own tokens is a credential header too: sent
-        // and not verified, it never falls back to anonymous.
-        for source in &token_sources {
-            if let TokenSource::Header { name, .. } = source
-                && !credential_headers.contains(name)
-            {
-                credential_headers.push(name.clone());
+        // A header that carries our own tokens or API keys is a credential
+        // header too: sent and not verified, it never falls back to anonymous.
+        let own = token_sources
+            .iter()
+            .filter(|_| !issuers.is_empty())
+            .filter_map(|s| match s {
+                TokenSource::Header { name, .. } => Some(name.clone()),
+                _ => None,
+            })
+            .chain(api_keys.iter().map(|k| k.header.clone()));
+        for name in own.collect::<Vec<_>>() {
+            if !credential_headers.contains(&name) {
+                credential_headers.push(name);
             }
         }
         Ok(IdentityConfig {
@@ -195,6 +318,7 @@ impl IdentityConfig {
             issuers,
             token_sources,
             token_cache: jwt::TokenCache::default(),
+            api_keys,
         })
     }
 
@@ -301,6 +425,8 @@ pub enum AuthMethod {
     Anonymous,
     /// A JWT portcullis validated itself.
     Jwt,
+    /// An API key from the tenant's list.
+    ApiKey,
     EnvoyJwt,
     Spiffe,
 }
@@ -310,6 +436,7 @@ impl AuthMethod {
         match self {
             AuthMethod::Anonymous => "anonymous",
             AuthMethod::Jwt => "jwt",
+            AuthMethod::ApiKey => "api_key",
             AuthMethod::EnvoyJwt => "envoy_jwt",
             AuthMethod::Spiffe => "spiffe",
         }
@@ -398,6 +525,11 @@ pub fn authenticate(config: &IdentityConfig, input: &Input) -> Result<Identity, 
     {
         return Ok(identity);
     }
+    if let Some(keys) = &config.api_keys
+        && let Some(identity) = api_key(config, keys, input)?
+    {
+        return Ok(identity);
+    }
     let mut bearer_verified = false;
     let mut found = None;
     for source in &config.sources {
@@ -475,6 +607,43 @@ fn own_jwt(config: &IdentityConfig, input: &Input) -> Result<Option<Identity>, I
             TokenSource::Query(name) => Some(name.clone()),
             _ => None,
         },
+    }))
+}
+
+/// The caller of an API key. A key sent with another credential is refused.
+fn api_key(
+    config: &IdentityConfig,
+    keys: &ApiKeys,
+    input: &Input,
+) -> Result<Option<Identity>, IdentityError> {
+    let headers = &input.resource.headers;
+    let Some(presented) = headers
+        .get(&keys.header)
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+    else {
+        return Ok(None);
+    };
+    if let Some(other) = config
+        .credential_headers
+        .iter()
+        .find(|h| **h != keys.header && headers.get(*h).is_some_and(|v| !v.trim().is_empty()))
+    {
+        return Err(IdentityError::Conflict(
+            format!("header {}", keys.header),
+            format!("header {other}"),
+        ));
+    }
+    let key = keys
+        .find(presented)
+        .ok_or_else(|| IdentityError::Unverified(keys.header.clone()))?;
+    Ok(Some(Identity {
+        method: AuthMethod::ApiKey,
+        subject: Some(key.subject.clone()),
+        issuer: None,
+        token_id: None,
+        claims: key.claims.clone(),
+        consumed_query: None,
     }))
 }
 

@@ -69,6 +69,19 @@ pub struct RuleSpec {
     /// rules apply only to identified callers.
     #[serde(default)]
     pub public: bool,
+    /// Scopes the caller's token must all carry (`claims.scope`). When the rule
+    /// would otherwise apply and no rule allows, the answer is 403
+    /// `insufficient_scope` naming them (RFC 6750 §3.1).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Acceptable `acr` values: the caller must have authenticated this way.
+    /// Otherwise, when no rule allows, 401 `insufficient_user_authentication`
+    /// with `acr_values` (RFC 9470 §3).
+    #[serde(default)]
+    pub acr: Vec<String>,
+    /// The caller's `auth_time` must be at most this old (RFC 9470 `max_age`).
+    #[serde(default, with = "opt_duration")]
+    pub max_auth_age: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

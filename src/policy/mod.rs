@@ -102,6 +102,60 @@ pub struct Rule {
     template: Template,
     hosts: Vec<HostPattern>,
     condition: Option<Condition>,
+    /// What the caller's token must carry for the rule to apply.
+    needs: Needs,
+}
+
+/// A rule's demands on the credential itself, checked before its condition.
+#[derive(Debug, Default)]
+struct Needs {
+    scopes: Vec<String>,
+    acr: Vec<String>,
+    max_auth_age: Option<u64>,
+}
+
+/// What a rule asked of the credential that the caller's lacked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unmet {
+    /// The scopes the rule names (all of them, as RFC 6750 §3 `scope`).
+    Scope(Vec<String>),
+    /// A stronger or more recent authentication (RFC 9470 §3).
+    StepUp {
+        acr_values: Vec<String>,
+        max_age: Option<u64>,
+    },
+}
+
+impl Needs {
+    /// The first demand the caller does not meet.
+    fn unmet(&self, identity: &Identity, now: u64) -> Option<Unmet> {
+        let claims = &identity.claims;
+        if !self.scopes.is_empty() {
+            let held = claims.get("scope").and_then(Json::as_array);
+            let has = |s: &String| held.is_some_and(|h| h.iter().any(|v| v.as_str() == Some(s)));
+            if !self.scopes.iter().all(has) {
+                return Some(Unmet::Scope(self.scopes.clone()));
+            }
+        }
+        let acr_ok = self.acr.is_empty()
+            || claims
+                .get("acr")
+                .and_then(Json::as_str)
+                .is_some_and(|a| self.acr.iter().any(|w| w == a));
+        let age_ok = self.max_auth_age.is_none_or(|max| {
+            claims
+                .get("auth_time")
+                .and_then(Json::as_u64)
+                .is_some_and(|t| now.saturating_sub(t) <= max)
+        });
+        if !acr_ok || !age_ok {
+            return Some(Unmet::StepUp {
+                acr_values: self.acr.clone(),
+                max_age: self.max_auth_age,
+            });
+        }
+        None
+    }
 }
 
 impl Rule {
@@ -267,6 +321,32 @@ pub fn compile(file: &Path, text: &str) -> Result<CompiledTenant, Vec<PolicyErro
                 Err(e) => errors.push(rule_err("hosts", e)),
             }
         }
+        // RFC 6749 §3.3 scope tokens; they are quoted in a challenge header.
+        let scope_ok = |s: &String| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| (0x21..=0x7e).contains(&b) && b != b'"' && b != b'\\')
+        };
+        if let Some(bad) = spec_rule
+            .scopes
+            .iter()
+            .chain(&spec_rule.acr)
+            .find(|s| !scope_ok(s))
+        {
+            errors.push(rule_err(
+                "scopes",
+                format!("{bad:?} is not a scope or acr token (printable ASCII, no space, quote or backslash)"),
+            ));
+        }
+        let demands = !spec_rule.scopes.is_empty()
+            || !spec_rule.acr.is_empty()
+            || spec_rule.max_auth_age.is_some();
+        if demands && (spec_rule.public || spec_rule.effect == Effect::Deny) {
+            errors.push(rule_err(
+                "scopes",
+                "scopes, acr and max_auth_age apply to non-public allow rules only".into(),
+            ));
+        }
         if spec_rule.public && spec_rule.effect == Effect::Deny {
             errors.push(rule_err(
                 "public",
@@ -283,6 +363,11 @@ pub fn compile(file: &Path, text: &str) -> Result<CompiledTenant, Vec<PolicyErro
                 template,
                 hosts: rule_hosts,
                 condition,
+                needs: Needs {
+                    scopes: spec_rule.scopes.clone(),
+                    acr: spec_rule.acr.clone(),
+                    max_auth_age: spec_rule.max_auth_age.map(|d| d.as_secs()),
+                },
             });
         }
     }
@@ -466,6 +551,9 @@ pub enum Outcome {
     AmbiguousQuery(Arc<str>),
     /// No rule held: the tenant's default applies.
     NoMatch,
+    /// No rule held, and an allow rule that would have applied asked for more
+    /// than the caller's credential carries.
+    Unmet(Arc<str>, Unmet),
 }
 
 /// Evaluation output: the outcome, the deciding rule's path parameters, and
@@ -529,6 +617,12 @@ impl CompiledTenant {
             .first()
             .map(|&i| &self.resources[i].1);
         let mut base: Option<Base> = None;
+        let mut unmet: Option<(Arc<str>, Unmet)> = None;
+        let now = input
+            .context
+            .time
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let ordered = candidates
             .iter()
             .filter(|(r, _)| r.effect == Effect::Deny)
@@ -548,6 +642,14 @@ impl CompiledTenant {
                     &mut trace,
                     "skipped: needs an identified caller (not public)",
                 );
+                continue;
+            }
+            if let Some(missing) = rule.needs.unmet(identity, now) {
+                note(
+                    &mut trace,
+                    "skipped: the credential lacks what the rule needs",
+                );
+                unmet.get_or_insert_with(|| (rule.id.clone(), missing));
                 continue;
             }
             let holds = match &rule.condition {
@@ -601,7 +703,10 @@ impl CompiledTenant {
             }
         }
         Evaluation {
-            outcome: Outcome::NoMatch,
+            outcome: match unmet {
+                Some((rule, missing)) => Outcome::Unmet(rule, missing),
+                None => Outcome::NoMatch,
+            },
             params: Vec::new(),
             trace,
         }

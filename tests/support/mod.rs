@@ -267,3 +267,20 @@ impl Envoy {
         )
     }
 }
+
+/// Claims for jwt-simple that are exactly this JSON: jwt-simple's own
+/// registered fields stay unset, so a test controls `iat`, `exp`, `nbf`, `aud`
+/// and their types itself.
+pub fn raw_claims(claims: serde_json::Value) -> jwt_simple::prelude::JWTClaims<serde_json::Value> {
+    jwt_simple::prelude::JWTClaims {
+        issued_at: None,
+        expires_at: None,
+        invalid_before: None,
+        issuer: None,
+        subject: None,
+        audiences: None,
+        jwt_id: None,
+        nonce: None,
+        custom: claims,
+    }
+}
