@@ -47,6 +47,8 @@ pub enum Reason {
     TokenTooLongLived,
     /// None of the token's audiences is one the issuer lists.
     InvalidAudience,
+    /// The token, its subject or its client is on the tenant's revocation list.
+    TokenRevoked,
     /// A valid token without the scopes an applicable rule names (RFC 6750 §3.1).
     InsufficientScope,
     /// A valid token whose `acr` or `auth_time` an applicable rule does not
@@ -101,6 +103,7 @@ impl Reason {
             Reason::TokenNotYetValid => "token_not_yet_valid",
             Reason::TokenTooLongLived => "token_too_long_lived",
             Reason::InvalidAudience => "invalid_audience",
+            Reason::TokenRevoked => "token_revoked",
             Reason::InsufficientScope => "insufficient_scope",
             Reason::InsufficientUserAuthentication => "insufficient_user_authentication",
             Reason::KeysUnavailable => "keys_unavailable",
@@ -136,6 +139,7 @@ impl Reason {
             | Reason::TokenNotYetValid
             | Reason::TokenTooLongLived
             | Reason::InvalidAudience
+            | Reason::TokenRevoked
             | Reason::InsufficientUserAuthentication => 401,
             Reason::NoMatchingRule
             | Reason::InsufficientScope
@@ -180,6 +184,7 @@ impl Reason {
             Reason::TokenNotYetValid => "token not valid yet",
             Reason::TokenTooLongLived => "token lifetime too long",
             Reason::InvalidAudience => "wrong audience",
+            Reason::TokenRevoked => "token revoked",
             // Their challenges name what is missing; see `Decision::challenge`.
             Reason::InsufficientScope => {
                 return Some(format!("{REALM}, error=\"insufficient_scope\""));
@@ -206,7 +211,7 @@ impl Reason {
     }
 }
 
-const ALL: [Reason; 32] = [
+const ALL: [Reason; 33] = [
     Reason::Allowed,
     Reason::DefaultAllow,
     Reason::CorsPreflight,
@@ -226,6 +231,7 @@ const ALL: [Reason; 32] = [
     Reason::TokenNotYetValid,
     Reason::TokenTooLongLived,
     Reason::InvalidAudience,
+    Reason::TokenRevoked,
     Reason::InsufficientScope,
     Reason::InsufficientUserAuthentication,
     Reason::KeysUnavailable,

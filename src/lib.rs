@@ -17,6 +17,7 @@
 //!   credential: a JWT portcullis validates itself ([`identity::jwt`], keys in
 //!   [`identity::keys`]), Envoy's `jwt_authn` metadata, an mTLS SPIFFE peer, or
 //!   anonymous.
+//!   A validated identity is then checked against the tenant's [`revocation`] list.
 //! - [`policy`] — policy files: parsed, compiled once ([`policy::CompiledTenant`]) and
 //!   evaluated per request.
 //! - [`decision`] — the outcome as data: allow/deny, rule, reason, headers, status.
@@ -39,6 +40,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod proto;
 pub mod response;
+pub mod revocation;
 pub mod server;
 pub mod store;
 pub mod tenant;

@@ -126,6 +126,21 @@ impl Pipeline {
                 };
             }
         };
+        let now = input
+            .context
+            .time
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        // Checked on every request: a cached verification is no exemption.
+        if let Some(list) = self.store.revocations(&tenant.id)
+            && let Some(kind) = list.revoked(&identity, now)
+        {
+            decision.reason = Reason::TokenRevoked;
+            decision.auth_method = identity.method.as_str();
+            decision.subject = identity.subject;
+            decision.detail = Some(format!("revoked by {kind}"));
+            return Run::done(decision);
+        }
         decision.auth_method = identity.method.as_str();
         decision.subject = identity.subject.clone();
 

@@ -21,6 +21,7 @@ use arc_swap::ArcSwap;
 use dashmap::DashMap;
 
 use crate::policy::{self, CompiledTenant, HostPattern, MAX_POLICY_FILE_BYTES, PolicyError};
+use crate::revocation::{self, RevocationList};
 
 /// Tenant ids as map keys.
 pub type TenantId = Arc<str>;
@@ -102,6 +103,9 @@ pub struct PolicyStore {
     ready: AtomicBool,
     /// Held only by reloads, which it serializes.
     files: Mutex<BTreeMap<PathBuf, Loaded>>,
+    /// Revocation lists by tenant, and the files they came from (with digests).
+    revocations: DashMap<TenantId, Arc<RevocationList>>,
+    revocation_files: Mutex<BTreeMap<PathBuf, (String, Arc<RevocationList>)>>,
 }
 
 impl PolicyStore {
@@ -114,7 +118,14 @@ impl PolicyStore {
             status: ArcSwap::from_pointee(StoreStatus::default()),
             ready: AtomicBool::new(false),
             files: Mutex::new(BTreeMap::new()),
+            revocations: DashMap::new(),
+            revocation_files: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The tenant's revocation list, if it has one.
+    pub fn revocations(&self, tenant: &str) -> Option<Arc<RevocationList>> {
+        self.revocations.get(tenant).map(|r| Arc::clone(r.value()))
     }
 
     pub fn dir(&self) -> &Path {
@@ -270,6 +281,7 @@ impl PolicyStore {
             moved = true;
         }
         *files = next;
+        self.reload_revocations(&mut errors);
 
         let mut tenants: Vec<TenantStatus> = files
             .values()
@@ -292,6 +304,74 @@ impl PolicyStore {
             self.ready.store(true, Ordering::Release);
         }
         status
+    }
+}
+
+impl PolicyStore {
+    /// Reloads `*.revoked.yaml`: a changed file that compiles replaces its
+    /// tenant's list; a broken one keeps the previous list; a removed file
+    /// drops its list.
+    fn reload_revocations(&self, errors: &mut Vec<PolicyError>) {
+        let mut files = self
+            .revocation_files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let Ok(paths) = list_files(&self.dir, |name| name.ends_with(revocation::SUFFIX)) else {
+            return; // the policy listing already reported an unreadable directory
+        };
+        files.retain(|p, _| paths.contains(p));
+        for path in &paths {
+            let text = match read_limited(path) {
+                Ok(t) => t,
+                Err(message) => {
+                    errors.push(PolicyError {
+                        file: path.clone(),
+                        line: None,
+                        message,
+                    });
+                    continue;
+                }
+            };
+            let digest = policy::digest_of(text.as_bytes());
+            if files.get(path).is_some_and(|(d, _)| *d == digest) {
+                continue;
+            }
+            match revocation::compile(path, &text) {
+                Ok(list) => {
+                    let holder = files
+                        .iter()
+                        .find(|(p, (_, l))| *p != path && l.tenant == list.tenant);
+                    if let Some((other, _)) = holder {
+                        errors.push(PolicyError {
+                            file: path.clone(),
+                            line: None,
+                            message: format!(
+                                "tenant {:?} already has a revocation list in {}",
+                                list.tenant,
+                                other.display()
+                            ),
+                        });
+                        continue;
+                    }
+                    files.insert(path.clone(), (digest, Arc::new(list)));
+                }
+                Err(mut e) => errors.append(&mut e),
+            }
+        }
+        let current: HashMap<&str, &Arc<RevocationList>> = files
+            .values()
+            .map(|(_, l)| (l.tenant.as_str(), l))
+            .collect();
+        self.revocations.retain(|t, _| current.contains_key(&**t));
+        for (tenant, list) in current {
+            let same = self
+                .revocations
+                .get(tenant)
+                .is_some_and(|cur| Arc::ptr_eq(cur.value(), list));
+            if !same {
+                self.revocations.insert(Arc::from(tenant), Arc::clone(list));
+            }
+        }
     }
 }
 
@@ -324,12 +404,19 @@ fn conflict(
 /// mount's `..data` and `..<timestamp>` entries start with a dot. Symlinks are
 /// followed, since a ConfigMap's visible files are symlinks into `..data`.
 pub fn list_policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    list_files(dir, |name| {
+        (name.ends_with(".yaml") || name.ends_with(".yml")) && !name.ends_with(revocation::SUFFIX)
+    })
+}
+
+/// The visible files in `dir` whose names `wanted` accepts, sorted.
+fn list_files(dir: &Path, wanted: impl Fn(&str) -> bool) -> std::io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.starts_with('.') || !(name.ends_with(".yaml") || name.ends_with(".yml")) {
+        if name.starts_with('.') || !wanted(name) {
             continue;
         }
         let path = entry.path();

@@ -1064,3 +1064,64 @@ rules: []
 fn hex_encode(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[test]
+fn revocation_lists_cut_tokens_off_even_when_cached() {
+    let f = fixture();
+    let dir = f.p.store.dir().to_path_buf();
+    let token = f.acme.es.sign(jwt_claims(&claims(ISSUER))).unwrap();
+    assert!(check(&f.p, &token).allowed, "verified and cached");
+
+    let t = now();
+    let write = |entries: &str| {
+        std::fs::write(
+            dir.join("acme.revoked.yaml"),
+            format!("apiVersion: portcullis/v1\ntenant: acme\nrevoked:\n{entries}"),
+        )
+        .unwrap();
+        let status = f.p.store.reload();
+        status
+            .errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert!(write("  - { jti: t-1 }\n").is_empty());
+    let d = check(&f.p, &token);
+    assert_eq!((d.status(), d.reason.code()), (401, "token_revoked"));
+    assert!(challenge(&d).contains("invalid_token"));
+
+    // By subject, and by client (client_id or azp), with and without expiry.
+    assert!(write("  - { sub: alice, until: 2999-01-01T00:00:00Z }\n").is_empty());
+    assert_eq!(check(&f.p, &token).reason.code(), "token_revoked");
+    let bot = f
+        .acme
+        .es
+        .sign(jwt_claims(&with(
+            claims(ISSUER),
+            json!({"sub": "bot", "jti": "t-2", "azp": "leaky-ci"}),
+        )))
+        .unwrap();
+    assert!(check(&f.p, &bot).allowed);
+    assert!(write("  - { client_id: leaky-ci }\n").is_empty());
+    assert_eq!(check(&f.p, &bot).reason.code(), "token_revoked");
+    assert!(check(&f.p, &token).allowed, "alice is no longer listed");
+
+    // An entry past its `until` no longer applies.
+    assert!(write(&format!("  - {{ jti: t-1, until: {} }}\n", t - 1)).is_empty());
+    assert!(check(&f.p, &token).allowed);
+
+    // A broken list keeps the previous one, and says where it is broken.
+    assert!(write("  - { client_id: leaky-ci }\n").is_empty());
+    let errors = write("  - { client_id: leaky-ci, sub: x }\n");
+    assert!(
+        errors.iter().any(|e| e.contains("acme.revoked.yaml")),
+        "{errors:?}"
+    );
+    assert_eq!(check(&f.p, &bot).reason.code(), "token_revoked");
+
+    // Removing the file lifts every entry.
+    std::fs::remove_file(dir.join("acme.revoked.yaml")).unwrap();
+    f.p.store.reload();
+    assert!(check(&f.p, &bot).allowed);
+}
