@@ -49,6 +49,10 @@ pub enum Reason {
     InvalidAudience,
     /// The token, its subject or its client is on the tenant's revocation list.
     TokenRevoked,
+    /// Introspection says the opaque token is not active (RFC 7662 §2.2).
+    TokenInactive,
+    /// The introspection endpoint could not answer: portcullis cannot decide.
+    IntrospectionUnavailable,
     /// A valid token without the scopes an applicable rule names (RFC 6750 §3.1).
     InsufficientScope,
     /// A valid token whose `acr` or `auth_time` an applicable rule does not
@@ -104,6 +108,8 @@ impl Reason {
             Reason::TokenTooLongLived => "token_too_long_lived",
             Reason::InvalidAudience => "invalid_audience",
             Reason::TokenRevoked => "token_revoked",
+            Reason::TokenInactive => "token_inactive",
+            Reason::IntrospectionUnavailable => "introspection_unavailable",
             Reason::InsufficientScope => "insufficient_scope",
             Reason::InsufficientUserAuthentication => "insufficient_user_authentication",
             Reason::KeysUnavailable => "keys_unavailable",
@@ -140,6 +146,7 @@ impl Reason {
             | Reason::TokenTooLongLived
             | Reason::InvalidAudience
             | Reason::TokenRevoked
+            | Reason::TokenInactive
             | Reason::InsufficientUserAuthentication => 401,
             Reason::NoMatchingRule
             | Reason::InsufficientScope
@@ -156,7 +163,7 @@ impl Reason {
             | Reason::AmbiguousQuery
             | Reason::MalformedCredential => 400,
             Reason::PathTooLong => 414,
-            Reason::NotReady | Reason::KeysUnavailable => 503,
+            Reason::NotReady | Reason::KeysUnavailable | Reason::IntrospectionUnavailable => 503,
         }
     }
 
@@ -185,6 +192,7 @@ impl Reason {
             Reason::TokenTooLongLived => "token lifetime too long",
             Reason::InvalidAudience => "wrong audience",
             Reason::TokenRevoked => "token revoked",
+            Reason::TokenInactive => "token not active",
             // Their challenges name what is missing; see `Decision::challenge`.
             Reason::InsufficientScope => {
                 return Some(format!("{REALM}, error=\"insufficient_scope\""));
@@ -211,7 +219,7 @@ impl Reason {
     }
 }
 
-const ALL: [Reason; 33] = [
+const ALL: [Reason; 35] = [
     Reason::Allowed,
     Reason::DefaultAllow,
     Reason::CorsPreflight,
@@ -232,6 +240,8 @@ const ALL: [Reason; 33] = [
     Reason::TokenTooLongLived,
     Reason::InvalidAudience,
     Reason::TokenRevoked,
+    Reason::TokenInactive,
+    Reason::IntrospectionUnavailable,
     Reason::InsufficientScope,
     Reason::InsufficientUserAuthentication,
     Reason::KeysUnavailable,

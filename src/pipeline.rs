@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::decision::{Decision, Reason};
-use crate::identity::{self, IdentityError, keys::RemoteKeys};
+use crate::identity::{self, IdentityError, Pending};
 use crate::input::Input;
 use crate::policy::{Effect, Outcome, RuleTrace, Unmet};
 use crate::proto::auth::CheckRequest;
@@ -77,10 +77,10 @@ impl Pipeline {
 
     async fn run_async(&self, request: &CheckRequest, wait: Duration, explain: bool) -> Run {
         let first = self.run(request, explain);
-        let Some(keys) = first.pending else {
+        let Some(pending) = first.pending else {
             return first;
         };
-        keys.fetch_and_wait(wait).await;
+        pending.resolve(first.time, wait).await;
         self.run(request, explain)
     }
 
@@ -116,13 +116,14 @@ impl Pipeline {
                 decision.reason = e.reason();
                 decision.detail = Some(e.to_string());
                 let pending = match e {
-                    IdentityError::NeedKeys(keys) => Some(keys),
+                    IdentityError::Pending(p) => Some(p),
                     _ => None,
                 };
                 return Run {
                     decision,
                     trace: Vec::new(),
                     pending,
+                    time: input.context.time,
                 };
             }
         };
@@ -197,6 +198,7 @@ impl Pipeline {
             decision,
             trace: eval.trace,
             pending: None,
+            time: input.context.time,
         }
     }
 }
@@ -232,8 +234,10 @@ fn unmet_challenge(missing: &Unmet) -> (Reason, String) {
 struct Run {
     decision: Decision,
     trace: Vec<RuleTrace>,
-    /// Keys the check needed and did not have: fetch them and run again.
-    pending: Option<Arc<RemoteKeys>>,
+    /// What the check needed and did not have: fetch it and run again.
+    pending: Option<Pending>,
+    /// The request time the check used.
+    time: std::time::SystemTime,
 }
 
 impl Run {
@@ -242,6 +246,7 @@ impl Run {
             decision,
             trace: Vec::new(),
             pending: None,
+            time: std::time::UNIX_EPOCH,
         }
     }
 }

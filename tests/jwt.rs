@@ -1125,3 +1125,184 @@ fn revocation_lists_cut_tokens_off_even_when_cached() {
     f.p.store.reload();
     assert!(check(&f.p, &bot).allowed);
 }
+
+/// An RFC 7662 introspection endpoint on loopback: answers from a table of
+/// tokens, checks portcullis' client credentials, and counts calls.
+struct Introspection {
+    addr: SocketAddr,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+    up: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Introspection {
+    async fn start(answers: Value) -> Introspection {
+        use axum::routing::post;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (c, u) = (Arc::clone(&calls), Arc::clone(&up));
+        // Basic base64("portcullis:s3cr%26t") — the secret is form-encoded first.
+        let expected = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("portcullis:s3cr%26t")
+        );
+        let app = axum::Router::new().route(
+            "/introspect",
+            post(move |headers: axum::http::HeaderMap, body: String| {
+                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let authorized = headers.get("authorization").and_then(|v| v.to_str().ok())
+                    == Some(expected.as_str());
+                let token = body
+                    .split('&')
+                    .find_map(|p| p.strip_prefix("token="))
+                    .unwrap_or_default()
+                    .to_string();
+                let answer = answers
+                    .get(&token)
+                    .cloned()
+                    .unwrap_or(json!({"active": false}));
+                let up = u.load(std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    match (up, authorized) {
+                        (false, _) => {
+                            (axum::http::StatusCode::INTERNAL_SERVER_ERROR, String::new())
+                        }
+                        (true, false) => (axum::http::StatusCode::UNAUTHORIZED, String::new()),
+                        (true, true) => (axum::http::StatusCode::OK, answer.to_string()),
+                    }
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Introspection { addr, calls, up }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn opaque_tokens_are_introspected_once_and_cached() {
+    let t = now();
+    let server = Introspection::start(json!({
+        "good": {"active": true, "sub": "svc-a", "scope": "reports:read", "exp": t + 300, "iss": "https://as.acme.example", "aud": "reports-api", "client_id": "app-1"},
+        "expired": {"active": true, "sub": "svc-a", "exp": t - 10},
+        "foreign": {"active": true, "sub": "svc-a", "iss": "https://as.other.example"},
+        "elsewhere": {"active": true, "sub": "svc-a", "aud": "billing-api"},
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("client-secret"), "s3cr&t\n").unwrap();
+    let policy = format!(
+        r#"apiVersion: portcullis/v1
+tenant: acme
+identity:
+  introspection:
+    endpoint: http://{addr}/introspect
+    issuer: https://as.acme.example
+    audiences: [reports-api]
+    client_id: portcullis
+    client_secret_file: client-secret
+rules:
+  - {{ id: reports, path: /reports, when: '"reports:read" in claims.scope && context.auth.method == "introspection"', effect: allow }}
+---
+apiVersion: portcullis/v1
+tenant: globex
+rules: []
+"#,
+        addr = server.addr
+    );
+    let p = pipeline(dir.path(), &policy);
+    let req = |token: &str| request("acme", "/reports", bearer(token));
+
+    // Without waiting, nothing is decided on a guess: 503.
+    let d = p.check(&req("good"));
+    assert_eq!(
+        (d.status(), d.reason.code()),
+        (503, "introspection_unavailable")
+    );
+    // Two checks at once: one call; then the cache answers.
+    let r = req("good");
+    let (a, b) = tokio::join!(p.check_async(&r, WAIT), p.check_async(&r, WAIT));
+    assert!(a.allowed && b.allowed, "{:?} {:?}", a.detail, b.detail);
+    assert_eq!(a.subject.as_deref(), Some("svc-a"));
+    assert_eq!(server.calls(), 1);
+    assert!(p.check_async(&r, WAIT).await.allowed);
+    assert_eq!(server.calls(), 1, "cached");
+
+    for (token, want) in [
+        ("unknown", "token_inactive"),
+        ("expired", "token_expired"),
+        ("foreign", "issuer_not_trusted"),
+        ("elsewhere", "invalid_audience"),
+    ] {
+        let d = p.check_async(&req(token), WAIT).await;
+        assert_eq!((d.status(), d.reason.code()), (401, want), "{token}");
+    }
+    let before = server.calls();
+    assert_eq!(
+        p.check_async(&req("unknown"), WAIT).await.reason.code(),
+        "token_inactive"
+    );
+    assert_eq!(
+        server.calls(),
+        before,
+        "inactive results are cached briefly too"
+    );
+
+    // The endpoint fails: 503, never an allow; and it is not hammered.
+    server.up.store(false, std::sync::atomic::Ordering::SeqCst);
+    let d = p.check_async(&req("new-token"), WAIT).await;
+    assert_eq!(
+        (d.status(), d.reason.code()),
+        (503, "introspection_unavailable")
+    );
+    let before = server.calls();
+    let d = p.check_async(&req("another-token"), WAIT).await;
+    assert_eq!(d.reason.code(), "introspection_unavailable");
+    assert_eq!(server.calls(), before, "no call right after a failure");
+    // The cached good token keeps working.
+    assert!(p.check_async(&r, WAIT).await.allowed);
+}
+
+#[tokio::test]
+async fn introspection_with_the_wrong_secret_fails_closed() {
+    let server = Introspection::start(json!({"good": {"active": true, "sub": "a"}})).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("client-secret"), "wrong").unwrap();
+    let policy = format!(
+        "apiVersion: portcullis/v1\ntenant: acme\nidentity:\n  introspection: {{ endpoint: 'http://{}/introspect', issuer: i, client_id: portcullis, client_secret_file: client-secret }}\nrules:\n  - {{ id: all, path: /reports, effect: allow }}\n---\napiVersion: portcullis/v1\ntenant: globex\nrules: []\n",
+        server.addr
+    );
+    let p = pipeline(dir.path(), &policy);
+    let d = p
+        .check_async(&request("acme", "/reports", bearer("good")), WAIT)
+        .await;
+    assert_eq!(
+        (d.status(), d.reason.code()),
+        (503, "introspection_unavailable")
+    );
+    assert_eq!(server.calls(), 1);
+    // A missing secret file is a load error, with the file named.
+    std::fs::remove_file(dir.path().join("client-secret")).unwrap();
+    std::fs::write(
+        dir.path().join("acme.yaml"),
+        format!("{} ", policy.split("---").next().unwrap()),
+    )
+    .unwrap();
+    let errors: Vec<String> = p
+        .store
+        .reload()
+        .errors
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("acme.yaml") && e.contains("client_secret_file")),
+        "{errors:?}"
+    );
+}

@@ -76,6 +76,9 @@ pub struct IssuerSpec {
     /// Fetch keys through OIDC discovery of `issuer`.
     #[serde(default)]
     pub discovery: bool,
+    /// A private CA and/or client certificate for fetching this issuer's keys.
+    #[serde(default)]
+    pub tls: Option<super::http::TlsSpec>,
     /// Origins a discovered `jwks_uri` may be on besides the issuer's own.
     #[serde(default)]
     pub jwks_allowed_origins: Vec<String>,
@@ -165,10 +168,10 @@ impl Issuer {
         }
         // Keys must stay usable until the next fetch has had its chance;
         // otherwise checks get 503 while no fetch is due.
-        if refresh.max_stale < refresh.ttl + keys::FETCH_TIMEOUT {
+        if refresh.max_stale < refresh.ttl + super::http::REQUEST_TIMEOUT {
             return Err(at(format!(
                 "keys_max_stale must be at least keys_ttl + {}s",
-                keys::FETCH_TIMEOUT.as_secs()
+                super::http::REQUEST_TIMEOUT.as_secs()
             )));
         }
         if spec.leeway.is_some_and(|l| l > MAX_LEEWAY) {
@@ -195,13 +198,17 @@ impl Issuer {
                 .map_err(|e| at(format!("cannot read jwks_file {}: {e}", path.display())))?;
             KeySource::Static(parse_set(&bytes)?)
         } else if let Some(uri) = &spec.jwks_uri {
-            keys::origin_of(uri).map_err(at)?;
-            KeySource::Remote(RemoteKeys::shared(RemoteSource::Jwks(uri.clone()), refresh))
+            super::http::origin_of(uri).map_err(at)?;
+            KeySource::Remote(RemoteKeys::shared(
+                RemoteSource::Jwks(uri.clone()),
+                refresh,
+                super::http::client(spec.tls.as_ref(), base).map_err(at)?,
+            ))
         } else {
-            keys::origin_of(name).map_err(at)?;
+            super::http::origin_of(name).map_err(at)?;
             let mut allowed = Vec::new();
             for o in &spec.jwks_allowed_origins {
-                let origin = keys::origin_of(o).map_err(at)?;
+                let origin = super::http::origin_of(o).map_err(at)?;
                 if origin != o.trim_end_matches('/') {
                     return Err(at(format!(
                         "jwks_allowed_origins: {o:?} is not a bare origin"
@@ -215,8 +222,12 @@ impl Issuer {
                     allowed_origins: allowed,
                 },
                 refresh,
+                super::http::client(spec.tls.as_ref(), base).map_err(at)?,
             ))
         };
+        if spec.tls.is_some() && !matches!(keys, KeySource::Remote(_)) {
+            return Err(at("tls applies to jwks_uri and discovery only".into()));
+        }
         if !spec.jwks_allowed_origins.is_empty() && !spec.discovery {
             return Err(at("jwks_allowed_origins applies to discovery only".into()));
         }
@@ -310,6 +321,8 @@ pub enum TokenError {
     TooLongLived,
     #[error("token is for another audience")]
     WrongAudience,
+    #[error("the issuer says the token is not active")]
+    Inactive,
 }
 
 impl TokenError {
@@ -325,6 +338,7 @@ impl TokenError {
             TokenError::NotYetValid | TokenError::IssuedInFuture => Reason::TokenNotYetValid,
             TokenError::TooLongLived => Reason::TokenTooLongLived,
             TokenError::WrongAudience => Reason::InvalidAudience,
+            TokenError::Inactive => Reason::TokenInactive,
             TokenError::Malformed(_)
             | TokenError::BadHeader(_)
             | TokenError::UnknownCritical

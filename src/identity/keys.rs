@@ -24,16 +24,12 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{Map, Value as Json};
 use tokio::sync::watch;
+
+use super::http;
 use tokio::time::Instant;
 
-/// Largest JWKS or discovery document read.
-pub const MAX_KEYS_DOCUMENT_BYTES: usize = 256 * 1024;
 /// Most keys kept from one key set.
 pub const MAX_KEYS_PER_SET: usize = 64;
-/// Connecting to a key server gives up after this long.
-pub const FETCH_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// A whole fetch (connect, headers, body) gives up after this long.
-pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// After a failed fetch, the next scheduled attempt waits this long.
 pub const FETCH_RETRY: Duration = Duration::from_secs(5);
 /// An unknown `kid` forces at most one fetch per issuer in this interval; in
@@ -319,6 +315,7 @@ struct Fetched {
 pub struct RemoteKeys {
     pub source: RemoteSource,
     pub refresh: RefreshPolicy,
+    client: reqwest::Client,
     current: ArcSwapOption<Fetched>,
     in_flight: AtomicBool,
     /// Bumped after every fetch attempt; waiters watch it.
@@ -329,7 +326,10 @@ pub struct RemoteKeys {
     last_error: Mutex<Option<String>>,
 }
 
-type Registry = Mutex<HashMap<(RemoteSource, RefreshPolicy), Weak<RemoteKeys>>>;
+/// Entries by source, refresh policy and TLS settings (a fingerprint of the
+/// CA and client certificate files, so changed files get a new client).
+type RegistryKey = (RemoteSource, RefreshPolicy, Option<String>);
+type Registry = Mutex<HashMap<RegistryKey, Weak<RemoteKeys>>>;
 static REGISTRY: LazyLock<Registry> = LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// What a check can do with an issuer's keys now.
@@ -342,16 +342,22 @@ pub enum KeyLookup {
 
 impl RemoteKeys {
     /// The shared entry for a source, created on first use.
-    pub fn shared(source: RemoteSource, refresh: RefreshPolicy) -> Arc<RemoteKeys> {
+    pub fn shared(
+        source: RemoteSource,
+        refresh: RefreshPolicy,
+        client: (reqwest::Client, Option<String>),
+    ) -> Arc<RemoteKeys> {
         let mut registry = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
         registry.retain(|_, w| w.strong_count() > 0);
-        let key = (source.clone(), refresh);
+        let (client, fingerprint) = client;
+        let key = (source.clone(), refresh, fingerprint);
         if let Some(existing) = registry.get(&key).and_then(Weak::upgrade) {
             return existing;
         }
         let keys = Arc::new(RemoteKeys {
             source,
             refresh,
+            client,
             current: ArcSwapOption::empty(),
             in_flight: AtomicBool::new(false),
             attempts: watch::channel(0).0,
@@ -426,14 +432,16 @@ impl RemoteKeys {
         let this = Arc::clone(self);
         tokio::spawn(async move {
             let done = Done(Arc::clone(&this));
-            let result = fetch(&this.source).await.and_then(|(set, notes)| {
-                // An empty set would deny every token: keep the last good keys.
-                if set.keys.is_empty() {
-                    Err(format!("key set has no usable key ({})", notes.join("; ")))
-                } else {
-                    Ok((set, notes))
-                }
-            });
+            let result = fetch(&this.client, &this.source)
+                .await
+                .and_then(|(set, notes)| {
+                    // An empty set would deny every token: keep the last good keys.
+                    if set.keys.is_empty() {
+                        Err(format!("key set has no usable key ({})", notes.join("; ")))
+                    } else {
+                        Ok((set, notes))
+                    }
+                });
             let next = match result {
                 Ok((set, notes)) => {
                     if !notes.is_empty() {
@@ -478,7 +486,8 @@ impl RemoteKeys {
 impl std::fmt::Display for RemoteSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            RemoteSource::Jwks(url) => write!(f, "{url}"),
+            // Without the query, which could hold a secret.
+            RemoteSource::Jwks(url) => write!(f, "{}", url.split(['?', '#']).next().unwrap_or(url)),
             RemoteSource::Discovery { issuer, .. } => write!(f, "discovery:{issuer}"),
         }
     }
@@ -502,44 +511,14 @@ pub async fn refresh_loop(mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// The bounded client for key servers: short timeouts, no redirects (a redirect
-/// could steer the fetch elsewhere), no proxy from the environment.
-fn client() -> Result<&'static reqwest::Client, String> {
-    static CLIENT: LazyLock<Result<reqwest::Client, String>> = LazyLock::new(|| {
-        reqwest::Client::builder()
-            .connect_timeout(FETCH_CONNECT_TIMEOUT)
-            .timeout(FETCH_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))
-    });
-    CLIENT.as_ref().map_err(Clone::clone)
-}
-
-/// The scheme, host and port of an absolute URL, or an error for anything but
-/// `https` (and `http` to a loopback host, for local identity providers and tests).
-pub fn origin_of(url: &str) -> Result<String, String> {
-    let parsed = reqwest::Url::parse(url).map_err(|_| format!("{url:?} is not a URL"))?;
-    let host = parsed.host_str().ok_or(format!("{url:?} has no host"))?;
-    let loopback = host == "localhost"
-        || host
-            .trim_matches(['[', ']'])
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    match parsed.scheme() {
-        "https" => {}
-        "http" if loopback => {}
-        _ => return Err(format!("{url:?} must use https")),
-    }
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(format!("{url:?} must not carry credentials"));
-    }
-    Ok(parsed.origin().ascii_serialization())
-}
-
-async fn fetch(source: &RemoteSource) -> Result<(KeySet, Vec<String>), String> {
+async fn fetch(
+    client: &reqwest::Client,
+    source: &RemoteSource,
+) -> Result<(KeySet, Vec<String>), String> {
+    let get = |url: &str| {
+        let url = url.to_string();
+        async move { http::send(client.get(&url), &url).await }
+    };
     let jwks_uri = match source {
         RemoteSource::Jwks(url) => url.clone(),
         RemoteSource::Discovery {
@@ -561,8 +540,8 @@ async fn fetch(source: &RemoteSource) -> Result<(KeySet, Vec<String>), String> {
                 .get("jwks_uri")
                 .and_then(Json::as_str)
                 .ok_or("discovery document has no jwks_uri")?;
-            let origin = origin_of(uri)?;
-            if origin != origin_of(issuer)? && !allowed_origins.contains(&origin) {
+            let origin = http::origin_of(uri)?;
+            if origin != http::origin_of(issuer)? && !allowed_origins.contains(&origin) {
                 return Err(format!(
                     "discovery jwks_uri origin {origin} is neither the issuer's nor allowed"
                 ));
@@ -571,56 +550,6 @@ async fn fetch(source: &RemoteSource) -> Result<(KeySet, Vec<String>), String> {
         }
     };
     KeySet::parse(&get(&jwks_uri).await?)
-}
-
-/// GETs a document of at most [`MAX_KEYS_DOCUMENT_BYTES`]. Errors name the URL
-/// without its query, which could hold a secret.
-async fn get(full_url: &str) -> Result<Vec<u8>, String> {
-    origin_of(full_url)?;
-    let url = full_url.split(['?', '#']).next().unwrap_or(full_url);
-    let mut response = client()?
-        .get(full_url)
-        .header("accept", "application/json")
-        .send()
-        .await
-        .map_err(|e| format!("GET {url}: {}", describe(&e)))?;
-    if !response.status().is_success() {
-        return Err(format!("GET {url}: status {}", response.status().as_u16()));
-    }
-    if response
-        .content_length()
-        .is_some_and(|n| n > MAX_KEYS_DOCUMENT_BYTES as u64)
-    {
-        return Err(format!(
-            "GET {url}: body over {MAX_KEYS_DOCUMENT_BYTES} bytes"
-        ));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| format!("GET {url}: {}", describe(&e)))?
-    {
-        if body.len() + chunk.len() > MAX_KEYS_DOCUMENT_BYTES {
-            return Err(format!(
-                "GET {url}: body over {MAX_KEYS_DOCUMENT_BYTES} bytes"
-            ));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-fn describe(e: &reqwest::Error) -> &'static str {
-    if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "cannot connect"
-    } else if e.is_body() || e.is_decode() {
-        "bad body"
-    } else {
-        "request failed"
-    }
 }
 
 #[cfg(test)]
@@ -690,17 +619,5 @@ mod tests {
         assert!(parse_algorithm("HS256").is_err());
         assert!(parse_algorithm("ES256K").is_err());
         assert_eq!(parse_algorithm("PS256").unwrap().1, KeyKind::Rsa);
-    }
-
-    #[test]
-    fn origins_must_be_https_or_loopback() {
-        assert_eq!(
-            origin_of("https://idp.example/a/b").unwrap(),
-            "https://idp.example"
-        );
-        assert!(origin_of("http://idp.example/jwks").is_err());
-        assert!(origin_of("http://127.0.0.1:8080/jwks").is_ok());
-        assert!(origin_of("https://user:pw@idp.example/").is_err());
-        assert!(origin_of("file:///etc/passwd").is_err());
     }
 }

@@ -9,6 +9,8 @@
 //! invalid credential never falls back to anonymous), accept claims from an issuer
 //! the tenant does not trust, or put a token into an error or a log line.
 
+pub mod http;
+pub mod introspection;
 pub mod jwt;
 pub mod keys;
 
@@ -18,6 +20,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value as Json};
 
 use crate::input::Input;
+use introspection::{IntrospectionSpec, Introspector};
 use jwt::{Attempt, Issuer, IssuerSpec, TokenError};
 use keys::RemoteKeys;
 
@@ -33,7 +36,11 @@ pub struct IdentitySpec {
     /// Issuers whose JWTs portcullis validates itself.
     #[serde(default)]
     pub jwt: Vec<IssuerSpec>,
-    /// Where a token for `jwt` is read from; default `Authorization: Bearer`.
+    /// Opaque tokens, validated by the issuer's introspection endpoint.
+    #[serde(default)]
+    pub introspection: Option<IntrospectionSpec>,
+    /// Where a token for `jwt` or `introspection` is read from; default
+    /// `Authorization: Bearer`.
     #[serde(default)]
     pub token_sources: Option<Vec<TokenSourceSpec>>,
     /// API keys for machine clients, stored as SHA-256 hashes.
@@ -229,6 +236,7 @@ pub struct IdentityConfig {
     issuers: Vec<Issuer>,
     token_sources: Vec<TokenSource>,
     token_cache: jwt::TokenCache,
+    introspection: Option<Arc<Introspector>>,
     api_keys: Option<ApiKeys>,
 }
 
@@ -266,8 +274,16 @@ impl IdentityConfig {
                 .map(TokenSource::compile)
                 .collect::<Result<_, _>>()?,
         };
-        if spec.token_sources.is_some() && issuers.is_empty() {
-            return Err("identity.token_sources needs identity.jwt issuers".into());
+        let introspection = spec
+            .introspection
+            .as_ref()
+            .map(|i| Introspector::compile(i, base).map(Arc::new))
+            .transpose()?;
+        let takes_tokens = !issuers.is_empty() || introspection.is_some();
+        if spec.token_sources.is_some() && !takes_tokens {
+            return Err(
+                "identity.token_sources needs identity.jwt or identity.introspection".into(),
+            );
         }
         let api_keys = spec.api_keys.as_ref().map(ApiKeys::compile).transpose()?;
         let mut sources = Vec::new();
@@ -301,7 +317,7 @@ impl IdentityConfig {
         // header too: sent and not verified, it never falls back to anonymous.
         let own = token_sources
             .iter()
-            .filter(|_| !issuers.is_empty())
+            .filter(|_| takes_tokens)
             .filter_map(|s| match s {
                 TokenSource::Header { name, .. } => Some(name.clone()),
                 _ => None,
@@ -318,6 +334,7 @@ impl IdentityConfig {
             issuers,
             token_sources,
             token_cache: jwt::TokenCache::default(),
+            introspection,
             api_keys,
         })
     }
@@ -425,6 +442,8 @@ pub enum AuthMethod {
     Anonymous,
     /// A JWT portcullis validated itself.
     Jwt,
+    /// An opaque token the issuer's introspection endpoint vouched for.
+    Introspection,
     /// An API key from the tenant's list.
     ApiKey,
     EnvoyJwt,
@@ -437,6 +456,7 @@ impl AuthMethod {
             AuthMethod::Anonymous => "anonymous",
             AuthMethod::Jwt => "jwt",
             AuthMethod::ApiKey => "api_key",
+            AuthMethod::Introspection => "introspection",
             AuthMethod::EnvoyJwt => "envoy_jwt",
             AuthMethod::Spiffe => "spiffe",
         }
@@ -482,10 +502,10 @@ pub enum IdentityError {
     Conflict(String, String),
     #[error(transparent)]
     Token(#[from] TokenError),
-    /// Not a failure yet: the issuer's keys must be fetched, then the check
-    /// runs again (see [`crate::pipeline::Pipeline::check_async`]).
-    #[error("the issuer's keys are being fetched")]
-    NeedKeys(Arc<RemoteKeys>),
+    /// Not a failure yet: something must be fetched first, then the check runs
+    /// again (see [`crate::pipeline::Pipeline::check_async`]).
+    #[error("{0}")]
+    Pending(Pending),
     #[error("credential header {0:?} was sent but no identity source verified it")]
     Unverified(String),
     #[error("issuer is not trusted by this tenant")]
@@ -502,7 +522,8 @@ impl IdentityError {
                 Reason::MalformedCredential
             }
             IdentityError::Token(e) => e.reason(),
-            IdentityError::NeedKeys(_) => Reason::KeysUnavailable,
+            IdentityError::Pending(Pending::Keys(_)) => Reason::KeysUnavailable,
+            IdentityError::Pending(Pending::Introspect(..)) => Reason::IntrospectionUnavailable,
             IdentityError::Unverified(_) | IdentityError::BadClaims(_) => Reason::InvalidCredential,
             IdentityError::IssuerNotTrusted => Reason::IssuerNotTrusted,
         }
@@ -520,8 +541,8 @@ pub fn authenticate(config: &IdentityConfig, input: &Input) -> Result<Identity, 
             return Err(IdentityError::Malformed(name.clone()));
         }
     }
-    if !config.issuers.is_empty()
-        && let Some(identity) = own_jwt(config, input)?
+    if (!config.issuers.is_empty() || config.introspection.is_some())
+        && let Some(identity) = own_token(config, input)?
     {
         return Ok(identity);
     }
@@ -557,9 +578,54 @@ pub fn authenticate(config: &IdentityConfig, input: &Input) -> Result<Identity, 
     Ok(found.unwrap_or_else(Identity::anonymous))
 }
 
-/// Finds the one token in the tenant's token sources and validates it. No
-/// token: `None`, and the other sources are tried.
-fn own_jwt(config: &IdentityConfig, input: &Input) -> Result<Option<Identity>, IdentityError> {
+/// What a check must wait for before it can decide.
+#[derive(Debug, Clone)]
+pub enum Pending {
+    /// An issuer's keys.
+    Keys(Arc<RemoteKeys>),
+    /// An introspection of this token (held only to send it to the endpoint).
+    Introspect(Arc<Introspector>, String),
+}
+
+impl std::fmt::Display for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pending::Keys(k) => write!(f, "the keys of {} are not available", k.source),
+            Pending::Introspect(i, _) => {
+                write!(f, "introspection at {} did not answer", i.issuer)
+            }
+        }
+    }
+}
+
+impl Pending {
+    /// Fetches what is missing, waiting at most `wait`.
+    pub async fn resolve(&self, now: std::time::SystemTime, wait: std::time::Duration) {
+        match self {
+            Pending::Keys(keys) => {
+                keys.fetch_and_wait(wait).await;
+            }
+            Pending::Introspect(introspector, token) => {
+                let now = now
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                introspector.introspect(token, now, wait).await;
+            }
+        }
+    }
+}
+
+/// A compact JWS has exactly three dot-separated parts; anything else is an
+/// opaque token.
+fn looks_like_jwt(token: &str) -> bool {
+    token.bytes().filter(|b| *b == b'.').count() == 2
+}
+
+/// Finds the one token in the tenant's token sources and validates it: a JWT
+/// against the tenant's issuers, an opaque token (or any token, when the
+/// tenant has no issuers) by introspection. No token: `None`, and the other
+/// sources are tried.
+fn own_token(config: &IdentityConfig, input: &Input) -> Result<Option<Identity>, IdentityError> {
     let mut found: Option<(&TokenSource, &str)> = None;
     for source in &config.token_sources {
         if let Some(token) = source.find(input)? {
@@ -588,17 +654,43 @@ fn own_jwt(config: &IdentityConfig, input: &Input) -> Result<Option<Identity>, I
             format!("header {other}"),
         ));
     }
-    let verified = match jwt::verify_cached(
-        token,
-        &config.issuers,
-        &config.token_cache,
-        input.context.time,
-    ) {
-        Attempt::Done(result) => result?,
-        Attempt::NeedKeys(remote) => return Err(IdentityError::NeedKeys(remote)),
+    let introspect = config
+        .introspection
+        .as_ref()
+        .filter(|_| config.issuers.is_empty() || !looks_like_jwt(token));
+    let (method, verified) = if let Some(introspector) = introspect {
+        if token.len() > jwt::MAX_TOKEN_BYTES {
+            return Err(TokenError::TooLarge.into());
+        }
+        let now = input
+            .context
+            .time
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        match introspector.lookup(token, now) {
+            introspection::Lookup::Known(result) => (AuthMethod::Introspection, result?),
+            introspection::Lookup::Introspect => {
+                return Err(IdentityError::Pending(Pending::Introspect(
+                    Arc::clone(introspector),
+                    token.to_string(),
+                )));
+            }
+        }
+    } else {
+        match jwt::verify_cached(
+            token,
+            &config.issuers,
+            &config.token_cache,
+            input.context.time,
+        ) {
+            Attempt::Done(result) => (AuthMethod::Jwt, result?),
+            Attempt::NeedKeys(remote) => {
+                return Err(IdentityError::Pending(Pending::Keys(remote)));
+            }
+        }
     };
     Ok(Some(Identity {
-        method: AuthMethod::Jwt,
+        method,
         subject: verified.subject,
         issuer: Some(verified.issuer),
         token_id: verified.token_id,

@@ -1,0 +1,288 @@
+//! Opaque tokens, validated by the issuer's OAuth 2.0 introspection endpoint
+//! (RFC 7662).
+//!
+//! The pipeline never waits on the network: it looks the token up in the
+//! tenant's introspection cache, and on a miss asks for an introspection
+//! ([`Lookup::Introspect`]); the async caller runs it (one request in flight per
+//! token however many checks wait on it) within Envoy's deadline and decides
+//! again. Active results are cached no longer than the token's `exp` and
+//! `cache_ttl`; inactive ones for `negative_ttl`. The client secret is read
+//! from a file (a Kubernetes Secret mount) at each call, never from a policy.
+//!
+//! This module must never treat an error as `active`, cache a failure as a
+//! result, or put the token or the secret in an error.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use serde::Deserialize;
+use serde_json::{Map, Value as Json};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::http::{self, TlsSpec};
+use super::jwt::{TokenError, Verified};
+
+/// Default longest time an active result is reused.
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60);
+/// Default time an inactive result is reused.
+pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(10);
+/// After a failed call, introspection is not tried again for this long, so a
+/// down endpoint is not hammered: checks get 503 at once.
+pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(2);
+/// Most cached results per tenant.
+pub const MAX_CACHED: usize = 10_000;
+/// Largest client secret file read.
+const MAX_SECRET_BYTES: u64 = 4096;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionSpec {
+    /// The introspection endpoint (`https`).
+    pub endpoint: String,
+    /// The issuer these tokens come from: `context.auth.issuer`, and the
+    /// response's `iss`, when it has one, must equal it.
+    pub issuer: String,
+    /// When set, the response's `aud` must name one of these.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// portcullis' client id at the authorization server.
+    pub client_id: String,
+    /// A file holding the client secret (HTTP Basic, RFC 6749 §2.3.1).
+    pub client_secret_file: String,
+    #[serde(default, with = "crate::policy::file::opt_duration")]
+    pub cache_ttl: Option<Duration>,
+    #[serde(default, with = "crate::policy::file::opt_duration")]
+    pub negative_ttl: Option<Duration>,
+    #[serde(default)]
+    pub tls: Option<TlsSpec>,
+}
+
+/// A tenant's introspection endpoint, with its cache.
+#[derive(Debug)]
+pub struct Introspector {
+    pub issuer: String,
+    endpoint: String,
+    audiences: Vec<String>,
+    client_id: String,
+    secret_file: PathBuf,
+    cache_ttl: u64,
+    negative_ttl: u64,
+    client: reqwest::Client,
+    cache: DashMap<[u8; 32], Cached>,
+    in_flight: DashMap<[u8; 32], watch::Sender<bool>>,
+    failed_at: Mutex<Option<Instant>>,
+}
+
+#[derive(Debug, Clone)]
+struct Cached {
+    /// The first second (unix) the entry is no longer used.
+    until: u64,
+    result: Result<Verified, TokenError>,
+}
+
+/// What the sync pipeline can say about a token now.
+#[derive(Debug)]
+pub enum Lookup {
+    Known(Result<Verified, TokenError>),
+    /// Not known: introspect, then decide again.
+    Introspect,
+}
+
+impl Introspector {
+    pub fn compile(spec: &IntrospectionSpec, base: &Path) -> Result<Introspector, String> {
+        let at = |m: String| format!("identity.introspection: {m}");
+        http::origin_of(&spec.endpoint).map_err(at)?;
+        if spec.issuer.is_empty() || spec.client_id.is_empty() {
+            return Err(at("issuer and client_id must not be empty".into()));
+        }
+        let secret_file = base.join(&spec.client_secret_file);
+        // Fail at load, not at the first request, when the secret is missing.
+        read_secret(&secret_file).map_err(at)?;
+        let (client, _) = http::client(spec.tls.as_ref(), base).map_err(at)?;
+        Ok(Introspector {
+            issuer: spec.issuer.clone(),
+            endpoint: spec.endpoint.clone(),
+            audiences: spec.audiences.clone(),
+            client_id: spec.client_id.clone(),
+            secret_file,
+            cache_ttl: spec.cache_ttl.unwrap_or(DEFAULT_CACHE_TTL).as_secs(),
+            negative_ttl: spec.negative_ttl.unwrap_or(DEFAULT_NEGATIVE_TTL).as_secs(),
+            client,
+            cache: DashMap::new(),
+            in_flight: DashMap::new(),
+            failed_at: Mutex::new(None),
+        })
+    }
+
+    /// The cached result for `token` at `now` (unix seconds), if there is one.
+    pub fn lookup(&self, token: &str, now: u64) -> Lookup {
+        let key = digest(token);
+        if let Some(hit) = self.cache.get(&key) {
+            if now < hit.until {
+                return Lookup::Known(hit.result.clone());
+            }
+            drop(hit);
+            self.cache.remove(&key);
+        }
+        Lookup::Introspect
+    }
+
+    /// Introspects `token` (or joins the call in flight for it) and waits at
+    /// most `wait`. The call runs on its own task, so a check that gives up
+    /// does not cancel it for the others.
+    pub async fn introspect(self: &Arc<Self>, token: &str, now: u64, wait: Duration) {
+        if self
+            .failed_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|t| t.elapsed() < RETRY_AFTER_FAILURE)
+        {
+            return;
+        }
+        let key = digest(token);
+        let mut done = match self.in_flight.entry(key) {
+            dashmap::Entry::Occupied(e) => e.get().subscribe(),
+            dashmap::Entry::Vacant(e) => {
+                let (tx, rx) = watch::channel(false);
+                e.insert(tx);
+                let this = Arc::clone(self);
+                let token = token.to_string();
+                tokio::spawn(async move {
+                    match this.call(&token, now).await {
+                        Ok(entry) => {
+                            if this.cache.len() >= MAX_CACHED {
+                                this.cache.retain(|_, e| now < e.until);
+                                if this.cache.len() >= MAX_CACHED * 9 / 10 {
+                                    this.cache.clear();
+                                }
+                            }
+                            this.cache.insert(key, entry);
+                        }
+                        Err(e) => {
+                            tracing::warn!(endpoint = %this.endpoint, error = %e, "introspection failed");
+                            *this.failed_at.lock().unwrap_or_else(|e| e.into_inner()) =
+                                Some(Instant::now());
+                        }
+                    }
+                    if let Some((_, tx)) = this.in_flight.remove(&key) {
+                        let _ = tx.send(true);
+                    }
+                });
+                rx
+            }
+        };
+        let _ = tokio::time::timeout(wait, done.wait_for(|d| *d)).await;
+    }
+
+    /// One call to the endpoint, turned into a cache entry.
+    async fn call(&self, token: &str, now: u64) -> Result<Cached, String> {
+        let secret = read_secret(&self.secret_file)?;
+        // RFC 6749 §2.3.1: id and secret are form-encoded before Basic.
+        let form = |s: &str| {
+            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        let body = format!("token={}&token_type_hint=access_token", form(token));
+        let request = self
+            .client
+            .post(&self.endpoint)
+            .basic_auth(form(&self.client_id), Some(form(&secret)))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        let bytes = http::send(request, &self.endpoint).await?;
+        let Some(Json::Object(response)) = crate::input::strict_json(&bytes) else {
+            return Err("introspection response is not a JSON object".into());
+        };
+        Ok(self.judge(response, now))
+    }
+
+    /// RFC 7662 §2.2: only `active: true` is active; then the response's own
+    /// `exp`, `nbf`, `iss` and `aud` still hold.
+    fn judge(&self, mut response: Map<String, Json>, now: u64) -> Cached {
+        let inactive = |why: TokenError| Cached {
+            until: now.saturating_add(self.negative_ttl),
+            result: Err(why),
+        };
+        if response.remove("active") != Some(Json::Bool(true)) {
+            return inactive(TokenError::Inactive);
+        }
+        let number = |name: &str| response.get(name).and_then(Json::as_u64);
+        let exp = number("exp");
+        if exp.is_some_and(|e| e <= now) {
+            return inactive(TokenError::Expired);
+        }
+        if number("nbf").is_some_and(|n| n > now) {
+            return inactive(TokenError::NotYetValid);
+        }
+        match response.get("iss") {
+            None => {}
+            Some(Json::String(iss)) if *iss == self.issuer => {}
+            Some(_) => return inactive(TokenError::IssuerNotTrusted),
+        }
+        if !self.audiences.is_empty() {
+            let named = |a: &Json| {
+                a.as_str()
+                    .is_some_and(|a| self.audiences.iter().any(|w| w == a))
+            };
+            let ok = match response.get("aud") {
+                Some(Json::String(_)) => response.get("aud").is_some_and(named),
+                Some(Json::Array(list)) => list.iter().any(named),
+                _ => false,
+            };
+            if !ok {
+                return inactive(TokenError::WrongAudience);
+            }
+        }
+        let string = |name: &str| {
+            response
+                .get(name)
+                .and_then(Json::as_str)
+                .map(str::to_string)
+        };
+        let (subject, token_id) = (string("sub"), string("jti"));
+        if let Some(Json::String(scope)) = response.get("scope") {
+            let list = scope
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .map(|s| Json::String(s.to_string()))
+                .collect();
+            response.insert("scope".into(), Json::Array(list));
+        }
+        response
+            .entry("iss")
+            .or_insert_with(|| Json::String(self.issuer.clone()));
+        let until = now
+            .saturating_add(self.cache_ttl)
+            .min(exp.unwrap_or(u64::MAX));
+        Cached {
+            until,
+            result: Ok(Verified {
+                issuer: self.issuer.clone(),
+                subject,
+                token_id,
+                claims: response,
+                expires: exp.unwrap_or(until),
+            }),
+        }
+    }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+fn read_secret(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_SECRET_BYTES).read_to_string(&mut text))
+        .map_err(|e| format!("cannot read client_secret_file {}: {e}", path.display()))?;
+    let secret = text.trim_end_matches(['\n', '\r']).to_string();
+    if secret.is_empty() {
+        return Err(format!("client_secret_file {} is empty", path.display()));
+    }
+    Ok(secret)
+}
