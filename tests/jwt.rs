@@ -1306,3 +1306,148 @@ async fn introspection_with_the_wrong_secret_fails_closed() {
         "{errors:?}"
     );
 }
+
+/// A private CA, a server certificate for 127.0.0.1 and a client certificate,
+/// all made by rcgen for this test.
+struct Pki {
+    ca_pem: String,
+    server: (String, String),
+    client: (String, String),
+    ca_der: rustls::pki_types::CertificateDer<'static>,
+}
+
+fn pki() -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf = |names: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    Pki {
+        ca_pem: ca.pem(),
+        server: leaf(vec!["127.0.0.1".into()]),
+        client: leaf(vec!["portcullis.test".into()]),
+        ca_der: ca.der().clone(),
+    }
+}
+
+/// Serves `body` over HTTPS on loopback with the PKI's server certificate,
+/// demanding a client certificate from its CA; counts completed requests.
+async fn tls_jwks_server(
+    pki: &Pki,
+    body: String,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca_der.clone()).unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::clone(&provider),
+    )
+    .build()
+    .unwrap();
+    let certs = CertificateDer::pem_slice_iter(pki.server.0.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(pki.server.1.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = Arc::clone(&served);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, body, count) = (acceptor.clone(), body.clone(), Arc::clone(&count));
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                if tls.write_all(response.as_bytes()).await.is_ok() {
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (addr, served)
+}
+
+#[tokio::test]
+async fn keys_from_a_provider_behind_a_private_ca_and_mutual_tls() {
+    let pki = pki();
+    let key = ES256KeyPair::generate().with_key_id("tls-1");
+    let jwks =
+        json!({"keys": [serde_json::from_str::<Value>(&key.public_key().to_jwk()).unwrap()]});
+    let (addr, served) = tls_jwks_server(&pki, jwks.to_string()).await;
+    let iss = "https://idp.private.example";
+
+    let load = |tls: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), &pki.ca_pem).unwrap();
+        std::fs::write(dir.path().join("client.pem"), &pki.client.0).unwrap();
+        std::fs::write(dir.path().join("client.key"), &pki.client.1).unwrap();
+        let p = pipeline(
+            dir.path(),
+            &remote_policy(
+                iss,
+                &format!("jwks_uri: https://{addr}/jwks.json\n      {tls}"),
+            ),
+        );
+        (dir, p)
+    };
+    let token = es_token(&key, iss);
+    let req = request("acme", "/a", bearer(&token));
+
+    // The private CA and the client certificate: keys fetched, token verified.
+    let (_d1, p) = load("tls: { ca_file: ca.pem, cert_file: client.pem, key_file: client.key }");
+    let d = p.check_async(&req, WAIT).await;
+    assert!(d.allowed, "{:?}", d.detail);
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // Without the CA, the server is not trusted; without the client
+    // certificate, the server refuses. Either way: 503, never an allow.
+    for tls in [
+        "tls: { cert_file: client.pem, key_file: client.key }",
+        "tls: { ca_file: ca.pem }",
+    ] {
+        let (_d, p) = load(tls);
+        let d = p.check_async(&req, WAIT).await;
+        assert_eq!(
+            (d.status(), d.reason.code()),
+            (503, "keys_unavailable"),
+            "{tls}"
+        );
+    }
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
