@@ -79,6 +79,12 @@ pub enum Body {
     Unparsed,
 }
 
+/// Whole seconds since the Unix epoch (0 for a time before it).
+pub fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// The connection and the moment, as the rules see them.
 #[derive(Debug, Clone)]
 pub struct Context {

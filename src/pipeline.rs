@@ -127,11 +127,7 @@ impl Pipeline {
                 };
             }
         };
-        let now = input
-            .context
-            .time
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = crate::input::unix_seconds(input.context.time);
         // Checked on every request: a cached verification is no exemption.
         if let Some(list) = self.store.revocations(&tenant.id)
             && let Some(kind) = list.revoked(&identity, now)

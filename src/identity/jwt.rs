@@ -400,11 +400,6 @@ impl TokenCache {
     }
 }
 
-fn unix_seconds(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// [`verify`], remembering successes in `cache`.
 pub fn verify_cached(
     token: &str,
@@ -417,7 +412,7 @@ pub fn verify_cached(
         return Attempt::Done(Err(TokenError::TooLarge));
     }
     let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
-    let secs = unix_seconds(now);
+    let secs = crate::input::unix_seconds(now);
     if let Some(hit) = cache.entries.get(&digest) {
         let fresh = secs < hit.invalid_from
             && issuers
@@ -440,17 +435,15 @@ pub fn verify_cached(
                 cache.entries.clear();
             }
         }
-        {
-            cache.entries.insert(
-                digest,
-                Cached {
-                    issuer,
-                    generation,
-                    invalid_from: verified.expires.saturating_add(issuers[issuer].leeway),
-                    verified: verified.clone(),
-                },
-            );
-        }
+        cache.entries.insert(
+            digest,
+            Cached {
+                issuer,
+                generation,
+                invalid_from: verified.expires.saturating_add(issuers[issuer].leeway),
+                verified: verified.clone(),
+            },
+        );
     }
     attempt
 }
@@ -651,9 +644,7 @@ fn check_claims(
     mut claims: Map<String, Json>,
     now: SystemTime,
 ) -> Result<Verified, TokenError> {
-    let now = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = crate::input::unix_seconds(now);
     // RFC 7519 §4.1: registered claims with the wrong JSON type are refused, so
     // a rule never compares a claim it cannot read the way the issuer meant.
     let subject = optional_string(&claims, "sub")?;

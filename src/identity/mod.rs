@@ -606,9 +606,7 @@ impl Pending {
                 keys.fetch_and_wait(wait).await;
             }
             Pending::Introspect(introspector, token) => {
-                let now = now
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
+                let now = crate::input::unix_seconds(now);
                 introspector.introspect(token, now, wait).await;
             }
         }
@@ -662,11 +660,7 @@ fn own_token(config: &IdentityConfig, input: &Input) -> Result<Option<Identity>,
         if token.len() > jwt::MAX_TOKEN_BYTES {
             return Err(TokenError::TooLarge.into());
         }
-        let now = input
-            .context
-            .time
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = crate::input::unix_seconds(input.context.time);
         match introspector.lookup(token, now) {
             introspection::Lookup::Known(result) => (AuthMethod::Introspection, result?),
             introspection::Lookup::Introspect => {

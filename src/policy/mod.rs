@@ -618,11 +618,7 @@ impl CompiledTenant {
             .map(|&i| &self.resources[i].1);
         let mut base: Option<Base> = None;
         let mut unmet: Option<(Arc<str>, Unmet)> = None;
-        let now = input
-            .context
-            .time
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = crate::input::unix_seconds(input.context.time);
         let ordered = candidates
             .iter()
             .filter(|(r, _)| r.effect == Effect::Deny)
@@ -831,11 +827,7 @@ impl Base {
             }
         };
         put("time", &|| {
-            Value::Int(
-                c.time
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() as i64),
-            )
+            Value::Int(i64::try_from(crate::input::unix_seconds(c.time)).unwrap_or(i64::MAX))
         });
         put("source", &|| opt(&c.source));
         put("peer", &|| {
