@@ -430,6 +430,7 @@ impl RemoteKeys {
             }
         }
         let this = Arc::clone(self);
+        let started = Instant::now();
         tokio::spawn(async move {
             let done = Done(Arc::clone(&this));
             let result = fetch(&this.client, &this.source)
@@ -461,7 +462,18 @@ impl RemoteKeys {
                     FETCH_RETRY.min(this.refresh.ttl)
                 }
             };
-            *this.due.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now() + next;
+            // An unknown kid seen while this fetch was already under way may
+            // be newer than what it got: leave the next fetch due at once.
+            let forced_meanwhile = this
+                .last_forced
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some_and(|t| t > started);
+            *this.due.lock().unwrap_or_else(|e| e.into_inner()) = if forced_meanwhile {
+                Instant::now()
+            } else {
+                Instant::now() + next
+            };
             drop(done);
         });
     }
