@@ -49,6 +49,18 @@ pub enum Reason {
     InvalidAudience,
     /// The token, its subject or its client is on the tenant's revocation list.
     TokenRevoked,
+    /// A DPoP proof that fails RFC 9449 §4.3 (or is missing for a DPoP token).
+    InvalidDpopProof,
+    /// A DPoP proof whose `jti` was already used.
+    DpopProofReplayed,
+    /// The tenant requires a server nonce in DPoP proofs (RFC 9449 §8).
+    UseDpopNonce,
+    /// The DPoP replay cache is full: proofs cannot be checked for replay.
+    DpopReplayCacheFull,
+    /// The token's binding (`cnf`) does not match the proof key or the client
+    /// certificate, a bound token came as Bearer, or the issuer requires a
+    /// binding the token lacks.
+    TokenBindingMismatch,
     /// Introspection says the opaque token is not active (RFC 7662 §2.2).
     TokenInactive,
     /// The introspection endpoint could not answer: portcullis cannot decide.
@@ -109,6 +121,11 @@ impl Reason {
             Reason::InvalidAudience => "invalid_audience",
             Reason::TokenRevoked => "token_revoked",
             Reason::TokenInactive => "token_inactive",
+            Reason::InvalidDpopProof => "invalid_dpop_proof",
+            Reason::DpopProofReplayed => "dpop_proof_replayed",
+            Reason::UseDpopNonce => "use_dpop_nonce",
+            Reason::DpopReplayCacheFull => "dpop_replay_cache_full",
+            Reason::TokenBindingMismatch => "token_binding_mismatch",
             Reason::IntrospectionUnavailable => "introspection_unavailable",
             Reason::InsufficientScope => "insufficient_scope",
             Reason::InsufficientUserAuthentication => "insufficient_user_authentication",
@@ -147,6 +164,10 @@ impl Reason {
             | Reason::InvalidAudience
             | Reason::TokenRevoked
             | Reason::TokenInactive
+            | Reason::InvalidDpopProof
+            | Reason::DpopProofReplayed
+            | Reason::UseDpopNonce
+            | Reason::TokenBindingMismatch
             | Reason::InsufficientUserAuthentication => 401,
             Reason::NoMatchingRule
             | Reason::InsufficientScope
@@ -163,7 +184,10 @@ impl Reason {
             | Reason::AmbiguousQuery
             | Reason::MalformedCredential => 400,
             Reason::PathTooLong => 414,
-            Reason::NotReady | Reason::KeysUnavailable | Reason::IntrospectionUnavailable => 503,
+            Reason::NotReady
+            | Reason::KeysUnavailable
+            | Reason::IntrospectionUnavailable
+            | Reason::DpopReplayCacheFull => 503,
         }
     }
 
@@ -193,6 +217,11 @@ impl Reason {
             Reason::InvalidAudience => "wrong audience",
             Reason::TokenRevoked => "token revoked",
             Reason::TokenInactive => "token not active",
+            Reason::TokenBindingMismatch => "token binding mismatch",
+            // Proof problems are answered with a DPoP challenge; see `identity`.
+            Reason::InvalidDpopProof | Reason::DpopProofReplayed | Reason::UseDpopNonce => {
+                "invalid DPoP proof"
+            }
             // Their challenges name what is missing; see `Decision::challenge`.
             Reason::InsufficientScope => {
                 return Some(format!("{REALM}, error=\"insufficient_scope\""));
@@ -219,7 +248,7 @@ impl Reason {
     }
 }
 
-const ALL: [Reason; 35] = [
+const ALL: [Reason; 40] = [
     Reason::Allowed,
     Reason::DefaultAllow,
     Reason::CorsPreflight,
@@ -241,6 +270,11 @@ const ALL: [Reason; 35] = [
     Reason::InvalidAudience,
     Reason::TokenRevoked,
     Reason::TokenInactive,
+    Reason::InvalidDpopProof,
+    Reason::DpopProofReplayed,
+    Reason::UseDpopNonce,
+    Reason::DpopReplayCacheFull,
+    Reason::TokenBindingMismatch,
     Reason::IntrospectionUnavailable,
     Reason::InsufficientScope,
     Reason::InsufficientUserAuthentication,

@@ -117,6 +117,15 @@ impl Pipeline {
                 decision.detail = Some(e.to_string());
                 let pending = match e {
                     IdentityError::Pending(p) => Some(p),
+                    IdentityError::Binding {
+                        challenge, nonce, ..
+                    } => {
+                        decision.challenge = challenge;
+                        if let Some(n) = nonce {
+                            decision.client_headers.push(("dpop-nonce".into(), n));
+                        }
+                        None
+                    }
                     _ => None,
                 };
                 return Run {
@@ -179,6 +188,12 @@ impl Pipeline {
                     decision.set_headers = edits.set;
                     decision.remove_headers = edits.remove;
                     decision.remove_query = identity.consumed_query.clone().into_iter().collect();
+                    // The proof has done its work; the upstream never needs it.
+                    if identity.binding.kind == "dpop"
+                        && !decision.remove_headers.iter().any(|h| h == "dpop")
+                    {
+                        decision.remove_headers.push("dpop".into());
+                    }
                     strip_underscore_spellings(&mut decision, &input.resource.headers);
                     decision
                         .set_headers

@@ -264,6 +264,7 @@ impl Introspector {
                 token_id,
                 claims: response,
                 expires: exp.unwrap_or(until),
+                sender_constraint: super::binding::SenderConstraint::None,
             }),
         }
     }

@@ -98,6 +98,10 @@ pub struct IssuerSpec {
     /// Required `typ` header, e.g. `at+jwt` (RFC 9068 §2.1).
     #[serde(default)]
     pub typ: Option<String>,
+    /// Whether tokens must be sender-constrained: `none` (default), `dpop`,
+    /// `mtls` or `any`. A binding a token carries is enforced either way.
+    #[serde(default)]
+    pub sender_constraint: super::binding::SenderConstraint,
     /// Claims added to `claims` from a dotted path in the token:
     /// `roles: realm_access.roles`.
     #[serde(default)]
@@ -124,6 +128,7 @@ pub struct Issuer {
     required_claims: Vec<String>,
     typ: Option<String>,
     claim_mappings: Vec<(String, Vec<String>)>,
+    sender_constraint: super::binding::SenderConstraint,
 }
 
 impl Issuer {
@@ -256,6 +261,7 @@ impl Issuer {
             required_claims: spec.required_claims.clone(),
             typ: spec.typ.clone(),
             claim_mappings,
+            sender_constraint: spec.sender_constraint,
         })
     }
 
@@ -358,6 +364,8 @@ pub struct Verified {
     /// normalized to a list.
     pub claims: Map<String, Json>,
     pub expires: u64,
+    /// The binding the issuer requires of its tokens.
+    pub sender_constraint: super::binding::SenderConstraint,
 }
 
 /// The outcome of one verification attempt.
@@ -718,6 +726,7 @@ fn check_claims(
         token_id,
         claims,
         expires: exp,
+        sender_constraint: issuer.sender_constraint,
     })
 }
 

@@ -181,6 +181,17 @@ enum JwkError {
 /// Members that only a private or symmetric JWK has (RFC 7518 §6).
 const PRIVATE_MEMBERS: [&str; 7] = ["d", "p", "q", "dp", "dq", "qi", "k"];
 
+/// One public key from a JWK that a client presents (a DPoP proof's `jwk`):
+/// private or symmetric members, unsupported types and keys not for
+/// signatures are all errors.
+pub(crate) fn public_key_from_jwk(jwk: &Map<String, Json>) -> Result<Key, String> {
+    match parse_jwk(jwk) {
+        Ok(Some(key)) => Ok(key),
+        Ok(None) => Err("the key is not for signatures".into()),
+        Err(JwkError::Fatal(e) | JwkError::Skip(e)) => Err(format!("the key {e}")),
+    }
+}
+
 fn parse_jwk(jwk: &Map<String, Json>) -> Result<Option<Key>, JwkError> {
     let s = |name: &str| jwk.get(name).and_then(Json::as_str);
     if let Some(m) = PRIVATE_MEMBERS.iter().find(|m| jwk.contains_key(**m)) {

@@ -9,6 +9,7 @@
 //! invalid credential never falls back to anonymous), accept claims from an issuer
 //! the tenant does not trust, or put a token into an error or a log line.
 
+pub mod binding;
 pub mod http;
 pub mod introspection;
 pub mod jwt;
@@ -36,6 +37,9 @@ pub struct IdentitySpec {
     /// Issuers whose JWTs portcullis validates itself.
     #[serde(default)]
     pub jwt: Vec<IssuerSpec>,
+    /// DPoP proofs (RFC 9449) for sender-constrained tokens.
+    #[serde(default)]
+    pub dpop: Option<binding::DpopSpec>,
     /// Opaque tokens, validated by the issuer's introspection endpoint.
     #[serde(default)]
     pub introspection: Option<IntrospectionSpec>,
@@ -238,6 +242,7 @@ pub struct IdentityConfig {
     token_cache: jwt::TokenCache,
     introspection: Option<Arc<Introspector>>,
     api_keys: Option<ApiKeys>,
+    dpop: Option<binding::Dpop>,
 }
 
 /// One way of turning a request into an [`Identity`].
@@ -250,7 +255,11 @@ enum Source {
 impl IdentityConfig {
     /// Validates a tenant's identity section; `base` is the policy file's
     /// directory (for a relative `jwks_file`).
-    pub fn compile(spec: &IdentitySpec, base: &std::path::Path) -> Result<IdentityConfig, String> {
+    pub fn compile(
+        spec: &IdentitySpec,
+        tenant: &str,
+        base: &std::path::Path,
+    ) -> Result<IdentityConfig, String> {
         let mut issuers: Vec<Issuer> = Vec::new();
         for issuer in &spec.jwt {
             if issuers.iter().any(|i| i.issuer == issuer.issuer) {
@@ -336,6 +345,11 @@ impl IdentityConfig {
             token_cache: jwt::TokenCache::default(),
             introspection,
             api_keys,
+            dpop: spec
+                .dpop
+                .as_ref()
+                .map(|d| binding::Dpop::compile(d, tenant, base))
+                .transpose()?,
         })
     }
 
@@ -389,9 +403,13 @@ impl TokenSource {
                 let value = value.trim();
                 Ok(match scheme {
                     None => Some(value),
+                    // `Authorization` also carries DPoP-bound tokens (RFC 9449 §7.1).
                     Some(scheme) => value
                         .split_once(' ')
-                        .filter(|(s, _)| s.eq_ignore_ascii_case(scheme))
+                        .filter(|(s, _)| {
+                            s.eq_ignore_ascii_case(scheme)
+                                || (name == "authorization" && s.eq_ignore_ascii_case("dpop"))
+                        })
                         .map(|(_, t)| t.trim()),
                 }
                 .filter(|t| !t.is_empty()))
@@ -474,6 +492,8 @@ pub struct Identity {
     pub claims: Map<String, Json>,
     /// A query parameter that carried the token: removed before the upstream.
     pub consumed_query: Option<String>,
+    /// How the token is bound to its sender.
+    pub binding: binding::Binding,
 }
 
 impl Identity {
@@ -485,6 +505,7 @@ impl Identity {
             token_id: None,
             claims: Map::new(),
             consumed_query: None,
+            binding: binding::Binding::default(),
         }
     }
 
@@ -502,6 +523,13 @@ pub enum IdentityError {
     Conflict(String, String),
     #[error(transparent)]
     Token(#[from] TokenError),
+    /// The token's binding failed; `challenge` and `nonce` go to the client.
+    #[error("{error}")]
+    Binding {
+        error: binding::BindingError,
+        challenge: Option<String>,
+        nonce: Option<String>,
+    },
     /// Not a failure yet: something must be fetched first, then the check runs
     /// again (see [`crate::pipeline::Pipeline::check_async`]).
     #[error("{0}")]
@@ -522,6 +550,7 @@ impl IdentityError {
                 Reason::MalformedCredential
             }
             IdentityError::Token(e) => e.reason(),
+            IdentityError::Binding { error, .. } => error.reason(),
             IdentityError::Pending(Pending::Keys(_)) => Reason::KeysUnavailable,
             IdentityError::Pending(Pending::Introspect(..)) => Reason::IntrospectionUnavailable,
             IdentityError::Unverified(_) | IdentityError::BadClaims(_) => Reason::InvalidCredential,
@@ -683,6 +712,44 @@ fn own_token(config: &IdentityConfig, input: &Input) -> Result<Option<Identity>,
             }
         }
     };
+    // Never cached: the proof and the certificate belong to this request.
+    let dpop_scheme = matches!(source, TokenSource::Header { name, .. }
+    if input.resource.headers.get(name).is_some_and(|v| {
+        v.trim_start().get(..5).is_some_and(|p| p.eq_ignore_ascii_case("dpop "))
+    }));
+    let binding = binding::check(
+        config.dpop.as_ref(),
+        verified.sender_constraint,
+        dpop_scheme,
+        &verified.claims,
+        token,
+        input,
+    )
+    .map_err(|error| {
+        let dpop = config.dpop.as_ref();
+        // A DPoP request, or a DPoP problem, is answered with the DPoP scheme
+        // (RFC 9449 §7.1), naming the accepted algorithms.
+        let challenge = (dpop_scheme || matches!(error, binding::BindingError::Required("dpop")))
+            .then(|| {
+                let code = match error {
+                    binding::BindingError::UseNonce => "use_dpop_nonce",
+                    binding::BindingError::Mismatch(_) | binding::BindingError::Required(_) => {
+                        "invalid_token"
+                    }
+                    _ => "invalid_dpop_proof",
+                };
+                let algs = dpop.map_or(String::new(), |d| format!(", algs=\"{}\"", d.algs));
+                format!("DPoP realm=\"portcullis\", error=\"{code}\"{algs}")
+            });
+        let nonce = matches!(error, binding::BindingError::UseNonce)
+            .then(|| dpop.and_then(|d| d.nonce(crate::input::unix_seconds(input.context.time))))
+            .flatten();
+        IdentityError::Binding {
+            error,
+            challenge,
+            nonce,
+        }
+    })?;
     Ok(Some(Identity {
         method,
         subject: verified.subject,
@@ -693,6 +760,7 @@ fn own_token(config: &IdentityConfig, input: &Input) -> Result<Option<Identity>,
             TokenSource::Query(name) => Some(name.clone()),
             _ => None,
         },
+        binding,
     }))
 }
 
@@ -730,6 +798,7 @@ fn api_key(
         token_id: None,
         claims: key.claims.clone(),
         consumed_query: None,
+        binding: binding::Binding::default(),
     }))
 }
 
@@ -777,6 +846,7 @@ fn envoy_jwt(spec: &EnvoyJwtSpec, input: &Input) -> Result<Option<Identity>, Ide
         token_id: claims.get("jti").and_then(Json::as_str).map(str::to_string),
         claims: claims.clone(),
         consumed_query: None,
+        binding: binding::Binding::default(),
     }))
 }
 
@@ -800,6 +870,7 @@ fn spiffe(spec: &SpiffeSpec, input: &Input) -> Option<Identity> {
         token_id: None,
         claims,
         consumed_query: None,
+        binding: binding::Binding::default(),
     })
 }
 
@@ -812,7 +883,7 @@ mod tests {
 
     fn config(yaml: &str) -> IdentityConfig {
         let spec: IdentitySpec = serde_yaml::from_str(yaml).unwrap();
-        IdentityConfig::compile(&spec, std::path::Path::new(".")).unwrap()
+        IdentityConfig::compile(&spec, "t", std::path::Path::new(".")).unwrap()
     }
 
     fn jwt_config() -> IdentityConfig {
@@ -917,10 +988,10 @@ mod tests {
     #[test]
     fn bad_specs_are_refused() {
         let spec: IdentitySpec = serde_yaml::from_str("envoy_jwt_authn: { issuers: [] }").unwrap();
-        assert!(IdentityConfig::compile(&spec, std::path::Path::new(".")).is_err());
+        assert!(IdentityConfig::compile(&spec, "t", std::path::Path::new(".")).is_err());
         let spec: IdentitySpec =
             serde_yaml::from_str("spiffe: { trust_domains: ['spiffe://x'] }").unwrap();
-        assert!(IdentityConfig::compile(&spec, std::path::Path::new(".")).is_err());
+        assert!(IdentityConfig::compile(&spec, "t", std::path::Path::new(".")).is_err());
         assert!(serde_yaml::from_str::<IdentitySpec>("bogus: 1").is_err());
     }
 }

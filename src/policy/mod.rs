@@ -264,6 +264,7 @@ pub fn compile(file: &Path, text: &str) -> Result<CompiledTenant, Vec<PolicyErro
 
     let identity = IdentityConfig::compile(
         &spec.identity,
+        &spec.tenant,
         file.parent().unwrap_or_else(|| Path::new(".")),
     )
     .map_err(|e| errors.push(err(line_of(text, 0, "identity"), e)))
@@ -842,6 +843,8 @@ impl Base {
         put("sni", &|| cel::string(&c.sni));
         put("request_id", &|| cel::string(&c.request_id));
         put("tenant", &|| cel::string(&tenant.id));
+        put("sender_constraint", &|| cel::string(identity.binding.kind));
+        put("key_thumbprint", &|| opt(&identity.binding.thumbprint));
         put("auth", &|| {
             cel::map([
                 ("method", cel::string(identity.method.as_str())),
