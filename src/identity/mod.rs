@@ -221,6 +221,50 @@ pub struct EnvoyJwtSpec {
 pub struct SpiffeSpec {
     /// Trust domains (`acme.example`) whose workloads are identities here.
     pub trust_domains: Vec<String>,
+    /// When set, only these workloads: SPIFFE IDs where `*` stands for one
+    /// whole path segment (`spiffe://acme.example/ns/shop/sa/*`).
+    #[serde(default)]
+    pub ids: Vec<String>,
+}
+
+/// A well-formed SPIFFE ID (SPIFFE ID spec §2): `spiffe://` + a lower-case
+/// trust domain + path segments of letters, digits, `.`, `-`, `_`, none empty,
+/// `.` or `..`, no query, fragment, port or user info. Returns the trust
+/// domain and the segments.
+fn parse_spiffe_id(id: &str) -> Option<(&str, Vec<&str>)> {
+    let rest = id.strip_prefix("spiffe://")?;
+    let (domain, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let domain_ok = !domain.is_empty()
+        && domain
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
+    let segments: Vec<&str> = if path.is_empty() {
+        Vec::new()
+    } else {
+        path.split('/').collect()
+    };
+    let segments_ok = segments.iter().all(|s| {
+        !s.is_empty()
+            && *s != "."
+            && *s != ".."
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+    });
+    (domain_ok && segments_ok && !(rest.contains('/') && path.is_empty()))
+        .then_some((domain, segments))
+}
+
+/// Whether `id` matches a pattern where `*` is one whole segment.
+fn spiffe_matches(pattern: &str, domain: &str, segments: &[&str]) -> bool {
+    let Some(rest) = pattern.strip_prefix("spiffe://") else {
+        return false;
+    };
+    let mut parts = rest.split('/');
+    if parts.next() != Some(domain) {
+        return false;
+    }
+    let want: Vec<&str> = parts.collect();
+    want.len() == segments.len() && want.iter().zip(segments).all(|(w, s)| *w == "*" || w == s)
 }
 
 fn default_namespace() -> String {
@@ -312,6 +356,16 @@ impl IdentityConfig {
                     .any(|d| d.is_empty() || d.contains('/') || d.contains(':'))
             {
                 return Err("identity.spiffe.trust_domains must list bare trust domains such as acme.example".into());
+            }
+            for pattern in &spiffe.ids {
+                let concrete = pattern.replace("/*", "/x");
+                let in_domain = parse_spiffe_id(&concrete)
+                    .is_some_and(|(d, _)| spiffe.trust_domains.iter().any(|t| t == d));
+                if !in_domain {
+                    return Err(format!(
+                        "identity.spiffe.ids: {pattern:?} must be a SPIFFE ID in one of trust_domains (`*` for a whole segment)"
+                    ));
+                }
             }
             sources.push(Source::Spiffe(spiffe.clone()));
         }
@@ -852,8 +906,18 @@ fn envoy_jwt(spec: &EnvoyJwtSpec, input: &Input) -> Result<Option<Identity>, Ide
 
 fn spiffe(spec: &SpiffeSpec, input: &Input) -> Option<Identity> {
     let id = input.context.peer.as_ref()?.spiffe_id()?;
-    let trust_domain = id.strip_prefix("spiffe://")?.split('/').next()?;
+    // Only a well-formed `spiffe://` URI SAN counts: Envoy's principal falls
+    // back to the certificate subject, which never identifies a workload here.
+    let (trust_domain, segments) = parse_spiffe_id(id)?;
     if !spec.trust_domains.iter().any(|d| d == trust_domain) {
+        return None;
+    }
+    if !spec.ids.is_empty()
+        && !spec
+            .ids
+            .iter()
+            .any(|p| spiffe_matches(p, trust_domain, &segments))
+    {
         return None;
     }
     let mut claims = Map::new();
@@ -942,6 +1006,68 @@ mod tests {
             certificate: None,
         });
         assert!(authenticate(&jwt_config(), &input).unwrap().is_anonymous());
+    }
+
+    #[test]
+    fn spiffe_ids_are_strict_and_patterns_match_whole_segments() {
+        assert_eq!(
+            parse_spiffe_id("spiffe://acme.example/ns/shop/sa/cart"),
+            Some(("acme.example", vec!["ns", "shop", "sa", "cart"]))
+        );
+        for bad in [
+            "spiffe://ACME.example/x",
+            "spiffe://acme.example/ns//x",
+            "spiffe://acme.example/ns/../x",
+            "spiffe://acme.example/x?y",
+            "spiffe://acme.example:443/x",
+            "spiffe://acme.example/",
+            "spiffe:///x",
+            "CN=spiffe://acme.example/x",
+        ] {
+            assert_eq!(parse_spiffe_id(bad), None, "{bad}");
+        }
+        let segs = ["ns", "shop", "sa", "cart"];
+        assert!(spiffe_matches(
+            "spiffe://acme.example/ns/shop/sa/*",
+            "acme.example",
+            &segs
+        ));
+        assert!(!spiffe_matches(
+            "spiffe://acme.example/ns/*/sa/db",
+            "acme.example",
+            &segs
+        ));
+        assert!(!spiffe_matches(
+            "spiffe://acme.example/ns/shop/*",
+            "acme.example",
+            &segs
+        ));
+        assert!(!spiffe_matches(
+            "spiffe://other.example/ns/shop/sa/*",
+            "acme.example",
+            &segs
+        ));
+
+        let cfg = config(
+            "spiffe: { trust_domains: [acme.example], ids: ['spiffe://acme.example/ns/shop/sa/*'] }",
+        );
+        let mut input = Input::default();
+        let peer = |p: &str| Peer {
+            principal: p.into(),
+            certificate: None,
+        };
+        input.context.peer = Some(peer("spiffe://acme.example/ns/shop/sa/cart"));
+        assert_eq!(
+            authenticate(&cfg, &input).unwrap().method,
+            AuthMethod::Spiffe
+        );
+        input.context.peer = Some(peer("spiffe://acme.example/ns/admin/sa/cart"));
+        assert!(authenticate(&cfg, &input).unwrap().is_anonymous());
+        let spec: IdentitySpec = serde_yaml::from_str(
+            "spiffe: { trust_domains: [acme.example], ids: ['spiffe://other.example/x'] }",
+        )
+        .unwrap();
+        assert!(IdentityConfig::compile(&spec, "t", std::path::Path::new(".")).is_err());
     }
 
     #[test]
