@@ -479,6 +479,280 @@ async fn validates_its_own_tokens_behind_a_real_envoy() {
     portcullis.stop().await.unwrap();
 }
 
+/// A private PKI for the mTLS listener: CA, server certificate, two clients.
+struct TestPki {
+    ca_pem: String,
+    ca_der: rustls::pki_types::CertificateDer<'static>,
+    server: (String, String),
+    clients: Vec<(String, String, String)>,
+}
+
+fn test_pki() -> TestPki {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Distinct subject names: with rcgen's default name on both, OpenSSL-style
+    // verifiers (Envoy's BoringSSL) take the leaf for a self-signed certificate.
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "portcullis e2e test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf = |names: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, names[0].clone());
+        // SPIFFE IDs are URI SANs; everything else a DNS name.
+        params.subject_alt_names = names
+            .into_iter()
+            .map(|n| {
+                if n.starts_with("spiffe://") {
+                    rcgen::SanType::URI(n.try_into().unwrap())
+                } else {
+                    rcgen::SanType::DnsName(n.try_into().unwrap())
+                }
+            })
+            .collect();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let x5t = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(<sha2::Sha256 as sha2::Digest>::digest(cert.der()));
+        (cert.pem(), key.serialize_pem(), x5t)
+    };
+    let (server_pem, server_key, _) = leaf(vec!["umbrella.example.com".into()]);
+    TestPki {
+        ca_pem: ca.pem(),
+        ca_der: ca.der().clone(),
+        server: (server_pem, server_key),
+        clients: vec![
+            leaf(vec!["spiffe://umbrella.example/client/a".into()]),
+            leaf(vec!["spiffe://umbrella.example/client/b".into()]),
+        ],
+    }
+}
+
+/// One HTTPS request through Envoy's mTLS listener with a client certificate.
+async fn https_with_client_cert(
+    pki: &TestPki,
+    client: usize,
+    addr: SocketAddr,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> HttpResponse {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca_der.clone()).unwrap();
+    let (pem, key, _) = &pki.clients[client];
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("umbrella.example.com").unwrap();
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake with Envoy");
+    support::exchange(tls, "GET", target, headers, None).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sender_constrained_tokens_behind_a_real_envoy() {
+    let pki = test_pki();
+    let idp = ES256KeyPair::generate().with_key_id("umbrella-1");
+    let jwks =
+        json!({ "keys": [serde_json::from_str::<Value>(&idp.public_key().to_jwk()).unwrap()] });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("umbrella.yaml"),
+        format!(
+            r#"apiVersion: portcullis/v1
+tenant: umbrella
+hosts: [umbrella.example.com]
+identity:
+  jwt:
+    - {{ issuer: "https://idp.umbrella.example", audiences: [api], algorithms: [ES256], jwks: {jwks}, sender_constraint: any }}
+  dpop: {{ public_origin: "http://umbrella.example.com" }}
+rules:
+  - {{ id: all, path: "/{{rest...}}", effect: allow }}
+response:
+  headers: {{ x-subject: "{{claims.sub}}" }}
+  remove: [authorization]
+"#
+        ),
+    )
+    .unwrap();
+    let portcullis = support::start_portcullis(dir.path()).await;
+    let (upstream, _echo) = support::start_echo_upstream().await;
+    let mut config: Value = serde_json::from_str(&e2e_config(
+        portcullis.grpc_addr.unwrap(),
+        upstream,
+        support::dead_port(),
+        &Issuer::new().jwks(),
+    ))
+    .unwrap();
+    let listeners = config["static_resources"]["listeners"]
+        .as_array_mut()
+        .unwrap();
+    // jwt_authn leaves umbrella's host to portcullis.
+    listeners[0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]["typed_config"]
+        ["rules"]
+        .as_array_mut()
+        .unwrap()
+        .insert(
+            0,
+            json!({ "match": { "prefix": "/", "headers": [
+                { "name": ":authority", "string_match": { "exact": "umbrella.example.com" } }
+            ]}}),
+        );
+    // A second listener that terminates TLS and verifies client certificates.
+    let mut mtls = listeners[0].clone();
+    mtls["name"] = json!("mtls");
+    mtls["filter_chains"][0]["transport_socket"] = json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": true,
+            "common_tls_context": {
+                "tls_certificates": [{
+                    "certificate_chain": { "inline_string": pki.server.0 },
+                    "private_key": { "inline_string": pki.server.1 },
+                }],
+                "validation_context": { "trusted_ca": { "inline_string": pki.ca_pem } },
+            },
+        },
+    });
+    listeners.push(mtls);
+    let envoy = Envoy::start(&serde_json::to_string(&config).unwrap()).await;
+    let main = envoy.listener("main").await;
+    let mtls = envoy.listener("mtls").await;
+    let host = ("host", "umbrella.example.com");
+
+    let mint = |cnf: Value| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        idp.sign(support::raw_claims(json!({
+            "iss": "https://idp.umbrella.example", "aud": "api", "sub": "alice",
+            "iat": t, "exp": t + 300, "cnf": cnf,
+        })))
+        .unwrap()
+    };
+
+    // DPoP: a proof made here with an Ed25519 key (jwt-simple's key material).
+    let client = Ed25519KeyPair::generate();
+    let mut jwk: Value = serde_json::from_str(&client.public_key().to_jwk()).unwrap();
+    jwk.as_object_mut()
+        .unwrap()
+        .retain(|k, _| ["kty", "crv", "x"].contains(&k.as_str()));
+    let jkt = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+        <sha2::Sha256 as sha2::Digest>::digest(
+            format!(
+                r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
+                jwk["x"].as_str().unwrap()
+            )
+            .as_bytes(),
+        ),
+    );
+    let token = mint(json!({ "jkt": jkt }));
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let proof = {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let header = json!({"typ": "dpop+jwt", "alg": "EdDSA", "jwk": jwk});
+        let claims = json!({
+            "jti": "e2e-proof-1", "htm": "GET", "htu": "http://umbrella.example.com/orders/7",
+            "iat": now, "ath": b64.encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes())),
+        });
+        let input = format!(
+            "{}.{}",
+            b64.encode(header.to_string()),
+            b64.encode(claims.to_string())
+        );
+        let sig = client.key_pair().as_ref().sk.sign(input.as_bytes(), None);
+        format!("{input}.{}", b64.encode(sig.as_ref()))
+    };
+    let auth = format!("DPoP {token}");
+    let headers = [
+        host,
+        ("authorization", auth.as_str()),
+        ("dpop", proof.as_str()),
+    ];
+    let r = http(main, "GET", "/orders/7", &headers, None).await;
+    let seen = upstream_saw(&r);
+    assert_eq!(header_values(&seen, "x-subject"), vec!["alice"]);
+    assert!(
+        header_values(&seen, "dpop").is_empty(),
+        "the proof does not travel on: {seen}"
+    );
+    assert!(header_values(&seen, "authorization").is_empty());
+    // The same proof replayed: refused, with a DPoP challenge.
+    let r = http(main, "GET", "/orders/7", &headers, None).await;
+    assert_denied(&r, 401, "dpop_proof_replayed");
+    assert!(
+        r.header("www-authenticate").unwrap().starts_with("DPoP "),
+        "{r:?}"
+    );
+    // The bound token without its proof, as a bearer token: refused.
+    let bearer = format!("Bearer {token}");
+    let r = http(
+        main,
+        "GET",
+        "/orders/7",
+        &[host, ("authorization", &bearer)],
+        None,
+    )
+    .await;
+    assert_denied(&r, 401, "token_binding_mismatch");
+
+    // mTLS: a token bound to client a's certificate passes only with it.
+    let bound = format!("Bearer {}", mint(json!({ "x5t#S256": pki.clients[0].2 })));
+    let r = https_with_client_cert(
+        &pki,
+        0,
+        mtls,
+        "/orders/7",
+        &[host, ("authorization", &bound)],
+    )
+    .await;
+    assert_eq!(header_values(&upstream_saw(&r), "x-subject"), vec!["alice"]);
+    let r = https_with_client_cert(
+        &pki,
+        1,
+        mtls,
+        "/orders/7",
+        &[host, ("authorization", &bound)],
+    )
+    .await;
+    assert_denied(&r, 401, "token_binding_mismatch");
+    // Over plain HTTP there is no certificate at all.
+    let r = http(
+        main,
+        "GET",
+        "/orders/7",
+        &[host, ("authorization", &bound)],
+        None,
+    )
+    .await;
+    assert_denied(&r, 401, "token_binding_mismatch");
+
+    drop(envoy);
+    portcullis.stop().await.unwrap();
+}
+
 /// Sends an empty unary gRPC request over HTTP/2 (prior knowledge) and returns
 /// the HTTP status with the response headers (a deny is trailers-only).
 async fn grpc_call(

@@ -69,7 +69,22 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> HttpResponse {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    exchange(stream, method, target, headers, body).await
+}
+
+/// Sends one HTTP/1.1 request over any stream (plain TCP, or TLS) and reads the
+/// whole response.
+pub async fn exchange<S>(
+    mut stream: S,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> HttpResponse
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut req = format!("{method} {target} HTTP/1.1\r\nconnection: close\r\n");
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         req.push_str("host: localhost\r\n");
@@ -86,10 +101,16 @@ pub async fn http(
     }
     stream.write_all(req.as_bytes()).await.expect("write");
     let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
+    let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
         .await
-        .expect("response within 30s")
-        .expect("read");
+        .expect("response within 30s");
+    // A TLS peer may close without close_notify once the response is complete.
+    if let Err(e) = read {
+        assert!(
+            e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty(),
+            "read: {e}"
+        );
+    }
     parse_response(&raw)
 }
 
