@@ -18,6 +18,8 @@ pub struct AdminState {
     pub store: Arc<PolicyStore>,
     /// Set when shutdown begins, so load balancers stop sending new work.
     pub draining: Arc<AtomicBool>,
+    /// Publishes the keys of the tokens portcullis mints, when it mints any.
+    pub minter: Option<Arc<crate::exchange::Minter>>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -25,6 +27,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/policies", get(policies))
+        .route("/.well-known/jwks.json", get(jwks))
         .with_state(state)
 }
 
@@ -71,6 +74,14 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(body))
+}
+
+/// The public keys of minted downstream tokens (404 when none are minted).
+async fn jwks(State(state): State<AdminState>) -> axum::response::Response {
+    match &state.minter {
+        Some(m) => Json(m.jwks()).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 async fn policies(State(state): State<AdminState>) -> impl IntoResponse {

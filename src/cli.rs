@@ -123,12 +123,15 @@ pub fn main() -> ExitCode {
             request,
             config,
         } => {
-            let tenancy = match config.map(|c| Config::load(&c)) {
-                Some(Ok(c)) => c.tenancy,
+            let (tenancy, minter) = match config.map(|c| Config::load(&c)) {
+                Some(Ok(c)) => match c.minter() {
+                    Ok(m) => (c.tenancy, m),
+                    Err(e) => return usage(&e),
+                },
                 Some(Err(e)) => return usage(&e),
-                None => TenantResolver::default(),
+                None => (TenantResolver::default(), None),
             };
-            check(&policies, &request, tenancy)
+            check(&policies, &request, tenancy, minter)
         }
     }
 }
@@ -272,7 +275,12 @@ pub fn check_request_from_json(value: &serde_json::Value) -> Result<CheckRequest
         .map_err(|e| format!("not a CheckRequest: {e}"))
 }
 
-fn check(policies: &Path, request: &Path, tenancy: TenantResolver) -> ExitCode {
+fn check(
+    policies: &Path,
+    request: &Path,
+    tenancy: TenantResolver,
+    minter: Option<Arc<crate::exchange::Minter>>,
+) -> ExitCode {
     let store = Arc::new(PolicyStore::new(policies));
     let status = store.reload();
     for e in &status.errors {
@@ -285,7 +293,7 @@ fn check(policies: &Path, request: &Path, tenancy: TenantResolver) -> ExitCode {
         Ok(r) => r,
         Err(e) => return usage(&e),
     };
-    let pipeline = Pipeline::new(store, tenancy);
+    let pipeline = Pipeline::new(store, tenancy).with_minter(minter);
     // Issuers with remote keys need a runtime to fetch them.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -309,7 +317,15 @@ fn check(policies: &Path, request: &Path, tenancy: TenantResolver) -> ExitCode {
         "auth_method": decision.auth_method,
         "subject": decision.subject,
         "detail": decision.detail,
-        "set_headers": decision.set_headers,
+        // A minted token is a credential: shown as such, never printed.
+        "set_headers": decision
+            .set_headers
+            .iter()
+            .map(|(k, v)| {
+                let v = if k == "authorization" { "Bearer <minted token>" } else { v.as_str() };
+                (k.clone(), v.to_string())
+            })
+            .collect::<Vec<_>>(),
         "remove_headers": decision.remove_headers,
         "rules": trace,
     });

@@ -34,6 +34,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Signing keys for the narrowed tokens portcullis mints for upstreams.
+    #[serde(default)]
+    pub token_exchange: Option<crate::exchange::ExchangeConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -90,6 +93,7 @@ impl Config {
             reload: ReloadConfig::default(),
             shutdown_grace: default_grace(),
             log_format: LogFormat::default(),
+            token_exchange: None,
         }
     }
 
@@ -109,6 +113,11 @@ impl Config {
         {
             config.unix_socket = Some(base.join(sock));
         }
+        if let Some(exchange) = &mut config.token_exchange {
+            for key in &mut exchange.keys {
+                key.file = base.join(&key.file);
+            }
+        }
         config
             .validate()
             .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -123,6 +132,14 @@ impl Config {
             return Err("reload.debounce and reload.rescan_interval must be positive".into());
         }
         self.tenancy.validate()
+    }
+
+    /// The token minter, when `token_exchange` is configured.
+    pub fn minter(&self) -> Result<Option<std::sync::Arc<crate::exchange::Minter>>, String> {
+        self.token_exchange
+            .as_ref()
+            .map(|c| crate::exchange::Minter::load(c, Path::new("")).map(std::sync::Arc::new))
+            .transpose()
     }
 }
 

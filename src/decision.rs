@@ -63,6 +63,9 @@ pub enum Reason {
     TokenBindingMismatch,
     /// Introspection says the opaque token is not active (RFC 7662 §2.2).
     TokenInactive,
+    /// A narrowed token for the upstream could not be minted (no signing key,
+    /// no audience for the route): the caller's token must not go instead.
+    DownstreamTokenUnavailable,
     /// The introspection endpoint could not answer: portcullis cannot decide.
     IntrospectionUnavailable,
     /// A valid token without the scopes an applicable rule names (RFC 6750 §3.1).
@@ -127,6 +130,7 @@ impl Reason {
             Reason::DpopReplayCacheFull => "dpop_replay_cache_full",
             Reason::TokenBindingMismatch => "token_binding_mismatch",
             Reason::IntrospectionUnavailable => "introspection_unavailable",
+            Reason::DownstreamTokenUnavailable => "downstream_token_unavailable",
             Reason::InsufficientScope => "insufficient_scope",
             Reason::InsufficientUserAuthentication => "insufficient_user_authentication",
             Reason::KeysUnavailable => "keys_unavailable",
@@ -187,6 +191,7 @@ impl Reason {
             Reason::NotReady
             | Reason::KeysUnavailable
             | Reason::IntrospectionUnavailable
+            | Reason::DownstreamTokenUnavailable
             | Reason::DpopReplayCacheFull => 503,
         }
     }
@@ -248,7 +253,7 @@ impl Reason {
     }
 }
 
-const ALL: [Reason; 40] = [
+const ALL: [Reason; 41] = [
     Reason::Allowed,
     Reason::DefaultAllow,
     Reason::CorsPreflight,
@@ -276,6 +281,7 @@ const ALL: [Reason; 40] = [
     Reason::DpopReplayCacheFull,
     Reason::TokenBindingMismatch,
     Reason::IntrospectionUnavailable,
+    Reason::DownstreamTokenUnavailable,
     Reason::InsufficientScope,
     Reason::InsufficientUserAuthentication,
     Reason::KeysUnavailable,

@@ -23,6 +23,8 @@
 //! - [`decision`] — the outcome as data: allow/deny, rule, reason, headers, status.
 //! - [`response`] — a [`decision::Decision`] rendered into a `CheckResponse`.
 //!
+//! On an allow, [`exchange`] can mint a narrowed token for the upstream.
+//!
 //! [`pipeline`] chains the stages as plain functions; [`server`] wraps them in the
 //! gRPC service, and [`admin`] serves health and readiness. [`store`] keeps the
 //! compiled tenants and swaps them on reload; [`watch`] notices policy changes.
@@ -33,6 +35,7 @@ pub mod cli;
 pub mod config;
 pub mod decision;
 pub mod duration;
+pub mod exchange;
 pub mod identity;
 pub mod input;
 pub mod path;

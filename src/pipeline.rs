@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::decision::{Decision, Reason};
+use crate::exchange::Minter;
 use crate::identity::{self, IdentityError, Pending};
 use crate::input::Input;
 use crate::policy::{Effect, Outcome, RuleTrace, Unmet};
@@ -45,11 +46,22 @@ fn strip_underscore_spellings(
 pub struct Pipeline {
     pub store: Arc<PolicyStore>,
     pub tenancy: TenantResolver,
+    /// Mints downstream tokens, when the server has signing keys.
+    pub minter: Option<Arc<Minter>>,
 }
 
 impl Pipeline {
     pub fn new(store: Arc<PolicyStore>, tenancy: TenantResolver) -> Pipeline {
-        Pipeline { store, tenancy }
+        Pipeline {
+            store,
+            tenancy,
+            minter: None,
+        }
+    }
+
+    pub fn with_minter(mut self, minter: Option<Arc<Minter>>) -> Pipeline {
+        self.minter = minter;
+        self
     }
 
     /// Decides one request without waiting for anything: when an issuer's keys
@@ -198,6 +210,42 @@ impl Pipeline {
                     decision
                         .set_headers
                         .push((DECISION_ID_HEADER.to_string(), decision.decision_id.clone()));
+                    if let Some(spec) = tenant.downstream(decision.rule.as_ref()) {
+                        let minted = self.minter.as_ref().map_or(
+                            Err(crate::exchange::MintError::NotConfigured),
+                            |m| {
+                                m.mint(
+                                    spec,
+                                    &tenant.id,
+                                    &identity,
+                                    &input.resource.context_extensions,
+                                    now,
+                                )
+                            },
+                        );
+                        match minted {
+                            // Overwrites the caller's Authorization (a removal
+                            // would also remove the new token).
+                            Ok(token) => {
+                                decision.set_headers.retain(|(k, _)| k != "authorization");
+                                decision.remove_headers.retain(|h| h != "authorization");
+                                decision
+                                    .set_headers
+                                    .push(("authorization".into(), format!("Bearer {token}")));
+                                if !decision.remove_headers.iter().any(|h| h == "dpop") {
+                                    decision.remove_headers.push("dpop".into());
+                                }
+                            }
+                            Err(e) => {
+                                decision.allowed = false;
+                                decision.reason = Reason::DownstreamTokenUnavailable;
+                                decision.detail = Some(e.to_string());
+                                decision.set_headers.clear();
+                                decision.remove_headers.clear();
+                                decision.remove_query.clear();
+                            }
+                        }
+                    }
                 }
                 Err(message) => {
                     decision.reason = Reason::UnsafeHeaderValue;

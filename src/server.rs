@@ -136,7 +136,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     };
     policy_watch::log_status(&first);
 
-    let pipeline = Arc::new(Pipeline::new(Arc::clone(&store), config.tenancy.clone()));
+    let minter = config.minter().map_err(anyhow::Error::msg)?;
+    let pipeline = Arc::new(
+        Pipeline::new(Arc::clone(&store), config.tenancy.clone()).with_minter(minter.clone()),
+    );
     let (stop, stop_rx) = watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -158,6 +161,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let admin_router = admin::router(AdminState {
         store: Arc::clone(&store),
         draining: Arc::clone(&draining),
+        minter,
     });
     let admin_stop = stopped();
     tasks.spawn(async move {

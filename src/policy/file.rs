@@ -82,6 +82,9 @@ pub struct RuleSpec {
     /// The caller's `auth_time` must be at most this old (RFC 9470 `max_age`).
     #[serde(default, with = "opt_duration")]
     pub max_auth_age: Option<std::time::Duration>,
+    /// This rule's own downstream token, instead of the tenant's.
+    #[serde(default)]
+    pub downstream_token: Option<crate::exchange::DownstreamSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -134,4 +137,7 @@ pub struct ResponseSpec {
     /// Headers removed from allowed requests (e.g. the caller's `authorization`).
     #[serde(default)]
     pub remove: Vec<String>,
+    /// Mint a narrowed token for the upstream, which replaces `Authorization`.
+    #[serde(default)]
+    pub downstream_token: Option<crate::exchange::DownstreamSpec>,
 }

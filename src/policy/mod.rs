@@ -188,6 +188,9 @@ pub struct CompiledTenant {
     resource_index: RouteIndex,
     headers: Vec<(String, HeaderTemplate)>,
     remove: Vec<String>,
+    /// The tenant's downstream token, and the rules that have their own.
+    downstream: Option<crate::exchange::Downstream>,
+    rule_downstream: std::collections::HashMap<Arc<str>, crate::exchange::Downstream>,
     /// Union of what the conditions read: only these fields are built per check.
     reads: Reads,
 }
@@ -280,6 +283,7 @@ pub fn compile(file: &Path, text: &str) -> Result<CompiledTenant, Vec<PolicyErro
         ));
     }
     let mut rules = Vec::new();
+    let mut rule_downstream = std::collections::HashMap::new();
     let mut index = RouteIndex::default();
     let mut ids = std::collections::HashSet::new();
     for spec_rule in &spec.rules {
@@ -354,6 +358,20 @@ pub fn compile(file: &Path, text: &str) -> Result<CompiledTenant, Vec<PolicyErro
                 "public applies to allow rules only; deny rules apply to everyone".into(),
             ));
         }
+        if let Some(spec) = &spec_rule.downstream_token {
+            if spec_rule.effect == Effect::Deny {
+                errors.push(rule_err(
+                    "downstream_token",
+                    "downstream_token applies to allow rules only".into(),
+                ));
+            }
+            match crate::exchange::Downstream::compile(spec) {
+                Ok(d) => {
+                    rule_downstream.insert(Arc::from(spec_rule.id.as_str()), d);
+                }
+                Err(e) => errors.push(rule_err("downstream_token", e)),
+            }
+        }
         if let Some(template) = template {
             index.insert(&template, rules.len());
             rules.push(Rule {
@@ -413,6 +431,26 @@ pub fn compile(file: &Path, text: &str) -> Result<CompiledTenant, Vec<PolicyErro
         }
     }
 
+    let downstream = spec.response.downstream_token.as_ref().and_then(|d| {
+        crate::exchange::Downstream::compile(d)
+            .map_err(|e| {
+                errors.push(err(
+                    line_of(text, 0, "downstream_token"),
+                    format!("response.{e}"),
+                ))
+            })
+            .ok()
+    });
+    // Envoy applies removals after it sets headers: removing Authorization
+    // would delete the minted token too.
+    if (spec.response.downstream_token.is_some() || !rule_downstream.is_empty())
+        && remove.iter().any(|h| h == "authorization")
+    {
+        errors.push(err(
+            line_of(text, 0, "remove"),
+            "response.remove must not name authorization with a downstream_token: the minted token replaces it".into(),
+        ));
+    }
     let cors = if spec.cors.allow_preflight {
         let at = line_of(text, 0, "cors");
         if spec.cors.allow_origins.is_empty() {
@@ -481,6 +519,8 @@ pub fn compile(file: &Path, text: &str) -> Result<CompiledTenant, Vec<PolicyErro
             resource_index,
             headers,
             remove,
+            downstream,
+            rule_downstream,
             reads,
         }),
         _ => Err(errors),
@@ -740,6 +780,13 @@ impl CompiledTenant {
             ("access-control-max-age".into(), cors.max_age.clone()),
             ("vary".into(), "origin".into()),
         ])
+    }
+
+    /// What to mint for the upstream when `rule` allowed (its own setting, or
+    /// the tenant's).
+    pub fn downstream(&self, rule: Option<&Arc<str>>) -> Option<&crate::exchange::Downstream> {
+        rule.and_then(|r| self.rule_downstream.get(r))
+            .or(self.downstream.as_ref())
     }
 
     /// Headers to set and remove on an allowed request: every owned header is
