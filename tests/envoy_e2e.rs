@@ -753,6 +753,126 @@ response:
     portcullis.stop().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_gets_a_narrowed_token_through_envoy() {
+    let dir = tempfile::tempdir().unwrap();
+    let idp = ES256KeyPair::generate().with_key_id("hooli-1");
+    let jwks =
+        json!({ "keys": [serde_json::from_str::<Value>(&idp.public_key().to_jwk()).unwrap()] });
+    std::fs::write(
+        dir.path().join("hooli.yaml"),
+        format!(
+            r#"apiVersion: portcullis/v1
+tenant: hooli
+hosts: [hooli.example.com]
+identity:
+  jwt:
+    - {{ issuer: "https://idp.hooli.example", audiences: [edge], algorithms: [ES256], jwks: {jwks} }}
+rules:
+  - {{ id: all, path: "/{{rest...}}", effect: allow }}
+response:
+  downstream_token: {{ audience: search-svc, lifetime: 60s, scopes: [search:read] }}
+"#
+        ),
+    )
+    .unwrap();
+    let signing = dir.path().join("signing.pem");
+    std::fs::write(
+        &signing,
+        rcgen::KeyPair::generate().unwrap().serialize_pem(),
+    )
+    .unwrap();
+    let portcullis = support::start_portcullis_with(dir.path(), |c| {
+        c.token_exchange = Some(portcullis::exchange::ExchangeConfig {
+            issuer: "https://portcullis.hooli.internal".into(),
+            keys: vec![portcullis::exchange::KeyFile {
+                kid: "e2e".into(),
+                file: signing.clone(),
+            }],
+            development_generate_key: false,
+        });
+    })
+    .await;
+    let (upstream, _echo) = support::start_echo_upstream().await;
+    let mut config: Value = serde_json::from_str(&e2e_config(
+        portcullis.grpc_addr.unwrap(),
+        upstream,
+        support::dead_port(),
+        &Issuer::new().jwks(),
+    ))
+    .unwrap();
+    config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["http_filters"][0]["typed_config"]["rules"]
+        .as_array_mut()
+        .unwrap()
+        .insert(
+            0,
+            json!({ "match": { "prefix": "/", "headers": [
+                { "name": ":authority", "string_match": { "exact": "hooli.example.com" } }
+            ]}}),
+        );
+    let envoy = Envoy::start(&serde_json::to_string(&config).unwrap()).await;
+    let main = envoy.listener("main").await;
+
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let caller = idp
+        .sign(support::raw_claims(json!({
+            "iss": "https://idp.hooli.example", "aud": "edge", "sub": "gavin", "azp": "hooli-web",
+            "scope": "search:read search:admin", "iat": t, "exp": t + 300,
+        })))
+        .unwrap();
+    let auth = format!("Bearer {caller}");
+    let r = http(
+        main,
+        "GET",
+        "/search",
+        &[("host", "hooli.example.com"), ("authorization", &auth)],
+        None,
+    )
+    .await;
+    let seen = upstream_saw(&r);
+    let forwarded = header_values(&seen, "authorization");
+    assert_eq!(
+        forwarded.len(),
+        1,
+        "exactly one Authorization upstream: {seen}"
+    );
+    let minted = forwarded[0]
+        .strip_prefix("Bearer ")
+        .expect("a bearer token");
+    assert_ne!(minted, caller, "the caller's token does not travel on");
+
+    // The service's view: portcullis' published keys, and jwt-simple.
+    let jwks = http(
+        portcullis.admin_addr,
+        "GET",
+        "/.well-known/jwks.json",
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(jwks.status, 200, "{jwks:?}");
+    let jwk = jwks.json()["keys"][0].clone();
+    let key = ES256PublicKey::from_jwk(&jwk.to_string()).unwrap();
+    let options = VerificationOptions {
+        allowed_issuers: Some(HashSet::from_strings(&[
+            "https://portcullis.hooli.internal",
+        ])),
+        allowed_audiences: Some(HashSet::from_strings(&["search-svc"])),
+        ..Default::default()
+    };
+    let claims = key.verify_token::<Value>(minted, Some(options)).unwrap();
+    assert_eq!(claims.subject.as_deref(), Some("gavin"));
+    assert_eq!(claims.custom["scope"], "search:read");
+    assert_eq!(claims.custom["act"]["sub"], "hooli-web");
+
+    drop(envoy);
+    portcullis.stop().await.unwrap();
+}
+
 /// Sends an empty unary gRPC request over HTTP/2 (prior knowledge) and returns
 /// the HTTP status with the response headers (a deny is trailers-only).
 async fn grpc_call(

@@ -32,7 +32,13 @@ pub fn example_policies() -> PathBuf {
 
 /// Starts portcullis on loopback port 0 with the given policy directory.
 pub async fn start_portcullis(policies: &Path) -> Running {
+    start_portcullis_with(policies, |_| {}).await
+}
+
+/// As [`start_portcullis`], with more settings.
+pub async fn start_portcullis_with(policies: &Path, more: impl FnOnce(&mut Config)) -> Running {
     let mut config = Config::with_policies(policies);
+    more(&mut config);
     config.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.reload.debounce = Duration::from_millis(50);
