@@ -159,18 +159,28 @@ pub trait ReplayCache: Send + Sync + std::fmt::Debug {
 }
 
 /// A bounded in-memory replay cache. When full (after dropping expired
-/// entries) it refuses new proofs rather than forget old ones.
+/// entries) it refuses new proofs rather than forget old ones. Expired entries
+/// leave from the front of an insertion-ordered queue, so no check ever scans
+/// the whole cache.
 #[derive(Debug)]
 pub struct MemoryReplayCache {
     capacity: usize,
-    seen: Mutex<HashMap<[u8; 32], u64>>,
+    state: Mutex<ReplayState>,
+}
+
+#[derive(Debug, Default)]
+struct ReplayState {
+    seen: HashMap<[u8; 32], u64>,
+    /// `(until, key)` in insertion order; `until` grows with time, so the
+    /// front expires first (an entry out of order just leaves a little late).
+    order: std::collections::VecDeque<(u64, [u8; 32])>,
 }
 
 impl MemoryReplayCache {
     pub fn new(capacity: usize) -> MemoryReplayCache {
         MemoryReplayCache {
             capacity,
-            seen: Mutex::new(HashMap::new()),
+            state: Mutex::new(ReplayState::default()),
         }
     }
 }
@@ -178,17 +188,25 @@ impl MemoryReplayCache {
 impl ReplayCache for MemoryReplayCache {
     fn record(&self, jti: &str, until: u64, now: u64) -> Result<(), BindingError> {
         let key: [u8; 32] = Sha256::digest(jti.as_bytes()).into();
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let ReplayState { seen, order } = &mut *state;
+        while let Some(&(u, k)) = order.front() {
+            if u > now {
+                break;
+            }
+            order.pop_front();
+            if seen.get(&k) == Some(&u) {
+                seen.remove(&k);
+            }
+        }
         if seen.get(&key).is_some_and(|u| *u > now) {
             return Err(BindingError::Replayed);
         }
         if seen.len() >= self.capacity {
-            seen.retain(|_, u| *u > now);
-            if seen.len() >= self.capacity {
-                return Err(BindingError::ReplayCacheFull);
-            }
+            return Err(BindingError::ReplayCacheFull);
         }
         seen.insert(key, until);
+        order.push_back((until, key));
         Ok(())
     }
 }

@@ -10,6 +10,8 @@
 //! - `rs256_cache_hit`: the same RS256 token every time (the verified-token cache).
 //! - `rs256_cache_miss`: a fresh RS256 token every time (signature and claims
 //!   checked; minting is outside the measurement).
+//! - `dpop_bound`: the same DPoP-bound RS256 token (a cache hit) with a fresh
+//!   Ed25519 proof every time: the proof's signature, claims and replay check.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -39,6 +41,7 @@ identity:
       algorithms: [RS256]
       jwks: {jwks}
       max_lifetime: 15m
+  dpop: {{ public_origin: "https://acme.example.com", replay_cache_size: 10000000 }}
 rules:
   - {{ id: docs, path: "/docs/{{rest...}}", effect: allow, public: true }}
   - id: orders
@@ -103,6 +106,76 @@ fn bench(c: &mut Criterion) {
     });
     c.bench_function("check/rs256_cache_hit", |b| {
         b.iter(|| black_box(pipeline.check(black_box(&with_token))))
+    });
+    // DPoP: one bound token, a new proof per check.
+    let client = Ed25519KeyPair::generate();
+    let mut jwk: Value = serde_json::from_str(&client.public_key().to_jwk()).unwrap();
+    jwk.as_object_mut()
+        .unwrap()
+        .retain(|k, _| ["kty", "crv", "x"].contains(&k.as_str()));
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let jkt = b64.encode(sha2::Sha256::digest(
+        format!(
+            r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
+            jwk["x"].as_str().unwrap()
+        )
+        .as_bytes(),
+    ));
+    let bound = {
+        let claims = Claims::with_custom_claims(
+            json!({ "tenant": "acme", "scope": "orders:read", "cnf": { "jkt": jkt } }),
+            jwt_simple::prelude::Duration::from_mins(5),
+        )
+        .with_issuer(ISSUER)
+        .with_subject("alice")
+        .with_audience("orders-api");
+        key.sign(claims).unwrap()
+    };
+    let ath = b64.encode(sha2::Sha256::digest(bound.as_bytes()));
+    let mut n = 0u64;
+    let mut dpop_request = || {
+        n += 1;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let header = json!({"typ": "dpop+jwt", "alg": "EdDSA", "jwk": jwk});
+        let claims = json!({"jti": format!("bench-{n}"), "htm": "GET",
+            "htu": "https://acme.example.com/tenants/acme/orders/42", "iat": now, "ath": ath});
+        let input = format!(
+            "{}.{}",
+            b64.encode(header.to_string()),
+            b64.encode(claims.to_string())
+        );
+        let sig = client.key_pair().as_ref().sk.sign(input.as_bytes(), None);
+        let proof = format!("{input}.{}", b64.encode(sig.as_ref()));
+        let mut r = request("/tenants/acme/orders/42", None);
+        let http = r
+            .attributes
+            .as_mut()
+            .unwrap()
+            .request
+            .as_mut()
+            .unwrap()
+            .http
+            .as_mut()
+            .unwrap();
+        http.headers
+            .insert("authorization".into(), format!("DPoP {bound}"));
+        http.headers.insert("dpop".into(), proof);
+        r
+    };
+    let first = dpop_request();
+    let d = pipeline.check(&first);
+    assert!(d.allowed, "{:?} {:?}", d.reason, d.detail);
+    c.bench_function("check/dpop_bound", |b| {
+        b.iter_batched(
+            &mut dpop_request,
+            |req| black_box(pipeline.check(&req)),
+            BatchSize::SmallInput,
+        )
     });
     c.bench_function("check/rs256_cache_miss", |b| {
         b.iter_batched(
