@@ -34,6 +34,15 @@ pub struct Config {
     pub shutdown_grace: Duration,
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Trace export (OTLP/gRPC); see [`crate::telemetry`].
+    #[serde(default)]
+    pub tracing: crate::telemetry::TracingConfig,
+    /// `/metrics` on the admin port; see [`crate::metrics`].
+    #[serde(default)]
+    pub metrics: crate::metrics::MetricsConfig,
+    /// One JSON line per decision; see [`crate::audit`].
+    #[serde(default)]
+    pub decision_log: crate::audit::DecisionLogConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -90,6 +99,9 @@ impl Config {
             reload: ReloadConfig::default(),
             shutdown_grace: default_grace(),
             log_format: LogFormat::default(),
+            tracing: Default::default(),
+            metrics: Default::default(),
+            decision_log: Default::default(),
         }
     }
 
@@ -109,6 +121,7 @@ impl Config {
         {
             config.unix_socket = Some(base.join(sock));
         }
+        config.decision_log.resolve(base);
         config
             .validate()
             .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -122,6 +135,8 @@ impl Config {
         if self.reload.debounce.is_zero() || self.reload.rescan_interval.is_zero() {
             return Err("reload.debounce and reload.rescan_interval must be positive".into());
         }
+        self.decision_log.validate()?;
+        self.tracing.validate()?;
         self.tenancy.validate()
     }
 }

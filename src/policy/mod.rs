@@ -27,7 +27,7 @@ use crate::identity::{Identity, IdentityConfig};
 use crate::input::{Body, Input};
 use crate::path::{RouteIndex, Template};
 pub use cel::{Condition, Fields, MAX_CONDITION_BYTES, Reads};
-pub use file::{API_VERSION, Effect, PolicyFile};
+pub use file::{API_VERSION, Effect, Mode, PolicyFile};
 use template::{HeaderTemplate, Scope};
 pub use template::{Rendered, valid_header_name};
 
@@ -102,6 +102,8 @@ pub struct Rule {
     template: Template,
     hosts: Vec<HostPattern>,
     condition: Option<Condition>,
+    /// A dry-run rule is evaluated and reported, never decides.
+    mode: Mode,
 }
 
 impl Rule {
@@ -127,6 +129,8 @@ pub struct CompiledTenant {
     pub hosts: Vec<HostPattern>,
     pub identity: IdentityConfig,
     pub default: Effect,
+    /// A dry-run tenant's decisions are reported and then allowed.
+    pub mode: Mode,
     cors: Option<Cors>,
     rules: Vec<Rule>,
     index: RouteIndex,
@@ -283,6 +287,7 @@ pub fn compile(file: &Path, text: &str) -> Result<CompiledTenant, Vec<PolicyErro
                 template,
                 hosts: rule_hosts,
                 condition,
+                mode: spec_rule.mode,
             });
         }
     }
@@ -388,6 +393,7 @@ pub fn compile(file: &Path, text: &str) -> Result<CompiledTenant, Vec<PolicyErro
             hosts,
             identity,
             default: spec.default,
+            mode: spec.mode,
             cors,
             rules,
             index,
@@ -475,6 +481,17 @@ pub struct Evaluation {
     pub outcome: Outcome,
     pub params: Vec<(String, String)>,
     pub trace: Vec<RuleTrace>,
+    /// Dry-run rules that held (or failed) before the outcome was reached.
+    pub dry_run: Vec<DryRunHit>,
+}
+
+/// What a dry-run rule would have done: `allow`, `deny`, or the reason code of
+/// the deny it would have caused (`policy_error`, `body_unavailable`,
+/// `ambiguous_query`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DryRunHit {
+    pub rule: Arc<str>,
+    pub would: &'static str,
 }
 
 impl CompiledTenant {
@@ -486,6 +503,7 @@ impl CompiledTenant {
     pub fn evaluate(&self, input: &Input, identity: &Identity, explain: bool) -> Evaluation {
         let resource = &input.resource;
         let mut trace = Vec::new();
+        let mut dry_run: Vec<DryRunHit> = Vec::new();
         if let Some(cors) = &self.cors
             && resource.method == "OPTIONS"
             && let (Some(origin), Some(method)) = (
@@ -497,6 +515,7 @@ impl CompiledTenant {
                 outcome: self.preflight(cors, resource, origin, method),
                 params: Vec::new(),
                 trace,
+                dry_run: Vec::new(),
             };
         }
         let candidates: Vec<(&Rule, Vec<(String, String)>)> = self
@@ -550,6 +569,19 @@ impl CompiledTenant {
                 );
                 continue;
             }
+            if rule.mode == Mode::DryRun {
+                match self.dry_run_rule(rule, input, identity, params, attributes, &mut base) {
+                    Some(would) => {
+                        note(&mut trace, &format!("dry run: would {would}"));
+                        dry_run.push(DryRunHit {
+                            rule: rule.id.clone(),
+                            would,
+                        });
+                    }
+                    None => note(&mut trace, "dry run: condition is false"),
+                }
+                continue;
+            }
             let holds = match &rule.condition {
                 None => Ok(true),
                 Some(c)
@@ -561,6 +593,7 @@ impl CompiledTenant {
                         outcome: Outcome::BodyUnavailable(rule.id.clone()),
                         params: params.clone(),
                         trace,
+                        dry_run: std::mem::take(&mut dry_run),
                     };
                 }
                 Some(c) if resource.query_repeated && c.reads().resource.wants("query") => {
@@ -569,6 +602,7 @@ impl CompiledTenant {
                         outcome: Outcome::AmbiguousQuery(rule.id.clone()),
                         params: params.clone(),
                         trace,
+                        dry_run: std::mem::take(&mut dry_run),
                     };
                 }
                 Some(c) => {
@@ -587,6 +621,7 @@ impl CompiledTenant {
                         outcome,
                         params: params.clone(),
                         trace,
+                        dry_run: std::mem::take(&mut dry_run),
                     };
                 }
                 Ok(false) => note(&mut trace, "condition is false"),
@@ -596,6 +631,7 @@ impl CompiledTenant {
                         outcome: Outcome::PolicyError(rule.id.clone(), message),
                         params: params.clone(),
                         trace,
+                        dry_run: std::mem::take(&mut dry_run),
                     };
                 }
             }
@@ -604,6 +640,39 @@ impl CompiledTenant {
             outcome: Outcome::NoMatch,
             params: Vec::new(),
             trace,
+            dry_run,
+        }
+    }
+
+    /// What a dry-run rule would have done, if anything; it never decides.
+    fn dry_run_rule(
+        &self,
+        rule: &Rule,
+        input: &Input,
+        identity: &Identity,
+        params: &[(String, String)],
+        attributes: Option<&BTreeMap<String, String>>,
+        base: &mut Option<Base>,
+    ) -> Option<&'static str> {
+        let effect = match rule.effect {
+            Effect::Allow => "allow",
+            Effect::Deny => "deny",
+        };
+        let Some(c) = &rule.condition else {
+            return Some(effect);
+        };
+        let resource = &input.resource;
+        if c.reads_body() && matches!(resource.body, Body::Truncated | Body::Unparsed) {
+            return Some("body_unavailable");
+        }
+        if resource.query_repeated && c.reads().resource.wants("query") {
+            return Some("ambiguous_query");
+        }
+        let base = base.get_or_insert_with(|| Base::new(self, input, identity));
+        match c.evaluate(&base.variables(params, attributes)) {
+            Ok(true) => Some(effect),
+            Ok(false) => None,
+            Err(_) => Some("policy_error"),
         }
     }
 
@@ -624,6 +693,7 @@ impl CompiledTenant {
         let routed = self.index.lookup(&resource.segments).into_iter().any(|i| {
             let rule = &self.rules[i];
             rule.effect == Effect::Allow
+                && rule.mode == Mode::Enforce
                 && rule.allows_method(method)
                 && rule.allows_host(&resource.host)
                 && rule.template.matches(&resource.segments).is_some()
