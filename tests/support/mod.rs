@@ -36,6 +36,7 @@ pub async fn start_portcullis(policies: &Path) -> Running {
     config.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.reload.debounce = Duration::from_millis(50);
+    config.decision_log.output = "off".into();
     server::start(&config).await.expect("portcullis starts")
 }
 
