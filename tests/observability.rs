@@ -132,34 +132,28 @@ impl Receiver {
 
     /// The portcullis Check span of a decision, once exported.
     async fn check_span(&self, decision_id: &str) -> Got {
-        let deadline = Instant::now() + support::READY_TIMEOUT;
-        loop {
-            if let Some(s) = self.spans().into_iter().find(|s| {
-                s.name == "check"
-                    && s.attrs.get("decision_id").map(String::as_str) == Some(decision_id)
-            }) {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no check span for decision {decision_id}; got {:#?}",
-                self.spans()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.wait_for(&format!("the check span of decision {decision_id}"), |s| {
+            s.name == "check" && s.attrs.get("decision_id").map(String::as_str) == Some(decision_id)
+        })
+        .await
     }
 
     /// The span with this id, once exported (Envoy exports its span for the
     /// ext_authz call when that call ends, after portcullis answered).
     async fn span(&self, span_id: &str) -> Got {
+        self.wait_for(&format!("span {span_id}"), |s| s.span_id == span_id)
+            .await
+    }
+
+    async fn wait_for(&self, what: &str, matches: impl Fn(&Got) -> bool) -> Got {
         let deadline = Instant::now() + support::READY_TIMEOUT;
         loop {
-            if let Some(s) = self.spans().into_iter().find(|s| s.span_id == span_id) {
+            if let Some(s) = self.spans().into_iter().find(|s| matches(s)) {
                 return s;
             }
             assert!(
                 Instant::now() < deadline,
-                "no span {span_id}; got {:#?}",
+                "no {what}; got {:#?}",
                 self.spans()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -321,18 +315,13 @@ fn envoy_config(portcullis: SocketAddr, upstream: SocketAddr, otlp: SocketAddr) 
             Some("upstream") => upstream.port(),
             other => panic!("unexpected cluster {other:?}"),
         };
-        *port_of(c) = json!(port);
+        *support::cluster_port(c) = json!(port);
     }
     otlp_cluster["name"] = json!("otlp");
     otlp_cluster["load_assignment"]["cluster_name"] = json!("otlp");
-    *port_of(&mut otlp_cluster) = json!(otlp.port());
+    *support::cluster_port(&mut otlp_cluster) = json!(otlp.port());
     clusters.push(otlp_cluster);
     serde_json::to_string_pretty(&cfg).unwrap()
-}
-
-fn port_of(cluster: &mut Value) -> &mut Value {
-    &mut cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
-        ["port_value"]
 }
 
 fn decision_id(r: &HttpResponse) -> String {
@@ -469,17 +458,7 @@ async fn traces_metrics_and_decision_log_through_a_real_envoy() {
             "iss": issuer, "aud": "reports-api", "sub": "milton", "azp": "reports-ui",
             "scope": "reports:read", "iat": now - 60, "exp": now + exp_in,
         });
-        let claims = JWTClaims {
-            issued_at: None,
-            expires_at: None,
-            invalid_before: None,
-            issuer: None,
-            subject: None,
-            audiences: None,
-            jwt_id: None,
-            nonce: None,
-            custom: claims,
-        };
+        let claims = support::raw_claims(claims);
         key.sign(claims).unwrap()
     };
     let token = mint(300);

@@ -268,3 +268,25 @@ impl Envoy {
         )
     }
 }
+
+/// The port of a static cluster's first endpoint in an Envoy config (JSON).
+pub fn cluster_port(cluster: &mut serde_json::Value) -> &mut serde_json::Value {
+    &mut cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+        ["port_value"]
+}
+
+/// JWT claims exactly as given (no claim added by the JOSE library), for tokens
+/// with chosen `iat`/`exp`.
+pub fn raw_claims(claims: serde_json::Value) -> jwt_simple::claims::JWTClaims<serde_json::Value> {
+    jwt_simple::claims::JWTClaims {
+        issued_at: None,
+        expires_at: None,
+        invalid_before: None,
+        issuer: None,
+        subject: None,
+        audiences: None,
+        jwt_id: None,
+        nonce: None,
+        custom: claims,
+    }
+}
