@@ -242,7 +242,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             .await
             .with_context(|| format!("cannot bind gRPC address {addr}"))?;
         grpc_addr = Some(listener.local_addr()?);
-        let incoming = TcpListenerStream::new(listener);
+        // No Nagle delay: a response's trailers must not wait for the peer's
+        // delayed ACK of its headers (about 40ms per check on Linux).
+        let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |conn| {
+            if let Ok(c) = &conn {
+                let _ = c.set_nodelay(true);
+            }
+            conn
+        });
         let router = make_router();
         let s = stopped();
         tasks.spawn(async move {
