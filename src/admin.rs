@@ -1,6 +1,7 @@
 //! Admin HTTP on its own port: `/healthz` (the process is up), `/readyz` (it can
 //! decide; the JSON body names what is not ready and every policy error), and
-//! `/policies` (each tenant's rule-set digest, to prove replicas agree).
+//! `/policies` (each tenant's rule-set digest, to prove replicas agree), and
+//! `/metrics` (Prometheus, OpenMetrics text; see [`crate::metrics`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json};
 use axum::routing::get;
 
+use crate::metrics::Metrics;
 use crate::store::PolicyStore;
 
 #[derive(Debug, Clone)]
@@ -20,6 +22,7 @@ pub struct AdminState {
     pub draining: Arc<AtomicBool>,
     /// Publishes the keys of the tokens portcullis mints, when it mints any.
     pub minter: Option<Arc<crate::exchange::Minter>>,
+    pub metrics: Arc<Metrics>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -28,6 +31,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/policies", get(policies))
         .route("/.well-known/jwks.json", get(jwks))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -59,7 +63,22 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
                 .collect::<Vec<_>>()
         })
         .collect();
+    // Loud, but not unready: a dry-run tenant is an operator's choice.
+    let dry_run_tenants = crate::metrics::dry_run_tenants(&state.store, &status);
+    let mut warnings = Vec::new();
+    if !dry_run_tenants.is_empty() {
+        warnings.push(format!(
+            "dry run: denies are not enforced for tenants {}",
+            dry_run_tenants
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     let body = serde_json::json!({
+        "warnings": warnings,
+        "dry_run_tenants": dry_run_tenants,
         "issuers_without_keys": issuers_without_keys,
         "ready": ready,
         "not_ready": not_ready,
@@ -90,4 +109,14 @@ async fn policies(State(state): State<AdminState>) -> impl IntoResponse {
         "generation": status.generation,
         "tenants": status.tenants,
     }))
+}
+
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
 }

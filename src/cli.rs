@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 
 use clap::{Parser, Subcommand};
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage};
 
-use crate::config::{Config, LogFormat};
+use crate::config::Config;
 use crate::pipeline::Pipeline;
 use crate::proto::auth::CheckRequest;
 use crate::store::PolicyStore;
@@ -114,7 +114,6 @@ pub fn main() -> ExitCode {
             if let Err(e) = cfg.validate() {
                 return usage(&e);
             }
-            init_logging(cfg.log_format);
             serve(cfg)
         }
         Command::Validate { dir } => validate(&dir),
@@ -141,23 +140,6 @@ fn usage(message: &str) -> ExitCode {
     ExitCode::from(EX_USAGE)
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
 fn serve(config: Config) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -169,8 +151,21 @@ fn serve(config: Config) -> ExitCode {
             return ExitCode::from(EX_SOFTWARE);
         }
     };
+    // The OTLP exporter's gRPC channel lives on this runtime.
+    let telemetry = {
+        let _entered = runtime.enter();
+        crate::telemetry::init(config.log_format, &config.tracing)
+    };
     runtime.block_on(async move {
-        let running = match crate::server::start(&config).await {
+        let code = serve_until_signal(&config).await;
+        telemetry.shutdown().await;
+        code
+    })
+}
+
+async fn serve_until_signal(config: &Config) -> ExitCode {
+    {
+        let running = match crate::server::start(config).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = format!("{e:#}"), "cannot start");
@@ -197,7 +192,7 @@ fn serve(config: Config) -> ExitCode {
                 ExitCode::from(EX_SOFTWARE)
             }
         }
-    })
+    }
 }
 
 /// Installs the SIGTERM and SIGINT handlers now; the returned future resolves on

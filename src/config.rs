@@ -37,6 +37,15 @@ pub struct Config {
     /// Signing keys for the narrowed tokens portcullis mints for upstreams.
     #[serde(default)]
     pub token_exchange: Option<crate::exchange::ExchangeConfig>,
+    /// Trace export (OTLP/gRPC); see [`crate::telemetry`].
+    #[serde(default)]
+    pub tracing: crate::telemetry::TracingConfig,
+    /// `/metrics` on the admin port; see [`crate::metrics`].
+    #[serde(default)]
+    pub metrics: crate::metrics::MetricsConfig,
+    /// One JSON line per decision; see [`crate::audit`].
+    #[serde(default)]
+    pub decision_log: crate::audit::DecisionLogConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -94,6 +103,9 @@ impl Config {
             shutdown_grace: default_grace(),
             log_format: LogFormat::default(),
             token_exchange: None,
+            tracing: Default::default(),
+            metrics: Default::default(),
+            decision_log: Default::default(),
         }
     }
 
@@ -118,6 +130,7 @@ impl Config {
                 key.file = base.join(&key.file);
             }
         }
+        config.decision_log.resolve(base);
         config
             .validate()
             .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -131,6 +144,8 @@ impl Config {
         if self.reload.debounce.is_zero() || self.reload.rescan_interval.is_zero() {
             return Err("reload.debounce and reload.rescan_interval must be positive".into());
         }
+        self.decision_log.validate()?;
+        self.tracing.validate()?;
         self.tenancy.validate()
     }
 

@@ -97,6 +97,9 @@ pub enum Reason {
     NotHttp,
     /// No policies loaded yet: portcullis can answer but not decide.
     NotReady,
+    /// The tenant is in dry-run mode: its decision (see the decision log) was
+    /// not enforced, and the request was allowed.
+    DryRunAllowed,
 }
 
 impl Reason {
@@ -144,6 +147,7 @@ impl Reason {
             Reason::MalformedRequest => "malformed_request",
             Reason::NotHttp => "not_http",
             Reason::NotReady => "not_ready",
+            Reason::DryRunAllowed => "dry_run_allowed",
         }
     }
 
@@ -152,7 +156,7 @@ impl Reason {
     /// portcullis cannot decide.
     pub fn status(self) -> u16 {
         match self {
-            Reason::Allowed | Reason::DefaultAllow => 200,
+            Reason::Allowed | Reason::DefaultAllow | Reason::DryRunAllowed => 200,
             Reason::CorsPreflight => 204,
             Reason::MissingCredential
             | Reason::InvalidCredential
@@ -253,7 +257,7 @@ impl Reason {
     }
 }
 
-const ALL: [Reason; 41] = [
+const ALL: [Reason; 42] = [
     Reason::Allowed,
     Reason::DefaultAllow,
     Reason::CorsPreflight,
@@ -295,6 +299,7 @@ const ALL: [Reason; 41] = [
     Reason::MalformedRequest,
     Reason::NotHttp,
     Reason::NotReady,
+    Reason::DryRunAllowed,
 ];
 
 /// The outcome of one check.
@@ -327,6 +332,8 @@ pub struct Decision {
     pub client_headers: Vec<(String, String)>,
     /// Internal detail for logs and `portcullis check`; never sent to a client.
     pub detail: Option<String>,
+    /// What the decision log, metrics and traces need beyond the answer.
+    pub audit: crate::audit::Audit,
 }
 
 impl Decision {
@@ -347,6 +354,7 @@ impl Decision {
             challenge: None,
             client_headers: Vec::new(),
             detail: None,
+            audit: crate::audit::Audit::default(),
         }
     }
 

@@ -29,8 +29,13 @@
 //! gRPC service, and [`admin`] serves health and readiness. [`store`] keeps the
 //! compiled tenants and swaps them on reload; [`watch`] notices policy changes.
 //! [`config`] is the server's own configuration, [`cli`] the command line.
+//!
+//! Observability, outside the request path: [`telemetry`] (logs, and traces
+//! joined to Envoy's over OTLP), [`metrics`] (Prometheus `/metrics`) and
+//! [`audit`] (the decision log, one JSON line per decision).
 
 pub mod admin;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod decision;
@@ -38,6 +43,7 @@ pub mod duration;
 pub mod exchange;
 pub mod identity;
 pub mod input;
+pub mod metrics;
 pub mod path;
 pub mod pipeline;
 pub mod policy;
@@ -46,5 +52,6 @@ pub mod response;
 pub mod revocation;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod tenant;
 pub mod watch;

@@ -7,11 +7,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::audit::WouldBe;
 use crate::decision::{Decision, Reason};
 use crate::exchange::Minter;
-use crate::identity::{self, IdentityError, Pending};
+use crate::identity::{self, Identity, IdentityError, Pending};
 use crate::input::Input;
-use crate::policy::{Effect, Outcome, RuleTrace, Unmet};
+use crate::policy::{CompiledTenant, Effect, Mode, Outcome, RuleTrace, Unmet};
 use crate::proto::auth::CheckRequest;
 use crate::store::PolicyStore;
 use crate::tenant::TenantResolver;
@@ -121,8 +122,23 @@ impl Pipeline {
         let mut decision = Decision::deny(id, Reason::NoMatchingRule);
         decision.tenant = Some(tenant.id.clone());
         decision.digest = Some(tenant.digest.clone());
+        decision.audit.mode = tenant.mode;
 
-        let identity = match identity::authenticate(&tenant.identity, &input) {
+        let authenticated = {
+            let span = tracing::info_span!(
+                "identity",
+                auth_method = tracing::field::Empty,
+                reason = tracing::field::Empty,
+            );
+            let _entered = span.enter();
+            let result = identity::authenticate(&tenant.identity, &input);
+            match &result {
+                Ok(identity) => span.record("auth_method", identity.method.as_str()),
+                Err(e) => span.record("reason", e.reason().code()),
+            };
+            result
+        };
+        let identity = match authenticated {
             Ok(identity) => identity,
             Err(e) => {
                 decision.reason = e.reason();
@@ -140,6 +156,9 @@ impl Pipeline {
                     }
                     _ => None,
                 };
+                if pending.is_none() && tenant.mode == Mode::DryRun {
+                    dry_run_allow(&mut decision, &tenant, &Identity::anonymous(), &[], &input);
+                }
                 return Run {
                     decision,
                     trace: Vec::new(),
@@ -148,21 +167,42 @@ impl Pipeline {
                 };
             }
         };
+        decision.auth_method = identity.method.as_str();
+        decision.subject = identity.subject.clone();
+        decision.audit.issuer = identity.issuer.clone();
+        decision.audit.client_id = client_id(&identity);
         let now = crate::input::unix_seconds(input.context.time);
         // Checked on every request: a cached verification is no exemption.
         if let Some(list) = self.store.revocations(&tenant.id)
             && let Some(kind) = list.revoked(&identity, now)
         {
             decision.reason = Reason::TokenRevoked;
-            decision.auth_method = identity.method.as_str();
-            decision.subject = identity.subject;
             decision.detail = Some(format!("revoked by {kind}"));
-            return Run::done(decision);
+            if tenant.mode == Mode::DryRun {
+                dry_run_allow(&mut decision, &tenant, &Identity::anonymous(), &[], &input);
+            }
+            return Run {
+                decision,
+                trace: Vec::new(),
+                pending: None,
+                time: input.context.time,
+            };
         }
-        decision.auth_method = identity.method.as_str();
-        decision.subject = identity.subject.clone();
 
-        let eval = tenant.evaluate(&input, &identity, explain);
+        let eval = {
+            let span = tracing::info_span!(
+                "policy",
+                rules = tenant.rule_count(),
+                dry_run_rules = tracing::field::Empty,
+            );
+            let _entered = span.enter();
+            let eval = tenant.evaluate(&input, &identity, explain);
+            if !eval.dry_run.is_empty() {
+                span.record("dry_run_rules", dry_run_summary(&eval.dry_run).as_str());
+            }
+            eval
+        };
+        decision.audit.dry_run_rules = eval.dry_run.clone();
         let (reason, rule) = match eval.outcome {
             Outcome::CorsPreflight(headers) => {
                 decision.client_headers = headers;
@@ -253,6 +293,9 @@ impl Pipeline {
                 }
             }
         }
+        if tenant.mode == Mode::DryRun {
+            dry_run_allow(&mut decision, &tenant, &identity, &eval.params, &input);
+        }
         Run {
             decision,
             trace: eval.trace,
@@ -287,6 +330,58 @@ fn unmet_challenge(missing: &Unmet) -> (Reason, String) {
             (Reason::InsufficientUserAuthentication, c)
         }
     }
+}
+
+/// A dry-run tenant's decision: recorded as what it would have been, then
+/// allowed. A deny becomes an allow with the tenant's owned headers rendered
+/// for the caller (or, when the credential failed, for an anonymous caller, so
+/// every claim header is removed rather than left to the client). A CORS
+/// preflight answer stays as it is.
+fn dry_run_allow(
+    decision: &mut Decision,
+    tenant: &CompiledTenant,
+    identity: &Identity,
+    params: &[(String, String)],
+    input: &Input,
+) {
+    decision.audit.would_be = Some(WouldBe {
+        allowed: decision.allowed,
+        reason: decision.reason,
+        rule: decision.rule.clone(),
+    });
+    if decision.allowed || decision.reason == Reason::CorsPreflight {
+        return;
+    }
+    let edits = tenant
+        .response_headers(identity, params)
+        .or_else(|_| tenant.response_headers(&Identity::anonymous(), &[]))
+        .unwrap_or_default();
+    decision.allowed = true;
+    decision.reason = Reason::DryRunAllowed;
+    decision.client_headers.clear();
+    decision.set_headers = edits.set;
+    decision.remove_headers = edits.remove;
+    decision.remove_query = identity.consumed_query.clone().into_iter().collect();
+    strip_underscore_spellings(decision, &input.resource.headers);
+    decision
+        .set_headers
+        .push((DECISION_ID_HEADER.to_string(), decision.decision_id.clone()));
+}
+
+/// The OAuth client the token was issued to: `client_id` (RFC 9068 §2.2), else
+/// `azp` (OIDC Core §2).
+fn client_id(identity: &Identity) -> Option<String> {
+    ["client_id", "azp"]
+        .iter()
+        .find_map(|k| identity.claims.get(*k)?.as_str().map(str::to_string))
+}
+
+/// `rule=would` pairs for a span attribute.
+fn dry_run_summary(hits: &[crate::policy::DryRunHit]) -> String {
+    hits.iter()
+        .map(|h| format!("{}={}", h.rule, h.would))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// One pass through the stages.

@@ -132,6 +132,22 @@ fn metadata(decision: &Decision) -> Struct {
     if let Some(d) = &decision.digest {
         fields.insert("policy_digest".to_string(), s(d));
     }
+    // Dry run is loud: whoever reads the access log sees it was not enforced.
+    if let Some(w) = &decision.audit.would_be {
+        fields.insert("mode".to_string(), s(decision.audit.mode.as_str()));
+        let would = if w.allowed { "allow" } else { "deny" };
+        fields.insert("would_be_decision".to_string(), s(would));
+        fields.insert("would_be_reason".to_string(), s(w.reason.code()));
+    }
+    if !decision.audit.dry_run_rules.is_empty() {
+        let hits: Vec<String> = decision
+            .audit
+            .dry_run_rules
+            .iter()
+            .map(|h| format!("{}={}", h.rule, h.would))
+            .collect();
+        fields.insert("dry_run_rules".to_string(), s(&hits.join(",")));
+    }
     Struct {
         fields: [(
             METADATA_NAMESPACE.to_string(),

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio::net::{TcpListener, UnixListener};
@@ -20,24 +20,43 @@ use tonic_health::ServingStatus;
 use tracing::Instrument;
 
 use crate::admin::{self, AdminState};
+use crate::audit::{self, DecisionLog};
 use crate::config::Config;
 use crate::identity::keys;
+use crate::metrics::Metrics;
 use crate::pipeline::{DEFAULT_KEY_WAIT, Pipeline};
 use crate::proto::auth::authorization_server::{Authorization, AuthorizationServer};
 use crate::proto::auth::{CheckRequest, CheckResponse};
 use crate::response;
 use crate::store::PolicyStore;
+use crate::telemetry;
 use crate::watch as policy_watch;
 
 /// The ext_authz service.
 #[derive(Debug, Clone)]
 pub struct AuthzService {
     pipeline: Arc<Pipeline>,
+    metrics: Arc<Metrics>,
+    log: DecisionLog,
 }
 
 impl AuthzService {
+    /// A service with default metrics and no decision log.
     pub fn new(pipeline: Arc<Pipeline>) -> AuthzService {
-        AuthzService { pipeline }
+        let metrics = Arc::new(Metrics::new(&Default::default()));
+        AuthzService::with_observers(pipeline, metrics, DecisionLog::off())
+    }
+
+    pub fn with_observers(
+        pipeline: Arc<Pipeline>,
+        metrics: Arc<Metrics>,
+        log: DecisionLog,
+    ) -> AuthzService {
+        AuthzService {
+            pipeline,
+            metrics,
+            log,
+        }
     }
 }
 
@@ -47,14 +66,29 @@ impl Authorization for AuthzService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
+        let started = Instant::now();
         let span = tracing::info_span!(
             "check",
+            otel.kind = "server",
             tenant = tracing::field::Empty,
             decision = tracing::field::Empty,
             rule = tracing::field::Empty,
             reason = tracing::field::Empty,
             decision_id = tracing::field::Empty,
+            auth_method = tracing::field::Empty,
+            mode = tracing::field::Empty,
+            enforced = tracing::field::Empty,
         );
+        // Envoy's span is the parent; the client's traceparent only a link.
+        let parent = telemetry::parent_from_metadata(request.metadata());
+        let client = request
+            .get_ref()
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref())
+            .and_then(|h| telemetry::client_link(&h.headers));
+        telemetry::attach(&span, &parent, client);
         async {
             let wait = grpc_timeout(request.metadata()).map_or(DEFAULT_KEY_WAIT, |t| {
                 // Leave room to answer before Envoy gives up on us.
@@ -62,14 +96,31 @@ impl Authorization for AuthzService {
             });
             let decision = self.pipeline.check_async(request.get_ref(), wait).await;
             let span = tracing::Span::current();
+            // In a dry-run tenant: what would have been, and what was enforced.
+            let outcome = audit::Outcome::of(&decision);
             span.record("decision_id", decision.decision_id.as_str());
-            span.record("decision", if decision.allowed { "allow" } else { "deny" });
-            span.record("reason", decision.reason.code());
+            span.record("decision", outcome.decision);
+            span.record("reason", outcome.reason.code());
+            span.record("auth_method", decision.auth_method);
+            span.record("mode", decision.audit.mode.as_str());
+            if decision.audit.would_be.is_some() {
+                span.record("enforced", if decision.allowed { "allow" } else { "deny" });
+            }
             if let Some(t) = &decision.tenant {
                 span.record("tenant", &**t);
             }
-            if let Some(r) = &decision.rule {
-                span.record("rule", &**r);
+            if let Some(r) = outcome.rule {
+                span.record("rule", r);
+            }
+            let latency = started.elapsed();
+            self.metrics.observe_decision(&decision, latency);
+            let trace_id = telemetry::trace_id(&span, &parent);
+            let summary = audit::RequestSummary::of(request.get_ref());
+            if !self
+                .log
+                .record(&decision, &summary, trace_id.as_deref(), latency)
+            {
+                self.metrics.log_dropped();
             }
             if decision.allowed {
                 tracing::debug!(
@@ -135,6 +186,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         tokio::task::spawn_blocking(move || s.reload()).await?
     };
     policy_watch::log_status(&first);
+    let metrics = Arc::new(Metrics::new(&config.metrics));
+    observe_reload(&metrics, &store, &first);
+    let log = DecisionLog::open(&config.decision_log).with_context(|| {
+        format!(
+            "cannot open the decision log {}",
+            config.decision_log.output
+        )
+    })?;
 
     let minter = config.minter().map_err(anyhow::Error::msg)?;
     let pipeline = Arc::new(
@@ -162,6 +221,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         store: Arc::clone(&store),
         draining: Arc::clone(&draining),
         minter,
+        metrics: Arc::clone(&metrics),
     });
     let admin_stop = stopped();
     tasks.spawn(async move {
@@ -174,9 +234,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let make_router = || {
         tonic::transport::Server::builder()
             .add_service(health_service.clone())
-            .add_service(AuthorizationServer::new(AuthzService::new(Arc::clone(
-                &pipeline,
-            ))))
+            .add_service(AuthorizationServer::new(AuthzService::with_observers(
+                Arc::clone(&pipeline),
+                Arc::clone(&metrics),
+                log.clone(),
+            )))
     };
     let mut grpc_addr = None;
     if let Some(addr) = config.listen {
@@ -184,7 +246,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             .await
             .with_context(|| format!("cannot bind gRPC address {addr}"))?;
         grpc_addr = Some(listener.local_addr()?);
-        let incoming = TcpListenerStream::new(listener);
+        // No Nagle delay: a response's trailers must not wait for the peer's
+        // delayed ACK of its headers (about 40ms per check on Linux).
+        let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |conn| {
+            if let Ok(c) = &conn {
+                let _ = c.set_nodelay(true);
+            }
+            conn
+        });
         let router = make_router();
         let s = stopped();
         tasks.spawn(async move {
@@ -219,6 +288,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         let s = stopped();
         let reload = config.reload.clone();
         let draining = Arc::clone(&draining);
+        let metrics = Arc::clone(&metrics);
         tasks.spawn(async move {
             let handle = tokio::runtime::Handle::current();
             policy_watch::run(
@@ -227,6 +297,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                 reload.rescan_interval,
                 move |status| {
                     policy_watch::log_status(status);
+                    observe_reload(&metrics, &store, status);
                     if !draining.load(Ordering::Acquire) {
                         let health = health.clone();
                         let ready = store.is_ready();
@@ -271,6 +342,18 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         tasks,
         grace: config.shutdown_grace,
     })
+}
+
+/// Metrics after a load, and a loud warning while any tenant is in dry-run.
+fn observe_reload(metrics: &Metrics, store: &PolicyStore, status: &crate::store::StoreStatus) {
+    metrics.observe_reload(store, status);
+    let dry = crate::metrics::dry_run_tenants(store, status);
+    if !dry.is_empty() {
+        tracing::warn!(
+            tenants = ?dry,
+            "DRY RUN: these tenants' denies are logged and counted but NOT enforced; every request to them is allowed"
+        );
+    }
 }
 
 async fn set_health(health: &tonic_health::server::HealthReporter, ready: bool) {

@@ -68,23 +68,18 @@ fn e2e_config(portcullis: SocketAddr, upstream: SocketAddr, dead_port: u16, jwks
     for c in clusters.iter_mut() {
         match c["name"].as_str() {
             Some("portcullis") => {
-                *port_of(c) = json!(portcullis.port());
+                *support::cluster_port(c) = json!(portcullis.port());
                 dead_cluster = c.clone();
             }
-            Some("upstream") => *port_of(c) = json!(upstream.port()),
+            Some("upstream") => *support::cluster_port(c) = json!(upstream.port()),
             other => panic!("unexpected cluster {other:?} in the example"),
         }
     }
     dead_cluster["name"] = json!("portcullis_dead");
     dead_cluster["load_assignment"]["cluster_name"] = json!("portcullis_dead");
-    *port_of(&mut dead_cluster) = json!(dead_port);
+    *support::cluster_port(&mut dead_cluster) = json!(dead_port);
     clusters.push(dead_cluster);
     serde_json::to_string_pretty(&cfg).unwrap()
-}
-
-fn port_of(cluster: &mut Value) -> &mut Value {
-    &mut cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
-        ["port_value"]
 }
 
 #[derive(Serialize, Deserialize)]

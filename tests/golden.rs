@@ -29,6 +29,8 @@
 //!       set_headers: { x-subject: alice }   # optional: exactly these (minus decision id)
 //!       remove_headers: [x-tenant]          # optional: at least these
 //!       not_set: [x-admin]                  # optional: none of these set
+//!       would_be: { decision: deny, reason: no_matching_rule }  # optional: dry-run tenant
+//!       dry_run_rules: { some-rule: deny }  # optional: exactly these dry-run hits
 //! ```
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -97,6 +99,19 @@ struct Expect {
     /// None of these headers are set.
     #[serde(default)]
     not_set: Vec<String>,
+    /// A dry-run tenant's would-be decision.
+    #[serde(default)]
+    would_be: Option<WouldBeExpect>,
+    /// Exactly these dry-run rules held (rule → what it would have done).
+    #[serde(default)]
+    dry_run_rules: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WouldBeExpect {
+    decision: Verdict,
+    reason: String,
 }
 
 /// What running one corpus file found.
@@ -194,6 +209,33 @@ fn compare(expect: &Expect, decision: &Decision) -> Vec<String> {
                 decision.set_headers
             ));
         }
+    }
+    if let Some(want) = &expect.would_be {
+        let got = decision.audit.would_be.as_ref().map(|w| {
+            let verdict = if w.allowed {
+                Verdict::Allow
+            } else {
+                Verdict::Deny
+            };
+            (verdict, w.reason.code())
+        });
+        if got != Some((want.decision, want.reason.as_str())) {
+            diffs.push(format!("would_be: expected {want:?}, got {got:?}"));
+        }
+    } else if decision.audit.would_be.is_some() {
+        diffs.push("would_be: set, but the case expects an enforcing tenant".into());
+    }
+    let hits: BTreeMap<String, String> = decision
+        .audit
+        .dry_run_rules
+        .iter()
+        .map(|h| (h.rule.to_string(), h.would.to_string()))
+        .collect();
+    if hits != expect.dry_run_rules.clone().unwrap_or_default() {
+        diffs.push(format!(
+            "dry_run_rules: expected {:?}, got {hits:?}",
+            expect.dry_run_rules
+        ));
     }
     diffs.extend(invariants(decision));
     diffs

@@ -428,11 +428,13 @@ pub fn verify_cached(
                 .and_then(Issuer::generation)
                 .is_some_and(|g| g == hit.generation);
         if fresh {
+            crate::metrics::token_cache(true);
             return Attempt::Done(Ok(hit.verified.clone()));
         }
         drop(hit);
         cache.entries.remove(&digest);
     }
+    crate::metrics::token_cache(false);
     let (attempt, by) = verify_with(token, issuers, now);
     if let (Attempt::Done(Ok(verified)), Some((issuer, generation))) = (&attempt, by) {
         if cache.entries.len() >= MAX_CACHED_TOKENS {

@@ -442,51 +442,63 @@ impl RemoteKeys {
         }
         let this = Arc::clone(self);
         let started = Instant::now();
-        tokio::spawn(async move {
-            let done = Done(Arc::clone(&this));
-            let result = fetch(&this.client, &this.source)
-                .await
-                .and_then(|(set, notes)| {
-                    // An empty set would deny every token: keep the last good keys.
-                    if set.keys.is_empty() {
-                        Err(format!("key set has no usable key ({})", notes.join("; ")))
-                    } else {
-                        Ok((set, notes))
+        let span = tracing::info_span!(
+            "key_fetch",
+            issuer = crate::metrics::issuer_label(&this.source),
+            result = tracing::field::Empty
+        );
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let done = Done(Arc::clone(&this));
+                let result = fetch(&this.client, &this.source)
+                    .await
+                    .and_then(|(set, notes)| {
+                        // An empty set would deny every token: keep the last good keys.
+                        if set.keys.is_empty() {
+                            Err(format!("key set has no usable key ({})", notes.join("; ")))
+                        } else {
+                            Ok((set, notes))
+                        }
+                    });
+                let next = match result {
+                    Ok((set, notes)) => {
+                        if !notes.is_empty() {
+                            tracing::warn!(source = %this.source, notes = ?notes, "key set had keys that were skipped");
+                        }
+                        tracing::info!(source = %this.source, keys = set.keys.len(), "keys fetched");
+                        this.current.store(Some(Arc::new(Fetched {
+                            keys: Arc::new(set),
+                            at: Instant::now(),
+                        })));
+                        *this.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                        crate::metrics::key_fetch(&this.source, true);
+                        tracing::Span::current().record("result", "ok");
+                        this.refresh.ttl
                     }
-                });
-            let next = match result {
-                Ok((set, notes)) => {
-                    if !notes.is_empty() {
-                        tracing::warn!(source = %this.source, notes = ?notes, "key set had keys that were skipped");
+                    Err(e) => {
+                        tracing::warn!(source = %this.source, error = %e, "key fetch failed");
+                        *this.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                        crate::metrics::key_fetch(&this.source, false);
+                        tracing::Span::current().record("result", "error");
+                        FETCH_RETRY.min(this.refresh.ttl)
                     }
-                    tracing::info!(source = %this.source, keys = set.keys.len(), "keys fetched");
-                    this.current.store(Some(Arc::new(Fetched {
-                        keys: Arc::new(set),
-                        at: Instant::now(),
-                    })));
-                    *this.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                    this.refresh.ttl
-                }
-                Err(e) => {
-                    tracing::warn!(source = %this.source, error = %e, "key fetch failed");
-                    *this.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
-                    FETCH_RETRY.min(this.refresh.ttl)
-                }
-            };
-            // An unknown kid seen while this fetch was already under way may
-            // be newer than what it got: leave the next fetch due at once.
-            let forced_meanwhile = this
-                .last_forced
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_some_and(|t| t > started);
-            *this.due.lock().unwrap_or_else(|e| e.into_inner()) = if forced_meanwhile {
-                Instant::now()
-            } else {
-                Instant::now() + next
-            };
-            drop(done);
-        });
+                };
+                // An unknown kid seen while this fetch was already under way may
+                // be newer than what it got: leave the next fetch due at once.
+                let forced_meanwhile = this
+                    .last_forced
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_some_and(|t| t > started);
+                *this.due.lock().unwrap_or_else(|e| e.into_inner()) = if forced_meanwhile {
+                    Instant::now()
+                } else {
+                    Instant::now() + next
+                };
+                drop(done);
+            },
+            span,
+        ));
     }
 
     /// Starts a fetch if one is due (or joins the one in flight) and waits for

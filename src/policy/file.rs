@@ -33,6 +33,10 @@ pub struct PolicyFile {
     /// What happens when no rule matches.
     #[serde(default)]
     pub default: Effect,
+    /// `dry_run`: decisions are computed, logged and counted as what they would
+    /// have been, and every request is allowed (for onboarding a tenant).
+    #[serde(default)]
+    pub mode: Mode,
     #[serde(default)]
     pub cors: CorsSpec,
     #[serde(default)]
@@ -47,12 +51,34 @@ pub enum Effect {
     Deny,
 }
 
+/// Whether a tenant's or a rule's decisions are enforced or only observed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    DryRun,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::DryRun => "dry_run",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSpec {
     pub id: String,
     #[serde(default)]
     pub description: Option<String>,
+    /// `dry_run`: evaluated, and what it would have done is logged, counted and
+    /// traced, but it takes no part in the decision.
+    #[serde(default)]
+    pub mode: Mode,
     /// HTTP methods (upper case); empty or absent means any method.
     #[serde(default)]
     pub methods: Vec<String>,

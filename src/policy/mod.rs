@@ -27,7 +27,7 @@ use crate::identity::{Identity, IdentityConfig};
 use crate::input::{Body, Input};
 use crate::path::{RouteIndex, Template};
 pub use cel::{Condition, Fields, MAX_CONDITION_BYTES, Reads};
-pub use file::{API_VERSION, Effect, PolicyFile};
+pub use file::{API_VERSION, Effect, Mode, PolicyFile};
 use template::{HeaderTemplate, Scope};
 pub use template::{Rendered, valid_header_name};
 
@@ -104,6 +104,8 @@ pub struct Rule {
     condition: Option<Condition>,
     /// What the caller's token must carry for the rule to apply.
     needs: Needs,
+    /// A dry-run rule is evaluated and reported, never decides.
+    mode: Mode,
 }
 
 /// A rule's demands on the credential itself, checked before its condition.
@@ -181,6 +183,8 @@ pub struct CompiledTenant {
     pub hosts: Vec<HostPattern>,
     pub identity: IdentityConfig,
     pub default: Effect,
+    /// A dry-run tenant's decisions are reported and then allowed.
+    pub mode: Mode,
     cors: Option<Cors>,
     rules: Vec<Rule>,
     index: RouteIndex,
@@ -387,6 +391,7 @@ pub fn compile(file: &Path, text: &str) -> Result<CompiledTenant, Vec<PolicyErro
                     acr: spec_rule.acr.clone(),
                     max_auth_age: spec_rule.max_auth_age.map(|d| d.as_secs()),
                 },
+                mode: spec_rule.mode,
             });
         }
     }
@@ -512,6 +517,7 @@ pub fn compile(file: &Path, text: &str) -> Result<CompiledTenant, Vec<PolicyErro
             hosts,
             identity,
             default: spec.default,
+            mode: spec.mode,
             cors,
             rules,
             index,
@@ -604,6 +610,17 @@ pub struct Evaluation {
     pub outcome: Outcome,
     pub params: Vec<(String, String)>,
     pub trace: Vec<RuleTrace>,
+    /// Dry-run rules that held (or failed) before the outcome was reached.
+    pub dry_run: Vec<DryRunHit>,
+}
+
+/// What a dry-run rule would have done: `allow`, `deny`, or the reason code of
+/// the deny it would have caused (`policy_error`, `body_unavailable`,
+/// `ambiguous_query`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DryRunHit {
+    pub rule: Arc<str>,
+    pub would: &'static str,
 }
 
 impl CompiledTenant {
@@ -615,6 +632,7 @@ impl CompiledTenant {
     pub fn evaluate(&self, input: &Input, identity: &Identity, explain: bool) -> Evaluation {
         let resource = &input.resource;
         let mut trace = Vec::new();
+        let mut dry_run: Vec<DryRunHit> = Vec::new();
         if let Some(cors) = &self.cors
             && resource.method == "OPTIONS"
             && let (Some(origin), Some(method)) = (
@@ -626,6 +644,7 @@ impl CompiledTenant {
                 outcome: self.preflight(cors, resource, origin, method),
                 params: Vec::new(),
                 trace,
+                dry_run: Vec::new(),
             };
         }
         let candidates: Vec<(&Rule, Vec<(String, String)>)> = self
@@ -681,6 +700,19 @@ impl CompiledTenant {
                 );
                 continue;
             }
+            if rule.mode == Mode::DryRun {
+                match self.dry_run_rule(rule, input, identity, params, attributes, &mut base) {
+                    Some(would) => {
+                        note(&mut trace, &format!("dry run: would {would}"));
+                        dry_run.push(DryRunHit {
+                            rule: rule.id.clone(),
+                            would,
+                        });
+                    }
+                    None => note(&mut trace, "dry run: condition is false"),
+                }
+                continue;
+            }
             if let Some(missing) = rule.needs.unmet(identity, now) {
                 note(
                     &mut trace,
@@ -700,6 +732,7 @@ impl CompiledTenant {
                         outcome: Outcome::BodyUnavailable(rule.id.clone()),
                         params: params.clone(),
                         trace,
+                        dry_run: std::mem::take(&mut dry_run),
                     };
                 }
                 Some(c) if resource.query_repeated && c.reads().resource.wants("query") => {
@@ -708,6 +741,7 @@ impl CompiledTenant {
                         outcome: Outcome::AmbiguousQuery(rule.id.clone()),
                         params: params.clone(),
                         trace,
+                        dry_run: std::mem::take(&mut dry_run),
                     };
                 }
                 Some(c) => {
@@ -726,6 +760,7 @@ impl CompiledTenant {
                         outcome,
                         params: params.clone(),
                         trace,
+                        dry_run: std::mem::take(&mut dry_run),
                     };
                 }
                 Ok(false) => note(&mut trace, "condition is false"),
@@ -735,6 +770,7 @@ impl CompiledTenant {
                         outcome: Outcome::PolicyError(rule.id.clone(), message),
                         params: params.clone(),
                         trace,
+                        dry_run: std::mem::take(&mut dry_run),
                     };
                 }
             }
@@ -746,6 +782,39 @@ impl CompiledTenant {
             },
             params: Vec::new(),
             trace,
+            dry_run,
+        }
+    }
+
+    /// What a dry-run rule would have done, if anything; it never decides.
+    fn dry_run_rule(
+        &self,
+        rule: &Rule,
+        input: &Input,
+        identity: &Identity,
+        params: &[(String, String)],
+        attributes: Option<&BTreeMap<String, String>>,
+        base: &mut Option<Base>,
+    ) -> Option<&'static str> {
+        let effect = match rule.effect {
+            Effect::Allow => "allow",
+            Effect::Deny => "deny",
+        };
+        let Some(c) = &rule.condition else {
+            return Some(effect);
+        };
+        let resource = &input.resource;
+        if c.reads_body() && matches!(resource.body, Body::Truncated | Body::Unparsed) {
+            return Some("body_unavailable");
+        }
+        if resource.query_repeated && c.reads().resource.wants("query") {
+            return Some("ambiguous_query");
+        }
+        let base = base.get_or_insert_with(|| Base::new(self, input, identity));
+        match c.evaluate(&base.variables(params, attributes)) {
+            Ok(true) => Some(effect),
+            Ok(false) => None,
+            Err(_) => Some("policy_error"),
         }
     }
 
@@ -766,6 +835,7 @@ impl CompiledTenant {
         let routed = self.index.lookup(&resource.segments).into_iter().any(|i| {
             let rule = &self.rules[i];
             rule.effect == Effect::Allow
+                && rule.mode == Mode::Enforce
                 && rule.allows_method(method)
                 && rule.allows_host(&resource.host)
                 && rule.template.matches(&resource.segments).is_some()

@@ -42,6 +42,7 @@ pub async fn start_portcullis_with(policies: &Path, more: impl FnOnce(&mut Confi
     config.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.reload.debounce = Duration::from_millis(50);
+    config.decision_log.output = "off".into();
     server::start(&config).await.expect("portcullis starts")
 }
 
@@ -295,11 +296,16 @@ impl Envoy {
     }
 }
 
-/// Claims for jwt-simple that are exactly this JSON: jwt-simple's own
-/// registered fields stay unset, so a test controls `iat`, `exp`, `nbf`, `aud`
-/// and their types itself.
-pub fn raw_claims(claims: serde_json::Value) -> jwt_simple::prelude::JWTClaims<serde_json::Value> {
-    jwt_simple::prelude::JWTClaims {
+/// The port of a static cluster's first endpoint in an Envoy config (JSON).
+pub fn cluster_port(cluster: &mut serde_json::Value) -> &mut serde_json::Value {
+    &mut cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+        ["port_value"]
+}
+
+/// JWT claims exactly as given (no claim added by the JOSE library), for tokens
+/// with chosen `iat`/`exp`.
+pub fn raw_claims(claims: serde_json::Value) -> jwt_simple::claims::JWTClaims<serde_json::Value> {
+    jwt_simple::claims::JWTClaims {
         issued_at: None,
         expires_at: None,
         invalid_before: None,

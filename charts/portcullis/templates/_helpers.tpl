@@ -214,6 +214,15 @@ each workload pod.
       value: {{ default (include "portcullis.fullname" .) .Values.otel.serviceName | quote }}
     - name: OTEL_RESOURCE_ATTRIBUTES
       value: {{ printf "k8s.namespace.name=%s" .Release.Namespace | quote }}
+    # Resource attributes k8s.pod.name and k8s.namespace.name on every span.
+    - name: POD_NAME
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.name
+    - name: POD_NAMESPACE
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.namespace
     {{- end }}
   # grpc.health.v1 on the gRPC port: SERVING once policies have loaded, NOT_SERVING
   # before that and from the moment shutdown begins.

@@ -1,0 +1,446 @@
+//! The decision log: one JSON line per decision, to stdout, stderr or a file.
+//!
+//! A line names the identity (subject, issuer, client id, auth method), the
+//! request (method, host, path with query values redacted), the rule, the
+//! decision and its reason, the latency, the mode, and the decision and trace
+//! ids that join it to Envoy's access log and to the trace.
+//!
+//! What it must never do: write a token, a signature, a key, a cookie or an
+//! `Authorization` value (no header value is logged at all, and every query
+//! value is redacted, since a query can carry a token), or slow a check: lines
+//! go through a bounded queue to a writer thread, and a line that does not fit
+//! is dropped and counted rather than waited for. Denies are always logged;
+//! allows can be sampled.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, SystemTime};
+
+use serde::Deserialize;
+
+use crate::decision::{Decision, Reason};
+use crate::policy::{DryRunHit, Mode};
+use crate::proto::auth::CheckRequest;
+
+/// Lines the writer may fall behind by before new lines are dropped.
+pub const QUEUE_LINES: usize = 65_536;
+/// What a redacted query value becomes.
+pub const REDACTED: &str = "REDACTED";
+/// Longest path written (a longer one is cut, and says so).
+const MAX_LOGGED_PATH: usize = 2048;
+
+/// What a decision carries for the log, metrics and traces, beyond the answer.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Audit {
+    pub issuer: Option<String>,
+    /// `client_id` (RFC 9068) or `azp` (OIDC) of the token.
+    pub client_id: Option<String>,
+    /// The tenant's mode.
+    pub mode: Mode,
+    /// In a dry-run tenant: what enforcement would have answered.
+    pub would_be: Option<WouldBe>,
+    /// Dry-run rules that held (or failed); they took no part in the decision.
+    pub dry_run_rules: Vec<DryRunHit>,
+}
+
+/// The decision a dry-run tenant would have enforced.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WouldBe {
+    pub allowed: bool,
+    pub reason: Reason,
+    pub rule: Option<Arc<str>>,
+}
+
+/// The decision as logged and counted: in a dry-run tenant, what it would have
+/// been, not the allow that was sent.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome<'a> {
+    pub decision: &'static str,
+    pub reason: Reason,
+    pub rule: Option<&'a str>,
+}
+
+impl<'a> Outcome<'a> {
+    pub fn of(d: &'a Decision) -> Outcome<'a> {
+        let word = |allowed: bool| if allowed { "allow" } else { "deny" };
+        match &d.audit.would_be {
+            Some(w) => Outcome {
+                decision: word(w.allowed),
+                reason: w.reason,
+                rule: w.rule.as_deref(),
+            },
+            None => Outcome {
+                decision: word(d.allowed),
+                reason: d.reason,
+                rule: d.rule.as_deref(),
+            },
+        }
+    }
+}
+
+/// The `decision_log` section of the server configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecisionLogConfig {
+    /// `stdout` (default), `stderr`, `off`, or a file path (appended to;
+    /// relative to the configuration file).
+    pub output: String,
+    /// The fraction of allows logged, 0.0 to 1.0 (default 1.0). Denies, and
+    /// decisions a dry-run rule had an opinion on, are always logged.
+    pub allow_sample_rate: f64,
+}
+
+impl Default for DecisionLogConfig {
+    fn default() -> Self {
+        DecisionLogConfig {
+            output: "stdout".into(),
+            allow_sample_rate: 1.0,
+        }
+    }
+}
+
+impl DecisionLogConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.allow_sample_rate) {
+            return Err("decision_log.allow_sample_rate must be between 0.0 and 1.0".into());
+        }
+        if self.output.is_empty() {
+            return Err("decision_log.output must be stdout, stderr, off or a file path".into());
+        }
+        Ok(())
+    }
+
+    /// Makes a relative file path relative to `base`.
+    pub fn resolve(&mut self, base: &Path) {
+        if !matches!(self.output.as_str(), "stdout" | "stderr" | "off")
+            && Path::new(&self.output).is_relative()
+        {
+            self.output = base.join(&self.output).display().to_string();
+        }
+    }
+}
+
+/// The request as the log shows it; read from the CheckRequest as Envoy sent
+/// it, so a request the pipeline refused (a non-canonical path) is logged too.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RequestSummary {
+    pub method: String,
+    pub host: String,
+    pub path: String,
+}
+
+impl RequestSummary {
+    pub fn of(request: &CheckRequest) -> RequestSummary {
+        let Some(http) = request
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref())
+        else {
+            return RequestSummary::default();
+        };
+        RequestSummary {
+            method: http.method.clone(),
+            host: http.host.clone(),
+            path: redact_query(&http.path),
+        }
+    }
+}
+
+/// `/a?token=x&b=1` → `/a?token=REDACTED&b=REDACTED`: names stay, values go.
+pub fn redact_query(path: &str) -> String {
+    let (path, query) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    };
+    let mut out = String::with_capacity(path.len().min(MAX_LOGGED_PATH) + 16);
+    if path.len() > MAX_LOGGED_PATH {
+        let mut cut = MAX_LOGGED_PATH;
+        while !path.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.push_str(&path[..cut]);
+        out.push_str("...");
+    } else {
+        out.push_str(path);
+    }
+    if let Some(query) = query {
+        out.push('?');
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            let name = pair.split_once('=').map_or(pair, |(n, _)| n);
+            // A name is short in any honest request; a long one may be a value.
+            if name.len() > 64 {
+                out.push_str(REDACTED);
+            } else {
+                out.push_str(name);
+            }
+            if pair.contains('=') {
+                out.push('=');
+                out.push_str(REDACTED);
+            }
+        }
+    }
+    out
+}
+
+/// Where decision lines go.
+#[derive(Debug, Clone)]
+enum Output {
+    Stdout,
+    Stderr,
+    File(PathBuf),
+}
+
+/// The decision log of one server.
+#[derive(Debug, Clone)]
+pub struct DecisionLog {
+    tx: Option<SyncSender<String>>,
+    /// Allows are logged when the decision id's sample is below this.
+    allow_threshold: u64,
+}
+
+impl DecisionLog {
+    /// A log that writes nothing.
+    pub fn off() -> DecisionLog {
+        DecisionLog {
+            tx: None,
+            allow_threshold: 0,
+        }
+    }
+
+    /// Opens the output (a file is created if missing, and appended to) and
+    /// starts the writer thread, which ends when the last handle is dropped.
+    pub fn open(config: &DecisionLogConfig) -> std::io::Result<DecisionLog> {
+        let output = match config.output.as_str() {
+            "off" => return Ok(DecisionLog::off()),
+            "stdout" => Output::Stdout,
+            "stderr" => Output::Stderr,
+            path => Output::File(PathBuf::from(path)),
+        };
+        let sink: Box<dyn Write + Send> = match &output {
+            Output::Stdout => Box::new(std::io::stdout()),
+            Output::Stderr => Box::new(std::io::stderr()),
+            Output::File(path) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
+        };
+        let (tx, rx) = sync_channel(QUEUE_LINES);
+        std::thread::Builder::new()
+            .name("decision-log".into())
+            .spawn(move || write_lines(rx, sink))?;
+        Ok(DecisionLog {
+            tx: Some(tx),
+            // Scaled to the 32 random bits of a decision id's first group.
+            allow_threshold: (config.allow_sample_rate * f64::from(u32::MAX)) as u64
+                + u64::from(config.allow_sample_rate >= 1.0),
+        })
+    }
+
+    /// Logs one decision unless it is a sampled-out allow. Returns false when
+    /// the line was dropped because the writer is behind.
+    pub fn record(
+        &self,
+        decision: &Decision,
+        request: &RequestSummary,
+        trace_id: Option<&str>,
+        latency: Duration,
+    ) -> bool {
+        let Some(tx) = &self.tx else { return true };
+        let outcome = Outcome::of(decision);
+        let always = outcome.decision == "deny"
+            || decision
+                .audit
+                .dry_run_rules
+                .iter()
+                .any(|h| h.would != "allow");
+        if !always && sample_of(&decision.decision_id) >= self.allow_threshold {
+            return true;
+        }
+        let line = line(decision, request, trace_id, latency, SystemTime::now());
+        match tx.try_send(line) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => false,
+            // The writer died (its output failed): nothing more can be written.
+            Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
+}
+
+/// The first 32 bits of a (random, v4) decision id.
+fn sample_of(decision_id: &str) -> u64 {
+    decision_id
+        .get(..8)
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+        .map_or(0, u64::from)
+}
+
+fn write_lines(rx: Receiver<String>, sink: Box<dyn Write + Send>) {
+    let mut out = std::io::BufWriter::new(sink);
+    while let Ok(first) = rx.recv() {
+        let mut line = Some(first);
+        while let Some(l) = line {
+            if out
+                .write_all(l.as_bytes())
+                .and_then(|()| out.write_all(b"\n"))
+                .is_err()
+            {
+                return;
+            }
+            line = rx.try_recv().ok();
+        }
+        // Caught up: make what is written visible.
+        if out.flush().is_err() {
+            return;
+        }
+    }
+}
+
+/// One decision as a JSON line.
+pub fn line(
+    d: &Decision,
+    request: &RequestSummary,
+    trace_id: Option<&str>,
+    latency: Duration,
+    now: SystemTime,
+) -> String {
+    let outcome = Outcome::of(d);
+    let mut v = serde_json::json!({
+        "time": rfc3339(now),
+        "decision_id": d.decision_id,
+        "trace_id": trace_id,
+        "tenant": d.tenant,
+        "subject": d.subject,
+        "issuer": d.audit.issuer,
+        "client_id": d.audit.client_id,
+        "auth_method": d.auth_method,
+        // Sender-constrained tokens (DPoP, mTLS-bound) are not built yet.
+        "sender_constraint": serde_json::Value::Null,
+        "method": request.method,
+        "host": request.host,
+        "path": request.path,
+        "rule": outcome.rule,
+        "decision": outcome.decision,
+        "reason": outcome.reason.code(),
+        "status": outcome.reason.status(),
+        "latency_ms": (latency.as_secs_f64() * 1e6).round() / 1e3,
+        "mode": d.audit.mode.as_str(),
+        "policy_digest": d.digest,
+    });
+    if d.audit.would_be.is_some() {
+        v["enforced"] = serde_json::json!({
+            "decision": if d.allowed { "allow" } else { "deny" },
+            "reason": d.reason.code(),
+        });
+    }
+    if !d.audit.dry_run_rules.is_empty() {
+        v["dry_run_rules"] = serde_json::json!(d.audit.dry_run_rules);
+    }
+    if let Some(detail) = &d.detail {
+        v["detail"] = serde_json::json!(detail);
+    }
+    v.to_string()
+}
+
+/// `2026-01-02T03:04:05.678Z`, UTC, milliseconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_redacted() {
+        assert_eq!(
+            redact_query("/a/b?access_token=eyJ.x.y&page=2&flag"),
+            "/a/b?access_token=REDACTED&page=REDACTED&flag"
+        );
+        assert_eq!(redact_query("/plain"), "/plain");
+        assert_eq!(redact_query("/a?=v"), "/a?=REDACTED");
+    }
+
+    #[test]
+    fn time_is_rfc3339_utc() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_767_323_045_678);
+        assert_eq!(rfc3339(t), "2026-01-02T03:04:05.678Z");
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn dry_run_tenant_logs_what_would_have_been() {
+        let mut d = Decision::deny("0000abcd-x".into(), Reason::DryRunAllowed);
+        d.allowed = true;
+        d.audit.mode = Mode::DryRun;
+        d.audit.would_be = Some(WouldBe {
+            allowed: false,
+            reason: Reason::NoMatchingRule,
+            rule: None,
+        });
+        let v: serde_json::Value = serde_json::from_str(&line(
+            &d,
+            &RequestSummary::default(),
+            None,
+            Duration::from_micros(1500),
+            SystemTime::UNIX_EPOCH,
+        ))
+        .unwrap();
+        assert_eq!(v["decision"], "deny");
+        assert_eq!(v["reason"], "no_matching_rule");
+        assert_eq!(v["mode"], "dry_run");
+        assert_eq!(v["enforced"]["decision"], "allow");
+        assert_eq!(v["latency_ms"], 1.5);
+    }
+
+    #[test]
+    fn allows_are_sampled_and_denies_never() {
+        let config = DecisionLogConfig {
+            output: "off".into(),
+            allow_sample_rate: 0.0,
+        };
+        assert!(DecisionLog::open(&config).unwrap().tx.is_none());
+        let (tx, rx) = sync_channel(4);
+        let log = DecisionLog {
+            tx: Some(tx),
+            allow_threshold: 0x8000_0000,
+        };
+        let mut allow = Decision::deny("ffffffff-1".into(), Reason::Allowed);
+        allow.allowed = true;
+        let s = RequestSummary::default();
+        assert!(log.record(&allow, &s, None, Duration::ZERO));
+        assert!(rx.try_recv().is_err(), "sampled out");
+        allow.decision_id = "00000001-1".into();
+        assert!(log.record(&allow, &s, None, Duration::ZERO));
+        assert!(rx.try_recv().unwrap().contains("00000001-1"));
+        let deny = Decision::deny("ffffffff-2".into(), Reason::NoMatchingRule);
+        assert!(log.record(&deny, &s, None, Duration::ZERO));
+        assert!(rx.try_recv().unwrap().contains("ffffffff-2"));
+    }
+}

@@ -1,0 +1,409 @@
+//! Prometheus metrics, served on the admin port at `/metrics` (OpenMetrics text).
+//!
+//! Labels stay low-cardinality: never a subject, a path or a token; the tenant
+//! label is configurable ([`TenantLabels`]) for installs with thousands of
+//! tenants, and a rule label appears only on dry-run rules, which are few at a
+//! time. Recording is a few atomic adds; nothing here blocks a check.
+//!
+//! Key fetches and token-cache lookups happen deep in [`crate::identity`], which
+//! has no handle to a server, so those two families are process-wide statics
+//! that every server's registry includes.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+
+use crate::decision::Decision;
+use crate::identity::keys::RemoteSource;
+use crate::store::{PolicyStore, StoreStatus};
+
+/// The label value every tenant not given its own is folded into.
+pub const OTHER_TENANT: &str = "other";
+
+/// Check latency buckets, in seconds: 50µs to 2.5s (a check that waits for an
+/// issuer's keys can take up to the key wait).
+const LATENCY_BUCKETS: [f64; 15] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5,
+];
+
+/// Which tenants get a label value of their own; the rest count as `other`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum TenantLabels {
+    /// Every tenant (the default).
+    #[default]
+    All,
+    /// No tenant: every series says `other`.
+    None,
+    /// These tenants; every other one is `other`.
+    Listed(HashSet<String>),
+}
+
+impl<'de> Deserialize<'de> for TenantLabels {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Word(String),
+            List(Vec<String>),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Word(w) if w == "all" => Ok(TenantLabels::All),
+            Raw::Word(w) if w == "none" => Ok(TenantLabels::None),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!(
+                "metrics.tenants: {w:?} must be all, none, or a list of tenants"
+            ))),
+            Raw::List(list) => Ok(TenantLabels::Listed(list.into_iter().collect())),
+        }
+    }
+}
+
+impl TenantLabels {
+    /// The label value for `tenant` (empty when the check had no tenant).
+    pub fn label(&self, tenant: Option<&str>) -> String {
+        match tenant {
+            None => String::new(),
+            Some(t) if self.keeps(t) => t.to_string(),
+            Some(_) => OTHER_TENANT.to_string(),
+        }
+    }
+
+    fn keeps(&self, tenant: &str) -> bool {
+        match self {
+            TenantLabels::All => true,
+            TenantLabels::None => false,
+            TenantLabels::Listed(set) => set.contains(tenant),
+        }
+    }
+}
+
+/// The `metrics` section of the server configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `all` (default), `none`, or a list of tenants that keep their own label.
+    #[serde(default)]
+    pub tenants: TenantLabels,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    tenant: String,
+    decision: &'static str,
+    reason: &'static str,
+    mode: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DryRunRuleLabels {
+    tenant: String,
+    rule: String,
+    would: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    tenant: String,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyInfoLabels {
+    tenant: String,
+    digest: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyFetchLabels {
+    issuer: String,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    result: &'static str,
+}
+
+static KEY_FETCHES: LazyLock<Family<KeyFetchLabels, Counter>> = LazyLock::new(Family::default);
+static TOKEN_CACHE: LazyLock<Family<CacheLabels, Counter>> = LazyLock::new(Family::default);
+
+/// A key source as a label or span field: the discovery issuer, or the JWKS
+/// URL without its query (a query can carry an API key).
+pub fn issuer_label(source: &RemoteSource) -> String {
+    match source {
+        RemoteSource::Discovery { issuer, .. } => issuer.clone(),
+        RemoteSource::Jwks(url) => url.split(['?', '#']).next().unwrap_or_default().into(),
+    }
+}
+
+/// Counts one fetch of an issuer's keys (process-wide).
+pub fn key_fetch(source: &RemoteSource, ok: bool) {
+    let issuer = issuer_label(source);
+    let result = if ok { "ok" } else { "error" };
+    KEY_FETCHES
+        .get_or_create(&KeyFetchLabels { issuer, result })
+        .inc();
+}
+
+/// Counts one lookup in a tenant's verified-token cache (process-wide).
+pub fn token_cache(hit: bool) {
+    let result = if hit { "hit" } else { "miss" };
+    TOKEN_CACHE.get_or_create(&CacheLabels { result }).inc();
+}
+
+/// One server's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    tenants: TenantLabels,
+    decisions: Family<DecisionLabels, Counter>,
+    dry_run_rules: Family<DryRunRuleLabels, Counter>,
+    latency: Histogram,
+    reloads: Family<ReloadLabels, Counter>,
+    policy_info: Family<PolicyInfoLabels, Gauge>,
+    dry_run_tenants: Gauge,
+    log_dropped: Counter,
+    /// What the last reload served, to count only what changed.
+    seen: Mutex<Seen>,
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    digests: HashMap<String, String>,
+    errors: HashSet<String>,
+}
+
+impl Metrics {
+    pub fn new(config: &MetricsConfig) -> Metrics {
+        let mut registry = Registry::with_prefix("portcullis");
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "decisions",
+            "Checks decided, by tenant, decision, reason and mode (dry_run: what enforcement would have answered)",
+            decisions.clone(),
+        );
+        let dry_run_rules = Family::<DryRunRuleLabels, Counter>::default();
+        registry.register(
+            "dry_run_rule_matches",
+            "Dry-run rules that held (or failed), by what they would have done; they take no part in the decision",
+            dry_run_rules.clone(),
+        );
+        let latency = Histogram::new(LATENCY_BUCKETS);
+        registry.register(
+            "check_duration_seconds",
+            "Time to decide one Check, from the request to the answer",
+            latency.clone(),
+        );
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "policy_reloads",
+            "Policy file loads by tenant and result (ok, error, removed)",
+            reloads.clone(),
+        );
+        let policy_info = Family::<PolicyInfoLabels, Gauge>::default();
+        registry.register(
+            "policy_info",
+            "The digest of each tenant's served rule set (1); folded tenants share one digest over all of them",
+            policy_info.clone(),
+        );
+        let dry_run_tenants = Gauge::default();
+        registry.register(
+            "dry_run_tenants",
+            "Tenants in dry-run mode: their denies are allowed",
+            dry_run_tenants.clone(),
+        );
+        let log_dropped = Counter::default();
+        registry.register(
+            "decision_log_dropped",
+            "Decision log lines dropped because the writer fell behind",
+            log_dropped.clone(),
+        );
+        registry.register(
+            "key_fetches",
+            "Fetches of issuers' keys by issuer and result (process-wide)",
+            KEY_FETCHES.clone(),
+        );
+        registry.register(
+            "token_cache_lookups",
+            "Verified-token cache lookups by result, hit or miss (process-wide)",
+            TOKEN_CACHE.clone(),
+        );
+        Metrics {
+            registry,
+            tenants: config.tenants.clone(),
+            decisions,
+            dry_run_rules,
+            latency,
+            reloads,
+            policy_info,
+            dry_run_tenants,
+            log_dropped,
+            seen: Mutex::new(Seen::default()),
+        }
+    }
+
+    /// Counts one decision and its latency.
+    pub fn observe_decision(&self, decision: &Decision, latency: Duration) {
+        let tenant = self.tenants.label(decision.tenant.as_deref());
+        let outcome = crate::audit::Outcome::of(decision);
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                tenant: tenant.clone(),
+                decision: outcome.decision,
+                reason: outcome.reason.code(),
+                mode: decision.audit.mode.as_str(),
+            })
+            .inc();
+        for hit in &decision.audit.dry_run_rules {
+            let rule = if tenant == OTHER_TENANT {
+                OTHER_TENANT.to_string()
+            } else {
+                hit.rule.to_string()
+            };
+            self.dry_run_rules
+                .get_or_create(&DryRunRuleLabels {
+                    tenant: tenant.clone(),
+                    rule,
+                    would: hit.would,
+                })
+                .inc();
+        }
+        self.latency.observe(latency.as_secs_f64());
+    }
+
+    pub fn log_dropped(&self) {
+        self.log_dropped.inc();
+    }
+
+    /// Updates reload counters, `policy_info` and the dry-run gauge after a
+    /// reload. A file error is counted once until it changes or goes away (a
+    /// rescan finds a broken file broken again).
+    pub fn observe_reload(&self, store: &PolicyStore, status: &StoreStatus) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let count = |tenant: &str, result: &'static str| {
+            self.reloads
+                .get_or_create(&ReloadLabels {
+                    tenant: self.tenants.label(Some(tenant)),
+                    result,
+                })
+                .inc();
+        };
+        let mut now = HashMap::new();
+        for t in &status.tenants {
+            if seen.digests.get(&t.tenant) != Some(&t.digest) {
+                count(&t.tenant, "ok");
+            }
+            now.insert(t.tenant.clone(), t.digest.clone());
+        }
+        for gone in seen.digests.keys().filter(|t| !now.contains_key(*t)) {
+            count(gone, "removed");
+        }
+        let mut errors = HashSet::new();
+        for e in &status.errors {
+            let key = e.to_string();
+            if !seen.errors.contains(&key) {
+                // The tenant the file served, else the file's name.
+                let tenant = status
+                    .tenants
+                    .iter()
+                    .find(|t| t.file == e.file)
+                    .map(|t| t.tenant.clone())
+                    .or_else(|| e.file.file_stem().map(|s| s.to_string_lossy().into_owned()))
+                    .unwrap_or_default();
+                count(&tenant, "error");
+            }
+            errors.insert(key);
+        }
+        seen.digests = now;
+        seen.errors = errors;
+
+        self.policy_info.clear();
+        let mut folded: BTreeMap<&str, &str> = BTreeMap::new();
+        for t in &status.tenants {
+            if self.tenants.keeps(&t.tenant) {
+                self.policy_info
+                    .get_or_create(&PolicyInfoLabels {
+                        tenant: t.tenant.clone(),
+                        digest: t.digest.clone(),
+                    })
+                    .set(1);
+            } else {
+                folded.insert(&t.tenant, &t.digest);
+            }
+        }
+        if !folded.is_empty() {
+            let joined: String = folded.iter().map(|(t, d)| format!("{t}={d}\n")).collect();
+            self.policy_info
+                .get_or_create(&PolicyInfoLabels {
+                    tenant: OTHER_TENANT.to_string(),
+                    digest: crate::policy::digest_of(joined.as_bytes()),
+                })
+                .set(1);
+        }
+        self.dry_run_tenants
+            .set(dry_run_tenants(store, status).len() as i64);
+    }
+
+    /// The registry in OpenMetrics text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Tenants whose rule set is in dry-run mode, sorted.
+pub fn dry_run_tenants(store: &PolicyStore, status: &StoreStatus) -> BTreeSet<String> {
+    status
+        .tenants
+        .iter()
+        .filter(|t| {
+            store
+                .tenant(&t.tenant)
+                .is_some_and(|c| c.mode == crate::policy::Mode::DryRun)
+        })
+        .map(|t| t.tenant.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_labels_fold_into_other() {
+        let listed: TenantLabels = serde_yaml::from_str("[acme]").unwrap();
+        assert_eq!(listed.label(Some("acme")), "acme");
+        assert_eq!(listed.label(Some("globex")), OTHER_TENANT);
+        assert_eq!(listed.label(None), "");
+        let none: TenantLabels = serde_yaml::from_str("none").unwrap();
+        assert_eq!(none.label(Some("acme")), OTHER_TENANT);
+        let all: TenantLabels = serde_yaml::from_str("all").unwrap();
+        assert_eq!(all.label(Some("globex")), "globex");
+        assert!(serde_yaml::from_str::<TenantLabels>("some").is_err());
+    }
+
+    #[test]
+    fn jwks_query_never_reaches_a_label() {
+        key_fetch(
+            &RemoteSource::Jwks("https://idp.example/jwks?api_key=s3cret".into()),
+            true,
+        );
+        let m = Metrics::new(&MetricsConfig::default());
+        let text = m.encode();
+        assert!(
+            text.contains("issuer=\"https://idp.example/jwks\""),
+            "{text}"
+        );
+        assert!(!text.contains("s3cret"), "{text}");
+    }
+}
