@@ -35,6 +35,9 @@ const MAX_LOGGED_PATH: usize = 2048;
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Audit {
     pub issuer: Option<String>,
+    /// How the token was bound: `none`, `dpop` or `mtls` (empty when no
+    /// identity was established).
+    pub sender_constraint: &'static str,
     /// `client_id` (RFC 9068) or `azp` (OIDC) of the token.
     pub client_id: Option<String>,
     /// The tenant's mode.
@@ -321,8 +324,7 @@ pub fn line(
         "issuer": d.audit.issuer,
         "client_id": d.audit.client_id,
         "auth_method": d.auth_method,
-        // Sender-constrained tokens (DPoP, mTLS-bound) are not built yet.
-        "sender_constraint": serde_json::Value::Null,
+        "sender_constraint": (!d.audit.sender_constraint.is_empty()).then_some(d.audit.sender_constraint),
         "method": request.method,
         "host": request.host,
         "path": request.path,

@@ -171,6 +171,7 @@ impl Pipeline {
         decision.subject = identity.subject.clone();
         decision.audit.issuer = identity.issuer.clone();
         decision.audit.client_id = client_id(&identity);
+        decision.audit.sender_constraint = identity.binding.kind;
         let now = crate::input::unix_seconds(input.context.time);
         // Checked on every request: a cached verification is no exemption.
         if let Some(list) = self.store.revocations(&tenant.id)

@@ -143,8 +143,7 @@ impl Dpop {
 
     /// A fresh server nonce (for the `DPoP-Nonce` header).
     pub fn nonce(&self, now: u64) -> Option<String> {
-        let key = self.nonce_key.as_ref()?;
-        Some(make_nonce(key, now / NONCE_SLOT.as_secs()))
+        make_nonce(self.nonce_key.as_ref()?, now / NONCE_SLOT.as_secs())
     }
 }
 
@@ -164,7 +163,7 @@ pub trait ReplayCache: Send + Sync + std::fmt::Debug {
 /// the whole cache.
 #[derive(Debug)]
 pub struct MemoryReplayCache {
-    capacity: usize,
+    capacity: std::sync::atomic::AtomicUsize,
     state: Mutex<ReplayState>,
 }
 
@@ -179,7 +178,7 @@ struct ReplayState {
 impl MemoryReplayCache {
     pub fn new(capacity: usize) -> MemoryReplayCache {
         MemoryReplayCache {
-            capacity,
+            capacity: std::sync::atomic::AtomicUsize::new(capacity),
             state: Mutex::new(ReplayState::default()),
         }
     }
@@ -202,7 +201,7 @@ impl ReplayCache for MemoryReplayCache {
         if seen.get(&key).is_some_and(|u| *u > now) {
             return Err(BindingError::Replayed);
         }
-        if seen.len() >= self.capacity {
+        if seen.len() >= self.capacity.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(BindingError::ReplayCacheFull);
         }
         seen.insert(key, until);
@@ -214,12 +213,16 @@ impl ReplayCache for MemoryReplayCache {
 /// One replay cache per tenant for the life of the process: a policy reload
 /// must not forget which proofs were used.
 fn replay_cache_for(tenant: &str, size: usize) -> Arc<dyn ReplayCache> {
-    type Caches = Mutex<HashMap<(String, usize), Arc<MemoryReplayCache>>>;
+    type Caches = Mutex<HashMap<String, Arc<MemoryReplayCache>>>;
     static CACHES: LazyLock<Caches> = LazyLock::new(|| Mutex::new(HashMap::new()));
     let mut caches = CACHES.lock().unwrap_or_else(|e| e.into_inner());
+    // By tenant only: a reload that changes the size keeps what was seen.
     let cache = caches
-        .entry((tenant.to_string(), size))
+        .entry(tenant.to_string())
         .or_insert_with(|| Arc::new(MemoryReplayCache::new(size)));
+    cache
+        .capacity
+        .store(size, std::sync::atomic::Ordering::Relaxed);
     Arc::clone(cache) as Arc<dyn ReplayCache>
 }
 
@@ -280,25 +283,47 @@ pub fn check(
     token: &str,
     input: &Input,
 ) -> Result<Binding, BindingError> {
-    let cnf = claims.get("cnf").and_then(Json::as_object);
-    let jkt = cnf.and_then(|c| c.get("jkt")).and_then(Json::as_str);
-    let x5t = cnf.and_then(|c| c.get("x5t#S256")).and_then(Json::as_str);
+    // RFC 7800 §3.1: `cnf` names how the token is confirmed. A confirmation
+    // method portcullis does not check (`jwk`, `kid`, `x5t`, ...) or a member of
+    // the wrong type would otherwise make a bound token pass as a bearer one.
+    let (jkt, x5t) = match claims.get("cnf") {
+        None => (None, None),
+        Some(Json::Object(cnf)) => {
+            let mut jkt = None;
+            let mut x5t = None;
+            for (name, value) in cnf {
+                match (name.as_str(), value) {
+                    ("jkt", Json::String(v)) => jkt = Some(v.as_str()),
+                    ("x5t#S256", Json::String(v)) => x5t = Some(v.as_str()),
+                    _ => {
+                        return Err(BindingError::Mismatch(
+                            "cnf holds a confirmation method portcullis cannot check",
+                        ));
+                    }
+                }
+            }
+            (jkt, x5t)
+        }
+        Some(_) => return Err(BindingError::Mismatch("cnf is not an object")),
+    };
     let mut binding = Binding::default();
+    let mut replay = None;
     if dpop_scheme {
         let dpop = dpop.ok_or(BindingError::BadProof(
             "DPoP is not configured for this tenant",
         ))?;
-        let thumbprint = check_proof(dpop, token, input)?;
+        let proof = check_proof(dpop, token, input)?;
         // RFC 9449 §7.1: the token must be bound to the proof's key.
         match jkt {
-            Some(jkt) if constant_time_eq(jkt, &thumbprint) => {}
+            Some(jkt) if constant_time_eq(jkt, &proof.thumbprint) => {}
             Some(_) => return Err(BindingError::Mismatch("cnf.jkt is not the proof's key")),
             None => return Err(BindingError::Mismatch("the token is not DPoP-bound")),
         }
         binding = Binding {
             kind: "dpop",
-            thumbprint: Some(thumbprint),
+            thumbprint: Some(proof.thumbprint.clone()),
         };
+        replay = Some((dpop, proof));
     } else if jkt.is_some() {
         // RFC 9449 §7.1: a DPoP-bound token sent as a bearer token is refused.
         return Err(BindingError::Mismatch(
@@ -343,7 +368,30 @@ pub fn check(
             _ => "dpop or mtls",
         }));
     }
+    // RFC 9449 §11.1: the proof's jti is recorded last, once everything else
+    // holds, so proofs that fail (e.g. made with a thief's own key) cannot fill
+    // the tenant's replay cache.
+    if let Some((dpop, proof)) = replay {
+        proof.record(dpop, crate::input::unix_seconds(input.context.time))?;
+    }
     Ok(binding)
+}
+
+/// A proof that passed every check but the replay check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proof {
+    /// The RFC 7638 thumbprint of the proof's key.
+    pub thumbprint: String,
+    replay_key: String,
+    until: u64,
+}
+
+impl Proof {
+    /// Records the proof's `jti`; `Err` when it was used before (or the cache
+    /// is full).
+    pub fn record(&self, dpop: &Dpop, now: u64) -> Result<(), BindingError> {
+        dpop.replay.record(&self.replay_key, self.until, now)
+    }
 }
 
 fn constant_time_eq(a: &str, b: &str) -> bool {
@@ -351,9 +399,9 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
-/// RFC 9449 §4.3: validates the one DPoP proof of the request, for `token`.
-/// Returns the proof key's thumbprint.
-pub fn check_proof(dpop: &Dpop, token: &str, input: &Input) -> Result<String, BindingError> {
+/// RFC 9449 §4.3: validates the one DPoP proof of the request, for `token`,
+/// except the replay check, which [`Proof::record`] makes once the binding holds.
+pub fn check_proof(dpop: &Dpop, token: &str, input: &Input) -> Result<Proof, BindingError> {
     let bad = BindingError::BadProof;
     let r = &input.resource;
     // 1. Exactly one DPoP header: Envoy joins repeated headers with commas.
@@ -420,11 +468,12 @@ pub fn check_proof(dpop: &Dpop, token: &str, input: &Input) -> Result<String, Bi
     }
     // 10. htu is this request's URI without query and fragment (RFC 3986 §6
     //     normalization), on the configured public origin.
-    let origin = r
-        .context_extensions
-        .get("dpop_origin")
-        .and_then(|o| normalize_origin(o))
-        .unwrap_or_else(|| dpop.origin.clone());
+    let origin = match r.context_extensions.get("dpop_origin") {
+        // A route that names its origin badly is a misconfiguration: deny
+        // rather than fall back to the tenant's.
+        Some(o) => normalize_origin(o).ok_or(bad("the route's dpop_origin is not an origin"))?,
+        None => dpop.origin.clone(),
+    };
     let htu = claims
         .get("htu")
         .and_then(Json::as_str)
@@ -461,13 +510,12 @@ pub fn check_proof(dpop: &Dpop, token: &str, input: &Input) -> Result<String, Bi
         let slot = now / NONCE_SLOT.as_secs();
         let fresh = [slot, slot.saturating_sub(1)]
             .iter()
-            .any(|s| constant_time_eq(nonce, &make_nonce(key, *s)));
+            .any(|s| make_nonce(key, *s).is_some_and(|n| constant_time_eq(nonce, &n)));
         if !fresh {
             return Err(BindingError::UseNonce);
         }
     }
-    // 3 (§11.1): the jti was not seen within the window. Recorded last, so a
-    //    proof that fails another check does not use up its jti.
+    // 3 (§11.1): a jti, checked for replay once the binding holds.
     let jti = claims
         .get("jti")
         .and_then(Json::as_str)
@@ -475,9 +523,11 @@ pub fn check_proof(dpop: &Dpop, token: &str, input: &Input) -> Result<String, Bi
     if jti.is_empty() || jti.len() > 256 {
         return Err(bad("bad jti"));
     }
-    dpop.replay
-        .record(&format!("{jti}\u{0}{htu}"), iat + dpop.window + 1, now)?;
-    jwk_thumbprint(jwk).ok_or(bad("jwk has no thumbprint"))
+    Ok(Proof {
+        thumbprint: jwk_thumbprint(jwk).ok_or(bad("jwk has no thumbprint"))?,
+        replay_key: format!("{jti}\u{0}{htu}"),
+        until: iat + dpop.window + 1,
+    })
 }
 
 /// RFC 7638 §3: SHA-256 over the required members, in lexicographic order,
@@ -531,18 +581,14 @@ fn normalize_htu(htu: &str) -> Option<String> {
     ))
 }
 
-fn make_nonce(key: &[u8], slot: u64) -> String {
+fn make_nonce(key: &[u8], slot: u64) -> Option<String> {
     use hmac::{Hmac, Mac};
-    // A key of any length is accepted by HMAC; 32 bytes at least is checked at load.
-    let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(key) {
-        Ok(m) => m,
-        Err(_) => return String::new(),
-    };
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).ok()?;
     mac.update(&slot.to_be_bytes());
     let tag = mac.finalize().into_bytes();
     let mut out = slot.to_be_bytes().to_vec();
     out.extend_from_slice(&tag[..16]);
-    URL_SAFE_NO_PAD.encode(out)
+    Some(URL_SAFE_NO_PAD.encode(out))
 }
 
 /// The DER of the first certificate in a PEM text.
@@ -606,13 +652,13 @@ mod tests {
     fn rfc9449_example_proof_verifies_and_is_used_once() {
         let dpop = rfc_dpop("rfc9449-vector");
         let input = rfc_request(RFC9449_PROOF, "GET", "/protectedresource", 1_562_262_618);
-        assert_eq!(
-            check_proof(&dpop, RFC9449_TOKEN, &input).unwrap(),
-            RFC9449_JKT
-        );
+        let proof = check_proof(&dpop, RFC9449_TOKEN, &input).unwrap();
+        assert_eq!(proof.thumbprint, RFC9449_JKT);
+        assert!(proof.record(&dpop, 1_562_262_618).is_ok());
         // The same proof again: a replay.
+        let again = check_proof(&dpop, RFC9449_TOKEN, &input).unwrap();
         assert_eq!(
-            check_proof(&dpop, RFC9449_TOKEN, &input),
+            again.record(&dpop, 1_562_262_619),
             Err(BindingError::Replayed)
         );
     }
@@ -720,6 +766,7 @@ mod tests {
     #[test]
     fn nonces_are_per_slot_and_keyed() {
         let key = [7u8; 32];
+        assert!(make_nonce(&key, 5).is_some());
         assert_eq!(make_nonce(&key, 5), make_nonce(&key, 5));
         assert_ne!(make_nonce(&key, 5), make_nonce(&key, 6));
         assert_ne!(make_nonce(&key, 5), make_nonce(&[8u8; 32], 5));

@@ -638,7 +638,29 @@ pub fn authenticate(config: &IdentityConfig, input: &Input) -> Result<Identity, 
     let mut found = None;
     for source in &config.sources {
         let outcome = match source {
-            Source::EnvoyJwt(spec) => envoy_jwt(spec, input)?,
+            Source::EnvoyJwt(spec) => match envoy_jwt(spec, input)? {
+                // jwt_authn verified the signature, not the binding: a bound
+                // token whose proof or certificate is not here is refused
+                // (RFC 9449 §7.1, RFC 8705 §3). With `forward: true` the token
+                // is still in Authorization, and a DPoP proof can be checked.
+                Some(mut identity) => {
+                    let auth = headers.get("authorization").map(|v| v.trim());
+                    let dpop_scheme = has_dpop_scheme(input, "authorization");
+                    let token = auth
+                        .and_then(|v| v.split_once(' '))
+                        .map_or("", |(_, t)| t.trim());
+                    identity.binding = bind(
+                        config,
+                        binding::SenderConstraint::None,
+                        dpop_scheme,
+                        &identity.claims,
+                        token,
+                        input,
+                    )?;
+                    Some(identity)
+                }
+                None => None,
+            },
             Source::Spiffe(spec) => spiffe(spec, input),
         };
         if let Some(identity) = outcome {
@@ -768,21 +790,60 @@ fn own_token(config: &IdentityConfig, input: &Input) -> Result<Option<Identity>,
     };
     // Never cached: the proof and the certificate belong to this request.
     let dpop_scheme = matches!(source, TokenSource::Header { name, .. }
-    if input.resource.headers.get(name).is_some_and(|v| {
-        v.trim_start().get(..5).is_some_and(|p| p.eq_ignore_ascii_case("dpop "))
-    }));
-    let binding = binding::check(
-        config.dpop.as_ref(),
+        if has_dpop_scheme(input, name));
+    let binding = bind(
+        config,
         verified.sender_constraint,
         dpop_scheme,
         &verified.claims,
         token,
         input,
+    )?;
+    Ok(Some(Identity {
+        method,
+        subject: verified.subject,
+        issuer: Some(verified.issuer),
+        token_id: verified.token_id,
+        claims: verified.claims,
+        consumed_query: match source {
+            TokenSource::Query(name) => Some(name.clone()),
+            _ => None,
+        },
+        binding,
+    }))
+}
+
+/// Whether the header's value uses the DPoP scheme (RFC 9449 §7.1).
+fn has_dpop_scheme(input: &Input, header: &str) -> bool {
+    input.resource.headers.get(header).is_some_and(|v| {
+        v.trim_start()
+            .get(..5)
+            .is_some_and(|p| p.eq_ignore_ascii_case("dpop "))
+    })
+}
+
+/// Checks a verified token's sender binding (never cached), and turns a
+/// failure into the answer the client gets: a DPoP request, or a DPoP problem,
+/// is challenged with the DPoP scheme and the accepted algorithms (RFC 9449
+/// §7.1), with a fresh `DPoP-Nonce` when one is required.
+fn bind(
+    config: &IdentityConfig,
+    required: binding::SenderConstraint,
+    dpop_scheme: bool,
+    claims: &Map<String, Json>,
+    token: &str,
+    input: &Input,
+) -> Result<binding::Binding, IdentityError> {
+    binding::check(
+        config.dpop.as_ref(),
+        required,
+        dpop_scheme,
+        claims,
+        token,
+        input,
     )
     .map_err(|error| {
         let dpop = config.dpop.as_ref();
-        // A DPoP request, or a DPoP problem, is answered with the DPoP scheme
-        // (RFC 9449 §7.1), naming the accepted algorithms.
         let challenge = (dpop_scheme || matches!(error, binding::BindingError::Required("dpop")))
             .then(|| {
                 let code = match error {
@@ -803,19 +864,7 @@ fn own_token(config: &IdentityConfig, input: &Input) -> Result<Option<Identity>,
             challenge,
             nonce,
         }
-    })?;
-    Ok(Some(Identity {
-        method,
-        subject: verified.subject,
-        issuer: Some(verified.issuer),
-        token_id: verified.token_id,
-        claims: verified.claims,
-        consumed_query: match source {
-            TokenSource::Query(name) => Some(name.clone()),
-            _ => None,
-        },
-        binding,
-    }))
+    })
 }
 
 /// The caller of an API key. A key sent with another credential is refused.
@@ -988,6 +1037,32 @@ mod tests {
         assert_eq!(err.reason(), Reason::IssuerNotTrusted);
         let err = authenticate(&jwt_config(), &with_claims(json!("nope"))).unwrap_err();
         assert_eq!(err.reason(), Reason::InvalidCredential);
+    }
+
+    #[test]
+    fn claims_envoy_verified_still_need_their_binding() {
+        // A DPoP-bound token that jwt_authn verified and removed: its proof
+        // cannot be checked, so it is refused (a stolen token must not pass).
+        let bound = json!({"iss": "https://idp.acme", "sub": "alice", "cnf": {"jkt": "abc"}});
+        let err = authenticate(&jwt_config(), &with_claims(bound)).unwrap_err();
+        assert_eq!(err.reason(), Reason::TokenBindingMismatch);
+        // Certificate-bound, with no certificate on the connection.
+        let bound = json!({"iss": "https://idp.acme", "sub": "alice", "cnf": {"x5t#S256": "abc"}});
+        let err = authenticate(&jwt_config(), &with_claims(bound)).unwrap_err();
+        assert_eq!(err.reason(), Reason::TokenBindingMismatch);
+        // A confirmation method portcullis cannot check.
+        let bound = json!({"iss": "https://idp.acme", "sub": "alice", "cnf": {"jwk": {}}});
+        let err = authenticate(&jwt_config(), &with_claims(bound)).unwrap_err();
+        assert_eq!(err.reason(), Reason::TokenBindingMismatch);
+        // Unbound: fine.
+        let plain = json!({"iss": "https://idp.acme", "sub": "alice"});
+        assert_eq!(
+            authenticate(&jwt_config(), &with_claims(plain))
+                .unwrap()
+                .binding
+                .kind,
+            "none"
+        );
     }
 
     #[test]
