@@ -136,7 +136,7 @@ struct Signer {
 pub struct Minter {
     issuer: String,
     signers: Vec<Signer>,
-    cache: Mutex<HashMap<String, (String, u64)>>,
+    cache: Mutex<HashMap<[u8; 32], (String, u64)>>,
 }
 
 impl std::fmt::Debug for Minter {
@@ -241,24 +241,40 @@ impl Minter {
             .collect();
         let claim = |n: &str| identity.claims.get(n).and_then(Json::as_str);
         // RFC 8693 §4.1: `act` names the party acting for the subject, here
-        // the client the caller used.
+        // the client the caller used, with the issuer that knows it; a
+        // delegation the caller's token already carries stays nested in it.
         let client = claim("client_id").or_else(|| claim("azp"));
-        let key = format!(
-            "{tenant}\u{0}{}\u{0}{audience}\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
-            identity.subject.as_deref().unwrap_or(""),
-            scopes.join(" "),
-            client.unwrap_or(""),
-            identity.binding.kind,
-            identity.binding.thumbprint.as_deref().unwrap_or("")
-        );
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        // Never longer than the caller's own token.
+        let exp = (now + spec.lifetime).min(identity.expires.unwrap_or(u64::MAX));
+        // Everything the token depends on, hashed: no separator can collide.
+        let key: [u8; 32] = {
+            use sha2::Digest as _;
+            let parts = json!([
+                tenant,
+                identity.method.as_str(),
+                identity.issuer,
+                identity.subject,
+                audience,
+                scopes,
+                client,
+                identity.claims.get("act"),
+                identity.binding.kind,
+                identity.binding.thumbprint,
+                spec.lifetime,
+                identity.expires,
+            ]);
+            sha2::Sha256::digest(parts.to_string().as_bytes()).into()
+        };
         // Reuse while more than a third of the lifetime remains.
-        if let Some((token, exp)) = cache.get(&key)
-            && now + spec.lifetime / 3 < *exp
+        if let Some((token, cached_exp)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            && now + spec.lifetime / 3 < *cached_exp
         {
             return Ok(token.clone());
         }
-        let exp = now + spec.lifetime;
         let mut claims = json!({
             "iss": self.issuer, "aud": audience, "tenant": tenant,
             "iat": now, "exp": exp, "jti": uuid::Uuid::new_v4().to_string(),
@@ -268,14 +284,23 @@ impl Minter {
             claims["sub"] = json!(sub);
         }
         if let Some(client) = client {
-            claims["act"] = json!({ "sub": client });
+            let mut act = json!({ "sub": client });
+            if let Some(iss) = &identity.issuer {
+                act["iss"] = json!(iss);
+            }
+            if let Some(prior) = identity.claims.get("act") {
+                act["act"] = prior.clone();
+            }
+            claims["act"] = act;
         }
         let signer = &self.signers[0];
         let mut header = Header::new(signer.alg);
         header.kid = Some(signer.kid.clone());
         header.typ = Some("at+jwt".into());
+        // Signed outside the lock: a miss must not queue every other check.
         let token =
             jsonwebtoken::encode(&header, &claims, &signer.key).map_err(|_| MintError::Signing)?;
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= MAX_CACHED {
             cache.retain(|_, (_, e)| *e > now);
             if cache.len() >= MAX_CACHED * 9 / 10 {

@@ -251,7 +251,10 @@ impl Pipeline {
                     decision
                         .set_headers
                         .push((DECISION_ID_HEADER.to_string(), decision.decision_id.clone()));
-                    if let Some(spec) = tenant.downstream(decision.rule.as_ref()) {
+                    if let Some(spec) = tenant
+                        .downstream(decision.rule.as_ref())
+                        .filter(|_| !identity.is_anonymous())
+                    {
                         let minted = self.minter.as_ref().map_or(
                             Err(crate::exchange::MintError::NotConfigured),
                             |m| {
@@ -270,6 +273,15 @@ impl Pipeline {
                             Ok(token) => {
                                 decision.set_headers.retain(|(k, _)| k != "authorization");
                                 decision.remove_headers.retain(|h| h != "authorization");
+                                // The caller's own credential never travels
+                                // beside the narrowed one (a custom header, an
+                                // API key).
+                                for h in tenant.identity.credential_headers() {
+                                    if h != "authorization" && !decision.remove_headers.contains(h)
+                                    {
+                                        decision.remove_headers.push(h.clone());
+                                    }
+                                }
                                 decision
                                     .set_headers
                                     .push(("authorization".into(), format!("Bearer {token}")));

@@ -162,7 +162,7 @@ fn the_upstream_gets_a_narrowed_token_it_can_verify() {
     // Only the scopes this hop may have, of those the caller holds.
     assert_eq!(claims.custom["scope"], "orders:read");
     // RFC 8693 §4.1: the original client, in `act`.
-    assert_eq!(claims.custom["act"], json!({"sub": "web-app"}));
+    assert_eq!(claims.custom["act"], json!({"sub": "web-app", "iss": ISSUER}));
     let life = claims.expires_at.unwrap().as_secs() - claims.issued_at.unwrap().as_secs();
     assert_eq!(life, 30);
     assert_eq!(
@@ -274,4 +274,116 @@ fn policies_and_keys_that_cannot_work_are_refused() {
     // Development mode works, and says so in its kid.
     let dev = Minter::load(&config(Vec::new(), true), dir.path()).unwrap();
     assert_eq!(dev.jwks()["keys"][0]["kid"], "development");
+}
+
+#[test]
+fn a_minted_token_never_outlives_the_callers_and_anonymous_callers_get_none() {
+    let w = world(
+        "  - { id: docs, path: /docs, effect: allow, public: true }\n",
+        &["k1"],
+    );
+    let t = now();
+    let short = w
+        .idp
+        .sign(support::raw_claims(json!({
+            "iss": ISSUER, "aud": "edge", "sub": "alice", "scope": "orders:read", "iat": t, "exp": t + 12,
+        })))
+        .unwrap();
+    let claims = verify(
+        &w.minter,
+        &minted(&check(&w, "/orders/1", &short, json!({}))),
+        "orders-svc",
+    );
+    assert!(
+        claims.expires_at.unwrap().as_secs() <= t + 12,
+        "capped by the caller's exp"
+    );
+
+    // An anonymous caller on a public route: nothing to narrow, nothing minted.
+    let d = w.p.check(
+        &portcullis::cli::check_request_from_json(&json!({
+            "attributes": { "contextExtensions": { "tenant": "acme" },
+              "request": { "http": { "method": "GET", "host": "a", "path": "/docs", "headers": {} } } }
+        }))
+        .unwrap(),
+    );
+    assert!(d.allowed);
+    assert!(!d.set_headers.iter().any(|(k, _)| k == "authorization"));
+}
+
+#[test]
+fn other_credential_headers_do_not_travel_beside_the_minted_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let idp = ES256KeyPair::generate().with_key_id("idp");
+    let jwk: Value = serde_json::from_str(&idp.public_key().to_jwk()).unwrap();
+    let policy = |extra: &str| {
+        format!(
+            r#"apiVersion: portcullis/v1
+tenant: acme
+identity:
+  jwt:
+    - {{ issuer: "{ISSUER}", audiences: [edge], algorithms: [ES256], jwks: {{ keys: [{jwk}] }} }}
+  token_sources: [ {{ header: x-token }}, {{ cookie: session }} ]
+rules:
+  - {{ id: all, path: "/{{rest...}}", effect: allow }}
+response:
+  downstream_token: {{ audience: svc }}
+{extra}"#
+        )
+    };
+    // A cookie source without removing the cookie: refused at load.
+    std::fs::write(dir.path().join("acme.yaml"), policy("")).unwrap();
+    let errors: Vec<String> = PolicyStore::new(dir.path())
+        .reload()
+        .errors
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("cookie in response.remove")),
+        "{errors:?}"
+    );
+
+    std::fs::write(dir.path().join("acme.yaml"), policy("  remove: [cookie]\n")).unwrap();
+    let store = PolicyStore::new(dir.path());
+    assert!(store.reload().errors.is_empty());
+    let pem = rcgen::KeyPair::generate().unwrap().serialize_pem();
+    std::fs::write(dir.path().join("k.pem"), pem).unwrap();
+    let minter = Minter::load(
+        &ExchangeConfig {
+            issuer: "https://portcullis.acme.internal".into(),
+            keys: vec![KeyFile {
+                kid: "k".into(),
+                file: "k.pem".into(),
+            }],
+            development_generate_key: false,
+        },
+        dir.path(),
+    )
+    .unwrap();
+    let p = Pipeline::new(Arc::new(store), TenantResolver::default())
+        .with_minter(Some(Arc::new(minter)));
+    let t = now();
+    let token = idp
+        .sign(support::raw_claims(
+            json!({"iss": ISSUER, "aud": "edge", "sub": "a", "iat": t, "exp": t + 60}),
+        ))
+        .unwrap();
+    let d = p.check(
+        &portcullis::cli::check_request_from_json(&json!({
+            "attributes": { "contextExtensions": { "tenant": "acme" },
+              "request": { "http": { "method": "GET", "host": "a", "path": "/x", "headers": { "x-token": token } } } }
+        }))
+        .unwrap(),
+    );
+    assert!(d.allowed, "{:?} {:?}", d.reason, d.detail);
+    assert!(d.set_headers.iter().any(|(k, _)| k == "authorization"));
+    assert!(
+        d.remove_headers.contains(&"x-token".to_string()),
+        "{:?}",
+        d.remove_headers
+    );
+    assert!(d.remove_headers.contains(&"cookie".to_string()));
 }

@@ -407,6 +407,19 @@ impl IdentityConfig {
         })
     }
 
+    /// Request headers that carry credentials (the caller's token or key must
+    /// not travel on beside a minted downstream token).
+    pub fn credential_headers(&self) -> &[String] {
+        &self.credential_headers
+    }
+
+    /// Whether a token may come in a cookie.
+    pub fn reads_cookies(&self) -> bool {
+        self.token_sources
+            .iter()
+            .any(|s| matches!(s, TokenSource::Cookie(_)))
+    }
+
     /// The remote key sets this tenant's issuers use.
     pub fn remote_keys(&self) -> impl Iterator<Item = (&str, &Arc<RemoteKeys>)> {
         self.issuers
@@ -546,6 +559,8 @@ pub struct Identity {
     pub claims: Map<String, Json>,
     /// A query parameter that carried the token: removed before the upstream.
     pub consumed_query: Option<String>,
+    /// When the credential expires (unix seconds), if it does.
+    pub expires: Option<u64>,
     /// How the token is bound to its sender.
     pub binding: binding::Binding,
 }
@@ -559,6 +574,7 @@ impl Identity {
             token_id: None,
             claims: Map::new(),
             consumed_query: None,
+            expires: None,
             binding: binding::Binding::default(),
         }
     }
@@ -805,6 +821,7 @@ fn own_token(config: &IdentityConfig, input: &Input) -> Result<Option<Identity>,
         issuer: Some(verified.issuer),
         token_id: verified.token_id,
         claims: verified.claims,
+        expires: Some(verified.expires),
         consumed_query: match source {
             TokenSource::Query(name) => Some(name.clone()),
             _ => None,
@@ -901,6 +918,7 @@ fn api_key(
         token_id: None,
         claims: key.claims.clone(),
         consumed_query: None,
+        expires: None,
         binding: binding::Binding::default(),
     }))
 }
@@ -942,6 +960,15 @@ fn envoy_jwt(spec: &EnvoyJwtSpec, input: &Input) -> Result<Option<Identity>, Ide
         None => None,
         Some(_) => return Err(IdentityError::BadClaims("sub is not a string")),
     };
+    // Claims that revocation lists and downstream tokens key on must have the
+    // type they are read as, or a list entry would silently not apply.
+    for name in ["jti", "client_id", "azp"] {
+        if claims.get(name).is_some_and(|v| !v.is_string()) {
+            return Err(IdentityError::BadClaims(
+                "jti, client_id or azp is not a string",
+            ));
+        }
+    }
     Ok(Some(Identity {
         method: AuthMethod::EnvoyJwt,
         subject,
@@ -949,6 +976,7 @@ fn envoy_jwt(spec: &EnvoyJwtSpec, input: &Input) -> Result<Option<Identity>, Ide
         token_id: claims.get("jti").and_then(Json::as_str).map(str::to_string),
         claims: claims.clone(),
         consumed_query: None,
+        expires: claims.get("exp").and_then(Json::as_u64),
         binding: binding::Binding::default(),
     }))
 }
@@ -983,6 +1011,7 @@ fn spiffe(spec: &SpiffeSpec, input: &Input) -> Option<Identity> {
         token_id: None,
         claims,
         consumed_query: None,
+        expires: None,
         binding: binding::Binding::default(),
     })
 }

@@ -448,9 +448,19 @@ pub fn compile(file: &Path, text: &str) -> Result<CompiledTenant, Vec<PolicyErro
     });
     // Envoy applies removals after it sets headers: removing Authorization
     // would delete the minted token too.
-    if (spec.response.downstream_token.is_some() || !rule_downstream.is_empty())
-        && remove.iter().any(|h| h == "authorization")
+    let mints = spec.response.downstream_token.is_some() || !rule_downstream.is_empty();
+    // Envoy cannot remove one cookie: a token read from a cookie would travel
+    // on beside the minted one unless the cookie header goes.
+    if mints
+        && identity.as_ref().is_some_and(|i| i.reads_cookies())
+        && !remove.iter().any(|h| h == "cookie")
     {
+        errors.push(err(
+            line_of(text, 0, "downstream_token"),
+            "a downstream_token with a cookie token source needs cookie in response.remove, or the caller's token travels on".into(),
+        ));
+    }
+    if mints && remove.iter().any(|h| h == "authorization") {
         errors.push(err(
             line_of(text, 0, "remove"),
             "response.remove must not name authorization with a downstream_token: the minted token replaces it".into(),
