@@ -89,7 +89,7 @@ impl RevocationList {
             Some("jti")
         } else if hit(&self.sub, identity.subject.as_deref()) {
             Some("sub")
-        } else if hit(&self.client_id, claim("client_id").or_else(|| claim("azp"))) {
+        } else if hit(&self.client_id, claim("client_id")) || hit(&self.client_id, claim("azp")) {
             Some("client_id")
         } else {
             None

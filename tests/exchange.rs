@@ -162,7 +162,10 @@ fn the_upstream_gets_a_narrowed_token_it_can_verify() {
     // Only the scopes this hop may have, of those the caller holds.
     assert_eq!(claims.custom["scope"], "orders:read");
     // RFC 8693 §4.1: the original client, in `act`.
-    assert_eq!(claims.custom["act"], json!({"sub": "web-app", "iss": ISSUER}));
+    assert_eq!(
+        claims.custom["act"],
+        json!({"sub": "web-app", "iss": ISSUER})
+    );
     let life = claims.expires_at.unwrap().as_secs() - claims.issued_at.unwrap().as_secs();
     assert_eq!(life, 30);
     assert_eq!(

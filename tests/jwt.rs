@@ -1156,8 +1156,12 @@ impl Introspection {
                 let token = body
                     .split('&')
                     .find_map(|p| p.strip_prefix("token="))
-                    .unwrap_or_default()
-                    .to_string();
+                    .map(|t| {
+                        percent_encoding::percent_decode_str(t)
+                            .decode_utf8_lossy()
+                            .into_owned()
+                    })
+                    .unwrap_or_default();
                 let answer = answers
                     .get(&token)
                     .cloned()
@@ -1169,6 +1173,10 @@ impl Introspection {
                             (axum::http::StatusCode::INTERNAL_SERVER_ERROR, String::new())
                         }
                         (true, false) => (axum::http::StatusCode::UNAUTHORIZED, String::new()),
+                        // The endpoint refuses this token's request itself.
+                        (true, true) if token == "refused" => {
+                            (axum::http::StatusCode::BAD_REQUEST, String::new())
+                        }
                         (true, true) => (axum::http::StatusCode::OK, answer.to_string()),
                     }
                 }
@@ -1191,6 +1199,9 @@ async fn opaque_tokens_are_introspected_once_and_cached() {
         "expired": {"active": true, "sub": "svc-a", "exp": t - 10},
         "foreign": {"active": true, "sub": "svc-a", "iss": "https://as.other.example"},
         "elsewhere": {"active": true, "sub": "svc-a", "aud": "billing-api"},
+        "typed": {"active": true, "sub": 42, "aud": "reports-api"},
+        "refresh": {"active": true, "sub": "svc-a", "aud": "reports-api", "token_type": "refresh_token"},
+        "good-2": {"active": true, "sub": "svc-b", "scope": "reports:read", "exp": t + 300, "aud": "reports-api"},
     }))
     .await;
     let dir = tempfile::tempdir().unwrap();
@@ -1250,6 +1261,26 @@ rules: []
         server.calls(),
         before,
         "inactive results are cached briefly too"
+    );
+    // A 400 for one token is about that token: inactive, and no pause for
+    // the others; wrong member types are inactive too.
+    assert_eq!(
+        p.check_async(&req("refused"), WAIT).await.reason.code(),
+        "token_inactive"
+    );
+    assert_eq!(
+        p.check_async(&req("typed"), WAIT).await.reason.code(),
+        "invalid_token"
+    );
+    assert_eq!(
+        p.check_async(&req("refresh"), WAIT).await.reason.code(),
+        "token_inactive"
+    );
+    let d = p.check_async(&req("good-2"), WAIT).await;
+    assert!(
+        d.allowed,
+        "introspection did not pause: {:?} {:?}",
+        d.reason, d.detail
     );
 
     // The endpoint fails: 503, never an allow; and it is not hammered.

@@ -132,16 +132,31 @@ pub fn origin_of(url: &str) -> Result<String, String> {
 /// Sends a request and reads a successful response of at most
 /// [`MAX_RESPONSE_BYTES`].
 pub async fn send(request: reqwest::RequestBuilder, full_url: &str) -> Result<Vec<u8>, String> {
+    match send_any(request, full_url).await? {
+        (status, body) if (200..300).contains(&status) => Ok(body),
+        (status, _) => Err(format!("{}: status {status}", without_query(full_url))),
+    }
+}
+
+fn without_query(url: &str) -> &str {
+    url.split(['?', '#']).next().unwrap_or(url)
+}
+
+/// Sends a request and reads the response of any status, at most
+/// [`MAX_RESPONSE_BYTES`]. `Err` only when no response came (or it was too
+/// large).
+pub async fn send_any(
+    request: reqwest::RequestBuilder,
+    full_url: &str,
+) -> Result<(u16, Vec<u8>), String> {
     origin_of(full_url)?;
-    let url = full_url.split(['?', '#']).next().unwrap_or(full_url);
+    let url = without_query(full_url);
     let mut response = request
         .header("accept", "application/json")
         .send()
         .await
         .map_err(|e| format!("{url}: {}", describe(&e)))?;
-    if !response.status().is_success() {
-        return Err(format!("{url}: status {}", response.status().as_u16()));
-    }
+    let status = response.status().as_u16();
     let too_big = || format!("{url}: body over {MAX_RESPONSE_BYTES} bytes");
     if response
         .content_length()
@@ -160,7 +175,7 @@ pub async fn send(request: reqwest::RequestBuilder, full_url: &str) -> Result<Ve
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(body)
+    Ok((status, body))
 }
 
 fn describe(e: &reqwest::Error) -> &'static str {

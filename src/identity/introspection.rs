@@ -32,8 +32,10 @@ pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(10);
 /// After a failed call, introspection is not tried again for this long, so a
 /// down endpoint is not hammered: checks get 503 at once.
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(2);
-/// Most cached results per tenant.
+/// Most cached results per tenant, active and inactive each.
 pub const MAX_CACHED: usize = 10_000;
+/// Most introspection calls in flight per endpoint.
+pub const MAX_CALLS_IN_FLIGHT: usize = 32;
 /// Largest client secret file read.
 const MAX_SECRET_BYTES: u64 = 4096;
 
@@ -72,7 +74,10 @@ pub struct Introspector {
     negative_ttl: u64,
     client: reqwest::Client,
     cache: DashMap<[u8; 32], Cached>,
+    /// Inactive results, apart from the active ones.
+    negative: DashMap<[u8; 32], Cached>,
     in_flight: DashMap<[u8; 32], watch::Sender<bool>>,
+    permits: Arc<tokio::sync::Semaphore>,
     failed_at: Mutex<Option<Instant>>,
 }
 
@@ -112,7 +117,9 @@ impl Introspector {
             negative_ttl: spec.negative_ttl.unwrap_or(DEFAULT_NEGATIVE_TTL).as_secs(),
             client,
             cache: DashMap::new(),
+            negative: DashMap::new(),
             in_flight: DashMap::new(),
+            permits: Arc::new(tokio::sync::Semaphore::new(MAX_CALLS_IN_FLIGHT)),
             failed_at: Mutex::new(None),
         })
     }
@@ -120,12 +127,14 @@ impl Introspector {
     /// The cached result for `token` at `now` (unix seconds), if there is one.
     pub fn lookup(&self, token: &str, now: u64) -> Lookup {
         let key = digest(token);
-        if let Some(hit) = self.cache.get(&key) {
-            if now < hit.until {
-                return Lookup::Known(hit.result.clone());
+        for cache in [&self.cache, &self.negative] {
+            if let Some(hit) = cache.get(&key) {
+                if now < hit.until {
+                    return Lookup::Known(hit.result.clone());
+                }
+                drop(hit);
+                cache.remove(&key);
             }
-            drop(hit);
-            self.cache.remove(&key);
         }
         Lookup::Introspect
     }
@@ -146,29 +155,29 @@ impl Introspector {
         let mut done = match self.in_flight.entry(key) {
             dashmap::Entry::Occupied(e) => e.get().subscribe(),
             dashmap::Entry::Vacant(e) => {
+                // A bound on calls in flight: a flood of random opaque tokens
+                // gets 503 rather than as many calls to the endpoint.
+                let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
+                    return;
+                };
                 let (tx, rx) = watch::channel(false);
                 e.insert(tx);
                 let this = Arc::clone(self);
                 let token = token.to_string();
                 tokio::spawn(async move {
+                    // Wakes the waiters however the call ends (even by a panic).
+                    let _done = InFlight {
+                        introspector: Arc::clone(&this),
+                        key,
+                        _permit: permit,
+                    };
                     match this.call(&token, now).await {
-                        Ok(entry) => {
-                            if this.cache.len() >= MAX_CACHED {
-                                this.cache.retain(|_, e| now < e.until);
-                                if this.cache.len() >= MAX_CACHED * 9 / 10 {
-                                    this.cache.clear();
-                                }
-                            }
-                            this.cache.insert(key, entry);
-                        }
+                        Ok(entry) => this.remember(key, entry, now),
                         Err(e) => {
                             tracing::warn!(endpoint = %this.endpoint, error = %e, "introspection failed");
                             *this.failed_at.lock().unwrap_or_else(|e| e.into_inner()) =
                                 Some(Instant::now());
                         }
-                    }
-                    if let Some((_, tx)) = this.in_flight.remove(&key) {
-                        let _ = tx.send(true);
                     }
                 });
                 rx
@@ -177,7 +186,26 @@ impl Introspector {
         let _ = tokio::time::timeout(wait, done.wait_for(|d| *d)).await;
     }
 
-    /// One call to the endpoint, turned into a cache entry.
+    /// Caches a result: active and inactive ones apart, so a flood of
+    /// inactive tokens never pushes out the active ones.
+    fn remember(&self, key: [u8; 32], entry: Cached, now: u64) {
+        let cache = if entry.result.is_ok() {
+            &self.cache
+        } else {
+            &self.negative
+        };
+        if cache.len() >= MAX_CACHED {
+            cache.retain(|_, e| now < e.until);
+            if cache.len() >= MAX_CACHED * 9 / 10 {
+                cache.clear();
+            }
+        }
+        cache.insert(key, entry);
+    }
+
+    /// One call to the endpoint, turned into a cache entry. `Err` only for a
+    /// failure that is not about this token (no answer, a 5xx, our own
+    /// credentials refused, a broken response): introspection then pauses.
     async fn call(&self, token: &str, now: u64) -> Result<Cached, String> {
         let secret = read_secret(&self.secret_file)?;
         // RFC 6749 §2.3.1: id and secret are form-encoded before Basic.
@@ -191,7 +219,25 @@ impl Introspector {
             .basic_auth(form(&self.client_id), Some(form(&secret)))
             .header("content-type", "application/x-www-form-urlencoded")
             .body(body);
-        let bytes = http::send(request, &self.endpoint).await?;
+        let (status, bytes) = http::send_any(request, &self.endpoint).await?;
+        match status {
+            200..=299 => {}
+            // RFC 7662 §2.3: our own client authentication failed.
+            401 | 403 => {
+                return Err(format!(
+                    "{}: status {status} (check client_id and the secret)",
+                    self.endpoint
+                ));
+            }
+            // The endpoint refused this token's request: it is not active.
+            400..=499 => {
+                return Ok(Cached {
+                    until: now.saturating_add(self.negative_ttl),
+                    result: Err(TokenError::Inactive),
+                });
+            }
+            _ => return Err(format!("{}: status {status}", self.endpoint)),
+        }
         let Some(Json::Object(response)) = crate::input::strict_json(&bytes) else {
             return Err("introspection response is not a JSON object".into());
         };
@@ -206,6 +252,30 @@ impl Introspector {
             result: Err(why),
         };
         if response.remove("active") != Some(Json::Bool(true)) {
+            return inactive(TokenError::Inactive);
+        }
+        // RFC 7662 §2.2 member types: a wrong one is not guessed at (a
+        // revocation entry or a rule would silently miss it).
+        for name in [
+            "sub",
+            "jti",
+            "client_id",
+            "azp",
+            "username",
+            "token_type",
+            "iss",
+        ] {
+            if response.get(name).is_some_and(|v| !v.is_string()) {
+                return inactive(TokenError::ClaimType("introspection member"));
+            }
+        }
+        for name in ["exp", "nbf", "iat"] {
+            if response.get(name).is_some_and(|v| v.as_u64().is_none()) {
+                return inactive(TokenError::ClaimType("introspection time"));
+            }
+        }
+        // A refresh token is not an access token.
+        if response.get("token_type").and_then(Json::as_str) == Some("refresh_token") {
             return inactive(TokenError::Inactive);
         }
         let number = |name: &str| response.get(name).and_then(Json::as_u64);
@@ -266,6 +336,22 @@ impl Introspector {
                 expires: exp.unwrap_or(until),
                 sender_constraint: super::binding::SenderConstraint::None,
             }),
+        }
+    }
+}
+
+/// Ends a call: drops it from the in-flight map, wakes its waiters and frees
+/// its permit, on every path out of the task.
+struct InFlight {
+    introspector: Arc<Introspector>,
+    key: [u8; 32],
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some((_, tx)) = self.introspector.in_flight.remove(&self.key) {
+            let _ = tx.send(true);
         }
     }
 }
