@@ -210,14 +210,18 @@ impl Input {
 /// The connection facts; available even for a TCP-level check.
 pub fn context_of(attrs: &AttributeContext) -> Context {
     let source = attrs.source.as_ref();
-    let peer = source.filter(|p| !p.principal.is_empty()).map(|p| Peer {
-        principal: p.principal.clone(),
-        certificate: (!p.certificate.is_empty()).then(|| {
-            percent_encoding::percent_decode_str(&p.certificate)
-                .decode_utf8_lossy()
-                .into_owned()
-        }),
-    });
+    // A verified client certificate can come without a principal Envoy could
+    // name (no SAN, empty subject); it still binds certificate-bound tokens.
+    let peer = source
+        .filter(|p| !p.principal.is_empty() || !p.certificate.is_empty())
+        .map(|p| Peer {
+            principal: p.principal.clone(),
+            certificate: (!p.certificate.is_empty()).then(|| {
+                percent_encoding::percent_decode_str(&p.certificate)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            }),
+        });
     let time = attrs
         .request
         .as_ref()

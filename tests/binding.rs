@@ -281,6 +281,25 @@ fn every_proof_rejection() {
             "{name}: {:?}",
             d.detail
         );
+        // Refused for the reason the case is about, not another one.
+        let about = match name {
+            "wrong htm" => "htm",
+            "other host" | "other path" => "htu",
+            "stale iat" | "future iat" => "iat",
+            "no ath" | "wrong ath" => "ath",
+            "no jti" => "jti",
+            "two proofs" => "more than one",
+            _ => "cnf.jkt",
+        };
+        let detail = d.detail.unwrap_or_default();
+        assert!(detail.contains(about), "{name}: {detail}");
+    }
+    // Near the iat window (60s) edges, with slack for a clock tick mid-test.
+    for (offset, ok) in [(-58i64, true), (58, true), (-63, false), (63, false)] {
+        let iat = (t as i64 + offset) as u64;
+        let proof = client.proof("GET", &htu, &token, json!({ "iat": iat }));
+        let d = dpop_call(&f, "GET", "/orders/1", &token, &proof);
+        assert_eq!(d.allowed, ok, "iat {offset:+}: {:?}", d.detail);
     }
     // Header problems: typ, a private key in jwk, a symmetric alg, none.
     let claims = json!({"jti": "h1", "htm": "GET", "htu": htu, "iat": t, "ath": B64.encode(sha2::Sha256::digest(token.as_bytes()))});
