@@ -27,4 +27,5 @@ class Echo(BaseHTTPRequestHandler):
 
 if __name__ == "__main__":
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 8081
-    ThreadingHTTPServer(("127.0.0.1", port), Echo).serve_forever()
+    host = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1"
+    ThreadingHTTPServer((host, port), Echo).serve_forever()

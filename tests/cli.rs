@@ -119,3 +119,23 @@ attributes:
     let out = check_examples(&req);
     assert_eq!(out.status.code(), Some(64));
 }
+
+/// The server configurations the examples ship load as the server loads them.
+#[test]
+fn example_server_configs_load() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in [
+        "examples/portcullis.yaml",
+        "examples/jaeger/portcullis.yaml",
+    ] {
+        let config = portcullis::config::Config::load(&root.join(file))
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(config.listen.is_some(), "{file}");
+    }
+    let jaeger =
+        portcullis::config::Config::load(&root.join("examples/jaeger/portcullis.yaml")).unwrap();
+    assert_eq!(
+        jaeger.tracing.otlp_endpoint.as_deref(),
+        Some("http://jaeger:4317")
+    );
+}

@@ -907,10 +907,15 @@ async fn grpc_call(
     (status, headers)
 }
 
-/// Both example layouts: the front proxy (`envoy.yaml`) and the sidecar (`sidecar.yaml`).
+/// Every example Envoy config: the front proxy (`envoy.yaml`), the sidecar
+/// (`sidecar.yaml`), and the traced front proxy of the Jaeger walk-through.
 #[test]
 fn example_envoy_configs_are_valid_for_envoy() {
-    for file in ["examples/envoy/envoy.yaml", "examples/envoy/sidecar.yaml"] {
+    for file in [
+        "examples/envoy/envoy.yaml",
+        "examples/envoy/sidecar.yaml",
+        "examples/jaeger/envoy.yaml",
+    ] {
         let out = std::process::Command::new(support::envoy_binary())
             .args(["--mode", "validate", "--use-dynamic-base-id", "-c"])
             .arg(support::repo_root().join(file))
