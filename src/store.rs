@@ -196,22 +196,12 @@ impl PolicyStore {
             .map(|(p, l)| (p.clone(), l.clone()))
             .collect();
         let mut changed: Vec<(PathBuf, Arc<CompiledTenant>)> = Vec::new();
-        for path in &paths {
-            let text = match read_limited(path) {
-                Ok(t) => t,
-                Err(message) => {
-                    errors.push(PolicyError {
-                        file: path.clone(),
-                        line: None,
-                        message,
-                    });
-                    continue;
-                }
-            };
-            let digest = policy::digest_of(text.as_bytes());
-            if next.get(path).is_some_and(|l| l.digest == digest) {
-                continue;
-            }
+        for (path, text) in read_changed(
+            &paths,
+            |p| next.get(p).map(|l| l.digest.as_str()),
+            &mut errors,
+        ) {
+            let path = &path;
             match policy::compile(path, &text) {
                 Ok(t) => changed.push((path.clone(), Arc::new(t))),
                 Err(mut errs) => errors.append(&mut errs),
@@ -320,22 +310,13 @@ impl PolicyStore {
             return; // the policy listing already reported an unreadable directory
         };
         files.retain(|p, _| paths.contains(p));
-        for path in &paths {
-            let text = match read_limited(path) {
-                Ok(t) => t,
-                Err(message) => {
-                    errors.push(PolicyError {
-                        file: path.clone(),
-                        line: None,
-                        message,
-                    });
-                    continue;
-                }
-            };
+        let known: HashMap<PathBuf, String> = files
+            .iter()
+            .map(|(p, (d, _))| (p.clone(), d.clone()))
+            .collect();
+        for (path, text) in read_changed(&paths, |p| known.get(p).map(String::as_str), errors) {
+            let path = &path;
             let digest = policy::digest_of(text.as_bytes());
-            if files.get(path).is_some_and(|(d, _)| *d == digest) {
-                continue;
-            }
             match revocation::compile(path, &text) {
                 Ok(list) => {
                     let holder = files
@@ -426,6 +407,28 @@ fn list_files(dir: &Path, wanted: impl Fn(&str) -> bool) -> std::io::Result<Vec<
     }
     out.sort();
     Ok(out)
+}
+
+/// The files among `paths` whose bytes differ from the digest `known` has for
+/// them, with their text; unreadable files are reported in `errors`.
+fn read_changed<'k>(
+    paths: &[PathBuf],
+    known: impl Fn(&Path) -> Option<&'k str>,
+    errors: &mut Vec<PolicyError>,
+) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    for path in paths {
+        match read_limited(path) {
+            Ok(text) if known(path) == Some(policy::digest_of(text.as_bytes()).as_str()) => {}
+            Ok(text) => out.push((path.clone(), text)),
+            Err(message) => errors.push(PolicyError {
+                file: path.clone(),
+                line: None,
+                message,
+            }),
+        }
+    }
+    out
 }
 
 fn read_limited(path: &Path) -> Result<String, String> {
