@@ -1,6 +1,7 @@
-//! The command line: `serve`, `validate`, `check`.
+//! The command line: `serve`, `validate`, `test`, `check`.
 //!
-//! Exit codes: 0 success; 1 a policy directory with errors (`validate`); 64 bad
+//! Exit codes: 0 success; 1 a policy directory with errors (`validate`) or a
+//! failing test suite (`test`); 64 bad
 //! configuration or usage (EX_USAGE); 70 the server failed while running.
 
 use std::path::{Path, PathBuf};
@@ -58,6 +59,17 @@ pub enum Command {
         /// Policy directory.
         dir: PathBuf,
     },
+    /// Run the policy test suites (`*_test.yaml`) beside the policies in DIR.
+    Test {
+        /// Policy directory.
+        dir: PathBuf,
+        /// `text` (a line per case and a summary) or `json`.
+        #[arg(long, default_value = "text")]
+        format: OutputFormat,
+        /// Server configuration, for its tenancy settings.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Decide one CheckRequest offline and explain which rules matched.
     Check {
         #[arg(long)]
@@ -69,6 +81,13 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+}
+
+/// How `test` prints its report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
 }
 
 pub fn main() -> ExitCode {
@@ -117,6 +136,18 @@ pub fn main() -> ExitCode {
             serve(cfg)
         }
         Command::Validate { dir } => validate(&dir),
+        Command::Test {
+            dir,
+            format,
+            config,
+        } => {
+            let tenancy = match config.map(|c| Config::load(&c)) {
+                Some(Ok(c)) => c.tenancy,
+                Some(Err(e)) => return usage(&e),
+                None => TenantResolver::default(),
+            };
+            test(&dir, format, tenancy)
+        }
         Command::Check {
             policies,
             request,
@@ -227,7 +258,12 @@ fn validate(dir: &Path) -> ExitCode {
         eprintln!("error: {e}");
     }
     for n in &status.notes {
-        eprintln!("note: {n}");
+        // Static-check warnings arrive as notes already labelled.
+        if n.starts_with("warning: ") {
+            eprintln!("{n}");
+        } else {
+            eprintln!("note: {n}");
+        }
     }
     let mut out = std::io::stdout().lock();
     for t in &status.tenants {
@@ -242,6 +278,23 @@ fn validate(dir: &Path) -> ExitCode {
         );
     }
     if status.errors.is_empty() && !status.tenants.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn test(dir: &Path, format: OutputFormat, tenancy: TenantResolver) -> ExitCode {
+    if !dir.is_dir() {
+        return usage(&format!("{} is not a directory", dir.display()));
+    }
+    let report = crate::suite::run(dir, tenancy);
+    let text = match format {
+        OutputFormat::Text => crate::suite::render_text(&report),
+        OutputFormat::Json => serde_json::to_string_pretty(&report).unwrap_or_default() + "\n",
+    };
+    let _ = std::io::stdout().write_all(text.as_bytes());
+    if report.ok() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

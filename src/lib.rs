@@ -27,8 +27,9 @@
 //!
 //! [`pipeline`] chains the stages as plain functions; [`server`] wraps them in the
 //! gRPC service, and [`admin`] serves health and readiness. [`store`] keeps the
-//! compiled tenants and swaps them on reload; [`watch`] notices policy changes.
-//! [`config`] is the server's own configuration, [`cli`] the command line.
+//! compiled tenants (and their [`data`] documents) and swaps them on reload; [`watch`] notices policy changes.
+//! [`config`] is the server's own configuration, [`cli`] the command line, and
+//! [`suite`] runs policy test suites (`portcullis test`).
 //!
 //! Observability, outside the request path: [`telemetry`] (logs, and traces
 //! joined to Envoy's over OTLP), [`metrics`] (Prometheus `/metrics`) and
@@ -38,6 +39,7 @@ pub mod admin;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod data;
 pub mod decision;
 pub mod duration;
 pub mod exchange;
@@ -52,6 +54,7 @@ pub mod response;
 pub mod revocation;
 pub mod server;
 pub mod store;
+pub mod suite;
 pub mod telemetry;
 pub mod tenant;
 pub mod watch;

@@ -237,6 +237,22 @@ impl Template {
         })
     }
 
+    /// Whether every path `other` matches, this template matches too.
+    pub fn covers(&self, other: &Template) -> bool {
+        for (i, part) in self.parts.iter().enumerate() {
+            match (part, other.parts.get(i)) {
+                (Part::CatchAll(_), _) => return true,
+                (_, None | Some(Part::CatchAll(_))) => return false,
+                (Part::Literal(a), Some(Part::Literal(b))) if a == b => {}
+                (Part::Literal(_), Some(_)) => return false,
+                // A parameter never binds the empty segment after a trailing slash.
+                (Part::Param(_), Some(Part::Literal(b))) if b.is_empty() => return false,
+                (Part::Param(_), Some(_)) => {}
+            }
+        }
+        self.parts.len() == other.parts.len()
+    }
+
     /// Matches decoded segments; on success returns the bound parameters.
     pub fn matches(&self, segments: &[String]) -> Option<Vec<(String, String)>> {
         let mut params = Vec::new();
@@ -325,6 +341,21 @@ fn collect(node: &Node, segments: &[String], out: &mut Vec<usize>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn covers_is_containment() {
+        let t = |s: &str| Template::parse(s).unwrap();
+        assert!(t("/admin/{rest...}").covers(&t("/admin/users/{id}")));
+        assert!(t("/admin/{rest...}").covers(&t("/admin")));
+        assert!(t("/a/{x}").covers(&t("/a/b")));
+        assert!(t("/a/{x}").covers(&t("/a/{y}")));
+        assert!(!t("/a/b").covers(&t("/a/{x}")));
+        assert!(!t("/a/{x}").covers(&t("/a/{x}/c")));
+        assert!(!t("/a/{x}/c").covers(&t("/a/{x}")));
+        assert!(!t("/a/{x}").covers(&t("/a/{rest...}")));
+        assert!(!t("/a/{x}").covers(&t("/a/")));
+        assert!(!t("/b/{rest...}").covers(&t("/a/c")));
+    }
     use proptest::prelude::*;
 
     fn segs(p: &str) -> Vec<String> {

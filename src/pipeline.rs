@@ -197,7 +197,13 @@ impl Pipeline {
                 dry_run_rules = tracing::field::Empty,
             );
             let _entered = span.enter();
-            let eval = tenant.evaluate(&input, &identity, explain);
+            let data = self.store.data(&tenant.id);
+            let eval = tenant.evaluate_with_data(
+                &input,
+                &identity,
+                explain,
+                data.as_ref().map(|d| &d.value),
+            );
             if !eval.dry_run.is_empty() {
                 span.record("dry_run_rules", dry_run_summary(&eval.dry_run).as_str());
             }

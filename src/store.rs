@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
 
+use crate::data::{self, DataDoc};
 use crate::policy::{self, CompiledTenant, HostPattern, MAX_POLICY_FILE_BYTES, PolicyError};
 use crate::revocation::{self, RevocationList};
 
@@ -106,6 +107,9 @@ pub struct PolicyStore {
     /// Revocation lists by tenant, and the files they came from (with digests).
     revocations: DashMap<TenantId, Arc<RevocationList>>,
     revocation_files: Mutex<BTreeMap<PathBuf, (String, Arc<RevocationList>)>>,
+    /// Data documents by tenant, and the files they came from (with digests).
+    data: DashMap<TenantId, Arc<DataDoc>>,
+    data_files: Mutex<BTreeMap<PathBuf, (String, Arc<DataDoc>)>>,
 }
 
 impl PolicyStore {
@@ -120,7 +124,14 @@ impl PolicyStore {
             files: Mutex::new(BTreeMap::new()),
             revocations: DashMap::new(),
             revocation_files: Mutex::new(BTreeMap::new()),
+            data: DashMap::new(),
+            data_files: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The tenant's data document, if it has one.
+    pub fn data(&self, tenant: &str) -> Option<Arc<DataDoc>> {
+        self.data.get(tenant).map(|d| Arc::clone(d.value()))
     }
 
     /// The tenant's revocation list, if it has one.
@@ -230,7 +241,9 @@ impl PolicyStore {
                 }
             }
             if rejected.len() == before || rejected.is_empty() {
-                for (path, _, message) in &rejected {
+                for (path, tenant, message) in &rejected {
+                    // A rejected file's warnings are still worth fixing.
+                    notes.extend(tenant.warnings.iter().map(|w| format!("warning: {w}")));
                     errors.push(PolicyError {
                         file: path.clone(),
                         line: None,
@@ -272,6 +285,16 @@ impl PolicyStore {
         }
         *files = next;
         self.reload_revocations(&mut errors);
+        self.reload_data(&mut errors);
+        for loaded in files.values() {
+            notes.extend(
+                loaded
+                    .tenant
+                    .warnings
+                    .iter()
+                    .map(|w| format!("warning: {w}")),
+            );
+        }
 
         let mut tenants: Vec<TenantStatus> = files
             .values()
@@ -356,6 +379,60 @@ impl PolicyStore {
     }
 }
 
+impl PolicyStore {
+    /// Reloads data documents, as [`PolicyStore::reload_revocations`] does
+    /// revocation lists.
+    fn reload_data(&self, errors: &mut Vec<PolicyError>) {
+        let mut files = self.data_files.lock().unwrap_or_else(|p| p.into_inner());
+        let Ok(paths) = list_files(&self.dir, data::is_data_file) else {
+            return;
+        };
+        files.retain(|p, _| paths.contains(p));
+        let known: HashMap<PathBuf, String> = files
+            .iter()
+            .map(|(p, (d, _))| (p.clone(), d.clone()))
+            .collect();
+        for (path, text) in read_changed(&paths, |p| known.get(p).map(String::as_str), errors) {
+            let digest = policy::digest_of(text.as_bytes());
+            match data::compile(&path, &text) {
+                Ok(doc) => {
+                    let holder = files
+                        .iter()
+                        .find(|(p, (_, d))| **p != path && d.tenant == doc.tenant);
+                    if let Some((other, _)) = holder {
+                        errors.push(PolicyError {
+                            file: path.clone(),
+                            line: None,
+                            message: format!(
+                                "tenant {:?} already has a data document in {}",
+                                doc.tenant,
+                                other.display()
+                            ),
+                        });
+                        continue;
+                    }
+                    files.insert(path, (digest, Arc::new(doc)));
+                }
+                Err(mut e) => errors.append(&mut e),
+            }
+        }
+        let current: HashMap<&str, &Arc<DataDoc>> = files
+            .values()
+            .map(|(_, d)| (d.tenant.as_str(), d))
+            .collect();
+        self.data.retain(|t, _| current.contains_key(&**t));
+        for (tenant, doc) in current {
+            let same = self
+                .data
+                .get(tenant)
+                .is_some_and(|cur| Arc::ptr_eq(cur.value(), doc));
+            if !same {
+                self.data.insert(Arc::from(tenant), Arc::clone(doc));
+            }
+        }
+    }
+}
+
 /// Why `tenant` (from `path`) cannot be admitted next to the other files.
 fn conflict(
     next: &BTreeMap<PathBuf, Loaded>,
@@ -372,7 +449,21 @@ fn conflict(
         }
         if let Some(h) = tenant.hosts.iter().find(|h| other.tenant.hosts.contains(h)) {
             return Some(format!(
-                "host {h:?} is already claimed by tenant {:?} in {}",
+                "host \"{h}\" is already claimed by tenant {:?} in {}",
+                other.tenant.id,
+                other_path.display()
+            ));
+        }
+        // One issuer for two tenants is a real setup (one IdP, a tenant claim),
+        // but it must be said in both files: otherwise a token one tenant's users
+        // hold is accepted by the other's rules.
+        let shared = tenant.issuers.iter().find(|i| {
+            other.tenant.issuers.contains(*i)
+                && !(tenant.shared_issuers.contains(*i) && other.tenant.shared_issuers.contains(*i))
+        });
+        if let Some(issuer) = shared {
+            return Some(format!(
+                "issuer {issuer:?} is also trusted by tenant {:?} in {}; list it under shared_issuers in both files if both tenants are meant to trust it",
                 other.tenant.id,
                 other_path.display()
             ));
@@ -384,9 +475,14 @@ fn conflict(
 /// `*.yaml` and `*.yml` files, skipping hidden entries: a Kubernetes ConfigMap
 /// mount's `..data` and `..<timestamp>` entries start with a dot. Symlinks are
 /// followed, since a ConfigMap's visible files are symlinks into `..data`.
+/// Revocation lists (`*.revoked.yaml`) and test suites (`*_test.yaml`) sit in
+/// the same directory and are not policies.
 pub fn list_policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     list_files(dir, |name| {
-        (name.ends_with(".yaml") || name.ends_with(".yml")) && !name.ends_with(revocation::SUFFIX)
+        (name.ends_with(".yaml") || name.ends_with(".yml"))
+            && !name.ends_with(revocation::SUFFIX)
+            && !crate::suite::is_test_file(name)
+            && !crate::data::is_data_file(name)
     })
 }
 

@@ -139,3 +139,178 @@ fn example_server_configs_load() {
         Some("http://jaeger:4317")
     );
 }
+
+fn repo_path(rel: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// CI runs every example's test suite through the real binary.
+#[test]
+fn test_passes_on_the_examples_and_covers_every_rule() {
+    let out = portcullis()
+        .arg("test")
+        .arg(support::example_policies())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let summary = stdout.lines().last().unwrap();
+    let passed: usize = summary.split(' ').next().unwrap().parse().unwrap();
+    assert!(passed >= 40, "{summary}");
+    assert!(summary.ends_with("passed, 0 failed"), "{summary}");
+    assert!(!stdout.contains("coverage:"), "{stdout}");
+    assert!(!stdout.contains("warning:"), "{stdout}");
+}
+
+#[test]
+fn test_reports_failures_coverage_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        "apiVersion: portcullis/v1\ntenant: a\nhosts: [a.example]\nrules:\n  - { id: open, path: /open, effect: allow, public: true }\n  - { id: never, path: /never, effect: allow, public: true }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("a_test.yaml"),
+        "cases:\n  - name: open is open\n    request: { host: a.example, path: /open }\n    expect: { decision: allow, rule: open, status: 200 }\n  - name: wrong on purpose\n    request: { host: a.example, path: /closed }\n    expect: { decision: allow }\n",
+    )
+    .unwrap();
+    let out = portcullis().arg("test").arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("ok   ") && stdout.contains(":: open is open"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("FAIL ") && stdout.contains(":: wrong on purpose"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("expected Allow, got Deny"), "{stdout}");
+    assert!(
+        stdout.contains("coverage: tenant a: no case reached rule(s) never"),
+        "{stdout}"
+    );
+    assert!(stdout.ends_with("1 passed, 1 failed\n"), "{stdout}");
+
+    let out = portcullis()
+        .args(["test", "--format", "json"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["passed"], 1);
+    assert_eq!(report["failed"], 1);
+    assert_eq!(report["uncovered"]["a"], serde_json::json!(["never"]));
+    assert_eq!(report["cases"][1]["reason"], "missing_credential");
+    assert_eq!(report["cases"][1]["status"], 401);
+
+    // Fixing the case passes; the test file itself is never loaded as a policy.
+    std::fs::write(
+        dir.path().join("a_test.yaml"),
+        "cases:\n  - name: open is open\n    request: { host: a.example, path: /open }\n    expect: { decision: allow, rule: open }\n",
+    )
+    .unwrap();
+    let out = portcullis().arg("test").arg(dir.path()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = portcullis()
+        .arg("validate")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+}
+
+#[test]
+fn test_refuses_to_pass_vacuously() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        "apiVersion: portcullis/v1\ntenant: a\nrules: []\n",
+    )
+    .unwrap();
+    let out = portcullis().arg("test").arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no test files"));
+}
+
+/// The deliberately broken fixture: each mistake named with file, line and cause.
+#[test]
+fn validate_names_file_line_and_cause_in_the_broken_fixture() {
+    let out = portcullis()
+        .arg("validate")
+        .arg(repo_path("tests/fixtures/broken"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("typo.yaml:9: rule \"read-cart\": condition reads resource.parms")
+            && err.contains("did you mean resource.params?"),
+        "{err}"
+    );
+    assert!(
+        err.contains("error: ")
+            && err.contains(
+                "shop.yaml: host \"shop.example.com\" is already claimed by tenant \"outlet\" in "
+            )
+            && err.contains("outlet.yaml"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "resale.yaml: issuer \"https://idp.shop.example\" is also trusted by tenant \"outlet\""
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("warning: ")
+            && err.contains("shop.yaml:19: rule \"internal-metrics\" can never match: deny rule \"no-internal\" (line 15)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("claims.scpoe") && err.contains("did you mean claims.scope?"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_shared_issuer_is_accepted_when_both_files_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |t: &str, shared: &str| {
+        format!(
+            "apiVersion: portcullis/v1\ntenant: {t}\n{shared}identity:\n  envoy_jwt_authn: {{ issuers: [https://idp.shared.example] }}\nrules: []\n"
+        )
+    };
+    let shared = "shared_issuers: [https://idp.shared.example]\n";
+    std::fs::write(dir.path().join("a.yaml"), file("a", shared)).unwrap();
+    std::fs::write(dir.path().join("b.yaml"), file("b", "")).unwrap();
+    let out = portcullis()
+        .arg("validate")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("b.yaml: issuer") && err.contains("a.yaml"),
+        "{err}"
+    );
+    std::fs::write(dir.path().join("b.yaml"), file("b", shared)).unwrap();
+    let out = portcullis()
+        .arg("validate")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -18,7 +18,84 @@ pub const MAX_CONDITION_BYTES: usize = 4 * 1024;
 pub const MAX_CONDITION_NODES: usize = 512;
 
 /// The variables a condition can read.
-pub const ROOTS: [&str; 3] = ["claims", "resource", "context"];
+pub const ROOTS: [&str; 4] = ["claims", "resource", "context", "data"];
+
+/// The fields of `resource` a condition can read (see `docs/policy.md`).
+pub const RESOURCE_FIELDS: [&str; 13] = [
+    "host",
+    "method",
+    "path",
+    "query",
+    "headers",
+    "body",
+    "context_extensions",
+    "grpc",
+    "scheme",
+    "protocol",
+    "destination",
+    "params",
+    "attributes",
+];
+
+/// The fields of `context` a condition can read.
+pub const CONTEXT_FIELDS: [&str; 9] = [
+    "time",
+    "source",
+    "peer",
+    "sni",
+    "request_id",
+    "tenant",
+    "sender_constraint",
+    "key_thumbprint",
+    "auth",
+];
+
+/// The closest of `known` to a misspelt `name`, when one is close enough to be
+/// what the author meant.
+pub fn suggest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    known
+        .into_iter()
+        .map(|k| (edit_distance(name, k), k))
+        .filter(|(d, k)| *d <= 2.min(k.len() / 2).max(1))
+        .min()
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance, with a transposition counting as one edit.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+fn unknown_field(root: &str, field: &str, known: &[&str]) -> String {
+    let hint = suggest(field, known.iter().copied())
+        .map(|k| format!(" (did you mean {root}.{k}?)"))
+        .unwrap_or_default();
+    format!(
+        "condition reads {root}.{field}, which {root} does not have{hint}; {root} has {}",
+        known.join(", ")
+    )
+}
 
 /// One standard-library environment shared by every condition.
 static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| Arc::new(Env::stdlib()));
@@ -31,6 +108,8 @@ pub struct Condition {
     reads_body: bool,
     /// Which fields of `resource` and `context` it reads.
     reads: Reads,
+    /// The claim names it reads as `claims.<name>`.
+    claims: std::collections::BTreeSet<String>,
 }
 
 /// The fields of a root a condition reads: building only those keeps the cost of
@@ -119,7 +198,13 @@ impl Condition {
             // A condition that uses `resource` whole may read the body by index.
             reads_body: check.reads_body || check.reads.resource == Fields::All,
             reads: check.reads,
+            claims: check.claims,
         })
+    }
+
+    /// The claim names the condition reads as `claims.<name>`.
+    pub fn claims(&self) -> impl Iterator<Item = &str> {
+        self.claims.iter().map(String::as_str)
     }
 
     pub fn source(&self) -> &str {
@@ -140,6 +225,7 @@ impl Condition {
         ctx.add_variable_from_value("claims", vars.claims.clone());
         ctx.add_variable_from_value("resource", vars.resource.clone());
         ctx.add_variable_from_value("context", vars.context.clone());
+        ctx.add_variable_from_value("data", vars.data.clone());
         match self.program.execute(&ctx) {
             Ok(Value::Bool(b)) => Ok(b),
             Ok(other) => Err(format!(
@@ -151,12 +237,14 @@ impl Condition {
     }
 }
 
-/// The three roots, converted once per request.
+/// The roots, converted once per request (`data` once per data load).
 #[derive(Debug, Clone)]
 pub struct Variables {
     pub claims: Value,
     pub resource: Value,
     pub context: Value,
+    /// The tenant's data document; an empty map when it has none.
+    pub data: Value,
 }
 
 /// Longest name quoted in an evaluation error.
@@ -223,6 +311,7 @@ struct Check {
     nodes: usize,
     reads_body: bool,
     reads: Reads,
+    claims: std::collections::BTreeSet<String>,
 }
 
 impl Check {
@@ -242,7 +331,7 @@ impl Check {
                 }
                 if !ROOTS.contains(&name.as_str()) && !shadowed {
                     return Err(format!(
-                        "condition reads unknown variable {name:?}; conditions see claims, resource and context"
+                        "condition reads unknown variable {name:?}; conditions see claims, resource, context and data"
                     ));
                 }
             }
@@ -253,10 +342,30 @@ impl Check {
                         self.nodes += 1;
                         match root.as_str() {
                             "resource" => {
+                                if !RESOURCE_FIELDS.contains(&sel.field.as_str()) {
+                                    return Err(unknown_field(
+                                        "resource",
+                                        &sel.field,
+                                        &RESOURCE_FIELDS,
+                                    ));
+                                }
                                 self.reads_body |= sel.field == "body";
                                 self.reads.resource.add(&sel.field);
                             }
-                            "context" => self.reads.context.add(&sel.field),
+                            "context" => {
+                                if !CONTEXT_FIELDS.contains(&sel.field.as_str()) {
+                                    return Err(unknown_field(
+                                        "context",
+                                        &sel.field,
+                                        &CONTEXT_FIELDS,
+                                    ));
+                                }
+                                self.reads.context.add(&sel.field)
+                            }
+                            "claims" => {
+                                self.claims.insert(sel.field.clone());
+                                self.walk(&sel.operand, bound, depth)?
+                            }
                             _ => self.walk(&sel.operand, bound, depth)?,
                         }
                     }
@@ -359,6 +468,7 @@ mod tests {
             claims: json_to_cel(&claims),
             resource: json_to_cel(&resource),
             context: json_to_cel(&json!({})),
+            data: json_to_cel(&json!({})),
         }
     }
 
@@ -419,6 +529,7 @@ mod tests {
             claims: json_to_cel(&json!({})),
             resource: json_to_cel(&json!({"headers": {"cookie": "session=SECRET"}})),
             context: json_to_cel(&json!({})),
+            data: json_to_cel(&json!({})),
         };
         let e = c.evaluate(&v).unwrap_err();
         assert!(!e.contains("SECRET"), "{e}");
@@ -428,6 +539,7 @@ mod tests {
             claims: json_to_cel(&json!({})),
             resource: json_to_cel(&json!({"headers": {"authorization": "Bearer SECRET"}})),
             context: json_to_cel(&json!({})),
+            data: json_to_cel(&json!({})),
         };
         assert_eq!(c.evaluate(&v).unwrap_err(), "no such key (computed)");
         let c = Condition::compile("claims.scope == 'x'").unwrap();
@@ -469,6 +581,57 @@ mod tests {
         let c = Condition::compile("[resource].all(r, r.path == '/')").unwrap();
         assert_eq!(c.reads().resource, Fields::All);
         assert!(Condition::compile("unknown.x == 1").is_err());
+    }
+
+    #[test]
+    fn misspelt_fields_are_errors_with_a_suggestion() {
+        let e = Condition::compile("resource.parms.id == claims.sub").unwrap_err();
+        assert!(
+            e.contains("resource.parms") && e.contains("did you mean resource.params?"),
+            "{e}"
+        );
+        let e = Condition::compile("context.auht.method == 'x'").unwrap_err();
+        assert!(e.contains("did you mean context.auth?"), "{e}");
+        let e = Condition::compile("resource.zzzzzz == 1").unwrap_err();
+        assert!(
+            e.contains("does not have") && !e.contains("did you mean"),
+            "{e}"
+        );
+        for f in RESOURCE_FIELDS {
+            assert!(
+                Condition::compile(&format!("resource.{f} == null")).is_ok(),
+                "{f}"
+            );
+        }
+        for f in CONTEXT_FIELDS {
+            assert!(
+                Condition::compile(&format!("context.{f} == null")).is_ok(),
+                "{f}"
+            );
+        }
+        // A comprehension variable named like a root is not the root.
+        assert!(Condition::compile("claims.l.all(resource, resource.x == 1)").is_ok());
+    }
+
+    #[test]
+    fn claims_read_are_collected() {
+        let c = Condition::compile("has(claims.scope) && claims.org.id == data.orgs[claims.sub]")
+            .unwrap();
+        assert_eq!(c.claims().collect::<Vec<_>>(), ["org", "scope", "sub"]);
+        assert_eq!(suggest("scpoe", ["scope", "sub"]), Some("scope"));
+        assert_eq!(suggest("tenant", ["scope", "sub"]), None);
+    }
+
+    #[test]
+    fn data_is_a_root() {
+        let c = Condition::compile("data.owners[resource.params.id] == claims.sub").unwrap();
+        let v = Variables {
+            claims: json_to_cel(&json!({"sub": "alice"})),
+            resource: json_to_cel(&json!({"params": {"id": "n1"}})),
+            context: json_to_cel(&json!({})),
+            data: json_to_cel(&json!({"owners": {"n1": "alice"}})),
+        };
+        assert_eq!(c.evaluate(&v), Ok(true));
     }
 
     #[test]

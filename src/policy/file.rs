@@ -41,6 +41,15 @@ pub struct PolicyFile {
     pub cors: CorsSpec,
     #[serde(default)]
     pub response: ResponseSpec,
+    /// Claim names this tenant's tokens carry beyond the registered ones
+    /// (`sub`, `scope`, `roles`, ...): conditions and header templates that read
+    /// any other claim get a warning, since a misspelt claim is always absent.
+    #[serde(default)]
+    pub claims: Vec<String>,
+    /// Issuers this tenant knowingly shares with other tenants. Two tenants
+    /// trusting one issuer is an error unless both files list it here.
+    #[serde(default)]
+    pub shared_issuers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]

@@ -26,10 +26,56 @@ use sha2::{Digest, Sha256};
 use crate::identity::{Identity, IdentityConfig};
 use crate::input::{Body, Input};
 use crate::path::{RouteIndex, Template};
-pub use cel::{Condition, Fields, MAX_CONDITION_BYTES, Reads};
+pub use cel::{Condition, Fields, MAX_CONDITION_BYTES, Reads, json_to_cel};
 pub use file::{API_VERSION, Effect, Mode, PolicyFile};
 use template::{HeaderTemplate, Scope};
 pub use template::{Rendered, valid_header_name};
+
+/// Claims a token commonly carries: JWT (RFC 7519 §4.1), OpenID Connect Core
+/// §5.1, OAuth access tokens (RFC 9068, RFC 8693 `act`/`may_act`, RFC 7800
+/// `cnf`), and what portcullis itself sets (`spiffe_id`). A condition reading any
+/// other claim must declare it under `claims:`, or it is warned about.
+pub const KNOWN_CLAIMS: [&str; 34] = [
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "nbf",
+    "iat",
+    "jti",
+    "scope",
+    "scp",
+    "acr",
+    "amr",
+    "auth_time",
+    "azp",
+    "client_id",
+    "cnf",
+    "act",
+    "may_act",
+    "sid",
+    "nonce",
+    "typ",
+    "email",
+    "email_verified",
+    "name",
+    "preferred_username",
+    "given_name",
+    "family_name",
+    "groups",
+    "roles",
+    "entitlements",
+    "spiffe_id",
+    "locale",
+    "phone_number",
+    "org_id",
+    "tenant_id",
+];
+
+/// HTTP methods (RFC 9110 §9, RFC 5789 `PATCH`).
+const STANDARD_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
 
 /// Most rules in one tenant's file.
 pub const MAX_RULES_PER_TENANT: usize = 10_000;
@@ -60,6 +106,15 @@ pub enum HostPattern {
     /// `*.example.com` matches `a.example.com` and `a.b.example.com`, not
     /// `example.com`. Holds `.example.com`.
     Suffix(String),
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Exact(h) => f.write_str(h),
+            HostPattern::Suffix(s) => write!(f, "*{s}"),
+        }
+    }
 }
 
 impl HostPattern {
@@ -197,6 +252,12 @@ pub struct CompiledTenant {
     rule_downstream: std::collections::HashMap<Arc<str>, crate::exchange::Downstream>,
     /// Union of what the conditions read: only these fields are built per check.
     reads: Reads,
+    /// What the static checks found that is worth fixing but not fatal.
+    pub warnings: Vec<PolicyError>,
+    /// Every issuer the tenant trusts (`identity.jwt`, `introspection`,
+    /// `envoy_jwt_authn`), and those it declares as shared with other tenants.
+    pub issuers: Vec<String>,
+    pub shared_issuers: Vec<String>,
 }
 
 /// The digest portcullis reports for a policy file's bytes.
@@ -290,6 +351,7 @@ pub fn compile(file: &Path, text: &str) -> Result<CompiledTenant, Vec<PolicyErro
     let mut rule_downstream = std::collections::HashMap::new();
     let mut index = RouteIndex::default();
     let mut ids = std::collections::HashSet::new();
+    let mut rule_lines = Vec::new();
     for spec_rule in &spec.rules {
         let at = line_of_value(text, "id", &spec_rule.id).unwrap_or(0);
         let rule_err = |key: &str, message: String| PolicyError {
@@ -377,6 +439,7 @@ pub fn compile(file: &Path, text: &str) -> Result<CompiledTenant, Vec<PolicyErro
             }
         }
         if let Some(template) = template {
+            rule_lines.push(line_of(text, at.saturating_sub(1), "id"));
             index.insert(&template, rules.len());
             rules.push(Rule {
                 id: Arc::from(spec_rule.id.as_str()),
@@ -519,6 +582,35 @@ pub fn compile(file: &Path, text: &str) -> Result<CompiledTenant, Vec<PolicyErro
         reads.union(c.reads());
     }
 
+    let mut warnings = Vec::new();
+    static_checks(
+        &spec,
+        &rules,
+        &rule_lines,
+        &headers,
+        &mut |line, message| warnings.push(err(line, message)),
+        &mut |line, message| errors.push(err(line, message)),
+        text,
+    );
+    let mut issuers: Vec<String> = spec.identity.jwt.iter().map(|i| i.issuer.clone()).collect();
+    issuers.extend(spec.identity.introspection.iter().map(|i| i.issuer.clone()));
+    issuers.extend(
+        spec.identity
+            .envoy_jwt_authn
+            .iter()
+            .flat_map(|e| e.issuers.iter().cloned()),
+    );
+    issuers.sort();
+    issuers.dedup();
+    for shared in &spec.shared_issuers {
+        if !issuers.contains(shared) {
+            errors.push(err(
+                line_of(text, 0, "shared_issuers"),
+                format!("shared_issuers: {shared:?} is not an issuer this tenant trusts"),
+            ));
+        }
+    }
+
     match identity {
         Some(identity) if errors.is_empty() => Ok(CompiledTenant {
             id: Arc::from(spec.tenant.as_str()),
@@ -538,8 +630,120 @@ pub fn compile(file: &Path, text: &str) -> Result<CompiledTenant, Vec<PolicyErro
             downstream,
             rule_downstream,
             reads,
+            warnings,
+            issuers,
+            shared_issuers: spec.shared_issuers.clone(),
         }),
         _ => Err(errors),
+    }
+}
+
+/// The checks that need the whole file: claims no token is known to carry
+/// (warnings), header templates reading path parameters no allow rule binds
+/// (errors), and rules that can never match (warnings).
+#[allow(clippy::too_many_arguments)]
+fn static_checks(
+    spec: &PolicyFile,
+    rules: &[Rule],
+    rule_lines: &[Option<usize>],
+    headers: &[(String, HeaderTemplate)],
+    warn: &mut dyn FnMut(Option<usize>, String),
+    error: &mut dyn FnMut(Option<usize>, String),
+    text: &str,
+) {
+    let api_key_claims = spec
+        .identity
+        .api_keys
+        .iter()
+        .flat_map(|k| k.keys.iter().flat_map(|k| k.claims.keys()));
+    let known: std::collections::BTreeSet<&str> = KNOWN_CLAIMS
+        .iter()
+        .copied()
+        .chain(spec.claims.iter().map(String::as_str))
+        .chain(api_key_claims.map(String::as_str))
+        .collect();
+    let unknown_claim = |claim: &str| -> Option<String> {
+        if known.contains(claim) {
+            return None;
+        }
+        let hint = cel::suggest(claim, known.iter().copied())
+            .map(|k| format!(" (did you mean claims.{k}?)"))
+            .unwrap_or_default();
+        Some(format!(
+            "reads claims.{claim}, which is neither a registered claim nor declared under claims:{hint}"
+        ))
+    };
+    for (rule, line) in rules.iter().zip(rule_lines) {
+        if let Some(c) = &rule.condition {
+            for claim in c.claims() {
+                if let Some(m) = unknown_claim(claim) {
+                    warn(*line, format!("rule {:?}: condition {m}", rule.id));
+                }
+            }
+        }
+        if let Some(m) = rule
+            .methods
+            .iter()
+            .find(|m| !STANDARD_METHODS.contains(&m.as_str()))
+        {
+            warn(
+                *line,
+                format!(
+                    "rule {:?}: method {m:?} is not a standard HTTP method; the rule matches only requests that use it",
+                    rule.id
+                ),
+            );
+        }
+    }
+    for (name, template) in headers {
+        let at = line_of(text, 0, name);
+        for claim in template.claims() {
+            if let Some(m) = unknown_claim(claim) {
+                warn(at, format!("response.headers.{name}: template {m}"));
+            }
+        }
+        for param in template.params() {
+            let bound = rules
+                .iter()
+                .any(|r| r.effect == Effect::Allow && r.template.params().any(|p| p == param));
+            if !bound {
+                error(
+                    at,
+                    format!(
+                        "response.headers.{name}: template reads params.{param}, but no allow rule's path has {{{param}}}"
+                    ),
+                );
+            }
+        }
+    }
+    // Deny rules are all checked before any allow rule: one without a
+    // condition or host restriction denies everything its route covers, and a
+    // rule wholly inside that route can never decide.
+    for (i, rule) in rules.iter().enumerate() {
+        let shadow = rules.iter().enumerate().find(|(j, d)| {
+            *j != i
+                && d.effect == Effect::Deny
+                && d.mode == Mode::Enforce
+                && d.condition.is_none()
+                && d.hosts.is_empty()
+                && (rule.effect == Effect::Allow || *j < i)
+                && (d.methods.is_empty()
+                    || (!rule.methods.is_empty()
+                        && rule.methods.iter().all(|m| d.methods.contains(m))))
+                && d.template.covers(&rule.template)
+        });
+        if let Some((j, d)) = shadow {
+            let at = rule_lines[j]
+                .map(|l| format!(" (line {l})"))
+                .unwrap_or_default();
+            warn(
+                rule_lines[i],
+                format!(
+                    "rule {:?} can never match: deny rule {:?}{at} has no condition and denies every request on its route first",
+                    rule.id, d.id
+                ),
+            );
+        }
     }
 }
 
@@ -638,8 +842,25 @@ impl CompiledTenant {
         self.rules.len()
     }
 
+    /// The rule ids, in file order.
+    pub fn rule_ids(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|r| &*r.id)
+    }
+
     /// Evaluates the rules for one request. Never fails; never allows on error.
     pub fn evaluate(&self, input: &Input, identity: &Identity, explain: bool) -> Evaluation {
+        self.evaluate_with_data(input, identity, explain, None)
+    }
+
+    /// [`CompiledTenant::evaluate`] with the tenant's data document (`data` in
+    /// conditions; an empty map without one).
+    pub fn evaluate_with_data(
+        &self,
+        input: &Input,
+        identity: &Identity,
+        explain: bool,
+        data: Option<&Value>,
+    ) -> Evaluation {
         let resource = &input.resource;
         let mut trace = Vec::new();
         let mut dry_run: Vec<DryRunHit> = Vec::new();
@@ -711,7 +932,8 @@ impl CompiledTenant {
                 continue;
             }
             if rule.mode == Mode::DryRun {
-                match self.dry_run_rule(rule, input, identity, params, attributes, &mut base) {
+                match self.dry_run_rule(rule, input, identity, data, params, attributes, &mut base)
+                {
                     Some(would) => {
                         note(&mut trace, &format!("dry run: would {would}"));
                         dry_run.push(DryRunHit {
@@ -755,7 +977,7 @@ impl CompiledTenant {
                     };
                 }
                 Some(c) => {
-                    let base = base.get_or_insert_with(|| Base::new(self, input, identity));
+                    let base = base.get_or_insert_with(|| Base::new(self, input, identity, data));
                     c.evaluate(&base.variables(params, attributes))
                 }
             };
@@ -797,11 +1019,13 @@ impl CompiledTenant {
     }
 
     /// What a dry-run rule would have done, if anything; it never decides.
+    #[allow(clippy::too_many_arguments)]
     fn dry_run_rule(
         &self,
         rule: &Rule,
         input: &Input,
         identity: &Identity,
+        data: Option<&Value>,
         params: &[(String, String)],
         attributes: Option<&BTreeMap<String, String>>,
         base: &mut Option<Base>,
@@ -820,7 +1044,7 @@ impl CompiledTenant {
         if resource.query_repeated && c.reads().resource.wants("query") {
             return Some("ambiguous_query");
         }
-        let base = base.get_or_insert_with(|| Base::new(self, input, identity));
+        let base = base.get_or_insert_with(|| Base::new(self, input, identity, data));
         match c.evaluate(&base.variables(params, attributes)) {
             Ok(true) => Some(effect),
             Ok(false) => None,
@@ -915,10 +1139,16 @@ struct Base {
     /// which differ per rule and are added per evaluation.
     want_params: bool,
     want_attributes: bool,
+    data: Value,
 }
 
 impl Base {
-    fn new(tenant: &CompiledTenant, input: &Input, identity: &Identity) -> Base {
+    fn new(
+        tenant: &CompiledTenant,
+        input: &Input,
+        identity: &Identity,
+        data: Option<&Value>,
+    ) -> Base {
         let r = &input.resource;
         let c = &input.context;
         let strings = |m: &BTreeMap<String, String>| {
@@ -991,6 +1221,7 @@ impl Base {
             resource,
             want_params: tenant.reads.resource.wants("params"),
             want_attributes: tenant.reads.resource.wants("attributes"),
+            data: data.cloned().unwrap_or_else(|| cel::map([])),
         }
     }
 
@@ -1021,6 +1252,7 @@ impl Base {
             claims: self.claims.clone(),
             resource: Value::from(resource),
             context: self.context.clone(),
+            data: self.data.clone(),
         }
     }
 }

@@ -45,6 +45,22 @@ pub enum Rendered {
 }
 
 impl HeaderTemplate {
+    /// The claim names the template reads (the first step of `claims.a.b`).
+    pub fn claims(&self) -> impl Iterator<Item = &str> {
+        self.pieces.iter().filter_map(|p| match p {
+            Piece::Claim(path) => path.first().map(String::as_str),
+            _ => None,
+        })
+    }
+
+    /// The path parameters the template reads.
+    pub fn params(&self) -> impl Iterator<Item = &str> {
+        self.pieces.iter().filter_map(|p| match p {
+            Piece::Param(name) => Some(name.as_str()),
+            _ => None,
+        })
+    }
+
     /// Parses a template; text outside `{...}` must itself be a safe value.
     pub fn parse(source: &str) -> Result<HeaderTemplate, String> {
         let mut pieces = Vec::new();
