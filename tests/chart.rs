@@ -628,7 +628,11 @@ fn rendered_policies_and_server_config_are_accepted_by_portcullis() {
         let dir = tempfile::tempdir().unwrap();
         let policies = dir.path().join("policies");
         std::fs::create_dir(&policies).unwrap();
-        assert_eq!(write_policies(r, &policies), 2, "{name}");
+        // Every file of examples/policies: policies, their test suites and data.
+        let files = std::fs::read_dir(support::example_policies())
+            .unwrap()
+            .count();
+        assert_eq!(write_policies(r, &policies), files, "{name}");
         let stdout = succeed(
             Command::new(bin).arg("validate").arg(&policies),
             &format!("{name}: portcullis validate"),
