@@ -26,7 +26,7 @@ pub fn is_data_file(name: &str) -> bool {
 }
 
 /// A data file as written.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DataFile {
     /// Always `portcullis/v1`.

@@ -55,7 +55,7 @@ pub struct KeyFile {
 }
 
 /// What a tenant (or one of its rules) asks to be minted, as written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DownstreamSpec {
     /// The upstream service's audience, or
@@ -66,6 +66,7 @@ pub struct DownstreamSpec {
     pub audience_from_context_extension: Option<String>,
     /// Lifetime of the minted token (default 60s, at most 5m).
     #[serde(default, with = "crate::policy::file::opt_duration")]
+    #[schemars(with = "Option<String>")]
     pub lifetime: Option<Duration>,
     /// The scopes that may travel on: the minted token carries those of the
     /// caller's scopes that are listed here (none when empty).

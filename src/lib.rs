@@ -52,6 +52,7 @@ pub mod policy;
 pub mod proto;
 pub mod response;
 pub mod revocation;
+pub mod schema;
 pub mod server;
 pub mod store;
 pub mod suite;

@@ -32,7 +32,7 @@ pub const SUFFIX: &str = ".revoked.yaml";
 /// Most entries one list may hold.
 pub const MAX_ENTRIES: usize = 100_000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RevocationFile {
     #[serde(rename = "apiVersion")]
@@ -42,7 +42,7 @@ struct RevocationFile {
     revoked: Vec<EntrySpec>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct EntrySpec {
     #[serde(default)]
@@ -60,7 +60,7 @@ struct EntrySpec {
     note: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 enum Until {
     Seconds(u64),
@@ -103,6 +103,11 @@ impl RevocationList {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The JSON Schema of revocation files.
+pub fn schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(RevocationFile)).unwrap_or_default()
 }
 
 /// Compiles one revocation file, reporting every error with its line.

@@ -33,7 +33,7 @@ pub fn is_test_file(name: &str) -> bool {
 }
 
 /// A `*_test.yaml` file.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestFile {
     /// What this suite pins down.
@@ -47,7 +47,7 @@ pub struct TestFile {
 }
 
 /// One named request and the decision it must get.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestCase {
     pub name: String,
@@ -56,7 +56,7 @@ pub struct TestCase {
 }
 
 /// A request as an author describes it.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestRequest {
     /// Default `GET`.
@@ -96,14 +96,14 @@ pub struct TestRequest {
     pub grpc: bool,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimsMetadata {
     pub namespace: String,
     pub payload_key: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     Allow,
@@ -112,7 +112,7 @@ pub enum Verdict {
 
 /// What the decision must be. Only `decision` is required; every other field
 /// is checked when present.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestExpect {
     pub decision: Verdict,

@@ -36,7 +36,7 @@ pub const MAX_PROOF_BYTES: usize = 4 * 1024;
 pub const NONCE_SLOT: Duration = Duration::from_secs(60);
 
 /// Which binding an issuer's tokens must carry.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SenderConstraint {
     #[default]
@@ -48,7 +48,7 @@ pub enum SenderConstraint {
 }
 
 /// The tenant's DPoP settings, as written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DpopSpec {
     /// The scheme and authority clients use to reach this tenant
@@ -61,6 +61,7 @@ pub struct DpopSpec {
     pub algorithms: Vec<String>,
     /// `iat` must be within this much of now (default 60s).
     #[serde(default, with = "crate::policy::file::opt_duration")]
+    #[schemars(with = "Option<String>")]
     pub proof_window: Option<Duration>,
     /// Most proof `jti`s remembered per tenant (per replica); when full, new
     /// proofs are refused, never old entries evicted.

@@ -22,7 +22,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// TLS settings for one identity provider, as written in a policy file. Paths
 /// are relative to the policy file's directory; the files are read when the
 /// policy loads (mount them from a Secret).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSpec {
     /// PEM CA certificates trusted for this provider, in addition to the

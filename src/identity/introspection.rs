@@ -39,7 +39,7 @@ pub const MAX_CALLS_IN_FLIGHT: usize = 32;
 /// Largest client secret file read.
 const MAX_SECRET_BYTES: u64 = 4096;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IntrospectionSpec {
     /// The introspection endpoint (`https`).
@@ -55,8 +55,10 @@ pub struct IntrospectionSpec {
     /// A file holding the client secret (HTTP Basic, RFC 6749 §2.3.1).
     pub client_secret_file: String,
     #[serde(default, with = "crate::policy::file::opt_duration")]
+    #[schemars(with = "Option<String>")]
     pub cache_ttl: Option<Duration>,
     #[serde(default, with = "crate::policy::file::opt_duration")]
+    #[schemars(with = "Option<String>")]
     pub negative_ttl: Option<Duration>,
     #[serde(default)]
     pub tls: Option<TlsSpec>,

@@ -55,7 +55,7 @@ const PROTECTED_CLAIMS: [&str; 11] = [
 pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
 
 /// One trusted issuer, as written in a policy file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IssuerSpec {
     /// The exact `iss` value.
@@ -83,14 +83,18 @@ pub struct IssuerSpec {
     #[serde(default)]
     pub jwks_allowed_origins: Vec<String>,
     #[serde(default, with = "crate::policy::file::opt_duration")]
+    #[schemars(with = "Option<String>")]
     pub keys_ttl: Option<Duration>,
     #[serde(default, with = "crate::policy::file::opt_duration")]
+    #[schemars(with = "Option<String>")]
     pub keys_max_stale: Option<Duration>,
     /// Clock leeway (default 30s).
     #[serde(default, with = "crate::policy::file::opt_duration")]
+    #[schemars(with = "Option<String>")]
     pub leeway: Option<Duration>,
     /// Longest accepted `exp − iat`; tokens without `iat` are then refused.
     #[serde(default, with = "crate::policy::file::opt_duration")]
+    #[schemars(with = "Option<String>")]
     pub max_lifetime: Option<Duration>,
     /// Claims every token must carry.
     #[serde(default)]

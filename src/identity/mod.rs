@@ -31,7 +31,7 @@ pub const JWT_AUTHN_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
 pub const JWT_AUTHN_PAYLOAD_KEY: &str = "jwt_payload";
 
 /// The identity section of a policy file, as written.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IdentitySpec {
     /// Issuers whose JWTs portcullis validates itself.
@@ -65,7 +65,7 @@ pub struct IdentitySpec {
 
 /// One place a token may be: a header (with an auth scheme), a cookie, or a
 /// query parameter. Exactly one of `header`, `cookie`, `query`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenSourceSpec {
     #[serde(default)]
@@ -82,7 +82,7 @@ pub struct TokenSourceSpec {
     pub query: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeysSpec {
     /// The header that carries the key (default `x-api-key`).
@@ -91,7 +91,7 @@ pub struct ApiKeysSpec {
     pub keys: Vec<ApiKeySpec>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeySpec {
     /// Hex SHA-256 of the key.
@@ -100,6 +100,7 @@ pub struct ApiKeySpec {
     /// Present only to refuse it with a clear message: keys are never stored
     /// in plaintext.
     #[serde(default)]
+    #[schemars(skip)]
     pub key: Option<serde::de::IgnoredAny>,
     /// The caller's subject (`claims.sub`).
     pub subject: String,
@@ -205,7 +206,7 @@ pub enum TokenSource {
     Query(String),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnvoyJwtSpec {
     /// Issuers (`iss`) this tenant trusts. Claims from any other issuer are denied.
@@ -216,7 +217,7 @@ pub struct EnvoyJwtSpec {
     pub payload_key: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SpiffeSpec {
     /// Trust domains (`acme.example`) whose workloads are identities here.

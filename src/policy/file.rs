@@ -13,7 +13,7 @@ use crate::identity::IdentitySpec;
 /// The only `apiVersion` this binary understands.
 pub const API_VERSION: &str = "portcullis/v1";
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyFile {
     #[serde(rename = "apiVersion")]
@@ -52,7 +52,9 @@ pub struct PolicyFile {
     pub shared_issuers: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Effect {
     Allow,
@@ -61,7 +63,9 @@ pub enum Effect {
 }
 
 /// Whether a tenant's or a rule's decisions are enforced or only observed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     #[default]
@@ -78,7 +82,7 @@ impl Mode {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSpec {
     pub id: String,
@@ -116,20 +120,21 @@ pub struct RuleSpec {
     pub acr: Vec<String>,
     /// The caller's `auth_time` must be at most this old (RFC 9470 `max_age`).
     #[serde(default, with = "opt_duration")]
+    #[schemars(with = "Option<String>")]
     pub max_auth_age: Option<std::time::Duration>,
     /// This rule's own downstream token, instead of the tenant's.
     #[serde(default)]
     pub downstream_token: Option<crate::exchange::DownstreamSpec>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResourceSpec {
     pub path: String,
     pub attributes: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CorsSpec {
     /// Answer CORS preflights (`OPTIONS` with `Origin` and
@@ -147,12 +152,18 @@ pub struct CorsSpec {
     pub allow_headers: Option<Vec<String>>,
     /// How long a browser may cache the answer (default `10m`).
     #[serde(default, with = "opt_duration")]
+    #[schemars(with = "Option<String>")]
     pub max_age: Option<std::time::Duration>,
 }
 
 pub(crate) mod opt_duration {
-    use serde::{Deserialize, Deserializer};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
     use std::time::Duration;
+
+    /// As the text it is read from (`30s`); used for schema defaults.
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        d.map(|d| format!("{}s", d.as_secs())).serialize(s)
+    }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         Option::<String>::deserialize(d)?
@@ -161,7 +172,7 @@ pub(crate) mod opt_duration {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResponseSpec {
     /// Headers portcullis owns on allowed requests: set from a template, or
