@@ -42,6 +42,8 @@ pub struct Audit {
     pub client_id: Option<String>,
     /// The tenant's mode.
     pub mode: Mode,
+    /// Request headers the tenant asked to record (`audit.log_headers`).
+    pub headers: Vec<(String, String)>,
     /// In a dry-run tenant: what enforcement would have answered.
     pub would_be: Option<WouldBe>,
     /// Dry-run rules that held (or failed); they took no part in the decision.
@@ -336,6 +338,15 @@ pub fn line(
         "mode": d.audit.mode.as_str(),
         "policy_digest": d.digest,
     });
+    if !d.audit.headers.is_empty() {
+        v["headers"] = serde_json::Value::Object(
+            d.audit
+                .headers
+                .iter()
+                .map(|(k, val)| (k.clone(), serde_json::Value::String(val.clone())))
+                .collect(),
+        );
+    }
     if d.audit.would_be.is_some() {
         v["enforced"] = serde_json::json!({
             "decision": if d.allowed { "allow" } else { "deny" },
@@ -419,6 +430,22 @@ mod tests {
         assert_eq!(v["mode"], "dry_run");
         assert_eq!(v["enforced"]["decision"], "allow");
         assert_eq!(v["latency_ms"], 1.5);
+    }
+
+    #[test]
+    fn recorded_headers_are_in_the_line() {
+        let mut d = Decision::deny("id".into(), Reason::Allowed);
+        d.allowed = true;
+        d.audit.headers = vec![("x-justification".into(), "INC-4711".into())];
+        let v: serde_json::Value = serde_json::from_str(&line(
+            &d,
+            &RequestSummary::default(),
+            None,
+            Duration::ZERO,
+            SystemTime::UNIX_EPOCH,
+        ))
+        .unwrap();
+        assert_eq!(v["headers"]["x-justification"], "INC-4711");
     }
 
     #[test]

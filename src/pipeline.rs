@@ -123,6 +123,11 @@ impl Pipeline {
         decision.tenant = Some(tenant.id.clone());
         decision.digest = Some(tenant.digest.clone());
         decision.audit.mode = tenant.mode;
+        decision.audit.headers = tenant
+            .log_headers
+            .iter()
+            .filter_map(|h| Some((h.clone(), loggable(input.resource.headers.get(h)?))))
+            .collect();
 
         let authenticated = {
             let span = tracing::info_span!(
@@ -385,6 +390,18 @@ fn dry_run_allow(
     decision
         .set_headers
         .push((DECISION_ID_HEADER.to_string(), decision.decision_id.clone()));
+}
+
+/// Longest header value the decision log records.
+const MAX_LOGGED_HEADER: usize = 256;
+
+/// A header value as the decision log records it: printable, bounded.
+fn loggable(value: &str) -> String {
+    value
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_LOGGED_HEADER)
+        .collect()
 }
 
 /// The OAuth client the token was issued to: `client_id` (RFC 9068 §2.2), else

@@ -314,3 +314,26 @@ fn a_shared_issuer_is_accepted_when_both_files_say_so() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `audit.log_headers` records chosen headers, never credentials.
+#[test]
+fn credential_headers_are_never_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("t.yaml"),
+        "apiVersion: portcullis/v1\ntenant: t\naudit:\n  log_headers: [x-ticket, Authorization]\nrules: []\n",
+    )
+    .unwrap();
+    let out = portcullis()
+        .arg("validate")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("t.yaml:4") && stderr.contains("never logged"),
+        "{stderr}"
+    );
+}

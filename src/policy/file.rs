@@ -50,6 +50,21 @@ pub struct PolicyFile {
     /// trusting one issuer is an error unless both files list it here.
     #[serde(default)]
     pub shared_issuers: Vec<String>,
+    /// What the decision log records of this tenant's requests beyond the
+    /// standard fields.
+    #[serde(default)]
+    pub audit: AuditSpec,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSpec {
+    /// Request headers whose values every decision line records (a
+    /// break-glass justification, a change ticket). Credential headers
+    /// (`authorization`, `cookie`, `dpop`, the tenant's credential headers) are
+    /// refused.
+    #[serde(default)]
+    pub log_headers: Vec<String>,
 }
 
 #[derive(

@@ -240,6 +240,8 @@ pub struct CompiledTenant {
     pub default: Effect,
     /// A dry-run tenant's decisions are reported and then allowed.
     pub mode: Mode,
+    /// Request headers the decision log records (never credentials).
+    pub log_headers: Vec<String>,
     cors: Option<Cors>,
     rules: Vec<Rule>,
     index: RouteIndex,
@@ -529,6 +531,27 @@ pub fn compile(file: &Path, text: &str) -> Result<CompiledTenant, Vec<PolicyErro
             "response.remove must not name authorization with a downstream_token: the minted token replaces it".into(),
         ));
     }
+    // Headers logged with every decision: never a credential.
+    let mut log_headers = Vec::new();
+    for name in &spec.audit.log_headers {
+        let lower = name.to_ascii_lowercase();
+        let credential = ["authorization", "proxy-authorization", "cookie", "dpop"]
+            .contains(&lower.as_str())
+            || identity
+                .as_ref()
+                .is_some_and(|i| i.credential_headers().contains(&lower));
+        match valid_header_name(&lower) {
+            Err(e) => errors.push(err(
+                line_of(text, 0, "log_headers"),
+                format!("audit.log_headers: {e}"),
+            )),
+            Ok(()) if credential => errors.push(err(
+                line_of(text, 0, "log_headers"),
+                format!("audit.log_headers: {lower:?} carries credentials and is never logged"),
+            )),
+            Ok(()) => log_headers.push(lower),
+        }
+    }
     let cors = if spec.cors.allow_preflight {
         let at = line_of(text, 0, "cors");
         if spec.cors.allow_origins.is_empty() {
@@ -620,6 +643,7 @@ pub fn compile(file: &Path, text: &str) -> Result<CompiledTenant, Vec<PolicyErro
             identity,
             default: spec.default,
             mode: spec.mode,
+            log_headers,
             cors,
             rules,
             index,
