@@ -756,7 +756,7 @@ impl CompiledTenant {
                 }
                 Some(c) => {
                     let base = base.get_or_insert_with(|| Base::new(self, input, identity));
-                    c.evaluate(&base.variables(params, attributes))
+                    base.evaluate(c, params, attributes)
                 }
             };
             match holds {
@@ -821,7 +821,7 @@ impl CompiledTenant {
             return Some("ambiguous_query");
         }
         let base = base.get_or_insert_with(|| Base::new(self, input, identity));
-        match c.evaluate(&base.variables(params, attributes)) {
+        match base.evaluate(c, params, attributes) {
             Ok(true) => Some(effect),
             Ok(false) => None,
             Err(_) => Some("policy_error"),
@@ -906,13 +906,14 @@ pub struct HeaderEdits {
     pub remove: Vec<String>,
 }
 
-/// The parts of the CEL input shared by every rule of one request.
+/// The parts of the CEL input shared by every rule of one request, converted
+/// into CEL's runtime form once.
 struct Base {
-    claims: Value,
-    context: Value,
-    resource: std::collections::HashMap<String, Value>,
-    /// Whether conditions read `resource.params` and `resource.attributes`,
-    /// which differ per rule and are added per evaluation.
+    prepared: cel::Prepared,
+    /// The resource fields shared by every rule, when conditions also read
+    /// `resource.params` or `resource.attributes` (which differ per rule and
+    /// are added per evaluation); `None` when `prepared` holds it whole.
+    resource: Option<std::collections::HashMap<String, Value>>,
     want_params: bool,
     want_attributes: bool,
 }
@@ -980,26 +981,39 @@ impl Base {
                 ("token_id", opt(&identity.token_id)),
             ])
         });
+        let want_params = tenant.reads.resource.wants("params");
+        let want_attributes = tenant.reads.resource.wants("attributes");
+        let per_rule = want_params || want_attributes;
+        let claims = cel::map(
+            identity
+                .claims
+                .iter()
+                .map(|(k, v)| (k.as_str(), cel::json_to_cel(v))),
+        );
+        let (shared, resource) = if per_rule {
+            (None, Some(resource))
+        } else {
+            (Some(Value::from(resource)), None)
+        };
         Base {
-            claims: cel::map(
-                identity
-                    .claims
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), cel::json_to_cel(v))),
-            ),
-            context: cel::map(context),
+            prepared: cel::Prepared::new(claims, cel::map(context), shared),
             resource,
-            want_params: tenant.reads.resource.wants("params"),
-            want_attributes: tenant.reads.resource.wants("attributes"),
+            want_params,
+            want_attributes,
         }
     }
 
-    fn variables(
+    /// Evaluates one rule's condition with its params and attributes.
+    fn evaluate(
         &self,
+        condition: &Condition,
         params: &[(String, String)],
         attributes: Option<&BTreeMap<String, String>>,
-    ) -> cel::Variables {
-        let mut resource = self.resource.clone();
+    ) -> Result<bool, String> {
+        let Some(shared) = &self.resource else {
+            return condition.evaluate_prepared(&self.prepared, None);
+        };
+        let mut resource = shared.clone();
         if self.want_params {
             resource.insert(
                 "params".into(),
@@ -1017,10 +1031,6 @@ impl Base {
                 ),
             );
         }
-        cel::Variables {
-            claims: self.claims.clone(),
-            resource: Value::from(resource),
-            context: self.context.clone(),
-        }
+        condition.evaluate_prepared(&self.prepared, Some(Value::from(resource)))
     }
 }
