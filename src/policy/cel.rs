@@ -221,12 +221,32 @@ impl Condition {
 
     /// Evaluates against prepared variables. Anything but a boolean is an error.
     pub fn evaluate(&self, vars: &Variables) -> Result<bool, String> {
-        let mut ctx = Context::with_env(Arc::clone(&ENV));
-        ctx.add_variable_from_value("claims", vars.claims.clone());
-        ctx.add_variable_from_value("resource", vars.resource.clone());
-        ctx.add_variable_from_value("context", vars.context.clone());
-        ctx.add_variable_from_value("data", vars.data.clone());
-        match self.program.execute(&ctx) {
+        let prepared = Prepared::new(
+            vars.claims.clone(),
+            vars.context.clone(),
+            vars.data.clone(),
+            Some(vars.resource.clone()),
+        );
+        self.evaluate_prepared(&prepared, None)
+    }
+
+    /// Evaluates in a request's [`Prepared`] roots; `resource`, when given,
+    /// is this rule's own (with its params or attributes) and hides the
+    /// shared one.
+    pub fn evaluate_prepared(
+        &self,
+        prepared: &Prepared,
+        resource: Option<Value>,
+    ) -> Result<bool, String> {
+        let result = match resource {
+            None => self.program.execute(&prepared.ctx),
+            Some(resource) => {
+                let mut scope = prepared.ctx.new_inner_scope();
+                scope.add_variable_from_value("resource", resource);
+                self.program.execute(&scope)
+            }
+        };
+        match result {
             Ok(Value::Bool(b)) => Ok(b),
             Ok(other) => Err(format!(
                 "condition returned {:?}, not a boolean",
@@ -245,6 +265,28 @@ pub struct Variables {
     pub context: Value,
     /// The tenant's data document; an empty map when it has none.
     pub data: Value,
+}
+
+/// A request's roots in CEL's runtime form, converted once and shared by every
+/// condition evaluated for that request: the conversion costs more than most
+/// conditions do.
+pub struct Prepared {
+    ctx: Context<'static, 'static>,
+}
+
+impl Prepared {
+    /// `resource` is left out when it differs per rule (it then comes with
+    /// each evaluation).
+    pub fn new(claims: Value, context: Value, data: Value, resource: Option<Value>) -> Prepared {
+        let mut ctx = Context::with_env(Arc::clone(&ENV));
+        ctx.add_variable_from_value("claims", claims);
+        ctx.add_variable_from_value("context", context);
+        ctx.add_variable_from_value("data", data);
+        if let Some(resource) = resource {
+            ctx.add_variable_from_value("resource", resource);
+        }
+        Prepared { ctx }
+    }
 }
 
 /// Longest name quoted in an evaluation error.

@@ -1002,7 +1002,7 @@ impl CompiledTenant {
                 }
                 Some(c) => {
                     let base = base.get_or_insert_with(|| Base::new(self, input, identity, data));
-                    c.evaluate(&base.variables(params, attributes))
+                    base.evaluate(c, params, attributes)
                 }
             };
             match holds {
@@ -1069,7 +1069,7 @@ impl CompiledTenant {
             return Some("ambiguous_query");
         }
         let base = base.get_or_insert_with(|| Base::new(self, input, identity, data));
-        match c.evaluate(&base.variables(params, attributes)) {
+        match base.evaluate(c, params, attributes) {
             Ok(true) => Some(effect),
             Ok(false) => None,
             Err(_) => Some("policy_error"),
@@ -1154,16 +1154,16 @@ pub struct HeaderEdits {
     pub remove: Vec<String>,
 }
 
-/// The parts of the CEL input shared by every rule of one request.
+/// The parts of the CEL input shared by every rule of one request, converted
+/// into CEL's runtime form once.
 struct Base {
-    claims: Value,
-    context: Value,
-    resource: std::collections::HashMap<String, Value>,
-    /// Whether conditions read `resource.params` and `resource.attributes`,
-    /// which differ per rule and are added per evaluation.
+    prepared: cel::Prepared,
+    /// The resource fields shared by every rule, when conditions also read
+    /// `resource.params` or `resource.attributes` (which differ per rule and
+    /// are added per evaluation); `None` when `prepared` holds it whole.
+    resource: Option<std::collections::HashMap<String, Value>>,
     want_params: bool,
     want_attributes: bool,
-    data: Value,
 }
 
 impl Base {
@@ -1234,27 +1234,44 @@ impl Base {
                 ("token_id", opt(&identity.token_id)),
             ])
         });
+        let want_params = tenant.reads.resource.wants("params");
+        let want_attributes = tenant.reads.resource.wants("attributes");
+        let per_rule = want_params || want_attributes;
+        let claims = cel::map(
+            identity
+                .claims
+                .iter()
+                .map(|(k, v)| (k.as_str(), cel::json_to_cel(v))),
+        );
+        let (shared, resource) = if per_rule {
+            (None, Some(resource))
+        } else {
+            (Some(Value::from(resource)), None)
+        };
         Base {
-            claims: cel::map(
-                identity
-                    .claims
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), cel::json_to_cel(v))),
+            prepared: cel::Prepared::new(
+                claims,
+                cel::map(context),
+                data.cloned().unwrap_or_else(|| cel::map([])),
+                shared,
             ),
-            context: cel::map(context),
             resource,
-            want_params: tenant.reads.resource.wants("params"),
-            want_attributes: tenant.reads.resource.wants("attributes"),
-            data: data.cloned().unwrap_or_else(|| cel::map([])),
+            want_params,
+            want_attributes,
         }
     }
 
-    fn variables(
+    /// Evaluates one rule's condition with its params and attributes.
+    fn evaluate(
         &self,
+        condition: &Condition,
         params: &[(String, String)],
         attributes: Option<&BTreeMap<String, String>>,
-    ) -> cel::Variables {
-        let mut resource = self.resource.clone();
+    ) -> Result<bool, String> {
+        let Some(shared) = &self.resource else {
+            return condition.evaluate_prepared(&self.prepared, None);
+        };
+        let mut resource = shared.clone();
         if self.want_params {
             resource.insert(
                 "params".into(),
@@ -1272,11 +1289,6 @@ impl Base {
                 ),
             );
         }
-        cel::Variables {
-            claims: self.claims.clone(),
-            resource: Value::from(resource),
-            context: self.context.clone(),
-            data: self.data.clone(),
-        }
+        condition.evaluate_prepared(&self.prepared, Some(Value::from(resource)))
     }
 }

