@@ -76,6 +76,10 @@ fn everything_on() -> Value {
         "serviceMonitor": { "enabled": true, "labels": { "release": "prometheus" } },
         "istio": { "authorizationPolicy": { "enabled": true } },
         "otel": { "endpoint": "http://otel-collector.observability:4317" },
+        "server": { "tokenExchange": {
+            "issuer": "https://portcullis.shop.internal",
+            "keys": [{ "kid": "k1", "file": "/etc/portcullis/secrets/idp-keys/k1.pem" }],
+        } },
         "podLabels": { "team": "payments" },
         "image": { "digest": format!("sha256:{}", "a".repeat(64)) },
     })
@@ -645,13 +649,26 @@ fn rendered_policies_and_server_config_are_accepted_by_portcullis() {
         // `check --config` loads the server config exactly as `serve` does
         // (unknown keys are errors), then decides one request with it.
         let config = dir.path().join("portcullis.yaml");
-        std::fs::write(
-            &config,
+        let mut server: Value = serde_yaml::from_str(
             r.config_map("config").unwrap()["data"]["portcullis.yaml"]
                 .as_str()
                 .unwrap(),
         )
         .unwrap();
+        // Signing keys come from a Secret mount in the cluster: here, a key
+        // made for the test stands in at each path the chart rendered.
+        if let Some(keys) = server
+            .get_mut("token_exchange")
+            .and_then(|t| t.get_mut("keys"))
+            .and_then(Value::as_array_mut)
+        {
+            for (i, key) in keys.iter_mut().enumerate() {
+                let pem = dir.path().join(format!("signing-{i}.pem"));
+                std::fs::write(&pem, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
+                key["file"] = json!(pem);
+            }
+        }
+        std::fs::write(&config, serde_yaml::to_string(&server).unwrap()).unwrap();
         let request = dir.path().join("request.json");
         std::fs::write(
             &request,
@@ -1038,5 +1055,24 @@ fn istio_examples_match_the_chart() {
                 .unwrap()
                 .contains(&format!("tenant: {tenant}\n"))),
         "no example policy for tenant {tenant}"
+    );
+}
+
+#[test]
+fn token_exchange_is_rendered_only_when_asked_for() {
+    assert!(
+        rendered("default")
+            .server_config()
+            .get("token_exchange")
+            .is_none()
+    );
+    let config = rendered("everything").server_config();
+    assert_eq!(
+        config["token_exchange"]["issuer"],
+        "https://portcullis.shop.internal"
+    );
+    assert_eq!(
+        config["token_exchange"]["keys"][0]["file"],
+        "/etc/portcullis/secrets/idp-keys/k1.pem"
     );
 }

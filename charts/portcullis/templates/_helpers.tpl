@@ -103,6 +103,11 @@ reload:
   rescan_interval: {{ $s.reload.rescanInterval }}
 shutdown_grace: {{ $s.shutdownGraceSeconds }}s
 log_format: {{ $s.logFormat }}
+{{- if $s.tokenExchange.issuer }}
+token_exchange:
+  issuer: {{ $s.tokenExchange.issuer | quote }}
+  keys: {{ toJson $s.tokenExchange.keys }}
+{{- end }}
 {{- end }}
 
 {{/* Fails the render on values that would make a broken or unsafe install. */}}
