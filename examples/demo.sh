@@ -48,4 +48,7 @@ portcullis is deciding for Envoy on http://127.0.0.1:8080. Try:
 
 Ctrl-C stops everything.
 TOUR
-wait
+# Ctrl-C reaches the whole process group: portcullis and Envoy drain and exit,
+# while the background upstream ignores SIGINT (a script's background jobs do).
+# So when any one of the three ends, stop the others (the EXIT trap).
+wait -n || true
