@@ -113,6 +113,47 @@ async fn check_over_grpc_allows_and_denies() {
     server.stop().await.unwrap();
 }
 
+/// The deny body's `error` field: the stable reason code.
+fn deny_reason(r: &CheckResponse) -> Option<String> {
+    match r.http_response.as_ref()? {
+        HttpResponse::DeniedResponse(d) => {
+            let body: serde_json::Value = serde_json::from_str(&d.body).ok()?;
+            body["error"].as_str().map(str::to_string)
+        }
+        HttpResponse::OkResponse(_) => None,
+    }
+}
+
+#[tokio::test]
+async fn checks_beyond_the_concurrency_limit_are_denied_503_overloaded() {
+    let server = support::start_portcullis_with(&support::example_policies(), |c| {
+        c.limits.max_concurrent_checks = 2;
+    })
+    .await;
+    let mut c = client(server.grpc_addr.unwrap()).await;
+    let allowed = || request("acme.example.com", "/docs/a", None);
+    assert_eq!(status_of(&decide(&mut c, allowed()).await), 200);
+
+    // Two checks in flight (held here as their permits): the next is answered
+    // at once with a *denied* 503, so `failure_mode_allow` still fails closed.
+    let held = server.permits.clone().try_acquire_many_owned(2).unwrap();
+    let r = decide(&mut c, allowed()).await;
+    assert_eq!(status_of(&r), 503);
+    assert_eq!(r.status.as_ref().unwrap().code, 14);
+    assert_eq!(deny_reason(&r).as_deref(), Some("overloaded"));
+
+    // One finishes: the limit counts checks in flight, not checks ever made,
+    // and an answered check gives its permit back.
+    drop(held);
+    let one = server.permits.clone().try_acquire_owned().unwrap();
+    for _ in 0..3 {
+        assert_eq!(status_of(&decide(&mut c, allowed()).await), 200);
+    }
+    drop(one);
+    assert_eq!(server.permits.available_permits(), 2);
+    server.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn not_ready_until_policies_load_then_reload_swaps_and_broken_keeps_old() {
     let dir = tempfile::tempdir().unwrap();
