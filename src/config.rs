@@ -46,6 +46,32 @@ pub struct Config {
     /// One JSON line per decision; see [`crate::audit`].
     #[serde(default)]
     pub decision_log: crate::audit::DecisionLogConfig,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// The most checks decided at once unless `limits.max_concurrent_checks` says
+/// otherwise: far above what two cores decide in a check's lifetime, low
+/// enough that a flood queues no unbounded work.
+pub const DEFAULT_MAX_CONCURRENT_CHECKS: usize = 1024;
+
+/// Named bounds on the work one replica takes on. Exceeding one is a deny with
+/// a stable reason, never a crash or an unbounded queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Checks in flight at once (over every listener). Beyond it a check is
+    /// answered at once with a denied 503 `overloaded`, so Envoy fails closed
+    /// even with `failure_mode_allow: true`.
+    pub max_concurrent_checks: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_concurrent_checks: DEFAULT_MAX_CONCURRENT_CHECKS,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -106,6 +132,7 @@ impl Config {
             tracing: Default::default(),
             metrics: Default::default(),
             decision_log: Default::default(),
+            limits: Limits::default(),
         }
     }
 
@@ -144,6 +171,13 @@ impl Config {
         if self.reload.debounce.is_zero() || self.reload.rescan_interval.is_zero() {
             return Err("reload.debounce and reload.rescan_interval must be positive".into());
         }
+        let max = self.limits.max_concurrent_checks;
+        if max == 0 || max > tokio::sync::Semaphore::MAX_PERMITS {
+            return Err(format!(
+                "limits.max_concurrent_checks must be between 1 and {}",
+                tokio::sync::Semaphore::MAX_PERMITS
+            ));
+        }
         self.decision_log.validate()?;
         self.tracing.validate()?;
         self.tenancy.validate()
@@ -172,6 +206,10 @@ mod tests {
         assert_eq!(c.reload.debounce, Duration::from_millis(50));
         assert_eq!(c.reload.rescan_interval, Duration::from_secs(30));
         assert_eq!(c.listen, default_listen());
+        assert_eq!(
+            c.limits.max_concurrent_checks,
+            DEFAULT_MAX_CONCURRENT_CHECKS
+        );
     }
 
     #[test]
@@ -185,5 +223,11 @@ mod tests {
         assert!(Config::load(&path).unwrap_err().contains("unix_socket"));
         std::fs::write(&path, "policies: p\ntenancy: { sources: [header] }\n").unwrap();
         assert!(Config::load(&path).unwrap_err().contains("tenancy.header"));
+        std::fs::write(&path, "policies: p\nlimits: { max_concurrent_checks: 0 }\n").unwrap();
+        assert!(
+            Config::load(&path)
+                .unwrap_err()
+                .contains("limits.max_concurrent_checks")
+        );
     }
 }

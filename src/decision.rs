@@ -97,6 +97,9 @@ pub enum Reason {
     NotHttp,
     /// No policies loaded yet: portcullis can answer but not decide.
     NotReady,
+    /// More checks in flight than `limits.max_concurrent_checks`: answered at
+    /// once, without deciding.
+    Overloaded,
     /// The tenant is in dry-run mode: its decision (see the decision log) was
     /// not enforced, and the request was allowed.
     DryRunAllowed,
@@ -147,6 +150,7 @@ impl Reason {
             Reason::MalformedRequest => "malformed_request",
             Reason::NotHttp => "not_http",
             Reason::NotReady => "not_ready",
+            Reason::Overloaded => "overloaded",
             Reason::DryRunAllowed => "dry_run_allowed",
         }
     }
@@ -193,6 +197,7 @@ impl Reason {
             | Reason::MalformedCredential => 400,
             Reason::PathTooLong => 414,
             Reason::NotReady
+            | Reason::Overloaded
             | Reason::KeysUnavailable
             | Reason::IntrospectionUnavailable
             | Reason::DownstreamTokenUnavailable
@@ -257,7 +262,7 @@ impl Reason {
     }
 }
 
-const ALL: [Reason; 42] = [
+const ALL: [Reason; 43] = [
     Reason::Allowed,
     Reason::DefaultAllow,
     Reason::CorsPreflight,
@@ -299,6 +304,7 @@ const ALL: [Reason; 42] = [
     Reason::MalformedRequest,
     Reason::NotHttp,
     Reason::NotReady,
+    Reason::Overloaded,
     Reason::DryRunAllowed,
 ];
 
@@ -397,6 +403,8 @@ mod tests {
         assert!(Reason::Allowed.allows() && !Reason::PolicyError.allows());
         assert_eq!(Reason::MalformedCredential.status(), 400);
         assert_eq!(Reason::KeysUnavailable.status(), 503);
+        assert_eq!(Reason::Overloaded.status(), 503);
+        assert_eq!(Reason::Overloaded.challenge(), None);
         // Every 401 has a challenge, and only the missing credential's is bare.
         for r in ALL {
             let challenge = r.challenge();

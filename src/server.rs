@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::{Request, Response, Status};
@@ -21,7 +21,8 @@ use tracing::Instrument;
 
 use crate::admin::{self, AdminState};
 use crate::audit::{self, DecisionLog};
-use crate::config::Config;
+use crate::config::{Config, DEFAULT_MAX_CONCURRENT_CHECKS};
+use crate::decision::{Decision, Reason};
 use crate::identity::keys;
 use crate::metrics::Metrics;
 use crate::pipeline::{DEFAULT_KEY_WAIT, Pipeline};
@@ -38,6 +39,9 @@ pub struct AuthzService {
     pipeline: Arc<Pipeline>,
     metrics: Arc<Metrics>,
     log: DecisionLog,
+    /// One permit per check in flight (`limits.max_concurrent_checks`), shared
+    /// by every listener.
+    permits: Arc<Semaphore>,
 }
 
 impl AuthzService {
@@ -56,7 +60,14 @@ impl AuthzService {
             pipeline,
             metrics,
             log,
+            permits: Arc::new(Semaphore::new(DEFAULT_MAX_CONCURRENT_CHECKS)),
         }
+    }
+
+    /// Bounds the checks in flight with `permits` (see [`Running::permits`]).
+    pub fn with_permits(mut self, permits: Arc<Semaphore>) -> AuthzService {
+        self.permits = permits;
+        self
     }
 }
 
@@ -94,7 +105,14 @@ impl Authorization for AuthzService {
                 // Leave room to answer before Envoy gives up on us.
                 t.saturating_sub(t / 5).min(DEFAULT_KEY_WAIT)
             });
-            let decision = self.pipeline.check_async(request.get_ref(), wait).await;
+            // Never queue: a check beyond the limit is answered now, denied,
+            // so Envoy fails closed even with `failure_mode_allow: true`.
+            let permit = self.permits.try_acquire();
+            let decision = match &permit {
+                Ok(_) => self.pipeline.check_async(request.get_ref(), wait).await,
+                Err(_) => Decision::deny(uuid::Uuid::new_v4().to_string(), Reason::Overloaded),
+            };
+            drop(permit);
             let span = tracing::Span::current();
             // In a dry-run tenant: what would have been, and what was enforced.
             let outcome = audit::Outcome::of(&decision);
@@ -171,6 +189,9 @@ pub struct Running {
     pub grpc_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
     pub store: Arc<PolicyStore>,
+    /// The check permits (`limits.max_concurrent_checks`); a holder of some
+    /// leaves that many fewer checks to be decided at once.
+    pub permits: Arc<Semaphore>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<anyhow::Result<()>>,
     grace: Duration,
@@ -231,14 +252,18 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             .context("admin server failed")
     });
 
+    let permits = Arc::new(Semaphore::new(config.limits.max_concurrent_checks));
     let make_router = || {
         tonic::transport::Server::builder()
             .add_service(health_service.clone())
-            .add_service(AuthorizationServer::new(AuthzService::with_observers(
-                Arc::clone(&pipeline),
-                Arc::clone(&metrics),
-                log.clone(),
-            )))
+            .add_service(AuthorizationServer::new(
+                AuthzService::with_observers(
+                    Arc::clone(&pipeline),
+                    Arc::clone(&metrics),
+                    log.clone(),
+                )
+                .with_permits(Arc::clone(&permits)),
+            ))
     };
     let mut grpc_addr = None;
     if let Some(addr) = config.listen {
@@ -338,6 +363,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         grpc_addr,
         admin_addr,
         store,
+        permits,
         stop,
         tasks,
         grace: config.shutdown_grace,

@@ -31,6 +31,18 @@ pub async fn run(
     let mut tick = tokio::time::interval(rescan_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // the first tick is immediate; the caller has just loaded
+    // A change made after the caller's load but before the watch began raised
+    // no event, and would wait for the next rescan: look once more now that
+    // changes are watched. Unchanged files give the same generation.
+    let before = store.status();
+    let s = Arc::clone(&store);
+    match tokio::task::spawn_blocking(move || s.reload()).await {
+        Ok(after) if after.generation != before.generation || after.errors != before.errors => {
+            on_reload(&after)
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "policy reload task failed"),
+    }
     tokio::pin!(stop);
     loop {
         tokio::select! {

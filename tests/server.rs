@@ -113,6 +113,47 @@ async fn check_over_grpc_allows_and_denies() {
     server.stop().await.unwrap();
 }
 
+/// The deny body's `error` field: the stable reason code.
+fn deny_reason(r: &CheckResponse) -> Option<String> {
+    match r.http_response.as_ref()? {
+        HttpResponse::DeniedResponse(d) => {
+            let body: serde_json::Value = serde_json::from_str(&d.body).ok()?;
+            body["error"].as_str().map(str::to_string)
+        }
+        HttpResponse::OkResponse(_) => None,
+    }
+}
+
+#[tokio::test]
+async fn checks_beyond_the_concurrency_limit_are_denied_503_overloaded() {
+    let server = support::start_portcullis_with(&support::example_policies(), |c| {
+        c.limits.max_concurrent_checks = 2;
+    })
+    .await;
+    let mut c = client(server.grpc_addr.unwrap()).await;
+    let allowed = || request("acme.example.com", "/docs/a", None);
+    assert_eq!(status_of(&decide(&mut c, allowed()).await), 200);
+
+    // Two checks in flight (held here as their permits): the next is answered
+    // at once with a *denied* 503, so `failure_mode_allow` still fails closed.
+    let held = server.permits.clone().try_acquire_many_owned(2).unwrap();
+    let r = decide(&mut c, allowed()).await;
+    assert_eq!(status_of(&r), 503);
+    assert_eq!(r.status.as_ref().unwrap().code, 14);
+    assert_eq!(deny_reason(&r).as_deref(), Some("overloaded"));
+
+    // One finishes: the limit counts checks in flight, not checks ever made,
+    // and an answered check gives its permit back.
+    drop(held);
+    let one = server.permits.clone().try_acquire_owned().unwrap();
+    for _ in 0..3 {
+        assert_eq!(status_of(&decide(&mut c, allowed()).await), 200);
+    }
+    drop(one);
+    assert_eq!(server.permits.available_permits(), 2);
+    server.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn not_ready_until_policies_load_then_reload_swaps_and_broken_keeps_old() {
     let dir = tempfile::tempdir().unwrap();
@@ -343,6 +384,125 @@ fn sigterm_drains_and_exits_zero() {
     let exit = child.wait().unwrap();
     assert_eq!(exit.code(), Some(0), "{rest:?}");
     assert!(rest.iter().any(|l| l.contains("SIGTERM")), "{rest:?}");
+}
+
+/// The binary under load: SIGTERM while a check is held in flight and clients
+/// keep sending. The held check completes, new connections are refused, every
+/// answer given is the right one, and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_finishes_in_flight_checks_and_exits_zero() {
+    let bin = env!("CARGO_BIN_EXE_portcullis");
+    let mut child = std::process::Command::new(bin)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--policies")
+        .arg(support::example_policies())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (serving_tx, serving_rx) = tokio::sync::oneshot::channel();
+    // Reads stderr to the end (so the child never blocks on a full pipe).
+    let log = std::thread::spawn(move || {
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+        let serving = lines
+            .by_ref()
+            .map(Result::unwrap)
+            .find(|l| l.contains("portcullis serving"));
+        let _ = serving_tx.send(serving);
+        lines.map(Result::unwrap).collect::<Vec<String>>()
+    });
+    let serving = serving_rx.await.unwrap().expect("serving line");
+    let v: serde_json::Value = serde_json::from_str(&serving).unwrap();
+    let addr: std::net::SocketAddr = v["grpc"].as_str().unwrap().parse().unwrap();
+
+    // Load: clients sending an allowed check until their connection goes.
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let mut load = tokio::task::JoinSet::new();
+    for _ in 0..2 {
+        let mut c = client(addr).await;
+        let answered = std::sync::Arc::clone(&answered);
+        load.spawn(async move {
+            while let Ok(r) = c.check(request("acme.example.com", "/docs/a", None)).await {
+                assert_eq!(status_of(&r.into_inner()), 200, "a wrong answer");
+                answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+    }
+    eventually("the load to run", || async {
+        answered.load(std::sync::atomic::Ordering::Relaxed) >= 100
+    })
+    .await;
+    // A check held in flight: its headers are in, its message is not.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut h2c, mut conn) = h2::client::handshake(tcp).await.unwrap();
+    let mut ping = conn.ping_pong().expect("ping handle");
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{addr}/envoy.service.auth.v3.Authorization/Check"
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut send) = h2c.send_request(req, false).unwrap();
+    ping.ping(h2::Ping::opaque()).await.unwrap();
+
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    eventually("listener closed", || async {
+        tokio::net::TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+
+    // The held check completes normally after the signal.
+    send.send_data(
+        grpc_frame(&request("acme.example.com", "/docs/a", None)),
+        true,
+    )
+    .unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut data = BytesMut::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        body.flow_control().release_capacity(chunk.len()).unwrap();
+        data.extend_from_slice(&chunk);
+    }
+    let trailers = body.trailers().await.unwrap().unwrap();
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(status_of(&CheckResponse::decode(&data[5..]).unwrap()), 200);
+    drop(h2c);
+
+    while let Some(res) = load.join_next().await {
+        res.unwrap();
+    }
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    let rest = log.join().unwrap();
+    assert_eq!(exit.code(), Some(0), "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("SIGTERM")), "{rest:?}");
+    assert!(
+        !rest.iter().any(|l| l.contains("grace period ended")),
+        "the drain finished within the grace period: {rest:?}"
+    );
+    println!(
+        "sigterm under load: {} checks answered around the signal",
+        answered.load(std::sync::atomic::Ordering::Relaxed)
+    );
 }
 
 #[test]
