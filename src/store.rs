@@ -362,20 +362,7 @@ impl PolicyStore {
                 Err(mut e) => errors.append(&mut e),
             }
         }
-        let current: HashMap<&str, &Arc<RevocationList>> = files
-            .values()
-            .map(|(_, l)| (l.tenant.as_str(), l))
-            .collect();
-        self.revocations.retain(|t, _| current.contains_key(&**t));
-        for (tenant, list) in current {
-            let same = self
-                .revocations
-                .get(tenant)
-                .is_some_and(|cur| Arc::ptr_eq(cur.value(), list));
-            if !same {
-                self.revocations.insert(Arc::from(tenant), Arc::clone(list));
-            }
-        }
+        publish(&files, |l| l.tenant.as_str(), &self.revocations);
     }
 }
 
@@ -416,20 +403,7 @@ impl PolicyStore {
                 Err(mut e) => errors.append(&mut e),
             }
         }
-        let current: HashMap<&str, &Arc<DataDoc>> = files
-            .values()
-            .map(|(_, d)| (d.tenant.as_str(), d))
-            .collect();
-        self.data.retain(|t, _| current.contains_key(&**t));
-        for (tenant, doc) in current {
-            let same = self
-                .data
-                .get(tenant)
-                .is_some_and(|cur| Arc::ptr_eq(cur.value(), doc));
-            if !same {
-                self.data.insert(Arc::from(tenant), Arc::clone(doc));
-            }
-        }
+        publish(&files, |d| d.tenant.as_str(), &self.data);
     }
 }
 
@@ -503,6 +477,25 @@ fn list_files(dir: &Path, wanted: impl Fn(&str) -> bool) -> std::io::Result<Vec<
     }
     out.sort();
     Ok(out)
+}
+
+/// Makes `by_tenant` hold exactly what the loaded `files` hold, by tenant; an
+/// entry that did not change keeps its `Arc`, so readers see no churn.
+fn publish<T>(
+    files: &BTreeMap<PathBuf, (String, Arc<T>)>,
+    tenant_of: impl Fn(&T) -> &str,
+    by_tenant: &DashMap<TenantId, Arc<T>>,
+) {
+    let current: HashMap<&str, &Arc<T>> = files.values().map(|(_, v)| (tenant_of(v), v)).collect();
+    by_tenant.retain(|t, _| current.contains_key(&**t));
+    for (tenant, value) in current {
+        let same = by_tenant
+            .get(tenant)
+            .is_some_and(|cur| Arc::ptr_eq(cur.value(), value));
+        if !same {
+            by_tenant.insert(Arc::from(tenant), Arc::clone(value));
+        }
+    }
 }
 
 /// The files among `paths` whose bytes differ from the digest `known` has for
