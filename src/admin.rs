@@ -84,7 +84,7 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
         "not_ready": not_ready,
         "generation": status.generation,
         "tenants": status.tenants.len(),
-        "policy_errors": status.errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "policy_errors": status.error_lines(),
         "notes": status.notes,
     });
     let code = if ready {

@@ -79,6 +79,13 @@ pub struct StoreStatus {
     pub notes: Vec<String>,
 }
 
+impl StoreStatus {
+    /// Every error as `file:line: cause`, as `validate`, `/readyz` and logs show it.
+    pub fn error_lines(&self) -> Vec<String> {
+        self.errors.iter().map(ToString::to_string).collect()
+    }
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TenantStatus {
     pub tenant: String,

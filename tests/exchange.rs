@@ -245,12 +245,7 @@ fn policies_and_keys_that_cannot_work_are_refused() {
         "apiVersion: portcullis/v1\ntenant: t\nrules: []\nresponse:\n  remove: [authorization]\n  downstream_token: { audience: a }\n",
     )
     .unwrap();
-    let errors: Vec<String> = PolicyStore::new(dir.path())
-        .reload()
-        .errors
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let errors: Vec<String> = PolicyStore::new(dir.path()).reload().error_lines();
     assert!(
         errors
             .iter()
@@ -336,12 +331,7 @@ response:
     };
     // A cookie source without removing the cookie: refused at load.
     std::fs::write(dir.path().join("acme.yaml"), policy("")).unwrap();
-    let errors: Vec<String> = PolicyStore::new(dir.path())
-        .reload()
-        .errors
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let errors: Vec<String> = PolicyStore::new(dir.path()).reload().error_lines();
     assert!(
         errors
             .iter()

@@ -166,11 +166,7 @@ fn pipeline(dir: &Path, text: &str) -> Pipeline {
     assert!(
         status.errors.is_empty(),
         "policies load: {:?}",
-        status
-            .errors
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
+        status.error_lines()
     );
     Pipeline::new(Arc::new(store), TenantResolver::default())
 }
@@ -612,12 +608,7 @@ fn broken_issuer_configs_are_refused_at_load() {
         .unwrap();
         let store = PolicyStore::new(dir.path());
         let status = store.reload();
-        status
-            .errors
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ")
+        status.error_lines().join("; ")
     };
     let jwks = keys.jwks();
     let cases = [
@@ -1047,12 +1038,7 @@ rules: []
     )
     .unwrap();
     let store = PolicyStore::new(dir.path());
-    let errors: Vec<String> = store
-        .reload()
-        .errors
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let errors: Vec<String> = store.reload().error_lines();
     assert!(
         errors
             .iter()
@@ -1080,11 +1066,7 @@ fn revocation_lists_cut_tokens_off_even_when_cached() {
         )
         .unwrap();
         let status = f.p.store.reload();
-        status
-            .errors
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
+        status.error_lines()
     };
     assert!(write("  - { jti: t-1 }\n").is_empty());
     let d = check(&f.p, &token);
@@ -1323,13 +1305,7 @@ async fn introspection_with_the_wrong_secret_fails_closed() {
         format!("{} ", policy.split("---").next().unwrap()),
     )
     .unwrap();
-    let errors: Vec<String> = p
-        .store
-        .reload()
-        .errors
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let errors: Vec<String> = p.store.reload().error_lines();
     assert!(
         errors
             .iter()
