@@ -77,7 +77,7 @@ pub enum Command {
         /// A CheckRequest in protobuf's JSON mapping, as JSON or YAML.
         #[arg(long)]
         request: PathBuf,
-        /// Server configuration, for its tenancy settings.
+        /// Server configuration, for its tenancy settings and limits.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -153,15 +153,15 @@ pub fn main() -> ExitCode {
             request,
             config,
         } => {
-            let (tenancy, minter) = match config.map(|c| Config::load(&c)) {
+            let (tenancy, minter, limits) = match config.map(|c| Config::load(&c)) {
                 Some(Ok(c)) => match c.minter() {
-                    Ok(m) => (c.tenancy, m),
+                    Ok(m) => (c.tenancy, m, c.limits),
                     Err(e) => return usage(&e),
                 },
                 Some(Err(e)) => return usage(&e),
-                None => (TenantResolver::default(), None),
+                None => (TenantResolver::default(), None, Default::default()),
             };
-            check(&policies, &request, tenancy, minter)
+            check(&policies, &request, tenancy, minter, limits)
         }
     }
 }
@@ -328,8 +328,9 @@ fn check(
     request: &Path,
     tenancy: TenantResolver,
     minter: Option<Arc<crate::exchange::Minter>>,
+    limits: crate::limits::Limits,
 ) -> ExitCode {
-    let store = Arc::new(PolicyStore::new(policies));
+    let store = Arc::new(PolicyStore::new(policies).with_limits(limits));
     let status = store.reload();
     for e in &status.errors {
         eprintln!("error: {e}");

@@ -50,29 +50,7 @@ pub struct Config {
     pub limits: Limits,
 }
 
-/// The most checks decided at once unless `limits.max_concurrent_checks` says
-/// otherwise: far above what two cores decide in a check's lifetime, low
-/// enough that a flood queues no unbounded work.
-pub const DEFAULT_MAX_CONCURRENT_CHECKS: usize = 1024;
-
-/// Named bounds on the work one replica takes on. Exceeding one is a deny with
-/// a stable reason, never a crash or an unbounded queue.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    /// Checks in flight at once (over every listener). Beyond it a check is
-    /// answered at once with a denied 503 `overloaded`, so Envoy fails closed
-    /// even with `failure_mode_allow: true`.
-    pub max_concurrent_checks: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_concurrent_checks: DEFAULT_MAX_CONCURRENT_CHECKS,
-        }
-    }
-}
+pub use crate::limits::{DEFAULT_MAX_CONCURRENT_CHECKS, Limits};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -171,13 +149,7 @@ impl Config {
         if self.reload.debounce.is_zero() || self.reload.rescan_interval.is_zero() {
             return Err("reload.debounce and reload.rescan_interval must be positive".into());
         }
-        let max = self.limits.max_concurrent_checks;
-        if max == 0 || max > tokio::sync::Semaphore::MAX_PERMITS {
-            return Err(format!(
-                "limits.max_concurrent_checks must be between 1 and {}",
-                tokio::sync::Semaphore::MAX_PERMITS
-            ));
-        }
+        self.limits.validate()?;
         self.decision_log.validate()?;
         self.tracing.validate()?;
         self.tenancy.validate()

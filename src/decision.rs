@@ -97,6 +97,9 @@ pub enum Reason {
     NotHttp,
     /// No policies loaded yet: portcullis can answer but not decide.
     NotReady,
+    /// More request headers, or more header bytes, than `limits.max_headers`
+    /// or `limits.max_header_bytes` allow: denied rather than truncated.
+    HeadersTooLarge,
     /// More checks in flight than `limits.max_concurrent_checks`: answered at
     /// once, without deciding.
     Overloaded,
@@ -150,6 +153,7 @@ impl Reason {
             Reason::MalformedRequest => "malformed_request",
             Reason::NotHttp => "not_http",
             Reason::NotReady => "not_ready",
+            Reason::HeadersTooLarge => "headers_too_large",
             Reason::Overloaded => "overloaded",
             Reason::DryRunAllowed => "dry_run_allowed",
         }
@@ -196,6 +200,7 @@ impl Reason {
             | Reason::AmbiguousQuery
             | Reason::MalformedCredential => 400,
             Reason::PathTooLong => 414,
+            Reason::HeadersTooLarge => 431,
             Reason::NotReady
             | Reason::Overloaded
             | Reason::KeysUnavailable
@@ -262,7 +267,7 @@ impl Reason {
     }
 }
 
-const ALL: [Reason; 43] = [
+const ALL: [Reason; 44] = [
     Reason::Allowed,
     Reason::DefaultAllow,
     Reason::CorsPreflight,
@@ -304,6 +309,7 @@ const ALL: [Reason; 43] = [
     Reason::MalformedRequest,
     Reason::NotHttp,
     Reason::NotReady,
+    Reason::HeadersTooLarge,
     Reason::Overloaded,
     Reason::DryRunAllowed,
 ];

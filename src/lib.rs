@@ -28,7 +28,7 @@
 //! [`pipeline`] chains the stages as plain functions; [`server`] wraps them in the
 //! gRPC service, and [`admin`] serves health and readiness. [`store`] keeps the
 //! compiled tenants (and their [`data`] documents) and swaps them on reload; [`watch`] notices policy changes.
-//! [`config`] is the server's own configuration, [`cli`] the command line, and
+//! [`config`] is the server's own configuration ([`limits`] its named bounds), [`cli`] the command line, and
 //! [`suite`] runs policy test suites (`portcullis test`).
 //!
 //! Observability, outside the request path: [`telemetry`] (logs, and traces
@@ -45,6 +45,7 @@ pub mod duration;
 pub mod exchange;
 pub mod identity;
 pub mod input;
+pub mod limits;
 pub mod metrics;
 pub mod path;
 pub mod pipeline;

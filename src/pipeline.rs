@@ -108,7 +108,7 @@ impl Pipeline {
         if !self.store.is_ready() {
             return Run::done(Decision::deny(id, Reason::NotReady));
         }
-        let input = match Input::from_check_request(request) {
+        let input = match self.store.limits().input(request) {
             Ok(input) => input,
             Err(e) => {
                 let mut d = Decision::deny(id, e.reason());

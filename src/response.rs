@@ -36,7 +36,7 @@ pub fn render(decision: &Decision) -> CheckResponse {
         200 => code::OK,
         204 => code::PERMISSION_DENIED, // answered by portcullis: not forwarded
         401 => code::UNAUTHENTICATED,
-        400 | 414 => code::INVALID_ARGUMENT,
+        400 | 414 | 431 => code::INVALID_ARGUMENT,
         503 => code::UNAVAILABLE,
         _ => code::PERMISSION_DENIED,
     };

@@ -117,6 +117,8 @@ pub struct PolicyStore {
     /// Data documents by tenant, and the files they came from (with digests).
     data: DashMap<TenantId, Arc<DataDoc>>,
     data_files: Mutex<BTreeMap<PathBuf, (String, Arc<DataDoc>)>>,
+    /// Bounds on what a reload admits and on every check.
+    limits: crate::limits::Limits,
 }
 
 impl PolicyStore {
@@ -133,7 +135,19 @@ impl PolicyStore {
             revocation_files: Mutex::new(BTreeMap::new()),
             data: DashMap::new(),
             data_files: Mutex::new(BTreeMap::new()),
+            limits: crate::limits::Limits::default(),
         }
+    }
+
+    /// The store under `limits` (rules per tenant, tenants, token and replay
+    /// caches) instead of the defaults; set before the first reload.
+    pub fn with_limits(mut self, limits: crate::limits::Limits) -> PolicyStore {
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> &crate::limits::Limits {
+        &self.limits
     }
 
     /// The tenant's data document, if it has one.
@@ -220,7 +234,7 @@ impl PolicyStore {
             &mut errors,
         ) {
             let path = &path;
-            match policy::compile(path, &text) {
+            match policy::compile_with(path, &text, &self.limits) {
                 Ok(t) => changed.push((path.clone(), Arc::new(t))),
                 Err(mut errs) => errors.append(&mut errs),
             }
@@ -234,7 +248,15 @@ impl PolicyStore {
             let mut rejected = Vec::new();
             let before = pending.len();
             for (path, tenant) in pending {
-                match conflict(&next, &path, &tenant) {
+                let full = !next.contains_key(&path) && next.len() >= self.limits.max_tenants;
+                let refused = full.then(|| {
+                    format!(
+                        "tenant {} not loaded: {} tenants are served, the limit (limits.max_tenants)",
+                        tenant.id,
+                        next.len()
+                    )
+                });
+                match refused.or_else(|| conflict(&next, &path, &tenant)) {
                     None => {
                         next.insert(
                             path,

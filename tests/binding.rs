@@ -39,6 +39,10 @@ struct Fixture {
 }
 
 fn fixture(extra_dpop: &str, constraint: &str) -> Fixture {
+    fixture_with(extra_dpop, constraint, Default::default())
+}
+
+fn fixture_with(extra_dpop: &str, constraint: &str, limits: portcullis::limits::Limits) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let issuer = ES256KeyPair::generate().with_key_id("idp-1");
     let jwk: Value = serde_json::from_str(&issuer.public_key().to_jwk()).unwrap();
@@ -65,7 +69,7 @@ rules:
         n = uuid_like()
     );
     std::fs::write(dir.path().join("acme.yaml"), policy).unwrap();
-    let store = PolicyStore::new(dir.path());
+    let store = PolicyStore::new(dir.path()).with_limits(limits);
     let status = store.reload();
     assert!(status.errors.is_empty(), "{:?}", status.errors);
     let tenant = status.tenants[0].tenant.clone();
@@ -486,4 +490,49 @@ fn certificate_bound_tokens_need_their_certificate() {
 
 fn token_unbound(f: &Fixture) -> String {
     token(f, None)
+}
+
+/// `limits.replay_cache_size`: the size of a tenant's replay cache when its
+/// policy sets none (full: the next new proof is refused, 503), and the most a
+/// policy may ask for.
+#[test]
+fn replay_cache_size_limit() {
+    let limits = portcullis::limits::Limits {
+        replay_cache_size: 2,
+        ..Default::default()
+    };
+    let f = fixture_with("", "dpop", limits.clone());
+    let client = Client::new();
+    let token = token(&f, Some(json!({"jkt": client.jkt()})));
+    let htu = format!("{ORIGIN}/secret");
+    for _ in 0..2 {
+        let proof = client.proof("GET", &htu, &token, json!({}));
+        let d = dpop_call(&f, "GET", "/secret", &token, &proof);
+        assert!(d.allowed, "at the limit: {:?} {:?}", d.reason, d.detail);
+    }
+    let proof = client.proof("GET", &htu, &token, json!({}));
+    let d = dpop_call(&f, "GET", "/secret", &token, &proof);
+    assert_eq!(
+        (d.allowed, d.status(), d.reason.code()),
+        (false, 503, "dpop_replay_cache_full")
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("acme.yaml"),
+        format!(
+            "apiVersion: portcullis/v1\ntenant: acme-big-{}\nidentity:\n  dpop: {{ public_origin: {ORIGIN}, replay_cache_size: 3 }}\nrules: []\n",
+            uuid_like()
+        ),
+    )
+    .unwrap();
+    let errors = PolicyStore::new(dir.path())
+        .with_limits(limits)
+        .reload()
+        .error_lines()
+        .join("\n");
+    assert!(
+        errors.contains("acme.yaml") && errors.contains("limits.replay_cache_size 2"),
+        "{errors}"
+    );
 }

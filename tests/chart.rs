@@ -76,10 +76,13 @@ fn everything_on() -> Value {
         "serviceMonitor": { "enabled": true, "labels": { "release": "prometheus" } },
         "istio": { "authorizationPolicy": { "enabled": true } },
         "otel": { "endpoint": "http://otel-collector.observability:4317" },
-        "server": { "tokenExchange": {
-            "issuer": "https://portcullis.shop.internal",
-            "keys": [{ "kid": "k1", "file": "/etc/portcullis/secrets/idp-keys/k1.pem" }],
-        } },
+        "server": {
+            "tokenExchange": {
+                "issuer": "https://portcullis.shop.internal",
+                "keys": [{ "kid": "k1", "file": "/etc/portcullis/secrets/idp-keys/k1.pem" }],
+            },
+            "limits": { "max_concurrent_checks": 512, "max_tenants": 50 },
+        },
         "podLabels": { "team": "payments" },
         "image": { "digest": format!("sha256:{}", "a".repeat(64)) },
     })
@@ -655,6 +658,14 @@ fn rendered_policies_and_server_config_are_accepted_by_portcullis() {
                 .unwrap(),
         )
         .unwrap();
+        if name == "everything" {
+            assert_eq!(
+                server["limits"],
+                json!({ "max_concurrent_checks": 512, "max_tenants": 50 })
+            );
+        } else {
+            assert!(server.get("limits").is_none(), "no limits unless asked for");
+        }
         // Signing keys come from a Secret mount in the cluster: here, a key
         // made for the test stands in at each path the chart rendered.
         if let Some(keys) = server

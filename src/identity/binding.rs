@@ -82,6 +82,8 @@ pub struct Dpop {
     pub algs: String,
     window: u64,
     replay: Arc<dyn ReplayCache>,
+    /// The policy's own `replay_cache_size`, when it sets one.
+    replay_size: Option<usize>,
     nonce_key: Option<Vec<u8>>,
 }
 
@@ -138,8 +140,24 @@ impl Dpop {
             algorithms,
             window,
             replay: replay_cache_for(tenant, size),
+            replay_size: spec.replay_cache_size,
             nonce_key,
         })
+    }
+
+    /// The server's `limits.replay_cache_size`: the size when the policy sets
+    /// none, and the most it may set.
+    pub fn limit_replay_cache(&mut self, tenant: &str, limit: usize) -> Result<(), String> {
+        match self.replay_size {
+            Some(n) if n > limit => Err(format!(
+                "identity.dpop: replay_cache_size {n} is over the server's limits.replay_cache_size {limit}"
+            )),
+            Some(_) => Ok(()),
+            None => {
+                self.replay = replay_cache_for(tenant, limit);
+                Ok(())
+            }
+        }
     }
 
     /// A fresh server nonce (for the `DPoP-Nonce` header).

@@ -299,7 +299,7 @@ impl Issuer {
 /// Why a token was refused. Messages never quote the token or a claim value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
-    #[error("token is larger than {MAX_TOKEN_BYTES} bytes")]
+    #[error("token is over the size limit")]
     TooLarge,
     #[error("token is not a compact JWS: {0}")]
     Malformed(&'static str),
@@ -388,9 +388,17 @@ pub const MAX_CACHED_TOKENS: usize = 10_000;
 /// verified it (a rotation or a reload starts afresh: a reload compiles a new
 /// tenant with an empty cache). Failures are never cached. Sender-constrained
 /// tokens' proofs (DPoP, mTLS binding) must be checked per request, outside it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TokenCache {
     entries: dashmap::DashMap<[u8; 32], Cached>,
+    /// Most entries (`limits.token_cache_size`).
+    capacity: usize,
+}
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        TokenCache::with_capacity(MAX_CACHED_TOKENS)
+    }
 }
 
 #[derive(Debug)]
@@ -403,6 +411,13 @@ struct Cached {
 }
 
 impl TokenCache {
+    pub fn with_capacity(capacity: usize) -> TokenCache {
+        TokenCache {
+            entries: dashmap::DashMap::new(),
+            capacity,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -441,11 +456,11 @@ pub fn verify_cached(
     crate::metrics::token_cache(false);
     let (attempt, by) = verify_with(token, issuers, now);
     if let (Attempt::Done(Ok(verified)), Some((issuer, generation))) = (&attempt, by) {
-        if cache.entries.len() >= MAX_CACHED_TOKENS {
+        if cache.entries.len() >= cache.capacity {
             // Full: drop what expired; if that freed too little, start afresh,
             // so a full cache costs one scan per many misses, not per miss.
             cache.entries.retain(|_, e| secs < e.invalid_from);
-            if cache.entries.len() >= MAX_CACHED_TOKENS * 9 / 10 {
+            if cache.entries.len() >= cache.capacity * 9 / 10 {
                 cache.entries.clear();
             }
         }

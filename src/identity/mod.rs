@@ -285,6 +285,8 @@ pub struct IdentityConfig {
     issuers: Vec<Issuer>,
     token_sources: Vec<TokenSource>,
     token_cache: jwt::TokenCache,
+    /// Largest token looked at (`limits.max_token_bytes`).
+    max_token_bytes: usize,
     introspection: Option<Arc<Introspector>>,
     api_keys: Option<ApiKeys>,
     dpop: Option<binding::Dpop>,
@@ -398,6 +400,7 @@ impl IdentityConfig {
             issuers,
             token_sources,
             token_cache: jwt::TokenCache::default(),
+            max_token_bytes: jwt::MAX_TOKEN_BYTES,
             introspection,
             api_keys,
             dpop: spec
@@ -406,6 +409,26 @@ impl IdentityConfig {
                 .map(|d| binding::Dpop::compile(d, tenant, base))
                 .transpose()?,
         })
+    }
+
+    /// Applies the server's limits: the largest token, the token cache's size,
+    /// and the DPoP replay cache's (a policy may not ask for more).
+    pub fn apply_limits(
+        &mut self,
+        limits: &crate::limits::Limits,
+        tenant: &str,
+    ) -> Result<(), String> {
+        self.max_token_bytes = limits.max_token_bytes;
+        self.token_cache = jwt::TokenCache::with_capacity(limits.token_cache_size);
+        match &mut self.dpop {
+            Some(dpop) => dpop.limit_replay_cache(tenant, limits.replay_cache_size),
+            None => Ok(()),
+        }
+    }
+
+    /// Verified tokens cached now (at most `limits.token_cache_size`).
+    pub fn cached_tokens(&self) -> usize {
+        self.token_cache.len()
     }
 
     /// Request headers that carry credentials (the caller's token or key must
@@ -759,6 +782,9 @@ fn own_token(config: &IdentityConfig, input: &Input) -> Result<Option<Identity>,
     let Some((source, token)) = found else {
         return Ok(None);
     };
+    if token.len() > config.max_token_bytes {
+        return Err(TokenError::TooLarge.into());
+    }
     // A token from a cookie or the query beside something in a credential
     // header is two credentials too.
     if let Some(other) = config.credential_headers.iter().find(|h| {

@@ -269,6 +269,16 @@ pub fn digest_of(bytes: &[u8]) -> String {
 
 /// Compiles one policy file's text. `file` names it in errors.
 pub fn compile(file: &Path, text: &str) -> Result<CompiledTenant, Vec<PolicyError>> {
+    compile_with(file, text, &crate::limits::Limits::default())
+}
+
+/// [`compile`] under the server's `limits` (rules per tenant, token size,
+/// token and replay caches).
+pub fn compile_with(
+    file: &Path,
+    text: &str,
+    limits: &crate::limits::Limits,
+) -> Result<CompiledTenant, Vec<PolicyError>> {
     let err = |line: Option<usize>, message: String| PolicyError {
         file: file.to_path_buf(),
         line,
@@ -337,15 +347,17 @@ pub fn compile(file: &Path, text: &str) -> Result<CompiledTenant, Vec<PolicyErro
         &spec.tenant,
         file.parent().unwrap_or_else(|| Path::new(".")),
     )
+    .and_then(|mut i| i.apply_limits(limits, &spec.tenant).map(|()| i))
     .map_err(|e| errors.push(err(line_of(text, 0, "identity"), e)))
     .ok();
 
-    if spec.rules.len() > MAX_RULES_PER_TENANT {
+    if spec.rules.len() > limits.max_rules_per_tenant {
         errors.push(err(
             line_of(text, 0, "rules"),
             format!(
-                "{} rules; the limit is {MAX_RULES_PER_TENANT}",
-                spec.rules.len()
+                "{} rules; the limit (limits.max_rules_per_tenant) is {}",
+                spec.rules.len(),
+                limits.max_rules_per_tenant
             ),
         ));
     }

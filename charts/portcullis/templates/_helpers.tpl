@@ -108,6 +108,9 @@ token_exchange:
   issuer: {{ $s.tokenExchange.issuer | quote }}
   keys: {{ toJson $s.tokenExchange.keys }}
 {{- end }}
+{{- with $s.limits }}
+limits: {{ toJson . }}
+{{- end }}
 {{- end }}
 
 {{/* Fails the render on values that would make a broken or unsafe install. */}}

@@ -1,0 +1,354 @@
+//! Every named limit (`limits:` in the server config) through the real
+//! pipeline and store: at the limit the request is decided as usual, one over
+//! it is denied with its stable reason (or the file is refused at load, with
+//! the old rules still serving). `max_concurrent_checks` is in tests/server.rs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::sync::Arc;
+
+use jwt_simple::prelude::*;
+use serde_json::{Value, json};
+
+use portcullis::decision::Decision;
+use portcullis::limits::Limits;
+use portcullis::pipeline::Pipeline;
+use portcullis::proto::auth::CheckRequest;
+use portcullis::store::PolicyStore;
+use portcullis::tenant::TenantResolver;
+
+const ISSUER: &str = "https://idp.acme.example";
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn policy(tenant: &str, key: &ES256KeyPair, extra_rules: &str) -> String {
+    let jwk: Value = serde_json::from_str(&key.public_key().to_jwk()).unwrap();
+    // The tenant "acme" trusts ISSUER; the others have issuers of their own.
+    let issuer = if tenant == "acme" {
+        ISSUER.to_string()
+    } else {
+        format!("https://idp.{tenant}.example")
+    };
+    format!(
+        r#"apiVersion: portcullis/v1
+tenant: {tenant}
+identity:
+  jwt:
+    - issuer: {issuer}
+      audiences: [orders-api]
+      algorithms: [ES256]
+      jwks: {{ keys: [{jwk}] }}
+rules:
+  - {{ id: orders, path: "/orders/{{id}}", when: 'claims.sub == "alice"', effect: allow }}
+  - {{ id: public, path: "/public/{{rest...}}", public: true, effect: allow }}
+  - {{ id: body, methods: [POST], path: /submit, public: true, when: 'resource.body.a == 1', effect: allow }}
+{extra_rules}"#
+    )
+}
+
+struct World {
+    dir: tempfile::TempDir,
+    key: ES256KeyPair,
+    p: Pipeline,
+}
+
+fn world(limits: Limits) -> World {
+    world_with_key(limits, ES256KeyPair::generate().with_key_id("k1"))
+}
+
+fn world_with_key(limits: Limits, key: ES256KeyPair) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("acme.yaml"), policy("acme", &key, "")).unwrap();
+    let store = PolicyStore::new(dir.path()).with_limits(limits);
+    let status = store.reload();
+    assert!(status.errors.is_empty(), "{:?}", status.error_lines());
+    let p = Pipeline::new(Arc::new(store), TenantResolver::default());
+    World { dir, key, p }
+}
+
+fn token(key: &ES256KeyPair, sub: &str) -> String {
+    let t = now();
+    let claims = json!({"iss": ISSUER, "aud": "orders-api", "sub": sub, "iat": t, "exp": t + 300});
+    key.sign(support::raw_claims(claims)).unwrap()
+}
+
+fn request(method: &str, path: &str, headers: Value, body: Option<&str>) -> CheckRequest {
+    let mut http =
+        json!({ "method": method, "host": "api.acme.example", "path": path, "headers": headers });
+    if let Some(body) = body {
+        http["body"] = json!(body);
+    }
+    portcullis::cli::check_request_from_json(&json!({
+        "attributes": { "contextExtensions": { "tenant": "acme" }, "request": { "http": http } }
+    }))
+    .unwrap()
+}
+
+fn outcome(d: &Decision) -> (bool, u16, &'static str) {
+    (d.allowed, d.status(), d.reason.code())
+}
+
+#[test]
+fn max_token_bytes() {
+    let key = ES256KeyPair::generate().with_key_id("k1");
+    let t = token(&key, "alice");
+    let get = |w: &World| {
+        w.p.check(&request(
+            "GET",
+            "/orders/1",
+            json!({"authorization": format!("Bearer {t}")}),
+            None,
+        ))
+    };
+    let at = world_with_key(
+        Limits {
+            max_token_bytes: t.len(),
+            ..Limits::default()
+        },
+        ES256KeyPair::from_bytes(&key.to_bytes())
+            .unwrap()
+            .with_key_id("k1"),
+    );
+    assert_eq!(outcome(&get(&at)), (true, 200, "allowed"));
+
+    let over = world_with_key(
+        Limits {
+            max_token_bytes: t.len() - 1,
+            ..Limits::default()
+        },
+        key,
+    );
+    let d = get(&over);
+    assert_eq!(outcome(&d), (false, 401, "token_too_large"));
+    assert!(
+        d.challenge().unwrap().contains("token too large"),
+        "{:?}",
+        d.challenge()
+    );
+}
+
+#[test]
+fn max_headers_and_max_header_bytes() {
+    // The request below has three headers: two of its own and Envoy's `:path`.
+    let headers = json!({"x-a": "1", "x-b": "22", ":path": "/public/x"});
+    let bytes: usize = headers
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| k.len() + v.as_str().unwrap().len())
+        .sum();
+    let check = |limits: Limits| {
+        world(limits)
+            .p
+            .check(&request("GET", "/public/x", headers.clone(), None))
+    };
+    let count = |n| Limits {
+        max_headers: n,
+        ..Limits::default()
+    };
+    assert_eq!(outcome(&check(count(3))), (true, 200, "allowed"));
+    assert_eq!(outcome(&check(count(2))), (false, 431, "headers_too_large"));
+    let size = |n| Limits {
+        max_header_bytes: n,
+        ..Limits::default()
+    };
+    assert_eq!(outcome(&check(size(bytes))), (true, 200, "allowed"));
+    assert_eq!(
+        outcome(&check(size(bytes - 1))),
+        (false, 431, "headers_too_large")
+    );
+}
+
+#[test]
+fn max_path_bytes() {
+    let path = "/public/abcdef"; // 14 bytes
+    let check = |n| {
+        world(Limits {
+            max_path_bytes: n,
+            ..Limits::default()
+        })
+        .p
+        .check(&request(
+            "GET",
+            &format!("{path}?q=not-counted"),
+            json!({}),
+            None,
+        ))
+    };
+    assert_eq!(outcome(&check(path.len())), (true, 200, "allowed"));
+    assert_eq!(
+        outcome(&check(path.len() - 1)),
+        (false, 414, "path_too_long")
+    );
+}
+
+#[test]
+fn max_body_bytes() {
+    let body = r#"{"a": 1}"#;
+    let check = |n| {
+        world(Limits {
+            max_body_bytes: n,
+            ..Limits::default()
+        })
+        .p
+        .check(&request(
+            "POST",
+            "/submit",
+            json!({"content-type": "application/json", "content-length": body.len().to_string()}),
+            Some(body),
+        ))
+    };
+    assert_eq!(outcome(&check(body.len())), (true, 200, "allowed"));
+    assert_eq!(
+        outcome(&check(body.len() - 1)),
+        (false, 403, "body_unavailable")
+    );
+}
+
+fn rules(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!("  - {{ id: extra-{i}, path: /extra/{i}, public: true, effect: allow }}\n")
+        })
+        .collect()
+}
+
+#[test]
+fn max_rules_per_tenant_refuses_the_file_and_keeps_the_old_rules() {
+    // The base policy has three rules.
+    let w = world(Limits {
+        max_rules_per_tenant: 5,
+        ..Limits::default()
+    });
+    let file = w.dir.path().join("acme.yaml");
+    std::fs::write(&file, policy("acme", &w.key, &rules(2))).unwrap();
+    let status = w.p.store.reload();
+    assert!(
+        status.errors.is_empty(),
+        "at the limit: {:?}",
+        status.error_lines()
+    );
+    assert_eq!(status.tenants[0].rules, 5);
+    let before = status.tenants[0].digest.clone();
+
+    std::fs::write(&file, policy("acme", &w.key, &rules(3))).unwrap();
+    let status = w.p.store.reload();
+    let errors = status.error_lines().join("\n");
+    assert!(
+        errors.contains("acme.yaml")
+            && errors.contains("6 rules")
+            && errors.contains("limits.max_rules_per_tenant"),
+        "{errors}"
+    );
+    assert_eq!(
+        status.tenants[0].digest, before,
+        "the old rules keep serving"
+    );
+    let d = w.p.check(&request("GET", "/extra/1", json!({}), None));
+    assert_eq!(outcome(&d), (true, 200, "allowed"));
+}
+
+#[test]
+fn max_tenants_refuses_the_extra_file_and_keeps_the_others() {
+    let w = world(Limits {
+        max_tenants: 2,
+        ..Limits::default()
+    });
+    std::fs::write(
+        w.dir.path().join("globex.yaml"),
+        policy("globex", &w.key, ""),
+    )
+    .unwrap();
+    let status = w.p.store.reload();
+    assert!(
+        status.errors.is_empty(),
+        "at the limit: {:?}",
+        status.error_lines()
+    );
+    assert_eq!(status.tenants.len(), 2);
+
+    std::fs::write(
+        w.dir.path().join("initech.yaml"),
+        policy("initech", &w.key, ""),
+    )
+    .unwrap();
+    let status = w.p.store.reload();
+    let errors = status.error_lines().join("\n");
+    assert!(
+        errors.contains("initech.yaml") && errors.contains("limits.max_tenants"),
+        "{errors}"
+    );
+    let served: Vec<&str> = status.tenants.iter().map(|t| t.tenant.as_str()).collect();
+    assert_eq!(served, ["acme", "globex"]);
+    assert!(w.p.store.tenant("initech").is_none());
+
+    // Room again once a file goes.
+    std::fs::remove_file(w.dir.path().join("globex.yaml")).unwrap();
+    let status = w.p.store.reload();
+    assert!(status.errors.is_empty(), "{:?}", status.error_lines());
+    assert!(w.p.store.tenant("initech").is_some());
+}
+
+#[test]
+fn token_cache_size() {
+    let w = world(Limits {
+        token_cache_size: 2,
+        ..Limits::default()
+    });
+    let call = |sub: &str| {
+        let t = token(&w.key, sub);
+        w.p.check(&request(
+            "GET",
+            "/public/x",
+            json!({"authorization": format!("Bearer {t}")}),
+            None,
+        ))
+    };
+    let cached = || w.p.store.tenant("acme").unwrap().identity.cached_tokens();
+    assert!(call("a").allowed && call("b").allowed);
+    assert_eq!(cached(), 2, "at the limit every token is cached");
+    for sub in ["c", "d", "e", "f"] {
+        assert!(call(sub).allowed, "a full cache never denies");
+        assert!(cached() <= 2, "{} cached", cached());
+    }
+}
+
+#[test]
+fn limits_load_from_the_server_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portcullis.yaml");
+    std::fs::write(
+        &path,
+        "policies: p\nlimits:\n  max_token_bytes: 4096\n  max_headers: 50\n  max_header_bytes: 16384\n  max_body_bytes: 1024\n  max_path_bytes: 2048\n  max_rules_per_tenant: 100\n  max_tenants: 10\n  token_cache_size: 500\n  replay_cache_size: 1000\n",
+    )
+    .unwrap();
+    let c = portcullis::config::Config::load(&path).unwrap();
+    assert_eq!(
+        c.limits,
+        Limits {
+            max_token_bytes: 4096,
+            max_headers: 50,
+            max_header_bytes: 16384,
+            max_body_bytes: 1024,
+            max_path_bytes: 2048,
+            max_rules_per_tenant: 100,
+            max_tenants: 10,
+            token_cache_size: 500,
+            replay_cache_size: 1000,
+            ..Limits::default()
+        }
+    );
+    std::fs::write(&path, "policies: p\nlimits: { max_token_bytes: 100000 }\n").unwrap();
+    let e = portcullis::config::Config::load(&path).unwrap_err();
+    assert!(
+        e.contains("limits.max_token_bytes must be between 1 and 8192"),
+        "{e}"
+    );
+}
