@@ -505,8 +505,40 @@ mod tests {
             Just("%2F".to_string()),
             Just("%61dmin".to_string()),
             Just("a;b".to_string()),
+            Just("admin;x=1".to_string()),
+            Just("admin%3B".to_string()),
+            Just("%2E%2E".to_string()),
+            Just(".%2e".to_string()),
+            Just("%2e".to_string()),
+            Just("%5c".to_string()),
+            Just("a%5Cadmin".to_string()),
+            Just("%252e%252e".to_string()),
+            Just("%2fadmin".to_string()),
+            Just("%00".to_string()),
+            Just("ADMIN".to_string()),
+            Just("adm%69n".to_string()),
+            Just("..\\admin".to_string()),
             "[a-zA-Z0-9%;._~\\-\\\\]{0,6}",
         ]
+    }
+
+    /// A whole `:path` as a hostile client might send it: segments joined by
+    /// `/`, `//` or `\`, with a query or fragment now and then.
+    fn raw_path() -> impl Strategy<Value = String> {
+        let sep = prop_oneof![Just("/"), Just("/"), Just("//"), Just("\\"), Just("/./")];
+        let tail = prop_oneof![
+            Just(String::new()),
+            Just("?x=/../admin".to_string()),
+            Just("?/admin".to_string()),
+            Just("#/admin".to_string()),
+        ];
+        (proptest::collection::vec((sep, segment()), 0..6), tail).prop_map(|(parts, tail)| {
+            let mut p: String = parts.iter().map(|(s, seg)| format!("{s}{seg}")).collect();
+            if p.is_empty() {
+                p.push('/');
+            }
+            p + &tail
+        })
     }
 
     proptest! {
@@ -542,6 +574,54 @@ mod tests {
                     prop_assert!(path.starts_with("/admin/"));
                     prop_assert_eq!(parts.len(), 2);
                 }
+            }
+        }
+
+        /// With rules for `/a/{x}`, `/public/{rest...}` and `/admin/{rest...}`,
+        /// a whole `:path` (separators, `\`, `//`, dot segments, encoded dots
+        /// and slashes, `;` parameters, a query) reaches the admin rule only when
+        /// its path part is literally `/admin` or starts with `/admin/`, and `/a/{x}` only with
+        /// exactly two literal segments, the first `a`: `/a/../admin` and its
+        /// encodings reach neither.
+        #[test]
+        fn no_path_reaches_a_rule_through_another(raw in raw_path()) {
+            let mut index = RouteIndex::default();
+            let templates = ["/a/{x}", "/public/{rest...}", "/admin/{rest...}"];
+            for (i, t) in templates.iter().enumerate() {
+                index.insert(&Template::parse(t).unwrap(), i);
+            }
+            if let Ok((path, _query, decoded)) = split_and_check(&raw) {
+                let hits = index.lookup(&decoded);
+                let literal: Vec<&str> = path.split('/').skip(1).collect();
+                if hits.contains(&2) {
+                    // `{rest...}` may be empty: `/admin` itself is in.
+                    prop_assert!(path == "/admin" || path.starts_with("/admin/"), "{raw:?} reached /admin via {path:?}");
+                }
+                if hits.contains(&0) {
+                    prop_assert_eq!(literal.len(), 2, "{:?}", raw);
+                    prop_assert_eq!(literal[0], "a");
+                }
+                if hits.contains(&1) {
+                    prop_assert!(path == "/public" || path.starts_with("/public/"));
+                }
+                // Decoding never yields a segment the raw path did not have.
+                prop_assert_eq!(decoded.len(), if path == "/" { 0 } else { literal.len() });
+                // (An encoded `;` stays data: `/admin%3B` is the segment
+                // `admin;`, which no `admin` literal matches.)
+                for seg in &decoded {
+                    prop_assert!(seg != "." && seg != ".." && !seg.contains(['/', '\\', '\0']));
+                }
+            } else {
+                // Anything with a dot segment, `//`, `\`, `;` or an encoded
+                // separator before the query is refused outright.
+                let path = raw.split('?').next().unwrap_or("");
+                prop_assert!(
+                    path.contains("//") || path.contains('\\') || path.contains(';')
+                        || path.contains('%') || path.contains('#')
+                        || path.split('/').any(|s| s == "." || s == "..")
+                        || !path.starts_with('/'),
+                    "{raw:?} refused for no visible reason"
+                );
             }
         }
     }

@@ -352,3 +352,30 @@ fn limits_load_from_the_server_config() {
         "{e}"
     );
 }
+
+/// The static CEL cost bound: a condition over it is refused at load with the
+/// file, the line and the estimate, and the tenant's old rules keep serving.
+#[test]
+fn condition_cost_bound_refuses_at_load() {
+    let w = world(Limits::default());
+    let file = w.dir.path().join("acme.yaml");
+    let heavy = "  - id: heavy\n    path: /heavy\n    public: true\n    when: 'data.users.exists(u, u in data.admins)'\n    effect: allow\n";
+    std::fs::write(&file, policy("acme", &w.key, heavy)).unwrap();
+    let status = w.p.store.reload();
+    let errors = status.error_lines().join("\n");
+    assert!(
+        errors.contains("acme.yaml:")
+            && errors.contains("rule \"heavy\"")
+            && errors.contains("the limit is 2000000"),
+        "{errors}"
+    );
+    assert_eq!(status.tenants[0].rules, 3, "the old rules keep serving");
+    // The same loop over the body (256 elements at most) is within the bound.
+    let light = heavy
+        .replace("data.users", "resource.body.a")
+        .replace("data.admins", "resource.body.b");
+    std::fs::write(&file, policy("acme", &w.key, &light)).unwrap();
+    let status = w.p.store.reload();
+    assert!(status.errors.is_empty(), "{:?}", status.error_lines());
+    assert_eq!(status.tenants[0].rules, 4);
+}

@@ -186,6 +186,7 @@ impl Condition {
             .map_err(|e| format!("condition does not parse: {}", one_line(&e.to_string())))?;
         let mut check = Check::default();
         check.walk(program.expression(), &mut Vec::new(), 0)?;
+        super::cost::check(program.expression())?;
         if check.nodes > MAX_CONDITION_NODES {
             return Err(format!(
                 "condition has {} nodes; the limit is {MAX_CONDITION_NODES}",

@@ -11,6 +11,7 @@
 //! otherwise the tenant's default applies.
 
 mod cel;
+pub mod cost;
 pub mod file;
 pub mod template;
 

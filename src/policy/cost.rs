@@ -1,0 +1,397 @@
+//! A static bound on what one condition can cost, checked when a policy loads.
+//!
+//! The `cel` interpreter has no runtime budget, so a condition is bounded
+//! before it ever runs: its worst case is estimated from its syntax tree and
+//! from how large each root can be, and a condition over [`MAX_CONDITION_COST`]
+//! is refused (the file does not load; the tenant's old rules keep serving).
+//! Together with the syntax checks in [`super::cel`] (at most 512 nodes, no
+//! comprehension inside another) no accepted condition can hang a worker.
+//!
+//! The model counts abstract steps. Every node costs one; a comprehension
+//! (`all`, `exists`, `exists_one`, `map`, `filter`) costs its body once per
+//! element of its range; an operation that walks a value (`in` on a list, `==`
+//! and `+` on lists and strings, string functions, `matches`) costs the size of
+//! what it walks. Sizes come from the roots, each bounded by the limits with
+//! their defaults:
+//!
+//! | root | elements | bytes | bounded by |
+//! |------|----------|-------|------------|
+//! | `resource.body` | 256 | 64 KiB | `MAX_BODY_COLLECTION_LEN`, `max_body_bytes` |
+//! | `claims` | 4,096 | 8 KiB | `max_token_bytes` (two bytes per element at least) |
+//! | `data` | 131,072 | 256 KiB | `MAX_DATA_FILE_BYTES` |
+//! | other `resource`, `context` | 49,152 | 96 KiB | `max_header_bytes` (the query is in `:path`) |
+//!
+//! The estimate is deliberately pessimistic: every `&&` and `||` is charged for
+//! both sides, every loop for its whole range, and a comprehension's result is
+//! as large as its range.
+
+use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue};
+
+/// The most steps a condition may cost in the worst case. Measured (see
+/// `tests/bench/cel_cost.rs` and docs/policy.md#condition-cost), the slowest
+/// condition under it evaluates in well under a second on one core.
+pub const MAX_CONDITION_COST: u64 = 2_000_000;
+
+/// Bytes a string operation handles per step (they are memchr-fast).
+const BYTES_PER_STEP: u64 = 64;
+/// The most memory a literal `matches` pattern may compile to. A few bytes of
+/// pattern can compile to megabytes (`\\w{100}{100}`), and `matches` compiles
+/// it on every call, so each call is charged one step per byte its pattern
+/// compiles to (measured: about 4 ms per call at this size).
+pub const MAX_REGEX_BYTES: usize = 256 * 1024;
+
+/// The smallest of these compiled-size bounds a pattern fits is what a
+/// `matches` call with it is charged.
+const REGEX_SIZE_STEPS: [usize; 5] = [1 << 10, 1 << 12, 1 << 14, 1 << 16, MAX_REGEX_BYTES];
+
+/// How large a value can be, in elements and in bytes.
+#[derive(Debug, Clone, Copy, Default)]
+struct Size {
+    items: u64,
+    bytes: u64,
+}
+
+const BODY: Size = Size {
+    items: crate::input::MAX_BODY_COLLECTION_LEN as u64,
+    bytes: crate::input::MAX_BODY_BYTES as u64,
+};
+const CLAIMS: Size = Size {
+    items: (crate::identity::jwt::MAX_TOKEN_BYTES / 2) as u64,
+    bytes: crate::identity::jwt::MAX_TOKEN_BYTES as u64,
+};
+const DATA: Size = Size {
+    items: (crate::data::MAX_DATA_FILE_BYTES / 2) as u64,
+    bytes: crate::data::MAX_DATA_FILE_BYTES as u64,
+};
+const REQUEST: Size = Size {
+    items: (crate::limits::DEFAULT_MAX_HEADER_BYTES / 2) as u64,
+    bytes: crate::limits::DEFAULT_MAX_HEADER_BYTES as u64,
+};
+
+/// The worst-case steps of one expression, and the size of its value.
+#[derive(Debug, Clone, Copy)]
+struct Est {
+    cost: u64,
+    size: Size,
+}
+
+/// Refuses a condition whose worst case is over [`MAX_CONDITION_COST`];
+/// returns the estimate otherwise.
+pub fn check(expr: &IdedExpr) -> Result<u64, String> {
+    check_patterns(expr)?;
+    let cost = estimate(expr, &mut Vec::new()).cost;
+    if cost > MAX_CONDITION_COST {
+        return Err(format!(
+            "condition may cost {cost} steps on the largest input; the limit is {MAX_CONDITION_COST} (iterate over smaller collections, or test membership with a map key instead of a list)"
+        ));
+    }
+    Ok(cost)
+}
+
+/// The worst-case estimate of `e`; `scope` holds the comprehension variables
+/// in reach and the size of what each can hold.
+fn estimate(e: &IdedExpr, scope: &mut Vec<(String, Size)>) -> Est {
+    match &e.expr {
+        Expr::Unspecified => Est {
+            cost: 1,
+            size: Size::default(),
+        },
+        Expr::Literal(lit) => Est {
+            cost: 1,
+            size: Size {
+                items: 0,
+                bytes: match lit {
+                    LiteralValue::String(s) => s.len() as u64,
+                    LiteralValue::Bytes(b) => b.len() as u64,
+                    _ => 8,
+                },
+            },
+        },
+        Expr::Ident(name) => Est {
+            cost: 1,
+            size: match scope.iter().rev().find(|(n, _)| n == name) {
+                Some((_, size)) => *size,
+                None => root_size(name, None),
+            },
+        },
+        Expr::Select(sel) => {
+            let operand = estimate(&sel.operand, scope);
+            let size = match &sel.operand.expr {
+                Expr::Ident(root) if !scope.iter().any(|(n, _)| n == root) => {
+                    root_size(root, Some(&sel.field))
+                }
+                _ => operand.size,
+            };
+            Est {
+                cost: operand.cost.saturating_add(1),
+                size,
+            }
+        }
+        Expr::Call(call) => {
+            let mut parts: Vec<Est> = Vec::with_capacity(call.args.len() + 1);
+            if let Some(target) = &call.target {
+                parts.push(estimate(target, scope));
+            }
+            for arg in &call.args {
+                parts.push(estimate(arg, scope));
+            }
+            let inner = parts.iter().fold(1u64, |sum, p| sum.saturating_add(p.cost));
+            let largest = parts.iter().fold(Size::default(), |a, p| Size {
+                items: a.items.max(p.size.items),
+                bytes: a.bytes.max(p.size.bytes),
+            });
+            let walk = |s: Size| s.items.saturating_add(s.bytes / BYTES_PER_STEP);
+            let (extra, size) = match call.func_name.as_str() {
+                // Membership walks a list (a map lookup is cheaper; charged alike).
+                "@in" => (parts.last().map_or(0, |p| walk(p.size)), Size::default()),
+                // A comparison stops at the end of the shorter side.
+                "_==_" | "_!=_" | "_<_" | "_<=_" | "_>_" | "_>=_" => (
+                    parts.iter().map(|p| walk(p.size)).min().unwrap_or(0),
+                    Size::default(),
+                ),
+                "_+_" => {
+                    let sum = parts.iter().fold(Size::default(), |a, p| Size {
+                        items: a.items.saturating_add(p.size.items),
+                        bytes: a.bytes.saturating_add(p.size.bytes),
+                    });
+                    (walk(sum), sum)
+                }
+                "matches" => {
+                    let compile = match call.args.last().map(|a| &a.expr) {
+                        Some(Expr::Literal(LiteralValue::String(p))) => compiled_size(p),
+                        // Refused by `check_patterns`; charged as the largest.
+                        _ => MAX_REGEX_BYTES,
+                    };
+                    let subject = parts.first().map_or(Size::default(), |p| p.size);
+                    (
+                        walk(subject).saturating_add(compile as u64),
+                        Size::default(),
+                    )
+                }
+                "contains" | "startsWith" | "endsWith" | "string" | "lowerAscii" | "upperAscii"
+                | "trim" | "split" | "join" | "replace" => (walk(largest), largest),
+                "size" | "has" | "!_" | "_&&_" | "_||_" | "int" | "uint" | "double" | "bool" => {
+                    (0, Size::default())
+                }
+                // `_[_]`, `_?_:_` and the rest: as large as the largest part.
+                _ => (0, largest),
+            };
+            Est {
+                cost: inner.saturating_add(extra),
+                size,
+            }
+        }
+        Expr::List(list) => {
+            let mut est = Est {
+                cost: 1,
+                size: Size {
+                    items: list.elements.len() as u64,
+                    bytes: 0,
+                },
+            };
+            for el in &list.elements {
+                let e = estimate(el, scope);
+                est.cost = est.cost.saturating_add(e.cost);
+                est.size.bytes = est.size.bytes.saturating_add(e.size.bytes);
+            }
+            est
+        }
+        Expr::Map(map) => entries(&map.entries, scope),
+        Expr::Struct(st) => entries(&st.entries, scope),
+        Expr::Comprehension(c) => {
+            let range = estimate(&c.iter_range, scope);
+            let init = estimate(&c.accu_init, scope);
+            let n = range.size.items;
+            let before = scope.len();
+            // An element is at most as large as the whole range; the
+            // accumulator (for `map` and `filter`) at most as large as it too.
+            scope.push((c.iter_var.clone(), range.size));
+            if let Some(v2) = &c.iter_var2 {
+                scope.push((v2.clone(), range.size));
+            }
+            scope.push((c.accu_var.clone(), range.size));
+            let step = estimate(&c.loop_cond, scope)
+                .cost
+                .saturating_add(estimate(&c.loop_step, scope).cost);
+            let result = estimate(&c.result, scope);
+            scope.truncate(before);
+            Est {
+                cost: range
+                    .cost
+                    .saturating_add(init.cost)
+                    .saturating_add(n.saturating_mul(step))
+                    .saturating_add(result.cost),
+                size: range.size,
+            }
+        }
+    }
+}
+
+/// `matches` only with a literal pattern that compiles small: a pattern from
+/// the request could be made as slow to compile as the regex engine allows.
+/// The smallest bound in [`REGEX_SIZE_STEPS`] that `pattern` compiles under.
+fn compiled_size(pattern: &str) -> usize {
+    REGEX_SIZE_STEPS
+        .into_iter()
+        .find(|limit| {
+            regex::RegexBuilder::new(pattern)
+                .size_limit(*limit)
+                .build()
+                .is_ok()
+        })
+        .unwrap_or(MAX_REGEX_BYTES)
+}
+
+fn check_patterns(e: &IdedExpr) -> Result<(), String> {
+    match &e.expr {
+        Expr::Call(call) => {
+            if call.func_name == "matches" {
+                match call.args.last().map(|a| &a.expr) {
+                    Some(Expr::Literal(LiteralValue::String(p))) => {
+                        regex::RegexBuilder::new(p)
+                            .size_limit(MAX_REGEX_BYTES)
+                            .build()
+                            .map_err(|e| match e {
+                                regex::Error::CompiledTooBig(_) => format!(
+                                    "matches pattern compiles to more than {MAX_REGEX_BYTES} bytes"
+                                ),
+                                other => format!(
+                                    "matches pattern does not compile: {}",
+                                    one_line(&other.to_string())
+                                ),
+                            })?;
+                    }
+                    _ => {
+                        return Err(
+                            "matches needs a literal pattern (a pattern read from the request or data could be made arbitrarily slow to compile)".into(),
+                        );
+                    }
+                }
+            }
+            call.target
+                .iter()
+                .map(|t| &**t)
+                .chain(&call.args)
+                .try_for_each(check_patterns)
+        }
+        Expr::Select(sel) => check_patterns(&sel.operand),
+        Expr::List(list) => list.elements.iter().try_for_each(check_patterns),
+        Expr::Map(map) => map.entries.iter().try_for_each(entry_patterns),
+        Expr::Struct(st) => st.entries.iter().try_for_each(entry_patterns),
+        Expr::Comprehension(c) => [
+            &c.iter_range,
+            &c.accu_init,
+            &c.loop_cond,
+            &c.loop_step,
+            &c.result,
+        ]
+        .into_iter()
+        .try_for_each(check_patterns),
+        Expr::Unspecified | Expr::Literal(_) | Expr::Ident(_) => Ok(()),
+    }
+}
+
+fn entry_patterns(entry: &cel::common::ast::IdedEntryExpr) -> Result<(), String> {
+    match &entry.expr {
+        EntryExpr::StructField(f) => check_patterns(&f.value),
+        EntryExpr::MapEntry(m) => check_patterns(&m.key).and(check_patterns(&m.value)),
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn entries(list: &[cel::common::ast::IdedEntryExpr], scope: &mut Vec<(String, Size)>) -> Est {
+    let mut est = Est {
+        cost: 1,
+        size: Size {
+            items: list.len() as u64,
+            bytes: 0,
+        },
+    };
+    for entry in list {
+        let parts = match &entry.expr {
+            EntryExpr::StructField(f) => vec![estimate(&f.value, scope)],
+            EntryExpr::MapEntry(m) => vec![estimate(&m.key, scope), estimate(&m.value, scope)],
+        };
+        for p in parts {
+            est.cost = est.cost.saturating_add(p.cost);
+            est.size.bytes = est.size.bytes.saturating_add(p.size.bytes);
+        }
+    }
+    est
+}
+
+/// How large a root (or one field of it) can be.
+fn root_size(root: &str, field: Option<&str>) -> Size {
+    match (root, field) {
+        ("resource", Some("body")) => BODY,
+        ("claims", _) => CLAIMS,
+        ("data", _) => DATA,
+        _ => REQUEST,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn cost(source: &str) -> Result<u64, String> {
+        let program = cel::Program::compile(source).unwrap();
+        check(program.expression())
+    }
+
+    #[test]
+    fn simple_conditions_are_cheap() {
+        for c in [
+            r#""orders:read" in claims.scope && resource.params.tenant == claims.tenant"#,
+            r#"resource.headers["x-justification"].matches("^INC-[0-9]+$")"#,
+            r#"claims.roles.exists(r, r == "admin")"#,
+        ] {
+            let n = cost(c).unwrap();
+            assert!(n < 100_000, "{c}: {n}");
+        }
+    }
+
+    #[test]
+    fn quadratic_over_the_body_is_accepted() {
+        // 256 × 256 membership tests.
+        cost("resource.body.items.all(x, x in resource.body.items)").unwrap();
+    }
+
+    #[test]
+    fn quadratic_over_large_roots_is_refused() {
+        for c in [
+            "data.users.all(u, u in data.admins)",
+            "claims.groups.all(g, g in claims.other)",
+        ] {
+            let e = cost(c).unwrap_err();
+            assert!(e.contains("the limit is 2000000"), "{c}: {e}");
+        }
+    }
+
+    #[test]
+    fn patterns_must_be_literal_and_compile_small() {
+        let e = cost("resource.path.matches(resource.body.p)").unwrap_err();
+        assert!(e.contains("literal pattern"), "{e}");
+        let e = cost(r#"claims.sub.matches("(\\w{100}){100}")"#).unwrap_err();
+        assert!(e.contains("compiles to more than"), "{e}");
+        let e = cost(r#"claims.sub.matches("(unclosed")"#).unwrap_err();
+        assert!(e.contains("does not compile"), "{e}");
+        cost(r#"claims.sub.matches("^[a-z]{1,64}$")"#).unwrap();
+        // A heavy pattern once is fine; in a loop over the body it is not.
+        cost(r#"claims.sub.matches("^[0-9a-z]{3000}$")"#).unwrap();
+        let e = cost(r#"resource.body.a.exists(x, x.matches("^[0-9a-z]{3000}$"))"#).unwrap_err();
+        assert!(e.contains("the limit is"), "{e}");
+    }
+
+    #[test]
+    fn comprehension_in_a_range_is_charged_for_both() {
+        let one = cost("resource.body.xs.map(x, x).size() > 0").unwrap();
+        let two = cost("resource.body.xs.map(x, x).map(y, y).size() > 0").unwrap();
+        assert!(two > one, "{one} {two}");
+    }
+}
