@@ -8,7 +8,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 REQS    := tests/tools/requirements.txt
 
-.PHONY: test demo tools lint
+.PHONY: test demo tools lint fuzz
 
 test: tools
 	cargo fmt --all --check
@@ -18,6 +18,11 @@ test: tools
 lint:
 	cargo fmt --all --check
 	cargo clippy --all-targets -- -D warnings
+
+# Every fuzz target for FUZZ_SECONDS each (docs/fuzzing.md).
+FUZZ_SECONDS ?= 60
+fuzz:
+	tests/fuzz/run.sh $(FUZZ_SECONDS)
 
 tools: $(STAMP)
 

@@ -145,18 +145,18 @@ impl Dpop {
         })
     }
 
-    /// The server's `limits.replay_cache_size`: the size when the policy sets
-    /// none, and the most it may set.
+    /// The server's `limits.replay_cache_size`: the most a policy may set, and
+    /// the size of a policy that sets none when it is under the default.
     pub fn limit_replay_cache(&mut self, tenant: &str, limit: usize) -> Result<(), String> {
         match self.replay_size {
             Some(n) if n > limit => Err(format!(
                 "identity.dpop: replay_cache_size {n} is over the server's limits.replay_cache_size {limit}"
             )),
-            Some(_) => Ok(()),
-            None => {
+            None if limit < DEFAULT_REPLAY_CACHE_SIZE => {
                 self.replay = replay_cache_for(tenant, limit);
                 Ok(())
             }
+            _ => Ok(()),
         }
     }
 
