@@ -2,7 +2,9 @@
 //! stage: the input is split at the first newline into an access token and a
 //! DPoP proof, sent as `Authorization: DPoP <token>` and `DPoP: <proof>` (and
 //! the token alone as `Bearer`) to a tenant with an ES256 issuer and DPoP.
-//! No forged token can be allowed: the fuzzer holds no private key.
+//! The whole input is also sent as the proof of a validly signed, DPoP-bound
+//! token ([`SIGNED`]), so the proof parser sees it. Nothing can be allowed: the
+//! fuzzer holds neither the issuer's key nor a key with the bound thumbprint.
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
@@ -28,6 +30,10 @@ rules:
   - { id: any, path: "/{rest...}", when: 'claims.sub != ""', effect: allow }
 "#;
 
+/// ES256, signed by the key behind the policy's JWK, `exp` in 2096, bound to
+/// a `jkt` no key has.
+const SIGNED: &str = "eyJhbGciOiJFUzI1NiIsImtpZCI6ImsxIiwidHlwIjoiSldUIn0.eyJpc3MiOiJodHRwczovL2lkcC5mdXp6LmV4YW1wbGUiLCJhdWQiOiJhcGkiLCJzdWIiOiJhbGljZSIsImlhdCI6MTcwMDAwMDAwMCwiZXhwIjo0MDAwMDAwMDAwLCJjbmYiOnsiamt0IjoiMFpjT0NPUlpOWXktRFdwcXEzMGpaeUpHSFROMGQySGdsQlYzdWlndUE0SSJ9fQ.EQSQnQlbHy58iMrkfNGXR_cXKDNf5Ig8Iuh8YJBtd5xHiEYnXpHAZUxjoiqg2POpr0ai2ipY6cKlflk9BjxVNA";
+
 fn pipeline() -> &'static Pipeline {
     static P: OnceLock<(Pipeline, std::path::PathBuf)> = OnceLock::new();
     &P.get_or_init(|| {
@@ -46,12 +52,12 @@ fn pipeline() -> &'static Pipeline {
     .0
 }
 
-fn check(headers: serde_json::Value) {
+fn check(headers: serde_json::Value) -> Option<&'static str> {
     let Ok(request) = portcullis::cli::check_request_from_json(&json!({
         "attributes": { "contextExtensions": { "tenant": "fuzz" }, "request": { "http": {
             "method": "GET", "host": "api.fuzz.example", "path": "/orders/1", "headers": headers } } }
     })) else {
-        return;
+        return None;
     };
     let d = pipeline().check(&request);
     assert!(
@@ -59,11 +65,24 @@ fn check(headers: serde_json::Value) {
         "a token nobody signed was allowed: {:?}",
         d.reason
     );
+    Some(d.reason.code())
+}
+
+/// The signed token is accepted as far as its proof: the proof parser is
+/// what the third call exercises.
+fn signed_token_reaches_the_proof() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let reason = check(json!({ "authorization": format!("DPoP {SIGNED}"), "dpop": "x.y.z" }));
+        assert_eq!(reason, Some("invalid_dpop_proof"));
+    });
 }
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let (token, proof) = text.split_once('\n').unwrap_or((&text, ""));
+    signed_token_reaches_the_proof();
     check(json!({ "authorization": format!("Bearer {token}") }));
     check(json!({ "authorization": format!("DPoP {token}"), "dpop": proof }));
+    check(json!({ "authorization": format!("DPoP {SIGNED}"), "dpop": text }));
 });
