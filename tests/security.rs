@@ -618,3 +618,88 @@ fn api5_case_and_method_override_gaps_and_their_fixes() {
         assert!(d.remove_headers.iter().any(|r| r == h), "{h} not removed");
     }
 }
+
+/// The gRPC port is a trust boundary: a `CheckRequest` is believed whole,
+/// including the claims in Envoy's `jwt_authn` metadata and the request time.
+/// Whoever can reach the port can therefore obtain an allow for any identity
+/// (docs/security.md says how to keep the port Envoy's alone). What it must
+/// not obtain is a minted downstream token that outlives its configured
+/// lifetime: the minter dates tokens by this replica's clock when the request
+/// claims a later time.
+#[test]
+fn a_forged_request_time_cannot_mint_a_long_lived_token() {
+    use base64::Engine as _;
+    use portcullis::exchange::{ExchangeConfig, KeyFile, Minter};
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("acme.yaml"),
+        r#"apiVersion: portcullis/v1
+tenant: acme
+identity:
+  envoy_jwt_authn: { issuers: ["https://idp.acme.example"] }
+rules:
+  - { id: orders, path: "/orders/{id}", effect: allow }
+response:
+  downstream_token: { audience: orders-svc, lifetime: 60s }
+"#,
+    )
+    .unwrap();
+    let key = dir.path().join("signing.pem");
+    std::fs::write(&key, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
+    let minter = Minter::load(
+        &ExchangeConfig {
+            issuer: "https://portcullis.acme.internal".into(),
+            keys: vec![KeyFile {
+                kid: "k1".into(),
+                file: key,
+            }],
+            development_generate_key: false,
+        },
+        dir.path(),
+    )
+    .unwrap();
+    let store = PolicyStore::new(dir.path());
+    assert!(store.reload().errors.is_empty());
+    let pipeline = Pipeline::new(Arc::new(store), TenantResolver::default())
+        .with_minter(Some(Arc::new(minter)));
+
+    let minted_exp = |time: &str| -> u64 {
+        let request = portcullis::cli::check_request_from_json(&json!({ "attributes": {
+            "contextExtensions": { "tenant": "acme" },
+            "metadataContext": { "filterMetadata": { "envoy.filters.http.jwt_authn": {
+                "jwt_payload": { "iss": "https://idp.acme.example", "sub": "root" } } } },
+            "request": {
+                "time": time,
+                "http": { "method": "GET", "host": "api.example.com", "path": "/orders/1" }
+            }
+        }}))
+        .unwrap();
+        let d = pipeline.check(&request);
+        assert!(d.allowed, "{:?} {:?}", d.reason, d.detail);
+        let token = d
+            .set_headers
+            .iter()
+            .find(|(k, _)| k == "authorization")
+            .map(|(_, v)| v.strip_prefix("Bearer ").unwrap().to_string())
+            .expect("a minted token");
+        let payload = token.split('.').nth(1).unwrap();
+        let claims: Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(claims["sub"], "root", "the forged identity is believed");
+        claims["exp"].as_u64().unwrap()
+    };
+    let wall = || portcullis::input::unix_seconds(std::time::SystemTime::now());
+
+    let before = wall();
+    let exp = minted_exp("2100-01-01T00:00:00Z");
+    assert!(
+        exp <= wall() + 60,
+        "a request claiming the year 2100 minted a token until {exp} (now {before})"
+    );
+    assert!(exp >= before + 60);
+}
