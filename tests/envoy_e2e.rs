@@ -372,6 +372,9 @@ async fn checks_resume_when_envoy_restarts() {
         probe(second.listener("main").await).await;
     }
     assert_eq!(portcullis.store.status().generation, generation);
+    println!(
+        "fault: envoy restarted: checks resume through the new Envoy (200 allow, 401 missing_credential); no portcullis restart or reload"
+    );
     drop(second);
     portcullis.stop().await.unwrap();
 }

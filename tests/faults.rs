@@ -287,6 +287,12 @@ where
     }
 }
 
+/// One line per observed fault behaviour, collected by
+/// `tests/reliability/run.sh` (run with `--nocapture`).
+fn report(fault: &str, observed: &str) {
+    println!("fault: {fault}: {observed}");
+}
+
 /// `/readyz`'s line for `tenant` among the issuers whose keys never loaded.
 async fn keys_problem(admin: SocketAddr, tenant: &str) -> Option<String> {
     let r = support::http(admin, "GET", "/readyz", &[], None).await;
@@ -357,6 +363,10 @@ async fn key_server_faults_fail_closed_with_keys_unavailable() {
         // guess, and a retry is not due yet, so the answer is immediate.
         let got = decide(&mut c, request(tenant, "/orders", bearer(&token))).await;
         assert_eq!(got, (503, "keys_unavailable".into()), "{tenant}");
+        report(
+            &format!("key server {tenant}"),
+            &format!("{} {}; readyz: {line}", got.0, got.1),
+        );
     }
     for (name, s) in [
         ("garbage", &garbage),
@@ -442,11 +452,19 @@ async fn bad_refreshes_keep_the_last_good_keys_within_max_stale() {
         assert!(error.contains(cause), "{error:?} should say {cause:?}");
         let d = p.check_async(&req, wait).await;
         assert!(d.allowed, "within keys_max_stale: {:?}", d.detail);
+        report(
+            "key refresh bad, keys stale but within keys_max_stale",
+            &format!("allowed with the last good keys; refresh error: {error}"),
+        );
     }
     // Past keys_max_stale (10 m after the last good fetch): fail closed.
     advance(Duration::from_secs(7 * 60)).await;
     let d = p.check_async(&req, wait).await;
     assert_eq!((d.status(), d.reason.code()), (503, "keys_unavailable"));
+    report(
+        "key refresh bad past keys_max_stale",
+        &format!("{} {}", d.status(), d.reason.code()),
+    );
     // A good answer at the next due fetch restores service.
     idp.set(Behaviour::Answer(signer.jwks()));
     advance(portcullis::identity::keys::FETCH_RETRY).await;
@@ -483,6 +501,10 @@ async fn introspection_endpoint_down_or_silent_fails_closed() {
             let got = decide(&mut c, request(name, "/reports", bearer(token))).await;
             assert_eq!(got, (503, "introspection_unavailable".into()), "{name}");
         }
+        report(
+            &format!("introspection endpoint {name}"),
+            "503 introspection_unavailable for every token",
+        );
     }
     assert!(silent.requests() >= 1);
     server.stop().await.unwrap();
@@ -546,6 +568,10 @@ async fn policy_directory_removed_and_restored() {
     assert_eq!(decide(&mut c, anonymous("/two")).await.0, 401);
     let r = support::http(server.admin_addr, "GET", "/readyz", &[], None).await;
     assert_eq!(r.status, 200, "{}", r.body);
+    report(
+        "policy directory removed",
+        "old rules keep serving (200 on /one, 401 on /two), /readyz 200, note 'cannot be read'",
+    );
 
     // Restored, with other rules: they load, whole.
     std::fs::create_dir(&dir).unwrap();
@@ -566,6 +592,10 @@ async fn policy_directory_removed_and_restored() {
     })
     .await;
     assert_eq!(decide(&mut c, anonymous("/three")).await.0, 200);
+    report(
+        "policy directory restored",
+        "restored rules load whole; later edits load",
+    );
     server.stop().await.unwrap();
 }
 
@@ -614,6 +644,13 @@ async fn a_file_caught_half_written_never_allows_and_the_whole_file_loads() {
         assert_ne!(got.0, 200, "{path} allowed from a half-written file");
     }
     assert_eq!(decide(&mut c, anonymous("/open")).await.0, 200);
+    report(
+        "policy file half written",
+        &format!(
+            "refused ({}); previous rules serve; /admin and /new not allowed",
+            errors[0]
+        ),
+    );
 
     // The writer finishes: the whole file loads.
     {
