@@ -54,16 +54,15 @@ grep -o 'soak: {.*}' "$OUT/leak.log" | sed 's/^soak: //' >"$OUT/leak.json" || tr
 
 # 3. The fault tests, and the ones elsewhere that the report lists.
 echo "fault tests ..." >&2
-run_tests() { # name, cargo test args...
-  local log="$OUT/$1.log"
-  shift
-  cargo test "$@" -- --show-output --test-threads=1 >"$log" 2>&1 || true
+run_tests() { # log name, test target, name filters...
+  local log="$OUT/$1.log" target=$2
+  shift 2
+  cargo test --test "$target" -- --show-output --test-threads=1 "$@" >"$log" 2>&1 || true
 }
-run_tests faults --test faults
-run_tests server --test server sigterm
-run_tests jwt --test jwt remote_keys_rotation_and_outage
-run_tests jwt_introspection --test jwt introspection
-run_tests envoy --test envoy_e2e checks_resume_when_envoy_restarts
+run_tests faults faults
+run_tests server server sigterm shutdown
+run_tests jwt jwt remote_keys_rotation_and_outage introspect
+run_tests envoy envoy_e2e checks_resume_when_envoy_restarts
 
 echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/machine.txt"
 
@@ -89,7 +88,7 @@ if leak:
         f"{leak.get('rss_end_kb')} kB at the end (tolerance {leak.get('rss_tolerance_kb')} kB)."
     )
 lines += ["", "## Faults", "", "| test | result | observed |", "|---|---|---|"]
-for log in ["faults", "server", "jwt", "jwt_introspection", "envoy"]:
+for log in ["faults", "server", "jwt", "envoy"]:
     text = (out / f"{log}.log").read_text(errors="replace")
     outputs = dict(re.findall(r"^---- (\S+) stdout ----\n(.*?)(?=^---- |^successes:|^failures:|\Z)", text, re.M | re.S))
     results = re.findall(r"^test (\S+) \.\.\. (ok|FAILED|ignored)$", text, re.M)
