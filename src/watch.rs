@@ -3,8 +3,9 @@
 //! Change events are debounced, so a Kubernetes ConfigMap update (new
 //! `..<timestamp>` directory, then a rename of the `..data` symlink) loads as one
 //! generation. A periodic rescan catches what a watch can miss, e.g. when the
-//! directory itself is removed and created again. Reloads run on a blocking thread
-//! and one at a time.
+//! directory itself is removed and created again; that rescan also watches the
+//! new directory, so later edits load at once again. Reloads run on a blocking
+//! thread and one at a time.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) {
     let (tx, mut rx) = mpsc::channel::<()>(1);
+    let mut watched = identity(store.dir());
     let mut watcher = watch(store.dir(), debounce, tx.clone());
     let mut tick = tokio::time::interval(rescan_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -49,8 +51,13 @@ pub async fn run(
             _ = &mut stop => return,
             Some(()) = rx.recv() => {}
             _ = tick.tick() => {
-                if watcher.is_none() {
+                // A watch follows the directory's inode: once the directory is
+                // removed and created again, the old watch sees nothing, and
+                // every later edit would wait for a rescan.
+                let now = identity(store.dir());
+                if watcher.is_none() || now != watched {
                     watcher = watch(store.dir(), debounce, tx.clone());
+                    watched = now;
                 }
             }
         }
@@ -60,6 +67,12 @@ pub async fn run(
             Err(e) => tracing::error!(error = %e, "policy reload task failed"),
         }
     }
+}
+
+/// The directory's device and inode (through symlinks), when it exists.
+fn identity(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()))
 }
 
 fn watch(dir: &Path, debounce: Duration, tx: mpsc::Sender<()>) -> Option<Watcher> {

@@ -331,6 +331,73 @@ async fn decides_for_a_real_envoy() {
     portcullis.stop().await.unwrap();
 }
 
+/// Behaviour: Envoy killed and started again (same config) while portcullis
+/// runs: portcullis notices nothing it must act on; the new Envoy connects and
+/// its checks are decided again, allow and deny alike, with no portcullis
+/// restart and no policy reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_resume_when_envoy_restarts() {
+    let portcullis = support::start_portcullis(&support::example_policies()).await;
+    let (upstream, _echo) = support::start_echo_upstream().await;
+    let issuer = Issuer::new();
+    let config = e2e_config(
+        portcullis.grpc_addr.unwrap(),
+        upstream,
+        support::dead_port(),
+        &issuer.jwks(),
+    );
+    let generation = portcullis.store.status().generation;
+    let acme = ("host", "acme.example.com");
+    let probe = |main: SocketAddr| async move {
+        let allowed = http(main, "GET", "/docs/intro", &[acme], None).await;
+        assert_eq!(
+            header_values(&upstream_saw(&allowed), "x-tenant"),
+            vec!["acme"]
+        );
+        let denied = http(main, "GET", "/tenants/acme/orders/42", &[acme], None).await;
+        assert_denied(&denied, 401, "missing_credential");
+    };
+
+    let first = Envoy::start(&config).await;
+    probe(first.listener("main").await).await;
+    // Killed by its handle (SIGKILL: no goodbye on the gRPC connection).
+    drop(first);
+
+    // portcullis is still up and deciding for anyone who asks.
+    let (status, _) = grpc_call_direct(portcullis.grpc_addr.unwrap()).await;
+    assert_eq!(status, 200);
+
+    let second = Envoy::start(&config).await;
+    for _ in 0..3 {
+        probe(second.listener("main").await).await;
+    }
+    assert_eq!(portcullis.store.status().generation, generation);
+    println!(
+        "fault: envoy restarted: checks resume through the new Envoy (200 allow, 401 missing_credential); no portcullis restart or reload"
+    );
+    drop(second);
+    portcullis.stop().await.unwrap();
+}
+
+/// One Check straight to portcullis over gRPC; the denied status it carries.
+async fn grpc_call_direct(addr: SocketAddr) -> (u16, String) {
+    use portcullis::proto::auth::authorization_client::AuthorizationClient;
+    use portcullis::proto::auth::check_response::HttpResponse as Answer;
+    let mut c = AuthorizationClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let req =
+        portcullis::cli::check_request_from_json(&json!({ "attributes": { "request": { "http": {
+        "method": "GET", "host": "acme.example.com", "path": "/docs/intro", "headers": {}
+    } } } }))
+        .unwrap();
+    let r = c.check(req).await.unwrap().into_inner();
+    match r.http_response {
+        Some(Answer::OkResponse(_)) => (200, String::new()),
+        other => (0, format!("{other:?}")),
+    }
+}
+
 /// A tenant that trusts its own issuer and lets portcullis validate the tokens
 /// (no `jwt_authn` for its host): keys inline, minted here by jwt-simple.
 fn initech_policy(jwks: &str) -> String {
