@@ -48,6 +48,9 @@ pub struct Config {
     pub decision_log: crate::audit::DecisionLogConfig,
     #[serde(default)]
     pub limits: Limits,
+    /// Where files named by policies may be; see [`crate::policy_files`].
+    #[serde(default)]
+    pub policy_files: crate::policy_files::PolicyFilesConfig,
 }
 
 /// The most checks decided at once unless `limits.max_concurrent_checks` says
@@ -133,6 +136,7 @@ impl Config {
             metrics: Default::default(),
             decision_log: Default::default(),
             limits: Limits::default(),
+            policy_files: Default::default(),
         }
     }
 
@@ -158,6 +162,7 @@ impl Config {
             }
         }
         config.decision_log.resolve(base);
+        config.policy_files.resolve(base);
         config
             .validate()
             .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -179,8 +184,15 @@ impl Config {
             ));
         }
         self.decision_log.validate()?;
+        self.policy_files.validate()?;
         self.tracing.validate()?;
         self.tenancy.validate()
+    }
+
+    /// An empty store for the policy directory, with `policy_files` applied.
+    pub fn store(&self) -> crate::store::PolicyStore {
+        crate::store::PolicyStore::new(&self.policies)
+            .with_allowed_dirs(self.policy_files.allowed_dirs.clone())
     }
 
     /// The token minter, when `token_exchange` is configured.

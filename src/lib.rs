@@ -28,7 +28,8 @@
 //! [`pipeline`] chains the stages as plain functions; [`server`] wraps them in the
 //! gRPC service, and [`admin`] serves health and readiness. [`store`] keeps the
 //! compiled tenants (and their [`data`] documents) and swaps them on reload; [`watch`] notices policy changes.
-//! [`config`] is the server's own configuration, [`cli`] the command line, and
+//! [`config`] is the server's own configuration ([`policy_files`] says where
+//! files named by policies may be), [`cli`] the command line, and
 //! [`suite`] runs policy test suites (`portcullis test`).
 //!
 //! Observability, outside the request path: [`telemetry`] (logs, and traces
@@ -49,6 +50,7 @@ pub mod metrics;
 pub mod path;
 pub mod pipeline;
 pub mod policy;
+pub mod policy_files;
 pub mod proto;
 pub mod response;
 pub mod revocation;

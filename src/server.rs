@@ -201,7 +201,7 @@ const SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
 
 /// Loads policies, binds every listener and starts serving.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
-    let store = Arc::new(PolicyStore::new(&config.policies));
+    let store = Arc::new(config.store());
     let first = {
         let s = Arc::clone(&store);
         tokio::task::spawn_blocking(move || s.reload()).await?

@@ -105,6 +105,9 @@ struct Loaded {
 #[derive(Debug)]
 pub struct PolicyStore {
     dir: PathBuf,
+    /// `policy_files.allowed_dirs`: where, besides `dir`, files that policies
+    /// name may be.
+    allowed_dirs: Vec<PathBuf>,
     tenants: DashMap<TenantId, Arc<CompiledTenant>>,
     hosts: ArcSwap<HostIndex>,
     status: ArcSwap<StoreStatus>,
@@ -124,6 +127,7 @@ impl PolicyStore {
     pub fn new(dir: impl Into<PathBuf>) -> PolicyStore {
         PolicyStore {
             dir: dir.into(),
+            allowed_dirs: Vec::new(),
             tenants: DashMap::new(),
             hosts: ArcSwap::from_pointee(HostIndex::default()),
             status: ArcSwap::from_pointee(StoreStatus::default()),
@@ -134,6 +138,12 @@ impl PolicyStore {
             data: DashMap::new(),
             data_files: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Lets policies name files in `dirs` as well as in the policy directory.
+    pub fn with_allowed_dirs(mut self, dirs: Vec<PathBuf>) -> PolicyStore {
+        self.allowed_dirs = dirs;
+        self
     }
 
     /// The tenant's data document, if it has one.
@@ -220,7 +230,7 @@ impl PolicyStore {
             &mut errors,
         ) {
             let path = &path;
-            match policy::compile(path, &text) {
+            match policy::compile_with(path, &text, &self.allowed_dirs) {
                 Ok(t) => changed.push((path.clone(), Arc::new(t))),
                 Err(mut errs) => errors.append(&mut errs),
             }

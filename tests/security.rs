@@ -703,3 +703,95 @@ response:
     );
     assert!(exp >= before + 60);
 }
+
+/// Known gap 2, closed: a policy may name only files in the policy directory
+/// and in the server's `policy_files.allowed_dirs`, symlinks followed. A file
+/// that names anything else does not load, and the tenant's last good rules
+/// keep serving.
+#[test]
+fn files_named_by_policies_stay_in_the_allowed_directories() {
+    let root = tempfile::tempdir().unwrap();
+    let policies = root.path().join("policies");
+    let secrets = root.path().join("secrets");
+    let private = root.path().join("private");
+    for d in [&policies, &secrets, &private] {
+        std::fs::create_dir(d).unwrap();
+    }
+    std::fs::write(secrets.join("client-secret"), "s3cret").unwrap();
+    std::fs::write(secrets.join("nonce.key"), [7u8; 32]).unwrap();
+    std::fs::write(private.join("signing.pem"), "server signing key").unwrap();
+    std::os::unix::fs::symlink(private.join("signing.pem"), secrets.join("escape")).unwrap();
+    let config_path = root.path().join("portcullis.yaml");
+    std::fs::write(
+        &config_path,
+        "policies: policies\npolicy_files: { allowed_dirs: [secrets] }\n",
+    )
+    .unwrap();
+    let config = portcullis::config::Config::load(&config_path).unwrap();
+    assert_eq!(config.policy_files.allowed_dirs, vec![secrets.clone()]);
+
+    let policy = |secret: &str, nonce_key: &str| {
+        format!(
+            "apiVersion: portcullis/v1\ntenant: acme\nidentity:\n  introspection:\n    endpoint: https://idp.acme.example/introspect\n    issuer: https://idp.acme.example\n    client_id: portcullis\n    client_secret_file: {secret}\n  dpop: {{ public_origin: 'https://api.acme.example', nonce_key_file: {nonce_key} }}\nrules:\n  - {{ id: all, path: /reports, effect: allow }}\n"
+        )
+    };
+    let nonce = secrets.join("nonce.key").display().to_string();
+    let store = config.store();
+    let write = |text: &str| std::fs::write(policies.join("acme.yaml"), text).unwrap();
+
+    // Allowed: a secret in an allowed directory (absolute), and one in the
+    // policy directory (relative).
+    write(&policy(
+        &secrets.join("client-secret").display().to_string(),
+        &nonce,
+    ));
+    let status = store.reload();
+    assert!(status.errors.is_empty(), "{:?}", status.error_lines());
+    let good = status.tenants[0].digest.clone();
+    std::fs::write(policies.join("local-secret"), "s").unwrap();
+    write(&policy("local-secret", &nonce));
+    let status = store.reload();
+    assert!(status.errors.is_empty(), "{:?}", status.error_lines());
+    let good = {
+        assert_ne!(status.tenants[0].digest, good);
+        status.tenants[0].digest.clone()
+    };
+
+    // Refused: an absolute path outside, a `..` climb out of the policy
+    // directory, a symlink in an allowed directory that leads out, and a
+    // nonce key outside. Each names file, line and cause; acme keeps serving.
+    let outside = private.join("signing.pem").display().to_string();
+    let escape = secrets.join("escape").display().to_string();
+    for (secret, key, field) in [
+        (outside.as_str(), nonce.as_str(), "client_secret_file"),
+        (
+            "../private/signing.pem",
+            nonce.as_str(),
+            "client_secret_file",
+        ),
+        (escape.as_str(), nonce.as_str(), "client_secret_file"),
+        ("local-secret", outside.as_str(), "nonce_key_file"),
+    ] {
+        write(&policy(secret, key));
+        let status = store.reload();
+        let errors = status.error_lines();
+        assert!(
+            errors.iter().any(|e| e.contains("acme.yaml:3:")
+                && e.contains(field)
+                && e.contains("outside the policy directory")),
+            "{secret} {key}: {errors:?}"
+        );
+        assert_eq!(status.tenants.len(), 1, "acme keeps its last good rules");
+        assert_eq!(status.tenants[0].digest, good);
+        assert!(store.tenant("acme").is_some());
+    }
+
+    // Without `policy_files`, only the policy directory is allowed.
+    let narrow = portcullis::config::Config::with_policies(&policies).store();
+    write(&policy(
+        &secrets.join("client-secret").display().to_string(),
+        &nonce,
+    ));
+    let errors = narrow.reload().error_lines();
+    assert!(errors.iter().any(|e| e.contains("outside")), "{errors:?}");
+}

@@ -298,12 +298,12 @@ enum Source {
 }
 
 impl IdentityConfig {
-    /// Validates a tenant's identity section; `base` is the policy file's
-    /// directory (for a relative `jwks_file`).
+    /// Validates a tenant's identity section; `files` says where the files
+    /// it names may be (see [`crate::policy_files`]).
     pub fn compile(
         spec: &IdentitySpec,
         tenant: &str,
-        base: &std::path::Path,
+        files: &crate::policy_files::FileScope,
     ) -> Result<IdentityConfig, String> {
         let mut issuers: Vec<Issuer> = Vec::new();
         for issuer in &spec.jwt {
@@ -313,7 +313,7 @@ impl IdentityConfig {
                     issuer.issuer
                 ));
             }
-            issuers.push(Issuer::compile(issuer, base)?);
+            issuers.push(Issuer::compile(issuer, files)?);
         }
         let token_sources = match &spec.token_sources {
             None => vec![TokenSource::Header {
@@ -331,7 +331,7 @@ impl IdentityConfig {
         let introspection = spec
             .introspection
             .as_ref()
-            .map(|i| Introspector::compile(i, base).map(Arc::new))
+            .map(|i| Introspector::compile(i, files).map(Arc::new))
             .transpose()?;
         let takes_tokens = !issuers.is_empty() || introspection.is_some();
         if spec.token_sources.is_some() && !takes_tokens {
@@ -403,7 +403,7 @@ impl IdentityConfig {
             dpop: spec
                 .dpop
                 .as_ref()
-                .map(|d| binding::Dpop::compile(d, tenant, base))
+                .map(|d| binding::Dpop::compile(d, tenant, files))
                 .transpose()?,
         })
     }
@@ -1026,7 +1026,7 @@ mod tests {
 
     fn config(yaml: &str) -> IdentityConfig {
         let spec: IdentitySpec = serde_yaml::from_str(yaml).unwrap();
-        IdentityConfig::compile(&spec, "t", std::path::Path::new(".")).unwrap()
+        IdentityConfig::compile(&spec, "t", &crate::policy_files::FileScope::new(".", &[])).unwrap()
     }
 
     fn jwt_config() -> IdentityConfig {
@@ -1172,7 +1172,10 @@ mod tests {
             "spiffe: { trust_domains: [acme.example], ids: ['spiffe://other.example/x'] }",
         )
         .unwrap();
-        assert!(IdentityConfig::compile(&spec, "t", std::path::Path::new(".")).is_err());
+        assert!(
+            IdentityConfig::compile(&spec, "t", &crate::policy_files::FileScope::new(".", &[]))
+                .is_err()
+        );
     }
 
     #[test]
@@ -1219,10 +1222,16 @@ mod tests {
     #[test]
     fn bad_specs_are_refused() {
         let spec: IdentitySpec = serde_yaml::from_str("envoy_jwt_authn: { issuers: [] }").unwrap();
-        assert!(IdentityConfig::compile(&spec, "t", std::path::Path::new(".")).is_err());
+        assert!(
+            IdentityConfig::compile(&spec, "t", &crate::policy_files::FileScope::new(".", &[]))
+                .is_err()
+        );
         let spec: IdentitySpec =
             serde_yaml::from_str("spiffe: { trust_domains: ['spiffe://x'] }").unwrap();
-        assert!(IdentityConfig::compile(&spec, "t", std::path::Path::new(".")).is_err());
+        assert!(
+            IdentityConfig::compile(&spec, "t", &crate::policy_files::FileScope::new(".", &[]))
+                .is_err()
+        );
         assert!(serde_yaml::from_str::<IdentitySpec>("bogus: 1").is_err());
     }
 }

@@ -267,8 +267,19 @@ pub fn digest_of(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
-/// Compiles one policy file's text. `file` names it in errors.
+/// Compiles one policy file's text. `file` names it in errors. Files it names
+/// must be in its own directory.
 pub fn compile(file: &Path, text: &str) -> Result<CompiledTenant, Vec<PolicyError>> {
+    compile_with(file, text, &[])
+}
+
+/// [`compile`], with `allowed_dirs` besides the file's directory for the files
+/// it names (`policy_files.allowed_dirs`; see [`crate::policy_files`]).
+pub fn compile_with(
+    file: &Path,
+    text: &str,
+    allowed_dirs: &[PathBuf],
+) -> Result<CompiledTenant, Vec<PolicyError>> {
     let err = |line: Option<usize>, message: String| PolicyError {
         file: file.to_path_buf(),
         line,
@@ -332,13 +343,13 @@ pub fn compile(file: &Path, text: &str) -> Result<CompiledTenant, Vec<PolicyErro
         }
     }
 
-    let identity = IdentityConfig::compile(
-        &spec.identity,
-        &spec.tenant,
+    let files = crate::policy_files::FileScope::new(
         file.parent().unwrap_or_else(|| Path::new(".")),
-    )
-    .map_err(|e| errors.push(err(line_of(text, 0, "identity"), e)))
-    .ok();
+        allowed_dirs,
+    );
+    let identity = IdentityConfig::compile(&spec.identity, &spec.tenant, &files)
+        .map_err(|e| errors.push(err(line_of(text, 0, "identity"), e)))
+        .ok();
 
     if spec.rules.len() > MAX_RULES_PER_TENANT {
         errors.push(err(
