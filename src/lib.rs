@@ -26,7 +26,7 @@
 //! On an allow, [`exchange`] can mint a narrowed token for the upstream.
 //!
 //! [`pipeline`] chains the stages as plain functions; [`server`] wraps them in the
-//! gRPC service, and [`admin`] serves health and readiness. [`store`] keeps the
+//! gRPC service (with optional [`tls`]), and [`admin`] serves health and readiness. [`store`] keeps the
 //! compiled tenants (and their [`data`] documents) and swaps them on reload; [`watch`] notices policy changes.
 //! [`config`] is the server's own configuration ([`policy_files`] says where
 //! files named by policies may be), [`cli`] the command line, and
@@ -60,4 +60,5 @@ pub mod store;
 pub mod suite;
 pub mod telemetry;
 pub mod tenant;
+pub mod tls;
 pub mod watch;

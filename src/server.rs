@@ -253,8 +253,22 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     });
 
     let permits = Arc::new(Semaphore::new(config.limits.max_concurrent_checks));
-    let make_router = || {
-        tonic::transport::Server::builder()
+    // Read before binding: bad certificate files stop the start.
+    let tls = match &config.tls {
+        Some(t) => {
+            crate::tls::install_crypto_provider();
+            Some(t.load().map_err(anyhow::Error::msg)?)
+        }
+        None => None,
+    };
+    let make_router = || -> anyhow::Result<_> {
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &tls {
+            builder = builder
+                .tls_config(tls.clone())
+                .context("cannot set up TLS on the gRPC listener")?;
+        }
+        Ok(builder
             .add_service(health_service.clone())
             .add_service(AuthorizationServer::new(
                 AuthzService::with_observers(
@@ -263,7 +277,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                     log.clone(),
                 )
                 .with_permits(Arc::clone(&permits)),
-            ))
+            )))
     };
     let mut grpc_addr = None;
     if let Some(addr) = config.listen {
@@ -279,7 +293,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             }
             conn
         });
-        let router = make_router();
+        let router = make_router()?;
         let s = stopped();
         tasks.spawn(async move {
             router
@@ -297,7 +311,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         let listener = UnixListener::bind(path)
             .with_context(|| format!("cannot bind unix socket {}", path.display()))?;
         let incoming = UnixListenerStream::new(listener);
-        let router = make_router();
+        let router = make_router()?;
         let s = stopped();
         tasks.spawn(async move {
             router
