@@ -10,13 +10,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify_debouncer_mini::notify::RecursiveMode;
-use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
 use crate::store::{PolicyStore, StoreStatus};
 
-type Watcher = Debouncer<notify_debouncer_mini::notify::RecommendedWatcher>;
+type Watcher = notify::RecommendedWatcher;
 
 /// Runs until `stop` resolves. `on_reload` sees every reload's status.
 pub async fn run(
@@ -27,7 +27,7 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) {
     let (tx, mut rx) = mpsc::channel::<()>(1);
-    let mut watcher = watch(store.dir(), debounce, tx.clone());
+    let mut watcher = watch(store.dir(), tx.clone());
     let mut tick = tokio::time::interval(rescan_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // the first tick is immediate; the caller has just loaded
@@ -47,10 +47,15 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = &mut stop => return,
-            Some(()) = rx.recv() => {}
+            Some(()) = rx.recv() => {
+                // Debounce: a ConfigMap update (new directory, then a symlink
+                // swap) is several events; let them all land, then load once.
+                tokio::time::sleep(debounce).await;
+                while rx.try_recv().is_ok() {}
+            }
             _ = tick.tick() => {
                 if watcher.is_none() {
-                    watcher = watch(store.dir(), debounce, tx.clone());
+                    watcher = watch(store.dir(), tx.clone());
                 }
             }
         }
@@ -62,22 +67,35 @@ pub async fn run(
     }
 }
 
-fn watch(dir: &Path, debounce: Duration, tx: mpsc::Sender<()>) -> Option<Watcher> {
-    let handler = move |res: DebounceEventResult| {
-        if res.is_ok() {
+fn watch(dir: &Path, tx: mpsc::Sender<()>) -> Option<Watcher> {
+    let handler = move |res: notify::Result<notify::Event>| {
+        // Reads change nothing, and every reload opens and reads every file:
+        // counting those would make each reload schedule the next, forever.
+        let read_only = matches!(
+            &res,
+            Ok(e) if matches!(
+                e.kind,
+                EventKind::Access(
+                    AccessKind::Open(_)
+                        | AccessKind::Read
+                        | AccessKind::Close(AccessMode::Read | AccessMode::Execute)
+                )
+            )
+        );
+        if !read_only {
             // A full channel already holds a pending reload: nothing is lost.
             let _ = tx.try_send(());
         }
     };
-    let mut debouncer = match new_debouncer(debounce, handler) {
-        Ok(d) => d,
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(w) => w,
         Err(e) => {
             tracing::warn!(error = %e, "cannot create policy watcher; relying on rescans");
             return None;
         }
     };
-    match debouncer.watcher().watch(dir, RecursiveMode::Recursive) {
-        Ok(()) => Some(debouncer),
+    match watcher.watch(dir, RecursiveMode::Recursive) {
+        Ok(()) => Some(watcher),
         Err(e) => {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot watch policy directory; relying on rescans");
             None
