@@ -733,6 +733,51 @@ mod tests {
     }
 
     #[test]
+    fn an_unshared_issuer_conflicts_with_the_first_file_that_trusts_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |t: &str, shared: bool| {
+            let shared = if shared {
+                "shared_issuers: [https://idp.example]\n"
+            } else {
+                ""
+            };
+            format!(
+                "apiVersion: portcullis/v1\ntenant: {t}\n{shared}identity:\n  envoy_jwt_authn: {{ issuers: [https://idp.example] }}\nrules: []\n"
+            )
+        };
+        for t in ["b", "c", "e"] {
+            write(dir.path(), &format!("{t}.yaml"), &file(t, true));
+        }
+        let store = PolicyStore::new(dir.path());
+        assert!(store.reload().errors.is_empty());
+        // Not shared in d: it conflicts with every sharer, and the first in
+        // path order is named.
+        write(dir.path(), "d.yaml", &file("d", false));
+        let s = store.reload();
+        assert_eq!(s.errors.len(), 1, "{:?}", s.errors);
+        assert!(s.errors[0].file.ends_with("d.yaml"));
+        assert!(
+            s.errors[0].message.contains("tenant \"b\" in")
+                && s.errors[0].message.contains("b.yaml"),
+            "{}",
+            s.errors[0]
+        );
+        // Shared in a: admitted beside the others.
+        fs::remove_file(dir.path().join("d.yaml")).unwrap();
+        write(dir.path(), "a.yaml", &file("a", true));
+        let s = store.reload();
+        assert!(s.errors.is_empty(), "{:?}", s.errors);
+        assert!(store.tenant("a").is_some());
+        // A changed file does not conflict with its own previous version.
+        write(
+            dir.path(),
+            "a.yaml",
+            &format!("{}# changed\n", file("a", true)),
+        );
+        assert!(store.reload().errors.is_empty());
+    }
+
+    #[test]
     fn hidden_and_configmap_entries_are_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("..2026_01_01");

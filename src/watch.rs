@@ -67,25 +67,28 @@ pub async fn run(
     }
 }
 
+/// Whether an event can mean changed policies. Reads cannot, and every reload
+/// opens and reads every file: counting those made each reload schedule the
+/// next, forever.
+fn may_change(kind: &EventKind) -> bool {
+    !matches!(
+        kind,
+        EventKind::Access(
+            AccessKind::Open(_)
+                | AccessKind::Read
+                | AccessKind::Close(AccessMode::Read | AccessMode::Execute)
+        )
+    )
+}
+
 fn watch(dir: &Path, tx: mpsc::Sender<()>) -> Option<Watcher> {
     let handler = move |res: notify::Result<notify::Event>| {
-        // Reads change nothing, and every reload opens and reads every file:
-        // counting those would make each reload schedule the next, forever.
-        let read_only = matches!(
-            &res,
-            Ok(e) if matches!(
-                e.kind,
-                EventKind::Access(
-                    AccessKind::Open(_)
-                        | AccessKind::Read
-                        | AccessKind::Close(AccessMode::Read | AccessMode::Execute)
-                )
-            )
-        );
-        if !read_only {
-            // A full channel already holds a pending reload: nothing is lost.
-            let _ = tx.try_send(());
+        // An error may have lost a change: reload.
+        if res.as_ref().is_ok_and(|e| !may_change(&e.kind)) {
+            return;
         }
+        // A full channel already holds a pending reload: nothing is lost.
+        let _ = tx.try_send(());
     };
     let mut watcher = match notify::recommended_watcher(handler) {
         Ok(w) => w,
@@ -117,4 +120,31 @@ pub fn log_status(status: &StoreStatus) {
         errors = status.errors.len(),
         "policies loaded"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, ModifyKind, RemoveKind, RenameMode};
+
+    #[test]
+    fn reads_are_not_changes_but_writes_are() {
+        for read in [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+        ] {
+            assert!(!may_change(&read), "{read:?}");
+        }
+        for change in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Modify(ModifyKind::Any),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Any,
+        ] {
+            assert!(may_change(&change), "{change:?}");
+        }
+    }
 }
