@@ -140,11 +140,18 @@ impl Authorization for AuthzService {
             {
                 self.metrics.log_dropped();
             }
+            // The line carries the decision's fields itself: the diagnostic
+            // log does not record spans (see `telemetry::init`).
             if decision.allowed {
                 tracing::debug!(
                     status = decision.status(),
                     auth_method = decision.auth_method,
                     subject = decision.subject.as_deref(),
+                    decision_id = decision.decision_id.as_str(),
+                    decision = outcome.decision,
+                    reason = outcome.reason.code(),
+                    tenant = decision.tenant.as_deref(),
+                    rule = outcome.rule,
                     "allow"
                 );
             } else {
@@ -153,6 +160,11 @@ impl Authorization for AuthzService {
                     auth_method = decision.auth_method,
                     subject = decision.subject.as_deref(),
                     detail = decision.detail.as_deref(),
+                    decision_id = decision.decision_id.as_str(),
+                    decision = outcome.decision,
+                    reason = outcome.reason.code(),
+                    tenant = decision.tenant.as_deref(),
+                    rule = outcome.rule,
                     "deny"
                 );
             }

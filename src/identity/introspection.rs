@@ -337,7 +337,7 @@ impl Introspector {
                 issuer: self.issuer.clone(),
                 subject,
                 token_id,
-                claims: response,
+                claims: Arc::new(response),
                 expires: exp.unwrap_or(until),
                 sender_constraint: super::binding::SenderConstraint::None,
             }),

@@ -367,7 +367,7 @@ pub struct Verified {
     pub token_id: Option<String>,
     /// The token's claims with the issuer's mappings applied and `scope`
     /// normalized to a list.
-    pub claims: Map<String, Json>,
+    pub claims: Arc<Map<String, Json>>,
     pub expires: u64,
     /// The binding the issuer requires of its tokens.
     pub sender_constraint: super::binding::SenderConstraint,
@@ -731,7 +731,7 @@ fn check_claims(
         issuer: issuer.issuer.clone(),
         subject,
         token_id,
-        claims,
+        claims: Arc::new(claims),
         expires: exp,
         sender_constraint: issuer.sender_constraint,
     })

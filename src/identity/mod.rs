@@ -124,7 +124,7 @@ struct ApiKeys {
 struct ApiKey {
     hash: [u8; 32],
     subject: String,
-    claims: Map<String, Json>,
+    claims: Arc<Map<String, Json>>,
 }
 
 impl ApiKeys {
@@ -173,7 +173,7 @@ impl ApiKeys {
             keys.push(ApiKey {
                 hash,
                 subject: k.subject.clone(),
-                claims,
+                claims: Arc::new(claims),
             });
         }
         Ok(ApiKeys { header, keys })
@@ -557,7 +557,8 @@ pub struct Identity {
     pub issuer: Option<String>,
     /// The token's `jti`, when it has one.
     pub token_id: Option<String>,
-    pub claims: Map<String, Json>,
+    /// Shared with the verified-token cache: a cache hit does not copy them.
+    pub claims: Arc<Map<String, Json>>,
     /// A query parameter that carried the token: removed before the upstream.
     pub consumed_query: Option<String>,
     /// When the credential expires (unix seconds), if it does.
@@ -573,7 +574,7 @@ impl Identity {
             subject: None,
             issuer: None,
             token_id: None,
-            claims: Map::new(),
+            claims: Arc::default(),
             consumed_query: None,
             expires: None,
             binding: binding::Binding::default(),
@@ -975,7 +976,7 @@ fn envoy_jwt(spec: &EnvoyJwtSpec, input: &Input) -> Result<Option<Identity>, Ide
         subject,
         issuer: Some(issuer.clone()),
         token_id: claims.get("jti").and_then(Json::as_str).map(str::to_string),
-        claims: claims.clone(),
+        claims: Arc::new(claims.clone()),
         consumed_query: None,
         expires: claims.get("exp").and_then(Json::as_u64),
         binding: binding::Binding::default(),
@@ -1010,7 +1011,7 @@ fn spiffe(spec: &SpiffeSpec, input: &Input) -> Option<Identity> {
         subject: Some(id.to_string()),
         issuer: Some(format!("spiffe://{trust_domain}")),
         token_id: None,
-        claims,
+        claims: Arc::new(claims),
         consumed_query: None,
         expires: None,
         binding: binding::Binding::default(),

@@ -156,7 +156,8 @@ pub struct Rule {
     methods: Vec<String>,
     template: Template,
     hosts: Vec<HostPattern>,
-    condition: Option<Condition>,
+    /// Shared with every rule, in any tenant, that has the same source.
+    condition: Option<Arc<Condition>>,
     /// What the caller's token must carry for the rule to apply.
     needs: Needs,
     /// A dry-run rule is evaluated and reported, never decides.
@@ -286,8 +287,11 @@ pub fn compile_with(
         message,
     };
     // Check the version before the shape, so a newer file gets a clear message
-    // rather than a list of unknown fields.
-    if let Ok(Json::Object(doc)) = serde_yaml::from_str::<Json>(text) {
+    // rather than a list of unknown fields. A file that parses with the right
+    // version (the common case) is not parsed a second time for this.
+    let parsed = serde_yaml::from_str::<PolicyFile>(text);
+    let current = matches!(&parsed, Ok(spec) if spec.api_version == API_VERSION);
+    if !current && let Ok(Json::Object(doc)) = serde_yaml::from_str::<Json>(text) {
         match doc.get("apiVersion") {
             Some(Json::String(v)) if v == API_VERSION => {}
             Some(Json::String(v)) if v.starts_with("portcullis/") => {
@@ -312,7 +316,7 @@ pub fn compile_with(
             }
         }
     }
-    let spec: PolicyFile = serde_yaml::from_str(text).map_err(|e| {
+    let spec: PolicyFile = parsed.map_err(|e| {
         vec![err(
             e.location().map(|l| l.line()),
             format!("invalid policy file: {e}"),
@@ -382,7 +386,7 @@ pub fn compile_with(
             .map_err(|e| errors.push(rule_err("path", e.to_string())))
             .ok();
         let condition = match &spec_rule.when {
-            Some(src) => Condition::compile(src)
+            Some(src) => Condition::compile_shared(src)
                 .map(Some)
                 .map_err(|e| errors.push(rule_err("when", e)))
                 .unwrap_or(None),
@@ -697,16 +701,24 @@ fn static_checks(
         .chain(spec.claims.iter().map(String::as_str))
         .chain(api_key_claims.map(String::as_str))
         .collect();
-    let unknown_claim = |claim: &str| -> Option<String> {
+    // Templated rules read the same claims over and over: word each once.
+    let mut worded: std::collections::HashMap<String, Option<String>> =
+        std::collections::HashMap::new();
+    let mut unknown_claim = |claim: &str| -> Option<String> {
         if known.contains(claim) {
             return None;
         }
-        let hint = cel::suggest(claim, known.iter().copied())
-            .map(|k| format!(" (did you mean claims.{k}?)"))
-            .unwrap_or_default();
-        Some(format!(
-            "reads claims.{claim}, which is neither a registered claim nor declared under claims:{hint}"
-        ))
+        worded
+            .entry(claim.to_string())
+            .or_insert_with(|| {
+                let hint = cel::suggest(claim, known.iter().copied())
+                    .map(|k| format!(" (did you mean claims.{k}?)"))
+                    .unwrap_or_default();
+                Some(format!(
+                    "reads claims.{claim}, which is neither a registered claim nor declared under claims:{hint}"
+                ))
+            })
+            .clone()
     };
     for (rule, line) in rules.iter().zip(rule_lines) {
         if let Some(c) = &rule.condition {
