@@ -58,6 +58,9 @@ pub enum Command {
     Validate {
         /// Policy directory.
         dir: PathBuf,
+        /// Server configuration, for its `policy_files.allowed_dirs`.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
     /// Run the policy test suites (`*_test.yaml`) beside the policies in DIR.
     Test {
@@ -135,33 +138,45 @@ pub fn main() -> ExitCode {
             }
             serve(cfg)
         }
-        Command::Validate { dir } => validate(&dir),
+        Command::Validate { dir, config } => {
+            let allowed = match config.map(|c| Config::load(&c)) {
+                Some(Ok(c)) => c.policy_files.allowed_dirs,
+                Some(Err(e)) => return usage(&e),
+                None => Vec::new(),
+            };
+            validate(&dir, allowed)
+        }
         Command::Test {
             dir,
             format,
             config,
         } => {
-            let tenancy = match config.map(|c| Config::load(&c)) {
-                Some(Ok(c)) => c.tenancy,
+            let (tenancy, allowed) = match config.map(|c| Config::load(&c)) {
+                Some(Ok(c)) => (c.tenancy, c.policy_files.allowed_dirs),
                 Some(Err(e)) => return usage(&e),
-                None => TenantResolver::default(),
+                None => (TenantResolver::default(), Vec::new()),
             };
-            test(&dir, format, tenancy)
+            test(&dir, format, tenancy, allowed)
         }
         Command::Check {
             policies,
             request,
             config,
         } => {
-            let (tenancy, minter, limits) = match config.map(|c| Config::load(&c)) {
+            let (tenancy, minter, allowed, limits) = match config.map(|c| Config::load(&c)) {
                 Some(Ok(c)) => match c.minter() {
-                    Ok(m) => (c.tenancy, m, c.limits),
+                    Ok(m) => (c.tenancy, m, c.policy_files.allowed_dirs, c.limits),
                     Err(e) => return usage(&e),
                 },
                 Some(Err(e)) => return usage(&e),
-                None => (TenantResolver::default(), None, Default::default()),
+                None => (
+                    TenantResolver::default(),
+                    None,
+                    Vec::new(),
+                    Default::default(),
+                ),
             };
-            check(&policies, &request, tenancy, minter, limits)
+            check(&policies, &request, tenancy, minter, allowed, limits)
         }
     }
 }
@@ -248,11 +263,11 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
-fn validate(dir: &Path) -> ExitCode {
+fn validate(dir: &Path, allowed_dirs: Vec<PathBuf>) -> ExitCode {
     if !dir.is_dir() {
         return usage(&format!("{} is not a directory", dir.display()));
     }
-    let store = PolicyStore::new(dir);
+    let store = PolicyStore::new(dir).with_allowed_dirs(allowed_dirs);
     let status = store.reload();
     for e in &status.errors {
         eprintln!("error: {e}");
@@ -284,11 +299,16 @@ fn validate(dir: &Path) -> ExitCode {
     }
 }
 
-fn test(dir: &Path, format: OutputFormat, tenancy: TenantResolver) -> ExitCode {
+fn test(
+    dir: &Path,
+    format: OutputFormat,
+    tenancy: TenantResolver,
+    allowed_dirs: Vec<PathBuf>,
+) -> ExitCode {
     if !dir.is_dir() {
         return usage(&format!("{} is not a directory", dir.display()));
     }
-    let report = crate::suite::run(dir, tenancy);
+    let report = crate::suite::run_with(dir, tenancy, allowed_dirs);
     let text = match format {
         OutputFormat::Text => crate::suite::render_text(&report),
         OutputFormat::Json => serde_json::to_string_pretty(&report).unwrap_or_default() + "\n",
@@ -328,9 +348,14 @@ fn check(
     request: &Path,
     tenancy: TenantResolver,
     minter: Option<Arc<crate::exchange::Minter>>,
+    allowed_dirs: Vec<PathBuf>,
     limits: crate::limits::Limits,
 ) -> ExitCode {
-    let store = Arc::new(PolicyStore::new(policies).with_limits(limits));
+    let store = Arc::new(
+        PolicyStore::new(policies)
+            .with_allowed_dirs(allowed_dirs)
+            .with_limits(limits),
+    );
     let status = store.reload();
     for e in &status.errors {
         eprintln!("error: {e}");

@@ -48,6 +48,13 @@ pub struct Config {
     pub decision_log: crate::audit::DecisionLogConfig,
     #[serde(default)]
     pub limits: Limits,
+    /// TLS on the gRPC listeners, optionally requiring a client certificate;
+    /// see [`crate::tls`].
+    #[serde(default)]
+    pub tls: Option<crate::tls::GrpcTlsConfig>,
+    /// Where files named by policies may be; see [`crate::policy_files`].
+    #[serde(default)]
+    pub policy_files: crate::policy_files::PolicyFilesConfig,
 }
 
 pub use crate::limits::{DEFAULT_MAX_CONCURRENT_CHECKS, Limits};
@@ -111,6 +118,8 @@ impl Config {
             metrics: Default::default(),
             decision_log: Default::default(),
             limits: Limits::default(),
+            tls: None,
+            policy_files: Default::default(),
         }
     }
 
@@ -136,6 +145,10 @@ impl Config {
             }
         }
         config.decision_log.resolve(base);
+        config.policy_files.resolve(base);
+        if let Some(tls) = &mut config.tls {
+            tls.resolve(base);
+        }
         config
             .validate()
             .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -151,8 +164,19 @@ impl Config {
         }
         self.limits.validate()?;
         self.decision_log.validate()?;
+        self.policy_files.validate()?;
+        if let Some(tls) = &self.tls {
+            tls.validate()?;
+        }
         self.tracing.validate()?;
         self.tenancy.validate()
+    }
+
+    /// An empty store for the policy directory, with `policy_files` applied.
+    pub fn store(&self) -> crate::store::PolicyStore {
+        crate::store::PolicyStore::new(&self.policies)
+            .with_allowed_dirs(self.policy_files.allowed_dirs.clone())
+            .with_limits(self.limits.clone())
     }
 
     /// The token minter, when `token_exchange` is configured.
@@ -182,6 +206,23 @@ mod tests {
             c.limits.max_concurrent_checks,
             DEFAULT_MAX_CONCURRENT_CHECKS
         );
+    }
+
+    #[test]
+    fn tls_paths_are_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("portcullis.yaml");
+        std::fs::write(
+            &path,
+            "policies: p\ntls: { cert_file: c.pem, key_file: /k.pem, client_ca_file: ca.pem }\n",
+        )
+        .unwrap();
+        let tls = Config::load(&path).unwrap().tls.unwrap();
+        assert_eq!(tls.cert_file, dir.path().join("c.pem"));
+        assert_eq!(tls.key_file, PathBuf::from("/k.pem"));
+        assert_eq!(tls.client_ca_file, Some(dir.path().join("ca.pem")));
+        std::fs::write(&path, "policies: p\ntls: { cert_file: c.pem }\n").unwrap();
+        assert!(Config::load(&path).unwrap_err().contains("key_file"));
     }
 
     #[test]

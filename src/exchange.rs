@@ -218,6 +218,10 @@ impl Minter {
         context_extensions: &std::collections::BTreeMap<String, String>,
         now: u64,
     ) -> Result<String, MintError> {
+        // `now` is the request time Envoy reports, and whoever can send a
+        // CheckRequest chooses it: a claimed future time must not mint a token
+        // that outlives `lifetime` by this replica's own clock.
+        let now = now.min(crate::input::unix_seconds(std::time::SystemTime::now()));
         let audience = match &spec.audience {
             Audience::Fixed(a) => a.clone(),
             Audience::ContextExtension(k) => context_extensions

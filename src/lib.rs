@@ -26,9 +26,10 @@
 //! On an allow, [`exchange`] can mint a narrowed token for the upstream.
 //!
 //! [`pipeline`] chains the stages as plain functions; [`server`] wraps them in the
-//! gRPC service, and [`admin`] serves health and readiness. [`store`] keeps the
+//! gRPC service (with optional [`tls`]), and [`admin`] serves health and readiness. [`store`] keeps the
 //! compiled tenants (and their [`data`] documents) and swaps them on reload; [`watch`] notices policy changes.
-//! [`config`] is the server's own configuration ([`limits`] its named bounds), [`cli`] the command line, and
+//! [`config`] is the server's own configuration ([`limits`] its named bounds,
+//! [`policy_files`] where files named by policies may be), [`cli`] the command line, and
 //! [`suite`] runs policy test suites (`portcullis test`).
 //!
 //! Observability, outside the request path: [`telemetry`] (logs, and traces
@@ -50,6 +51,7 @@ pub mod metrics;
 pub mod path;
 pub mod pipeline;
 pub mod policy;
+pub mod policy_files;
 pub mod proto;
 pub mod response;
 pub mod revocation;
@@ -59,4 +61,5 @@ pub mod store;
 pub mod suite;
 pub mod telemetry;
 pub mod tenant;
+pub mod tls;
 pub mod watch;

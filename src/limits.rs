@@ -12,7 +12,7 @@
 //! - [`Limits::input`], the first step of every check: the request's headers,
 //!   path and body are measured on the protobuf before anything is built from
 //!   them;
-//! - policy compile ([`crate::policy::compile_with`]): rules per tenant, the
+//! - policy compile ([`crate::policy::compile_limited`]): rules per tenant, the
 //!   token size a tenant accepts, its token cache and DPoP replay cache;
 //! - the store's reload (tenants) and the server (concurrent checks).
 

@@ -140,11 +140,18 @@ impl Authorization for AuthzService {
             {
                 self.metrics.log_dropped();
             }
+            // The line carries the decision's fields itself: the diagnostic
+            // log does not record spans (see `telemetry::init`).
             if decision.allowed {
                 tracing::debug!(
                     status = decision.status(),
                     auth_method = decision.auth_method,
                     subject = decision.subject.as_deref(),
+                    decision_id = decision.decision_id.as_str(),
+                    decision = outcome.decision,
+                    reason = outcome.reason.code(),
+                    tenant = decision.tenant.as_deref(),
+                    rule = outcome.rule,
                     "allow"
                 );
             } else {
@@ -153,6 +160,11 @@ impl Authorization for AuthzService {
                     auth_method = decision.auth_method,
                     subject = decision.subject.as_deref(),
                     detail = decision.detail.as_deref(),
+                    decision_id = decision.decision_id.as_str(),
+                    decision = outcome.decision,
+                    reason = outcome.reason.code(),
+                    tenant = decision.tenant.as_deref(),
+                    rule = outcome.rule,
                     "deny"
                 );
             }
@@ -201,7 +213,7 @@ const SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
 
 /// Loads policies, binds every listener and starts serving.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
-    let store = Arc::new(PolicyStore::new(&config.policies).with_limits(config.limits.clone()));
+    let store = Arc::new(config.store());
     let first = {
         let s = Arc::clone(&store);
         tokio::task::spawn_blocking(move || s.reload()).await?
@@ -253,8 +265,22 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     });
 
     let permits = Arc::new(Semaphore::new(config.limits.max_concurrent_checks));
-    let make_router = || {
-        tonic::transport::Server::builder()
+    // Read before binding: bad certificate files stop the start.
+    let tls = match &config.tls {
+        Some(t) => {
+            crate::tls::install_crypto_provider();
+            Some(t.load().map_err(anyhow::Error::msg)?)
+        }
+        None => None,
+    };
+    let make_router = || -> anyhow::Result<_> {
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &tls {
+            builder = builder
+                .tls_config(tls.clone())
+                .context("cannot set up TLS on the gRPC listener")?;
+        }
+        Ok(builder
             .add_service(health_service.clone())
             .add_service(AuthorizationServer::new(
                 AuthzService::with_observers(
@@ -263,7 +289,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                     log.clone(),
                 )
                 .with_permits(Arc::clone(&permits)),
-            ))
+            )))
     };
     let mut grpc_addr = None;
     if let Some(addr) = config.listen {
@@ -279,7 +305,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             }
             conn
         });
-        let router = make_router();
+        let router = make_router()?;
         let s = stopped();
         tasks.spawn(async move {
             router
@@ -297,7 +323,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         let listener = UnixListener::bind(path)
             .with_context(|| format!("cannot bind unix socket {}", path.display()))?;
         let incoming = UnixListenerStream::new(listener);
-        let router = make_router();
+        let router = make_router()?;
         let s = stopped();
         tasks.spawn(async move {
             router

@@ -10,7 +10,7 @@
 //! that still has policy files removes its tenant; a directory that is missing or
 //! has no policy files keeps the last good rules.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -105,6 +105,9 @@ struct Loaded {
 #[derive(Debug)]
 pub struct PolicyStore {
     dir: PathBuf,
+    /// `policy_files.allowed_dirs`: where, besides `dir`, files that policies
+    /// name may be.
+    allowed_dirs: Vec<PathBuf>,
     tenants: DashMap<TenantId, Arc<CompiledTenant>>,
     hosts: ArcSwap<HostIndex>,
     status: ArcSwap<StoreStatus>,
@@ -126,6 +129,7 @@ impl PolicyStore {
     pub fn new(dir: impl Into<PathBuf>) -> PolicyStore {
         PolicyStore {
             dir: dir.into(),
+            allowed_dirs: Vec::new(),
             tenants: DashMap::new(),
             hosts: ArcSwap::from_pointee(HostIndex::default()),
             status: ArcSwap::from_pointee(StoreStatus::default()),
@@ -148,6 +152,12 @@ impl PolicyStore {
 
     pub fn limits(&self) -> &crate::limits::Limits {
         &self.limits
+    }
+
+    /// Lets policies name files in `dirs` as well as in the policy directory.
+    pub fn with_allowed_dirs(mut self, dirs: Vec<PathBuf>) -> PolicyStore {
+        self.allowed_dirs = dirs;
+        self
     }
 
     /// The tenant's data document, if it has one.
@@ -224,9 +234,13 @@ impl PolicyStore {
         // Files that no longer exist drop out; the rest start from their last good.
         let mut next: BTreeMap<PathBuf, Loaded> = files
             .iter()
-            .filter(|(p, _)| paths.contains(p))
+            .filter(|(p, _)| listed(&paths, p))
             .map(|(p, l)| (p.clone(), l.clone()))
             .collect();
+        let mut holders = Holders::default();
+        for (p, l) in &next {
+            holders.add(p, &l.tenant);
+        }
         let mut changed: Vec<(PathBuf, Arc<CompiledTenant>)> = Vec::new();
         for (path, text) in read_changed(
             &paths,
@@ -234,7 +248,7 @@ impl PolicyStore {
             &mut errors,
         ) {
             let path = &path;
-            match policy::compile_with(path, &text, &self.limits) {
+            match policy::compile_limited(path, &text, &self.allowed_dirs, &self.limits) {
                 Ok(t) => changed.push((path.clone(), Arc::new(t))),
                 Err(mut errs) => errors.append(&mut errs),
             }
@@ -256,8 +270,12 @@ impl PolicyStore {
                         next.len()
                     )
                 });
-                match refused.or_else(|| conflict(&next, &path, &tenant)) {
+                match refused.or_else(|| conflict(&next, &holders, &path, &tenant)) {
                     None => {
+                        if let Some(old) = next.get(&path) {
+                            holders.remove(&path, &old.tenant);
+                        }
+                        holders.add(&path, &tenant);
                         next.insert(
                             path,
                             Loaded {
@@ -361,7 +379,7 @@ impl PolicyStore {
         let Ok(paths) = list_files(&self.dir, |name| name.ends_with(revocation::SUFFIX)) else {
             return; // the policy listing already reported an unreadable directory
         };
-        files.retain(|p, _| paths.contains(p));
+        files.retain(|p, _| listed(&paths, p));
         let known: HashMap<PathBuf, String> = files
             .iter()
             .map(|(p, (d, _))| (p.clone(), d.clone()))
@@ -403,7 +421,7 @@ impl PolicyStore {
         let Ok(paths) = list_files(&self.dir, data::is_data_file) else {
             return;
         };
-        files.retain(|p, _| paths.contains(p));
+        files.retain(|p, _| listed(&paths, p));
         let known: HashMap<PathBuf, String> = files
             .iter()
             .map(|(p, (d, _))| (p.clone(), d.clone()))
@@ -436,13 +454,84 @@ impl PolicyStore {
     }
 }
 
-/// Why `tenant` (from `path`) cannot be admitted next to the other files.
+/// `paths` is sorted (as [`list_files`] returns it).
+fn listed(paths: &[PathBuf], path: &Path) -> bool {
+    paths.binary_search_by(|p| p.as_path().cmp(path)).is_ok()
+}
+
+/// Which admitted files hold each tenant id, host and issuer, so that a changed
+/// file's conflicts are found without comparing it with every other file (a
+/// load of N tenants was O(N²)).
+#[derive(Default)]
+struct Holders {
+    ids: HashMap<Arc<str>, BTreeSet<PathBuf>>,
+    hosts: HashMap<HostPattern, BTreeSet<PathBuf>>,
+    /// Issuer → (files that list it under `shared_issuers`, files that do not).
+    issuers: HashMap<String, [BTreeSet<PathBuf>; 2]>,
+}
+
+impl Holders {
+    fn add(&mut self, path: &Path, tenant: &CompiledTenant) {
+        self.each(tenant, |set| {
+            set.insert(path.to_path_buf());
+        });
+    }
+
+    fn remove(&mut self, path: &Path, tenant: &CompiledTenant) {
+        self.each(tenant, |set| {
+            set.remove(path);
+        });
+    }
+
+    fn each(&mut self, tenant: &CompiledTenant, mut f: impl FnMut(&mut BTreeSet<PathBuf>)) {
+        f(self.ids.entry(tenant.id.clone()).or_default());
+        for h in &tenant.hosts {
+            f(self.hosts.entry(h.clone()).or_default());
+        }
+        for i in &tenant.issuers {
+            let shared = usize::from(!tenant.shared_issuers.contains(i));
+            f(&mut self.issuers.entry(i.clone()).or_default()[shared]);
+        }
+    }
+
+    /// The first file (in path order) other than `path` that `tenant` conflicts
+    /// with: the same id, a host in common, or an issuer in common that is not
+    /// listed as shared by both.
+    fn first_conflict(&self, path: &Path, tenant: &CompiledTenant) -> Option<&PathBuf> {
+        fn first<'a>(set: Option<&'a BTreeSet<PathBuf>>, path: &Path) -> Option<&'a PathBuf> {
+            set.and_then(|s| s.iter().find(|p| p.as_path() != path))
+        }
+        let mut candidates = vec![first(self.ids.get(&tenant.id), path)];
+        candidates.extend(tenant.hosts.iter().map(|h| first(self.hosts.get(h), path)));
+        for i in &tenant.issuers {
+            let Some([shared, not_shared]) = self.issuers.get(i) else {
+                continue;
+            };
+            candidates.push(first(Some(not_shared), path));
+            if !tenant.shared_issuers.contains(i) {
+                candidates.push(first(Some(shared), path));
+            }
+        }
+        candidates.into_iter().flatten().min()
+    }
+}
+
+/// Why `tenant` (from `path`) cannot be admitted next to the other files: the
+/// first conflicting file in path order, as a scan of `next` would find it.
 fn conflict(
     next: &BTreeMap<PathBuf, Loaded>,
+    holders: &Holders,
     path: &Path,
     tenant: &CompiledTenant,
 ) -> Option<String> {
-    for (other_path, other) in next.iter().filter(|(p, _)| p.as_path() != path) {
+    let other_path = holders.first_conflict(path, tenant)?;
+    let other = next.get(other_path)?;
+    conflict_with(other_path, other, tenant)
+}
+
+/// Why `tenant` conflicts with `other` (from `other_path`), if it does.
+fn conflict_with(other_path: &Path, other: &Loaded, tenant: &CompiledTenant) -> Option<String> {
+    {
         if other.tenant.id == tenant.id {
             return Some(format!(
                 "tenant {:?} is already defined in {}",
@@ -673,6 +762,51 @@ mod tests {
         let s = store.reload();
         assert!(s.errors.is_empty(), "{:?}", s.errors);
         assert_eq!(&*store.tenant_for_host("shared.example").unwrap().id, "a");
+    }
+
+    #[test]
+    fn an_unshared_issuer_conflicts_with_the_first_file_that_trusts_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |t: &str, shared: bool| {
+            let shared = if shared {
+                "shared_issuers: [https://idp.example]\n"
+            } else {
+                ""
+            };
+            format!(
+                "apiVersion: portcullis/v1\ntenant: {t}\n{shared}identity:\n  envoy_jwt_authn: {{ issuers: [https://idp.example] }}\nrules: []\n"
+            )
+        };
+        for t in ["b", "c", "e"] {
+            write(dir.path(), &format!("{t}.yaml"), &file(t, true));
+        }
+        let store = PolicyStore::new(dir.path());
+        assert!(store.reload().errors.is_empty());
+        // Not shared in d: it conflicts with every sharer, and the first in
+        // path order is named.
+        write(dir.path(), "d.yaml", &file("d", false));
+        let s = store.reload();
+        assert_eq!(s.errors.len(), 1, "{:?}", s.errors);
+        assert!(s.errors[0].file.ends_with("d.yaml"));
+        assert!(
+            s.errors[0].message.contains("tenant \"b\" in")
+                && s.errors[0].message.contains("b.yaml"),
+            "{}",
+            s.errors[0]
+        );
+        // Shared in a: admitted beside the others.
+        fs::remove_file(dir.path().join("d.yaml")).unwrap();
+        write(dir.path(), "a.yaml", &file("a", true));
+        let s = store.reload();
+        assert!(s.errors.is_empty(), "{:?}", s.errors);
+        assert!(store.tenant("a").is_some());
+        // A changed file does not conflict with its own previous version.
+        write(
+            dir.path(),
+            "a.yaml",
+            &format!("{}# changed\n", file("a", true)),
+        );
+        assert!(store.reload().errors.is_empty());
     }
 
     #[test]

@@ -173,8 +173,13 @@ impl Report {
 
 /// Runs every `*_test.yaml` in `dir` against the policies in `dir`.
 pub fn run(dir: &Path, tenancy: TenantResolver) -> Report {
+    run_with(dir, tenancy, Vec::new())
+}
+
+/// [`run`], with the server's `policy_files.allowed_dirs`.
+pub fn run_with(dir: &Path, tenancy: TenantResolver, allowed_dirs: Vec<PathBuf>) -> Report {
     let mut report = Report::default();
-    let store = Arc::new(PolicyStore::new(dir));
+    let store = Arc::new(PolicyStore::new(dir).with_allowed_dirs(allowed_dirs));
     let status = store.reload();
     report
         .errors

@@ -30,7 +30,7 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use serde::Deserialize;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -120,7 +120,12 @@ pub fn init(format: LogFormat, config: &TracingConfig) -> Telemetry {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
     let fmt: Box<dyn Layer<_> + Send + Sync> = match format {
-        LogFormat::Json => Box::new(fmt.json().flatten_event(true).with_current_span(true)),
+        LogFormat::Json => Box::new(
+            fmt.json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false),
+        ),
         LogFormat::Text => Box::new(fmt),
     };
     let (otel, telemetry, error) = match config.endpoint() {
@@ -142,10 +147,18 @@ pub fn init(format: LogFormat, config: &TracingConfig) -> Telemetry {
             Err(e) => (None, Telemetry::default(), Some(e)),
         },
     };
-    tracing_subscriber::registry()
-        .with(fmt.with_filter(filter))
-        .with(otel)
-        .init();
+    // The diagnostic log takes events, not spans: a span's fields would be
+    // formatted on every check (a fifth of a check's instructions at `info`)
+    // though a line seldom shows them. The deny and allow lines carry the
+    // decision's fields themselves (`server.rs`).
+    let logs = tracing_subscriber::registry()
+        .with(fmt.with_filter(filter.and(filter_fn(|m| m.is_event()))));
+    // Without an exporter no layer wants spans, so none is created (an absent
+    // `Option` layer would enable every span, at every level).
+    match otel {
+        Some(otel) => logs.with(otel).init(),
+        None => logs.init(),
+    }
     if let Some(e) = error {
         tracing::error!(error = %e, "trace export is off: cannot set up the OTLP exporter");
     } else if let Some(endpoint) = &telemetry.endpoint {

@@ -3,20 +3,21 @@
 //! Change events are debounced, so a Kubernetes ConfigMap update (new
 //! `..<timestamp>` directory, then a rename of the `..data` symlink) loads as one
 //! generation. A periodic rescan catches what a watch can miss, e.g. when the
-//! directory itself is removed and created again. Reloads run on a blocking thread
-//! and one at a time.
+//! directory itself is removed and created again; that rescan also watches the
+//! new directory, so later edits load at once again. Reloads run on a blocking
+//! thread and one at a time.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify_debouncer_mini::notify::RecursiveMode;
-use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
 use crate::store::{PolicyStore, StoreStatus};
 
-type Watcher = Debouncer<notify_debouncer_mini::notify::RecommendedWatcher>;
+type Watcher = notify::RecommendedWatcher;
 
 /// Runs until `stop` resolves. `on_reload` sees every reload's status.
 pub async fn run(
@@ -27,7 +28,8 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) {
     let (tx, mut rx) = mpsc::channel::<()>(1);
-    let mut watcher = watch(store.dir(), debounce, tx.clone());
+    let mut watched = identity(store.dir());
+    let mut watcher = watch(store.dir(), tx.clone());
     let mut tick = tokio::time::interval(rescan_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // the first tick is immediate; the caller has just loaded
@@ -47,10 +49,20 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = &mut stop => return,
-            Some(()) = rx.recv() => {}
+            Some(()) = rx.recv() => {
+                // Debounce: a ConfigMap update (new directory, then a symlink
+                // swap) is several events; let them all land, then load once.
+                tokio::time::sleep(debounce).await;
+                while rx.try_recv().is_ok() {}
+            }
             _ = tick.tick() => {
-                if watcher.is_none() {
-                    watcher = watch(store.dir(), debounce, tx.clone());
+                // A watch follows the directory's inode: once the directory is
+                // removed and created again, the old watch sees nothing, and
+                // every later edit would wait for a rescan.
+                let now = identity(store.dir());
+                if watcher.is_none() || now != watched {
+                    watcher = watch(store.dir(), tx.clone());
+                    watched = now;
                 }
             }
         }
@@ -62,22 +74,44 @@ pub async fn run(
     }
 }
 
-fn watch(dir: &Path, debounce: Duration, tx: mpsc::Sender<()>) -> Option<Watcher> {
-    let handler = move |res: DebounceEventResult| {
-        if res.is_ok() {
-            // A full channel already holds a pending reload: nothing is lost.
-            let _ = tx.try_send(());
+/// The directory's device and inode (through symlinks), when it exists.
+fn identity(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Whether an event can mean changed policies. Reads cannot, and every reload
+/// opens and reads every file: counting those made each reload schedule the
+/// next, forever.
+fn may_change(kind: &EventKind) -> bool {
+    !matches!(
+        kind,
+        EventKind::Access(
+            AccessKind::Open(_)
+                | AccessKind::Read
+                | AccessKind::Close(AccessMode::Read | AccessMode::Execute)
+        )
+    )
+}
+
+fn watch(dir: &Path, tx: mpsc::Sender<()>) -> Option<Watcher> {
+    let handler = move |res: notify::Result<notify::Event>| {
+        // An error may have lost a change: reload.
+        if res.as_ref().is_ok_and(|e| !may_change(&e.kind)) {
+            return;
         }
+        // A full channel already holds a pending reload: nothing is lost.
+        let _ = tx.try_send(());
     };
-    let mut debouncer = match new_debouncer(debounce, handler) {
-        Ok(d) => d,
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(w) => w,
         Err(e) => {
             tracing::warn!(error = %e, "cannot create policy watcher; relying on rescans");
             return None;
         }
     };
-    match debouncer.watcher().watch(dir, RecursiveMode::Recursive) {
-        Ok(()) => Some(debouncer),
+    match watcher.watch(dir, RecursiveMode::Recursive) {
+        Ok(()) => Some(watcher),
         Err(e) => {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot watch policy directory; relying on rescans");
             None
@@ -99,4 +133,31 @@ pub fn log_status(status: &StoreStatus) {
         errors = status.errors.len(),
         "policies loaded"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, ModifyKind, RemoveKind, RenameMode};
+
+    #[test]
+    fn reads_are_not_changes_but_writes_are() {
+        for read in [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+        ] {
+            assert!(!may_change(&read), "{read:?}");
+        }
+        for change in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Modify(ModifyKind::Any),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Any,
+        ] {
+            assert!(may_change(&change), "{change:?}");
+        }
+    }
 }

@@ -66,7 +66,11 @@ fn example_policy_files() -> Value {
 fn everything_on() -> Value {
     json!({
         "policies": { "files": example_policy_files() },
-        "secrets": [{ "name": "idp-keys", "secretName": "acme-idp-keys" }],
+        "secrets": [
+            { "name": "idp-keys", "secretName": "acme-idp-keys" },
+            { "name": "introspection", "secretName": "acme-introspection" },
+            { "name": "vault", "secretName": "acme-vault", "policyFiles": false },
+        ],
         "autoscaling": { "enabled": true },
         "networkPolicy": {
             "enabled": true,
@@ -584,6 +588,21 @@ fn config_policies_and_secrets_are_mounted_as_directories() {
         .find(|m| m["name"] == "portcullis-secret-idp-keys")
         .expect("secret mounted");
     assert_eq!(mount["mountPath"], "/etc/portcullis/secrets/idp-keys");
+}
+
+#[test]
+fn policies_may_name_files_only_in_secret_mounts_without_signing_keys() {
+    // No Secrets: the policy directory only.
+    assert_eq!(
+        rendered("default").server_config()["policy_files"],
+        json!({ "allowed_dirs": [] })
+    );
+    // idp-keys holds the token-exchange signing key, and vault is marked
+    // policyFiles: false; introspection is the one policies may use.
+    assert_eq!(
+        rendered("everything").server_config()["policy_files"],
+        json!({ "allowed_dirs": ["/etc/portcullis/secrets/introspection"] })
+    );
 }
 
 #[test]

@@ -331,6 +331,73 @@ async fn decides_for_a_real_envoy() {
     portcullis.stop().await.unwrap();
 }
 
+/// Behaviour: Envoy killed and started again (same config) while portcullis
+/// runs: portcullis notices nothing it must act on; the new Envoy connects and
+/// its checks are decided again, allow and deny alike, with no portcullis
+/// restart and no policy reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_resume_when_envoy_restarts() {
+    let portcullis = support::start_portcullis(&support::example_policies()).await;
+    let (upstream, _echo) = support::start_echo_upstream().await;
+    let issuer = Issuer::new();
+    let config = e2e_config(
+        portcullis.grpc_addr.unwrap(),
+        upstream,
+        support::dead_port(),
+        &issuer.jwks(),
+    );
+    let generation = portcullis.store.status().generation;
+    let acme = ("host", "acme.example.com");
+    let probe = |main: SocketAddr| async move {
+        let allowed = http(main, "GET", "/docs/intro", &[acme], None).await;
+        assert_eq!(
+            header_values(&upstream_saw(&allowed), "x-tenant"),
+            vec!["acme"]
+        );
+        let denied = http(main, "GET", "/tenants/acme/orders/42", &[acme], None).await;
+        assert_denied(&denied, 401, "missing_credential");
+    };
+
+    let first = Envoy::start(&config).await;
+    probe(first.listener("main").await).await;
+    // Killed by its handle (SIGKILL: no goodbye on the gRPC connection).
+    drop(first);
+
+    // portcullis is still up and deciding for anyone who asks.
+    let (status, _) = grpc_call_direct(portcullis.grpc_addr.unwrap()).await;
+    assert_eq!(status, 200);
+
+    let second = Envoy::start(&config).await;
+    for _ in 0..3 {
+        probe(second.listener("main").await).await;
+    }
+    assert_eq!(portcullis.store.status().generation, generation);
+    println!(
+        "fault: envoy restarted: checks resume through the new Envoy (200 allow, 401 missing_credential); no portcullis restart or reload"
+    );
+    drop(second);
+    portcullis.stop().await.unwrap();
+}
+
+/// One Check straight to portcullis over gRPC; the denied status it carries.
+async fn grpc_call_direct(addr: SocketAddr) -> (u16, String) {
+    use portcullis::proto::auth::authorization_client::AuthorizationClient;
+    use portcullis::proto::auth::check_response::HttpResponse as Answer;
+    let mut c = AuthorizationClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let req =
+        portcullis::cli::check_request_from_json(&json!({ "attributes": { "request": { "http": {
+        "method": "GET", "host": "acme.example.com", "path": "/docs/intro", "headers": {}
+    } } } }))
+        .unwrap();
+    let r = c.check(req).await.unwrap().into_inner();
+    match r.http_response {
+        Some(Answer::OkResponse(_)) => (200, String::new()),
+        other => (0, format!("{other:?}")),
+    }
+}
+
 /// A tenant that trusts its own issuer and lets portcullis validate the tokens
 /// (no `jwt_authn` for its host): keys inline, minted here by jwt-simple.
 fn initech_policy(jwks: &str) -> String {
@@ -926,5 +993,235 @@ fn example_envoy_configs_are_valid_for_envoy() {
             "{file}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+}
+
+/// A CA and the certificates of the gRPC listener's TLS test: the server
+/// (`portcullis.test`), Envoy's client certificate, and a client certificate
+/// from another CA that portcullis does not trust.
+struct GrpcPki {
+    dir: tempfile::TempDir,
+    ca_pem: String,
+    envoy: (String, String),
+    rogue: (String, String),
+}
+
+fn grpc_pki() -> GrpcPki {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), Issuer::new(params, key))
+    };
+    let leaf = |issuer: &Issuer<'_, KeyPair>, name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        (
+            params.signed_by(&key, issuer).unwrap().pem(),
+            key.serialize_pem(),
+        )
+    };
+    let (ca_pem, issuer) = ca("portcullis gRPC test CA");
+    let (_, rogue_issuer) = ca("some other CA");
+    let server = leaf(&issuer, "portcullis.test");
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in [
+        ("ca.pem", &ca_pem),
+        ("server.pem", &server.0),
+        ("server.key", &server.1),
+    ] {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let envoy = leaf(&issuer, "envoy");
+    std::fs::write(dir.path().join("envoy.pem"), &envoy.0).unwrap();
+    std::fs::write(dir.path().join("envoy.key"), &envoy.1).unwrap();
+    GrpcPki {
+        dir,
+        ca_pem,
+        envoy,
+        rogue: leaf(&rogue_issuer, "rogue"),
+    }
+}
+
+/// One Check over TLS straight to portcullis, with `identity` as the client
+/// certificate; `Err` when the connection or the call fails.
+async fn grpc_call_tls(
+    addr: SocketAddr,
+    pki: &GrpcPki,
+    identity: Option<&(String, String)>,
+) -> Result<(), String> {
+    use portcullis::proto::auth::authorization_client::AuthorizationClient;
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&pki.ca_pem))
+        .domain_name("portcullis.test");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    let channel = Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let req =
+        portcullis::cli::check_request_from_json(&json!({ "attributes": { "request": { "http": {
+        "method": "GET", "host": "acme.example.com", "path": "/docs/intro", "headers": {}
+    } } } }))
+        .unwrap();
+    let r = AuthorizationClient::new(channel)
+        .check(req)
+        .await
+        .map_err(|e| format!("check: {e}"))?
+        .into_inner();
+    use portcullis::proto::auth::check_response::HttpResponse as Answer;
+    match r.http_response {
+        Some(Answer::OkResponse(_)) => Ok(()),
+        other => panic!("the example policy allows /docs/intro: {other:?}"),
+    }
+}
+
+/// The gRPC listener with TLS and a client CA: Envoy, holding a client
+/// certificate from that CA (an `UpstreamTlsContext` on the ext_authz
+/// cluster), gets decisions, allow and deny; a direct client without a
+/// certificate, with one from another CA, or without TLS at all, gets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_envoy_with_a_client_certificate_gets_decisions() {
+    let pki = grpc_pki();
+    let at = |name: &str| pki.dir.path().join(name);
+    let portcullis = support::start_portcullis_with(&support::example_policies(), |c| {
+        c.tls = Some(portcullis::tls::GrpcTlsConfig {
+            cert_file: at("server.pem"),
+            key_file: at("server.key"),
+            client_ca_file: Some(at("ca.pem")),
+        });
+    })
+    .await;
+    let grpc = portcullis.grpc_addr.unwrap();
+    let (upstream, _echo) = support::start_echo_upstream().await;
+    let issuer = Issuer::new();
+    let mut config: Value = serde_json::from_str(&e2e_config(
+        grpc,
+        upstream,
+        support::dead_port(),
+        &issuer.jwks(),
+    ))
+    .unwrap();
+    let file = |name: &str| json!({ "filename": at(name).display().to_string() });
+    for c in config["static_resources"]["clusters"]
+        .as_array_mut()
+        .unwrap()
+    {
+        if c["name"] == "portcullis" {
+            c["transport_socket"] = json!({
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                    "sni": "portcullis.test",
+                    "common_tls_context": {
+                        "alpn_protocols": ["h2"],
+                        "tls_certificates": [{
+                            "certificate_chain": file("envoy.pem"),
+                            "private_key": file("envoy.key"),
+                        }],
+                        "validation_context": {
+                            "trusted_ca": file("ca.pem"),
+                            "match_typed_subject_alt_names": [{
+                                "san_type": "DNS",
+                                "matcher": { "exact": "portcullis.test" },
+                            }],
+                        },
+                    },
+                },
+            });
+        }
+    }
+    let envoy = Envoy::start(&config.to_string()).await;
+    let main = envoy.listener("main").await;
+    let acme = ("host", "acme.example.com");
+
+    // Allow and deny, decided by portcullis over mutual TLS.
+    let allowed = http(main, "GET", "/docs/intro", &[acme], None).await;
+    assert_eq!(allowed.status, 200, "{allowed:?}");
+    assert_eq!(
+        header_values(&upstream_saw(&allowed), "x-tenant"),
+        vec!["acme"]
+    );
+    let denied = http(main, "GET", "/tenants/acme/orders/42", &[acme], None).await;
+    assert_denied(&denied, 401, "missing_credential");
+
+    // Direct: Envoy's certificate works; no certificate, another CA's
+    // certificate, or plaintext gets no decision.
+    grpc_call_tls(grpc, &pki, Some(&pki.envoy)).await.unwrap();
+    let e = grpc_call_tls(grpc, &pki, None).await.unwrap_err();
+    println!("mtls: a client without a certificate: {e}");
+    let e = grpc_call_tls(grpc, &pki, Some(&pki.rogue))
+        .await
+        .unwrap_err();
+    println!("mtls: a client with another CA's certificate: {e}");
+    let plain = async {
+        use portcullis::proto::auth::authorization_client::AuthorizationClient;
+        let mut c = AuthorizationClient::connect(format!("http://{grpc}"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let req = portcullis::cli::check_request_from_json(&json!({})).unwrap();
+        c.check(req).await.map_err(|e| e.to_string()).map(|_| ())
+    };
+    let e = plain.await.unwrap_err();
+    println!("mtls: a plaintext client: {e}");
+
+    // The refusal is the TLS handshake itself: the server's alert says a
+    // certificate is required, before any HTTP/2 byte is read.
+    let alert = handshake_without_certificate(grpc, &pki).await;
+    assert!(
+        alert.to_ascii_lowercase().contains("certificaterequired")
+            || alert.to_ascii_lowercase().contains("certificate required"),
+        "{alert}"
+    );
+
+    // Envoy still gets decisions after the refused clients.
+    let again = http(main, "GET", "/docs/intro", &[acme], None).await;
+    assert_eq!(again.status, 200, "{again:?}");
+    drop(envoy);
+    portcullis.stop().await.unwrap();
+}
+
+/// A TLS 1.3 client with no certificate: its side of the handshake completes,
+/// and the first read returns the server's alert. Returns that error's text.
+async fn handshake_without_certificate(addr: SocketAddr, pki: &GrpcPki) -> String {
+    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("portcullis.test").unwrap();
+    let mut tls = match connector.connect(name, tcp).await {
+        Ok(tls) => tls,
+        Err(e) => return e.to_string(),
+    };
+    let _ = tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+    let mut buf = [0u8; 64];
+    match tls.read(&mut buf).await {
+        Ok(n) => panic!("read {n} bytes without a client certificate"),
+        Err(e) => e.to_string(),
     }
 }

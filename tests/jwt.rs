@@ -1314,6 +1314,37 @@ async fn introspection_with_the_wrong_secret_fails_closed() {
     );
 }
 
+/// The client secret is read at every call, so it is checked at every call: a
+/// secret file swapped for a symlink out of the policy directory after the
+/// policy loaded is not read, and nothing is sent.
+#[tokio::test]
+async fn a_client_secret_swapped_for_a_link_outside_is_not_sent() {
+    let server = Introspection::start(json!({"good": {"active": true, "sub": "a"}})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("client-secret"), "s3cret").unwrap();
+    std::fs::write(elsewhere.path().join("signing.pem"), "not for policies").unwrap();
+    let policy = format!(
+        "apiVersion: portcullis/v1\ntenant: acme\nidentity:\n  introspection: {{ endpoint: 'http://{}/introspect', issuer: i, client_id: portcullis, client_secret_file: client-secret }}\nrules:\n  - {{ id: all, path: /reports, effect: allow }}\n---\napiVersion: portcullis/v1\ntenant: globex\nrules: []\n",
+        server.addr
+    );
+    let p = pipeline(dir.path(), &policy);
+    std::fs::remove_file(dir.path().join("client-secret")).unwrap();
+    std::os::unix::fs::symlink(
+        elsewhere.path().join("signing.pem"),
+        dir.path().join("client-secret"),
+    )
+    .unwrap();
+    let d = p
+        .check_async(&request("acme", "/reports", bearer("good")), WAIT)
+        .await;
+    assert_eq!(
+        (d.status(), d.reason.code()),
+        (503, "introspection_unavailable")
+    );
+    assert_eq!(server.calls(), 0, "the secret was never sent");
+}
+
 /// A private CA, a server certificate for 127.0.0.1 and a client certificate,
 /// all made by rcgen for this test.
 struct Pki {

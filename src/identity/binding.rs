@@ -92,7 +92,11 @@ const ALL_ALGS: [&str; 9] = [
 ];
 
 impl Dpop {
-    pub fn compile(spec: &DpopSpec, tenant: &str, base: &std::path::Path) -> Result<Dpop, String> {
+    pub fn compile(
+        spec: &DpopSpec,
+        tenant: &str,
+        files: &crate::policy_files::FileScope,
+    ) -> Result<Dpop, String> {
         let at = |m: String| format!("identity.dpop: {m}");
         let origin = normalize_origin(&spec.public_origin).ok_or_else(|| {
             at(format!(
@@ -121,13 +125,7 @@ impl Dpop {
         let nonce_key = match &spec.nonce_key_file {
             None => None,
             Some(f) => {
-                let path = base.join(f);
-                let key = std::fs::read(&path).map_err(|e| {
-                    at(format!(
-                        "cannot read nonce_key_file {}: {e}",
-                        path.display()
-                    ))
-                })?;
+                let key = files.read("nonce_key_file", f).map_err(at)?;
                 if key.len() < 32 {
                     return Err(at("nonce_key_file must hold at least 32 bytes".into()));
                 }
@@ -664,7 +662,12 @@ mod tests {
     fn rfc_dpop(tenant: &str) -> Dpop {
         let spec: DpopSpec =
             serde_yaml::from_str("public_origin: https://resource.example.org").unwrap();
-        Dpop::compile(&spec, tenant, std::path::Path::new(".")).unwrap()
+        Dpop::compile(
+            &spec,
+            tenant,
+            &crate::policy_files::FileScope::new(".", &[]),
+        )
+        .unwrap()
     }
 
     #[test]

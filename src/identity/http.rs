@@ -6,7 +6,7 @@
 //! Errors name the URL without its query (which could hold a secret) and never
 //! quote a response body.
 
-use std::path::Path;
+use crate::policy_files::FileScope;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -61,7 +61,7 @@ pub fn default_client() -> Result<reqwest::Client, String> {
 /// same files can be shared, and changed files make a new one).
 pub fn client(
     tls: Option<&TlsSpec>,
-    base: &Path,
+    files: &FileScope,
 ) -> Result<(reqwest::Client, Option<String>), String> {
     let Some(tls) = tls.filter(|t| **t != TlsSpec::default()) else {
         return Ok((default_client()?, None));
@@ -69,9 +69,7 @@ pub fn client(
     let mut fingerprint = sha2::Sha256::default();
     let mut read = |name: &str, file: &str| {
         use sha2::Digest as _;
-        let path = base.join(file);
-        let bytes = std::fs::read(&path)
-            .map_err(|e| format!("cannot read tls.{name} {}: {e}", path.display()))?;
+        let bytes = files.read(&format!("tls.{name}"), file)?;
         fingerprint.update(name.as_bytes());
         fingerprint.update(&bytes);
         Ok::<_, String>(bytes)
@@ -208,28 +206,29 @@ mod tests {
 
     #[test]
     fn tls_files_are_checked_when_the_policy_loads() {
-        let dir = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = &FileScope::new(tmp.path(), &[]);
         let spec = TlsSpec {
             ca_file: Some("missing.pem".into()),
             ..TlsSpec::default()
         };
         assert!(
-            client(Some(&spec), dir.path())
+            client(Some(&spec), dir)
                 .unwrap_err()
                 .contains("missing.pem")
         );
-        std::fs::write(dir.path().join("ca.pem"), "not pem").unwrap();
+        std::fs::write(tmp.path().join("ca.pem"), "not pem").unwrap();
         let spec = TlsSpec {
             ca_file: Some("ca.pem".into()),
             ..TlsSpec::default()
         };
-        assert!(client(Some(&spec), dir.path()).is_err());
+        assert!(client(Some(&spec), dir).is_err());
         let spec = TlsSpec {
             cert_file: Some("c.pem".into()),
             ..TlsSpec::default()
         };
         assert!(
-            client(Some(&spec), dir.path())
+            client(Some(&spec), dir)
                 .unwrap_err()
                 .contains("go together")
         );

@@ -12,7 +12,6 @@
 //! This module must never treat an error as `active`, cache a failure as a
 //! result, or put the token or the secret in an error.
 
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +23,7 @@ use tokio::time::Instant;
 
 use super::http::{self, TlsSpec};
 use super::jwt::{TokenError, Verified};
+use crate::policy_files::FileScope;
 
 /// Default longest time an active result is reused.
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60);
@@ -71,7 +71,9 @@ pub struct Introspector {
     endpoint: String,
     audiences: Vec<String>,
     client_id: String,
-    secret_file: PathBuf,
+    /// `client_secret_file` as written, and where it may resolve: checked
+    /// again at every read, since the file is re-read at every call.
+    secret_file: (FileScope, String),
     cache_ttl: u64,
     negative_ttl: u64,
     client: reqwest::Client,
@@ -99,16 +101,17 @@ pub enum Lookup {
 }
 
 impl Introspector {
-    pub fn compile(spec: &IntrospectionSpec, base: &Path) -> Result<Introspector, String> {
+    pub fn compile(spec: &IntrospectionSpec, files: &FileScope) -> Result<Introspector, String> {
         let at = |m: String| format!("identity.introspection: {m}");
         http::origin_of(&spec.endpoint).map_err(at)?;
         if spec.issuer.is_empty() || spec.client_id.is_empty() {
             return Err(at("issuer and client_id must not be empty".into()));
         }
-        let secret_file = base.join(&spec.client_secret_file);
-        // Fail at load, not at the first request, when the secret is missing.
+        let secret_file = (files.clone(), spec.client_secret_file.clone());
+        // Fail at load, not at the first request, when the secret is missing
+        // or outside the allowed directories.
         read_secret(&secret_file).map_err(at)?;
-        let (client, _) = http::client(spec.tls.as_ref(), base).map_err(at)?;
+        let (client, _) = http::client(spec.tls.as_ref(), files).map_err(at)?;
         Ok(Introspector {
             issuer: spec.issuer.clone(),
             endpoint: spec.endpoint.clone(),
@@ -334,7 +337,7 @@ impl Introspector {
                 issuer: self.issuer.clone(),
                 subject,
                 token_id,
-                claims: response,
+                claims: Arc::new(response),
                 expires: exp.unwrap_or(until),
                 sender_constraint: super::binding::SenderConstraint::None,
             }),
@@ -363,8 +366,9 @@ fn digest(token: &str) -> [u8; 32] {
     sha2::Sha256::digest(token.as_bytes()).into()
 }
 
-fn read_secret(path: &Path) -> Result<String, String> {
+fn read_secret((files, name): &(FileScope, String)) -> Result<String, String> {
     use std::io::Read as _;
+    let path = &files.resolve("client_secret_file", name)?;
     let mut text = String::new();
     std::fs::File::open(path)
         .and_then(|f| f.take(MAX_SECRET_BYTES).read_to_string(&mut text))

@@ -136,8 +136,11 @@ pub struct Issuer {
 }
 
 impl Issuer {
-    /// Validates a spec. `base` resolves a relative `jwks_file`.
-    pub fn compile(spec: &IssuerSpec, base: &std::path::Path) -> Result<Issuer, String> {
+    /// Validates a spec. `files` resolves `jwks_file` and `tls.*`.
+    pub fn compile(
+        spec: &IssuerSpec,
+        files: &crate::policy_files::FileScope,
+    ) -> Result<Issuer, String> {
         let name = &spec.issuer;
         if name.is_empty() {
             return Err("identity.jwt: issuer must not be empty".into());
@@ -202,16 +205,14 @@ impl Issuer {
         let keys = if let Some(doc) = &spec.jwks {
             KeySource::Static(parse_set(doc.to_string().as_bytes())?)
         } else if let Some(file) = &spec.jwks_file {
-            let path = base.join(file);
-            let bytes = std::fs::read(&path)
-                .map_err(|e| at(format!("cannot read jwks_file {}: {e}", path.display())))?;
+            let bytes = files.read("jwks_file", file).map_err(at)?;
             KeySource::Static(parse_set(&bytes)?)
         } else if let Some(uri) = &spec.jwks_uri {
             super::http::origin_of(uri).map_err(at)?;
             KeySource::Remote(RemoteKeys::shared(
                 RemoteSource::Jwks(uri.clone()),
                 refresh,
-                super::http::client(spec.tls.as_ref(), base).map_err(at)?,
+                super::http::client(spec.tls.as_ref(), files).map_err(at)?,
             ))
         } else {
             super::http::origin_of(name).map_err(at)?;
@@ -231,7 +232,7 @@ impl Issuer {
                     allowed_origins: allowed,
                 },
                 refresh,
-                super::http::client(spec.tls.as_ref(), base).map_err(at)?,
+                super::http::client(spec.tls.as_ref(), files).map_err(at)?,
             ))
         };
         if spec.tls.is_some() && !matches!(keys, KeySource::Remote(_)) {
@@ -366,7 +367,7 @@ pub struct Verified {
     pub token_id: Option<String>,
     /// The token's claims with the issuer's mappings applied and `scope`
     /// normalized to a list.
-    pub claims: Map<String, Json>,
+    pub claims: Arc<Map<String, Json>>,
     pub expires: u64,
     /// The binding the issuer requires of its tokens.
     pub sender_constraint: super::binding::SenderConstraint,
@@ -745,7 +746,7 @@ fn check_claims(
         issuer: issuer.issuer.clone(),
         subject,
         token_id,
-        claims,
+        claims: Arc::new(claims),
         expires: exp,
         sender_constraint: issuer.sender_constraint,
     })

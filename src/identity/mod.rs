@@ -124,7 +124,7 @@ struct ApiKeys {
 struct ApiKey {
     hash: [u8; 32],
     subject: String,
-    claims: Map<String, Json>,
+    claims: Arc<Map<String, Json>>,
 }
 
 impl ApiKeys {
@@ -173,7 +173,7 @@ impl ApiKeys {
             keys.push(ApiKey {
                 hash,
                 subject: k.subject.clone(),
-                claims,
+                claims: Arc::new(claims),
             });
         }
         Ok(ApiKeys { header, keys })
@@ -300,12 +300,12 @@ enum Source {
 }
 
 impl IdentityConfig {
-    /// Validates a tenant's identity section; `base` is the policy file's
-    /// directory (for a relative `jwks_file`).
+    /// Validates a tenant's identity section; `files` says where the files
+    /// it names may be (see [`crate::policy_files`]).
     pub fn compile(
         spec: &IdentitySpec,
         tenant: &str,
-        base: &std::path::Path,
+        files: &crate::policy_files::FileScope,
     ) -> Result<IdentityConfig, String> {
         let mut issuers: Vec<Issuer> = Vec::new();
         for issuer in &spec.jwt {
@@ -315,7 +315,7 @@ impl IdentityConfig {
                     issuer.issuer
                 ));
             }
-            issuers.push(Issuer::compile(issuer, base)?);
+            issuers.push(Issuer::compile(issuer, files)?);
         }
         let token_sources = match &spec.token_sources {
             None => vec![TokenSource::Header {
@@ -333,7 +333,7 @@ impl IdentityConfig {
         let introspection = spec
             .introspection
             .as_ref()
-            .map(|i| Introspector::compile(i, base).map(Arc::new))
+            .map(|i| Introspector::compile(i, files).map(Arc::new))
             .transpose()?;
         let takes_tokens = !issuers.is_empty() || introspection.is_some();
         if spec.token_sources.is_some() && !takes_tokens {
@@ -406,7 +406,7 @@ impl IdentityConfig {
             dpop: spec
                 .dpop
                 .as_ref()
-                .map(|d| binding::Dpop::compile(d, tenant, base))
+                .map(|d| binding::Dpop::compile(d, tenant, files))
                 .transpose()?,
         })
     }
@@ -580,7 +580,8 @@ pub struct Identity {
     pub issuer: Option<String>,
     /// The token's `jti`, when it has one.
     pub token_id: Option<String>,
-    pub claims: Map<String, Json>,
+    /// Shared with the verified-token cache: a cache hit does not copy them.
+    pub claims: Arc<Map<String, Json>>,
     /// A query parameter that carried the token: removed before the upstream.
     pub consumed_query: Option<String>,
     /// When the credential expires (unix seconds), if it does.
@@ -596,7 +597,7 @@ impl Identity {
             subject: None,
             issuer: None,
             token_id: None,
-            claims: Map::new(),
+            claims: Arc::default(),
             consumed_query: None,
             expires: None,
             binding: binding::Binding::default(),
@@ -1001,7 +1002,7 @@ fn envoy_jwt(spec: &EnvoyJwtSpec, input: &Input) -> Result<Option<Identity>, Ide
         subject,
         issuer: Some(issuer.clone()),
         token_id: claims.get("jti").and_then(Json::as_str).map(str::to_string),
-        claims: claims.clone(),
+        claims: Arc::new(claims.clone()),
         consumed_query: None,
         expires: claims.get("exp").and_then(Json::as_u64),
         binding: binding::Binding::default(),
@@ -1036,7 +1037,7 @@ fn spiffe(spec: &SpiffeSpec, input: &Input) -> Option<Identity> {
         subject: Some(id.to_string()),
         issuer: Some(format!("spiffe://{trust_domain}")),
         token_id: None,
-        claims,
+        claims: Arc::new(claims),
         consumed_query: None,
         expires: None,
         binding: binding::Binding::default(),
@@ -1052,7 +1053,7 @@ mod tests {
 
     fn config(yaml: &str) -> IdentityConfig {
         let spec: IdentitySpec = serde_yaml::from_str(yaml).unwrap();
-        IdentityConfig::compile(&spec, "t", std::path::Path::new(".")).unwrap()
+        IdentityConfig::compile(&spec, "t", &crate::policy_files::FileScope::new(".", &[])).unwrap()
     }
 
     fn jwt_config() -> IdentityConfig {
@@ -1198,7 +1199,10 @@ mod tests {
             "spiffe: { trust_domains: [acme.example], ids: ['spiffe://other.example/x'] }",
         )
         .unwrap();
-        assert!(IdentityConfig::compile(&spec, "t", std::path::Path::new(".")).is_err());
+        assert!(
+            IdentityConfig::compile(&spec, "t", &crate::policy_files::FileScope::new(".", &[]))
+                .is_err()
+        );
     }
 
     #[test]
@@ -1245,10 +1249,16 @@ mod tests {
     #[test]
     fn bad_specs_are_refused() {
         let spec: IdentitySpec = serde_yaml::from_str("envoy_jwt_authn: { issuers: [] }").unwrap();
-        assert!(IdentityConfig::compile(&spec, "t", std::path::Path::new(".")).is_err());
+        assert!(
+            IdentityConfig::compile(&spec, "t", &crate::policy_files::FileScope::new(".", &[]))
+                .is_err()
+        );
         let spec: IdentitySpec =
             serde_yaml::from_str("spiffe: { trust_domains: ['spiffe://x'] }").unwrap();
-        assert!(IdentityConfig::compile(&spec, "t", std::path::Path::new(".")).is_err());
+        assert!(
+            IdentityConfig::compile(&spec, "t", &crate::policy_files::FileScope::new(".", &[]))
+                .is_err()
+        );
         assert!(serde_yaml::from_str::<IdentitySpec>("bogus: 1").is_err());
     }
 }

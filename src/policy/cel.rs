@@ -6,7 +6,7 @@
 //! size of the input lists. A condition must name only the roots rules can see.
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use cel::common::ast::{EntryExpr, Expr, IdedExpr};
 use cel::{Context, Env, Program, Value};
@@ -53,10 +53,14 @@ pub const CONTEXT_FIELDS: [&str; 9] = [
 /// The closest of `known` to a misspelt `name`, when one is close enough to be
 /// what the author meant.
 pub fn suggest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let within = |k: &str| 2.min(k.len() / 2).max(1);
     known
         .into_iter()
+        // The distance is at least the difference in length: skip the names
+        // that cannot be close enough before computing it.
+        .filter(|k| name.chars().count().abs_diff(k.chars().count()) <= within(k))
         .map(|k| (edit_distance(name, k), k))
-        .filter(|(d, k)| *d <= 2.min(k.len() / 2).max(1))
+        .filter(|(d, k)| *d <= within(k))
         .min()
         .map(|(_, k)| k)
 }
@@ -110,6 +114,36 @@ pub struct Condition {
     reads: Reads,
     /// The claim names it reads as `claims.<name>`.
     claims: std::collections::BTreeSet<String>,
+}
+
+/// Compiled conditions by source text, weakly held (see
+/// [`Condition::compile_shared`]).
+#[derive(Default)]
+struct SharedConditions {
+    by_source: HashMap<String, Weak<Condition>>,
+    /// Dead entries are swept when the map reaches this size, which then
+    /// doubles from what is left, so sweeping costs O(1) per insert.
+    sweep_at: usize,
+}
+
+impl SharedConditions {
+    fn get(&self, source: &str) -> Option<Arc<Condition>> {
+        self.by_source.get(source).and_then(Weak::upgrade)
+    }
+
+    /// Stores `compiled` unless a live entry raced it in; returns the one kept.
+    fn insert(&mut self, source: &str, compiled: Arc<Condition>) -> Arc<Condition> {
+        if let Some(live) = self.get(source) {
+            return live;
+        }
+        if self.by_source.len() >= self.sweep_at {
+            self.by_source.retain(|_, w| w.strong_count() > 0);
+            self.sweep_at = (self.by_source.len() * 2).max(1024);
+        }
+        self.by_source
+            .insert(source.to_string(), Arc::downgrade(&compiled));
+        compiled
+    }
 }
 
 /// The fields of a root a condition reads: building only those keeps the cost of
@@ -201,6 +235,25 @@ impl Condition {
             reads: check.reads,
             claims: check.claims,
         })
+    }
+
+    /// [`Condition::compile`], shared: an identical source compiled by any
+    /// tenant, in this load or an earlier one still serving, is returned as
+    /// the same `Arc` instead of being compiled again. Tenants made from one
+    /// template then hold one program per distinct condition, not one each.
+    /// The cache holds weak references, so a condition no tenant uses any more
+    /// is freed; only reloads take its lock, never a check.
+    pub fn compile_shared(source: &str) -> Result<Arc<Condition>, String> {
+        static CACHE: LazyLock<Mutex<SharedConditions>> = LazyLock::new(Mutex::default);
+        if let Some(c) = CACHE.lock().unwrap_or_else(|p| p.into_inner()).get(source) {
+            return Ok(c);
+        }
+        // Compile outside the lock: a slow condition does not hold up others.
+        let compiled = Arc::new(Condition::compile(source)?);
+        Ok(CACHE
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(source, compiled))
     }
 
     /// The claim names the condition reads as `claims.<name>`.
@@ -513,6 +566,27 @@ mod tests {
             context: json_to_cel(&json!({})),
             data: json_to_cel(&json!({})),
         }
+    }
+
+    #[test]
+    fn identical_sources_share_one_compiled_condition() {
+        // A source no other test uses, so the process-wide cache starts cold.
+        let src = "claims.shared_probe == resource.params.shared_probe";
+        let a = Condition::compile_shared(src).unwrap();
+        let b = Condition::compile_shared(src).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        let other = Condition::compile_shared("claims.shared_probe != 1").unwrap();
+        assert!(!Arc::ptr_eq(&a, &other));
+        // Errors are not cached as conditions, and say the same thing each time.
+        assert_eq!(
+            Condition::compile_shared("claims.a ==").unwrap_err(),
+            Condition::compile("claims.a ==").unwrap_err()
+        );
+        // Once no rule holds it, the entry no longer keeps it alive.
+        let weak = Arc::downgrade(&a);
+        drop((a, b));
+        assert!(weak.upgrade().is_none());
+        assert_eq!(Condition::compile_shared(src).unwrap().source(), src);
     }
 
     #[test]

@@ -157,7 +157,8 @@ pub struct Rule {
     methods: Vec<String>,
     template: Template,
     hosts: Vec<HostPattern>,
-    condition: Option<Condition>,
+    /// Shared with every rule, in any tenant, that has the same source.
+    condition: Option<Arc<Condition>>,
     /// What the caller's token must carry for the rule to apply.
     needs: Needs,
     /// A dry-run rule is evaluated and reported, never decides.
@@ -268,16 +269,28 @@ pub fn digest_of(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
-/// Compiles one policy file's text. `file` names it in errors.
+/// Compiles one policy file's text. `file` names it in errors. Files it names
+/// must be in its own directory.
 pub fn compile(file: &Path, text: &str) -> Result<CompiledTenant, Vec<PolicyError>> {
-    compile_with(file, text, &crate::limits::Limits::default())
+    compile_with(file, text, &[])
 }
 
-/// [`compile`] under the server's `limits` (rules per tenant, token size,
-/// token and replay caches).
+/// [`compile`], with `allowed_dirs` besides the file's directory for the files
+/// it names (`policy_files.allowed_dirs`; see [`crate::policy_files`]).
 pub fn compile_with(
     file: &Path,
     text: &str,
+    allowed_dirs: &[PathBuf],
+) -> Result<CompiledTenant, Vec<PolicyError>> {
+    compile_limited(file, text, allowed_dirs, &crate::limits::Limits::default())
+}
+
+/// [`compile_with`] under the server's `limits` (rules per tenant, token size,
+/// token and replay caches).
+pub fn compile_limited(
+    file: &Path,
+    text: &str,
+    allowed_dirs: &[PathBuf],
     limits: &crate::limits::Limits,
 ) -> Result<CompiledTenant, Vec<PolicyError>> {
     let err = |line: Option<usize>, message: String| PolicyError {
@@ -286,8 +299,11 @@ pub fn compile_with(
         message,
     };
     // Check the version before the shape, so a newer file gets a clear message
-    // rather than a list of unknown fields.
-    if let Ok(Json::Object(doc)) = serde_yaml::from_str::<Json>(text) {
+    // rather than a list of unknown fields. A file that parses with the right
+    // version (the common case) is not parsed a second time for this.
+    let parsed = serde_yaml::from_str::<PolicyFile>(text);
+    let current = matches!(&parsed, Ok(spec) if spec.api_version == API_VERSION);
+    if !current && let Ok(Json::Object(doc)) = serde_yaml::from_str::<Json>(text) {
         match doc.get("apiVersion") {
             Some(Json::String(v)) if v == API_VERSION => {}
             Some(Json::String(v)) if v.starts_with("portcullis/") => {
@@ -312,7 +328,7 @@ pub fn compile_with(
             }
         }
     }
-    let spec: PolicyFile = serde_yaml::from_str(text).map_err(|e| {
+    let spec: PolicyFile = parsed.map_err(|e| {
         vec![err(
             e.location().map(|l| l.line()),
             format!("invalid policy file: {e}"),
@@ -343,14 +359,14 @@ pub fn compile_with(
         }
     }
 
-    let identity = IdentityConfig::compile(
-        &spec.identity,
-        &spec.tenant,
+    let files = crate::policy_files::FileScope::new(
         file.parent().unwrap_or_else(|| Path::new(".")),
-    )
-    .and_then(|mut i| i.apply_limits(limits, &spec.tenant).map(|()| i))
-    .map_err(|e| errors.push(err(line_of(text, 0, "identity"), e)))
-    .ok();
+        allowed_dirs,
+    );
+    let identity = IdentityConfig::compile(&spec.identity, &spec.tenant, &files)
+        .and_then(|mut i| i.apply_limits(limits, &spec.tenant).map(|()| i))
+        .map_err(|e| errors.push(err(line_of(text, 0, "identity"), e)))
+        .ok();
 
     if spec.rules.len() > limits.max_rules_per_tenant {
         errors.push(err(
@@ -384,7 +400,7 @@ pub fn compile_with(
             .map_err(|e| errors.push(rule_err("path", e.to_string())))
             .ok();
         let condition = match &spec_rule.when {
-            Some(src) => Condition::compile(src)
+            Some(src) => Condition::compile_shared(src)
                 .map(Some)
                 .map_err(|e| errors.push(rule_err("when", e)))
                 .unwrap_or(None),
@@ -699,16 +715,24 @@ fn static_checks(
         .chain(spec.claims.iter().map(String::as_str))
         .chain(api_key_claims.map(String::as_str))
         .collect();
-    let unknown_claim = |claim: &str| -> Option<String> {
+    // Templated rules read the same claims over and over: word each once.
+    let mut worded: std::collections::HashMap<String, Option<String>> =
+        std::collections::HashMap::new();
+    let mut unknown_claim = |claim: &str| -> Option<String> {
         if known.contains(claim) {
             return None;
         }
-        let hint = cel::suggest(claim, known.iter().copied())
-            .map(|k| format!(" (did you mean claims.{k}?)"))
-            .unwrap_or_default();
-        Some(format!(
-            "reads claims.{claim}, which is neither a registered claim nor declared under claims:{hint}"
-        ))
+        worded
+            .entry(claim.to_string())
+            .or_insert_with(|| {
+                let hint = cel::suggest(claim, known.iter().copied())
+                    .map(|k| format!(" (did you mean claims.{k}?)"))
+                    .unwrap_or_default();
+                Some(format!(
+                    "reads claims.{claim}, which is neither a registered claim nor declared under claims:{hint}"
+                ))
+            })
+            .clone()
     };
     for (rule, line) in rules.iter().zip(rule_lines) {
         if let Some(c) = &rule.condition {

@@ -103,6 +103,20 @@ reload:
   rescan_interval: {{ $s.reload.rescanInterval }}
 shutdown_grace: {{ $s.shutdownGraceSeconds }}s
 log_format: {{ $s.logFormat }}
+{{- /* Policies may name files in the mounted Secrets, except those that hold
+     token-exchange signing keys and those marked policyFiles: false. */}}
+{{- $dirs := list }}
+{{- range .Values.secrets }}
+{{- $dir := printf "%s/%s" (include "portcullis.secretDir" $) .name }}
+{{- $allowed := true }}
+{{- if hasKey . "policyFiles" }}{{ $allowed = .policyFiles }}{{ end }}
+{{- range $s.tokenExchange.keys }}
+{{- if hasPrefix (printf "%s/" $dir) (toString .file) }}{{ $allowed = false }}{{ end }}
+{{- end }}
+{{- if $allowed }}{{ $dirs = append $dirs $dir }}{{ end }}
+{{- end }}
+policy_files:
+  allowed_dirs: {{ toJson $dirs }}
 {{- if $s.tokenExchange.issuer }}
 token_exchange:
   issuer: {{ $s.tokenExchange.issuer | quote }}
