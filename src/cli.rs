@@ -139,24 +139,28 @@ pub fn main() -> ExitCode {
             serve(cfg)
         }
         Command::Validate { dir, config } => {
-            let allowed = match config.map(|c| Config::load(&c)) {
-                Some(Ok(c)) => c.policy_files.allowed_dirs,
+            let (allowed, limits) = match config.map(|c| Config::load(&c)) {
+                Some(Ok(c)) => (c.policy_files.allowed_dirs, c.limits),
                 Some(Err(e)) => return usage(&e),
-                None => Vec::new(),
+                None => (Vec::new(), crate::limits::Limits::default()),
             };
-            validate(&dir, allowed)
+            validate(&dir, allowed, limits)
         }
         Command::Test {
             dir,
             format,
             config,
         } => {
-            let (tenancy, allowed) = match config.map(|c| Config::load(&c)) {
-                Some(Ok(c)) => (c.tenancy, c.policy_files.allowed_dirs),
+            let (tenancy, allowed, limits) = match config.map(|c| Config::load(&c)) {
+                Some(Ok(c)) => (c.tenancy, c.policy_files.allowed_dirs, c.limits),
                 Some(Err(e)) => return usage(&e),
-                None => (TenantResolver::default(), Vec::new()),
+                None => (
+                    TenantResolver::default(),
+                    Vec::new(),
+                    crate::limits::Limits::default(),
+                ),
             };
-            test(&dir, format, tenancy, allowed)
+            test(&dir, format, tenancy, allowed, limits)
         }
         Command::Check {
             policies,
@@ -263,11 +267,13 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
-fn validate(dir: &Path, allowed_dirs: Vec<PathBuf>) -> ExitCode {
+fn validate(dir: &Path, allowed_dirs: Vec<PathBuf>, limits: crate::limits::Limits) -> ExitCode {
     if !dir.is_dir() {
         return usage(&format!("{} is not a directory", dir.display()));
     }
-    let store = PolicyStore::new(dir).with_allowed_dirs(allowed_dirs);
+    let store = PolicyStore::new(dir)
+        .with_allowed_dirs(allowed_dirs)
+        .with_limits(limits);
     let status = store.reload();
     for e in &status.errors {
         eprintln!("error: {e}");
@@ -304,11 +310,12 @@ fn test(
     format: OutputFormat,
     tenancy: TenantResolver,
     allowed_dirs: Vec<PathBuf>,
+    limits: crate::limits::Limits,
 ) -> ExitCode {
     if !dir.is_dir() {
         return usage(&format!("{} is not a directory", dir.display()));
     }
-    let report = crate::suite::run_with(dir, tenancy, allowed_dirs);
+    let report = crate::suite::run_with(dir, tenancy, allowed_dirs, limits);
     let text = match format {
         OutputFormat::Text => crate::suite::render_text(&report),
         OutputFormat::Json => serde_json::to_string_pretty(&report).unwrap_or_default() + "\n",

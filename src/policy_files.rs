@@ -72,34 +72,78 @@ impl FileScope {
         &self.base
     }
 
-    /// The real path of the file a policy names in `field`, or why it may not
-    /// be read: it does not exist, or it resolves outside every allowed
-    /// directory. Read the returned path (no symlink left in it), not `name`.
-    pub fn resolve(&self, field: &str, name: &str) -> Result<PathBuf, String> {
-        let named = self.base.join(name);
-        let real = std::fs::canonicalize(&named)
-            .map_err(|e| format!("cannot read {field} {}: {e}", named.display()))?;
-        let inside = self
-            .roots
+    /// Whether `real` (a canonical path) is inside the policy directory or an
+    /// allowed directory.
+    fn allows(&self, real: &Path) -> bool {
+        self.roots
             .iter()
             .filter_map(|root| std::fs::canonicalize(root).ok())
-            .any(|root| real.starts_with(root));
-        if !inside {
+            .any(|root| real.starts_with(root))
+    }
+
+    /// Reads the file a policy names in `field`, at most [`MAX_NAMED_FILE_BYTES`].
+    pub fn read(&self, field: &str, name: &str) -> Result<Vec<u8>, String> {
+        self.read_limited(field, name, MAX_NAMED_FILE_BYTES)
+    }
+
+    /// Reads the file a policy names in `field`, at most `max` bytes, or says
+    /// why it may not be read: it does not exist, is not a regular file, has
+    /// more than one link, is too large, or resolves outside every allowed
+    /// directory.
+    ///
+    /// The file is opened once, and what is checked is the opened file: the
+    /// path is resolved after the open, and the file found there must be the
+    /// one held open (same device and inode). A file or directory swapped for
+    /// a symlink between the two steps is refused, not followed; a FIFO is
+    /// never waited on (the open does not block, and only regular files are
+    /// read); a hard link (another name for a file elsewhere) is refused.
+    pub fn read_limited(&self, field: &str, name: &str, max: u64) -> Result<Vec<u8>, String> {
+        use std::io::Read as _;
+        use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+
+        let named = self.base.join(name);
+        let cannot =
+            |e: &dyn std::fmt::Display| format!("cannot read {field} {}: {e}", named.display());
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&named)
+            .map_err(|e| cannot(&e))?;
+        let held = file.metadata().map_err(|e| cannot(&e))?;
+        if !held.file_type().is_file() {
+            return Err(cannot(&"not a regular file"));
+        }
+        if held.nlink() > 1 {
+            return Err(cannot(
+                &"the file has other hard links; name it by one path only",
+            ));
+        }
+        let real = std::fs::canonicalize(&named).map_err(|e| cannot(&e))?;
+        if !self.allows(&real) {
             return Err(format!(
                 "{field} {} resolves to {}, outside the policy directory and policy_files.allowed_dirs",
                 named.display(),
                 real.display()
             ));
         }
-        Ok(real)
-    }
-
-    /// Reads the file a policy names in `field` (see [`FileScope::resolve`]).
-    pub fn read(&self, field: &str, name: &str) -> Result<Vec<u8>, String> {
-        let path = self.resolve(field, name)?;
-        std::fs::read(&path).map_err(|e| format!("cannot read {field} {}: {e}", path.display()))
+        let there = std::fs::metadata(&real).map_err(|e| cannot(&e))?;
+        if (there.dev(), there.ino()) != (held.dev(), held.ino()) {
+            return Err(cannot(&"the file changed while it was opened"));
+        }
+        let mut bytes = Vec::new();
+        file.take(max + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| cannot(&e))?;
+        if bytes.len() as u64 > max {
+            return Err(cannot(&format_args!("larger than {max} bytes")));
+        }
+        Ok(bytes)
     }
 }
+
+/// The most bytes read from one file a policy names (a JWKS, a PEM bundle, a
+/// key): far above any real one.
+pub const MAX_NAMED_FILE_BYTES: u64 = 1024 * 1024;
 
 #[cfg(test)]
 mod tests {
@@ -166,5 +210,48 @@ mod tests {
         let narrow = FileScope::new(&policies, &[]);
         assert!(narrow.read("client_secret_file", &s).is_err());
         assert!(narrow.read("jwks_file", "jwks.json").is_ok());
+    }
+
+    #[test]
+    fn only_single_link_regular_files_within_the_size_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let scope = FileScope::new(dir.path(), &[]);
+
+        // A FIFO is refused at once: nothing waits for a writer.
+        let fifo = dir.path().join("jwks.json");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let e = scope.read("jwks_file", "jwks.json").unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+
+        // A directory is not a file either.
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        assert!(
+            scope
+                .read("jwks_file", "d")
+                .unwrap_err()
+                .contains("not a regular file")
+        );
+
+        // A second name for one file is refused, whichever name is used.
+        std::fs::write(dir.path().join("key.pem"), "k").unwrap();
+        assert_eq!(scope.read("tls.ca_file", "key.pem").unwrap(), b"k");
+        std::fs::hard_link(dir.path().join("key.pem"), dir.path().join("alias.pem")).unwrap();
+        let e = scope.read("tls.ca_file", "alias.pem").unwrap_err();
+        assert!(e.contains("hard links"), "{e}");
+
+        // The size bound: at it is read, one byte over is refused.
+        std::fs::write(dir.path().join("s"), "12345678").unwrap();
+        assert_eq!(
+            scope.read_limited("client_secret_file", "s", 8).unwrap(),
+            b"12345678"
+        );
+        let e = scope
+            .read_limited("client_secret_file", "s", 7)
+            .unwrap_err();
+        assert!(e.contains("larger than 7 bytes"), "{e}");
     }
 }

@@ -173,13 +173,23 @@ impl Report {
 
 /// Runs every `*_test.yaml` in `dir` against the policies in `dir`.
 pub fn run(dir: &Path, tenancy: TenantResolver) -> Report {
-    run_with(dir, tenancy, Vec::new())
+    run_with(dir, tenancy, Vec::new(), crate::limits::Limits::default())
 }
 
-/// [`run`], with the server's `policy_files.allowed_dirs`.
-pub fn run_with(dir: &Path, tenancy: TenantResolver, allowed_dirs: Vec<PathBuf>) -> Report {
+/// [`run`], with the server's `policy_files.allowed_dirs` and `limits`, so a
+/// suite loads the policies as the server would.
+pub fn run_with(
+    dir: &Path,
+    tenancy: TenantResolver,
+    allowed_dirs: Vec<PathBuf>,
+    limits: crate::limits::Limits,
+) -> Report {
     let mut report = Report::default();
-    let store = Arc::new(PolicyStore::new(dir).with_allowed_dirs(allowed_dirs));
+    let store = Arc::new(
+        PolicyStore::new(dir)
+            .with_allowed_dirs(allowed_dirs)
+            .with_limits(limits),
+    );
     let status = store.reload();
     report
         .errors

@@ -367,15 +367,12 @@ fn digest(token: &str) -> [u8; 32] {
 }
 
 fn read_secret((files, name): &(FileScope, String)) -> Result<String, String> {
-    use std::io::Read as _;
-    let path = &files.resolve("client_secret_file", name)?;
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_SECRET_BYTES).read_to_string(&mut text))
-        .map_err(|e| format!("cannot read client_secret_file {}: {e}", path.display()))?;
+    let bytes = files.read_limited("client_secret_file", name, MAX_SECRET_BYTES)?;
+    let text =
+        String::from_utf8(bytes).map_err(|_| format!("client_secret_file {name} is not UTF-8"))?;
     let secret = text.trim_end_matches(['\n', '\r']).to_string();
     if secret.is_empty() {
-        return Err(format!("client_secret_file {} is empty", path.display()));
+        return Err(format!("client_secret_file {name} is empty"));
     }
     Ok(secret)
 }

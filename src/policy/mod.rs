@@ -359,10 +359,10 @@ pub fn compile_limited(
         }
     }
 
-    let files = crate::policy_files::FileScope::new(
-        file.parent().unwrap_or_else(|| Path::new(".")),
-        allowed_dirs,
-    );
+    // A bare file name has the empty parent, which would resolve nowhere.
+    let base = file.parent().filter(|p| !p.as_os_str().is_empty());
+    let files =
+        crate::policy_files::FileScope::new(base.unwrap_or_else(|| Path::new(".")), allowed_dirs);
     let identity = IdentityConfig::compile(&spec.identity, &spec.tenant, &files)
         .and_then(|mut i| i.apply_limits(limits, &spec.tenant).map(|()| i))
         .map_err(|e| errors.push(err(line_of(text, 0, "identity"), e)))
