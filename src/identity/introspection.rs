@@ -34,7 +34,7 @@ pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(10);
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(2);
 /// Most cached results per tenant, active and inactive each.
 pub const MAX_CACHED: usize = 10_000;
-/// Most introspection calls in flight per endpoint.
+/// Most introspection calls in flight per tenant (its one endpoint).
 pub const MAX_CALLS_IN_FLIGHT: usize = 32;
 /// Largest client secret file read.
 const MAX_SECRET_BYTES: u64 = 4096;
