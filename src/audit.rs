@@ -237,15 +237,25 @@ impl DecisionLog {
                     .open(path)?,
             ),
         };
-        let (tx, rx) = sync_channel(QUEUE_LINES);
+        // Scaled to the 32 random bits of a decision id's first group.
+        let allow_threshold = (config.allow_sample_rate * f64::from(u32::MAX)) as u64
+            + u64::from(config.allow_sample_rate >= 1.0);
+        DecisionLog::start(sink, QUEUE_LINES, allow_threshold)
+    }
+
+    /// Starts the writer thread on `sink`, with room for `queue` lines.
+    fn start(
+        sink: Box<dyn Write + Send>,
+        queue: usize,
+        allow_threshold: u64,
+    ) -> std::io::Result<DecisionLog> {
+        let (tx, rx) = sync_channel(queue);
         std::thread::Builder::new()
             .name("decision-log".into())
             .spawn(move || write_lines(rx, sink))?;
         Ok(DecisionLog {
             tx: Some(tx),
-            // Scaled to the 32 random bits of a decision id's first group.
-            allow_threshold: (config.allow_sample_rate * f64::from(u32::MAX)) as u64
-                + u64::from(config.allow_sample_rate >= 1.0),
+            allow_threshold,
         })
     }
 
@@ -471,5 +481,71 @@ mod tests {
         let deny = Decision::deny("ffffffff-2".into(), Reason::NoMatchingRule);
         assert!(log.record(&deny, &s, None, Duration::ZERO));
         assert!(rx.try_recv().unwrap().contains("ffffffff-2"));
+    }
+
+    /// A sink whose writes wait until the test opens the gate, and which
+    /// says when the first write has started.
+    struct Gated {
+        started: Option<std::sync::mpsc::Sender<()>>,
+        gate: std::sync::mpsc::Receiver<()>,
+        written: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Gated {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Some(started) = self.started.take() {
+                let _ = started.send(());
+                let _ = self.gate.recv();
+            }
+            self.written.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_lines_without_blocking() {
+        const QUEUE: usize = 8;
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (open, gate) = std::sync::mpsc::channel();
+        let written = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Gated {
+            started: Some(started_tx),
+            gate,
+            written: std::sync::Arc::clone(&written),
+        };
+        let log = DecisionLog::start(Box::new(sink), QUEUE, 0).unwrap();
+        let s = RequestSummary::default();
+        let deny = |n: usize| Decision::deny(format!("ffffffff-{n}"), Reason::NoMatchingRule);
+        // The writer takes the first line and is held in its write: the
+        // queue is then empty, with room for QUEUE lines.
+        assert!(log.record(&deny(0), &s, None, Duration::ZERO));
+        started
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the writer starts writing");
+        for n in 1..=QUEUE {
+            assert!(log.record(&deny(n), &s, None, Duration::ZERO), "line {n}");
+        }
+        // One over: dropped at once (the caller counts it), not waited for.
+        assert!(!log.record(&deny(QUEUE + 1), &s, None, Duration::ZERO));
+        open.send(()).unwrap();
+        drop(log);
+        // The writer drains the queue and ends when the last handle is gone.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+            if text.lines().count() == QUEUE + 1 {
+                for n in 0..=QUEUE {
+                    assert!(text.contains(&format!("ffffffff-{n}\"")), "line {n}");
+                }
+                assert!(!text.contains(&format!("ffffffff-{}\"", QUEUE + 1)));
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{text}");
+            std::thread::yield_now();
+        }
     }
 }

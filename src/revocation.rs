@@ -266,4 +266,20 @@ mod tests {
             .is_err()
         );
     }
+
+    #[test]
+    fn entries_beyond_the_limit_refuse_the_file() {
+        let file = |n: usize| {
+            let mut text = String::from("apiVersion: portcullis/v1\ntenant: t\nrevoked:\n");
+            for i in 0..n {
+                text.push_str(&format!("- jti: j{i}\n"));
+            }
+            text
+        };
+        let at = compile(Path::new("t.revoked.yaml"), &file(MAX_ENTRIES)).unwrap();
+        assert_eq!(at.len(), MAX_ENTRIES);
+        let errors = compile(Path::new("t.revoked.yaml"), &file(MAX_ENTRIES + 1)).unwrap_err();
+        let messages: Vec<&str> = errors.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(messages, ["100001 entries; the limit is 100000"]);
+    }
 }

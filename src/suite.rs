@@ -513,3 +513,32 @@ pub fn render_text(report: &Report) -> String {
     let _ = writeln!(out, "{} passed, {} failed", report.passed, report.failed);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A valid test file of exactly `size` bytes: no cases, then a comment.
+    fn suite_of(path: &Path, size: u64) {
+        let head = "cases: []\n#";
+        let mut text = String::with_capacity(size as usize);
+        text.push_str(head);
+        text.extend(std::iter::repeat_n('x', size as usize - head.len()));
+        std::fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn test_files_beyond_the_limit_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.test.yaml");
+        suite_of(&path, MAX_TEST_FILE_BYTES);
+        let at = read_suite(&path).unwrap();
+        assert!(at.cases.is_empty());
+        suite_of(&path, MAX_TEST_FILE_BYTES + 1);
+        let err = read_suite(&path).unwrap_err();
+        assert_eq!(
+            err,
+            format!("{}: 4194305 bytes; the limit is 4194304", path.display())
+        );
+    }
+}

@@ -536,3 +536,50 @@ fn replay_cache_size_limit() {
         "{errors}"
     );
 }
+
+/// A valid proof of exactly `size` bytes: a `pad` claim fills the payload,
+/// and a `pad` header member, when needed, makes the length reachable (a
+/// base64url text is never 4k + 1 characters long).
+fn proof_of_size(client: &Client, htu: &str, token: &str, size: usize) -> String {
+    let claims = json!({
+        "jti": format!("p-{}", uuid_like()), "htm": "GET", "htu": htu, "iat": now(),
+        "ath": B64.encode(sha2::Sha256::digest(token.as_bytes())), "pad": "",
+    });
+    let encoded = |n: usize| (4 * n).div_ceil(3);
+    for header_pad in 0..4 {
+        let mut header = json!({"typ": "dpop+jwt", "alg": "EdDSA", "jwk": client.jwk()});
+        if header_pad > 0 {
+            header["pad"] = json!("h".repeat(header_pad));
+        }
+        // header "." payload "." signature (64 bytes: 86 characters).
+        let Some(payload) = size.checked_sub(encoded(header.to_string().len()) + 88) else {
+            continue;
+        };
+        if payload % 4 == 1 {
+            continue;
+        }
+        let mut claims = claims.clone();
+        claims["pad"] = json!("c".repeat(payload * 3 / 4 - claims.to_string().len()));
+        let proof = client.sign(&header, &claims);
+        assert_eq!(proof.len(), size);
+        return proof;
+    }
+    unreachable!("every size is reachable with some header padding");
+}
+
+#[test]
+fn proofs_beyond_max_proof_bytes_are_refused() {
+    use portcullis::identity::binding::MAX_PROOF_BYTES;
+    let f = fixture("", "dpop");
+    let client = Client::new();
+    let token = token(&f, Some(json!({"jkt": client.jkt()})));
+    let htu = format!("{ORIGIN}/secret");
+    let at = proof_of_size(&client, &htu, &token, MAX_PROOF_BYTES);
+    let d = dpop_call(&f, "GET", "/secret", &token, &at);
+    assert!(d.allowed, "at the limit: {:?} {:?}", d.reason, d.detail);
+    let over = proof_of_size(&client, &htu, &token, MAX_PROOF_BYTES + 1);
+    let d = dpop_call(&f, "GET", "/secret", &token, &over);
+    assert_eq!((d.status(), d.reason.code()), (401, "invalid_dpop_proof"));
+    let detail = d.detail.unwrap_or_default();
+    assert!(detail.contains("proof too large"), "{detail}");
+}

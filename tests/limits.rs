@@ -379,3 +379,42 @@ fn condition_cost_bound_refuses_at_load() {
     assert!(status.errors.is_empty(), "{:?}", status.error_lines());
     assert_eq!(status.tenants[0].rules, 4);
 }
+
+#[test]
+fn policy_file_bytes_refuses_the_file_and_keeps_the_old_rules() {
+    use portcullis::policy::MAX_POLICY_FILE_BYTES;
+    let w = world(Limits::default());
+    let file = w.dir.path().join("acme.yaml");
+    // The policy with an extra rule, padded by a trailing comment to `size`.
+    let padded = |size: u64| {
+        let mut text = policy("acme", &w.key, &rules(1));
+        text.push('#');
+        let pad = size as usize - text.len();
+        text.extend(std::iter::repeat_n('x', pad));
+        assert_eq!(text.len() as u64, size);
+        text
+    };
+    std::fs::write(&file, padded(MAX_POLICY_FILE_BYTES)).unwrap();
+    let status = w.p.store.reload();
+    assert!(
+        status.errors.is_empty(),
+        "at the limit: {:?}",
+        status.error_lines()
+    );
+    assert_eq!(status.tenants[0].rules, 4);
+    let before = status.tenants[0].digest.clone();
+
+    std::fs::write(&file, padded(MAX_POLICY_FILE_BYTES + 1)).unwrap();
+    let status = w.p.store.reload();
+    let errors = status.error_lines().join("\n");
+    assert!(
+        errors.contains("acme.yaml") && errors.contains("file is larger than 4194304 bytes"),
+        "{errors}"
+    );
+    assert_eq!(
+        status.tenants[0].digest, before,
+        "the old rules keep serving"
+    );
+    let d = w.p.check(&request("GET", "/extra/0", json!({}), None));
+    assert_eq!(outcome(&d), (true, 200, "allowed"));
+}

@@ -34,7 +34,7 @@ pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(10);
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(2);
 /// Most cached results per tenant, active and inactive each.
 pub const MAX_CACHED: usize = 10_000;
-/// Most introspection calls in flight per endpoint.
+/// Most introspection calls in flight per tenant (its one endpoint).
 pub const MAX_CALLS_IN_FLIGHT: usize = 32;
 /// Largest client secret file read.
 const MAX_SECRET_BYTES: u64 = 4096;
@@ -375,4 +375,85 @@ fn read_secret((files, name): &(FileScope, String)) -> Result<String, String> {
         return Err(format!("client_secret_file {name} is empty"));
     }
     Ok(secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn introspector(dir: &std::path::Path, endpoint: &str) -> Arc<Introspector> {
+        std::fs::write(dir.join("secret"), "s3cret\n").unwrap();
+        let spec: IntrospectionSpec = serde_yaml::from_str(&format!(
+            "{{ endpoint: '{endpoint}', issuer: https://idp.example, client_id: c, client_secret_file: secret }}"
+        ))
+        .unwrap();
+        Arc::new(Introspector::compile(&spec, &FileScope::new(dir, &[])).unwrap())
+    }
+
+    fn inactive(until: u64) -> Cached {
+        Cached {
+            until,
+            result: Err(TokenError::Inactive),
+        }
+    }
+
+    fn known(i: &Introspector, token: &str, now: u64) -> bool {
+        matches!(i.lookup(token, now), Lookup::Known(_))
+    }
+
+    #[test]
+    fn the_cache_is_pruned_beyond_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let i = introspector(dir.path(), "http://127.0.0.1:9/introspect");
+        let now = 1_000;
+        // At the limit: every result kept.
+        for n in 0..MAX_CACHED {
+            i.remember(digest(&format!("t{n}")), inactive(now + 10), now);
+        }
+        assert_eq!(i.negative.len(), MAX_CACHED);
+        assert!(known(&i, "t0", now));
+        // One over, all still live: the cache starts afresh with the new one.
+        i.remember(digest("new"), inactive(now + 10), now);
+        assert_eq!(i.negative.len(), 1);
+        assert!(known(&i, "new", now) && !known(&i, "t1", now));
+        // One over with expired entries enough to fall below 90 %: only the
+        // expired ones go.
+        i.negative.clear();
+        for n in 0..MAX_CACHED {
+            let until = if n < MAX_CACHED / 5 { now } else { now + 10 };
+            i.remember(digest(&format!("t{n}")), inactive(until), now);
+        }
+        i.remember(digest("new"), inactive(now + 10), now);
+        assert_eq!(i.negative.len(), MAX_CACHED - MAX_CACHED / 5 + 1);
+        assert!(known(&i, "new", now) && known(&i, &format!("t{}", MAX_CACHED - 1), now));
+    }
+
+    #[tokio::test]
+    async fn calls_beyond_the_in_flight_limit_are_not_made() {
+        // An endpoint that takes connections (the kernel's backlog) and never
+        // answers: every call stays in flight.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}/introspect", silent.local_addr().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let i = introspector(dir.path(), &endpoint);
+        // At the limit: each distinct token gets its call.
+        for n in 0..MAX_CALLS_IN_FLIGHT {
+            i.introspect(&format!("t{n}"), 1_000, Duration::ZERO).await;
+            assert!(
+                i.in_flight.contains_key(&digest(&format!("t{n}"))),
+                "call {n}"
+            );
+        }
+        assert_eq!(i.in_flight.len(), MAX_CALLS_IN_FLIGHT);
+        // One over: no call, so the token stays unknown (the check then gets
+        // 503 introspection_unavailable), and the check is not kept waiting.
+        let start = std::time::Instant::now();
+        i.introspect("one-over", 1_000, Duration::from_secs(30))
+            .await;
+        assert!(start.elapsed() < Duration::from_secs(10), "not waited for");
+        assert!(!i.in_flight.contains_key(&digest("one-over")));
+        assert_eq!(i.in_flight.len(), MAX_CALLS_IN_FLIGHT);
+        assert!(matches!(i.lookup("one-over", 1_000), Lookup::Introspect));
+        drop(silent);
+    }
 }

@@ -119,6 +119,12 @@ impl KeySet {
         let mut out = Vec::new();
         let mut notes = Vec::new();
         for (i, jwk) in keys.iter().enumerate() {
+            if out.len() == MAX_KEYS_PER_SET {
+                notes.push(format!(
+                    "more than {MAX_KEYS_PER_SET} keys; the rest skipped"
+                ));
+                break;
+            }
             let Json::Object(jwk) = jwk else {
                 notes.push(format!("key {i} is not an object; skipped"));
                 continue;
@@ -128,12 +134,6 @@ impl KeySet {
                 Ok(None) => notes.push(format!("key {i} is not a signature key; skipped")),
                 Err(JwkError::Fatal(e)) => return Err(format!("key {i}: {e}")),
                 Err(JwkError::Skip(e)) => notes.push(format!("key {i}: {e}; skipped")),
-            }
-            if out.len() == MAX_KEYS_PER_SET {
-                notes.push(format!(
-                    "more than {MAX_KEYS_PER_SET} keys; the rest skipped"
-                ));
-                break;
             }
         }
         Ok((
@@ -654,5 +654,25 @@ mod tests {
         assert!(parse_algorithm("HS256").is_err());
         assert!(parse_algorithm("ES256K").is_err());
         assert_eq!(parse_algorithm("PS256").unwrap().1, KeyKind::Rsa);
+    }
+
+    #[test]
+    fn keys_beyond_the_limit_are_skipped_with_a_note() {
+        let set = |n: usize| {
+            let keys: Vec<Json> = (0..n).map(|i| ed_jwk(&format!("k{i}"))).collect();
+            json!({ "keys": keys }).to_string()
+        };
+        // At the limit: every key kept, and nothing to note.
+        let (at, notes) = KeySet::parse(set(MAX_KEYS_PER_SET).as_bytes()).unwrap();
+        assert_eq!(at.keys.len(), MAX_KEYS_PER_SET);
+        assert!(notes.is_empty(), "{notes:?}");
+        // One over: the first 64 kept, the last skipped, with a note.
+        let (over, notes) = KeySet::parse(set(MAX_KEYS_PER_SET + 1).as_bytes()).unwrap();
+        assert_eq!(over.keys.len(), MAX_KEYS_PER_SET);
+        assert_eq!(
+            over.keys.last().unwrap().kid.as_deref(),
+            Some(format!("k{}", MAX_KEYS_PER_SET - 1).as_str())
+        );
+        assert_eq!(notes, ["more than 64 keys; the rest skipped"]);
     }
 }
