@@ -364,7 +364,7 @@ pub fn compile_with(
             ),
         ));
     }
-    let mut rules = Vec::new();
+    let mut rules = Vec::with_capacity(spec.rules.len());
     let mut rule_downstream = std::collections::HashMap::new();
     let mut index = RouteIndex::default();
     let mut ids = std::collections::HashSet::new();
@@ -477,6 +477,7 @@ pub fn compile_with(
         }
     }
 
+    index.shrink_to_fit();
     let mut resources = Vec::new();
     let mut resource_index = RouteIndex::default();
     for r in &spec.resources {
@@ -491,17 +492,19 @@ pub fn compile_with(
             )),
         }
     }
+    resource_index.shrink_to_fit();
 
     let mut headers = Vec::new();
     for (name, source) in &spec.response.headers {
-        let at = line_of(text, 0, name);
+        // Found only for a message: a miss scans the file twice.
+        let at = || line_of(text, 0, name);
         if let Err(e) = valid_header_name(name) {
-            errors.push(err(at, format!("response.headers: {e}")));
+            errors.push(err(at(), format!("response.headers: {e}")));
             continue;
         }
         match HeaderTemplate::parse(source) {
             Ok(t) => headers.push((name.clone(), t)),
-            Err(e) => errors.push(err(at, format!("response.headers.{name}: {e}"))),
+            Err(e) => errors.push(err(at(), format!("response.headers.{name}: {e}"))),
         }
     }
     let mut remove = Vec::new();
@@ -744,10 +747,10 @@ fn static_checks(
         }
     }
     for (name, template) in headers {
-        let at = line_of(text, 0, name);
+        let at = || line_of(text, 0, name);
         for claim in template.claims() {
             if let Some(m) = unknown_claim(claim) {
-                warn(at, format!("response.headers.{name}: template {m}"));
+                warn(at(), format!("response.headers.{name}: template {m}"));
             }
         }
         for param in template.params() {
@@ -756,7 +759,7 @@ fn static_checks(
                 .any(|r| r.effect == Effect::Allow && r.template.params().any(|p| p == param));
             if !bound {
                 error(
-                    at,
+                    at(),
                     format!(
                         "response.headers.{name}: template reads params.{param}, but no allow rule's path has {{{param}}}"
                     ),
