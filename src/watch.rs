@@ -119,13 +119,28 @@ fn watch(dir: &Path, tx: mpsc::Sender<()>) -> Option<Watcher> {
     }
 }
 
-/// Logs a reload's outcome: every file error with file and line.
+/// How many notes one reload logs; the rest are counted in one line. A
+/// directory of 10,000 files with 20 warnings each must not write 200,000
+/// lines at every reload: `/readyz` and `portcullis validate` list them.
+pub const MAX_LOGGED_NOTES: usize = 20;
+
+/// Logs a reload's outcome: every file error with file and line, and the
+/// first [`MAX_LOGGED_NOTES`] notes.
 pub fn log_status(status: &StoreStatus) {
     for e in &status.errors {
         tracing::warn!(file = %e.file.display(), line = e.line, error = %e.message, "policy file rejected; previous rules keep serving");
     }
-    for n in &status.notes {
+    for n in status.notes.iter().take(MAX_LOGGED_NOTES) {
         tracing::warn!(note = %n, "policy reload");
+    }
+    if let Some(more) = status.notes.len().checked_sub(MAX_LOGGED_NOTES)
+        && more > 0
+    {
+        tracing::warn!(
+            more,
+            total = status.notes.len(),
+            "policy reload: more notes not logged; /readyz and `portcullis validate` list them"
+        );
     }
     tracing::info!(
         generation = status.generation,

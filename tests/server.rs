@@ -580,3 +580,33 @@ async fn configmap_symlink_swap_loads_as_one_generation() {
     );
     server.stop().await.unwrap();
 }
+
+/// Many warnings cost a bounded `/readyz` body: the first 100 notes, and their
+/// count. (`portcullis validate` prints them all.)
+#[tokio::test]
+async fn readyz_lists_the_first_hundred_notes_and_counts_them_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut policy =
+        String::from("apiVersion: portcullis/v1\ntenant: t1\nhosts: [t1.example]\nrules:\n");
+    for i in 0..150 {
+        // A non-standard method is a warning, not an error.
+        policy += &format!(
+            "  - id: r{i}\n    path: /r{i}\n    methods: [PURGE]\n    effect: allow\n    public: true\n"
+        );
+    }
+    write_atomically(dir.path(), "t1.yaml", &policy);
+    let server = support::start_portcullis(dir.path()).await;
+    let ready = http(server.admin_addr, "GET", "/readyz", &[], None).await;
+    assert_eq!(ready.status, 200);
+    let body = ready.json();
+    assert_eq!(body["notes_total"], 150, "{body}");
+    let notes = body["notes"].as_array().unwrap();
+    assert_eq!(notes.len(), 100);
+    assert!(
+        notes
+            .iter()
+            .all(|n| n.as_str().unwrap().starts_with("warning: ")),
+        "{notes:?}"
+    );
+    assert!(notes[0].as_str().unwrap().contains("PURGE"), "{notes:?}");
+}

@@ -378,13 +378,14 @@ pub fn compile_limited(
             ),
         ));
     }
-    let mut rules = Vec::new();
+    let mut rules = Vec::with_capacity(spec.rules.len());
     let mut rule_downstream = std::collections::HashMap::new();
     let mut index = RouteIndex::default();
     let mut ids = std::collections::HashSet::new();
     let mut rule_lines = Vec::new();
+    let lines = LineIndex::new(text);
     for spec_rule in &spec.rules {
-        let at = line_of_value(text, "id", &spec_rule.id).unwrap_or(0);
+        let at = lines.id_line(&spec_rule.id).unwrap_or(0);
         let rule_err = |key: &str, message: String| PolicyError {
             file: file.to_path_buf(),
             line: line_of(text, at.saturating_sub(1), key),
@@ -470,7 +471,7 @@ pub fn compile_limited(
             }
         }
         if let Some(template) = template {
-            rule_lines.push(line_of(text, at.saturating_sub(1), "id"));
+            rule_lines.push(lines.line_of(at.saturating_sub(1), "id"));
             index.insert(&template, rules.len());
             rules.push(Rule {
                 id: Arc::from(spec_rule.id.as_str()),
@@ -490,6 +491,7 @@ pub fn compile_limited(
         }
     }
 
+    index.shrink_to_fit();
     let mut resources = Vec::new();
     let mut resource_index = RouteIndex::default();
     for r in &spec.resources {
@@ -504,17 +506,19 @@ pub fn compile_limited(
             )),
         }
     }
+    resource_index.shrink_to_fit();
 
     let mut headers = Vec::new();
     for (name, source) in &spec.response.headers {
-        let at = line_of(text, 0, name);
+        // Found only for a message: a miss scans the file twice.
+        let at = || line_of(text, 0, name);
         if let Err(e) = valid_header_name(name) {
-            errors.push(err(at, format!("response.headers: {e}")));
+            errors.push(err(at(), format!("response.headers: {e}")));
             continue;
         }
         match HeaderTemplate::parse(source) {
             Ok(t) => headers.push((name.clone(), t)),
-            Err(e) => errors.push(err(at, format!("response.headers.{name}: {e}"))),
+            Err(e) => errors.push(err(at(), format!("response.headers.{name}: {e}"))),
         }
     }
     let mut remove = Vec::new();
@@ -757,10 +761,10 @@ fn static_checks(
         }
     }
     for (name, template) in headers {
-        let at = line_of(text, 0, name);
+        let at = || line_of(text, 0, name);
         for claim in template.claims() {
             if let Some(m) = unknown_claim(claim) {
-                warn(at, format!("response.headers.{name}: template {m}"));
+                warn(at(), format!("response.headers.{name}: template {m}"));
             }
         }
         for param in template.params() {
@@ -769,7 +773,7 @@ fn static_checks(
                 .any(|r| r.effect == Effect::Allow && r.template.params().any(|p| p == param));
             if !bound {
                 error(
-                    at,
+                    at(),
                     format!(
                         "response.headers.{name}: template reads params.{param}, but no allow rule's path has {{{param}}}"
                     ),
@@ -810,6 +814,16 @@ fn static_checks(
 
 /// The first line at or after `from` (0-based) whose key is `key`.
 fn line_of(text: &str, from: usize, key: &str) -> Option<usize> {
+    line_of_skipping(text, text.lines().skip(from), from, key)
+}
+
+/// [`line_of`] over `rest`, the lines of `text` from line index `from` on.
+fn line_of_skipping<'t>(
+    text: &'t str,
+    rest: impl Iterator<Item = &'t str>,
+    from: usize,
+    key: &str,
+) -> Option<usize> {
     let is_key = |line: &str| {
         let t = line.trim_start().trim_start_matches("- ").trim_start();
         t.strip_prefix(key)
@@ -820,21 +834,72 @@ fn line_of(text: &str, from: usize, key: &str) -> Option<usize> {
                 .and_then(|t| t.strip_prefix(key))
                 .is_some_and(|r| r.trim_start_matches(['"', '\'']).starts_with(':'))
     };
-    text.lines()
-        .enumerate()
-        .skip(from)
+    rest.enumerate()
+        .map(|(i, l)| (i + from, l))
         .find(|(_, l)| is_key(l))
         .or_else(|| text.lines().enumerate().find(|(_, l)| is_key(l)))
         .map(|(i, _)| i + 1)
 }
 
+/// The value of a `key: value` line (the value may be quoted).
+fn value_of<'l>(line: &'l str, key: &str) -> Option<&'l str> {
+    let t = line.trim_start().trim_start_matches("- ").trim_start();
+    let rest = t.strip_prefix(key)?.strip_prefix(':')?.trim();
+    Some(rest.trim_matches(['"', '\'']))
+}
+
 /// The line of `key: value` (the value may be quoted).
 fn line_of_value(text: &str, key: &str, value: &str) -> Option<usize> {
-    text.lines().enumerate().find_map(|(i, l)| {
-        let t = l.trim_start().trim_start_matches("- ").trim_start();
-        let rest = t.strip_prefix(key)?.strip_prefix(':')?.trim();
-        (rest.trim_matches(['"', '\'']) == value).then_some(i + 1)
-    })
+    text.lines()
+        .enumerate()
+        .find_map(|(i, l)| (value_of(l, key) == Some(value)).then_some(i + 1))
+}
+
+/// A file's line starts and the first line of each `id:` value, built once so
+/// that finding every rule's line is linear in the file rather than quadratic
+/// (each lookup used to scan the file from its start). Answers exactly as
+/// [`line_of`] and [`line_of_value`] do.
+struct LineIndex<'t> {
+    text: &'t str,
+    /// Byte offset of each line `str::lines` yields.
+    starts: Vec<usize>,
+    ids: std::collections::HashMap<&'t str, usize>,
+}
+
+impl<'t> LineIndex<'t> {
+    fn new(text: &'t str) -> Self {
+        let mut starts = Vec::new();
+        let mut ids = std::collections::HashMap::new();
+        let mut at = 0;
+        for (i, line) in text.lines().enumerate() {
+            starts.push(at);
+            // `lines` drops the '\n' (and a '\r' before it); step past both.
+            at += line.len();
+            if text[at..].starts_with("\r\n") {
+                at += 2;
+            } else if text[at..].starts_with('\n') {
+                at += 1;
+            }
+            if let Some(v) = value_of(line, "id") {
+                ids.entry(v).or_insert(i + 1);
+            }
+        }
+        Self { text, starts, ids }
+    }
+
+    /// As `line_of_value(text, "id", id)`.
+    fn id_line(&self, id: &str) -> Option<usize> {
+        self.ids.get(id).copied()
+    }
+
+    /// As `line_of(text, from, key)`.
+    fn line_of(&self, from: usize, key: &str) -> Option<usize> {
+        let rest = self
+            .starts
+            .get(from)
+            .map_or("", |&start| &self.text[start..]);
+        line_of_skipping(self.text, rest.lines(), from, key)
+    }
 }
 
 /// What one rule did, for `portcullis check` explanations.
@@ -1327,5 +1392,42 @@ impl Base {
             );
         }
         condition.evaluate_prepared(&self.prepared, Some(Value::from(resource)))
+    }
+}
+
+#[cfg(test)]
+mod line_index_tests {
+    use super::*;
+
+    /// The index answers exactly as the scans it replaces, including repeated
+    /// ids, quoted values, CRLF line ends, a bare '\r' and an unterminated
+    /// last line.
+    #[test]
+    fn line_index_agrees_with_the_scans() {
+        let texts = [
+            "rules:\n  - id: a\n    path: /x\n  - id: \"b\"\n    when: 'true'\n  - id: a\n    path: /y",
+            "rules:\r\n  - id: a\r\n    path: /x\r\n  - id: 'b'\r\n    path: /z\r\n",
+            "a\rb\nrules:\n- id: c\n  path: /p\n\n- id: d\n",
+            "",
+        ];
+        for text in texts {
+            let index = LineIndex::new(text);
+            for id in ["a", "b", "c", "d", "e", ""] {
+                assert_eq!(
+                    index.id_line(id),
+                    line_of_value(text, "id", id),
+                    "{text:?} {id}"
+                );
+            }
+            for from in 0..12 {
+                for key in ["id", "path", "when", "rules", "nope"] {
+                    assert_eq!(
+                        index.line_of(from, key),
+                        line_of(text, from, key),
+                        "{text:?} {from} {key}"
+                    );
+                }
+            }
+        }
     }
 }
