@@ -158,6 +158,16 @@ impl InputError {
 
 impl Input {
     pub fn from_check_request(req: &CheckRequest) -> Result<Input, InputError> {
+        Self::from_check_request_within(req, MAX_BODY_BYTES)
+    }
+
+    /// [`Input::from_check_request`], parsing a JSON body only when it is at
+    /// most `max_body_bytes` (itself at most [`MAX_BODY_BYTES`]); a larger one
+    /// is left unparsed, so rules that read it deny.
+    pub fn from_check_request_within(
+        req: &CheckRequest,
+        max_body_bytes: usize,
+    ) -> Result<Input, InputError> {
         let attrs = req.attributes.as_ref().ok_or(InputError::NotHttp)?;
         let context = context_of(attrs);
         let http = attrs
@@ -186,7 +196,7 @@ impl Input {
             query: query.to_string(),
             query_params,
             query_repeated,
-            body: body_of(http, &headers),
+            body: body_of(http, &headers, max_body_bytes),
             headers,
             scheme: http.scheme.clone(),
             protocol: http.protocol.clone(),
@@ -296,7 +306,11 @@ fn headers_of(http: &attribute_context::HttpRequest) -> BTreeMap<String, String>
     out
 }
 
-fn body_of(http: &attribute_context::HttpRequest, headers: &BTreeMap<String, String>) -> Body {
+fn body_of(
+    http: &attribute_context::HttpRequest,
+    headers: &BTreeMap<String, String>,
+    max_bytes: usize,
+) -> Body {
     let bytes: &[u8] = if http.raw_body.is_empty() {
         http.body.as_bytes()
     } else {
@@ -325,7 +339,7 @@ fn body_of(http: &attribute_context::HttpRequest, headers: &BTreeMap<String, Str
         let ct = ct.to_ascii_lowercase();
         ct.starts_with("application/json") || ct.contains("+json")
     });
-    if !is_json || bytes.len() > MAX_BODY_BYTES {
+    if !is_json || bytes.len() > max_bytes.min(MAX_BODY_BYTES) {
         return Body::Unparsed;
     }
     strict_json(bytes).map_or(Body::Unparsed, Body::Json)

@@ -19,7 +19,7 @@
 use serde::Deserialize;
 
 use crate::decision::Reason;
-use crate::input::{Body, Input, InputError};
+use crate::input::{Input, InputError};
 use crate::proto::auth::CheckRequest;
 
 /// The most checks decided at once unless `limits.max_concurrent_checks` says
@@ -187,7 +187,6 @@ impl Limits {
             .as_ref()
             .and_then(|a| a.request.as_ref())
             .and_then(|r| r.http.as_ref());
-        let mut body_len = 0;
         if let Some(http) = http {
             let map = http.header_map.as_ref().map_or(&[][..], |m| &m.headers[..]);
             let count = http.headers.len() + map.len();
@@ -218,13 +217,11 @@ impl Limits {
                     limit: self.max_path_bytes,
                 });
             }
-            body_len = http.raw_body.len().max(http.body.len());
         }
-        let mut input = Input::from_check_request(request)?;
-        if body_len > self.max_body_bytes && matches!(input.resource.body, Body::Json(_)) {
-            input.resource.body = Body::Unparsed;
-        }
-        Ok(input)
+        Ok(Input::from_check_request_within(
+            request,
+            self.max_body_bytes,
+        )?)
     }
 }
 
@@ -233,6 +230,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::input::Body;
     use crate::proto::auth::{AttributeContext, attribute_context};
     use crate::proto::core::{HeaderMap, HeaderValue};
 
