@@ -531,35 +531,33 @@ fn conflict(
 
 /// Why `tenant` conflicts with `other` (from `other_path`), if it does.
 fn conflict_with(other_path: &Path, other: &Loaded, tenant: &CompiledTenant) -> Option<String> {
-    {
-        if other.tenant.id == tenant.id {
-            return Some(format!(
-                "tenant {:?} is already defined in {}",
-                tenant.id,
-                other_path.display()
-            ));
-        }
-        if let Some(h) = tenant.hosts.iter().find(|h| other.tenant.hosts.contains(h)) {
-            return Some(format!(
-                "host \"{h}\" is already claimed by tenant {:?} in {}",
-                other.tenant.id,
-                other_path.display()
-            ));
-        }
-        // One issuer for two tenants is a real setup (one IdP, a tenant claim),
-        // but it must be said in both files: otherwise a token one tenant's users
-        // hold is accepted by the other's rules.
-        let shared = tenant.issuers.iter().find(|i| {
-            other.tenant.issuers.contains(*i)
-                && !(tenant.shared_issuers.contains(*i) && other.tenant.shared_issuers.contains(*i))
-        });
-        if let Some(issuer) = shared {
-            return Some(format!(
-                "issuer {issuer:?} is also trusted by tenant {:?} in {}; list it under shared_issuers in both files if both tenants are meant to trust it",
-                other.tenant.id,
-                other_path.display()
-            ));
-        }
+    if other.tenant.id == tenant.id {
+        return Some(format!(
+            "tenant {:?} is already defined in {}",
+            tenant.id,
+            other_path.display()
+        ));
+    }
+    if let Some(h) = tenant.hosts.iter().find(|h| other.tenant.hosts.contains(h)) {
+        return Some(format!(
+            "host \"{h}\" is already claimed by tenant {:?} in {}",
+            other.tenant.id,
+            other_path.display()
+        ));
+    }
+    // One issuer for two tenants is a real setup (one IdP, a tenant claim),
+    // but it must be said in both files: otherwise a token one tenant's users
+    // hold is accepted by the other's rules.
+    let shared = tenant.issuers.iter().find(|i| {
+        other.tenant.issuers.contains(*i)
+            && !(tenant.shared_issuers.contains(*i) && other.tenant.shared_issuers.contains(*i))
+    });
+    if let Some(issuer) = shared {
+        return Some(format!(
+            "issuer {issuer:?} is also trusted by tenant {:?} in {}; list it under shared_issuers in both files if both tenants are meant to trust it",
+            other.tenant.id,
+            other_path.display()
+        ));
     }
     None
 }
@@ -579,7 +577,10 @@ pub fn list_policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 /// The visible files in `dir` whose names `wanted` accepts, sorted.
-fn list_files(dir: &Path, wanted: impl Fn(&str) -> bool) -> std::io::Result<Vec<PathBuf>> {
+pub(crate) fn list_files(
+    dir: &Path,
+    wanted: impl Fn(&str) -> bool,
+) -> std::io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;

@@ -273,19 +273,7 @@ fn read_suite(path: &Path) -> Result<TestFile, String> {
 
 /// The test files in `dir`, sorted.
 pub fn list_test_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        let visible = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| !n.starts_with('.') && is_test_file(n));
-        if visible && path.is_file() {
-            out.push(path);
-        }
-    }
-    out.sort();
-    Ok(out)
+    crate::store::list_files(dir, is_test_file)
 }
 
 fn run_case(

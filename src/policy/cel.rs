@@ -273,7 +273,9 @@ impl Condition {
         &self.reads
     }
 
-    /// Evaluates against prepared variables. Anything but a boolean is an error.
+    /// Evaluates against whole variables, for tests; checks use
+    /// [`Condition::evaluate_prepared`]. Anything but a boolean is an error.
+    #[cfg(test)]
     pub fn evaluate(&self, vars: &Variables) -> Result<bool, String> {
         let prepared = Prepared::new(
             vars.claims.clone(),
@@ -311,7 +313,8 @@ impl Condition {
     }
 }
 
-/// The roots, converted once per request (`data` once per data load).
+/// The roots, whole, as the tests give them to [`Condition::evaluate`].
+#[cfg(test)]
 #[derive(Debug, Clone)]
 pub struct Variables {
     pub claims: Value,
