@@ -48,6 +48,7 @@ pub mod identity;
 pub mod input;
 pub mod limits;
 pub mod metrics;
+pub mod net;
 pub mod path;
 pub mod pipeline;
 pub mod policy;

@@ -25,6 +25,7 @@ use crate::config::{Config, DEFAULT_MAX_CONCURRENT_CHECKS};
 use crate::decision::{Decision, Reason};
 use crate::identity::keys;
 use crate::metrics::Metrics;
+use crate::net::Batched;
 use crate::pipeline::{DEFAULT_KEY_WAIT, Pipeline};
 use crate::proto::auth::authorization_server::{Authorization, AuthorizationServer};
 use crate::proto::auth::{CheckRequest, CheckResponse};
@@ -300,10 +301,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         // No Nagle delay: a response's trailers must not wait for the peer's
         // delayed ACK of its headers (about 40ms per check on Linux).
         let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |conn| {
-            if let Ok(c) = &conn {
+            conn.map(|c| {
                 let _ = c.set_nodelay(true);
-            }
-            conn
+                Batched(c)
+            })
         });
         let router = make_router()?;
         let s = stopped();
@@ -322,7 +323,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         }
         let listener = UnixListener::bind(path)
             .with_context(|| format!("cannot bind unix socket {}", path.display()))?;
-        let incoming = UnixListenerStream::new(listener);
+        let incoming =
+            tokio_stream::StreamExt::map(UnixListenerStream::new(listener), |c| c.map(Batched));
         let router = make_router()?;
         let s = stopped();
         tasks.spawn(async move {
