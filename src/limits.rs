@@ -171,8 +171,12 @@ impl Limits {
             ),
         ];
         for (name, value, ceiling) in ranges {
-            if value == 0 || value > ceiling {
-                return Err(format!("limits.{name} must be between 1 and {ceiling}"));
+            // A token cache of 0 turns it off: every token is verified anew.
+            let floor = usize::from(name != "token_cache_size");
+            if value < floor || value > ceiling {
+                return Err(format!(
+                    "limits.{name} must be between {floor} and {ceiling}"
+                ));
             }
         }
         Ok(())

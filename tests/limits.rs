@@ -320,6 +320,39 @@ fn token_cache_size() {
     }
 }
 
+/// `token_cache_size: 0` turns the cache off: every check verifies its token
+/// in full, so nothing is remembered and a token spoilt after an allow is
+/// denied on its next use.
+#[test]
+fn token_cache_off() {
+    let w = world(Limits {
+        token_cache_size: 0,
+        ..Limits::default()
+    });
+    let check = |t: &str| {
+        w.p.check(&request(
+            "GET",
+            "/orders/1",
+            json!({"authorization": format!("Bearer {t}")}),
+            None,
+        ))
+    };
+    let cached = || w.p.store.tenant("acme").unwrap().identity.cached_tokens();
+    let t = token(&w.key, "alice");
+    assert!(check(&t).allowed && check(&t).allowed);
+    assert_eq!(cached(), 0, "nothing is remembered");
+    assert!(
+        !check(&token(&w.key, "bob")).allowed,
+        "the rule still decides"
+    );
+    // A signature character changed well inside the signature.
+    let mut spoilt: Vec<char> = t.chars().collect();
+    let i = spoilt.len() - 10;
+    spoilt[i] = if spoilt[i] == 'A' { 'B' } else { 'A' };
+    let d = check(&spoilt.into_iter().collect::<String>());
+    assert!(!d.allowed && d.status() == 401, "{d:?}");
+}
+
 #[test]
 fn limits_load_from_the_server_config() {
     let dir = tempfile::tempdir().unwrap();
@@ -344,6 +377,15 @@ fn limits_load_from_the_server_config() {
             replay_cache_size: 1000,
             ..Limits::default()
         }
+    );
+    std::fs::write(&path, "policies: p\nlimits: { token_cache_size: 0 }\n").unwrap();
+    let c = portcullis::config::Config::load(&path).unwrap();
+    assert_eq!(c.limits.token_cache_size, 0, "0 turns the cache off");
+    std::fs::write(&path, "policies: p\nlimits: { max_token_bytes: 0 }\n").unwrap();
+    let e = portcullis::config::Config::load(&path).unwrap_err();
+    assert!(
+        e.contains("limits.max_token_bytes must be between 1 and 8192"),
+        "{e}"
     );
     std::fs::write(&path, "policies: p\nlimits: { max_token_bytes: 100000 }\n").unwrap();
     let e = portcullis::config::Config::load(&path).unwrap_err();

@@ -96,10 +96,10 @@ log "fixtures: $TENANTS templated tenants, $DISTINCT distinct (in-process decisi
 
 now() { date +%s.%N; }
 
-# portcullis NAME POLICY_DIR GRPC_PORT ADMIN_PORT: starts it pinned to the
+# portcullis NAME POLICY_DIR GRPC_PORT ADMIN_PORT [CONFIG_LINES]: starts it pinned to the
 # server core; sets PID and records its load time (spawn → /readyz 200).
 start_portcullis() {
-  local name=$1 dir=$2 grpc=$3 admin=$4
+  local name=$1 dir=$2 grpc=$3 admin=$4 extra=${5:-}
   cat >"$OUT/$name.yaml" <<YAML
 listen: 127.0.0.1:$grpc
 admin_listen: 127.0.0.1:$admin
@@ -107,6 +107,7 @@ policies: $dir
 tenancy: { sources: [context_extension] }
 reload: { debounce: 50ms, rescan_interval: 1h }
 decision_log: { output: "off" }
+$extra
 YAML
   local t0
   t0=$(now)
@@ -156,6 +157,7 @@ h2run() {
 P_GRPC=$PORT_BASE P_ADMIN=$((PORT_BASE + 1)) C_GRPC=$((PORT_BASE + 2))
 M_GRPC=$((PORT_BASE + 3)) M_ADMIN=$((PORT_BASE + 4))
 D_GRPC=$((PORT_BASE + 5)) D_ADMIN=$((PORT_BASE + 6))
+N_GRPC=$((PORT_BASE + 7)) N_ADMIN=$((PORT_BASE + 8))
 E_BASE=$((PORT_BASE + 10))
 
 log "servers on cpu $SERVER_CPU, load generators on cpu $LOAD_CPU"
@@ -164,6 +166,9 @@ CONST_PID=$!
 PIDS+=("$CONST_PID")
 start_portcullis one "$FIX/one" "$P_GRPC" "$P_ADMIN"
 ONE_PID=$PID
+# The same policies with the verified-token cache off: every check verifies
+# its RS256 token in full, as if every token were new.
+start_portcullis nocache "$FIX/one" "$N_GRPC" "$N_ADMIN" "limits: { token_cache_size: 0 }"
 sleep 0.3
 record memory idle 0 rss_kb "$(rss_kb "$ONE_PID")"
 record memory const_idle 0 rss_kb "$(rss_kb "$CONST_PID")"
@@ -171,17 +176,23 @@ record memory const_idle 0 rss_kb "$(rss_kb "$CONST_PID")"
 # --- gRPC load: closed loop, then open loop ----------------------------------
 if ((HAVE_H2LOAD)); then
   for run in $(seq 1 "$RUNS"); do
-    order=(const portcullis)
-    ((run % 2 == 0)) && order=(portcullis const)
-    for target in "${order[@]}"; do
+    targets=(const portcullis portcullis_nocache)
+    for k in 0 1 2; do
+      target=${targets[$(((k + run) % 3))]}
       log "grpc closed loop, run $run: $target"
-      if [[ $target == const ]]; then
-        h2run grpc_closed const "$run" "$C_GRPC" "$FIX/check-acme.bin" -c 4 -m 16
-      else
-        before=$(allows "$P_ADMIN")
-        h2run grpc_closed portcullis "$run" "$P_GRPC" "$FIX/check-acme.bin" -c 4 -m 16
-        record grpc_closed portcullis "$run" allowed "$(($(allows "$P_ADMIN") - before))"
-      fi
+      case $target in
+        const) h2run grpc_closed const "$run" "$C_GRPC" "$FIX/check-acme.bin" -c 4 -m 16 ;;
+        portcullis)
+          before=$(allows "$P_ADMIN")
+          h2run grpc_closed portcullis "$run" "$P_GRPC" "$FIX/check-acme.bin" -c 4 -m 16
+          record grpc_closed portcullis "$run" allowed "$(($(allows "$P_ADMIN") - before))"
+          ;;
+        portcullis_nocache)
+          before=$(allows "$N_ADMIN")
+          h2run grpc_closed portcullis_nocache "$run" "$N_GRPC" "$FIX/check-acme.bin" -c 4 -m 16
+          record grpc_closed portcullis_nocache "$run" allowed "$(($(allows "$N_ADMIN") - before))"
+          ;;
+      esac
     done
   done
   record memory after_load 0 rss_kb "$(rss_kb "$ONE_PID")"

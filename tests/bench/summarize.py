@@ -71,6 +71,24 @@ if values("grpc_closed", "const", "rps"):
         f"portcullis allow decisions counted by its /metrics {fmt(sum(values('grpc_closed', 'portcullis', 'allowed').values()))} "
         f"for {fmt(sum(values('grpc_closed', 'portcullis', 'succeeded').values()))} measured responses (the metric also counts warm-up).\n"
     )
+if values("grpc_closed", "portcullis_nocache", "rps"):
+    p("## gRPC Check, direct, token cache off (`limits.token_cache_size: 0`: every RS256 token verified in full)\n")
+    p("| measure | portcullis, cache off | constant server | ratio | portcullis, cache on | off / on |")
+    p("|---|---|---|---|---|---|")
+    for metric, label in (("rps", "Check/s"), ("p50_us", "p50 µs"), ("p99_us", "p99 µs")):
+        p(
+            f"| {label} | {fmt(median('grpc_closed', 'portcullis_nocache', metric))} | "
+            f"{fmt(median('grpc_closed', 'const', metric))} | "
+            f"{fmt(ratio('portcullis_nocache', 'const', metric, 'grpc_closed'), 2)}× | "
+            f"{fmt(median('grpc_closed', 'portcullis', metric))} | "
+            f"{fmt(ratio('portcullis_nocache', 'portcullis', metric, 'grpc_closed'), 2)}× |"
+        )
+    p("")
+    p(
+        f"Correctness: failed requests {fmt(sum(values('grpc_closed', 'portcullis_nocache', 'failed').values()))}; "
+        f"allow decisions counted by its /metrics {fmt(sum(values('grpc_closed', 'portcullis_nocache', 'allowed').values()))} "
+        f"for {fmt(sum(values('grpc_closed', 'portcullis_nocache', 'succeeded').values()))} measured responses.\n"
+    )
 if values("grpc_open", "const", "p99_us"):
     p("## gRPC Check, direct, open loop at 5,000 requests/s (h2load --rps, 10 connections)\n")
     p("| measure | portcullis | constant server | ratio |")
