@@ -71,6 +71,9 @@ need h2load nghttp2-client || HAVE_H2LOAD=0
 need wrk wrk || HAVE_WRK=0
 need curl curl
 need taskset util-linux
+HAVE_VALGRIND=1
+need valgrind valgrind || HAVE_VALGRIND=0
+need callgrind_annotate valgrind || HAVE_VALGRIND=0
 ENVOY=${ENVOY:-$ROOT/.tools/venv/bin/envoy}
 if [[ ! -x $ENVOY ]]; then
   if [[ ${NO_INSTALL:-0} == 1 ]]; then
@@ -169,6 +172,7 @@ ONE_PID=$PID
 # The same policies with the verified-token cache off: every check verifies
 # its RS256 token in full, as if every token were new.
 start_portcullis nocache "$FIX/one" "$N_GRPC" "$N_ADMIN" "limits: { token_cache_size: 0 }"
+NOCACHE_PID=$PID
 sleep 0.3
 record memory idle 0 rss_kb "$(rss_kb "$ONE_PID")"
 record memory const_idle 0 rss_kb "$(rss_kb "$CONST_PID")"
@@ -292,6 +296,53 @@ DISTINCT_PID=$PID
 sleep 0.3
 record memory distinct 0 rss_kb "$(rss_kb "$DISTINCT_PID")"
 stop "$DISTINCT_PID"
+
+# --- per-check instructions and allocations (callgrind) ----------------------
+# Each server runs under callgrind; after a warm-up its counters are zeroed,
+# PROFILE_N checks are sent, and the profile is dumped: instructions and calls
+# into malloc per check, deterministic where wall-clock figures are not.
+PROFILE_N=${PROFILE_N:-$((SMOKE ? 500 : 20000))}
+profile() { # NAME PORT ARGS...
+  local name=$1 port=$2
+  shift 2
+  local out=$OUT/callgrind-$name
+  taskset -c "$SERVER_CPU" valgrind --tool=callgrind --callgrind-out-file="$out.out" "$@" \
+    >"$out.log" 2>&1 &
+  local pid=$!
+  PIDS+=("$pid")
+  local h2=(taskset -c "$LOAD_CPU" h2load -H 'content-type: application/grpc' -H 'te: trailers'
+    -d "$FIX/check-acme.bin" "http://127.0.0.1:$port$GRPC_PATH")
+  for _ in $(seq 1 600); do
+    "${h2[@]}" -n 1 2>/dev/null | grep -q '1 succeeded' && break
+    kill -0 "$pid" 2>/dev/null || { cat "$out.log" >&2; return 1; }
+    sleep 0.1
+  done
+  "${h2[@]}" -c 4 -m 16 -n 2000 >/dev/null 2>&1
+  callgrind_control -z "$pid" >/dev/null
+  "${h2[@]}" -c 4 -m 16 -n "$PROFILE_N" >"$out.h2load" 2>&1
+  callgrind_control -d "$pid" >/dev/null
+  stop "$pid"
+  record profile "$name" 0 failed "$(awk '/^requests:/ {print $10 + $12}' "$out.h2load")"
+  # The dump asked for after zeroing (the one at exit is $out.out).
+  python3 "$ROOT/tests/bench/callgrind_counts.py" "$out.out.1" "$PROFILE_N" |
+    while read -r metric value; do record profile "$name" 0 "$metric" "$value"; done
+}
+if ((HAVE_H2LOAD && HAVE_VALGRIND)); then
+  for name in const one nocache; do
+    log "callgrind: $name, $PROFILE_N checks"
+    case $name in
+      const)
+        stop "$CONST_PID"
+        profile const "$C_GRPC" "$CONST" "127.0.0.1:$C_GRPC"
+        ;;
+      *)
+        stop "$([[ $name == one ]] && echo "$ONE_PID" || echo "$NOCACHE_PID")"
+        profile "$name" "$([[ $name == one ]] && echo "$P_GRPC" || echo "$N_GRPC")" \
+          "$PORTCULLIS" serve --config "$OUT/$name.yaml"
+        ;;
+    esac
+  done
+fi
 
 python3 "$ROOT/tests/bench/summarize.py" "$RESULTS" "$RUNS" "$DUR" "$TENANTS" "$DISTINCT" >"$OUT/summary.md"
 cat "$OUT/summary.md"

@@ -89,6 +89,24 @@ if values("grpc_closed", "portcullis_nocache", "rps"):
         f"allow decisions counted by its /metrics {fmt(sum(values('grpc_closed', 'portcullis_nocache', 'allowed').values()))} "
         f"for {fmt(sum(values('grpc_closed', 'portcullis_nocache', 'succeeded').values()))} measured responses.\n"
     )
+if values("profile", "const", "instructions_per_check"):
+    p("## Per check: instructions and allocations (callgrind, the server under h2load)\n")
+    p("| server | instructions / check | ratio | malloc calls / check | ratio | failed |")
+    p("|---|---|---|---|---|---|")
+    for name, label in (("const", "constant server"), ("one", "portcullis"), ("nocache", "portcullis, token cache off")):
+        p(
+            f"| {label} | {fmt(median('profile', name, 'instructions_per_check'))} | "
+            f"{fmt(ratio(name, 'const', 'instructions_per_check', 'profile'), 2)}× | "
+            f"{fmt(median('profile', name, 'mallocs_per_check'), 1)} | "
+            f"{fmt(ratio(name, 'const', 'mallocs_per_check', 'profile'), 2)}× | "
+            f"{fmt(median('profile', name, 'failed'))} |"
+        )
+    p("")
+    p(
+        "Instructions include the server's whole process (HTTP/2, gRPC, decoding, the decision); "
+        "under valgrind SHA-256 runs its portable code, not the CPU's SHA extensions, so the token "
+        "digest counts more than it costs natively.\n"
+    )
 if values("grpc_open", "const", "p99_us"):
     p("## gRPC Check, direct, open loop at 5,000 requests/s (h2load --rps, 10 connections)\n")
     p("| measure | portcullis | constant server | ratio |")
