@@ -114,6 +114,8 @@ pub struct Condition {
     reads: Reads,
     /// The claim names it reads as `claims.<name>`.
     claims: std::collections::BTreeSet<String>,
+    /// The native form, when the condition has one (see [`super::native`]).
+    native: Option<super::native::Node>,
 }
 
 /// Compiled conditions by source text, weakly held (see
@@ -227,8 +229,10 @@ impl Condition {
                 check.nodes
             ));
         }
+        let native = super::native::compile(program.expression());
         Ok(Condition {
             source: source.to_string(),
+            native,
             program,
             // A condition that uses `resource` whole may read the body by index.
             reads_body: check.reads_body || check.reads.resource == Fields::All,
@@ -271,6 +275,19 @@ impl Condition {
 
     pub fn reads(&self) -> &Reads {
         &self.reads
+    }
+
+    /// Whether checks evaluate the condition natively (see [`super::native`])
+    /// rather than in the interpreter.
+    pub fn is_native(&self) -> bool {
+        self.native.is_some()
+    }
+
+    /// The condition's value, natively, where that is exactly CEL's boolean;
+    /// `None` when it has no native form, or CEL would raise an error (the
+    /// interpreter is then asked, for its own answer and message).
+    pub fn evaluate_native(&self, inputs: &super::native::Inputs<'_>) -> Option<bool> {
+        self.native.as_ref()?.evaluate(inputs)
     }
 
     /// Evaluates against whole variables, for tests; checks use

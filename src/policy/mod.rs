@@ -13,6 +13,7 @@
 mod cel;
 pub mod cost;
 pub mod file;
+mod native;
 pub mod template;
 
 use std::collections::BTreeMap;
@@ -1034,6 +1035,11 @@ impl CompiledTenant {
             .first()
             .map(|&i| &self.resources[i].1);
         let mut base: Option<Base> = None;
+        let request = Request {
+            input,
+            identity,
+            data,
+        };
         let mut unmet: Option<(Arc<str>, Unmet)> = None;
         let now = crate::input::unix_seconds(input.context.time);
         let ordered = candidates
@@ -1058,8 +1064,7 @@ impl CompiledTenant {
                 continue;
             }
             if rule.mode == Mode::DryRun {
-                match self.dry_run_rule(rule, input, identity, data, params, attributes, &mut base)
-                {
+                match self.dry_run_rule(rule, &request, (params, attributes), &mut base) {
                     Some(would) => {
                         note(&mut trace, &format!("dry run: would {would}"));
                         dry_run.push(DryRunHit {
@@ -1102,10 +1107,7 @@ impl CompiledTenant {
                         dry_run: std::mem::take(&mut dry_run),
                     };
                 }
-                Some(c) => {
-                    let base = base.get_or_insert_with(|| Base::new(self, input, identity, data));
-                    base.evaluate(c, params, attributes)
-                }
+                Some(c) => self.holds(c, &request, (params, attributes), &mut base),
             };
             match holds {
                 Ok(true) => {
@@ -1145,15 +1147,11 @@ impl CompiledTenant {
     }
 
     /// What a dry-run rule would have done, if anything; it never decides.
-    #[allow(clippy::too_many_arguments)]
     fn dry_run_rule(
         &self,
         rule: &Rule,
-        input: &Input,
-        identity: &Identity,
-        data: Option<&Value>,
-        params: &[(String, String)],
-        attributes: Option<&BTreeMap<String, String>>,
+        request: &Request,
+        own: RuleOwn,
         base: &mut Option<Base>,
     ) -> Option<&'static str> {
         let effect = match rule.effect {
@@ -1163,19 +1161,46 @@ impl CompiledTenant {
         let Some(c) = &rule.condition else {
             return Some(effect);
         };
-        let resource = &input.resource;
+        let resource = &request.input.resource;
         if c.reads_body() && matches!(resource.body, Body::Truncated | Body::Unparsed) {
             return Some("body_unavailable");
         }
         if resource.query_repeated && c.reads().resource.wants("query") {
             return Some("ambiguous_query");
         }
-        let base = base.get_or_insert_with(|| Base::new(self, input, identity, data));
-        match base.evaluate(c, params, attributes) {
+        match self.holds(c, request, own, base) {
             Ok(true) => Some(effect),
             Ok(false) => None,
             Err(_) => Some("policy_error"),
         }
+    }
+
+    /// Whether `c` holds for this rule: natively where that gives CEL's
+    /// boolean, else in the interpreter, whose roots are built once per
+    /// request in `base` (and only when a condition needs them).
+    fn holds(
+        &self,
+        c: &Condition,
+        request: &Request,
+        (params, attributes): RuleOwn,
+        base: &mut Option<Base>,
+    ) -> Result<bool, String> {
+        let Request {
+            input,
+            identity,
+            data,
+        } = *request;
+        let inputs = native::Inputs {
+            claims: &identity.claims,
+            resource: &input.resource,
+            params,
+            attributes,
+        };
+        if let Some(b) = c.evaluate_native(&inputs) {
+            return Ok(b);
+        }
+        base.get_or_insert_with(|| Base::new(&self.reads, &self.id, input, identity, data))
+            .evaluate(c, params, attributes)
     }
 
     /// Answers a CORS preflight: the origin must be allowed, and some allow rule
@@ -1256,6 +1281,17 @@ pub struct HeaderEdits {
     pub remove: Vec<String>,
 }
 
+/// What every condition of one request reads.
+#[derive(Clone, Copy)]
+struct Request<'a> {
+    input: &'a Input,
+    identity: &'a Identity,
+    data: Option<&'a Value>,
+}
+
+/// What differs per rule: its path parameters and the resource's attributes.
+type RuleOwn<'a> = (&'a [(String, String)], Option<&'a BTreeMap<String, String>>);
+
 /// The parts of the CEL input shared by every rule of one request, converted
 /// into CEL's runtime form once.
 struct Base {
@@ -1270,7 +1306,8 @@ struct Base {
 
 impl Base {
     fn new(
-        tenant: &CompiledTenant,
+        reads: &Reads,
+        tenant: &str,
         input: &Input,
         identity: &Identity,
         data: Option<&Value>,
@@ -1281,7 +1318,7 @@ impl Base {
             cel::map(m.iter().map(|(k, v)| (k.as_str(), cel::string(v))))
         };
         let opt = |s: &Option<String>| s.as_deref().map_or(Value::Null, cel::string);
-        let want = &tenant.reads.resource;
+        let want = &reads.resource;
         let mut resource = std::collections::HashMap::new();
         let mut put = |key: &str, value: &dyn Fn() -> Value| {
             if want.wants(key) {
@@ -1303,7 +1340,7 @@ impl Base {
         put("protocol", &|| cel::string(&r.protocol));
         put("destination", &|| opt(&r.destination));
 
-        let want = &tenant.reads.context;
+        let want = &reads.context;
         let mut context = Vec::new();
         let mut put = |key: &'static str, value: &dyn Fn() -> Value| {
             if want.wants(key) {
@@ -1325,7 +1362,7 @@ impl Base {
         });
         put("sni", &|| cel::string(&c.sni));
         put("request_id", &|| cel::string(&c.request_id));
-        put("tenant", &|| cel::string(&tenant.id));
+        put("tenant", &|| cel::string(tenant));
         put("sender_constraint", &|| cel::string(identity.binding.kind));
         put("key_thumbprint", &|| opt(&identity.binding.thumbprint));
         put("auth", &|| {
@@ -1336,8 +1373,8 @@ impl Base {
                 ("token_id", opt(&identity.token_id)),
             ])
         });
-        let want_params = tenant.reads.resource.wants("params");
-        let want_attributes = tenant.reads.resource.wants("attributes");
+        let want_params = reads.resource.wants("params");
+        let want_attributes = reads.resource.wants("attributes");
         let per_rule = want_params || want_attributes;
         let claims = cel::map(
             identity
