@@ -12,10 +12,14 @@
 //! Evaluation reads the borrowed claims and request and answers
 //! `Some(bool)` only where CEL gives exactly that boolean. Where CEL would
 //! raise an error (a missing key, a field of a non-map, a non-boolean
-//! operand) or the answer needs what this module does not model (two lists
-//! compared), it answers `None` and the caller runs the interpreter, so the
+//! operand) or the answer needs what this module does not model (a list
+//! literal compared with `==`), it answers `None` and the caller runs the interpreter, so the
 //! result and every error message stay CEL's own. `&&` and `||` follow CEL's
 //! error absorption: `false && error` and `error && false` are false.
+//!
+//! These rules are cel 0.15.0's, read from its source; Cargo.toml pins that
+//! exact version, and the differential property test below compares the two
+//! evaluators, so a cel upgrade that changes them fails the tests.
 
 use std::collections::BTreeMap;
 
