@@ -14,6 +14,7 @@ mod cel;
 pub mod cost;
 pub mod file;
 mod rule_set;
+mod sections;
 pub mod template;
 
 use std::collections::BTreeMap;
@@ -290,15 +291,31 @@ pub fn compile_limited(
     allowed_dirs: &[PathBuf],
     limits: &crate::limits::Limits,
 ) -> Result<CompiledTenant, Vec<PolicyError>> {
+    // A file whose shared sections compiled before need not parse them again.
+    compile_split(file, text, allowed_dirs, limits, sections::split(text))
+}
+
+/// [`compile_limited`], from `split` when the file could be read in pieces,
+/// else from the whole text.
+fn compile_split(
+    file: &Path,
+    text: &str,
+    allowed_dirs: &[PathBuf],
+    limits: &crate::limits::Limits,
+    split: Option<sections::Split<'_>>,
+) -> Result<CompiledTenant, Vec<PolicyError>> {
     let err = |line: Option<usize>, message: String| PolicyError {
         file: file.to_path_buf(),
         line,
         message,
     };
+    let (parsed, texts) = match split {
+        Some(split) => (Ok(split.spec), Some(split.texts)),
+        None => (serde_yaml::from_str::<PolicyFile>(text), None),
+    };
     // Check the version before the shape, so a newer file gets a clear message
     // rather than a list of unknown fields. A file that parses with the right
     // version (the common case) is not parsed a second time for this.
-    let parsed = serde_yaml::from_str::<PolicyFile>(text);
     let current = matches!(&parsed, Ok(spec) if spec.api_version == API_VERSION);
     if !current && let Ok(Json::Object(doc)) = serde_yaml::from_str::<Json>(text) {
         match doc.get("apiVersion") {
@@ -325,7 +342,7 @@ pub fn compile_limited(
             }
         }
     }
-    let spec: PolicyFile = parsed.map_err(|e| {
+    let mut spec: PolicyFile = parsed.map_err(|e| {
         vec![err(
             e.location().map(|l| l.line()),
             format!("invalid policy file: {e}"),
@@ -368,9 +385,22 @@ pub fn compile_limited(
     // Tenants made from one template share their compiled rules; a set that
     // compiled clean from equal inputs is reused without compiling again.
     let reads_cookies = identity.as_ref().is_some_and(IdentityConfig::reads_cookies);
-    let shared_key =
-        rule_set::Inputs::of(&spec, reads_cookies, limits.max_rules_per_tenant).digest();
-    let compiled = match rule_set::clean(&shared_key) {
+    let shared_key = rule_set::Inputs::of(
+        &spec,
+        texts.as_ref(),
+        reads_cookies,
+        limits.max_rules_per_tenant,
+    )
+    .digest();
+    let reused = rule_set::clean(&shared_key);
+    if reused.is_none()
+        && let Some(texts) = &texts
+        && sections::parse_into(texts, &mut spec).is_none()
+    {
+        // A section that does not parse on its own: read the whole file.
+        return compile_split(file, text, allowed_dirs, limits, None);
+    }
+    let compiled = match reused {
         Some(set) => Rules::Reused(set),
         None => Rules::Compiled(Box::new(compile_rules(
             &spec,

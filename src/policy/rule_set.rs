@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, LazyLock};
 
 use super::file::{PolicyFile, ResourceSpec, ResponseSpec, RuleSpec};
+use super::sections::Texts;
 use super::template::HeaderTemplate;
 use super::{Reads, Rule};
 use crate::exchange::Downstream;
@@ -47,9 +48,7 @@ pub(super) struct RuleSet {
 /// Everything [`RuleSet`]'s compilation and its checks read.
 #[derive(Hash)]
 pub(super) struct Inputs<'a> {
-    rules: &'a [RuleSpec],
-    resources: &'a [ResourceSpec],
-    response: &'a ResponseSpec,
+    sections: Sections<'a>,
     /// Claims the checks know of besides the registered ones.
     claims: &'a [String],
     api_key_claims: Vec<&'a str>,
@@ -59,12 +58,36 @@ pub(super) struct Inputs<'a> {
     max_rules: usize,
 }
 
+/// The `rules`, `resources` and `response` sections: as parsed, or as the
+/// text they parse from (see [`super::sections`]).
+#[derive(Hash)]
+enum Sections<'a> {
+    Parsed {
+        rules: &'a [RuleSpec],
+        resources: &'a [ResourceSpec],
+        response: &'a ResponseSpec,
+    },
+    Text(&'a Texts<'a>),
+}
+
 impl<'a> Inputs<'a> {
-    pub(super) fn of(spec: &'a PolicyFile, reads_cookies: bool, max_rules: usize) -> Inputs<'a> {
+    /// `texts` are the sections' texts when the file was read in pieces; then
+    /// `spec`'s own sections are not read.
+    pub(super) fn of(
+        spec: &'a PolicyFile,
+        texts: Option<&'a Texts<'a>>,
+        reads_cookies: bool,
+        max_rules: usize,
+    ) -> Inputs<'a> {
         Inputs {
-            rules: &spec.rules,
-            resources: &spec.resources,
-            response: &spec.response,
+            sections: match texts {
+                Some(t) => Sections::Text(t),
+                None => Sections::Parsed {
+                    rules: &spec.rules,
+                    resources: &spec.resources,
+                    response: &spec.response,
+                },
+            },
             claims: &spec.claims,
             api_key_claims: spec
                 .identity
@@ -79,7 +102,7 @@ impl<'a> Inputs<'a> {
     }
 
     pub(super) fn digest(&self) -> Digest {
-        crate::intern::digest_of("portcullis rule set v1", self)
+        crate::intern::digest_of("portcullis rule set v2", self)
     }
 }
 
