@@ -55,7 +55,7 @@ pub struct KeyFile {
 }
 
 /// What a tenant (or one of its rules) asks to be minted, as written.
-#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Hash, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DownstreamSpec {
     /// The upstream service's audience, or

@@ -30,7 +30,8 @@
 //! compiled tenants (and their [`data`] documents) and swaps them on reload; [`watch`] notices policy changes.
 //! [`config`] is the server's own configuration ([`limits`] its named bounds,
 //! [`policy_files`] where files named by policies may be), [`cli`] the command line, and
-//! [`suite`] runs policy test suites (`portcullis test`).
+//! [`suite`] runs policy test suites (`portcullis test`). [`intern`] lets tenants
+//! made from one template share their compiled rules and key sets.
 //!
 //! Observability, outside the request path: [`telemetry`] (logs, and traces
 //! joined to Envoy's over OTLP), [`metrics`] (Prometheus `/metrics`) and
@@ -46,6 +47,7 @@ pub mod duration;
 pub mod exchange;
 pub mod identity;
 pub mod input;
+pub mod intern;
 pub mod limits;
 pub mod metrics;
 pub mod net;

@@ -12,7 +12,7 @@
 //! `x5c` are ignored), accept `none` or a symmetric algorithm, or put the token
 //! into an error.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
@@ -25,6 +25,7 @@ use super::keys::{
     self, KeyKind, KeyLookup, KeyMatch, KeySet, RefreshPolicy, RemoteKeys, RemoteSource,
 };
 use crate::decision::Reason;
+use crate::intern::Interner;
 
 /// Largest token accepted, in bytes: far above any real access token, far
 /// below Envoy's header limit, and a bound on the JSON parsed before the
@@ -193,6 +194,12 @@ impl Issuer {
             )));
         }
         let parse_set = |bytes: &[u8]| -> Result<Arc<KeySet>, String> {
+            // Tenants that paste one issuer's JWKS share its parsed keys.
+            static SHARED: LazyLock<Interner<KeySet>> = LazyLock::new(Interner::default);
+            let digest = crate::intern::digest_of("jwks", bytes);
+            if let Some(set) = SHARED.get(&digest) {
+                return Ok(set);
+            }
             let (set, notes) = KeySet::parse(bytes).map_err(at)?;
             if set.keys.is_empty() {
                 return Err(at(format!(
@@ -200,7 +207,7 @@ impl Issuer {
                     notes.join("; ")
                 )));
             }
-            Ok(Arc::new(set))
+            Ok(SHARED.insert(digest, Arc::new(set)))
         };
         let keys = if let Some(doc) = &spec.jwks {
             KeySource::Static(parse_set(doc.to_string().as_bytes())?)
@@ -391,7 +398,9 @@ pub const MAX_CACHED_TOKENS: usize = 10_000;
 /// tokens' proofs (DPoP, mTLS binding) must be checked per request, outside it.
 #[derive(Debug)]
 pub struct TokenCache {
-    entries: dashmap::DashMap<[u8; 32], Cached>,
+    /// Made on the first verified token: of ten thousand tenants loaded, most
+    /// may never see one, and an empty map's shards still cost a kilobyte.
+    entries: std::sync::OnceLock<dashmap::DashMap<[u8; 32], Cached>>,
     /// Most entries (`limits.token_cache_size`); 0 turns the cache off.
     capacity: usize,
 }
@@ -414,17 +423,17 @@ struct Cached {
 impl TokenCache {
     pub fn with_capacity(capacity: usize) -> TokenCache {
         TokenCache {
-            entries: dashmap::DashMap::new(),
+            entries: std::sync::OnceLock::new(),
             capacity,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.get().map_or(0, dashmap::DashMap::len)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 }
 
@@ -446,7 +455,7 @@ pub fn verify_cached(
     }
     let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
     let secs = crate::input::unix_seconds(now);
-    if let Some(hit) = cache.entries.get(&digest) {
+    if let Some(hit) = cache.entries.get().and_then(|e| e.get(&digest)) {
         let fresh = secs < hit.invalid_from
             && issuers
                 .get(hit.issuer)
@@ -457,20 +466,23 @@ pub fn verify_cached(
             return Attempt::Done(Ok(hit.verified.clone()));
         }
         drop(hit);
-        cache.entries.remove(&digest);
+        if let Some(entries) = cache.entries.get() {
+            entries.remove(&digest);
+        }
     }
     crate::metrics::token_cache(false);
     let (attempt, by) = verify_with(token, issuers, now);
     if let (Attempt::Done(Ok(verified)), Some((issuer, generation))) = (&attempt, by) {
-        if cache.entries.len() >= cache.capacity {
+        let entries = cache.entries.get_or_init(dashmap::DashMap::new);
+        if entries.len() >= cache.capacity {
             // Full: drop what expired; if that freed too little, start afresh,
             // so a full cache costs one scan per many misses, not per miss.
-            cache.entries.retain(|_, e| secs < e.invalid_from);
-            if cache.entries.len() >= cache.capacity * 9 / 10 {
-                cache.entries.clear();
+            entries.retain(|_, e| secs < e.invalid_from);
+            if entries.len() >= cache.capacity * 9 / 10 {
+                entries.clear();
             }
         }
-        cache.entries.insert(
+        entries.insert(
             digest,
             Cached {
                 issuer,
@@ -782,4 +794,19 @@ fn normalize_scope(claims: &mut Map<String, Json>) -> Result<(), TokenError> {
         claims.insert("scope".into(), Json::Array(scopes));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod token_cache_tests {
+    use super::*;
+
+    /// The map is made by the first verified token: a failure leaves it unmade.
+    #[test]
+    fn the_cache_is_made_on_first_use() {
+        let cache = TokenCache::default();
+        assert!(cache.entries.get().is_none() && cache.is_empty());
+        let attempt = verify_cached("not.a.token", &[], &cache, SystemTime::now());
+        assert!(matches!(attempt, Attempt::Done(Err(_))));
+        assert!(cache.entries.get().is_none(), "failures are never cached");
+    }
 }

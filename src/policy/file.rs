@@ -68,7 +68,16 @@ pub struct AuditSpec {
 }
 
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum Effect {
@@ -79,7 +88,16 @@ pub enum Effect {
 
 /// Whether a tenant's or a rule's decisions are enforced or only observed.
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
@@ -97,7 +115,7 @@ impl Mode {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema, Hash)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSpec {
     pub id: String,
@@ -142,7 +160,7 @@ pub struct RuleSpec {
     pub downstream_token: Option<crate::exchange::DownstreamSpec>,
 }
 
-#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema, Hash)]
 #[serde(deny_unknown_fields)]
 pub struct ResourceSpec {
     pub path: String,
@@ -187,7 +205,7 @@ pub(crate) mod opt_duration {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema, Hash)]
 #[serde(deny_unknown_fields)]
 pub struct ResponseSpec {
     /// Headers portcullis owns on allowed requests: set from a template, or

@@ -14,6 +14,8 @@ mod cel;
 pub mod cost;
 pub mod file;
 mod native;
+mod rule_set;
+mod sections;
 pub mod template;
 
 use std::collections::BTreeMap;
@@ -30,6 +32,7 @@ use crate::input::{Body, Input};
 use crate::path::{RouteIndex, Template};
 pub use cel::{Condition, Fields, MAX_CONDITION_BYTES, Reads, json_to_cel};
 pub use file::{API_VERSION, Effect, Mode, PolicyFile};
+use rule_set::RuleSet;
 use template::{HeaderTemplate, Scope};
 pub use template::{Rendered, valid_header_name};
 
@@ -246,17 +249,12 @@ pub struct CompiledTenant {
     /// Request headers the decision log records (never credentials).
     pub log_headers: Vec<String>,
     cors: Option<Cors>,
-    rules: Vec<Rule>,
-    index: RouteIndex,
-    resources: Vec<(Template, BTreeMap<String, String>)>,
-    resource_index: RouteIndex,
-    headers: Vec<(String, HeaderTemplate)>,
-    remove: Vec<String>,
-    /// The tenant's downstream token, and the rules that have their own.
-    downstream: Option<crate::exchange::Downstream>,
-    rule_downstream: std::collections::HashMap<Arc<str>, crate::exchange::Downstream>,
-    /// Union of what the conditions read: only these fields are built per check.
-    reads: Reads,
+    /// The rules, resources and response; shared with every tenant whose
+    /// files have the same (see [`rule_set`]).
+    set: Arc<RuleSet>,
+    /// Union of what the conditions read: only these fields are built per
+    /// check. The set's, kept here too for the evaluation.
+    reads: Arc<Reads>,
     /// What the static checks found that is worth fixing but not fatal.
     pub warnings: Vec<PolicyError>,
     /// Every issuer the tenant trusts (`identity.jwt`, `introspection`,
@@ -294,15 +292,31 @@ pub fn compile_limited(
     allowed_dirs: &[PathBuf],
     limits: &crate::limits::Limits,
 ) -> Result<CompiledTenant, Vec<PolicyError>> {
+    // A file whose shared sections compiled before need not parse them again.
+    compile_split(file, text, allowed_dirs, limits, sections::split(text))
+}
+
+/// [`compile_limited`], from `split` when the file could be read in pieces,
+/// else from the whole text.
+fn compile_split(
+    file: &Path,
+    text: &str,
+    allowed_dirs: &[PathBuf],
+    limits: &crate::limits::Limits,
+    split: Option<sections::Split<'_>>,
+) -> Result<CompiledTenant, Vec<PolicyError>> {
     let err = |line: Option<usize>, message: String| PolicyError {
         file: file.to_path_buf(),
         line,
         message,
     };
+    let (parsed, texts) = match split {
+        Some(split) => (Ok(split.spec), Some(split.texts)),
+        None => (serde_yaml::from_str::<PolicyFile>(text), None),
+    };
     // Check the version before the shape, so a newer file gets a clear message
     // rather than a list of unknown fields. A file that parses with the right
     // version (the common case) is not parsed a second time for this.
-    let parsed = serde_yaml::from_str::<PolicyFile>(text);
     let current = matches!(&parsed, Ok(spec) if spec.api_version == API_VERSION);
     if !current && let Ok(Json::Object(doc)) = serde_yaml::from_str::<Json>(text) {
         match doc.get("apiVersion") {
@@ -329,7 +343,7 @@ pub fn compile_limited(
             }
         }
     }
-    let spec: PolicyFile = parsed.map_err(|e| {
+    let mut spec: PolicyFile = parsed.map_err(|e| {
         vec![err(
             e.location().map(|l| l.line()),
             format!("invalid policy file: {e}"),
@@ -369,6 +383,187 @@ pub fn compile_limited(
         .map_err(|e| errors.push(err(line_of(text, 0, "identity"), e)))
         .ok();
 
+    // Tenants made from one template share their compiled rules; a set that
+    // compiled clean from equal inputs is reused without compiling again.
+    let reads_cookies = identity.as_ref().is_some_and(IdentityConfig::reads_cookies);
+    let shared_key = rule_set::Inputs::of(
+        &spec,
+        texts.as_ref(),
+        reads_cookies,
+        limits.max_rules_per_tenant,
+    )
+    .digest();
+    let reused = rule_set::clean(&shared_key);
+    if reused.is_none()
+        && let Some(texts) = &texts
+        && sections::parse_into(texts, &mut spec).is_none()
+    {
+        // A section that does not parse on its own: read the whole file.
+        return compile_split(file, text, allowed_dirs, limits, None);
+    }
+    let compiled = match reused {
+        Some(set) => Rules::Reused(set),
+        None => Rules::Compiled(Box::new(compile_rules(
+            &spec,
+            text,
+            reads_cookies,
+            limits,
+            &err,
+            &mut errors,
+        ))),
+    };
+    // Headers logged with every decision: never a credential.
+    let mut log_headers = Vec::new();
+    for name in &spec.audit.log_headers {
+        let lower = name.to_ascii_lowercase();
+        let credential = ["authorization", "proxy-authorization", "cookie", "dpop"]
+            .contains(&lower.as_str())
+            || identity
+                .as_ref()
+                .is_some_and(|i| i.credential_headers().contains(&lower));
+        match valid_header_name(&lower) {
+            Err(e) => errors.push(err(
+                line_of(text, 0, "log_headers"),
+                format!("audit.log_headers: {e}"),
+            )),
+            Ok(()) if credential => errors.push(err(
+                line_of(text, 0, "log_headers"),
+                format!("audit.log_headers: {lower:?} carries credentials and is never logged"),
+            )),
+            Ok(()) => log_headers.push(lower),
+        }
+    }
+    let cors = if spec.cors.allow_preflight {
+        let at = line_of(text, 0, "cors");
+        if spec.cors.allow_origins.is_empty() {
+            errors.push(err(
+                at,
+                "cors.allow_preflight needs cors.allow_origins (origins, or \"*\")".into(),
+            ));
+        }
+        for o in &spec.cors.allow_origins {
+            let ok = o == "*"
+                || ((o.starts_with("https://") || o.starts_with("http://"))
+                    && !o.ends_with('/')
+                    && template::safe_value(o));
+            if !ok {
+                errors.push(err(
+                    at,
+                    format!("cors.allow_origins: {o:?} must be \"*\" or scheme://host[:port]"),
+                ));
+            }
+        }
+        let headers = spec
+            .cors
+            .allow_headers
+            .clone()
+            .unwrap_or_else(|| vec!["authorization".into(), "content-type".into()]);
+        for h in &headers {
+            if h.is_empty() || !template::safe_value(h) {
+                errors.push(err(
+                    at,
+                    format!("cors.allow_headers: {h:?} is not a header name"),
+                ));
+            }
+        }
+        Some(Cors {
+            any_origin: spec.cors.allow_origins.iter().any(|o| o == "*"),
+            origins: spec.cors.allow_origins.clone(),
+            headers: headers.join(", ").to_ascii_lowercase(),
+            max_age: spec
+                .cors
+                .max_age
+                .unwrap_or(std::time::Duration::from_secs(600))
+                .as_secs()
+                .to_string(),
+        })
+    } else {
+        None
+    };
+
+    let mut warnings = Vec::new();
+    if let Rules::Compiled(draft) = &compiled {
+        static_checks(
+            &spec,
+            &draft.set.rules,
+            &draft.rule_lines,
+            &draft.set.headers,
+            &mut |line, message| warnings.push(err(line, message)),
+            &mut |line, message| errors.push(err(line, message)),
+            text,
+        );
+    }
+    let mut issuers: Vec<String> = spec.identity.jwt.iter().map(|i| i.issuer.clone()).collect();
+    issuers.extend(spec.identity.introspection.iter().map(|i| i.issuer.clone()));
+    issuers.extend(
+        spec.identity
+            .envoy_jwt_authn
+            .iter()
+            .flat_map(|e| e.issuers.iter().cloned()),
+    );
+    issuers.sort();
+    issuers.dedup();
+    for shared in &spec.shared_issuers {
+        if !issuers.contains(shared) {
+            errors.push(err(
+                line_of(text, 0, "shared_issuers"),
+                format!("shared_issuers: {shared:?} is not an issuer this tenant trusts"),
+            ));
+        }
+    }
+
+    match identity {
+        Some(identity) if errors.is_empty() => {
+            let set = match compiled {
+                Rules::Reused(set) => set,
+                Rules::Compiled(draft) => {
+                    let clean = warnings.is_empty();
+                    rule_set::share(shared_key, RuleSet { clean, ..draft.set })
+                }
+            };
+            Ok(CompiledTenant {
+                id: Arc::from(spec.tenant.as_str()),
+                source: file.to_path_buf(),
+                digest: Arc::from(digest_of(text.as_bytes()).as_str()),
+                hosts,
+                identity,
+                default: spec.default,
+                mode: spec.mode,
+                log_headers,
+                cors,
+                reads: Arc::clone(&set.reads),
+                set,
+                warnings,
+                issuers,
+                shared_issuers: spec.shared_issuers.clone(),
+            })
+        }
+        _ => Err(errors),
+    }
+}
+
+/// A file's rule set: one compiled clean from equal inputs, or its own.
+enum Rules {
+    Reused(Arc<RuleSet>),
+    Compiled(Box<Draft>),
+}
+
+/// A file's rules, resources and response, compiled (to be shared, see
+/// [`rule_set`]), with each rule's line for the checks that follow.
+struct Draft {
+    set: RuleSet,
+    rule_lines: Vec<Option<usize>>,
+}
+
+/// Compiles what [`rule_set::Inputs`] names, pushing every error found.
+fn compile_rules(
+    spec: &PolicyFile,
+    text: &str,
+    reads_cookies: bool,
+    limits: &crate::limits::Limits,
+    err: &dyn Fn(Option<usize>, String) -> PolicyError,
+    errors: &mut Vec<PolicyError>,
+) -> Draft {
     if spec.rules.len() > limits.max_rules_per_tenant {
         errors.push(err(
             line_of(text, 0, "rules"),
@@ -387,10 +582,11 @@ pub fn compile_limited(
     let lines = LineIndex::new(text);
     for spec_rule in &spec.rules {
         let at = lines.id_line(&spec_rule.id).unwrap_or(0);
-        let rule_err = |key: &str, message: String| PolicyError {
-            file: file.to_path_buf(),
-            line: line_of(text, at.saturating_sub(1), key),
-            message: format!("rule {:?}: {message}", spec_rule.id),
+        let rule_err = |key: &str, message: String| {
+            err(
+                line_of(text, at.saturating_sub(1), key),
+                format!("rule {:?}: {message}", spec_rule.id),
+            )
         };
         if spec_rule.id.is_empty() || !ids.insert(spec_rule.id.clone()) {
             errors.push(rule_err(
@@ -550,10 +746,7 @@ pub fn compile_limited(
     let mints = spec.response.downstream_token.is_some() || !rule_downstream.is_empty();
     // Envoy cannot remove one cookie: a token read from a cookie would travel
     // on beside the minted one unless the cookie header goes.
-    if mints
-        && identity.as_ref().is_some_and(|i| i.reads_cookies())
-        && !remove.iter().any(|h| h == "cookie")
-    {
+    if mints && reads_cookies && !remove.iter().any(|h| h == "cookie") {
         errors.push(err(
             line_of(text, 0, "downstream_token"),
             "a downstream_token with a cookie token source needs cookie in response.remove, or the caller's token travels on".into(),
@@ -565,120 +758,12 @@ pub fn compile_limited(
             "response.remove must not name authorization with a downstream_token: the minted token replaces it".into(),
         ));
     }
-    // Headers logged with every decision: never a credential.
-    let mut log_headers = Vec::new();
-    for name in &spec.audit.log_headers {
-        let lower = name.to_ascii_lowercase();
-        let credential = ["authorization", "proxy-authorization", "cookie", "dpop"]
-            .contains(&lower.as_str())
-            || identity
-                .as_ref()
-                .is_some_and(|i| i.credential_headers().contains(&lower));
-        match valid_header_name(&lower) {
-            Err(e) => errors.push(err(
-                line_of(text, 0, "log_headers"),
-                format!("audit.log_headers: {e}"),
-            )),
-            Ok(()) if credential => errors.push(err(
-                line_of(text, 0, "log_headers"),
-                format!("audit.log_headers: {lower:?} carries credentials and is never logged"),
-            )),
-            Ok(()) => log_headers.push(lower),
-        }
-    }
-    let cors = if spec.cors.allow_preflight {
-        let at = line_of(text, 0, "cors");
-        if spec.cors.allow_origins.is_empty() {
-            errors.push(err(
-                at,
-                "cors.allow_preflight needs cors.allow_origins (origins, or \"*\")".into(),
-            ));
-        }
-        for o in &spec.cors.allow_origins {
-            let ok = o == "*"
-                || ((o.starts_with("https://") || o.starts_with("http://"))
-                    && !o.ends_with('/')
-                    && template::safe_value(o));
-            if !ok {
-                errors.push(err(
-                    at,
-                    format!("cors.allow_origins: {o:?} must be \"*\" or scheme://host[:port]"),
-                ));
-            }
-        }
-        let headers = spec
-            .cors
-            .allow_headers
-            .clone()
-            .unwrap_or_else(|| vec!["authorization".into(), "content-type".into()]);
-        for h in &headers {
-            if h.is_empty() || !template::safe_value(h) {
-                errors.push(err(
-                    at,
-                    format!("cors.allow_headers: {h:?} is not a header name"),
-                ));
-            }
-        }
-        Some(Cors {
-            any_origin: spec.cors.allow_origins.iter().any(|o| o == "*"),
-            origins: spec.cors.allow_origins.clone(),
-            headers: headers.join(", ").to_ascii_lowercase(),
-            max_age: spec
-                .cors
-                .max_age
-                .unwrap_or(std::time::Duration::from_secs(600))
-                .as_secs()
-                .to_string(),
-        })
-    } else {
-        None
-    };
-
     let mut reads = Reads::default();
     for c in rules.iter().filter_map(|r| r.condition.as_ref()) {
         reads.union(c.reads());
     }
-
-    let mut warnings = Vec::new();
-    static_checks(
-        &spec,
-        &rules,
-        &rule_lines,
-        &headers,
-        &mut |line, message| warnings.push(err(line, message)),
-        &mut |line, message| errors.push(err(line, message)),
-        text,
-    );
-    let mut issuers: Vec<String> = spec.identity.jwt.iter().map(|i| i.issuer.clone()).collect();
-    issuers.extend(spec.identity.introspection.iter().map(|i| i.issuer.clone()));
-    issuers.extend(
-        spec.identity
-            .envoy_jwt_authn
-            .iter()
-            .flat_map(|e| e.issuers.iter().cloned()),
-    );
-    issuers.sort();
-    issuers.dedup();
-    for shared in &spec.shared_issuers {
-        if !issuers.contains(shared) {
-            errors.push(err(
-                line_of(text, 0, "shared_issuers"),
-                format!("shared_issuers: {shared:?} is not an issuer this tenant trusts"),
-            ));
-        }
-    }
-
-    match identity {
-        Some(identity) if errors.is_empty() => Ok(CompiledTenant {
-            id: Arc::from(spec.tenant.as_str()),
-            source: file.to_path_buf(),
-            digest: Arc::from(digest_of(text.as_bytes()).as_str()),
-            hosts,
-            identity,
-            default: spec.default,
-            mode: spec.mode,
-            log_headers,
-            cors,
+    Draft {
+        set: RuleSet {
             rules,
             index,
             resources,
@@ -687,12 +772,10 @@ pub fn compile_limited(
             remove,
             downstream,
             rule_downstream,
-            reads,
-            warnings,
-            issuers,
-            shared_issuers: spec.shared_issuers.clone(),
-        }),
-        _ => Err(errors),
+            reads: Arc::new(reads),
+            clean: false,
+        },
+        rule_lines,
     }
 }
 
@@ -966,12 +1049,12 @@ pub struct DryRunHit {
 
 impl CompiledTenant {
     pub fn rule_count(&self) -> usize {
-        self.rules.len()
+        self.set.rules.len()
     }
 
     /// The rule ids, in file order.
     pub fn rule_ids(&self) -> impl Iterator<Item = &str> {
-        self.rules.iter().map(|r| &*r.id)
+        self.set.rules.iter().map(|r| &*r.id)
     }
 
     /// Evaluates the rules for one request. Never fails; never allows on error.
@@ -1006,11 +1089,12 @@ impl CompiledTenant {
             };
         }
         let candidates: Vec<(&Rule, Vec<(String, String)>)> = self
+            .set
             .index
             .lookup(&resource.segments)
             .into_iter()
             .filter_map(|i| {
-                let rule = &self.rules[i];
+                let rule = &self.set.rules[i];
                 let params = rule.template.matches(&resource.segments)?;
                 let method_ok = rule.allows_method(&resource.method);
                 let host_ok = rule.allows_host(&resource.host);
@@ -1030,10 +1114,11 @@ impl CompiledTenant {
             .collect();
 
         let attributes = self
+            .set
             .resource_index
             .lookup(&resource.segments)
             .first()
-            .map(|&i| &self.resources[i].1);
+            .map(|&i| &self.set.resources[i].1);
         let mut base: Option<Base> = None;
         let request = Request {
             input,
@@ -1217,14 +1302,19 @@ impl CompiledTenant {
         let origin_ok = (cors.any_origin || cors.origins.iter().any(|o| o == origin))
             && template::safe_value(origin);
         let method = method.trim();
-        let routed = self.index.lookup(&resource.segments).into_iter().any(|i| {
-            let rule = &self.rules[i];
-            rule.effect == Effect::Allow
-                && rule.mode == Mode::Enforce
-                && rule.allows_method(method)
-                && rule.allows_host(&resource.host)
-                && rule.template.matches(&resource.segments).is_some()
-        });
+        let routed = self
+            .set
+            .index
+            .lookup(&resource.segments)
+            .into_iter()
+            .any(|i| {
+                let rule = &self.set.rules[i];
+                rule.effect == Effect::Allow
+                    && rule.mode == Mode::Enforce
+                    && rule.allows_method(method)
+                    && rule.allows_host(&resource.host)
+                    && rule.template.matches(&resource.segments).is_some()
+            });
         if !origin_ok || !routed || !template::safe_value(method) || method.is_empty() {
             return Outcome::CorsRejected;
         }
@@ -1240,8 +1330,8 @@ impl CompiledTenant {
     /// What to mint for the upstream when `rule` allowed (its own setting, or
     /// the tenant's).
     pub fn downstream(&self, rule: Option<&Arc<str>>) -> Option<&crate::exchange::Downstream> {
-        rule.and_then(|r| self.rule_downstream.get(r))
-            .or(self.downstream.as_ref())
+        rule.and_then(|r| self.set.rule_downstream.get(r))
+            .or(self.set.downstream.as_ref())
     }
 
     /// Headers to set and remove on an allowed request: every owned header is
@@ -1260,8 +1350,8 @@ impl CompiledTenant {
             auth_method: identity.method.as_str(),
         };
         let mut set = Vec::new();
-        let mut remove = self.remove.clone();
-        for (name, template) in &self.headers {
+        let mut remove = self.set.remove.clone();
+        for (name, template) in &self.set.headers {
             match template.render(&scope) {
                 Rendered::Value(v) => set.push((name.clone(), v)),
                 Rendered::Missing => remove.push(name.clone()),
