@@ -179,6 +179,8 @@ pub struct Metrics {
 struct Seen {
     digests: HashMap<String, String>,
     errors: HashSet<String>,
+    /// The digest labelling the folded tenants' `policy_info`, if any.
+    folded: Option<String>,
 }
 
 impl Metrics {
@@ -296,15 +298,35 @@ impl Metrics {
                 })
                 .inc();
         };
-        let mut now = HashMap::new();
+        // Only what changed is touched: a reload of one tenant among
+        // thousands must not rebuild a label per tenant.
+        let mut folded_moved = false;
         for t in &status.tenants {
-            if seen.digests.get(&t.tenant) != Some(&t.digest) {
-                count(&t.tenant, "ok");
-            }
-            now.insert(t.tenant.clone(), t.digest.clone());
+            let old = match seen.digests.get_mut(&t.tenant) {
+                Some(d) if *d == t.digest => continue,
+                Some(d) => Some(std::mem::replace(d, t.digest.clone())),
+                None => {
+                    seen.digests.insert(t.tenant.clone(), t.digest.clone());
+                    None
+                }
+            };
+            count(&t.tenant, "ok");
+            folded_moved |= self.move_info(&t.tenant, old.as_deref(), Some(&t.digest));
         }
-        for gone in seen.digests.keys().filter(|t| !now.contains_key(*t)) {
-            count(gone, "removed");
+        // Every served tenant is now in `seen`: more there means removals.
+        if seen.digests.len() > status.tenants.len() {
+            let now: HashSet<&str> = status.tenants.iter().map(|t| t.tenant.as_str()).collect();
+            let gone: Vec<String> = seen
+                .digests
+                .keys()
+                .filter(|t| !now.contains(t.as_str()))
+                .cloned()
+                .collect();
+            for tenant in gone {
+                count(&tenant, "removed");
+                let old = seen.digests.remove(&tenant);
+                folded_moved |= self.move_info(&tenant, old.as_deref(), None);
+            }
         }
         let mut errors = HashSet::new();
         for e in &status.errors {
@@ -322,34 +344,55 @@ impl Metrics {
             }
             errors.insert(key);
         }
-        seen.digests = now;
         seen.errors = errors;
 
-        self.policy_info.clear();
-        let mut folded: BTreeMap<&str, &str> = BTreeMap::new();
-        for t in &status.tenants {
-            if self.tenants.keeps(&t.tenant) {
+        if folded_moved {
+            if let Some(digest) = seen.folded.take() {
+                self.policy_info.remove(&PolicyInfoLabels {
+                    tenant: OTHER_TENANT.to_string(),
+                    digest,
+                });
+            }
+            let folded: BTreeMap<&str, &str> = status
+                .tenants
+                .iter()
+                .filter(|t| !self.tenants.keeps(&t.tenant))
+                .map(|t| (t.tenant.as_str(), t.digest.as_str()))
+                .collect();
+            if !folded.is_empty() {
+                let joined: String = folded.iter().map(|(t, d)| format!("{t}={d}\n")).collect();
+                let digest = crate::policy::digest_of(joined.as_bytes());
                 self.policy_info
                     .get_or_create(&PolicyInfoLabels {
-                        tenant: t.tenant.clone(),
-                        digest: t.digest.clone(),
+                        tenant: OTHER_TENANT.to_string(),
+                        digest: digest.clone(),
                     })
                     .set(1);
-            } else {
-                folded.insert(&t.tenant, &t.digest);
+                seen.folded = Some(digest);
             }
-        }
-        if !folded.is_empty() {
-            let joined: String = folded.iter().map(|(t, d)| format!("{t}={d}\n")).collect();
-            self.policy_info
-                .get_or_create(&PolicyInfoLabels {
-                    tenant: OTHER_TENANT.to_string(),
-                    digest: crate::policy::digest_of(joined.as_bytes()),
-                })
-                .set(1);
         }
         self.dry_run_tenants
             .set(dry_run_tenants(store, status).len() as i64);
+    }
+
+    /// Moves `tenant`'s `policy_info` from its `old` digest to its `new` one.
+    /// True when the tenant is folded into `other` (whose digest covers all
+    /// folded tenants) instead.
+    fn move_info(&self, tenant: &str, old: Option<&str>, new: Option<&str>) -> bool {
+        if !self.tenants.keeps(tenant) {
+            return true;
+        }
+        let labels = |digest: &str| PolicyInfoLabels {
+            tenant: tenant.to_string(),
+            digest: digest.to_string(),
+        };
+        if let Some(old) = old {
+            self.policy_info.remove(&labels(old));
+        }
+        if let Some(new) = new {
+            self.policy_info.get_or_create(&labels(new)).set(1);
+        }
+        false
     }
 
     /// The registry in OpenMetrics text.
@@ -390,6 +433,74 @@ mod tests {
         let all: TenantLabels = serde_yaml::from_str("all").unwrap();
         assert_eq!(all.label(Some("globex")), "globex");
         assert!(serde_yaml::from_str::<TenantLabels>("some").is_err());
+    }
+
+    #[test]
+    fn a_reload_moves_policy_info_of_what_changed_and_drops_what_went() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |t: &str, rule: &str| {
+            std::fs::write(
+                dir.path().join(format!("{t}.yaml")),
+                format!("apiVersion: portcullis/v1\ntenant: {t}\nrules:\n  - {{ id: {rule}, path: /x, effect: allow, public: true }}\n"),
+            )
+            .unwrap();
+        };
+        for t in ["a", "b", "c"] {
+            write(t, "r1");
+        }
+        let store = PolicyStore::new(dir.path());
+        let kept = Metrics::new(&MetricsConfig::default());
+        let folded = Metrics::new(&serde_yaml::from_str("tenants: none").unwrap());
+        let observe = |status: &StoreStatus| {
+            kept.observe_reload(&store, status);
+            folded.observe_reload(&store, status);
+        };
+        let info = |m: &Metrics| -> Vec<String> {
+            let mut lines: Vec<String> = m
+                .encode()
+                .lines()
+                .filter(|l| l.starts_with("portcullis_policy_info{"))
+                .map(String::from)
+                .collect();
+            lines.sort();
+            lines
+        };
+        let digest = |t: &str| store.tenant(t).unwrap().digest.to_string();
+        observe(&store.reload());
+        let (a1, other1) = (digest("a"), info(&folded));
+        assert_eq!(info(&kept).len(), 3);
+        assert_eq!(other1.len(), 1, "{other1:?}");
+
+        write("a", "r2");
+        std::fs::remove_file(dir.path().join("b.yaml")).unwrap();
+        observe(&store.reload());
+        let now = info(&kept);
+        assert_eq!(now.len(), 2, "{now:?}");
+        assert!(now.iter().any(|l| l.contains(&digest("a"))), "{now:?}");
+        assert!(
+            !now.iter()
+                .any(|l| l.contains(&a1) || l.contains("tenant=\"b\"")),
+            "{now:?}"
+        );
+        let other2 = info(&folded);
+        assert_eq!(other2.len(), 1, "{other2:?}");
+        assert_ne!(other1, other2, "the folded digest follows the change");
+        let text = kept.encode();
+        for (labels, want) in [
+            ("tenant=\"a\",result=\"ok\"", "2"),
+            ("tenant=\"b\",result=\"removed\"", "1"),
+            ("tenant=\"c\",result=\"ok\"", "1"),
+        ] {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("portcullis_policy_reloads_total{") && l.contains(labels))
+                .unwrap_or_else(|| panic!("{labels}: {text}"));
+            assert!(line.ends_with(&format!(" {want}")), "{line}");
+        }
+        // Nothing changed: nothing moves.
+        observe(&store.reload());
+        assert_eq!(info(&kept), now);
+        assert_eq!(info(&folded), other2);
     }
 
     #[test]

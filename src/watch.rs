@@ -6,9 +6,20 @@
 //! directory itself is removed and created again; that rescan also watches the
 //! new directory, so later edits load at once again. Reloads run on a blocking
 //! thread and one at a time.
+//!
+//! A reload after events reads only the files the events name
+//! ([`PolicyStore::reload_paths`]), so rewriting one tenant of thousands costs
+//! one file. The whole directory is rescanned at start, on the timer, when the
+//! watch reports lost events (queue overflow) or an error, when the directory
+//! itself changes, and when a change under another name can change a loaded
+//! file: a hidden or nested entry while some loaded file is a symlink (a
+//! ConfigMap's `..data` swap) or hard-linked. Hidden entries otherwise (an
+//! atomic writer's `.name.tmp`, an editor's swap file) name no policy: the
+//! rename onto the visible name is its own event.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode};
@@ -28,8 +39,9 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) {
     let (tx, mut rx) = mpsc::channel::<()>(1);
+    let changes = Arc::new(Mutex::new(Changes::default()));
     let mut watched = identity(store.dir());
-    let mut watcher = watch(store.dir(), tx.clone());
+    let mut watcher = watch(&store, &changes, tx.clone());
     let mut tick = tokio::time::interval(rescan_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // the first tick is immediate; the caller has just loaded
@@ -61,13 +73,25 @@ pub async fn run(
                 // every later edit would wait for a rescan.
                 let now = identity(store.dir());
                 if watcher.is_none() || now != watched {
-                    watcher = watch(store.dir(), tx.clone());
+                    watcher = watch(&store, &changes, tx.clone());
                     watched = now;
                 }
+                lock(&changes).rescan = true;
             }
         }
+        // Taken after the wake-ups were drained: a change noted later wakes
+        // the next round.
+        let batch = std::mem::take(&mut *lock(&changes));
         let s = Arc::clone(&store);
-        match tokio::task::spawn_blocking(move || s.reload()).await {
+        let reload = move || {
+            if batch.rescan {
+                s.reload()
+            } else {
+                let paths: Vec<PathBuf> = batch.paths.into_iter().collect();
+                s.reload_paths(&paths)
+            }
+        };
+        match tokio::task::spawn_blocking(reload).await {
             Ok(status) => on_reload(&status),
             Err(e) => tracing::error!(error = %e, "policy reload task failed"),
         }
@@ -94,10 +118,93 @@ fn may_change(kind: &EventKind) -> bool {
     )
 }
 
-fn watch(dir: &Path, tx: mpsc::Sender<()>) -> Option<Watcher> {
+/// What the events since the last reload call for.
+#[derive(Debug, Default)]
+struct Changes {
+    /// Rescan the whole directory.
+    rescan: bool,
+    /// Else: the visible files in the directory that changed.
+    paths: BTreeSet<PathBuf>,
+}
+
+/// More changed paths than this between two reloads: rescan instead.
+const MAX_CHANGED_PATHS: usize = 4096;
+
+impl Changes {
+    /// Notes one watch event. False when it cannot change policies.
+    fn note(&mut self, dir: &Path, links: bool, res: &notify::Result<notify::Event>) -> bool {
+        let event = match res {
+            // An error may have lost a change.
+            Err(_) => {
+                self.rescan = true;
+                return true;
+            }
+            Ok(e) => e,
+        };
+        if !may_change(&event.kind) {
+            return false;
+        }
+        if event.need_rescan() || event.paths.is_empty() {
+            self.rescan = true;
+        }
+        for path in &event.paths {
+            match affects(dir, path, links) {
+                Affects::Rescan => self.rescan = true,
+                Affects::File => {
+                    self.paths.insert(path.clone());
+                }
+                Affects::Nothing => {}
+            }
+        }
+        if self.rescan || self.paths.len() > MAX_CHANGED_PATHS {
+            self.rescan = true;
+            self.paths.clear();
+        }
+        true
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Affects {
+    /// The whole directory may have changed.
+    Rescan,
+    /// This file (a visible entry of the directory) may have changed.
+    File,
+    /// No loaded file.
+    Nothing,
+}
+
+/// What a change at `path` can change, for a store of `dir` (with a file that
+/// is a symlink or hard-linked, when `links`).
+fn affects(dir: &Path, path: &Path, links: bool) -> Affects {
+    let Ok(rest) = path.strip_prefix(dir) else {
+        return Affects::Rescan;
+    };
+    let mut parts = rest.components();
+    match (parts.next(), parts.next()) {
+        (Some(Component::Normal(name)), None) if !name.to_string_lossy().starts_with('.') => {
+            Affects::File
+        }
+        // The directory itself (removed, moved, its permissions).
+        (None, _) => Affects::Rescan,
+        _ if links => Affects::Rescan,
+        _ => Affects::Nothing,
+    }
+}
+
+fn lock(changes: &Mutex<Changes>) -> std::sync::MutexGuard<'_, Changes> {
+    changes.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn watch(
+    store: &Arc<PolicyStore>,
+    changes: &Arc<Mutex<Changes>>,
+    tx: mpsc::Sender<()>,
+) -> Option<Watcher> {
+    let dir = store.dir();
+    let (store, changes) = (Arc::clone(store), Arc::clone(changes));
     let handler = move |res: notify::Result<notify::Event>| {
-        // An error may have lost a change: reload.
-        if res.as_ref().is_ok_and(|e| !may_change(&e.kind)) {
+        if !lock(&changes).note(store.dir(), store.has_links(), &res) {
             return;
         }
         // A full channel already holds a pending reload: nothing is lost.
@@ -154,6 +261,82 @@ pub fn log_status(status: &StoreStatus) {
 mod tests {
     use super::*;
     use notify::event::{CreateKind, ModifyKind, RemoveKind, RenameMode};
+
+    #[test]
+    fn visible_files_are_reloaded_alone_and_hidden_ones_only_matter_with_links() {
+        let dir = Path::new("/p");
+        assert_eq!(affects(dir, Path::new("/p/a.yaml"), false), Affects::File);
+        assert_eq!(affects(dir, Path::new("/p/a.yaml"), true), Affects::File);
+        for hidden in [
+            "/p/.a.yaml.tmp",
+            "/p/..data",
+            "/p/..2026_01_01/a.yaml",
+            "/p/sub/a.yaml",
+        ] {
+            assert_eq!(
+                affects(dir, Path::new(hidden), false),
+                Affects::Nothing,
+                "{hidden}"
+            );
+            assert_eq!(
+                affects(dir, Path::new(hidden), true),
+                Affects::Rescan,
+                "{hidden}"
+            );
+        }
+        assert_eq!(affects(dir, Path::new("/p"), false), Affects::Rescan);
+        assert_eq!(
+            affects(dir, Path::new("/elsewhere/a.yaml"), false),
+            Affects::Rescan
+        );
+    }
+
+    #[test]
+    fn lost_events_errors_and_too_many_paths_ask_for_a_rescan() {
+        let dir = Path::new("/p");
+        let event = |kind, paths: &[&str]| {
+            let mut e = notify::Event::new(kind);
+            for p in paths {
+                e = e.add_path(PathBuf::from(p));
+            }
+            Ok(e)
+        };
+        // An atomic writer: the temporary file, then the rename onto the name.
+        let mut c = Changes::default();
+        assert!(c.note(
+            dir,
+            false,
+            &event(EventKind::Create(CreateKind::File), &["/p/.a.yaml.tmp"])
+        ));
+        let rename = EventKind::Modify(ModifyKind::Name(RenameMode::Both));
+        assert!(c.note(dir, false, &event(rename, &["/p/.a.yaml.tmp", "/p/a.yaml"])));
+        assert!(!c.note(
+            dir,
+            false,
+            &event(EventKind::Access(AccessKind::Read), &["/p/b.yaml"])
+        ));
+        assert!(!c.rescan);
+        assert_eq!(c.paths.iter().collect::<Vec<_>>(), [Path::new("/p/a.yaml")]);
+
+        let overflow =
+            Ok(notify::Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan));
+        let mut c = Changes::default();
+        assert!(c.note(dir, false, &overflow));
+        assert!(c.rescan);
+        let mut c = Changes::default();
+        assert!(c.note(dir, false, &Err(notify::Error::generic("lost"))));
+        assert!(c.rescan);
+        let mut c = Changes::default();
+        for i in 0..=MAX_CHANGED_PATHS {
+            let p = format!("/p/t{i}.yaml");
+            c.note(
+                dir,
+                false,
+                &event(EventKind::Modify(ModifyKind::Any), &[&p]),
+            );
+        }
+        assert!(c.rescan && c.paths.is_empty());
+    }
 
     #[test]
     fn reads_are_not_changes_but_writes_are() {
