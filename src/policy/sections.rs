@@ -44,6 +44,9 @@ pub(super) struct Split<'t> {
 /// `text` in pieces, when it can be cut safely and the rest parses as a
 /// current policy file.
 pub(super) fn split(text: &str) -> Option<Split<'_>> {
+    if has_other_line_breaks(text) {
+        return None;
+    }
     let mut texts: Texts = [None; 3];
     let mut rest = String::with_capacity(text.len() / 2);
     // The section the current line belongs to, and where it started.
@@ -105,9 +108,15 @@ pub(super) fn split(text: &str) -> Option<Split<'_>> {
             && spec.response.remove.len() == 1
             && sentinel(&spec.response.remove[0]),
     ];
-    // Each sentinel stands where its section was, and nowhere else.
-    for (text, placed) in texts.iter().zip(in_place) {
-        if text.is_some() != placed {
+    let empty = [
+        spec.rules.is_empty(),
+        spec.resources.is_empty(),
+        unset(&spec.response),
+    ];
+    // Each sentinel stands where its section was, and a section the cut did
+    // not see has no value in the rest either.
+    for ((text, placed), empty) in texts.iter().zip(in_place).zip(empty) {
+        if if text.is_some() { !placed } else { !empty } {
             return None;
         }
     }
@@ -137,16 +146,42 @@ struct Section {
 /// parse on its own (the caller then parses the whole file).
 pub(super) fn parse_into(texts: &Texts, spec: &mut PolicyFile) -> Option<()> {
     let [rules, resources, response] = texts;
+    // A section's text holds its own key and nothing else.
+    let alone = |text: &str, own: usize| -> Option<Section> {
+        let section = serde_yaml::from_str::<Section>(text).ok()?;
+        let empty = [
+            section.rules.is_empty(),
+            section.resources.is_empty(),
+            unset(&section.response),
+        ];
+        (0..3).all(|i| i == own || empty[i]).then_some(section)
+    };
     if let Some(text) = rules {
-        spec.rules = serde_yaml::from_str::<Section>(text).ok()?.rules;
+        spec.rules = alone(text, 0)?.rules;
     }
     if let Some(text) = resources {
-        spec.resources = serde_yaml::from_str::<Section>(text).ok()?.resources;
+        spec.resources = alone(text, 1)?.resources;
     }
     if let Some(text) = response {
-        spec.response = serde_yaml::from_str::<Section>(text).ok()?.response;
+        spec.response = alone(text, 2)?.response;
     }
     Some(())
+}
+
+fn unset(response: &ResponseSpec) -> bool {
+    response.headers.is_empty() && response.remove.is_empty() && response.downstream_token.is_none()
+}
+
+/// Whether `text` has a line break YAML reads that the cut, which splits at
+/// `\n`, would not: a CR not before LF, NEL, LS or PS. A key after one is a
+/// top-level key to YAML and part of the line above to the cut.
+fn has_other_line_breaks(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\r' && bytes.get(i + 1) != Some(&b'\n'))
+        || text.contains(['\u{85}', '\u{2028}', '\u{2029}'])
 }
 
 /// Whether `text` may use an alias (`*name`): an anchor in a section could
@@ -244,6 +279,17 @@ mod tests {
             // Not a mapping at the top.
             format!("{{apiVersion: portcullis/v1, tenant: t1,\n{RULES}}}"),
             "\u{feff}apiVersion: portcullis/v1\ntenant: t\nrules: []\n".to_string(),
+            // A line break the cut does not split at, before a section (its
+            // value would be dropped), inside one (a section hidden in it)
+            // or before an alias.
+            format!("{HEAD}hosts: [a.example]\r{RULES}"),
+            format!("{HEAD}hosts: [a.example]\u{85}{RULES}"),
+            format!("{HEAD}hosts: [a.example]\u{2028}{RULES}"),
+            format!("{HEAD}hosts: [a.example]\u{2029}{RULES}"),
+            format!("{HEAD}{RULES}\rresponse: {{remove: [x-secret]}}\n"),
+            "apiVersion: portcullis/v1\ntenant: t1\nclaims: [&m dry_run]\nrules:\n  - {id: &m enforce, path: /a, effect: deny}\nmode:\r  *m\n".to_string(),
+            // A section hidden after such a break when another is seen.
+            format!("{HEAD}response: {{remove: [x-a]}}\nhosts: [a.example]\rrules: [{{id: b, path: /admin, effect: deny}}]\n"),
             // No section at all, and a section that does not parse alone.
             HEAD.to_string(),
             format!("{HEAD}rules:\n  - id: a\n    path: *p\n    effect: deny\n"),
