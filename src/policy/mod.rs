@@ -1088,14 +1088,24 @@ impl CompiledTenant {
                 dry_run: Vec::new(),
             };
         }
-        let candidates: Vec<(&Rule, Vec<(String, String)>)> = self
+        // The parameters each distinct template binds, bound once: rules on
+        // one route share a template, and binding copies every value.
+        let mut bound: Vec<(&Template, Vec<(String, String)>)> = Vec::new();
+        let candidates: Vec<(&Rule, usize)> = self
             .set
             .index
             .lookup(&resource.segments)
             .into_iter()
             .filter_map(|i| {
                 let rule = &self.set.rules[i];
-                let params = rule.template.matches(&resource.segments)?;
+                let params = match bound.iter().position(|(t, _)| **t == rule.template) {
+                    Some(k) => k,
+                    None => {
+                        let params = rule.template.matches(&resource.segments)?;
+                        bound.push((&rule.template, params));
+                        bound.len() - 1
+                    }
+                };
                 let method_ok = rule.allows_method(&resource.method);
                 let host_ok = rule.allows_host(&resource.host);
                 if explain && !(method_ok && host_ok) {
@@ -1131,7 +1141,8 @@ impl CompiledTenant {
             .iter()
             .filter(|(r, _)| r.effect == Effect::Deny)
             .chain(candidates.iter().filter(|(r, _)| r.effect == Effect::Allow));
-        for (rule, params) in ordered {
+        for &(rule, k) in ordered {
+            let params = &bound[k].1;
             let note = |trace: &mut Vec<RuleTrace>, result: &str| {
                 if explain {
                     trace.push(RuleTrace {
