@@ -126,57 +126,62 @@ impl Refused {
 impl Limits {
     /// Checks every bound against its range; the message names the setting.
     pub fn validate(&self) -> Result<(), String> {
+        // (name, value, least, most); a token cache of 0 turns it off.
         let ranges = [
             (
                 "max_concurrent_checks",
                 self.max_concurrent_checks,
+                1,
                 tokio::sync::Semaphore::MAX_PERMITS,
             ),
             (
                 "max_token_bytes",
                 self.max_token_bytes,
+                1,
                 crate::identity::jwt::MAX_TOKEN_BYTES,
             ),
-            ("max_headers", self.max_headers, MAX_HEADERS_CEILING),
+            ("max_headers", self.max_headers, 1, MAX_HEADERS_CEILING),
             (
                 "max_header_bytes",
                 self.max_header_bytes,
+                1,
                 MAX_HEADER_BYTES_CEILING,
             ),
             (
                 "max_body_bytes",
                 self.max_body_bytes,
+                1,
                 crate::input::MAX_BODY_BYTES,
             ),
             (
                 "max_path_bytes",
                 self.max_path_bytes,
+                1,
                 crate::path::MAX_PATH_BYTES,
             ),
             (
                 "max_rules_per_tenant",
                 self.max_rules_per_tenant,
+                1,
                 crate::policy::MAX_RULES_PER_TENANT,
             ),
-            ("max_tenants", self.max_tenants, usize::MAX),
+            ("max_tenants", self.max_tenants, 1, usize::MAX),
             (
                 "token_cache_size",
                 self.token_cache_size,
+                0,
                 TOKEN_CACHE_CEILING,
             ),
             (
                 "replay_cache_size",
                 self.replay_cache_size,
+                1,
                 REPLAY_CACHE_CEILING,
             ),
         ];
-        for (name, value, ceiling) in ranges {
-            // A token cache of 0 turns it off: every token is verified anew.
-            let floor = usize::from(name != "token_cache_size");
-            if value < floor || value > ceiling {
-                return Err(format!(
-                    "limits.{name} must be between {floor} and {ceiling}"
-                ));
+        for (name, value, least, most) in ranges {
+            if !(least..=most).contains(&value) {
+                return Err(format!("limits.{name} must be between {least} and {most}"));
             }
         }
         Ok(())
