@@ -475,8 +475,7 @@ pub fn check_proof(dpop: &Dpop, token: &str, input: &Input) -> Result<Proof, Bin
     }
     // 7. The signature verifies with that key.
     let signing_input = &proof[..h.len() + 1 + p.len()];
-    if !jsonwebtoken::crypto::verify(sig, signing_input.as_bytes(), &key.key, alg).unwrap_or(false)
-    {
+    if !key.verify(alg, signing_input.as_bytes(), sig) {
         return Err(bad("signature does not verify"));
     }
     // 9. htm is the request's method.

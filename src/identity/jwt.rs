@@ -536,14 +536,11 @@ fn verify_parsed(parsed: Parsed<'_, '_>, now: SystemTime) -> (Attempt, Option<u6
             return done(Err(TokenError::UnknownKey));
         }
     };
-    let signature_ok = jsonwebtoken::crypto::verify(
-        parsed.signature,
-        parsed.signing_input.as_bytes(),
-        &key.key,
+    if !key.verify(
         parsed.alg,
-    )
-    .unwrap_or(false);
-    if !signature_ok {
+        parsed.signing_input.as_bytes(),
+        parsed.signature,
+    ) {
         return done(Err(TokenError::BadSignature));
     }
     (

@@ -15,13 +15,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, Weak};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use aws_lc_rs::signature::{self as sig, ParsedPublicKey, RsaPublicKeyComponents};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value as Json};
 use tokio::sync::watch;
 
@@ -75,7 +76,48 @@ pub struct Key {
     pub kind: KeyKind,
     /// The JWK's own `alg`, when it names one: then only that algorithm fits.
     pub alg: Option<Algorithm>,
-    pub key: DecodingKey,
+    material: Material,
+    /// The key as aws-lc parses it, once per algorithm on first use, so a
+    /// verification does not parse the key again (and, for RSA, keeps its
+    /// Montgomery constants): ~2 µs of an RS256 verification's ~15.
+    parsed: [OnceLock<Option<ParsedPublicKey>>; ALGORITHMS],
+}
+
+/// The public key's bytes, as aws-lc reads them.
+enum Material {
+    Rsa {
+        n: Vec<u8>,
+        e: Vec<u8>,
+    },
+    /// An uncompressed point: `04 || x || y`.
+    Ec(Vec<u8>),
+    Ed25519(Vec<u8>),
+}
+
+/// How many algorithms [`parse_algorithm`] accepts: one parsed-key slot each.
+const ALGORITHMS: usize = 9;
+
+/// The slot and aws-lc algorithm for `alg`; `None` for one portcullis refuses.
+fn verification(alg: Algorithm) -> Option<(usize, Verification)> {
+    use Verification::{Other, Rsa};
+    Some(match alg {
+        Algorithm::RS256 => (0, Rsa(&sig::RSA_PKCS1_2048_8192_SHA256)),
+        Algorithm::RS384 => (1, Rsa(&sig::RSA_PKCS1_2048_8192_SHA384)),
+        Algorithm::RS512 => (2, Rsa(&sig::RSA_PKCS1_2048_8192_SHA512)),
+        Algorithm::PS256 => (3, Rsa(&sig::RSA_PSS_2048_8192_SHA256)),
+        Algorithm::PS384 => (4, Rsa(&sig::RSA_PSS_2048_8192_SHA384)),
+        Algorithm::PS512 => (5, Rsa(&sig::RSA_PSS_2048_8192_SHA512)),
+        Algorithm::ES256 => (6, Other(&sig::ECDSA_P256_SHA256_FIXED)),
+        Algorithm::ES384 => (7, Other(&sig::ECDSA_P384_SHA384_FIXED)),
+        Algorithm::EdDSA => (8, Other(&sig::ED25519)),
+        _ => return None,
+    })
+}
+
+#[derive(Clone, Copy)]
+enum Verification {
+    Rsa(&'static sig::RsaParameters),
+    Other(&'static dyn sig::VerificationAlgorithm),
 }
 
 impl std::fmt::Debug for Key {
@@ -89,8 +131,46 @@ impl std::fmt::Debug for Key {
 }
 
 impl Key {
+    fn new(kid: Option<String>, kind: KeyKind, alg: Option<Algorithm>, material: Material) -> Key {
+        Key {
+            kid,
+            kind,
+            alg,
+            material,
+            parsed: [const { OnceLock::new() }; ALGORITHMS],
+        }
+    }
+
     pub fn fits(&self, alg: Algorithm, kind: KeyKind) -> bool {
         self.kind == kind && self.alg.is_none_or(|a| a == alg)
+    }
+
+    /// Whether `signature` (base64url, as in a compact JWS) is `alg`'s
+    /// signature of `message` under this key. A key that does not fit `alg`
+    /// verifies nothing.
+    pub fn verify(&self, alg: Algorithm, message: &[u8], signature: &str) -> bool {
+        let Some((slot, how)) = verification(alg) else {
+            return false;
+        };
+        let parsed = self.parsed[slot].get_or_init(|| match (&self.material, how) {
+            (Material::Rsa { n, e }, Verification::Rsa(params)) => RsaPublicKeyComponents {
+                n: n.as_slice(),
+                e: e.as_slice(),
+            }
+            .to_parsed_public_key(params)
+            .ok(),
+            (Material::Ec(point), Verification::Other(a)) if alg != Algorithm::EdDSA => {
+                ParsedPublicKey::new(a, point).ok()
+            }
+            (Material::Ed25519(x), Verification::Other(a)) if alg == Algorithm::EdDSA => {
+                ParsedPublicKey::new(a, x).ok()
+            }
+            _ => None,
+        });
+        let (Some(key), Ok(signature)) = (parsed, URL_SAFE_NO_PAD.decode(signature)) else {
+            return false;
+        };
+        key.verify_sig(message, &signature).is_ok()
     }
 }
 
@@ -217,53 +297,49 @@ fn parse_jwk(jwk: &Map<String, Json>) -> Result<Option<Key>, JwkError> {
         Some(a) => Some(parse_algorithm(a).map_err(JwkError::Skip)?),
     };
     let bad = |what: &str| JwkError::Skip(format!("bad {what}"));
-    let (kind, key) = match (s("kty"), s("crv")) {
+    let (kind, material) = match (s("kty"), s("crv")) {
         (Some("RSA"), _) => {
-            let (n, e) = (s("n").ok_or(bad("n"))?, s("e").ok_or(bad("e"))?);
-            let bits = URL_SAFE_NO_PAD.decode(n).map_err(|_| bad("n"))?.len() * 8;
+            let n = URL_SAFE_NO_PAD
+                .decode(s("n").ok_or(bad("n"))?)
+                .map_err(|_| bad("n"))?;
+            let e = URL_SAFE_NO_PAD
+                .decode(s("e").ok_or(bad("e"))?)
+                .map_err(|_| bad("e"))?;
+            let bits = n.len() * 8;
             // RFC 7518 §3.3: 2048 bits or larger.
             if bits < 2048 {
                 return Err(JwkError::Skip(format!(
                     "RSA key of {bits} bits (2048 at least)"
                 )));
             }
-            (
-                KeyKind::Rsa,
-                DecodingKey::from_rsa_components(n, e).map_err(|_| bad("RSA key"))?,
-            )
+            (KeyKind::Rsa, Material::Rsa { n, e })
         }
         (Some("EC"), Some(crv @ ("P-256" | "P-384"))) => {
             let (x, y) = (s("x").ok_or(bad("x"))?, s("y").ok_or(bad("y"))?);
             let want = if crv == "P-256" { 32 } else { 48 };
+            let mut point = vec![4];
             for c in [x, y] {
-                if URL_SAFE_NO_PAD
-                    .decode(c)
-                    .map_err(|_| bad("coordinate"))?
-                    .len()
-                    != want
-                {
+                let c = URL_SAFE_NO_PAD.decode(c).map_err(|_| bad("coordinate"))?;
+                if c.len() != want {
                     return Err(bad("coordinate length"));
                 }
+                point.extend_from_slice(&c);
             }
             let kind = if crv == "P-256" {
                 KeyKind::P256
             } else {
                 KeyKind::P384
             };
-            (
-                kind,
-                DecodingKey::from_ec_components(x, y).map_err(|_| bad("EC key"))?,
-            )
+            (kind, Material::Ec(point))
         }
         (Some("OKP"), Some("Ed25519")) => {
-            let x = s("x").ok_or(bad("x"))?;
-            if URL_SAFE_NO_PAD.decode(x).map_err(|_| bad("x"))?.len() != 32 {
+            let x = URL_SAFE_NO_PAD
+                .decode(s("x").ok_or(bad("x"))?)
+                .map_err(|_| bad("x"))?;
+            if x.len() != 32 {
                 return Err(bad("Ed25519 key length"));
             }
-            (
-                KeyKind::Ed25519,
-                DecodingKey::from_ed_components(x).map_err(|_| bad("Ed25519 key"))?,
-            )
+            (KeyKind::Ed25519, Material::Ed25519(x))
         }
         (Some("oct"), _) => {
             return Err(JwkError::Fatal(
@@ -283,12 +359,7 @@ fn parse_jwk(jwk: &Map<String, Json>) -> Result<Option<Key>, JwkError> {
     {
         return Err(JwkError::Skip("alg does not fit the key type".into()));
     }
-    Ok(Some(Key {
-        kid,
-        kind,
-        alg: alg.map(|(a, _)| a),
-        key,
-    }))
+    Ok(Some(Key::new(kid, kind, alg.map(|(a, _)| a), material)))
 }
 
 /// Where a remote key set comes from.
@@ -646,6 +717,121 @@ mod tests {
             set.find(None, Algorithm::EdDSA, KeyKind::Ed25519),
             KeyMatch::Unknown
         ));
+    }
+
+    #[test]
+    fn a_key_verifies_its_own_algorithm_only() {
+        use jwt_simple::prelude::{
+            Claims, ECDSAP256KeyPairLike, ECDSAP384KeyPairLike, ES256KeyPair, ES384KeyPair,
+            Ed25519KeyPair, EdDSAKeyPairLike, PS256KeyPair, PS384KeyPair, PS512KeyPair,
+            RS256KeyPair, RS384KeyPair, RS512KeyPair, RSAKeyPairLike,
+        };
+        // Signed by jwt-simple; one RSA key for all six RSA algorithms, as a
+        // JWK without `alg` allows.
+        let rsa = RS256KeyPair::generate(2048).unwrap().to_der().unwrap();
+        let claims = || Claims::create(jwt_simple::prelude::Duration::from_mins(5));
+        let jwk = |text: String| {
+            let mut jwk: Map<String, Json> = serde_json::from_str(&text).unwrap();
+            jwk.remove("alg");
+            jwk
+        };
+        let rs = RS256KeyPair::from_der(&rsa).unwrap();
+        let rsa_jwk = jwk(rs.public_key().to_jwk());
+        let (es, es384, ed) = (
+            ES256KeyPair::generate(),
+            ES384KeyPair::generate(),
+            Ed25519KeyPair::generate(),
+        );
+        let signed = [
+            (
+                Algorithm::RS256,
+                rsa_jwk.clone(),
+                rs.sign(claims()).unwrap(),
+            ),
+            (
+                Algorithm::RS384,
+                rsa_jwk.clone(),
+                RS384KeyPair::from_der(&rsa)
+                    .unwrap()
+                    .sign(claims())
+                    .unwrap(),
+            ),
+            (
+                Algorithm::RS512,
+                rsa_jwk.clone(),
+                RS512KeyPair::from_der(&rsa)
+                    .unwrap()
+                    .sign(claims())
+                    .unwrap(),
+            ),
+            (
+                Algorithm::PS256,
+                rsa_jwk.clone(),
+                PS256KeyPair::from_der(&rsa)
+                    .unwrap()
+                    .sign(claims())
+                    .unwrap(),
+            ),
+            (
+                Algorithm::PS384,
+                rsa_jwk.clone(),
+                PS384KeyPair::from_der(&rsa)
+                    .unwrap()
+                    .sign(claims())
+                    .unwrap(),
+            ),
+            (
+                Algorithm::PS512,
+                rsa_jwk,
+                PS512KeyPair::from_der(&rsa)
+                    .unwrap()
+                    .sign(claims())
+                    .unwrap(),
+            ),
+            (
+                Algorithm::ES256,
+                jwk(es.public_key().to_jwk()),
+                es.sign(claims()).unwrap(),
+            ),
+            (
+                Algorithm::ES384,
+                jwk(es384.public_key().to_jwk()),
+                es384.sign(claims()).unwrap(),
+            ),
+            (
+                Algorithm::EdDSA,
+                jwk(ed.public_key().to_jwk()),
+                ed.sign(claims()).unwrap(),
+            ),
+        ];
+        for (alg, jwk, token) in &signed {
+            let key = public_key_from_jwk(jwk).unwrap();
+            let (input, signature) = token.rsplit_once('.').unwrap();
+            // The first call parses the key, the second uses what it parsed.
+            for _ in 0..2 {
+                assert!(key.verify(*alg, input.as_bytes(), signature), "{alg:?}");
+            }
+            let other_input = format!("{input}A");
+            assert!(
+                !key.verify(*alg, other_input.as_bytes(), signature),
+                "{alg:?}"
+            );
+            let padded = format!("{signature}=");
+            assert!(!key.verify(*alg, input.as_bytes(), &padded), "{alg:?}");
+            for (other, ..) in &signed {
+                if other != alg {
+                    assert!(
+                        !key.verify(*other, input.as_bytes(), signature),
+                        "{alg:?} checked as {other:?}"
+                    );
+                }
+            }
+        }
+        assert!(
+            !public_key_from_jwk(&signed[0].1)
+                .unwrap()
+                .verify(Algorithm::HS256, b"x", "AAAA")
+        );
     }
 
     #[test]
