@@ -5,7 +5,11 @@
 //! same tonic, prost and tokio as portcullis, so the gap between the two is
 //! the cost of deciding, not of speaking gRPC. Never a server to deploy.
 //!
-//! `cargo run --release --example const_authz -- 127.0.0.1:9101`
+//! With `--transport portcullis` its connections get what portcullis gives
+//! its own (`TCP_NODELAY` and `portcullis::net::Batched`), so a benchmark can
+//! tell what the transport is worth apart from what deciding costs.
+//!
+//! `cargo run --release --example const_authz -- 127.0.0.1:9101 [--transport portcullis]`
 
 use std::net::SocketAddr;
 
@@ -44,15 +48,31 @@ impl Authorization for Constant {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let addr: SocketAddr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:9101".into())
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let addr: SocketAddr = args
+        .first()
+        .map_or("127.0.0.1:9101", String::as_str)
         .parse()?;
+    let ours = match &args[1.min(args.len())..] {
+        [] => false,
+        [flag, value] if flag == "--transport" && value == "portcullis" => true,
+        _ => return Err("usage: const_authz [ADDR] [--transport portcullis]".into()),
+    };
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!("listening on {}", listener.local_addr()?);
-    tonic::transport::Server::builder()
-        .add_service(AuthorizationServer::new(Constant))
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-        .await?;
+    let server =
+        tonic::transport::Server::builder().add_service(AuthorizationServer::new(Constant));
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    if ours {
+        let incoming = tokio_stream::StreamExt::map(incoming, |conn| {
+            conn.map(|c| {
+                let _ = c.set_nodelay(true);
+                portcullis::net::Batched(c)
+            })
+        });
+        server.serve_with_incoming(incoming).await?;
+    } else {
+        server.serve_with_incoming(incoming).await?;
+    }
     Ok(())
 }
