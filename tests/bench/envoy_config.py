@@ -1,20 +1,23 @@
-"""One Envoy with four listeners, one per configuration the benchmarks compare:
+"""One Envoy with five listeners, one per configuration the benchmarks compare:
 every route a `direct_response` (no upstream adds noise).
 
-    envoy_config.py BASE_PORT CONST_PORT PORTCULLIS_PORT JWKS_FILE > envoy.yaml
+    envoy_config.py BASE_PORT CONST_PORT PORTCULLIS_PORT JWKS_FILE STOCK_CONST_PORT > envoy.yaml
 
 - BASE_PORT+0 `none`: no authorization.
 - BASE_PORT+1 `jwt_rbac`: Envoy's own jwt_authn (the same issuer, audience
   and keys) and RBAC doing the check portcullis does: GET, the route, the
   `tenant` claim equal to the route's tenant and `orders:read` in `scope`.
-- BASE_PORT+2 `ext_const`: ext_authz to the constant-answer server.
+- BASE_PORT+2 `ext_const`: ext_authz to the constant-answer server, on
+  portcullis' own transport (`--transport portcullis`).
 - BASE_PORT+3 `ext_portcullis`: ext_authz to portcullis.
+- BASE_PORT+4 `ext_const_stock`: ext_authz to the constant-answer server on
+  stock tonic (Nagle on, vectored writes).
 """
 
 import json
 import sys
 
-base, const_port, portcullis_port, jwks_file = sys.argv[1:5]
+base, const_port, portcullis_port, jwks_file, stock_port = sys.argv[1:6]
 base = int(base)
 jwks = open(jwks_file).read()
 ISSUER = "https://idp.bench.example"
@@ -175,8 +178,13 @@ config = {
             listener("jwt_rbac", base + 1, [JWT, RBAC], False),
             listener("ext_const", base + 2, [ext_authz("const")], True),
             listener("ext_portcullis", base + 3, [ext_authz("portcullis")], True),
+            listener("ext_const_stock", base + 4, [ext_authz("const_stock")], True),
         ],
-        "clusters": [cluster("const", int(const_port)), cluster("portcullis", int(portcullis_port))],
+        "clusters": [
+            cluster("const", int(const_port)),
+            cluster("portcullis", int(portcullis_port)),
+            cluster("const_stock", int(stock_port)),
+        ],
     }
 }
 json.dump(config, sys.stdout, indent=1)

@@ -161,12 +161,19 @@ P_GRPC=$PORT_BASE P_ADMIN=$((PORT_BASE + 1)) C_GRPC=$((PORT_BASE + 2))
 M_GRPC=$((PORT_BASE + 3)) M_ADMIN=$((PORT_BASE + 4))
 D_GRPC=$((PORT_BASE + 5)) D_ADMIN=$((PORT_BASE + 6))
 N_GRPC=$((PORT_BASE + 7)) N_ADMIN=$((PORT_BASE + 8))
+S_GRPC=$((PORT_BASE + 9))
 E_BASE=$((PORT_BASE + 10))
 
 log "servers on cpu $SERVER_CPU, load generators on cpu $LOAD_CPU"
-taskset -c "$SERVER_CPU" "$CONST" "127.0.0.1:$C_GRPC" >"$OUT/const.log" 2>&1 &
+# The floor every ratio is taken against: the constant server on the same
+# transport as portcullis (TCP_NODELAY, non-vectored writes), so the gap is
+# the cost of deciding. The same server on stock tonic is measured beside it.
+taskset -c "$SERVER_CPU" "$CONST" "127.0.0.1:$C_GRPC" --transport portcullis >"$OUT/const.log" 2>&1 &
 CONST_PID=$!
 PIDS+=("$CONST_PID")
+taskset -c "$SERVER_CPU" "$CONST" "127.0.0.1:$S_GRPC" >"$OUT/const_stock.log" 2>&1 &
+STOCK_PID=$!
+PIDS+=("$STOCK_PID")
 start_portcullis one "$FIX/one" "$P_GRPC" "$P_ADMIN"
 ONE_PID=$PID
 # The same policies with the verified-token cache off: every check verifies
@@ -180,12 +187,13 @@ record memory const_idle 0 rss_kb "$(rss_kb "$CONST_PID")"
 # --- gRPC load: closed loop, then open loop ----------------------------------
 if ((HAVE_H2LOAD)); then
   for run in $(seq 1 "$RUNS"); do
-    targets=(const portcullis portcullis_nocache)
-    for k in 0 1 2; do
-      target=${targets[$(((k + run) % 3))]}
+    targets=(const portcullis portcullis_nocache const_stock)
+    for k in 0 1 2 3; do
+      target=${targets[$(((k + run) % 4))]}
       log "grpc closed loop, run $run: $target"
       case $target in
         const) h2run grpc_closed const "$run" "$C_GRPC" "$FIX/check-acme.bin" -c 4 -m 16 ;;
+        const_stock) h2run grpc_closed const_stock "$run" "$S_GRPC" "$FIX/check-acme.bin" -c 4 -m 16 ;;
         portcullis)
           before=$(allows "$P_ADMIN")
           h2run grpc_closed portcullis "$run" "$P_GRPC" "$FIX/check-acme.bin" -c 4 -m 16
@@ -214,24 +222,24 @@ if ((HAVE_H2LOAD)); then
 fi
 
 # --- through Envoy -----------------------------------------------------------
-CONFIGS=(none jwt_rbac ext_const ext_portcullis)
+CONFIGS=(none jwt_rbac ext_const ext_portcullis ext_const_stock)
 if ((HAVE_ENVOY && HAVE_WRK)); then
   python3 "$ROOT/tests/bench/envoy_config.py" "$E_BASE" "$C_GRPC" "$P_GRPC" "$FIX/jwks.json" \
-    >"$OUT/envoy.yaml"
+    "$S_GRPC" >"$OUT/envoy.yaml"
   taskset -c "$LOAD_CPU" "$ENVOY" -c "$OUT/envoy.yaml" --concurrency 1 \
     --log-level warn >"$OUT/envoy.log" 2>&1 &
   ENVOY_PID=$!
   PIDS+=("$ENVOY_PID")
   TOKEN=$(cat "$FIX/token-acme.txt")
   URL_PATH=/tenants/acme/orders/42
-  for i in 0 1 2 3; do
+  for i in "${!CONFIGS[@]}"; do
     for _ in $(seq 1 500); do
       curl -s -o /dev/null "http://127.0.0.1:$((E_BASE + i))/" && break
       sleep 0.02
     done
   done
   # Decisions checked first: with the token allowed, without it denied.
-  for i in 0 1 2 3; do
+  for i in "${!CONFIGS[@]}"; do
     name=${CONFIGS[$i]}
     with=$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $TOKEN" \
       "http://127.0.0.1:$((E_BASE + i))$URL_PATH")
@@ -243,8 +251,8 @@ if ((HAVE_ENVOY && HAVE_WRK)); then
     fi
   done
   for run in $(seq 1 "$RUNS"); do
-    for k in 0 1 2 3; do
-      i=$(((k + run) % 4))
+    for k in "${!CONFIGS[@]}"; do
+      i=$(((k + run) % ${#CONFIGS[@]}))
       name=${CONFIGS[$i]}
       log "envoy + wrk, run $run: $name"
       f=$OUT/wrk-$name-$run.out
@@ -333,7 +341,7 @@ if ((HAVE_H2LOAD && HAVE_VALGRIND)); then
     case $name in
       const)
         stop "$CONST_PID"
-        profile const "$C_GRPC" "$CONST" "127.0.0.1:$C_GRPC"
+        profile const "$C_GRPC" "$CONST" "127.0.0.1:$C_GRPC" --transport portcullis
         ;;
       *)
         stop "$([[ $name == one ]] && echo "$ONE_PID" || echo "$NOCACHE_PID")"
