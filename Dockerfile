@@ -14,6 +14,7 @@ WORKDIR /src
 # Sources only (.dockerignore keeps target/, .tools/ and .git out of the context).
 # build.rs compiles proto/ with protox, so no system protoc is needed.
 COPY Cargo.toml Cargo.lock build.rs ./
+COPY .cargo ./.cargo
 COPY proto ./proto
 COPY src ./src
 RUN cargo build --release --locked --bin portcullis \

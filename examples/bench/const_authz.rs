@@ -5,9 +5,10 @@
 //! same tonic, prost and tokio as portcullis, so the gap between the two is
 //! the cost of deciding, not of speaking gRPC. Never a server to deploy.
 //!
-//! With `--transport portcullis` its connections get what portcullis gives
-//! its own (`TCP_NODELAY` and `portcullis::net::Batched`), so a benchmark can
-//! tell what the transport is worth apart from what deciding costs.
+//! It uses portcullis' allocator (mimalloc). With `--transport portcullis`
+//! its connections get what portcullis gives its own (`TCP_NODELAY` and
+//! `portcullis::net::Batched`), so a benchmark can tell what the transport is
+//! worth apart from what deciding costs.
 //!
 //! `cargo run --release --example const_authz -- 127.0.0.1:9101 [--transport portcullis]`
 
@@ -18,6 +19,11 @@ use portcullis::proto::auth::{CheckRequest, CheckResponse, OkHttpResponse, check
 use portcullis::proto::core::{HeaderValue, HeaderValueOption};
 use portcullis::proto::google::rpc::Status as RpcStatus;
 use tonic::{Request, Response, Status};
+
+/// The allocator portcullis' binary uses (src/main.rs), so that the floor
+/// allocates as cheaply as the server measured against it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Default)]
 struct Constant;
