@@ -104,7 +104,7 @@ if values("grpc_closed", "portcullis_nocache", "rps"):
     closed_loop_table("portcullis_nocache", (("rps", "Check/s"), ("p50_us", "p50 µs"), ("p99_us", "p99 µs")))
 if values("profile", "const", "instructions_per_check"):
     p("## Per check: instructions and allocations (callgrind, the server under h2load)\n")
-    p("| server | instructions / check | ratio | malloc calls / check | ratio | failed |")
+    p("| server | instructions / check | ratio | heap allocations / check | ratio | failed |")
     p("|---|---|---|---|---|---|")
     for name, label in (("const", "constant server"), ("one", "portcullis"), ("nocache", "portcullis, token cache off")):
         p(
