@@ -33,6 +33,10 @@ use portcullis::proto::auth::CheckRequest;
 use portcullis::store::PolicyStore;
 use portcullis::tenant::TenantResolver;
 
+/// The binary's allocator (src/main.rs), so these figures are the server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ISSUER: &str = "https://idp.acme.example";
 
 fn acme_policy(tenant: &str, jwks: &Value) -> String {
@@ -132,11 +136,17 @@ fn mint(key: &RS256KeyPair) -> String {
     mint_for(key, "acme")
 }
 
+/// Every token minted is new: RS256 signatures are deterministic, so without
+/// a `jti` two tokens minted in the same second would be the same token, and
+/// `rs256_cache_miss` would measure cache hits.
 fn mint_for(key: &RS256KeyPair, tenant: &str) -> String {
+    static MINTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let jti = MINTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let claims = Claims::with_custom_claims(
         json!({ "tenant": tenant, "scope": "orders:read" }),
         jwt_simple::prelude::Duration::from_mins(5),
     )
+    .with_jwt_id(format!("bench-{jti}"))
     .with_issuer(ISSUER)
     .with_subject("alice")
     .with_audience("orders-api");
