@@ -20,16 +20,10 @@ use portcullis::pipeline::Pipeline;
 use portcullis::proto::auth::CheckRequest;
 use portcullis::store::PolicyStore;
 use portcullis::tenant::TenantResolver;
+use support::now;
 
 const ISSUER: &str = "https://idp.acme.example";
 const ORIGIN: &str = "https://api.acme.example";
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 struct Fixture {
     _dir: tempfile::TempDir,

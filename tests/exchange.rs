@@ -14,15 +14,9 @@ use portcullis::exchange::{ExchangeConfig, KeyFile, Minter};
 use portcullis::pipeline::Pipeline;
 use portcullis::store::PolicyStore;
 use portcullis::tenant::TenantResolver;
+use support::now;
 
 const ISSUER: &str = "https://idp.acme.example";
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 struct World {
     _dir: tempfile::TempDir,

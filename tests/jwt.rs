@@ -20,6 +20,7 @@ use portcullis::pipeline::Pipeline;
 use portcullis::proto::auth::CheckRequest;
 use portcullis::store::PolicyStore;
 use portcullis::tenant::TenantResolver;
+use support::now;
 
 const ISSUER: &str = "https://idp.acme.example";
 const OTHER_ISSUER: &str = "https://idp.globex.example";
@@ -85,13 +86,6 @@ impl Keys {
         let sig = self.ed.key_pair().as_ref().sk.sign(input.as_bytes(), None);
         format!("{input}.{}", B64.encode(sig.as_ref()))
     }
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 /// Claims of a valid token from `iss` for the `orders-api` audience.

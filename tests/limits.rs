@@ -18,15 +18,9 @@ use portcullis::pipeline::Pipeline;
 use portcullis::proto::auth::CheckRequest;
 use portcullis::store::PolicyStore;
 use portcullis::tenant::TenantResolver;
+use support::now;
 
 const ISSUER: &str = "https://idp.acme.example";
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 fn policy(tenant: &str, key: &ES256KeyPair, extra_rules: &str) -> String {
     let jwk: Value = serde_json::from_str(&key.public_key().to_jwk()).unwrap();

@@ -22,6 +22,14 @@ use portcullis::server::{self, Running};
 /// How long any wait for a process to become ready may take before failing.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Seconds since the Unix epoch, for token claims.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
