@@ -336,19 +336,18 @@ profile() { # NAME PORT ARGS...
     while read -r metric value; do record profile "$name" 0 "$metric" "$value"; done
 }
 if ((HAVE_H2LOAD && HAVE_VALGRIND)); then
+  # Each server is stopped and started again under callgrind on its port.
+  declare -A SERVER_PID=([const]=$CONST_PID [one]=$ONE_PID [nocache]=$NOCACHE_PID)
+  declare -A SERVER_PORT=([const]=$C_GRPC [one]=$P_GRPC [nocache]=$N_GRPC)
   for name in const one nocache; do
     log "callgrind: $name, $PROFILE_N checks"
-    case $name in
-      const)
-        stop "$CONST_PID"
-        profile const "$C_GRPC" "$CONST" "127.0.0.1:$C_GRPC" --transport portcullis
-        ;;
-      *)
-        stop "$([[ $name == one ]] && echo "$ONE_PID" || echo "$NOCACHE_PID")"
-        profile "$name" "$([[ $name == one ]] && echo "$P_GRPC" || echo "$N_GRPC")" \
-          "$PORTCULLIS" serve --config "$OUT/$name.yaml"
-        ;;
-    esac
+    stop "${SERVER_PID[$name]}"
+    port=${SERVER_PORT[$name]}
+    if [[ $name == const ]]; then
+      profile const "$port" "$CONST" "127.0.0.1:$port" --transport portcullis
+    else
+      profile "$name" "$port" "$PORTCULLIS" serve --config "$OUT/$name.yaml"
+    fi
   done
 fi
 
