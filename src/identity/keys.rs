@@ -97,19 +97,21 @@ enum Material {
 /// How many algorithms [`parse_algorithm`] accepts: one parsed-key slot each.
 const ALGORITHMS: usize = 9;
 
-/// The slot and aws-lc algorithm for `alg`; `None` for one portcullis refuses.
-fn verification(alg: Algorithm) -> Option<(usize, Verification)> {
+/// The slot, key type and aws-lc algorithm for `alg`; `None` for one
+/// portcullis refuses.
+fn verification(alg: Algorithm) -> Option<(usize, KeyKind, Verification)> {
+    use KeyKind::{Ed25519, P256, P384, Rsa as RsaKey};
     use Verification::{Other, Rsa};
     Some(match alg {
-        Algorithm::RS256 => (0, Rsa(&sig::RSA_PKCS1_2048_8192_SHA256)),
-        Algorithm::RS384 => (1, Rsa(&sig::RSA_PKCS1_2048_8192_SHA384)),
-        Algorithm::RS512 => (2, Rsa(&sig::RSA_PKCS1_2048_8192_SHA512)),
-        Algorithm::PS256 => (3, Rsa(&sig::RSA_PSS_2048_8192_SHA256)),
-        Algorithm::PS384 => (4, Rsa(&sig::RSA_PSS_2048_8192_SHA384)),
-        Algorithm::PS512 => (5, Rsa(&sig::RSA_PSS_2048_8192_SHA512)),
-        Algorithm::ES256 => (6, Other(&sig::ECDSA_P256_SHA256_FIXED)),
-        Algorithm::ES384 => (7, Other(&sig::ECDSA_P384_SHA384_FIXED)),
-        Algorithm::EdDSA => (8, Other(&sig::ED25519)),
+        Algorithm::RS256 => (0, RsaKey, Rsa(&sig::RSA_PKCS1_2048_8192_SHA256)),
+        Algorithm::RS384 => (1, RsaKey, Rsa(&sig::RSA_PKCS1_2048_8192_SHA384)),
+        Algorithm::RS512 => (2, RsaKey, Rsa(&sig::RSA_PKCS1_2048_8192_SHA512)),
+        Algorithm::PS256 => (3, RsaKey, Rsa(&sig::RSA_PSS_2048_8192_SHA256)),
+        Algorithm::PS384 => (4, RsaKey, Rsa(&sig::RSA_PSS_2048_8192_SHA384)),
+        Algorithm::PS512 => (5, RsaKey, Rsa(&sig::RSA_PSS_2048_8192_SHA512)),
+        Algorithm::ES256 => (6, P256, Other(&sig::ECDSA_P256_SHA256_FIXED)),
+        Algorithm::ES384 => (7, P384, Other(&sig::ECDSA_P384_SHA384_FIXED)),
+        Algorithm::EdDSA => (8, Ed25519, Other(&sig::ED25519)),
         _ => return None,
     })
 }
@@ -147,11 +149,20 @@ impl Key {
 
     /// Whether `signature` (base64url, as in a compact JWS) is `alg`'s
     /// signature of `message` under this key. A key that does not fit `alg`
-    /// verifies nothing.
+    /// ([`Key::fits`]: its type, and its JWK's own `alg` when it names one)
+    /// verifies nothing, whatever its caller checked before.
+    ///
+    /// A key aws-lc cannot parse (an off-curve point, say) verifies nothing
+    /// either, and that is remembered for this key and algorithm: it fails
+    /// closed until the key set is replaced. RSA keys outside 2048–8192 bits
+    /// and bad exponents are refused at each verification.
     pub fn verify(&self, alg: Algorithm, message: &[u8], signature: &str) -> bool {
-        let Some((slot, how)) = verification(alg) else {
+        let Some((slot, kind, how)) = verification(alg) else {
             return false;
         };
+        if !self.fits(alg, kind) {
+            return false;
+        }
         let parsed = self.parsed[slot].get_or_init(|| match (&self.material, how) {
             (Material::Rsa { n, e }, Verification::Rsa(params)) => RsaPublicKeyComponents {
                 n: n.as_slice(),
@@ -159,11 +170,8 @@ impl Key {
             }
             .to_parsed_public_key(params)
             .ok(),
-            (Material::Ec(point), Verification::Other(a)) if alg != Algorithm::EdDSA => {
-                ParsedPublicKey::new(a, point).ok()
-            }
-            (Material::Ed25519(x), Verification::Other(a)) if alg == Algorithm::EdDSA => {
-                ParsedPublicKey::new(a, x).ok()
+            (Material::Ec(bytes) | Material::Ed25519(bytes), Verification::Other(a)) => {
+                ParsedPublicKey::new(a, bytes).ok()
             }
             _ => None,
         });
@@ -719,15 +727,15 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn a_key_verifies_its_own_algorithm_only() {
+    /// A token signed by jwt-simple with each algorithm portcullis accepts,
+    /// beside its key as a JWK without `alg`; one RSA key serves all six RSA
+    /// algorithms, as such a JWK allows.
+    fn signed_with_every_algorithm() -> Vec<(Algorithm, Map<String, Json>, String)> {
         use jwt_simple::prelude::{
             Claims, ECDSAP256KeyPairLike, ECDSAP384KeyPairLike, ES256KeyPair, ES384KeyPair,
             Ed25519KeyPair, EdDSAKeyPairLike, PS256KeyPair, PS384KeyPair, PS512KeyPair,
             RS256KeyPair, RS384KeyPair, RS512KeyPair, RSAKeyPairLike,
         };
-        // Signed by jwt-simple; one RSA key for all six RSA algorithms, as a
-        // JWK without `alg` allows.
         let rsa = RS256KeyPair::generate(2048).unwrap().to_der().unwrap();
         let claims = || Claims::create(jwt_simple::prelude::Duration::from_mins(5));
         let jwk = |text: String| {
@@ -735,58 +743,37 @@ mod tests {
             jwk.remove("alg");
             jwk
         };
-        let rs = RS256KeyPair::from_der(&rsa).unwrap();
-        let rsa_jwk = jwk(rs.public_key().to_jwk());
+        let rsa_jwk = jwk(RS256KeyPair::from_der(&rsa).unwrap().public_key().to_jwk());
+        let rsa_signed = |alg, token: Result<String, _>| (alg, rsa_jwk.clone(), token.unwrap());
         let (es, es384, ed) = (
             ES256KeyPair::generate(),
             ES384KeyPair::generate(),
             Ed25519KeyPair::generate(),
         );
-        let signed = [
-            (
+        vec![
+            rsa_signed(
                 Algorithm::RS256,
-                rsa_jwk.clone(),
-                rs.sign(claims()).unwrap(),
+                RS256KeyPair::from_der(&rsa).unwrap().sign(claims()),
             ),
-            (
+            rsa_signed(
                 Algorithm::RS384,
-                rsa_jwk.clone(),
-                RS384KeyPair::from_der(&rsa)
-                    .unwrap()
-                    .sign(claims())
-                    .unwrap(),
+                RS384KeyPair::from_der(&rsa).unwrap().sign(claims()),
             ),
-            (
+            rsa_signed(
                 Algorithm::RS512,
-                rsa_jwk.clone(),
-                RS512KeyPair::from_der(&rsa)
-                    .unwrap()
-                    .sign(claims())
-                    .unwrap(),
+                RS512KeyPair::from_der(&rsa).unwrap().sign(claims()),
             ),
-            (
+            rsa_signed(
                 Algorithm::PS256,
-                rsa_jwk.clone(),
-                PS256KeyPair::from_der(&rsa)
-                    .unwrap()
-                    .sign(claims())
-                    .unwrap(),
+                PS256KeyPair::from_der(&rsa).unwrap().sign(claims()),
             ),
-            (
+            rsa_signed(
                 Algorithm::PS384,
-                rsa_jwk.clone(),
-                PS384KeyPair::from_der(&rsa)
-                    .unwrap()
-                    .sign(claims())
-                    .unwrap(),
+                PS384KeyPair::from_der(&rsa).unwrap().sign(claims()),
             ),
-            (
+            rsa_signed(
                 Algorithm::PS512,
-                rsa_jwk,
-                PS512KeyPair::from_der(&rsa)
-                    .unwrap()
-                    .sign(claims())
-                    .unwrap(),
+                PS512KeyPair::from_der(&rsa).unwrap().sign(claims()),
             ),
             (
                 Algorithm::ES256,
@@ -803,7 +790,12 @@ mod tests {
                 jwk(ed.public_key().to_jwk()),
                 ed.sign(claims()).unwrap(),
             ),
-        ];
+        ]
+    }
+
+    #[test]
+    fn a_key_verifies_its_own_algorithm_only() {
+        let signed = signed_with_every_algorithm();
         for (alg, jwk, token) in &signed {
             let key = public_key_from_jwk(jwk).unwrap();
             let (input, signature) = token.rsplit_once('.').unwrap();
@@ -832,6 +824,161 @@ mod tests {
                 .unwrap()
                 .verify(Algorithm::HS256, b"x", "AAAA")
         );
+    }
+
+    #[test]
+    fn a_jwks_own_alg_binds_the_key_even_where_the_caller_did_not_check() {
+        use jwt_simple::prelude::{Claims, PS256KeyPair, RS256KeyPair, RSAKeyPairLike};
+        let der = RS256KeyPair::generate(2048).unwrap().to_der().unwrap();
+        let rs = RS256KeyPair::from_der(&der).unwrap();
+        let jwk: Map<String, Json> = serde_json::from_str(&rs.public_key().to_jwk()).unwrap();
+        assert_eq!(jwk["alg"], "RS256");
+        let key = public_key_from_jwk(&jwk).unwrap();
+        // The same RSA key signing PS256: the JWK says RS256 only.
+        let token = PS256KeyPair::from_der(&der)
+            .unwrap()
+            .sign(Claims::create(jwt_simple::prelude::Duration::from_mins(5)))
+            .unwrap();
+        let (input, signature) = token.rsplit_once('.').unwrap();
+        assert!(!key.fits(Algorithm::PS256, KeyKind::Rsa));
+        assert!(!key.verify(Algorithm::PS256, input.as_bytes(), signature));
+        let token = rs
+            .sign(Claims::create(jwt_simple::prelude::Duration::from_mins(5)))
+            .unwrap();
+        let (input, signature) = token.rsplit_once('.').unwrap();
+        assert!(key.verify(Algorithm::RS256, input.as_bytes(), signature));
+    }
+
+    /// Every accept and reject of [`Key::verify`] is jsonwebtoken's (the
+    /// verification portcullis used before keys were parsed once): for every
+    /// algorithm, well-formed and broken keys, and re-encoded signatures.
+    #[test]
+    fn verification_agrees_with_jsonwebtoken() {
+        use jsonwebtoken::DecodingKey;
+        const ALGS: [Algorithm; 10] = [
+            Algorithm::RS256,
+            Algorithm::RS384,
+            Algorithm::RS512,
+            Algorithm::PS256,
+            Algorithm::PS384,
+            Algorithm::PS512,
+            Algorithm::ES256,
+            Algorithm::ES384,
+            Algorithm::EdDSA,
+            Algorithm::HS256,
+        ];
+        let old_key = |jwk: &Map<String, Json>| -> Option<DecodingKey> {
+            let s = |n: &str| jwk.get(n).and_then(Json::as_str);
+            match s("kty")? {
+                "RSA" => DecodingKey::from_rsa_components(s("n")?, s("e")?).ok(),
+                "EC" => DecodingKey::from_ec_components(s("x")?, s("y")?).ok(),
+                "OKP" => DecodingKey::from_ed_components(s("x")?).ok(),
+                _ => None,
+            }
+        };
+        // The signature as issued, padded, with other trailing bits, with
+        // the other base64 alphabet, truncated, extended and altered.
+        let variants = |sig: &str| -> Vec<String> {
+            const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+            let mut v = vec![
+                sig.to_string(),
+                format!("{sig}="),
+                format!("{sig}=="),
+                format!("{sig}A"),
+                format!("{sig}AAAA"),
+                format!("AAAA{sig}"),
+                format!("{sig}\n"),
+                sig.replace('-', "+").replace('_', "/"),
+                sig[..sig.len() - 1].to_string(),
+                String::new(),
+            ];
+            let last = sig.as_bytes()[sig.len() - 1];
+            let i = ABC.iter().position(|c| *c == last).unwrap();
+            for d in [1, 2, 3, 7, 15] {
+                let mut s = sig[..sig.len() - 1].to_string();
+                s.push(char::from(ABC[(i + d) % 64]));
+                v.push(s);
+            }
+            let mut bytes = URL_SAFE_NO_PAD.decode(sig).unwrap();
+            bytes[0] ^= 1;
+            v.push(URL_SAFE_NO_PAD.encode(&bytes));
+            // A signature without `-` or `_` is its own other-alphabet form.
+            let mut seen = std::collections::HashSet::new();
+            v.retain(|s| seen.insert(s.clone()));
+            v
+        };
+        // The key as published, and broken in ways aws-lc must refuse.
+        let mutations = |jwk: &Map<String, Json>| -> Vec<Map<String, Json>> {
+            let set = |k: &str, v: Vec<u8>| {
+                let mut m = jwk.clone();
+                m.insert(k.into(), Json::String(URL_SAFE_NO_PAD.encode(v)));
+                m
+            };
+            let dec = |k: &str| URL_SAFE_NO_PAD.decode(jwk[k].as_str().unwrap()).unwrap();
+            let mut out = vec![jwk.clone()];
+            match jwk["kty"].as_str().unwrap() {
+                "RSA" => {
+                    for e in [vec![1u8], vec![2], vec![0], vec![0, 1, 0, 1], dec("n")] {
+                        out.push(set("e", e));
+                    }
+                    let mut n = vec![0u8];
+                    n.extend(dec("n"));
+                    out.push(set("n", n));
+                    let mut n = dec("n");
+                    *n.last_mut().unwrap() ^= 1;
+                    out.push(set("n", n));
+                    let mut n = dec("n");
+                    n[0] &= 0x7f;
+                    out.push(set("n", n));
+                }
+                "EC" => {
+                    let mut y = dec("y");
+                    *y.last_mut().unwrap() ^= 1;
+                    let len = y.len();
+                    out.push(set("y", y));
+                    out.push(set("x", vec![0; len]));
+                }
+                _ => {
+                    let mut x = dec("x");
+                    x[31] ^= 0x80;
+                    out.push(set("x", x));
+                    let mut identity = vec![0u8; 32];
+                    identity[0] = 1;
+                    out.push(set("x", identity));
+                }
+            }
+            out
+        };
+        let signed = signed_with_every_algorithm();
+        let mut keys: Vec<&Map<String, Json>> = signed.iter().map(|(_, jwk, _)| jwk).collect();
+        keys.dedup();
+        let tokens: Vec<&String> = signed.iter().map(|(.., token)| token).collect();
+        let (mut compared, mut accepted) = (0, 0);
+        for base in keys {
+            for jwk in mutations(base) {
+                let new = public_key_from_jwk(&jwk).unwrap();
+                let old = old_key(&jwk).unwrap();
+                for token in &tokens {
+                    let (input, sig) = token.rsplit_once('.').unwrap();
+                    for s in variants(sig) {
+                        for alg in ALGS {
+                            // The second call uses the key parsed by the first.
+                            for _ in 0..2 {
+                                let n = new.verify(alg, input.as_bytes(), &s);
+                                let o =
+                                    jsonwebtoken::crypto::verify(&s, input.as_bytes(), &old, alg)
+                                        .unwrap_or(false);
+                                assert_eq!(n, o, "{jwk:?} {alg:?} {s:?}");
+                                compared += 1;
+                                accepted += usize::from(n);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Each algorithm's own signature under the unbroken key, twice.
+        assert_eq!(accepted, 18, "of {compared}");
     }
 
     #[test]
