@@ -47,26 +47,80 @@ pub enum KeyKind {
     Ed25519,
 }
 
-/// The asymmetric algorithms portcullis accepts, and the key kind each needs.
-/// HMAC (`HS*`) and `none` are not here, so no configuration can enable them.
+/// How many algorithms portcullis accepts.
+const ALGORITHMS: usize = 9;
+
+/// The asymmetric algorithms portcullis accepts: each one's name, the key
+/// kind it needs and how aws-lc verifies it. HMAC (`HS*`) and `none` are not
+/// here, so no configuration can enable them. A key keeps its parsed form for
+/// an algorithm at that algorithm's position here ([`Key::verify`]).
+static ACCEPTED: [(&str, Algorithm, KeyKind, Verification); ALGORITHMS] = {
+    use KeyKind::{Ed25519, P256, P384, Rsa as RsaKey};
+    use Verification::{Other, Rsa};
+    [
+        (
+            "RS256",
+            Algorithm::RS256,
+            RsaKey,
+            Rsa(&sig::RSA_PKCS1_2048_8192_SHA256),
+        ),
+        (
+            "RS384",
+            Algorithm::RS384,
+            RsaKey,
+            Rsa(&sig::RSA_PKCS1_2048_8192_SHA384),
+        ),
+        (
+            "RS512",
+            Algorithm::RS512,
+            RsaKey,
+            Rsa(&sig::RSA_PKCS1_2048_8192_SHA512),
+        ),
+        (
+            "PS256",
+            Algorithm::PS256,
+            RsaKey,
+            Rsa(&sig::RSA_PSS_2048_8192_SHA256),
+        ),
+        (
+            "PS384",
+            Algorithm::PS384,
+            RsaKey,
+            Rsa(&sig::RSA_PSS_2048_8192_SHA384),
+        ),
+        (
+            "PS512",
+            Algorithm::PS512,
+            RsaKey,
+            Rsa(&sig::RSA_PSS_2048_8192_SHA512),
+        ),
+        (
+            "ES256",
+            Algorithm::ES256,
+            P256,
+            Other(&sig::ECDSA_P256_SHA256_FIXED),
+        ),
+        (
+            "ES384",
+            Algorithm::ES384,
+            P384,
+            Other(&sig::ECDSA_P384_SHA384_FIXED),
+        ),
+        ("EdDSA", Algorithm::EdDSA, Ed25519, Other(&sig::ED25519)),
+    ]
+};
+
+/// An algorithm portcullis accepts, and the key kind it needs.
 pub fn parse_algorithm(name: &str) -> Result<(Algorithm, KeyKind), String> {
-    Ok(match name {
-        "RS256" => (Algorithm::RS256, KeyKind::Rsa),
-        "RS384" => (Algorithm::RS384, KeyKind::Rsa),
-        "RS512" => (Algorithm::RS512, KeyKind::Rsa),
-        "PS256" => (Algorithm::PS256, KeyKind::Rsa),
-        "PS384" => (Algorithm::PS384, KeyKind::Rsa),
-        "PS512" => (Algorithm::PS512, KeyKind::Rsa),
-        "ES256" => (Algorithm::ES256, KeyKind::P256),
-        "ES384" => (Algorithm::ES384, KeyKind::P384),
-        "EdDSA" => (Algorithm::EdDSA, KeyKind::Ed25519),
-        "none" => return Err("algorithm \"none\" is never accepted (RFC 8725 §3.2)".into()),
-        h if h.starts_with("HS") => {
-            return Err(format!(
-                "algorithm {h:?} is symmetric; portcullis verifies issuers' tokens with public keys only (RFC 8725 §3.1)"
-            ));
-        }
-        other => return Err(format!("algorithm {other:?} is not supported")),
+    if let Some((_, alg, kind, _)) = ACCEPTED.iter().find(|(n, ..)| *n == name) {
+        return Ok((*alg, *kind));
+    }
+    Err(match name {
+        "none" => "algorithm \"none\" is never accepted (RFC 8725 §3.2)".into(),
+        h if h.starts_with("HS") => format!(
+            "algorithm {h:?} is symmetric; portcullis verifies issuers' tokens with public keys only (RFC 8725 §3.1)"
+        ),
+        other => format!("algorithm {other:?} is not supported"),
     })
 }
 
@@ -94,28 +148,7 @@ enum Material {
     Ed25519(Vec<u8>),
 }
 
-/// How many algorithms [`parse_algorithm`] accepts: one parsed-key slot each.
-const ALGORITHMS: usize = 9;
-
-/// The slot, key type and aws-lc algorithm for `alg`; `None` for one
-/// portcullis refuses.
-fn verification(alg: Algorithm) -> Option<(usize, KeyKind, Verification)> {
-    use KeyKind::{Ed25519, P256, P384, Rsa as RsaKey};
-    use Verification::{Other, Rsa};
-    Some(match alg {
-        Algorithm::RS256 => (0, RsaKey, Rsa(&sig::RSA_PKCS1_2048_8192_SHA256)),
-        Algorithm::RS384 => (1, RsaKey, Rsa(&sig::RSA_PKCS1_2048_8192_SHA384)),
-        Algorithm::RS512 => (2, RsaKey, Rsa(&sig::RSA_PKCS1_2048_8192_SHA512)),
-        Algorithm::PS256 => (3, RsaKey, Rsa(&sig::RSA_PSS_2048_8192_SHA256)),
-        Algorithm::PS384 => (4, RsaKey, Rsa(&sig::RSA_PSS_2048_8192_SHA384)),
-        Algorithm::PS512 => (5, RsaKey, Rsa(&sig::RSA_PSS_2048_8192_SHA512)),
-        Algorithm::ES256 => (6, P256, Other(&sig::ECDSA_P256_SHA256_FIXED)),
-        Algorithm::ES384 => (7, P384, Other(&sig::ECDSA_P384_SHA384_FIXED)),
-        Algorithm::EdDSA => (8, Ed25519, Other(&sig::ED25519)),
-        _ => return None,
-    })
-}
-
+/// How aws-lc verifies one algorithm.
 #[derive(Clone, Copy)]
 enum Verification {
     Rsa(&'static sig::RsaParameters),
@@ -157,9 +190,10 @@ impl Key {
     /// closed until the key set is replaced. RSA keys outside 2048–8192 bits
     /// and bad exponents are refused at each verification.
     pub fn verify(&self, alg: Algorithm, message: &[u8], signature: &str) -> bool {
-        let Some((slot, kind, how)) = verification(alg) else {
+        let Some(slot) = ACCEPTED.iter().position(|(_, a, ..)| *a == alg) else {
             return false;
         };
+        let (_, _, kind, how) = ACCEPTED[slot];
         if !self.fits(alg, kind) {
             return false;
         }

@@ -3,8 +3,8 @@
 # Writes raw results (results.tsv), tool logs and summary.md (medians, and
 # every figure as a ratio to its baseline from the same run) under OUT.
 #
-#   tests/bench/run.sh            # full: 5 interleaved runs, 10 s each (~20 min)
-#   tests/bench/run.sh --smoke    # every benchmark once, briefly (~1 min)
+#   tests/bench/run.sh            # full: 5 interleaved runs, 10 s each (~15 min)
+#   tests/bench/run.sh --smoke    # every benchmark once, briefly (~40 s)
 #
 # Environment: RUNS, DUR (seconds), TENANTS, DISTINCT, OUT, SERVER_CPU,
 # LOAD_CPU, PORT_BASE, BIN_DIR (prebuilt portcullis, fixtures and const_authz:
