@@ -1,68 +1,54 @@
 //! portcullis: an Envoy external-authorization server (ext_authz v3, gRPC).
 //!
-//! Envoy asks [`server`] to `Check` every request; portcullis answers allow or deny
-//! and, on allow, which headers Envoy must set or strip before the request reaches
-//! the service.
+//! Envoy asks the [`transport`] to `Check` every request; portcullis answers
+//! allow or deny and, on allow, which headers Envoy must set or strip before the
+//! request reaches the service.
 //!
-//! # Layout
+//! # Floors
 //!
-//! The modules below follow one request, in order:
+//! The crate is a house of floors. A module may import only the floors below
+//! its own; modules on one floor do not import each other. `tests/layers.rs`
+//! reads every `crate::` path in `src/` and fails on an import that goes up or
+//! sideways, so this table is the one place the order is written:
 //!
-//! - [`proto`] — the generated ext_authz v3 messages (from our own `proto/`).
-//! - [`input`] — `CheckRequest` → plain [`input::Input`] (`Resource` + `Context`);
-//!   nothing downstream reads the protobuf again. [`path`] holds the canonical-path
-//!   check and the route templates that rules match.
-//! - [`tenant`] — which tenant's rule set applies, from a trusted source.
-//! - [`identity`] — the caller's [`identity::Identity`] (claims) from a verified
-//!   credential: a JWT portcullis validates itself ([`identity::jwt`], keys in
-//!   [`identity::keys`]), Envoy's `jwt_authn` metadata, an mTLS SPIFFE peer, or
-//!   anonymous.
-//!   A validated identity is then checked against the tenant's [`revocation`] list.
-//! - [`policy`] — policy files: parsed, compiled once ([`policy::CompiledTenant`]) and
-//!   evaluated per request.
-//! - [`decision`] — the outcome as data: allow/deny, rule, reason, headers, status.
-//! - [`response`] — a [`decision::Decision`] rendered into a `CheckResponse`.
+//! | floor | module | what it is for |
+//! |-------|--------|----------------|
+//! | 0 | [`foundation`] | protobuf, named bounds, durations, interning, reason codes, file basics |
+//! | 1 | [`request`] | `CheckRequest` → `Input` under the bounds; canonical path; which tenant |
+//! | 2 | [`identity`] | credential → `Identity`: JWT, keys, bindings, introspection, revocation |
+//! | 3 | [`policy`] | a tenant's rules and data → an outcome; the rule languages |
+//! | 4 | [`decision`] | the outcome as data, the respond stage, downstream tokens, `CheckResponse` |
+//! | 5 | [`tenants`] | policy files compiled into tenants; the store, reload, watch |
+//! | 6 | [`pipeline`] | the request path: the stages chained, in order |
+//! | 7 | [`observe`] | logs, traces, metrics, the decision log: reading decisions |
+//! | 8 | [`transport`] | the gRPC service, the admin port, sockets, TLS |
+//! | 9 | [`app`] | command line, configuration, policy test suites, schemas |
 //!
-//! On an allow, [`exchange`] can mint a narrowed token for the upstream.
+//! # The request path
 //!
-//! [`pipeline`] chains the stages as plain functions; [`server`] wraps them in the
-//! gRPC service (with optional [`tls`]), and [`admin`] serves health and readiness. [`store`] keeps the
-//! compiled tenants (and their [`data`] documents) and swaps them on reload; [`watch`] notices policy changes.
-//! [`config`] is the server's own configuration ([`limits`] its named bounds,
-//! [`policy_files`] where files named by policies may be), [`cli`] the command line, and
-//! [`suite`] runs policy test suites (`portcullis test`). [`intern`] lets tenants
-//! made from one template share their compiled rules and key sets.
-//!
-//! Observability, outside the request path: [`telemetry`] (logs, and traces
-//! joined to Envoy's over OTLP), [`metrics`] (Prometheus `/metrics`) and
-//! [`audit`] (the decision log, one JSON line per decision).
+//! [`pipeline::Pipeline`] runs the stages in order, each a plain function:
+//! [`request::read`] (input) → [`request::tenancy`] (tenant) →
+//! [`identity::authenticate`] (identity) → [`identity::revocation`]
+//! (revocation) → [`policy`] (evaluate) → [`decision::respond`] (respond:
+//! header edits, proof stripping, the downstream token) →
+//! [`decision::render`] (the `CheckResponse`).
 
-pub mod admin;
-pub mod audit;
-pub mod cli;
-pub mod config;
-pub mod data;
-pub mod decision;
-pub mod duration;
-pub mod exchange;
+pub mod foundation;
+
+pub mod request;
+
 pub mod identity;
-pub mod input;
-pub mod intern;
-pub mod limits;
-pub mod metrics;
-pub mod net;
-pub mod path;
-pub mod pipeline;
+
 pub mod policy;
-pub mod policy_files;
-pub mod proto;
-pub mod response;
-pub mod revocation;
-pub mod schema;
-pub mod server;
-pub mod store;
-pub mod suite;
-pub mod telemetry;
-pub mod tenant;
-pub mod tls;
-pub mod watch;
+
+pub mod decision;
+
+pub mod tenants;
+
+pub mod pipeline;
+
+pub mod observe;
+
+pub mod transport;
+
+pub mod app;

@@ -16,10 +16,10 @@ use serde_json::{Value, json};
 use sha2::Digest as _;
 
 use portcullis::decision::Decision;
+use portcullis::foundation::proto::auth::CheckRequest;
 use portcullis::pipeline::Pipeline;
-use portcullis::proto::auth::CheckRequest;
-use portcullis::store::PolicyStore;
-use portcullis::tenant::TenantResolver;
+use portcullis::request::tenancy::TenantResolver;
+use portcullis::tenants::store::PolicyStore;
 use support::now;
 
 const ISSUER: &str = "https://idp.acme.example";
@@ -36,7 +36,11 @@ fn fixture(extra_dpop: &str, constraint: &str) -> Fixture {
     fixture_with(extra_dpop, constraint, Default::default())
 }
 
-fn fixture_with(extra_dpop: &str, constraint: &str, limits: portcullis::limits::Limits) -> Fixture {
+fn fixture_with(
+    extra_dpop: &str,
+    constraint: &str,
+    limits: portcullis::foundation::limits::Limits,
+) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let issuer = ES256KeyPair::generate().with_key_id("idp-1");
     let jwk: Value = serde_json::from_str(&issuer.public_key().to_jwk()).unwrap();
@@ -173,7 +177,7 @@ fn request(
     if let Some(source) = source {
         attributes["source"] = source;
     }
-    portcullis::cli::check_request_from_json(&json!({ "attributes": attributes })).unwrap()
+    portcullis::app::cli::check_request_from_json(&json!({ "attributes": attributes })).unwrap()
 }
 
 fn dpop_call(f: &Fixture, method: &str, path: &str, token: &str, proof: &str) -> Decision {
@@ -491,7 +495,7 @@ fn token_unbound(f: &Fixture) -> String {
 /// policy may ask for.
 #[test]
 fn replay_cache_size_limit() {
-    let limits = portcullis::limits::Limits {
+    let limits = portcullis::foundation::limits::Limits {
         replay_cache_size: 2,
         ..Default::default()
     };

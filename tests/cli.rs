@@ -128,12 +128,13 @@ fn example_server_configs_load() {
         "examples/portcullis.yaml",
         "examples/jaeger/portcullis.yaml",
     ] {
-        let config = portcullis::config::Config::load(&root.join(file))
+        let config = portcullis::app::config::Config::load(&root.join(file))
             .unwrap_or_else(|e| panic!("{file}: {e}"));
         assert!(config.listen.is_some(), "{file}");
     }
     let jaeger =
-        portcullis::config::Config::load(&root.join("examples/jaeger/portcullis.yaml")).unwrap();
+        portcullis::app::config::Config::load(&root.join("examples/jaeger/portcullis.yaml"))
+            .unwrap();
     assert_eq!(
         jaeger.tracing.otlp_endpoint.as_deref(),
         Some("http://jaeger:4317")

@@ -381,16 +381,17 @@ async fn checks_resume_when_envoy_restarts() {
 
 /// One Check straight to portcullis over gRPC; the denied status it carries.
 async fn grpc_call_direct(addr: SocketAddr) -> (u16, String) {
-    use portcullis::proto::auth::authorization_client::AuthorizationClient;
-    use portcullis::proto::auth::check_response::HttpResponse as Answer;
+    use portcullis::foundation::proto::auth::authorization_client::AuthorizationClient;
+    use portcullis::foundation::proto::auth::check_response::HttpResponse as Answer;
     let mut c = AuthorizationClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
-    let req =
-        portcullis::cli::check_request_from_json(&json!({ "attributes": { "request": { "http": {
+    let req = portcullis::app::cli::check_request_from_json(
+        &json!({ "attributes": { "request": { "http": {
         "method": "GET", "host": "acme.example.com", "path": "/docs/intro", "headers": {}
-    } } } }))
-        .unwrap();
+    } } } }),
+    )
+    .unwrap();
     let r = c.check(req).await.unwrap().into_inner();
     match r.http_response {
         Some(Answer::OkResponse(_)) => (200, String::new()),
@@ -845,9 +846,9 @@ response:
     )
     .unwrap();
     let portcullis = support::start_portcullis_with(dir.path(), |c| {
-        c.token_exchange = Some(portcullis::exchange::ExchangeConfig {
+        c.token_exchange = Some(portcullis::decision::mint::ExchangeConfig {
             issuer: "https://portcullis.hooli.internal".into(),
-            keys: vec![portcullis::exchange::KeyFile {
+            keys: vec![portcullis::decision::mint::KeyFile {
                 kid: "e2e".into(),
                 file: signing.clone(),
             }],
@@ -1058,7 +1059,7 @@ async fn grpc_call_tls(
     pki: &GrpcPki,
     identity: Option<&(String, String)>,
 ) -> Result<(), String> {
-    use portcullis::proto::auth::authorization_client::AuthorizationClient;
+    use portcullis::foundation::proto::auth::authorization_client::AuthorizationClient;
     use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&pki.ca_pem))
@@ -1073,17 +1074,18 @@ async fn grpc_call_tls(
         .connect()
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let req =
-        portcullis::cli::check_request_from_json(&json!({ "attributes": { "request": { "http": {
+    let req = portcullis::app::cli::check_request_from_json(
+        &json!({ "attributes": { "request": { "http": {
         "method": "GET", "host": "acme.example.com", "path": "/docs/intro", "headers": {}
-    } } } }))
-        .unwrap();
+    } } } }),
+    )
+    .unwrap();
     let r = AuthorizationClient::new(channel)
         .check(req)
         .await
         .map_err(|e| format!("check: {e}"))?
         .into_inner();
-    use portcullis::proto::auth::check_response::HttpResponse as Answer;
+    use portcullis::foundation::proto::auth::check_response::HttpResponse as Answer;
     match r.http_response {
         Some(Answer::OkResponse(_)) => Ok(()),
         other => panic!("the example policy allows /docs/intro: {other:?}"),
@@ -1099,7 +1101,7 @@ async fn only_envoy_with_a_client_certificate_gets_decisions() {
     let pki = grpc_pki();
     let at = |name: &str| pki.dir.path().join(name);
     let portcullis = support::start_portcullis_with(&support::example_policies(), |c| {
-        c.tls = Some(portcullis::tls::GrpcTlsConfig {
+        c.tls = Some(portcullis::transport::tls::GrpcTlsConfig {
             cert_file: at("server.pem"),
             key_file: at("server.key"),
             client_ca_file: Some(at("ca.pem")),
@@ -1169,11 +1171,11 @@ async fn only_envoy_with_a_client_certificate_gets_decisions() {
         .unwrap_err();
     println!("mtls: a client with another CA's certificate: {e}");
     let plain = async {
-        use portcullis::proto::auth::authorization_client::AuthorizationClient;
+        use portcullis::foundation::proto::auth::authorization_client::AuthorizationClient;
         let mut c = AuthorizationClient::connect(format!("http://{grpc}"))
             .await
             .map_err(|e| e.to_string())?;
-        let req = portcullis::cli::check_request_from_json(&json!({})).unwrap();
+        let req = portcullis::app::cli::check_request_from_json(&json!({})).unwrap();
         c.check(req).await.map_err(|e| e.to_string()).map(|_| ())
     };
     let e = plain.await.unwrap_err();

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use jwt_simple::prelude::*;
 use serde_json::{Value, json};
 
-use portcullis::exchange::{ExchangeConfig, KeyFile, Minter};
+use portcullis::decision::mint::{ExchangeConfig, KeyFile, Minter};
 use portcullis::pipeline::Pipeline;
-use portcullis::store::PolicyStore;
-use portcullis::tenant::TenantResolver;
+use portcullis::request::tenancy::TenantResolver;
+use portcullis::tenants::store::PolicyStore;
 use support::now;
 
 const ISSUER: &str = "https://idp.acme.example";
@@ -93,7 +93,7 @@ fn check(w: &World, path: &str, token: &str, ext: Value) -> portcullis::decision
         ctx[k] = v.clone();
     }
     w.p.check(
-        &portcullis::cli::check_request_from_json(&json!({
+        &portcullis::app::cli::check_request_from_json(&json!({
             "attributes": {
                 "contextExtensions": ctx,
                 "request": { "http": { "method": "GET", "host": "api.acme.example", "path": path,
@@ -218,7 +218,7 @@ fn without_a_signing_key_nothing_is_forwarded() {
     let p = Pipeline::new(Arc::clone(&w.p.store), TenantResolver::default());
     let token = caller(&w, "orders:read");
     let d = p.check(
-        &portcullis::cli::check_request_from_json(&json!({
+        &portcullis::app::cli::check_request_from_json(&json!({
             "attributes": { "contextExtensions": { "tenant": "acme" },
               "request": { "http": { "method": "GET", "host": "a", "path": "/orders/1",
                 "headers": { "authorization": format!("Bearer {token}") } } } }
@@ -293,7 +293,7 @@ fn a_minted_token_never_outlives_the_callers_and_anonymous_callers_get_none() {
 
     // An anonymous caller on a public route: nothing to narrow, nothing minted.
     let d = w.p.check(
-        &portcullis::cli::check_request_from_json(&json!({
+        &portcullis::app::cli::check_request_from_json(&json!({
             "attributes": { "contextExtensions": { "tenant": "acme" },
               "request": { "http": { "method": "GET", "host": "a", "path": "/docs", "headers": {} } } }
         }))
@@ -359,7 +359,7 @@ response:
         ))
         .unwrap();
     let d = p.check(
-        &portcullis::cli::check_request_from_json(&json!({
+        &portcullis::app::cli::check_request_from_json(&json!({
             "attributes": { "contextExtensions": { "tenant": "acme" },
               "request": { "http": { "method": "GET", "host": "a", "path": "/x", "headers": { "x-token": token } } } }
         }))

@@ -34,15 +34,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::Channel;
 
-use portcullis::cli::check_request_from_json;
+use portcullis::app::cli::check_request_from_json;
+use portcullis::foundation::proto::auth::authorization_client::AuthorizationClient;
+use portcullis::foundation::proto::auth::check_response::HttpResponse;
+use portcullis::foundation::proto::auth::{CheckRequest, CheckResponse};
 use portcullis::identity::http::MAX_RESPONSE_BYTES;
 use portcullis::identity::keys::RemoteKeys;
 use portcullis::pipeline::Pipeline;
-use portcullis::proto::auth::authorization_client::AuthorizationClient;
-use portcullis::proto::auth::check_response::HttpResponse;
-use portcullis::proto::auth::{CheckRequest, CheckResponse};
-use portcullis::store::PolicyStore;
-use portcullis::tenant::TenantResolver;
+use portcullis::request::tenancy::TenantResolver;
+use portcullis::tenants::store::PolicyStore;
 
 /// How long any awaited condition may take before the test fails. Generous:
 /// the slow faults take the HTTP client's whole 5 s timeout.

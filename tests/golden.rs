@@ -41,8 +41,8 @@ use std::sync::Arc;
 
 use portcullis::decision::{Decision, Reason};
 use portcullis::pipeline::{DECISION_ID_HEADER, Pipeline};
-use portcullis::store::PolicyStore;
-use portcullis::tenant::TenantResolver;
+use portcullis::request::tenancy::TenantResolver;
+use portcullis::tenants::store::PolicyStore;
 use serde::Deserialize;
 
 /// The corpus must have at least this many files...
@@ -365,7 +365,7 @@ fn run_file(name: &str, text: &str) -> FileReport {
             report.failures.push(format!("{at}: bad expectation: {e}"));
             continue;
         }
-        let request = match portcullis::cli::check_request_from_json(&case.request) {
+        let request = match portcullis::app::cli::check_request_from_json(&case.request) {
             Ok(r) => r,
             Err(e) => {
                 report.failures.push(format!("{at}: bad request: {e}"));

@@ -16,10 +16,10 @@ use jwt_simple::prelude::*;
 use serde_json::{Value, json};
 
 use portcullis::decision::Decision;
+use portcullis::foundation::proto::auth::CheckRequest;
 use portcullis::pipeline::Pipeline;
-use portcullis::proto::auth::CheckRequest;
-use portcullis::store::PolicyStore;
-use portcullis::tenant::TenantResolver;
+use portcullis::request::tenancy::TenantResolver;
+use portcullis::tenants::store::PolicyStore;
 use support::now;
 
 const ISSUER: &str = "https://idp.acme.example";
@@ -170,7 +170,7 @@ fn inline(keys: &Keys) -> String {
 }
 
 fn request(tenant: &str, path: &str, headers: Value) -> CheckRequest {
-    portcullis::cli::check_request_from_json(&json!({
+    portcullis::app::cli::check_request_from_json(&json!({
         "attributes": {
             "contextExtensions": { "tenant": tenant },
             "request": { "http": { "method": "GET", "host": "api.example", "path": path, "headers": headers } }
@@ -344,7 +344,11 @@ fn claims_and_lifetime_rejections() {
         // Nothing of the token reaches the response, its metadata or the
         // internal detail (which is logged).
         let signature = token.rsplit('.').next().unwrap();
-        let rendered = format!("{:?} {:?}", portcullis::response::render(&d), d.detail);
+        let rendered = format!(
+            "{:?} {:?}",
+            portcullis::decision::render::render(&d),
+            d.detail
+        );
         assert!(!rendered.contains(signature), "{name}: {rendered}");
     }
 }
@@ -960,7 +964,7 @@ rules: []
     assert_eq!(d.reason.code(), "insufficient_scope");
     // The rendered 401 carries the step-up challenge to the client.
     let d = call("POST", "/orders/refund", json!({"scope": "orders:write"}));
-    let rendered = format!("{:?}", portcullis::response::render(&d));
+    let rendered = format!("{:?}", portcullis::decision::render::render(&d));
     assert!(
         rendered.contains("insufficient_user_authentication"),
         "{rendered}"

@@ -13,11 +13,11 @@ use jwt_simple::prelude::*;
 use serde_json::{Value, json};
 
 use portcullis::decision::Decision;
-use portcullis::limits::Limits;
+use portcullis::foundation::limits::Limits;
+use portcullis::foundation::proto::auth::CheckRequest;
 use portcullis::pipeline::Pipeline;
-use portcullis::proto::auth::CheckRequest;
-use portcullis::store::PolicyStore;
-use portcullis::tenant::TenantResolver;
+use portcullis::request::tenancy::TenantResolver;
+use portcullis::tenants::store::PolicyStore;
 use support::now;
 
 const ISSUER: &str = "https://idp.acme.example";
@@ -79,7 +79,7 @@ fn request(method: &str, path: &str, headers: Value, body: Option<&str>) -> Chec
     if let Some(body) = body {
         http["body"] = json!(body);
     }
-    portcullis::cli::check_request_from_json(&json!({
+    portcullis::app::cli::check_request_from_json(&json!({
         "attributes": { "contextExtensions": { "tenant": "acme" }, "request": { "http": http } }
     }))
     .unwrap()
@@ -356,7 +356,7 @@ fn limits_load_from_the_server_config() {
         "policies: p\nlimits:\n  max_token_bytes: 4096\n  max_headers: 50\n  max_header_bytes: 16384\n  max_body_bytes: 1024\n  max_path_bytes: 2048\n  max_rules_per_tenant: 100\n  max_tenants: 10\n  token_cache_size: 500\n  replay_cache_size: 1000\n",
     )
     .unwrap();
-    let c = portcullis::config::Config::load(&path).unwrap();
+    let c = portcullis::app::config::Config::load(&path).unwrap();
     assert_eq!(
         c.limits,
         Limits {
@@ -373,16 +373,16 @@ fn limits_load_from_the_server_config() {
         }
     );
     std::fs::write(&path, "policies: p\nlimits: { token_cache_size: 0 }\n").unwrap();
-    let c = portcullis::config::Config::load(&path).unwrap();
+    let c = portcullis::app::config::Config::load(&path).unwrap();
     assert_eq!(c.limits.token_cache_size, 0, "0 turns the cache off");
     std::fs::write(&path, "policies: p\nlimits: { max_token_bytes: 0 }\n").unwrap();
-    let e = portcullis::config::Config::load(&path).unwrap_err();
+    let e = portcullis::app::config::Config::load(&path).unwrap_err();
     assert!(
         e.contains("limits.max_token_bytes must be between 1 and 8192"),
         "{e}"
     );
     std::fs::write(&path, "policies: p\nlimits: { max_token_bytes: 100000 }\n").unwrap();
-    let e = portcullis::config::Config::load(&path).unwrap_err();
+    let e = portcullis::app::config::Config::load(&path).unwrap_err();
     assert!(
         e.contains("limits.max_token_bytes must be between 1 and 8192"),
         "{e}"

@@ -565,12 +565,13 @@ async fn traces_metrics_and_decision_log_through_a_real_envoy() {
 
     // A Check straight from a client that claims a sampled trace in its HTTP
     // headers (no gRPC trace context): never a parent, never sampled.
-    let mut grpc = portcullis::proto::auth::authorization_client::AuthorizationClient::connect(
-        format!("http://{}", portcullis.grpc),
-    )
-    .await
-    .unwrap();
-    let forged = portcullis::cli::check_request_from_json(&json!({ "attributes": {
+    let mut grpc =
+        portcullis::foundation::proto::auth::authorization_client::AuthorizationClient::connect(
+            format!("http://{}", portcullis.grpc),
+        )
+        .await
+        .unwrap();
+    let forged = portcullis::app::cli::check_request_from_json(&json!({ "attributes": {
         "contextExtensions": { "tenant": "acme" },
         "request": { "http": { "method": "GET", "host": "acme.example.com", "path": "/docs/intro",
             "headers": { "traceparent": client_tp } } } } }))

@@ -13,7 +13,7 @@ fn dir() -> PathBuf {
 #[test]
 fn checked_in_schemas_match_the_types() {
     let bless = std::env::var_os("PORTCULLIS_BLESS").is_some();
-    for (name, schema) in portcullis::schema::all() {
+    for (name, schema) in portcullis::app::schema::all() {
         let path = dir().join(name);
         let text = serde_json::to_string_pretty(&schema).unwrap() + "\n";
         if bless {

@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use portcullis::decision::Decision;
 use portcullis::pipeline::Pipeline;
-use portcullis::store::PolicyStore;
-use portcullis::tenant::TenantResolver;
+use portcullis::request::tenancy::TenantResolver;
+use portcullis::tenants::store::PolicyStore;
 use serde_json::{Value, json};
 
 const ACME: &str = r#"apiVersion: portcullis/v1
@@ -236,7 +236,8 @@ impl Req {
             });
         }
         let request =
-            portcullis::cli::check_request_from_json(&json!({ "attributes": attributes })).unwrap();
+            portcullis::app::cli::check_request_from_json(&json!({ "attributes": attributes }))
+                .unwrap();
         w.pipeline.check(&request)
     }
 }
@@ -629,7 +630,7 @@ fn api5_case_and_method_override_gaps_and_their_fixes() {
 #[test]
 fn a_forged_request_time_cannot_mint_a_long_lived_token() {
     use base64::Engine as _;
-    use portcullis::exchange::{ExchangeConfig, KeyFile, Minter};
+    use portcullis::decision::mint::{ExchangeConfig, KeyFile, Minter};
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -665,7 +666,7 @@ response:
         .with_minter(Some(Arc::new(minter)));
 
     let minted_exp = |time: &str| -> u64 {
-        let request = portcullis::cli::check_request_from_json(&json!({ "attributes": {
+        let request = portcullis::app::cli::check_request_from_json(&json!({ "attributes": {
             "contextExtensions": { "tenant": "acme" },
             "metadataContext": { "filterMetadata": { "envoy.filters.http.jwt_authn": {
                 "jwt_payload": { "iss": "https://idp.acme.example", "sub": "root" } } } },
@@ -693,7 +694,7 @@ response:
         assert_eq!(claims["sub"], "root", "the forged identity is believed");
         claims["exp"].as_u64().unwrap()
     };
-    let wall = || portcullis::input::unix_seconds(std::time::SystemTime::now());
+    let wall = || portcullis::request::input::unix_seconds(std::time::SystemTime::now());
 
     let before = wall();
     let exp = minted_exp("2100-01-01T00:00:00Z");
@@ -727,7 +728,7 @@ fn files_named_by_policies_stay_in_the_allowed_directories() {
         "policies: policies\npolicy_files: { allowed_dirs: [secrets] }\n",
     )
     .unwrap();
-    let config = portcullis::config::Config::load(&config_path).unwrap();
+    let config = portcullis::app::config::Config::load(&config_path).unwrap();
     assert_eq!(config.policy_files.allowed_dirs, vec![secrets.clone()]);
 
     let policy = |secret: &str, nonce_key: &str| {
@@ -787,7 +788,7 @@ fn files_named_by_policies_stay_in_the_allowed_directories() {
     }
 
     // Without `policy_files`, only the policy directory is allowed.
-    let narrow = portcullis::config::Config::with_policies(&policies).store();
+    let narrow = portcullis::app::config::Config::with_policies(&policies).store();
     write(&policy(
         &secrets.join("client-secret").display().to_string(),
         &nonce,

@@ -16,10 +16,10 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use portcullis::cli::check_request_from_json;
-use portcullis::proto::auth::authorization_client::AuthorizationClient;
-use portcullis::proto::auth::check_response::HttpResponse;
-use portcullis::proto::auth::{CheckRequest, CheckResponse};
+use portcullis::app::cli::check_request_from_json;
+use portcullis::foundation::proto::auth::authorization_client::AuthorizationClient;
+use portcullis::foundation::proto::auth::check_response::HttpResponse;
+use portcullis::foundation::proto::auth::{CheckRequest, CheckResponse};
 use support::http;
 
 fn request(host: &str, path: &str, ext_tenant: Option<&str>) -> CheckRequest {
@@ -259,12 +259,12 @@ fn status_of_ok(r: &Option<HttpResponse>) -> bool {
 async fn serves_on_a_unix_socket() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("portcullis.sock");
-    let mut config = portcullis::config::Config::with_policies(support::example_policies());
+    let mut config = portcullis::app::config::Config::with_policies(support::example_policies());
     config.listen = None;
     config.unix_socket = Some(sock.clone());
     config.admin_listen = "127.0.0.1:0".parse().unwrap();
     config.decision_log.output = "off".into();
-    let server = portcullis::server::start(&config).await.unwrap();
+    let server = portcullis::transport::server::start(&config).await.unwrap();
     let path = sock.clone();
     let channel = Endpoint::try_from("http://unix.invalid")
         .unwrap()

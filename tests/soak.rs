@@ -30,11 +30,11 @@ use prost_types::value::Kind;
 use serde_json::json;
 use tonic::transport::Channel;
 
-use portcullis::cli::check_request_from_json;
-use portcullis::proto::auth::authorization_client::AuthorizationClient;
-use portcullis::proto::auth::check_response::HttpResponse;
-use portcullis::proto::auth::{CheckRequest, CheckResponse};
-use portcullis::store::PolicyStore;
+use portcullis::app::cli::check_request_from_json;
+use portcullis::foundation::proto::auth::authorization_client::AuthorizationClient;
+use portcullis::foundation::proto::auth::check_response::HttpResponse;
+use portcullis::foundation::proto::auth::{CheckRequest, CheckResponse};
+use portcullis::tenants::store::PolicyStore;
 
 /// The fewest rewrites of the policy file: half valid (A and B in turn), half
 /// broken.

@@ -7,17 +7,21 @@
 //!
 //! It uses portcullis' allocator (mimalloc). With `--transport portcullis`
 //! its connections get what portcullis gives its own (`TCP_NODELAY` and
-//! `portcullis::net::Batched`), so a benchmark can tell what the transport is
+//! `portcullis::transport::net::Batched`), so a benchmark can tell what the transport is
 //! worth apart from what deciding costs.
 //!
 //! `cargo run --release --example const_authz -- 127.0.0.1:9101 [--transport portcullis]`
 
 use std::net::SocketAddr;
 
-use portcullis::proto::auth::authorization_server::{Authorization, AuthorizationServer};
-use portcullis::proto::auth::{CheckRequest, CheckResponse, OkHttpResponse, check_response};
-use portcullis::proto::core::{HeaderValue, HeaderValueOption};
-use portcullis::proto::google::rpc::Status as RpcStatus;
+use portcullis::foundation::proto::auth::authorization_server::{
+    Authorization, AuthorizationServer,
+};
+use portcullis::foundation::proto::auth::{
+    CheckRequest, CheckResponse, OkHttpResponse, check_response,
+};
+use portcullis::foundation::proto::core::{HeaderValue, HeaderValueOption};
+use portcullis::foundation::proto::google::rpc::Status as RpcStatus;
 use tonic::{Request, Response, Status};
 
 /// The allocator portcullis' binary uses (src/main.rs), so that the floor
@@ -73,7 +77,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let incoming = tokio_stream::StreamExt::map(incoming, |conn| {
             conn.map(|c| {
                 let _ = c.set_nodelay(true);
-                portcullis::net::Batched(c)
+                portcullis::transport::net::Batched(c)
             })
         });
         server.serve_with_incoming(incoming).await?;

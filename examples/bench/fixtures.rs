@@ -22,10 +22,10 @@ use jwt_simple::prelude::*;
 use prost::Message;
 use serde_json::{Value, json};
 
+use portcullis::foundation::proto::auth::CheckRequest;
 use portcullis::pipeline::Pipeline;
-use portcullis::proto::auth::CheckRequest;
-use portcullis::store::PolicyStore;
-use portcullis::tenant::TenantResolver;
+use portcullis::request::tenancy::TenantResolver;
+use portcullis::tenants::store::PolicyStore;
 
 const ISSUER: &str = "https://idp.bench.example";
 const AUDIENCE: &str = "orders-api";
@@ -96,7 +96,7 @@ fn distinct(n: usize, tenant: &str, jwks: &str) -> String {
 }
 
 fn request(tenant: &str, token: &str) -> CheckRequest {
-    portcullis::cli::check_request_from_json(&json!({
+    portcullis::app::cli::check_request_from_json(&json!({
         "attributes": {
             "contextExtensions": { "tenant": tenant },
             "request": { "http": {

@@ -15,8 +15,8 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use portcullis::metrics::{Metrics, MetricsConfig};
-use portcullis::store::PolicyStore;
+use portcullis::observe::metrics::{Metrics, MetricsConfig};
+use portcullis::tenants::store::PolicyStore;
 
 #[inline(never)]
 fn measured(store: &PolicyStore, metrics: &Metrics, changed: &Path, rescan: bool) -> u64 {

@@ -22,8 +22,8 @@ use serde_json::{Map, Value as Json};
 use sha2::{Digest as _, Sha256};
 
 use super::keys::{self, KeyKind};
-use crate::decision::Reason;
-use crate::input::Input;
+use crate::foundation::reason::Reason;
+use crate::request::input::Input;
 
 /// Default window around now in which a proof's `iat` must lie.
 pub const DEFAULT_PROOF_WINDOW: Duration = Duration::from_secs(60);
@@ -60,7 +60,7 @@ pub struct DpopSpec {
     #[serde(default)]
     pub algorithms: Vec<String>,
     /// `iat` must be within this much of now (default 60s).
-    #[serde(default, with = "crate::policy::file::opt_duration")]
+    #[serde(default, with = "crate::foundation::duration::opt_duration")]
     #[schemars(with = "Option<String>")]
     pub proof_window: Option<Duration>,
     /// Most proof `jti`s remembered per tenant (per replica); when full, new
@@ -95,7 +95,7 @@ impl Dpop {
     pub fn compile(
         spec: &DpopSpec,
         tenant: &str,
-        files: &crate::policy_files::FileScope,
+        files: &crate::foundation::policy_files::FileScope,
     ) -> Result<Dpop, String> {
         let at = |m: String| format!("identity.dpop: {m}");
         let origin = normalize_origin(&spec.public_origin).ok_or_else(|| {
@@ -389,7 +389,10 @@ pub fn check(
     // holds, so proofs that fail (e.g. made with a thief's own key) cannot fill
     // the tenant's replay cache.
     if let Some((dpop, proof)) = replay {
-        proof.record(dpop, crate::input::unix_seconds(input.context.time))?;
+        proof.record(
+            dpop,
+            crate::request::input::unix_seconds(input.context.time),
+        )?;
     }
     Ok(binding)
 }
@@ -438,7 +441,7 @@ pub fn check_proof(dpop: &Dpop, token: &str, input: &Input) -> Result<Proof, Bin
     };
     let object = |part: &str| {
         let bytes = URL_SAFE_NO_PAD.decode(part).ok()?;
-        match crate::input::strict_json(&bytes)? {
+        match crate::request::input::strict_json(&bytes)? {
             Json::Object(m) => Some(m),
             _ => None,
         }
@@ -498,7 +501,7 @@ pub fn check_proof(dpop: &Dpop, token: &str, input: &Input) -> Result<Proof, Bin
         return Err(bad("htu is not this request's URI"));
     }
     // 11. iat within the window.
-    let now = crate::input::unix_seconds(input.context.time);
+    let now = crate::request::input::unix_seconds(input.context.time);
     let iat = claims
         .get("iat")
         .and_then(Json::as_u64)
@@ -664,7 +667,7 @@ mod tests {
         Dpop::compile(
             &spec,
             tenant,
-            &crate::policy_files::FileScope::new(".", &[]),
+            &crate::foundation::policy_files::FileScope::new(".", &[]),
         )
         .unwrap()
     }

@@ -6,7 +6,7 @@
 //! Errors name the URL without its query (which could hold a secret) and never
 //! quote a response body.
 
-use crate::policy_files::FileScope;
+use crate::foundation::policy_files::FileScope;
 use std::sync::LazyLock;
 use std::time::Duration;
 

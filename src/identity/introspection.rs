@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use super::http::{self, TlsSpec};
 use super::jwt::{TokenError, Verified};
-use crate::policy_files::FileScope;
+use crate::foundation::policy_files::FileScope;
 
 /// Default longest time an active result is reused.
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60);
@@ -54,10 +54,10 @@ pub struct IntrospectionSpec {
     pub client_id: String,
     /// A file holding the client secret (HTTP Basic, RFC 6749 §2.3.1).
     pub client_secret_file: String,
-    #[serde(default, with = "crate::policy::file::opt_duration")]
+    #[serde(default, with = "crate::foundation::duration::opt_duration")]
     #[schemars(with = "Option<String>")]
     pub cache_ttl: Option<Duration>,
-    #[serde(default, with = "crate::policy::file::opt_duration")]
+    #[serde(default, with = "crate::foundation::duration::opt_duration")]
     #[schemars(with = "Option<String>")]
     pub negative_ttl: Option<Duration>,
     #[serde(default)]
@@ -243,7 +243,7 @@ impl Introspector {
             }
             _ => return Err(format!("{}: status {status}", self.endpoint)),
         }
-        let Some(Json::Object(response)) = crate::input::strict_json(&bytes) else {
+        let Some(Json::Object(response)) = crate::request::input::strict_json(&bytes) else {
             return Err("introspection response is not a JSON object".into());
         };
         Ok(self.judge(response, now))

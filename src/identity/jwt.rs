@@ -24,13 +24,10 @@ use serde_json::{Map, Value as Json};
 use super::keys::{
     self, KeyKind, KeyLookup, KeyMatch, KeySet, RefreshPolicy, RemoteKeys, RemoteSource,
 };
-use crate::decision::Reason;
-use crate::intern::Interner;
+use crate::foundation::intern::Interner;
+use crate::foundation::reason::Reason;
 
-/// Largest token accepted, in bytes: far above any real access token, far
-/// below Envoy's header limit, and a bound on the JSON parsed before the
-/// signature is checked.
-pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+pub use crate::foundation::limits::MAX_TOKEN_BYTES;
 /// Default clock leeway for `exp`, `nbf` and `iat`.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 /// Default refresh interval for remote keys.
@@ -83,18 +80,18 @@ pub struct IssuerSpec {
     /// Origins a discovered `jwks_uri` may be on besides the issuer's own.
     #[serde(default)]
     pub jwks_allowed_origins: Vec<String>,
-    #[serde(default, with = "crate::policy::file::opt_duration")]
+    #[serde(default, with = "crate::foundation::duration::opt_duration")]
     #[schemars(with = "Option<String>")]
     pub keys_ttl: Option<Duration>,
-    #[serde(default, with = "crate::policy::file::opt_duration")]
+    #[serde(default, with = "crate::foundation::duration::opt_duration")]
     #[schemars(with = "Option<String>")]
     pub keys_max_stale: Option<Duration>,
     /// Clock leeway (default 30s).
-    #[serde(default, with = "crate::policy::file::opt_duration")]
+    #[serde(default, with = "crate::foundation::duration::opt_duration")]
     #[schemars(with = "Option<String>")]
     pub leeway: Option<Duration>,
     /// Longest accepted `exp − iat`; tokens without `iat` are then refused.
-    #[serde(default, with = "crate::policy::file::opt_duration")]
+    #[serde(default, with = "crate::foundation::duration::opt_duration")]
     #[schemars(with = "Option<String>")]
     pub max_lifetime: Option<Duration>,
     /// Claims every token must carry.
@@ -140,7 +137,7 @@ impl Issuer {
     /// Validates a spec. `files` resolves `jwks_file` and `tls.*`.
     pub fn compile(
         spec: &IssuerSpec,
-        files: &crate::policy_files::FileScope,
+        files: &crate::foundation::policy_files::FileScope,
     ) -> Result<Issuer, String> {
         let name = &spec.issuer;
         if name.is_empty() {
@@ -196,7 +193,7 @@ impl Issuer {
         let parse_set = |bytes: &[u8]| -> Result<Arc<KeySet>, String> {
             // Tenants that paste one issuer's JWKS share its parsed keys.
             static SHARED: LazyLock<Interner<KeySet>> = LazyLock::new(Interner::default);
-            let digest = crate::intern::digest_of("jwks", bytes);
+            let digest = crate::foundation::intern::digest_of("jwks", bytes);
             if let Some(set) = SHARED.get(&digest) {
                 return Ok(set);
             }
@@ -388,8 +385,7 @@ pub enum Attempt {
     NeedKeys(Arc<RemoteKeys>),
 }
 
-/// Most verified tokens one tenant keeps.
-pub const MAX_CACHED_TOKENS: usize = 10_000;
+pub use crate::foundation::limits::MAX_CACHED_TOKENS;
 
 /// One tenant's verified tokens, by SHA-256 of the token. An entry is used only
 /// while the token is unexpired and its issuer still has the very key set that
@@ -450,11 +446,11 @@ pub fn verify_cached(
     }
     if cache.capacity == 0 {
         // Turned off (`limits.token_cache_size: 0`): every token in full.
-        crate::metrics::token_cache(false);
+        super::counters::token_cache(false);
         return verify_with(token, issuers, now).0;
     }
     let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
-    let secs = crate::input::unix_seconds(now);
+    let secs = crate::request::input::unix_seconds(now);
     if let Some(hit) = cache.entries.get().and_then(|e| e.get(&digest)) {
         let fresh = secs < hit.invalid_from
             && issuers
@@ -462,7 +458,7 @@ pub fn verify_cached(
                 .and_then(Issuer::generation)
                 .is_some_and(|g| g == hit.generation);
         if fresh {
-            crate::metrics::token_cache(true);
+            super::counters::token_cache(true);
             return Attempt::Done(Ok(hit.verified.clone()));
         }
         drop(hit);
@@ -470,7 +466,7 @@ pub fn verify_cached(
             entries.remove(&digest);
         }
     }
-    crate::metrics::token_cache(false);
+    super::counters::token_cache(false);
     let (attempt, by) = verify_with(token, issuers, now);
     if let (Attempt::Done(Ok(verified)), Some((issuer, generation))) = (&attempt, by) {
         let entries = cache.entries.get_or_init(dashmap::DashMap::new);
@@ -649,7 +645,7 @@ fn parse<'t, 'i>(token: &'t str, issuers: &'i [Issuer]) -> Result<Parsed<'t, 'i>
 /// RFC 8725 §3.4's spirit), and the token may travel on to the upstream.
 fn decode_object(part: &str) -> Option<Map<String, Json>> {
     let bytes = URL_SAFE_NO_PAD.decode(part).ok()?;
-    match crate::input::strict_json(&bytes)? {
+    match crate::request::input::strict_json(&bytes)? {
         Json::Object(map) => Some(map),
         _ => None,
     }
@@ -688,7 +684,7 @@ fn check_claims(
     mut claims: Map<String, Json>,
     now: SystemTime,
 ) -> Result<Verified, TokenError> {
-    let now = crate::input::unix_seconds(now);
+    let now = crate::request::input::unix_seconds(now);
     // RFC 7519 §4.1: registered claims with the wrong JSON type are refused, so
     // a rule never compares a claim it cannot read the way the issuer meant.
     let subject = optional_string(&claims, "sub")?;

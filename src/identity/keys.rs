@@ -557,7 +557,7 @@ impl RemoteKeys {
         let started = Instant::now();
         let span = tracing::info_span!(
             "key_fetch",
-            issuer = crate::metrics::issuer_label(&this.source),
+            issuer = super::counters::issuer_label(&this.source),
             result = tracing::field::Empty
         );
         tokio::spawn(tracing::Instrument::instrument(
@@ -584,14 +584,14 @@ impl RemoteKeys {
                             at: Instant::now(),
                         })));
                         *this.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                        crate::metrics::key_fetch(&this.source, true);
+                        super::counters::key_fetch(&this.source, true);
                         tracing::Span::current().record("result", "ok");
                         this.refresh.ttl
                     }
                     Err(e) => {
                         tracing::warn!(source = %this.source, error = %e, "key fetch failed");
                         *this.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
-                        crate::metrics::key_fetch(&this.source, false);
+                        super::counters::key_fetch(&this.source, false);
                         tracing::Span::current().record("result", "error");
                         FETCH_RETRY.min(this.refresh.ttl)
                     }

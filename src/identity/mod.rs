@@ -10,17 +10,19 @@
 //! the tenant does not trust, or put a token into an error or a log line.
 
 pub mod binding;
+pub mod counters;
 pub mod http;
 pub mod introspection;
 pub mod jwt;
 pub mod keys;
+pub mod revocation;
 
 use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::{Map, Value as Json};
 
-use crate::input::Input;
+use crate::request::input::Input;
 use introspection::{IntrospectionSpec, Introspector};
 use jwt::{Attempt, Issuer, IssuerSpec, TokenError};
 use keys::RemoteKeys;
@@ -301,11 +303,11 @@ enum Source {
 
 impl IdentityConfig {
     /// Validates a tenant's identity section; `files` says where the files
-    /// it names may be (see [`crate::policy_files`]).
+    /// it names may be (see [`crate::foundation::policy_files`]).
     pub fn compile(
         spec: &IdentitySpec,
         tenant: &str,
-        files: &crate::policy_files::FileScope,
+        files: &crate::foundation::policy_files::FileScope,
     ) -> Result<IdentityConfig, String> {
         let mut issuers: Vec<Issuer> = Vec::new();
         for issuer in &spec.jwt {
@@ -415,7 +417,7 @@ impl IdentityConfig {
     /// and the DPoP replay cache's (a policy may not ask for more).
     pub fn apply_limits(
         &mut self,
-        limits: &crate::limits::Limits,
+        limits: &crate::foundation::limits::Limits,
         tenant: &str,
     ) -> Result<(), String> {
         self.max_token_bytes = limits.max_token_bytes;
@@ -525,7 +527,7 @@ impl TokenSource {
                 Ok(found.filter(|t| !t.is_empty()))
             }
             TokenSource::Query(name) => {
-                let mut values = crate::input::query_values(&r.query, name);
+                let mut values = crate::request::input::query_values(&r.query, name);
                 let first = values.next();
                 if values.next().is_some() {
                     return Err(IdentityError::Malformed(format!("query parameter {name}")));
@@ -638,8 +640,8 @@ pub enum IdentityError {
 }
 
 impl IdentityError {
-    pub fn reason(&self) -> crate::decision::Reason {
-        use crate::decision::Reason;
+    pub fn reason(&self) -> crate::foundation::reason::Reason {
+        use crate::foundation::reason::Reason;
         match self {
             IdentityError::Malformed(_) | IdentityError::Conflict(..) => {
                 Reason::MalformedCredential
@@ -752,7 +754,7 @@ impl Pending {
                 keys.fetch_and_wait(wait).await;
             }
             Pending::Introspect(introspector, token) => {
-                let now = crate::input::unix_seconds(now);
+                let now = crate::request::input::unix_seconds(now);
                 introspector.introspect(token, now, wait).await;
             }
         }
@@ -809,7 +811,7 @@ fn own_token(config: &IdentityConfig, input: &Input) -> Result<Option<Identity>,
         if token.len() > jwt::MAX_TOKEN_BYTES {
             return Err(TokenError::TooLarge.into());
         }
-        let now = crate::input::unix_seconds(input.context.time);
+        let now = crate::request::input::unix_seconds(input.context.time);
         match introspector.lookup(token, now) {
             introspection::Lookup::Known(result) => (AuthMethod::Introspection, result?),
             introspection::Lookup::Introspect => {
@@ -902,7 +904,9 @@ fn bind(
                 format!("DPoP realm=\"portcullis\", error=\"{code}\"{algs}")
             });
         let nonce = matches!(error, binding::BindingError::UseNonce)
-            .then(|| dpop.and_then(|d| d.nonce(crate::input::unix_seconds(input.context.time))))
+            .then(|| {
+                dpop.and_then(|d| d.nonce(crate::request::input::unix_seconds(input.context.time)))
+            })
             .flatten();
         IdentityError::Binding {
             error,
@@ -1047,13 +1051,18 @@ fn spiffe(spec: &SpiffeSpec, input: &Input) -> Option<Identity> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decision::Reason;
-    use crate::input::Peer;
+    use crate::foundation::reason::Reason;
+    use crate::request::input::Peer;
     use serde_json::json;
 
     fn config(yaml: &str) -> IdentityConfig {
         let spec: IdentitySpec = serde_yaml::from_str(yaml).unwrap();
-        IdentityConfig::compile(&spec, "t", &crate::policy_files::FileScope::new(".", &[])).unwrap()
+        IdentityConfig::compile(
+            &spec,
+            "t",
+            &crate::foundation::policy_files::FileScope::new(".", &[]),
+        )
+        .unwrap()
     }
 
     fn jwt_config() -> IdentityConfig {
@@ -1200,8 +1209,12 @@ mod tests {
         )
         .unwrap();
         assert!(
-            IdentityConfig::compile(&spec, "t", &crate::policy_files::FileScope::new(".", &[]))
-                .is_err()
+            IdentityConfig::compile(
+                &spec,
+                "t",
+                &crate::foundation::policy_files::FileScope::new(".", &[])
+            )
+            .is_err()
         );
     }
 
@@ -1250,14 +1263,22 @@ mod tests {
     fn bad_specs_are_refused() {
         let spec: IdentitySpec = serde_yaml::from_str("envoy_jwt_authn: { issuers: [] }").unwrap();
         assert!(
-            IdentityConfig::compile(&spec, "t", &crate::policy_files::FileScope::new(".", &[]))
-                .is_err()
+            IdentityConfig::compile(
+                &spec,
+                "t",
+                &crate::foundation::policy_files::FileScope::new(".", &[])
+            )
+            .is_err()
         );
         let spec: IdentitySpec =
             serde_yaml::from_str("spiffe: { trust_domains: ['spiffe://x'] }").unwrap();
         assert!(
-            IdentityConfig::compile(&spec, "t", &crate::policy_files::FileScope::new(".", &[]))
-                .is_err()
+            IdentityConfig::compile(
+                &spec,
+                "t",
+                &crate::foundation::policy_files::FileScope::new(".", &[])
+            )
+            .is_err()
         );
         assert!(serde_yaml::from_str::<IdentitySpec>("bogus: 1").is_err());
     }

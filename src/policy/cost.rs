@@ -52,20 +52,20 @@ struct Size {
 }
 
 const BODY: Size = Size {
-    items: crate::input::MAX_BODY_COLLECTION_LEN as u64,
-    bytes: crate::input::MAX_BODY_BYTES as u64,
+    items: crate::request::input::MAX_BODY_COLLECTION_LEN as u64,
+    bytes: crate::request::input::MAX_BODY_BYTES as u64,
 };
 const CLAIMS: Size = Size {
     items: (crate::identity::jwt::MAX_TOKEN_BYTES / 2) as u64,
     bytes: crate::identity::jwt::MAX_TOKEN_BYTES as u64,
 };
 const DATA: Size = Size {
-    items: (crate::data::MAX_DATA_FILE_BYTES / 2) as u64,
-    bytes: crate::data::MAX_DATA_FILE_BYTES as u64,
+    items: (crate::policy::data::MAX_DATA_FILE_BYTES / 2) as u64,
+    bytes: crate::policy::data::MAX_DATA_FILE_BYTES as u64,
 };
 const REQUEST: Size = Size {
-    items: (crate::limits::DEFAULT_MAX_HEADER_BYTES / 2) as u64,
-    bytes: crate::limits::DEFAULT_MAX_HEADER_BYTES as u64,
+    items: (crate::foundation::limits::DEFAULT_MAX_HEADER_BYTES / 2) as u64,
+    bytes: crate::foundation::limits::DEFAULT_MAX_HEADER_BYTES as u64,
 };
 
 /// The worst-case steps of one expression, and the size of its value.

@@ -10,9 +10,6 @@ use serde::Deserialize;
 
 use crate::identity::IdentitySpec;
 
-/// The only `apiVersion` this binary understands.
-pub const API_VERSION: &str = "portcullis/v1";
-
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyFile {
@@ -152,12 +149,12 @@ pub struct RuleSpec {
     #[serde(default)]
     pub acr: Vec<String>,
     /// The caller's `auth_time` must be at most this old (RFC 9470 `max_age`).
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "crate::foundation::duration::opt_duration")]
     #[schemars(with = "Option<String>")]
     pub max_auth_age: Option<std::time::Duration>,
     /// This rule's own downstream token, instead of the tenant's.
     #[serde(default)]
-    pub downstream_token: Option<crate::exchange::DownstreamSpec>,
+    pub downstream_token: Option<crate::decision::mint::DownstreamSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema, Hash)]
@@ -184,25 +181,9 @@ pub struct CorsSpec {
     #[serde(default)]
     pub allow_headers: Option<Vec<String>>,
     /// How long a browser may cache the answer (default `10m`).
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "crate::foundation::duration::opt_duration")]
     #[schemars(with = "Option<String>")]
     pub max_age: Option<std::time::Duration>,
-}
-
-pub(crate) mod opt_duration {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-    use std::time::Duration;
-
-    /// As the text it is read from (`30s`); used for schema defaults.
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        d.map(|d| format!("{}s", d.as_secs())).serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        Option::<String>::deserialize(d)?
-            .map(|t| crate::duration::parse(&t).map_err(serde::de::Error::custom))
-            .transpose()
-    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema, Hash)]
@@ -218,5 +199,5 @@ pub struct ResponseSpec {
     pub remove: Vec<String>,
     /// Mint a narrowed token for the upstream, which replaces `Authorization`.
     #[serde(default)]
-    pub downstream_token: Option<crate::exchange::DownstreamSpec>,
+    pub downstream_token: Option<crate::decision::mint::DownstreamSpec>,
 }

@@ -12,6 +12,7 @@
 
 mod cel;
 pub mod cost;
+pub mod data;
 pub mod file;
 mod native;
 mod rule_set;
@@ -27,11 +28,12 @@ use ::cel::Value;
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
+pub use crate::foundation::document::{API_VERSION, PolicyError};
 use crate::identity::{Identity, IdentityConfig};
-use crate::input::{Body, Input};
-use crate::path::{RouteIndex, Template};
+use crate::request::input::{Body, Input};
+use crate::request::path::{RouteIndex, Template};
 pub use cel::{Condition, Fields, MAX_CONDITION_BYTES, Reads, json_to_cel};
-pub use file::{API_VERSION, Effect, Mode, PolicyFile};
+pub use file::{Effect, Mode, PolicyFile};
 use rule_set::RuleSet;
 use template::{HeaderTemplate, Scope};
 pub use template::{Rendered, valid_header_name};
@@ -82,27 +84,8 @@ const STANDARD_METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
 ];
 
-/// Most rules in one tenant's file.
-pub const MAX_RULES_PER_TENANT: usize = 10_000;
-/// Largest policy file read.
-pub const MAX_POLICY_FILE_BYTES: u64 = 4 * 1024 * 1024;
-
-/// One problem in a policy file, with where it is.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct PolicyError {
-    pub file: PathBuf,
-    pub line: Option<usize>,
-    pub message: String,
-}
-
-impl fmt::Display for PolicyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(line) => write!(f, "{}:{line}: {}", self.file.display(), self.message),
-            None => write!(f, "{}: {}", self.file.display(), self.message),
-        }
-    }
-}
+pub use crate::foundation::limits::MAX_POLICY_FILE_BYTES;
+pub use crate::foundation::limits::MAX_RULES_PER_TENANT;
 
 /// A host name or `*.suffix` wildcard, lower-cased.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -275,13 +258,18 @@ pub fn compile(file: &Path, text: &str) -> Result<CompiledTenant, Vec<PolicyErro
 }
 
 /// [`compile`], with `allowed_dirs` besides the file's directory for the files
-/// it names (`policy_files.allowed_dirs`; see [`crate::policy_files`]).
+/// it names (`policy_files.allowed_dirs`; see [`crate::foundation::policy_files`]).
 pub fn compile_with(
     file: &Path,
     text: &str,
     allowed_dirs: &[PathBuf],
 ) -> Result<CompiledTenant, Vec<PolicyError>> {
-    compile_limited(file, text, allowed_dirs, &crate::limits::Limits::default())
+    compile_limited(
+        file,
+        text,
+        allowed_dirs,
+        &crate::foundation::limits::Limits::default(),
+    )
 }
 
 /// [`compile_with`] under the server's `limits` (rules per tenant, token size,
@@ -290,7 +278,7 @@ pub fn compile_limited(
     file: &Path,
     text: &str,
     allowed_dirs: &[PathBuf],
-    limits: &crate::limits::Limits,
+    limits: &crate::foundation::limits::Limits,
 ) -> Result<CompiledTenant, Vec<PolicyError>> {
     // A file whose shared sections compiled before need not parse them again.
     compile_split(file, text, allowed_dirs, limits, sections::split(text))
@@ -302,7 +290,7 @@ fn compile_split(
     file: &Path,
     text: &str,
     allowed_dirs: &[PathBuf],
-    limits: &crate::limits::Limits,
+    limits: &crate::foundation::limits::Limits,
     split: Option<sections::Split<'_>>,
 ) -> Result<CompiledTenant, Vec<PolicyError>> {
     let err = |line: Option<usize>, message: String| PolicyError {
@@ -376,8 +364,10 @@ fn compile_split(
 
     // A bare file name has the empty parent, which would resolve nowhere.
     let base = file.parent().filter(|p| !p.as_os_str().is_empty());
-    let files =
-        crate::policy_files::FileScope::new(base.unwrap_or_else(|| Path::new(".")), allowed_dirs);
+    let files = crate::foundation::policy_files::FileScope::new(
+        base.unwrap_or_else(|| Path::new(".")),
+        allowed_dirs,
+    );
     let identity = IdentityConfig::compile(&spec.identity, &spec.tenant, &files)
         .and_then(|mut i| i.apply_limits(limits, &spec.tenant).map(|()| i))
         .map_err(|e| errors.push(err(line_of(text, 0, "identity"), e)))
@@ -560,7 +550,7 @@ fn compile_rules(
     spec: &PolicyFile,
     text: &str,
     reads_cookies: bool,
-    limits: &crate::limits::Limits,
+    limits: &crate::foundation::limits::Limits,
     err: &dyn Fn(Option<usize>, String) -> PolicyError,
     errors: &mut Vec<PolicyError>,
 ) -> Draft {
@@ -660,7 +650,7 @@ fn compile_rules(
                     "downstream_token applies to allow rules only".into(),
                 ));
             }
-            match crate::exchange::Downstream::compile(spec) {
+            match crate::decision::mint::Downstream::compile(spec) {
                 Ok(d) => {
                     rule_downstream.insert(Arc::from(spec_rule.id.as_str()), d);
                 }
@@ -732,7 +722,7 @@ fn compile_rules(
     }
 
     let downstream = spec.response.downstream_token.as_ref().and_then(|d| {
-        crate::exchange::Downstream::compile(d)
+        crate::decision::mint::Downstream::compile(d)
             .map_err(|e| {
                 errors.push(err(
                     line_of(text, 0, "downstream_token"),
@@ -1136,7 +1126,7 @@ impl CompiledTenant {
             data,
         };
         let mut unmet: Option<(Arc<str>, Unmet)> = None;
-        let now = crate::input::unix_seconds(input.context.time);
+        let now = crate::request::input::unix_seconds(input.context.time);
         let ordered = candidates
             .iter()
             .filter(|(r, _)| r.effect == Effect::Deny)
@@ -1306,7 +1296,7 @@ impl CompiledTenant {
     fn preflight(
         &self,
         cors: &Cors,
-        resource: &crate::input::Resource,
+        resource: &crate::request::input::Resource,
         origin: &str,
         method: &str,
     ) -> Outcome {
@@ -1340,7 +1330,10 @@ impl CompiledTenant {
 
     /// What to mint for the upstream when `rule` allowed (its own setting, or
     /// the tenant's).
-    pub fn downstream(&self, rule: Option<&Arc<str>>) -> Option<&crate::exchange::Downstream> {
+    pub fn downstream(
+        &self,
+        rule: Option<&Arc<str>>,
+    ) -> Option<&crate::decision::mint::Downstream> {
         rule.and_then(|r| self.set.rule_downstream.get(r))
             .or(self.set.downstream.as_ref())
     }
@@ -1449,7 +1442,9 @@ impl Base {
             }
         };
         put("time", &|| {
-            Value::Int(i64::try_from(crate::input::unix_seconds(c.time)).unwrap_or(i64::MAX))
+            Value::Int(
+                i64::try_from(crate::request::input::unix_seconds(c.time)).unwrap_or(i64::MAX),
+            )
         });
         put("source", &|| opt(&c.source));
         put("peer", &|| {

@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use cel::common::ast::{Expr, IdedExpr, LiteralValue, operators};
 use serde_json::{Map, Value as Json};
 
-use crate::input::{Body, Resource};
+use crate::request::input::{Body, Resource};
 
 /// A condition in native form.
 #[derive(Debug)]
@@ -448,7 +448,7 @@ mod tests {
     use super::super::{Base, Condition, Fields, Reads};
     use super::*;
     use crate::identity::Identity;
-    use crate::input::Input;
+    use crate::request::input::Input;
 
     /// One request's inputs, owned.
     #[derive(Debug, Clone, Default)]

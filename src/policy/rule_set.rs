@@ -22,9 +22,9 @@ use super::file::{PolicyFile, ResourceSpec, ResponseSpec, RuleSpec};
 use super::sections::Texts;
 use super::template::HeaderTemplate;
 use super::{Reads, Rule};
-use crate::exchange::Downstream;
-use crate::intern::{Digest, Interner};
-use crate::path::{RouteIndex, Template};
+use crate::decision::mint::Downstream;
+use crate::foundation::intern::{Digest, Interner};
+use crate::request::path::{RouteIndex, Template};
 
 /// The compiled rules, resources and response of a policy file.
 #[derive(Debug)]
@@ -102,7 +102,7 @@ impl<'a> Inputs<'a> {
     }
 
     pub(super) fn digest(&self) -> Digest {
-        crate::intern::digest_of("portcullis rule set v2", self)
+        crate::foundation::intern::digest_of("portcullis rule set v2", self)
     }
 }
 
@@ -125,7 +125,7 @@ mod tests {
     use super::super::{CompiledTenant, Outcome, compile, compile_limited};
     use super::*;
     use crate::identity::Identity;
-    use crate::input::Input;
+    use crate::request::input::Input;
 
     /// Every rule is public, so decisions need no token. A rule that means
     /// "the caller's own tenant" compares with `context.tenant`; the response
@@ -151,7 +151,7 @@ response:
     }
 
     fn decide(t: &CompiledTenant, path: &str) -> Outcome {
-        let request = crate::cli::check_request_from_json(&serde_json::json!({
+        let request = crate::app::cli::check_request_from_json(&serde_json::json!({
             "attributes": { "request": { "http": {
                 "method": "GET", "host": "api.example", "path": path,
                 "headers": { ":authority": "api.example", ":method": "GET", ":path": path }
@@ -269,7 +269,7 @@ response:
         assert_eq!(undeclared.warnings.len(), 1, "{:?}", undeclared.warnings);
 
         let text = file("key-c", RULES);
-        let limits = crate::limits::Limits {
+        let limits = crate::foundation::limits::Limits {
             max_rules_per_tenant: 0,
             ..Default::default()
         };

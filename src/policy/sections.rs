@@ -18,7 +18,8 @@
 
 use serde::Deserialize;
 
-use super::file::{API_VERSION, PolicyFile, ResourceSpec, ResponseSpec, RuleSpec};
+use super::file::{PolicyFile, ResourceSpec, ResponseSpec, RuleSpec};
+use crate::foundation::document::API_VERSION;
 
 /// The sections shared between templated files, with the one-line value that
 /// stands in for each in the rest of the file. The sentinels hold a NUL, which

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use portcullis::pipeline::Pipeline;
-use portcullis::store::PolicyStore;
-use portcullis::tenant::TenantResolver;
+use portcullis::request::tenancy::TenantResolver;
+use portcullis::tenants::store::PolicyStore;
 
 /// The condition of `matches_heaviest_pattern` with `[0-9a-z]{k}`.
 fn heavy(k: usize) -> String {
@@ -115,7 +115,7 @@ fn main() {
     })
     .to_string();
     assert!(
-        body.len() <= portcullis::input::MAX_BODY_BYTES,
+        body.len() <= portcullis::request::input::MAX_BODY_BYTES,
         "{}",
         body.len()
     );
@@ -130,7 +130,7 @@ fn main() {
         if name.starts_with("refused") {
             continue;
         }
-        let request = portcullis::cli::check_request_from_json(&json!({
+        let request = portcullis::app::cli::check_request_from_json(&json!({
             "attributes": { "contextExtensions": { "tenant": "acme" }, "request": { "http": {
                 "method": "POST", "host": "acme.example", "path": format!("/c/{i}"),
                 "headers": { "content-type": "application/json" }, "body": body } } }

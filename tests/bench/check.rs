@@ -28,10 +28,10 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use jwt_simple::prelude::*;
 use serde_json::{Value, json};
 
+use portcullis::foundation::proto::auth::CheckRequest;
 use portcullis::pipeline::Pipeline;
-use portcullis::proto::auth::CheckRequest;
-use portcullis::store::PolicyStore;
-use portcullis::tenant::TenantResolver;
+use portcullis::request::tenancy::TenantResolver;
+use portcullis::tenants::store::PolicyStore;
 
 /// The binary's allocator (src/main.rs), so these figures are the server's.
 #[global_allocator]
@@ -123,7 +123,7 @@ fn request_for(tenant: &str, path: &str, token: Option<&str>) -> CheckRequest {
     if let Some(t) = token {
         headers["authorization"] = json!(format!("Bearer {t}"));
     }
-    portcullis::cli::check_request_from_json(&json!({
+    portcullis::app::cli::check_request_from_json(&json!({
         "attributes": {
             "contextExtensions": { "tenant": tenant },
             "request": { "http": { "method": "GET", "host": "acme.example.com", "path": path, "headers": headers } }

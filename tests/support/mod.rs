@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use portcullis::config::Config;
-use portcullis::server::{self, Running};
+use portcullis::app::config::Config;
+use portcullis::transport::server::{self, Running};
 
 /// How long any wait for a process to become ready may take before failing.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);

@@ -28,7 +28,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// serde support: `#[serde(with = "crate::duration::serde_text")]`.
+/// serde support: `#[serde(with = "crate::foundation::duration::serde_text")]`.
 pub mod serde_text {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
@@ -36,6 +36,22 @@ pub mod serde_text {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
         super::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+pub mod opt_duration {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::time::Duration;
+
+    /// As the text it is read from (`30s`); used for schema defaults.
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        d.map(|d| format!("{}s", d.as_secs())).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|t| super::parse(&t).map_err(serde::de::Error::custom))
+            .transpose()
     }
 }
 

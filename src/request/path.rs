@@ -6,10 +6,9 @@
 //! behind CVE-2021-31920). A path that is not already canonical is denied instead,
 //! and Envoy's own `normalize_path`/`merge_slashes` keep honest clients clear of it.
 
-use crate::decision::Reason;
+use crate::foundation::reason::Reason;
 
-/// Longest path (without the query) that portcullis considers; longer is denied.
-pub const MAX_PATH_BYTES: usize = 8 * 1024;
+pub use crate::foundation::limits::MAX_PATH_BYTES;
 
 /// Why a path was refused. Each is denied with reason `non_canonical_path`
 /// (or `path_too_long`); the variant is only logged.

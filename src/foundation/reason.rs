@@ -1,10 +1,11 @@
-//! Stage 5: the outcome of a check, as data.
+//! Why a request was allowed or denied, as a stable code.
 //!
-//! A [`Decision`] is never an error: a deny is a value with a [`Reason`], and the
-//! reason fixes the HTTP status. The reason code is stable: it is the `error`
-//! field of a deny body, the log field and, later, the metrics label.
-
-use std::sync::Arc;
+//! Every floor names its denials with a [`Reason`]; the reason fixes the HTTP
+//! status and the `WWW-Authenticate` challenge. The string codes never change
+//! meaning: they are the `error` field of a deny body, the log field and the
+//! metrics label.
+//!
+//! Never imports: any other module of the crate.
 
 /// Why a request was allowed or denied. The string codes never change meaning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -313,72 +314,6 @@ const ALL: [Reason; 44] = [
     Reason::Overloaded,
     Reason::DryRunAllowed,
 ];
-
-/// The outcome of one check.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Decision {
-    pub allowed: bool,
-    pub reason: Reason,
-    /// Unique per check; in every response, log line and the upstream's headers.
-    pub decision_id: String,
-    pub tenant: Option<Arc<str>>,
-    /// The rule that decided, when one did.
-    pub rule: Option<Arc<str>>,
-    /// Digest of the rule set that decided.
-    pub digest: Option<Arc<str>>,
-    pub auth_method: &'static str,
-    pub subject: Option<String>,
-    /// Headers the upstream receives, overwriting any the client sent.
-    pub set_headers: Vec<(String, String)>,
-    /// Headers removed before the upstream sees the request.
-    pub remove_headers: Vec<String>,
-    /// Query parameters removed before the upstream sees the request (a token
-    /// sent in the query).
-    pub remove_query: Vec<String>,
-    /// A `WWW-Authenticate` value that says more than the reason's own (the
-    /// scopes or `acr_values` a rule asks for). Built from policy, never from
-    /// the request.
-    pub challenge: Option<String>,
-    /// Headers for the client on a response portcullis answers itself (a CORS
-    /// preflight).
-    pub client_headers: Vec<(String, String)>,
-    /// Internal detail for logs and `portcullis check`; never sent to a client.
-    pub detail: Option<String>,
-    /// What the decision log, metrics and traces need beyond the answer.
-    pub audit: crate::audit::Audit,
-}
-
-impl Decision {
-    /// A deny with no tenant context yet.
-    pub fn deny(decision_id: String, reason: Reason) -> Decision {
-        Decision {
-            allowed: false,
-            reason,
-            decision_id,
-            tenant: None,
-            rule: None,
-            digest: None,
-            auth_method: "none",
-            subject: None,
-            set_headers: Vec::new(),
-            remove_headers: Vec::new(),
-            remove_query: Vec::new(),
-            challenge: None,
-            client_headers: Vec::new(),
-            detail: None,
-            audit: crate::audit::Audit::default(),
-        }
-    }
-
-    pub fn status(&self) -> u16 {
-        self.reason.status()
-    }
-
-    /// The `WWW-Authenticate` value of this deny, if it has one.
-    pub fn challenge(&self) -> Option<String> {
-        self.challenge.clone().or_else(|| self.reason.challenge())
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -24,8 +24,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::foundation::document::{API_VERSION, PolicyError};
 use crate::identity::Identity;
-use crate::policy::{API_VERSION, PolicyError};
 
 /// File names that hold revocation lists rather than policies.
 pub const SUFFIX: &str = ".revoked.yaml";

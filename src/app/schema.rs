@@ -15,12 +15,15 @@ pub fn all() -> Vec<(&'static str, Value)> {
         ),
         (
             "policy-test.schema.json",
-            schema(schemars::schema_for!(crate::suite::TestFile)),
+            schema(schemars::schema_for!(crate::app::suite::TestFile)),
         ),
         (
             "data.schema.json",
-            schema(schemars::schema_for!(crate::data::DataFile)),
+            schema(schemars::schema_for!(crate::policy::data::DataFile)),
         ),
-        ("revocations.schema.json", crate::revocation::schema()),
+        (
+            "revocations.schema.json",
+            crate::identity::revocation::schema(),
+        ),
     ]
 }

@@ -7,26 +7,21 @@
 //! connection: source address, mTLS peer, SNI.
 //!
 //! It must never re-normalize a path: a non-canonical one is reported as
-//! [`InputError::Path`] and denied (see [`crate::path`]).
+//! [`InputError::Path`] and denied (see [`crate::request::path`]).
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use serde_json::Value as Json;
 
-use crate::decision::Reason;
-use crate::path::{self, PathError};
-use crate::proto::auth::{AttributeContext, CheckRequest, attribute_context};
-use crate::proto::core::{Address, Metadata, address};
+use crate::foundation::proto::auth::{AttributeContext, CheckRequest, attribute_context};
+use crate::foundation::proto::core::{Address, Metadata, address};
+use crate::foundation::reason::Reason;
+use crate::request::path::{self, PathError};
 
-/// Most body bytes portcullis parses as JSON; Envoy's `max_request_bytes` should
-/// not exceed it.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub use crate::foundation::limits::MAX_BODY_BYTES;
 
-/// Most elements in one JSON array, and most members in one object, that a body
-/// may have to be parsed. CEL has no time limit; with lists this short even a
-/// quadratic condition (`x in list` inside `all`) stays in the milliseconds.
-pub const MAX_BODY_COLLECTION_LEN: usize = 256;
+pub use crate::foundation::limits::MAX_BODY_COLLECTION_LEN;
 
 /// Envoy sets this request header when it sent only part of the body
 /// (`allow_partial_message: true`).
@@ -463,7 +458,9 @@ fn address_of(addr: Option<&Address>) -> Option<String> {
     match addr?.address.as_ref()? {
         address::Address::SocketAddress(sa) => {
             let port = match &sa.port_specifier {
-                Some(crate::proto::core::socket_address::PortSpecifier::PortValue(p)) => *p,
+                Some(crate::foundation::proto::core::socket_address::PortSpecifier::PortValue(
+                    p,
+                )) => *p,
                 _ => 0,
             };
             Some(if sa.address.contains(':') {
@@ -519,8 +516,8 @@ fn value_to_json(v: &prost_types::Value) -> Json {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::auth::attribute_context::{HttpRequest, Request};
-    use crate::proto::core::{HeaderMap, HeaderValue};
+    use crate::foundation::proto::auth::attribute_context::{HttpRequest, Request};
+    use crate::foundation::proto::core::{HeaderMap, HeaderValue};
 
     fn request(http: HttpRequest) -> CheckRequest {
         CheckRequest {

@@ -19,20 +19,21 @@ use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 use tracing::Instrument;
 
-use crate::admin::{self, AdminState};
-use crate::audit::{self, DecisionLog};
-use crate::config::{Config, DEFAULT_MAX_CONCURRENT_CHECKS};
-use crate::decision::{Decision, Reason};
+use crate::app::config::{Config, DEFAULT_MAX_CONCURRENT_CHECKS};
+use crate::decision::Decision;
+use crate::decision::render;
+use crate::foundation::proto::auth::authorization_server::{Authorization, AuthorizationServer};
+use crate::foundation::proto::auth::{CheckRequest, CheckResponse};
+use crate::foundation::reason::Reason;
 use crate::identity::keys;
-use crate::metrics::Metrics;
-use crate::net::Batched;
+use crate::observe::audit::{self, DecisionLog};
+use crate::observe::metrics::Metrics;
+use crate::observe::telemetry;
 use crate::pipeline::{DEFAULT_KEY_WAIT, Pipeline};
-use crate::proto::auth::authorization_server::{Authorization, AuthorizationServer};
-use crate::proto::auth::{CheckRequest, CheckResponse};
-use crate::response;
-use crate::store::PolicyStore;
-use crate::telemetry;
-use crate::watch as policy_watch;
+use crate::tenants::store::PolicyStore;
+use crate::tenants::watch as policy_watch;
+use crate::transport::admin::{self, AdminState};
+use crate::transport::net::Batched;
 
 /// The ext_authz service.
 #[derive(Debug, Clone)]
@@ -116,7 +117,7 @@ impl Authorization for AuthzService {
             drop(permit);
             let span = tracing::Span::current();
             // In a dry-run tenant: what would have been, and what was enforced.
-            let outcome = audit::Outcome::of(&decision);
+            let outcome = crate::decision::audit::Outcome::of(&decision);
             span.record("decision_id", decision.decision_id.as_str());
             span.record("decision", outcome.decision);
             span.record("reason", outcome.reason.code());
@@ -169,7 +170,7 @@ impl Authorization for AuthzService {
                     "deny"
                 );
             }
-            Ok(Response::new(response::render(&decision)))
+            Ok(Response::new(render::render(&decision)))
         }
         .instrument(span)
         .await
@@ -269,7 +270,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     // Read before binding: bad certificate files stop the start.
     let tls = match &config.tls {
         Some(t) => {
-            crate::tls::install_crypto_provider();
+            crate::transport::tls::install_crypto_provider();
             Some(t.load().map_err(anyhow::Error::msg)?)
         }
         None => None,
@@ -399,9 +400,13 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 }
 
 /// Metrics after a load, and a loud warning while any tenant is in dry-run.
-fn observe_reload(metrics: &Metrics, store: &PolicyStore, status: &crate::store::StoreStatus) {
+fn observe_reload(
+    metrics: &Metrics,
+    store: &PolicyStore,
+    status: &crate::tenants::store::StoreStatus,
+) {
     metrics.observe_reload(store, status);
-    let dry = crate::metrics::dry_run_tenants(store, status);
+    let dry = crate::observe::metrics::dry_run_tenants(store, status);
     if !dry.is_empty() {
         tracing::warn!(
             tenants = ?dry,

@@ -1,7 +1,7 @@
 //! Admin HTTP on its own port: `/healthz` (the process is up), `/readyz` (it can
 //! decide; the JSON body names what is not ready and every policy error), and
 //! `/policies` (each tenant's rule-set digest, to prove replicas agree), and
-//! `/metrics` (Prometheus, OpenMetrics text; see [`crate::metrics`]).
+//! `/metrics` (Prometheus, OpenMetrics text; see [`crate::observe::metrics`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,8 +12,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json};
 use axum::routing::get;
 
-use crate::metrics::Metrics;
-use crate::store::PolicyStore;
+use crate::observe::metrics::Metrics;
+use crate::tenants::store::PolicyStore;
 
 #[derive(Debug, Clone)]
 pub struct AdminState {
@@ -21,7 +21,7 @@ pub struct AdminState {
     /// Set when shutdown begins, so load balancers stop sending new work.
     pub draining: Arc<AtomicBool>,
     /// Publishes the keys of the tokens portcullis mints, when it mints any.
-    pub minter: Option<Arc<crate::exchange::Minter>>,
+    pub minter: Option<Arc<crate::decision::mint::Minter>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -67,7 +67,7 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
         })
         .collect();
     // Loud, but not unready: a dry-run tenant is an operator's choice.
-    let dry_run_tenants = crate::metrics::dry_run_tenants(&state.store, &status);
+    let dry_run_tenants = crate::observe::metrics::dry_run_tenants(&state.store, &status);
     let mut warnings = Vec::new();
     if !dry_run_tenants.is_empty() {
         warnings.push(format!(

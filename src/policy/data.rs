@@ -13,12 +13,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
-use crate::policy::{API_VERSION, PolicyError};
+use crate::foundation::document::{API_VERSION, PolicyError};
 
 /// File names that hold data documents.
 pub const SUFFIXES: [&str; 3] = [".data.yaml", ".data.yml", ".data.json"];
-/// Largest data file: data is for lookups, not a database.
-pub const MAX_DATA_FILE_BYTES: usize = 256 * 1024;
+pub use crate::foundation::limits::MAX_DATA_FILE_BYTES;
 
 /// Whether `name` is a data document.
 pub fn is_data_file(name: &str) -> bool {

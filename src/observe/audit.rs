@@ -14,15 +14,14 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
-use crate::decision::{Decision, Reason};
-use crate::policy::{DryRunHit, Mode};
-use crate::proto::auth::CheckRequest;
+use crate::decision::Decision;
+use crate::decision::audit::Outcome;
+use crate::foundation::proto::auth::CheckRequest;
 
 /// Lines the writer may fall behind by before new lines are dropped.
 pub const QUEUE_LINES: usize = 65_536;
@@ -30,60 +29,6 @@ pub const QUEUE_LINES: usize = 65_536;
 pub const REDACTED: &str = "REDACTED";
 /// Longest path written (a longer one is cut, and says so).
 const MAX_LOGGED_PATH: usize = 2048;
-
-/// What a decision carries for the log, metrics and traces, beyond the answer.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct Audit {
-    pub issuer: Option<String>,
-    /// How the token was bound: `none`, `dpop` or `mtls` (empty when no
-    /// identity was established).
-    pub sender_constraint: &'static str,
-    /// `client_id` (RFC 9068) or `azp` (OIDC) of the token.
-    pub client_id: Option<String>,
-    /// The tenant's mode.
-    pub mode: Mode,
-    /// Request headers the tenant asked to record (`audit.log_headers`).
-    pub headers: Vec<(String, String)>,
-    /// In a dry-run tenant: what enforcement would have answered.
-    pub would_be: Option<WouldBe>,
-    /// Dry-run rules that held (or failed); they took no part in the decision.
-    pub dry_run_rules: Vec<DryRunHit>,
-}
-
-/// The decision a dry-run tenant would have enforced.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct WouldBe {
-    pub allowed: bool,
-    pub reason: Reason,
-    pub rule: Option<Arc<str>>,
-}
-
-/// The decision as logged and counted: in a dry-run tenant, what it would have
-/// been, not the allow that was sent.
-#[derive(Debug, Clone, Copy)]
-pub struct Outcome<'a> {
-    pub decision: &'static str,
-    pub reason: Reason,
-    pub rule: Option<&'a str>,
-}
-
-impl<'a> Outcome<'a> {
-    pub fn of(d: &'a Decision) -> Outcome<'a> {
-        let word = |allowed: bool| if allowed { "allow" } else { "deny" };
-        match &d.audit.would_be {
-            Some(w) => Outcome {
-                decision: word(w.allowed),
-                reason: w.reason,
-                rule: w.rule.as_deref(),
-            },
-            None => Outcome {
-                decision: word(d.allowed),
-                reason: d.reason,
-                rule: d.rule.as_deref(),
-            },
-        }
-    }
-}
 
 /// The `decision_log` section of the server configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -399,6 +344,9 @@ pub fn rfc3339(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decision::audit::WouldBe;
+    use crate::foundation::reason::Reason;
+    use crate::policy::Mode;
 
     #[test]
     fn query_values_are_redacted() {

@@ -19,18 +19,13 @@ use serde_json::{Value as Json, json};
 
 use crate::decision::Decision;
 use crate::pipeline::{DECISION_ID_HEADER, Pipeline};
-use crate::store::PolicyStore;
-use crate::tenant::TenantResolver;
+use crate::request::tenancy::TenantResolver;
+use crate::tenants::store::PolicyStore;
 
-/// File names that hold test suites.
-pub const TEST_SUFFIXES: [&str; 2] = ["_test.yaml", "_test.yml"];
+pub use crate::foundation::document::{TEST_SUFFIXES, is_test_file};
+
 /// Largest test file read.
 pub const MAX_TEST_FILE_BYTES: u64 = 4 * 1024 * 1024;
-
-/// Whether `name` is a test file rather than a policy.
-pub fn is_test_file(name: &str) -> bool {
-    TEST_SUFFIXES.iter().any(|s| name.ends_with(s))
-}
 
 /// A `*_test.yaml` file.
 #[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
@@ -173,7 +168,12 @@ impl Report {
 
 /// Runs every `*_test.yaml` in `dir` against the policies in `dir`.
 pub fn run(dir: &Path, tenancy: TenantResolver) -> Report {
-    run_with(dir, tenancy, Vec::new(), crate::limits::Limits::default())
+    run_with(
+        dir,
+        tenancy,
+        Vec::new(),
+        crate::foundation::limits::Limits::default(),
+    )
 }
 
 /// [`run`], with the server's `policy_files.allowed_dirs` and `limits`, so a
@@ -182,7 +182,7 @@ pub fn run_with(
     dir: &Path,
     tenancy: TenantResolver,
     allowed_dirs: Vec<PathBuf>,
-    limits: crate::limits::Limits,
+    limits: crate::foundation::limits::Limits,
 ) -> Report {
     let mut report = Report::default();
     let store = Arc::new(
@@ -273,7 +273,7 @@ fn read_suite(path: &Path) -> Result<TestFile, String> {
 
 /// The test files in `dir`, sorted.
 pub fn list_test_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    crate::store::list_files(dir, is_test_file)
+    crate::tenants::store::list_files(dir, is_test_file)
 }
 
 fn run_case(
@@ -293,13 +293,14 @@ fn run_case(
         reason: "",
         rule: None,
     };
-    let request = match crate::cli::check_request_from_json(&request_json(suite, &case.request)) {
-        Ok(r) => r,
-        Err(e) => {
-            result.failures.push(format!("request: {e}"));
-            return result;
-        }
-    };
+    let request =
+        match crate::app::cli::check_request_from_json(&request_json(suite, &case.request)) {
+            Ok(r) => r,
+            Err(e) => {
+                result.failures.push(format!("request: {e}"));
+                return result;
+            }
+        };
     let (decision, trace) = pipeline.explain(&request);
     if let Some(tenant) = &decision.tenant {
         let seen = reached.entry(tenant.to_string()).or_default();

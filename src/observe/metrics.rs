@@ -6,11 +6,12 @@
 //! time. Recording is a few atomic adds; nothing here blocks a check.
 //!
 //! Key fetches and token-cache lookups happen deep in [`crate::identity`], which
-//! has no handle to a server, so those two families are process-wide statics
-//! that every server's registry includes.
+//! has no handle to a server and never imports this floor: it counts them in
+//! its own process-wide families ([`crate::identity::counters`]), which every
+//! server's registry includes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::{LazyLock, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -22,8 +23,8 @@ use prometheus_client::registry::Registry;
 use serde::Deserialize;
 
 use crate::decision::Decision;
-use crate::identity::keys::RemoteSource;
-use crate::store::{PolicyStore, StoreStatus};
+use crate::identity::counters::{KEY_FETCHES, TOKEN_CACHE};
+use crate::tenants::store::{PolicyStore, StoreStatus};
 
 /// The label value every tenant not given its own is folded into.
 pub const OTHER_TENANT: &str = "other";
@@ -119,44 +120,6 @@ struct ReloadLabels {
 struct PolicyInfoLabels {
     tenant: String,
     digest: String,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KeyFetchLabels {
-    issuer: String,
-    result: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CacheLabels {
-    result: &'static str,
-}
-
-static KEY_FETCHES: LazyLock<Family<KeyFetchLabels, Counter>> = LazyLock::new(Family::default);
-static TOKEN_CACHE: LazyLock<Family<CacheLabels, Counter>> = LazyLock::new(Family::default);
-
-/// A key source as a label or span field: the discovery issuer, or the JWKS
-/// URL without its query (a query can carry an API key).
-pub fn issuer_label(source: &RemoteSource) -> String {
-    match source {
-        RemoteSource::Discovery { issuer, .. } => issuer.clone(),
-        RemoteSource::Jwks(url) => url.split(['?', '#']).next().unwrap_or_default().into(),
-    }
-}
-
-/// Counts one fetch of an issuer's keys (process-wide).
-pub fn key_fetch(source: &RemoteSource, ok: bool) {
-    let issuer = issuer_label(source);
-    let result = if ok { "ok" } else { "error" };
-    KEY_FETCHES
-        .get_or_create(&KeyFetchLabels { issuer, result })
-        .inc();
-}
-
-/// Counts one lookup in a tenant's verified-token cache (process-wide).
-pub fn token_cache(hit: bool) {
-    let result = if hit { "hit" } else { "miss" };
-    TOKEN_CACHE.get_or_create(&CacheLabels { result }).inc();
 }
 
 /// One server's metrics.
@@ -255,7 +218,7 @@ impl Metrics {
     /// Counts one decision and its latency.
     pub fn observe_decision(&self, decision: &Decision, latency: Duration) {
         let tenant = self.tenants.label(decision.tenant.as_deref());
-        let outcome = crate::audit::Outcome::of(decision);
+        let outcome = crate::decision::audit::Outcome::of(decision);
         self.decisions
             .get_or_create(&DecisionLabels {
                 tenant: tenant.clone(),
@@ -505,8 +468,10 @@ mod tests {
 
     #[test]
     fn jwks_query_never_reaches_a_label() {
-        key_fetch(
-            &RemoteSource::Jwks("https://idp.example/jwks?api_key=s3cret".into()),
+        crate::identity::counters::key_fetch(
+            &crate::identity::keys::RemoteSource::Jwks(
+                "https://idp.example/jwks?api_key=s3cret".into(),
+            ),
             true,
         );
         let m = Metrics::new(&MetricsConfig::default());

@@ -21,9 +21,9 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
 
-use crate::data::{self, DataDoc};
+use crate::identity::revocation::{self, RevocationList};
+use crate::policy::data::{self, DataDoc};
 use crate::policy::{self, CompiledTenant, HostPattern, MAX_POLICY_FILE_BYTES, PolicyError};
-use crate::revocation::{self, RevocationList};
 
 /// Tenant ids as map keys.
 pub type TenantId = Arc<str>;
@@ -128,7 +128,17 @@ pub struct PolicyStore {
     /// Data documents by tenant.
     data: DashMap<TenantId, Arc<DataDoc>>,
     /// Bounds on what a reload admits and on every check.
-    limits: crate::limits::Limits,
+    limits: crate::foundation::limits::Limits,
+}
+
+impl crate::request::tenancy::TenantLookup for PolicyStore {
+    type Tenant = Arc<CompiledTenant>;
+    fn by_id(&self, id: &str) -> Option<Arc<CompiledTenant>> {
+        self.tenant(id)
+    }
+    fn by_host(&self, host: &str) -> Option<Arc<CompiledTenant>> {
+        self.tenant_for_host(host)
+    }
 }
 
 impl PolicyStore {
@@ -145,18 +155,18 @@ impl PolicyStore {
             linked: AtomicBool::new(false),
             revocations: DashMap::new(),
             data: DashMap::new(),
-            limits: crate::limits::Limits::default(),
+            limits: crate::foundation::limits::Limits::default(),
         }
     }
 
     /// The store under `limits` (rules per tenant, tenants, token and replay
     /// caches) instead of the defaults; set before the first reload.
-    pub fn with_limits(mut self, limits: crate::limits::Limits) -> PolicyStore {
+    pub fn with_limits(mut self, limits: crate::foundation::limits::Limits) -> PolicyStore {
         self.limits = limits;
         self
     }
 
-    pub fn limits(&self) -> &crate::limits::Limits {
+    pub fn limits(&self) -> &crate::foundation::limits::Limits {
         &self.limits
     }
 
@@ -1019,8 +1029,8 @@ pub fn list_policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 fn is_policy_name(name: &str) -> bool {
     (name.ends_with(".yaml") || name.ends_with(".yml"))
         && !name.ends_with(revocation::SUFFIX)
-        && !crate::suite::is_test_file(name)
-        && !crate::data::is_data_file(name)
+        && !crate::foundation::document::is_test_file(name)
+        && !crate::policy::data::is_data_file(name)
 }
 
 /// The visible files in `dir` whose names `wanted` accepts, sorted.

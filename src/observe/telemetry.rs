@@ -34,8 +34,6 @@ use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::config::LogFormat;
-
 /// The `service.name` when neither the configuration nor `OTEL_SERVICE_NAME`
 /// names one.
 pub const DEFAULT_SERVICE_NAME: &str = "portcullis";
@@ -108,6 +106,15 @@ impl Telemetry {
             }
         }
     }
+}
+
+/// How log lines are written (`log_format` in the server configuration).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
 }
 
 /// Installs the global subscriber: logs to stderr (filtered by `RUST_LOG`,

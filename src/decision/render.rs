@@ -10,12 +10,16 @@
 
 use prost_types::{Struct, Value, value::Kind};
 
+use crate::decision::DECISION_ID_HEADER;
 use crate::decision::Decision;
-use crate::pipeline::DECISION_ID_HEADER;
-use crate::proto::auth::{CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response};
-use crate::proto::core::{HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction};
-use crate::proto::envoy::r#type::v3::HttpStatus;
-use crate::proto::google::rpc::Status;
+use crate::foundation::proto::auth::{
+    CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response,
+};
+use crate::foundation::proto::core::{
+    HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
+};
+use crate::foundation::proto::envoy::r#type::v3::HttpStatus;
+use crate::foundation::proto::google::rpc::Status;
 
 /// Namespace of the dynamic metadata portcullis emits (for access logs and
 /// later filters).
@@ -163,7 +167,7 @@ fn metadata(decision: &Decision) -> Struct {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decision::Reason;
+    use crate::foundation::reason::Reason;
 
     fn header<'a>(opts: &'a [HeaderValueOption], name: &str) -> Option<&'a HeaderValueOption> {
         opts.iter()

@@ -65,7 +65,7 @@ pub struct DownstreamSpec {
     #[serde(default)]
     pub audience_from_context_extension: Option<String>,
     /// Lifetime of the minted token (default 60s, at most 5m).
-    #[serde(default, with = "crate::policy::file::opt_duration")]
+    #[serde(default, with = "crate::foundation::duration::opt_duration")]
     #[schemars(with = "Option<String>")]
     pub lifetime: Option<Duration>,
     /// The scopes that may travel on: the minted token carries those of the
@@ -221,7 +221,9 @@ impl Minter {
         // `now` is the request time Envoy reports, and whoever can send a
         // CheckRequest chooses it: a claimed future time must not mint a token
         // that outlives `lifetime` by this replica's own clock.
-        let now = now.min(crate::input::unix_seconds(std::time::SystemTime::now()));
+        let now = now.min(crate::request::input::unix_seconds(
+            std::time::SystemTime::now(),
+        ));
         let audience = match &spec.audience {
             Audience::Fixed(a) => a.clone(),
             Audience::ContextExtension(k) => context_extensions

@@ -26,7 +26,7 @@ use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
-use crate::store::{PolicyStore, StoreStatus};
+use crate::tenants::store::{PolicyStore, StoreStatus};
 
 type Watcher = notify::RecommendedWatcher;
 

@@ -14,11 +14,11 @@ use clap::{Parser, Subcommand};
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage};
 
-use crate::config::Config;
+use crate::app::config::Config;
+use crate::foundation::proto::auth::CheckRequest;
 use crate::pipeline::Pipeline;
-use crate::proto::auth::CheckRequest;
-use crate::store::PolicyStore;
-use crate::tenant::TenantResolver;
+use crate::request::tenancy::TenantResolver;
+use crate::tenants::store::PolicyStore;
 
 const EX_USAGE: u8 = 64;
 const EX_SOFTWARE: u8 = 70;
@@ -142,7 +142,7 @@ pub fn main() -> ExitCode {
             let (allowed, limits) = match config.map(|c| Config::load(&c)) {
                 Some(Ok(c)) => (c.policy_files.allowed_dirs, c.limits),
                 Some(Err(e)) => return usage(&e),
-                None => (Vec::new(), crate::limits::Limits::default()),
+                None => (Vec::new(), crate::foundation::limits::Limits::default()),
             };
             validate(&dir, allowed, limits)
         }
@@ -157,7 +157,7 @@ pub fn main() -> ExitCode {
                 None => (
                     TenantResolver::default(),
                     Vec::new(),
-                    crate::limits::Limits::default(),
+                    crate::foundation::limits::Limits::default(),
                 ),
             };
             test(&dir, format, tenancy, allowed, limits)
@@ -204,7 +204,7 @@ fn serve(config: Config) -> ExitCode {
     // The OTLP exporter's gRPC channel lives on this runtime.
     let telemetry = {
         let _entered = runtime.enter();
-        crate::telemetry::init(config.log_format, &config.tracing)
+        crate::observe::telemetry::init(config.log_format, &config.tracing)
     };
     runtime.block_on(async move {
         let code = serve_until_signal(&config).await;
@@ -215,7 +215,7 @@ fn serve(config: Config) -> ExitCode {
 
 async fn serve_until_signal(config: &Config) -> ExitCode {
     {
-        let running = match crate::server::start(config).await {
+        let running = match crate::transport::server::start(config).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = format!("{e:#}"), "cannot start");
@@ -267,7 +267,11 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
-fn validate(dir: &Path, allowed_dirs: Vec<PathBuf>, limits: crate::limits::Limits) -> ExitCode {
+fn validate(
+    dir: &Path,
+    allowed_dirs: Vec<PathBuf>,
+    limits: crate::foundation::limits::Limits,
+) -> ExitCode {
     if !dir.is_dir() {
         return usage(&format!("{} is not a directory", dir.display()));
     }
@@ -310,14 +314,14 @@ fn test(
     format: OutputFormat,
     tenancy: TenantResolver,
     allowed_dirs: Vec<PathBuf>,
-    limits: crate::limits::Limits,
+    limits: crate::foundation::limits::Limits,
 ) -> ExitCode {
     if !dir.is_dir() {
         return usage(&format!("{} is not a directory", dir.display()));
     }
-    let report = crate::suite::run_with(dir, tenancy, allowed_dirs, limits);
+    let report = crate::app::suite::run_with(dir, tenancy, allowed_dirs, limits);
     let text = match format {
-        OutputFormat::Text => crate::suite::render_text(&report),
+        OutputFormat::Text => crate::app::suite::render_text(&report),
         OutputFormat::Json => serde_json::to_string_pretty(&report).unwrap_or_default() + "\n",
     };
     let _ = std::io::stdout().write_all(text.as_bytes());
@@ -339,7 +343,7 @@ pub fn read_check_request(path: &Path) -> Result<CheckRequest, String> {
 
 /// Converts the protobuf JSON mapping of a CheckRequest into the message.
 pub fn check_request_from_json(value: &serde_json::Value) -> Result<CheckRequest, String> {
-    let pool = DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET)
+    let pool = DescriptorPool::decode(crate::foundation::proto::FILE_DESCRIPTOR_SET)
         .map_err(|e| format!("internal: bad descriptors: {e}"))?;
     let desc = pool
         .get_message_by_name("envoy.service.auth.v3.CheckRequest")
@@ -354,9 +358,9 @@ fn check(
     policies: &Path,
     request: &Path,
     tenancy: TenantResolver,
-    minter: Option<Arc<crate::exchange::Minter>>,
+    minter: Option<Arc<crate::decision::mint::Minter>>,
     allowed_dirs: Vec<PathBuf>,
-    limits: crate::limits::Limits,
+    limits: crate::foundation::limits::Limits,
 ) -> ExitCode {
     let store = Arc::new(
         PolicyStore::new(policies)

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::tenant::TenantResolver;
+use crate::request::tenancy::TenantResolver;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,45 +30,48 @@ pub struct Config {
     #[serde(default)]
     pub reload: ReloadConfig,
     /// How long in-flight checks get to finish after SIGTERM/SIGINT.
-    #[serde(default = "default_grace", with = "crate::duration::serde_text")]
+    #[serde(
+        default = "default_grace",
+        with = "crate::foundation::duration::serde_text"
+    )]
     pub shutdown_grace: Duration,
     #[serde(default)]
     pub log_format: LogFormat,
     /// Signing keys for the narrowed tokens portcullis mints for upstreams.
     #[serde(default)]
-    pub token_exchange: Option<crate::exchange::ExchangeConfig>,
-    /// Trace export (OTLP/gRPC); see [`crate::telemetry`].
+    pub token_exchange: Option<crate::decision::mint::ExchangeConfig>,
+    /// Trace export (OTLP/gRPC); see [`crate::observe::telemetry`].
     #[serde(default)]
-    pub tracing: crate::telemetry::TracingConfig,
-    /// `/metrics` on the admin port; see [`crate::metrics`].
+    pub tracing: crate::observe::telemetry::TracingConfig,
+    /// `/metrics` on the admin port; see [`crate::observe::metrics`].
     #[serde(default)]
-    pub metrics: crate::metrics::MetricsConfig,
-    /// One JSON line per decision; see [`crate::audit`].
+    pub metrics: crate::observe::metrics::MetricsConfig,
+    /// One JSON line per decision; see [`crate::observe::audit`].
     #[serde(default)]
-    pub decision_log: crate::audit::DecisionLogConfig,
+    pub decision_log: crate::observe::audit::DecisionLogConfig,
     #[serde(default)]
     pub limits: Limits,
     /// TLS on the gRPC listeners, optionally requiring a client certificate;
-    /// see [`crate::tls`].
+    /// see [`crate::transport::tls`].
     #[serde(default)]
-    pub tls: Option<crate::tls::GrpcTlsConfig>,
-    /// Where files named by policies may be; see [`crate::policy_files`].
+    pub tls: Option<crate::transport::tls::GrpcTlsConfig>,
+    /// Where files named by policies may be; see [`crate::foundation::policy_files`].
     #[serde(default)]
-    pub policy_files: crate::policy_files::PolicyFilesConfig,
+    pub policy_files: crate::foundation::policy_files::PolicyFilesConfig,
 }
 
-pub use crate::limits::{DEFAULT_MAX_CONCURRENT_CHECKS, Limits};
+pub use crate::foundation::limits::{DEFAULT_MAX_CONCURRENT_CHECKS, Limits};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReloadConfig {
     /// Quiet time after a change before reloading, so one ConfigMap swap (or a
     /// burst of writes) loads as one generation.
-    #[serde(with = "crate::duration::serde_text")]
+    #[serde(with = "crate::foundation::duration::serde_text")]
     pub debounce: Duration,
     /// Full rescan even without change events (a watch can be lost when the
     /// directory itself is replaced).
-    #[serde(with = "crate::duration::serde_text")]
+    #[serde(with = "crate::foundation::duration::serde_text")]
     pub rescan_interval: Duration,
 }
 
@@ -81,13 +84,7 @@ impl Default for ReloadConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LogFormat {
-    #[default]
-    Json,
-    Text,
-}
+pub use crate::observe::telemetry::LogFormat;
 
 fn default_listen() -> Option<SocketAddr> {
     Some(SocketAddr::from(([127, 0, 0, 1], 9001)))
@@ -173,17 +170,17 @@ impl Config {
     }
 
     /// An empty store for the policy directory, with `policy_files` applied.
-    pub fn store(&self) -> crate::store::PolicyStore {
-        crate::store::PolicyStore::new(&self.policies)
+    pub fn store(&self) -> crate::tenants::store::PolicyStore {
+        crate::tenants::store::PolicyStore::new(&self.policies)
             .with_allowed_dirs(self.policy_files.allowed_dirs.clone())
             .with_limits(self.limits.clone())
     }
 
     /// The token minter, when `token_exchange` is configured.
-    pub fn minter(&self) -> Result<Option<std::sync::Arc<crate::exchange::Minter>>, String> {
+    pub fn minter(&self) -> Result<Option<std::sync::Arc<crate::decision::mint::Minter>>, String> {
         self.token_exchange
             .as_ref()
-            .map(|c| crate::exchange::Minter::load(c, Path::new("")).map(std::sync::Arc::new))
+            .map(|c| crate::decision::mint::Minter::load(c, Path::new("")).map(std::sync::Arc::new))
             .transpose()
     }
 }

@@ -1,0 +1,93 @@
+//! Floor 4, the decision: the outcome of a check as data ([`Decision`], with
+//! what the log and metrics need beside it in [`audit`]), the respond stage
+//! that turns a policy outcome into headers ([`respond`]: header edits, proof
+//! stripping, the downstream token minted by [`mint`]), and the decision
+//! rendered into Envoy's `CheckResponse` ([`render`]).
+//!
+//! A [`Decision`] is never an error: a deny is a value with a [`Reason`], and
+//! the reason fixes the HTTP status.
+//!
+//! Never imports: tenants, the pipeline, observability, transport or the app.
+
+use std::sync::Arc;
+
+pub use crate::foundation::reason::Reason;
+
+pub mod audit;
+pub mod mint;
+pub mod render;
+pub mod respond;
+
+pub use respond::DECISION_ID_HEADER;
+
+/// The outcome of one check.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Decision {
+    pub allowed: bool,
+    pub reason: Reason,
+    /// Unique per check; in every response, log line and the upstream's headers.
+    pub decision_id: String,
+    pub tenant: Option<Arc<str>>,
+    /// The rule that decided, when one did.
+    pub rule: Option<Arc<str>>,
+    /// Digest of the rule set that decided.
+    pub digest: Option<Arc<str>>,
+    pub auth_method: &'static str,
+    pub subject: Option<String>,
+    /// Headers the upstream receives, overwriting any the client sent.
+    pub set_headers: Vec<(String, String)>,
+    /// Headers removed before the upstream sees the request.
+    pub remove_headers: Vec<String>,
+    /// Query parameters removed before the upstream sees the request (a token
+    /// sent in the query).
+    pub remove_query: Vec<String>,
+    /// A `WWW-Authenticate` value that says more than the reason's own (the
+    /// scopes or `acr_values` a rule asks for). Built from policy, never from
+    /// the request.
+    pub challenge: Option<String>,
+    /// Headers for the client on a response portcullis answers itself (a CORS
+    /// preflight).
+    pub client_headers: Vec<(String, String)>,
+    /// Internal detail for logs and `portcullis check`; never sent to a client.
+    pub detail: Option<String>,
+    /// What the decision log, metrics and traces need beyond the answer.
+    pub audit: audit::Audit,
+}
+
+impl Decision {
+    /// A deny with no tenant context yet.
+    pub fn deny(decision_id: String, reason: Reason) -> Decision {
+        Decision {
+            allowed: false,
+            reason,
+            decision_id,
+            tenant: None,
+            rule: None,
+            digest: None,
+            auth_method: "none",
+            subject: None,
+            set_headers: Vec::new(),
+            remove_headers: Vec::new(),
+            remove_query: Vec::new(),
+            challenge: None,
+            client_headers: Vec::new(),
+            detail: None,
+            audit: audit::Audit::default(),
+        }
+    }
+
+    /// This decision with internal `detail` (for logs, never for a client).
+    pub fn with_detail(mut self, detail: impl std::fmt::Display) -> Decision {
+        self.detail = Some(detail.to_string());
+        self
+    }
+
+    pub fn status(&self) -> u16 {
+        self.reason.status()
+    }
+
+    /// The `WWW-Authenticate` value of this deny, if it has one.
+    pub fn challenge(&self) -> Option<String> {
+        self.challenge.clone().or_else(|| self.reason.challenge())
+    }
+}

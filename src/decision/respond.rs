@@ -1,0 +1,322 @@
+//! The respond stage: what a check's stages found, written into its
+//! [`Decision`]. A tenant's context when one is chosen ([`begin`]), who the
+//! caller is ([`identified`]), why identity failed ([`refused`]), and the
+//! policy's outcome ([`outcome`]) with, on an allow, the headers the upstream
+//! receives: the tenant's header edits, the DPoP proof stripped, a client's
+//! underscore spellings of owned headers removed, the decision id, and the
+//! downstream token minted in place of the caller's. A dry-run tenant's deny
+//! becomes an allow here too ([`dry_run`]).
+//!
+//! Each function changes only the decision it is given; none reads the
+//! protobuf, the store or a clock.
+//!
+//! Never imports: tenants, the pipeline, observability, transport or the app.
+
+use std::collections::BTreeMap;
+
+use super::audit::WouldBe;
+use super::mint::{MintError, Minter};
+use super::{Decision, Reason};
+use crate::identity::{Identity, IdentityError, Pending};
+use crate::policy::{CompiledTenant, Effect, Evaluation, Mode, Outcome, Unmet};
+use crate::request::input::Input;
+
+/// Header carrying the decision id to the upstream (allow) and the client (deny).
+pub const DECISION_ID_HEADER: &str = "x-portcullis-decision-id";
+
+/// Longest header value the decision log records.
+const MAX_LOGGED_HEADER: usize = 256;
+
+/// The decision once a tenant is chosen: a deny with no matching rule, with
+/// the tenant's id, digest and mode, and the request headers it logs.
+pub fn begin(decision_id: String, tenant: &CompiledTenant, input: &Input) -> Decision {
+    let mut decision = Decision::deny(decision_id, Reason::NoMatchingRule);
+    decision.tenant = Some(tenant.id.clone());
+    decision.digest = Some(tenant.digest.clone());
+    decision.audit.mode = tenant.mode;
+    decision.audit.headers = tenant
+        .log_headers
+        .iter()
+        .filter_map(|h| Some((h.clone(), loggable(input.resource.headers.get(h)?))))
+        .collect();
+    decision
+}
+
+/// Records who the caller is.
+pub fn identified(decision: &mut Decision, identity: &Identity) {
+    decision.auth_method = identity.method.as_str();
+    decision.subject = identity.subject.clone();
+    decision.audit.issuer = identity.issuer.clone();
+    decision.audit.client_id = client_id(identity);
+    decision.audit.sender_constraint = identity.binding.kind;
+}
+
+/// Records why the credential was not accepted: its reason, a binding's
+/// challenge and DPoP nonce. Returns what the check waits for, when the
+/// credential could not be judged yet (an issuer's keys).
+pub fn refused(
+    decision: &mut Decision,
+    tenant: &CompiledTenant,
+    input: &Input,
+    error: IdentityError,
+) -> Option<Pending> {
+    decision.reason = error.reason();
+    decision.detail = Some(error.to_string());
+    let pending = match error {
+        IdentityError::Pending(p) => Some(p),
+        IdentityError::Binding {
+            challenge, nonce, ..
+        } => {
+            decision.challenge = challenge;
+            if let Some(n) = nonce {
+                decision.client_headers.push(("dpop-nonce".into(), n));
+            }
+            None
+        }
+        _ => None,
+    };
+    if pending.is_none() && tenant.mode == Mode::DryRun {
+        dry_run(decision, tenant, &Identity::anonymous(), &[], input);
+    }
+    pending
+}
+
+/// Records a revoked credential (`kind` names what matched).
+pub fn revoked(decision: &mut Decision, tenant: &CompiledTenant, input: &Input, kind: &str) {
+    decision.reason = Reason::TokenRevoked;
+    decision.detail = Some(format!("revoked by {kind}"));
+    if tenant.mode == Mode::DryRun {
+        dry_run(decision, tenant, &Identity::anonymous(), &[], input);
+    }
+}
+
+/// The policy's outcome as the decision: reason and rule, and on an allow the
+/// upstream's headers ([`allow`]). `now` is the request time in Unix seconds.
+pub fn outcome(
+    decision: &mut Decision,
+    tenant: &CompiledTenant,
+    identity: &Identity,
+    input: &Input,
+    eval: &Evaluation,
+    minter: Option<&Minter>,
+    now: u64,
+) {
+    decision.audit.dry_run_rules = eval.dry_run.clone();
+    let (reason, rule) = match &eval.outcome {
+        Outcome::CorsPreflight(headers) => {
+            decision.client_headers = headers.clone();
+            (Reason::CorsPreflight, None)
+        }
+        Outcome::CorsRejected => (Reason::CorsRejected, None),
+        Outcome::Allow(rule) => (Reason::Allowed, Some(rule.clone())),
+        Outcome::Deny(rule) => (Reason::DeniedByRule, Some(rule.clone())),
+        Outcome::PolicyError(rule, message) => {
+            decision.detail = Some(message.clone());
+            (Reason::PolicyError, Some(rule.clone()))
+        }
+        Outcome::BodyUnavailable(rule) => (Reason::BodyUnavailable, Some(rule.clone())),
+        Outcome::AmbiguousQuery(rule) => (Reason::AmbiguousQuery, Some(rule.clone())),
+        // Only when the default would deny: a tenant that allows by default
+        // lets such a request through like any other unmatched one.
+        Outcome::Unmet(rule, missing) if tenant.default == Effect::Deny => {
+            let (reason, challenge) = unmet_challenge(missing);
+            decision.challenge = Some(challenge);
+            (reason, Some(rule.clone()))
+        }
+        Outcome::Unmet(..) => (Reason::DefaultAllow, None),
+        Outcome::NoMatch => match tenant.default {
+            Effect::Allow => (Reason::DefaultAllow, None),
+            Effect::Deny if identity.is_anonymous() => (Reason::MissingCredential, None),
+            Effect::Deny => (Reason::NoMatchingRule, None),
+        },
+    };
+    decision.reason = reason;
+    decision.rule = rule;
+    if reason.allows() {
+        allow(decision, tenant, identity, input, &eval.params, minter, now);
+    }
+    if tenant.mode == Mode::DryRun {
+        dry_run(decision, tenant, identity, &eval.params, input);
+    }
+}
+
+/// An allow's headers for the upstream: the tenant's edits, the DPoP proof
+/// stripped, the decision id, and the downstream token when the rule asks for
+/// one. A header value that cannot be sent safely, or a token that cannot be
+/// minted, turns the allow into a deny.
+fn allow(
+    decision: &mut Decision,
+    tenant: &CompiledTenant,
+    identity: &Identity,
+    input: &Input,
+    params: &[(String, String)],
+    minter: Option<&Minter>,
+    now: u64,
+) {
+    let edits = match tenant.response_headers(identity, params) {
+        Ok(edits) => edits,
+        Err(message) => {
+            decision.reason = Reason::UnsafeHeaderValue;
+            decision.detail = Some(message);
+            return;
+        }
+    };
+    decision.allowed = true;
+    decision.set_headers = edits.set;
+    decision.remove_headers = edits.remove;
+    decision.remove_query = identity.consumed_query.clone().into_iter().collect();
+    // The proof has done its work; the upstream never needs it.
+    if identity.binding.kind == "dpop" {
+        remove_header(decision, "dpop");
+    }
+    strip_underscore_spellings(decision, &input.resource.headers);
+    decision
+        .set_headers
+        .push((DECISION_ID_HEADER.to_string(), decision.decision_id.clone()));
+    let Some(spec) = tenant
+        .downstream(decision.rule.as_ref())
+        .filter(|_| !identity.is_anonymous())
+    else {
+        return;
+    };
+    let minted = minter.map_or(Err(MintError::NotConfigured), |m| {
+        m.mint(
+            spec,
+            &tenant.id,
+            identity,
+            &input.resource.context_extensions,
+            now,
+        )
+    });
+    match minted {
+        // Overwrites the caller's Authorization (a removal would also remove
+        // the new token).
+        Ok(token) => {
+            decision.set_headers.retain(|(k, _)| k != "authorization");
+            decision.remove_headers.retain(|h| h != "authorization");
+            // The caller's own credential never travels beside the narrowed
+            // one (a custom header, an API key).
+            for h in tenant.identity.credential_headers() {
+                if h != "authorization" {
+                    remove_header(decision, h);
+                }
+            }
+            decision
+                .set_headers
+                .push(("authorization".into(), format!("Bearer {token}")));
+            remove_header(decision, "dpop");
+        }
+        Err(e) => {
+            decision.allowed = false;
+            decision.reason = Reason::DownstreamTokenUnavailable;
+            decision.detail = Some(e.to_string());
+            decision.set_headers.clear();
+            decision.remove_headers.clear();
+            decision.remove_query.clear();
+        }
+    }
+}
+
+/// A dry-run tenant's decision: recorded as what it would have been, then
+/// allowed. A deny becomes an allow with the tenant's owned headers rendered
+/// for the caller (or, when the credential failed, for an anonymous caller, so
+/// every claim header is removed rather than left to the client). A CORS
+/// preflight answer stays as it is.
+pub fn dry_run(
+    decision: &mut Decision,
+    tenant: &CompiledTenant,
+    identity: &Identity,
+    params: &[(String, String)],
+    input: &Input,
+) {
+    decision.audit.would_be = Some(WouldBe {
+        allowed: decision.allowed,
+        reason: decision.reason,
+        rule: decision.rule.clone(),
+    });
+    if decision.allowed || decision.reason == Reason::CorsPreflight {
+        return;
+    }
+    let edits = tenant
+        .response_headers(identity, params)
+        .or_else(|_| tenant.response_headers(&Identity::anonymous(), &[]))
+        .unwrap_or_default();
+    decision.allowed = true;
+    decision.reason = Reason::DryRunAllowed;
+    decision.client_headers.clear();
+    decision.set_headers = edits.set;
+    decision.remove_headers = edits.remove;
+    decision.remove_query = identity.consumed_query.clone().into_iter().collect();
+    strip_underscore_spellings(decision, &input.resource.headers);
+    decision
+        .set_headers
+        .push((DECISION_ID_HEADER.to_string(), decision.decision_id.clone()));
+}
+
+/// The reason and challenge for a credential that lacks what a rule asks:
+/// RFC 6750 §3 `scope`, or RFC 9470 §3 `acr_values` and `max_age`.
+pub fn unmet_challenge(missing: &Unmet) -> (Reason, String) {
+    match missing {
+        Unmet::Scope(scopes) => (
+            Reason::InsufficientScope,
+            format!(
+                "Bearer realm=\"portcullis\", error=\"insufficient_scope\", scope=\"{}\"",
+                scopes.join(" ")
+            ),
+        ),
+        Unmet::StepUp {
+            acr_values,
+            max_age,
+        } => {
+            let mut c = "Bearer realm=\"portcullis\", error=\"insufficient_user_authentication\", error_description=\"stronger or more recent authentication required\"".to_string();
+            if !acr_values.is_empty() {
+                c.push_str(&format!(", acr_values=\"{}\"", acr_values.join(" ")));
+            }
+            if let Some(age) = max_age {
+                c.push_str(&format!(", max_age={age}"));
+            }
+            (Reason::InsufficientUserAuthentication, c)
+        }
+    }
+}
+
+/// Adds `name` to the removed headers once.
+fn remove_header(decision: &mut Decision, name: &str) {
+    if !decision.remove_headers.iter().any(|h| h == name) {
+        decision.remove_headers.push(name.to_string());
+    }
+}
+
+/// Removes a client's `x_subject` when portcullis owns `x-subject`: many servers
+/// (CGI, WSGI, Rack, PHP, nginx with `underscores_in_headers`) read both
+/// spellings as the same variable, so the client's value must not travel beside
+/// the owned one. (Envoy's `headers_with_underscores_action: REJECT_REQUEST`
+/// stops these at the edge; this holds without it.)
+fn strip_underscore_spellings(decision: &mut Decision, headers: &BTreeMap<String, String>) {
+    // Headers with '_' are rare; nothing is allocated when there are none.
+    for name in headers.keys().filter(|k| k.contains('_')) {
+        let dashed = name.replace('_', "-");
+        let owned = decision.set_headers.iter().any(|(k, _)| *k == dashed)
+            || decision.remove_headers.contains(&dashed);
+        if owned && !decision.remove_headers.contains(name) {
+            decision.remove_headers.push(name.clone());
+        }
+    }
+}
+
+/// A header value as the decision log records it: printable, bounded.
+fn loggable(value: &str) -> String {
+    value
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_LOGGED_HEADER)
+        .collect()
+}
+
+/// The OAuth client the token was issued to: `client_id` (RFC 9068 §2.2), else
+/// `azp` (OIDC Core §2).
+fn client_id(identity: &Identity) -> Option<String> {
+    ["client_id", "azp"]
+        .iter()
+        .find_map(|k| identity.claims.get(*k)?.as_str().map(str::to_string))
+}

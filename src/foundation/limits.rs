@@ -1,0 +1,208 @@
+//! Named bounds on the work one replica takes on (`limits:` in the server
+//! config).
+//!
+//! Every bound has a safe default (the built-in constant it replaces) and a
+//! ceiling: the bounds that the deeper stages also enforce as constants (token,
+//! path and body sizes, rules per tenant) can be lowered, never raised above
+//! those constants. Exceeding a bound is a deny with a stable reason, or a load
+//! error with file and cause; never a crash, a silent truncation or an
+//! unbounded queue.
+//!
+//! A table of numbers and ranges that others read; it builds nothing.
+//!
+//! Never imports: any other module of the crate.
+//!
+//! Three places read them:
+//! - [`crate::request::read`], the first step of every check: the request's headers,
+//!   path and body are measured on the protobuf before anything is built from
+//!   them;
+//! - the tenant compiler: rules per tenant, the
+//!   token size a tenant accepts, its token cache and DPoP replay cache;
+//! - the store's reload (tenants) and the server (concurrent checks).
+
+use serde::Deserialize;
+
+/// The most checks decided at once unless `limits.max_concurrent_checks` says
+/// otherwise: far above what two cores decide in a check's lifetime, low
+/// enough that a flood queues no unbounded work.
+pub const DEFAULT_MAX_CONCURRENT_CHECKS: usize = 1024;
+
+/// Largest token accepted, in bytes: far above any real access token, far
+/// below Envoy's header limit, and a bound on the JSON parsed before the
+/// signature is checked.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// Most verified tokens one tenant keeps.
+pub const MAX_CACHED_TOKENS: usize = 10_000;
+
+/// Most body bytes portcullis parses as JSON; Envoy's `max_request_bytes` should
+/// not exceed it.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Most elements in one JSON array, and most members in one object, that a body
+/// may have to be parsed. CEL has no time limit; with lists this short even a
+/// quadratic condition (`x in list` inside `all`) stays in the milliseconds.
+pub const MAX_BODY_COLLECTION_LEN: usize = 256;
+
+/// Longest path (without the query) that portcullis considers; longer is denied.
+pub const MAX_PATH_BYTES: usize = 8 * 1024;
+
+/// Most rules in one tenant's file.
+pub const MAX_RULES_PER_TENANT: usize = 10_000;
+
+/// Largest policy file read.
+pub const MAX_POLICY_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Largest data file: data is for lookups, not a database.
+pub const MAX_DATA_FILE_BYTES: usize = 256 * 1024;
+
+/// Default for `limits.max_headers`: Envoy's own default (`max_headers_count`,
+/// 100) plus room for the headers Envoy adds and the pseudo-headers it sends.
+pub const DEFAULT_MAX_HEADERS: usize = 200;
+/// Largest `limits.max_headers` accepted.
+pub const MAX_HEADERS_CEILING: usize = 10_000;
+
+/// Default for `limits.max_header_bytes`: Envoy's default
+/// `max_request_headers_kb` (60 KiB) with room for what Envoy adds.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 96 * 1024;
+/// Largest `limits.max_header_bytes` accepted (Envoy's own ceiling, 8 MiB).
+pub const MAX_HEADER_BYTES_CEILING: usize = 8 * 1024 * 1024;
+
+/// Default for `limits.max_tenants` (the `check` benchmark decides against a
+/// store of this many).
+pub const DEFAULT_MAX_TENANTS: usize = 10_000;
+
+/// Largest `limits.token_cache_size` accepted (per tenant).
+pub const TOKEN_CACHE_CEILING: usize = 1_000_000;
+/// Largest `limits.replay_cache_size` accepted (per tenant).
+pub const REPLAY_CACHE_CEILING: usize = 10_000_000;
+
+/// The bounds, as configured.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Checks in flight at once (over every listener). Beyond it a check is
+    /// answered at once with a denied 503 `overloaded`, so Envoy fails closed
+    /// even with `failure_mode_allow: true`.
+    pub max_concurrent_checks: usize,
+    /// Largest credential (JWT or opaque token) looked at; larger is denied
+    /// `token_too_large`.
+    pub max_token_bytes: usize,
+    /// Most request headers (as Envoy sends them, pseudo-headers included)
+    /// considered; more is denied `headers_too_large`, never truncated.
+    pub max_headers: usize,
+    /// Most header bytes (names plus values) considered; more is denied
+    /// `headers_too_large`.
+    pub max_header_bytes: usize,
+    /// Largest body parsed as JSON; a larger one is not parsed, and rules that
+    /// read it deny `body_unavailable`.
+    pub max_body_bytes: usize,
+    /// Longest path (without the query); longer is denied `path_too_long`.
+    pub max_path_bytes: usize,
+    /// Most rules in one tenant's file; more is a load error.
+    pub max_rules_per_tenant: usize,
+    /// Most tenants served; a file that would add one more is a load error.
+    pub max_tenants: usize,
+    /// Verified tokens remembered per tenant.
+    pub token_cache_size: usize,
+    /// The most DPoP proof `jti`s a tenant's policy may ask to remember
+    /// (`identity.dpop.replay_cache_size`); a policy that sets none gets the
+    /// smaller of this and 100,000.
+    pub replay_cache_size: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_concurrent_checks: DEFAULT_MAX_CONCURRENT_CHECKS,
+            max_token_bytes: MAX_TOKEN_BYTES,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_body_bytes: MAX_BODY_BYTES,
+            max_path_bytes: MAX_PATH_BYTES,
+            max_rules_per_tenant: MAX_RULES_PER_TENANT,
+            max_tenants: DEFAULT_MAX_TENANTS,
+            token_cache_size: MAX_CACHED_TOKENS,
+            replay_cache_size: REPLAY_CACHE_CEILING,
+        }
+    }
+}
+
+impl Limits {
+    /// Checks every bound against its range; the message names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        // (name, value, least, most); a token cache of 0 turns it off.
+        let ranges = [
+            (
+                "max_concurrent_checks",
+                self.max_concurrent_checks,
+                1,
+                tokio::sync::Semaphore::MAX_PERMITS,
+            ),
+            ("max_token_bytes", self.max_token_bytes, 1, MAX_TOKEN_BYTES),
+            ("max_headers", self.max_headers, 1, MAX_HEADERS_CEILING),
+            (
+                "max_header_bytes",
+                self.max_header_bytes,
+                1,
+                MAX_HEADER_BYTES_CEILING,
+            ),
+            ("max_body_bytes", self.max_body_bytes, 1, MAX_BODY_BYTES),
+            ("max_path_bytes", self.max_path_bytes, 1, MAX_PATH_BYTES),
+            (
+                "max_rules_per_tenant",
+                self.max_rules_per_tenant,
+                1,
+                MAX_RULES_PER_TENANT,
+            ),
+            ("max_tenants", self.max_tenants, 1, usize::MAX),
+            (
+                "token_cache_size",
+                self.token_cache_size,
+                0,
+                TOKEN_CACHE_CEILING,
+            ),
+            (
+                "replay_cache_size",
+                self.replay_cache_size,
+                1,
+                REPLAY_CACHE_CEILING,
+            ),
+        ];
+        for (name, value, least, most) in ranges {
+            if !(least..=most).contains(&value) {
+                return Err(format!("limits.{name} must be between {least} and {most}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_built_in_constants_and_validate() {
+        let l = Limits::default();
+        assert_eq!(l.max_token_bytes, MAX_TOKEN_BYTES);
+        assert_eq!(l.max_path_bytes, MAX_PATH_BYTES);
+        assert_eq!(l.max_body_bytes, MAX_BODY_BYTES);
+        assert_eq!(l.max_rules_per_tenant, MAX_RULES_PER_TENANT);
+        assert!(l.validate().is_ok());
+        let over = Limits {
+            max_path_bytes: MAX_PATH_BYTES + 1,
+            ..Limits::default()
+        };
+        assert!(
+            over.validate()
+                .unwrap_err()
+                .contains("limits.max_path_bytes")
+        );
+        let zero = Limits {
+            max_tenants: 0,
+            ..Limits::default()
+        };
+        assert!(zero.validate().unwrap_err().contains("limits.max_tenants"));
+    }
+}

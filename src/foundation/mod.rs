@@ -1,0 +1,14 @@
+//! Floor 0, foundations: what every floor above may read and which reads
+//! nothing of the crate's beyond this folder — the generated protobuf, the
+//! named bounds, durations, interning, reason codes, the shape every file
+//! shares, and where files named by policies may be.
+//!
+//! Never imports: any other module of the crate.
+
+pub mod document;
+pub mod duration;
+pub mod intern;
+pub mod limits;
+pub mod policy_files;
+pub mod proto;
+pub mod reason;
