@@ -102,6 +102,35 @@ fn code_of(text: &str) -> String {
             i += 2;
             continue;
         }
+        // A raw string, `r"…"` or `r#"…"#`: copied whole, nothing inside counts
+        // as code.
+        if c == b'r' && (i == 0 || !is_ident(bytes[i - 1])) {
+            let hashes = text[i + 1..].bytes().take_while(|b| *b == b'#').count();
+            if bytes.get(i + 1 + hashes) == Some(&b'"') {
+                let close = format!("\"{}", "#".repeat(hashes));
+                let body = i + 2 + hashes;
+                let end = text[body..]
+                    .find(&close)
+                    .map_or(text.len(), |e| body + e + close.len());
+                out.push_str(&text[i..end]);
+                i = end;
+                continue;
+            }
+        }
+        // A char literal (`'"'`, `'\''`); a lifetime's quote is copied alone.
+        if c == b'\'' {
+            let end = if bytes.get(i + 1) == Some(&b'\\') {
+                text[i + 2..].find('\'').map(|e| i + 2 + e + 1)
+            } else {
+                let len = text[i + 1..].chars().next().map_or(0, char::len_utf8);
+                (bytes.get(i + 1 + len) == Some(&b'\'')).then_some(i + 2 + len)
+            };
+            if let Some(end) = end {
+                out.push_str(&text[i..end]);
+                i = end;
+                continue;
+            }
+        }
         if c == b'"' {
             in_str = true;
         }
@@ -472,7 +501,10 @@ fn the_check_goes_red_on_a_planted_back_import() {
         ),
         file("low/a.rs", "use super::b::X;\n"),
         file("low/b.rs", "pub struct X;\n"),
-        file("side.rs", "// crate::high in a comment is no import\n"),
+        file(
+            "side.rs",
+            "// crate::high in a comment is no import\nconst Q: char = '\"';\nconst R: &str = r#\"say \"hi\"#; // crate::high\n/* crate::high */\n",
+        ),
         file(
             "high.rs",
             "use crate::{low::a, side};\n#[cfg(test)]\nmod tests { use crate::high; }\n",

@@ -264,7 +264,7 @@ async fn serves_on_a_unix_socket() {
     config.unix_socket = Some(sock.clone());
     config.admin_listen = "127.0.0.1:0".parse().unwrap();
     config.decision_log.output = "off".into();
-    let server = portcullis::transport::server::start(&config).await.unwrap();
+    let server = portcullis::app::serve::start(&config).await.unwrap();
     let path = sock.clone();
     let channel = Endpoint::try_from("http://unix.invalid")
         .unwrap()

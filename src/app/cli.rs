@@ -11,14 +11,14 @@ use std::sync::Arc;
 use std::io::Write;
 
 use clap::{Parser, Subcommand};
-use prost::Message;
-use prost_reflect::{DescriptorPool, DynamicMessage};
 
 use crate::app::config::Config;
 use crate::foundation::proto::auth::CheckRequest;
 use crate::pipeline::Pipeline;
 use crate::request::tenancy::TenantResolver;
 use crate::tenants::store::PolicyStore;
+
+pub use super::request_json::check_request_from_json;
 
 const EX_USAGE: u8 = 64;
 const EX_SOFTWARE: u8 = 70;
@@ -215,7 +215,7 @@ fn serve(config: Config) -> ExitCode {
 
 async fn serve_until_signal(config: &Config) -> ExitCode {
     {
-        let running = match crate::transport::server::start(config).await {
+        let running = match crate::app::serve::start(config).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = format!("{e:#}"), "cannot start");
@@ -339,19 +339,6 @@ pub fn read_check_request(path: &Path) -> Result<CheckRequest, String> {
     let value: serde_json::Value = serde_yaml::from_str(&text)
         .map_err(|e| format!("{}: not JSON or YAML: {e}", path.display()))?;
     check_request_from_json(&value).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// Converts the protobuf JSON mapping of a CheckRequest into the message.
-pub fn check_request_from_json(value: &serde_json::Value) -> Result<CheckRequest, String> {
-    let pool = DescriptorPool::decode(crate::foundation::proto::FILE_DESCRIPTOR_SET)
-        .map_err(|e| format!("internal: bad descriptors: {e}"))?;
-    let desc = pool
-        .get_message_by_name("envoy.service.auth.v3.CheckRequest")
-        .ok_or("internal: CheckRequest descriptor missing")?;
-    let dynamic =
-        DynamicMessage::deserialize(desc, value).map_err(|e| format!("not a CheckRequest: {e}"))?;
-    CheckRequest::decode(dynamic.encode_to_vec().as_slice())
-        .map_err(|e| format!("not a CheckRequest: {e}"))
 }
 
 fn check(

@@ -7,5 +7,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod request_json;
 pub mod schema;
+pub mod serve;
 pub mod suite;

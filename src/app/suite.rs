@@ -293,14 +293,16 @@ fn run_case(
         reason: "",
         rule: None,
     };
-    let request =
-        match crate::app::cli::check_request_from_json(&request_json(suite, &case.request)) {
-            Ok(r) => r,
-            Err(e) => {
-                result.failures.push(format!("request: {e}"));
-                return result;
-            }
-        };
+    let request = match crate::app::request_json::check_request_from_json(&request_json(
+        suite,
+        &case.request,
+    )) {
+        Ok(r) => r,
+        Err(e) => {
+            result.failures.push(format!("request: {e}"));
+            return result;
+        }
+    };
     let (decision, trace) = pipeline.explain(&request);
     if let Some(tenant) = &decision.tenant {
         let seen = reached.entry(tenant.to_string()).or_default();

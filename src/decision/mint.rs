@@ -15,18 +15,15 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
 use crate::identity::Identity;
+use crate::policy::downstream::{Audience, Downstream};
+pub use crate::policy::downstream::{DEFAULT_LIFETIME, DownstreamSpec, MAX_LIFETIME};
 
-/// Longest lifetime a policy may give a minted token.
-pub const MAX_LIFETIME: Duration = Duration::from_secs(300);
-/// Default lifetime of a minted token.
-pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(60);
 /// Most minted tokens kept for reuse.
 pub const MAX_CACHED: usize = 10_000;
 
@@ -52,66 +49,6 @@ pub struct ExchangeConfig {
 pub struct KeyFile {
     pub kid: String,
     pub file: PathBuf,
-}
-
-/// What a tenant (or one of its rules) asks to be minted, as written.
-#[derive(Debug, Clone, Hash, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DownstreamSpec {
-    /// The upstream service's audience, or
-    #[serde(default)]
-    pub audience: Option<String>,
-    /// the name of the route's `context_extensions` key that holds it.
-    #[serde(default)]
-    pub audience_from_context_extension: Option<String>,
-    /// Lifetime of the minted token (default 60s, at most 5m).
-    #[serde(default, with = "crate::foundation::duration::opt_duration")]
-    #[schemars(with = "Option<String>")]
-    pub lifetime: Option<Duration>,
-    /// The scopes that may travel on: the minted token carries those of the
-    /// caller's scopes that are listed here (none when empty).
-    #[serde(default)]
-    pub scopes: Vec<String>,
-}
-
-/// A validated [`DownstreamSpec`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Downstream {
-    audience: Audience,
-    lifetime: u64,
-    scopes: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Audience {
-    Fixed(String),
-    ContextExtension(String),
-}
-
-impl Downstream {
-    pub fn compile(spec: &DownstreamSpec) -> Result<Downstream, String> {
-        let audience = match (&spec.audience, &spec.audience_from_context_extension) {
-            (Some(a), None) if !a.is_empty() => Audience::Fixed(a.clone()),
-            (None, Some(k)) if !k.is_empty() => Audience::ContextExtension(k.clone()),
-            _ => {
-                return Err(
-                    "downstream_token needs exactly one of audience or audience_from_context_extension".into(),
-                );
-            }
-        };
-        let lifetime = spec.lifetime.unwrap_or(DEFAULT_LIFETIME);
-        if lifetime.is_zero() || lifetime > MAX_LIFETIME {
-            return Err(format!(
-                "downstream_token.lifetime must be between 1s and {}s",
-                MAX_LIFETIME.as_secs()
-            ));
-        }
-        Ok(Downstream {
-            audience,
-            lifetime: lifetime.as_secs(),
-            scopes: spec.scopes.clone(),
-        })
-    }
 }
 
 /// Why no token could be minted. Denied with 503: the upstream must not get

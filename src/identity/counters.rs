@@ -11,8 +11,6 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
-use super::keys::RemoteSource;
-
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KeyFetchLabels {
     issuer: String,
@@ -27,18 +25,9 @@ pub struct CacheLabels {
 pub static KEY_FETCHES: LazyLock<Family<KeyFetchLabels, Counter>> = LazyLock::new(Family::default);
 pub static TOKEN_CACHE: LazyLock<Family<CacheLabels, Counter>> = LazyLock::new(Family::default);
 
-/// A key source as a label or span field: the discovery issuer, or the JWKS
-/// URL without its query (a query can carry an API key).
-pub fn issuer_label(source: &RemoteSource) -> String {
-    match source {
-        RemoteSource::Discovery { issuer, .. } => issuer.clone(),
-        RemoteSource::Jwks(url) => url.split(['?', '#']).next().unwrap_or_default().into(),
-    }
-}
-
-/// Counts one fetch of an issuer's keys (process-wide).
-pub fn key_fetch(source: &RemoteSource, ok: bool) {
-    let issuer = issuer_label(source);
+/// Counts one fetch of an issuer's keys (process-wide); `issuer` is
+/// [`super::keys::issuer_label`]'s.
+pub fn key_fetch(issuer: String, ok: bool) {
     let result = if ok { "ok" } else { "error" };
     KEY_FETCHES
         .get_or_create(&KeyFetchLabels { issuer, result })

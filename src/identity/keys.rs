@@ -557,7 +557,7 @@ impl RemoteKeys {
         let started = Instant::now();
         let span = tracing::info_span!(
             "key_fetch",
-            issuer = super::counters::issuer_label(&this.source),
+            issuer = issuer_label(&this.source),
             result = tracing::field::Empty
         );
         tokio::spawn(tracing::Instrument::instrument(
@@ -584,14 +584,14 @@ impl RemoteKeys {
                             at: Instant::now(),
                         })));
                         *this.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                        super::counters::key_fetch(&this.source, true);
+                        super::counters::key_fetch(issuer_label(&this.source), true);
                         tracing::Span::current().record("result", "ok");
                         this.refresh.ttl
                     }
                     Err(e) => {
                         tracing::warn!(source = %this.source, error = %e, "key fetch failed");
                         *this.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
-                        super::counters::key_fetch(&this.source, false);
+                        super::counters::key_fetch(issuer_label(&this.source), false);
                         tracing::Span::current().record("result", "error");
                         FETCH_RETRY.min(this.refresh.ttl)
                     }
@@ -698,6 +698,15 @@ async fn fetch(
         }
     };
     KeySet::parse(&get(&jwks_uri).await?)
+}
+
+/// A key source as a label or span field: the discovery issuer, or the JWKS
+/// URL without its query (a query can carry an API key).
+pub fn issuer_label(source: &RemoteSource) -> String {
+    match source {
+        RemoteSource::Discovery { issuer, .. } => issuer.clone(),
+        RemoteSource::Jwks(url) => url.split(['?', '#']).next().unwrap_or_default().into(),
+    }
 }
 
 #[cfg(test)]

@@ -468,12 +468,10 @@ mod tests {
 
     #[test]
     fn jwks_query_never_reaches_a_label() {
-        crate::identity::counters::key_fetch(
-            &crate::identity::keys::RemoteSource::Jwks(
-                "https://idp.example/jwks?api_key=s3cret".into(),
-            ),
-            true,
+        let source = crate::identity::keys::RemoteSource::Jwks(
+            "https://idp.example/jwks?api_key=s3cret".into(),
         );
+        crate::identity::counters::key_fetch(crate::identity::keys::issuer_label(&source), true);
         let m = Metrics::new(&MetricsConfig::default());
         let text = m.encode();
         assert!(

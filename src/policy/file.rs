@@ -154,7 +154,7 @@ pub struct RuleSpec {
     pub max_auth_age: Option<std::time::Duration>,
     /// This rule's own downstream token, instead of the tenant's.
     #[serde(default)]
-    pub downstream_token: Option<crate::decision::mint::DownstreamSpec>,
+    pub downstream_token: Option<crate::policy::downstream::DownstreamSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema, Hash)]
@@ -199,5 +199,5 @@ pub struct ResponseSpec {
     pub remove: Vec<String>,
     /// Mint a narrowed token for the upstream, which replaces `Authorization`.
     #[serde(default)]
-    pub downstream_token: Option<crate::decision::mint::DownstreamSpec>,
+    pub downstream_token: Option<crate::policy::downstream::DownstreamSpec>,
 }

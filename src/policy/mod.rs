@@ -13,6 +13,7 @@
 mod cel;
 pub mod cost;
 pub mod data;
+pub mod downstream;
 pub mod file;
 mod native;
 mod rule_set;
@@ -650,7 +651,7 @@ fn compile_rules(
                     "downstream_token applies to allow rules only".into(),
                 ));
             }
-            match crate::decision::mint::Downstream::compile(spec) {
+            match crate::policy::downstream::Downstream::compile(spec) {
                 Ok(d) => {
                     rule_downstream.insert(Arc::from(spec_rule.id.as_str()), d);
                 }
@@ -722,7 +723,7 @@ fn compile_rules(
     }
 
     let downstream = spec.response.downstream_token.as_ref().and_then(|d| {
-        crate::decision::mint::Downstream::compile(d)
+        crate::policy::downstream::Downstream::compile(d)
             .map_err(|e| {
                 errors.push(err(
                     line_of(text, 0, "downstream_token"),
@@ -1333,7 +1334,7 @@ impl CompiledTenant {
     pub fn downstream(
         &self,
         rule: Option<&Arc<str>>,
-    ) -> Option<&crate::decision::mint::Downstream> {
+    ) -> Option<&crate::policy::downstream::Downstream> {
         rule.and_then(|r| self.set.rule_downstream.get(r))
             .or(self.set.downstream.as_ref())
     }

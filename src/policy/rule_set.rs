@@ -22,8 +22,8 @@ use super::file::{PolicyFile, ResourceSpec, ResponseSpec, RuleSpec};
 use super::sections::Texts;
 use super::template::HeaderTemplate;
 use super::{Reads, Rule};
-use crate::decision::mint::Downstream;
 use crate::foundation::intern::{Digest, Interner};
+use crate::policy::downstream::Downstream;
 use crate::request::path::{RouteIndex, Template};
 
 /// The compiled rules, resources and response of a policy file.

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use portcullis::app::config::Config;
-use portcullis::transport::server::{self, Running};
+use portcullis::app::serve::{self as server, Running};
 
 /// How long any wait for a process to become ready may take before failing.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
