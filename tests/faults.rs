@@ -539,7 +539,7 @@ async fn policy_directory_removed_and_restored() {
     let v1 = format!("{HEAD}  - {{ id: one, path: /one, effect: allow, public: true }}\n");
     let v2 = format!("{HEAD}  - {{ id: two, path: /two, effect: allow, public: true }}\n");
     let v3 = format!("{HEAD}  - {{ id: three, path: /three, effect: allow, public: true }}\n");
-    let d = |t: &str| Some(portcullis::policy::digest_of(t.as_bytes()).to_string());
+    let d = |t: &str| Some(portcullis::tenants::digest_of(t.as_bytes()).to_string());
     write_atomically(&dir, "web.yaml", &v1);
     let server = support::start_portcullis_with(&dir, |c| {
         c.reload.rescan_interval = Duration::from_millis(200);
@@ -622,7 +622,7 @@ async fn a_file_caught_half_written_never_allows_and_the_whole_file_loads() {
     let server = support::start_portcullis(dir.path()).await;
     let store = Arc::clone(&server.store);
     let mut c = client(server.grpc_addr.unwrap()).await;
-    let d = |t: &str| Some(portcullis::policy::digest_of(t.as_bytes()).to_string());
+    let d = |t: &str| Some(portcullis::tenants::digest_of(t.as_bytes()).to_string());
     assert_eq!(digest(&store), d(&before));
 
     // The first half, written in place and flushed; the writer stalls.

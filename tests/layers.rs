@@ -7,6 +7,8 @@
 //! (which module imports which, with the file and line of one import) and every
 //! cycle in it; it needs no table, so it runs on any checkout.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 

@@ -743,7 +743,7 @@ async fn traces_metrics_and_decision_log_through_a_real_envoy() {
     );
     for tenant in ["acme", "globex", "initech", "trial"] {
         let file = std::fs::read(policies.join(format!("{tenant}.yaml"))).unwrap();
-        let digest = portcullis::policy::digest_of(&file);
+        let digest = portcullis::tenants::digest_of(&file);
         assert_eq!(
             sample(
                 &samples,

@@ -226,7 +226,7 @@ async fn not_ready_until_policies_load_then_reload_swaps_and_broken_keeps_old() 
 
     // A good new version replaces it; every decision names the digest.
     write_atomically(dir.path(), "t1.yaml", POLICY_V2);
-    let digest_v2 = portcullis::policy::digest_of(POLICY_V2.as_bytes());
+    let digest_v2 = portcullis::tenants::digest_of(POLICY_V2.as_bytes());
     eventually("v2", || {
         let mut c = c.clone();
         let digest_v2 = digest_v2.clone();
@@ -557,7 +557,7 @@ async fn configmap_symlink_swap_loads_as_one_generation() {
         "..2026_11_22_02",
         &[("t1.yaml", POLICY_V2), ("t2.yaml", &t2_v2)],
     );
-    let want = portcullis::policy::digest_of(POLICY_V2.as_bytes());
+    let want = portcullis::tenants::digest_of(POLICY_V2.as_bytes());
     eventually("swap", || async {
         server
             .store
@@ -575,7 +575,7 @@ async fn configmap_symlink_swap_loads_as_one_generation() {
     let t2 = server.store.tenant("t2").unwrap();
     assert_eq!(
         *t2.digest,
-        *portcullis::policy::digest_of(t2_v2.as_bytes()),
+        *portcullis::tenants::digest_of(t2_v2.as_bytes()),
         "both files of one swap are loaded"
     );
     server.stop().await.unwrap();
@@ -640,7 +640,7 @@ async fn a_watched_rewrite_of_one_tenant_reads_that_file_alone() {
         first = server.store.status();
         let v2 = tenant(7, rule);
         write_atomically(dir.path(), "t7.yaml", &v2);
-        let want = portcullis::policy::digest_of(v2.as_bytes());
+        let want = portcullis::tenants::digest_of(v2.as_bytes());
         eventually("t7 reloaded", || async {
             server
                 .store

@@ -298,7 +298,7 @@ async fn soak_with_reloads_never_decides_wrong() {
     let version_a = format!("{HEAD}{}{FLIP_OPEN}", filler());
     let version_b = format!("{HEAD}{}{FLIP_CLOSED}", filler());
     let broken = format!("{HEAD}{}{BROKEN_TAIL}", filler());
-    let digest = |t: &str| portcullis::policy::digest_of(t.as_bytes()).to_string();
+    let digest = |t: &str| portcullis::tenants::digest_of(t.as_bytes()).to_string();
     let digests = Arc::new((digest(&version_a), digest(&version_b), digest(&broken)));
 
     let dir = tempfile::tempdir().unwrap();

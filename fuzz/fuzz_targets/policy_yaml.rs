@@ -9,7 +9,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let file = std::path::Path::new("/nonexistent/fuzz.yaml");
-    if let Err(errors) = portcullis::policy::compile(file, text) {
+    if let Err(errors) = portcullis::tenants::compile(file, text) {
         assert!(!errors.is_empty(), "a refused file says why");
     }
     let _ = portcullis::revocation::compile(file, text);

@@ -11,7 +11,7 @@ pub fn all() -> Vec<(&'static str, Value)> {
     vec![
         (
             "policy.schema.json",
-            schema(schemars::schema_for!(crate::policy::PolicyFile)),
+            schema(schemars::schema_for!(crate::tenants::PolicyFile)),
         ),
         (
             "policy-test.schema.json",

@@ -324,7 +324,7 @@ impl Metrics {
                 .collect();
             if !folded.is_empty() {
                 let joined: String = folded.iter().map(|(t, d)| format!("{t}={d}\n")).collect();
-                let digest = crate::policy::digest_of(joined.as_bytes());
+                let digest = crate::tenants::digest_of(joined.as_bytes());
                 self.policy_info
                     .get_or_create(&PolicyInfoLabels {
                         tenant: OTHER_TENANT.to_string(),

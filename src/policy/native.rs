@@ -445,9 +445,10 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::json;
 
-    use super::super::{Base, Condition, Fields, Reads};
     use super::*;
     use crate::identity::Identity;
+    use crate::policy::evaluate::Base;
+    use crate::policy::{Condition, Fields, Reads};
     use crate::request::input::Input;
 
     /// One request's inputs, owned.

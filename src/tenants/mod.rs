@@ -1,9 +1,19 @@
-//! Floor 5, tenants: policy files compiled into tenants, the store that
-//! serves them and swaps them on reload ([`store`]), and the watcher that
+//! Floor 5, tenants: policy files ([`file`], read in [`sections`] where they
+//! can be) compiled into tenants ([`compile`], with line numbers from
+//! [`lines`] and rule sets shared between equal files by [`share`]), the store
+//! that serves them and swaps them on reload ([`store`]), and the watcher that
 //! notices changes ([`watch`]). It imports the stages' spec types; no stage
 //! imports it.
 //!
 //! Never imports: the pipeline, observability, transport or the app.
 
+pub mod compile;
+pub mod file;
+mod lines;
+mod sections;
+mod share;
 pub mod store;
 pub mod watch;
+
+pub use compile::{compile, compile_limited, compile_with, digest_of};
+pub use file::PolicyFile;

@@ -23,7 +23,7 @@ use dashmap::DashMap;
 
 use crate::identity::revocation::{self, RevocationList};
 use crate::policy::data::{self, DataDoc};
-use crate::policy::{self, CompiledTenant, HostPattern, MAX_POLICY_FILE_BYTES, PolicyError};
+use crate::policy::{CompiledTenant, HostPattern, MAX_POLICY_FILE_BYTES, PolicyError};
 
 /// Tenant ids as map keys.
 pub type TenantId = Arc<str>;
@@ -403,7 +403,7 @@ impl PolicyStore {
                     text
                 }
             };
-            match policy::compile_limited(path, &text, &self.allowed_dirs, &self.limits) {
+            match crate::tenants::compile_limited(path, &text, &self.allowed_dirs, &self.limits) {
                 Ok(t) => {
                     state.pending.insert(path.to_path_buf(), Arc::new(t));
                     newly_broken.push((path.to_path_buf(), false));
@@ -730,7 +730,7 @@ impl Reader<'_> {
                 return Got::Failed(message);
             }
         };
-        let digest = policy::digest_of(text.as_bytes());
+        let digest = crate::tenants::digest_of(text.as_bytes());
         let settled = meta.modified().is_ok_and(|m| m + MTIME_MARGIN < self.now);
         let seen = Seen {
             stamp,

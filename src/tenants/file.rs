@@ -3,12 +3,15 @@
 //! Unknown fields are errors everywhere, so a misspelt key (`rule:` for `rules:`)
 //! fails loudly instead of silently dropping a rule. [`super::compile`] turns these
 //! into the validated, compiled form.
+//!
+//! Never imports: the pipeline or anything above it.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
 use crate::identity::IdentitySpec;
+use crate::policy::{Effect, Mode};
 
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -62,54 +65,6 @@ pub struct AuditSpec {
     /// refused.
     #[serde(default)]
     pub log_headers: Vec<String>,
-}
-
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    Default,
-    PartialEq,
-    Eq,
-    Hash,
-    Deserialize,
-    serde::Serialize,
-    schemars::JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Effect {
-    Allow,
-    #[default]
-    Deny,
-}
-
-/// Whether a tenant's or a rule's decisions are enforced or only observed.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    Default,
-    PartialEq,
-    Eq,
-    Hash,
-    Deserialize,
-    serde::Serialize,
-    schemars::JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    #[default]
-    Enforce,
-    DryRun,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Enforce => "enforce",
-            Mode::DryRun => "dry_run",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema, Hash)]
