@@ -320,3 +320,125 @@ fn client_id(identity: &Identity) -> Option<String> {
         .iter()
         .find_map(|k| identity.claims.get(*k)?.as_str().map(str::to_string))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::identity::AuthMethod;
+    use crate::policy::Evaluation;
+
+    /// A tenant that sets `x-subject` from the token and removes `x-debug`,
+    /// and mints a downstream token on `mint`'s route.
+    fn tenant() -> CompiledTenant {
+        let text = "apiVersion: portcullis/v1\ntenant: acme\nrules:\n  - id: read\n    path: /r\n    effect: allow\n  - id: mint\n    path: /m\n    effect: allow\n    downstream_token:\n      audience: orders\nresponse:\n  headers:\n    x-subject: \"{claims.sub}\"\n  remove: [x-debug]\n";
+        crate::tenants::compile(Path::new("acme.yaml"), text).unwrap()
+    }
+
+    fn caller(binding: &'static str) -> Identity {
+        let mut claims = serde_json::Map::new();
+        claims.insert("sub".into(), "alice".into());
+        claims.insert("azp".into(), "web".into());
+        Identity {
+            method: AuthMethod::Jwt,
+            subject: Some("alice".into()),
+            issuer: Some("https://idp.example".into()),
+            token_id: None,
+            claims: Arc::new(claims),
+            consumed_query: None,
+            expires: None,
+            binding: crate::identity::binding::Binding {
+                kind: binding,
+                thumbprint: None,
+            },
+        }
+    }
+
+    fn allowed(rule: &str) -> Evaluation {
+        Evaluation {
+            outcome: Outcome::Allow(Arc::from(rule)),
+            params: Vec::new(),
+            trace: Vec::new(),
+            dry_run: Vec::new(),
+        }
+    }
+
+    fn input(headers: &[(&str, &str)]) -> Input {
+        let mut input = Input::default();
+        for (k, v) in headers {
+            input.resource.headers.insert(k.to_string(), v.to_string());
+        }
+        input
+    }
+
+    #[test]
+    fn an_allow_sets_owned_headers_strips_the_proof_and_names_the_decision() {
+        let (t, who) = (tenant(), caller("dpop"));
+        let input = input(&[("x_subject", "mallory")]);
+        let mut d = begin("d-1".into(), &t, &input);
+        identified(&mut d, &who);
+        outcome(&mut d, &t, &who, &input, &allowed("read"), None, 0);
+        assert!(d.allowed && d.reason == Reason::Allowed, "{d:?}");
+        assert!(
+            d.set_headers
+                .contains(&("x-subject".into(), "alice".into()))
+        );
+        assert!(
+            d.set_headers
+                .contains(&(DECISION_ID_HEADER.into(), "d-1".into()))
+        );
+        for gone in ["x-debug", "dpop", "x_subject"] {
+            assert!(d.remove_headers.iter().any(|h| h == gone), "{gone}: {d:?}");
+        }
+        assert_eq!(d.audit.client_id.as_deref(), Some("web"));
+    }
+
+    #[test]
+    fn a_token_that_cannot_be_minted_turns_the_allow_into_a_deny() {
+        let (t, who) = (tenant(), caller("none"));
+        let input = input(&[]);
+        let mut d = begin("d-2".into(), &t, &input);
+        outcome(&mut d, &t, &who, &input, &allowed("mint"), None, 0);
+        assert!(!d.allowed);
+        assert_eq!(d.reason, Reason::DownstreamTokenUnavailable);
+        assert!(d.set_headers.is_empty() && d.remove_headers.is_empty());
+        // Without a downstream token the same caller is allowed.
+        let mut d = begin("d-3".into(), &t, &input);
+        outcome(&mut d, &t, &who, &input, &allowed("read"), None, 0);
+        assert!(d.allowed);
+    }
+
+    #[test]
+    fn an_unmatched_request_denies_an_anonymous_caller_as_missing_a_credential() {
+        let t = tenant();
+        let none = Evaluation {
+            outcome: Outcome::NoMatch,
+            ..allowed("read")
+        };
+        let input = input(&[]);
+        let mut d = begin("d-4".into(), &t, &input);
+        outcome(&mut d, &t, &Identity::anonymous(), &input, &none, None, 0);
+        assert_eq!((d.allowed, d.reason), (false, Reason::MissingCredential));
+        let mut d = begin("d-5".into(), &t, &input);
+        outcome(&mut d, &t, &caller("none"), &input, &none, None, 0);
+        assert_eq!((d.allowed, d.reason), (false, Reason::NoMatchingRule));
+        assert!(d.set_headers.is_empty());
+    }
+
+    #[test]
+    fn unmet_demands_name_what_is_missing() {
+        let (r, c) = unmet_challenge(&Unmet::Scope(vec!["orders:read".into()]));
+        assert_eq!(r, Reason::InsufficientScope);
+        assert!(c.ends_with("scope=\"orders:read\""), "{c}");
+        let (r, c) = unmet_challenge(&Unmet::StepUp {
+            acr_values: vec!["mfa".into()],
+            max_age: Some(300),
+        });
+        assert_eq!(r, Reason::InsufficientUserAuthentication);
+        assert!(c.contains("acr_values=\"mfa\", max_age=300"), "{c}");
+    }
+}
