@@ -1,0 +1,114 @@
+//! What two policy files may not share: a tenant id, a host, or an issuer not
+//! listed as shared by both; and who holds each, so a changed file's conflicts
+//! are found without comparing it with every other file.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::policy::{CompiledTenant, HostPattern};
+
+use super::Loaded;
+
+/// Which admitted files hold each tenant id, host and issuer, so that a changed
+/// file's conflicts are found without comparing it with every other file (a
+/// load of N tenants was O(N²)).
+#[derive(Default)]
+pub(super) struct Holders {
+    ids: HashMap<Arc<str>, BTreeSet<PathBuf>>,
+    hosts: HashMap<HostPattern, BTreeSet<PathBuf>>,
+    /// Issuer → (files that list it under `shared_issuers`, files that do not).
+    issuers: HashMap<String, [BTreeSet<PathBuf>; 2]>,
+}
+
+impl Holders {
+    pub(super) fn add(&mut self, path: &Path, tenant: &CompiledTenant) {
+        self.each(tenant, |set| {
+            set.insert(path.to_path_buf());
+        });
+    }
+
+    pub(super) fn remove(&mut self, path: &Path, tenant: &CompiledTenant) {
+        self.each(tenant, |set| {
+            set.remove(path);
+        });
+    }
+
+    fn each(&mut self, tenant: &CompiledTenant, mut f: impl FnMut(&mut BTreeSet<PathBuf>)) {
+        f(self.ids.entry(tenant.id.clone()).or_default());
+        for h in &tenant.hosts {
+            f(self.hosts.entry(h.clone()).or_default());
+        }
+        for i in &tenant.issuers {
+            let shared = usize::from(!tenant.shared_issuers.contains(i));
+            f(&mut self.issuers.entry(i.clone()).or_default()[shared]);
+        }
+    }
+
+    /// The first file (in path order) other than `path` that `tenant` conflicts
+    /// with: the same id, a host in common, or an issuer in common that is not
+    /// listed as shared by both.
+    fn first_conflict(&self, path: &Path, tenant: &CompiledTenant) -> Option<&PathBuf> {
+        fn first<'a>(set: Option<&'a BTreeSet<PathBuf>>, path: &Path) -> Option<&'a PathBuf> {
+            set.and_then(|s| s.iter().find(|p| p.as_path() != path))
+        }
+        let mut candidates = vec![first(self.ids.get(&tenant.id), path)];
+        candidates.extend(tenant.hosts.iter().map(|h| first(self.hosts.get(h), path)));
+        for i in &tenant.issuers {
+            let Some([shared, not_shared]) = self.issuers.get(i) else {
+                continue;
+            };
+            candidates.push(first(Some(not_shared), path));
+            if !tenant.shared_issuers.contains(i) {
+                candidates.push(first(Some(shared), path));
+            }
+        }
+        candidates.into_iter().flatten().min()
+    }
+}
+
+/// Why `tenant` (from `path`) cannot be admitted next to the other files: the
+/// first conflicting file in path order, as a scan of `next` would find it.
+pub(super) fn conflict(
+    next: &BTreeMap<PathBuf, Loaded>,
+    holders: &Holders,
+    path: &Path,
+    tenant: &CompiledTenant,
+) -> Option<String> {
+    let other_path = holders.first_conflict(path, tenant)?;
+    let other = next.get(other_path)?;
+    conflict_with(other_path, other, tenant)
+}
+
+/// Why `tenant` conflicts with `other` (from `other_path`), if it does.
+fn conflict_with(other_path: &Path, other: &Loaded, tenant: &CompiledTenant) -> Option<String> {
+    if other.tenant.id == tenant.id {
+        return Some(format!(
+            "tenant {:?} is already defined in {}",
+            tenant.id,
+            other_path.display()
+        ));
+    }
+    if let Some(h) = tenant.hosts.iter().find(|h| other.tenant.hosts.contains(h)) {
+        return Some(format!(
+            "host \"{h}\" is already claimed by tenant {:?} in {}",
+            other.tenant.id,
+            other_path.display()
+        ));
+    }
+    // One issuer for two tenants is a real setup (one IdP, a tenant claim),
+    // but it must be said in both files: otherwise a token one tenant's users
+    // hold is accepted by the other's rules.
+    let shared = tenant.issuers.iter().find(|i| {
+        other.tenant.issuers.contains(*i)
+            && !(tenant.shared_issuers.contains(*i) && other.tenant.shared_issuers.contains(*i))
+    });
+    if let Some(issuer) = shared {
+        return Some(format!(
+            "issuer {issuer:?} is also trusted by tenant {:?} in {}; list it under shared_issuers in both files if both tenants are meant to trust it",
+            other.tenant.id,
+            other_path.display()
+        ));
+    }
+    None
+}
