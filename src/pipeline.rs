@@ -116,17 +116,9 @@ impl Pipeline {
             return Run::of(decision, Vec::new(), None, time);
         }
         let eval = self.evaluate(&tenant, &input, &identity, explain);
-        let minter = self.minter.as_deref();
-        respond::outcome(
-            &mut decision,
-            &tenant,
-            &identity,
-            &input,
-            &eval,
-            minter,
-            now,
-        );
-        Run::of(decision, eval.trace, None, time)
+        let mint = self.minter.as_deref();
+        let trace = respond::outcome(&mut decision, &tenant, &identity, &input, eval, mint, now);
+        Run::of(decision, trace, None, time)
     }
 
     /// The evaluate stage, in its own span: the tenant's rules over the

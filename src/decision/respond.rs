@@ -18,7 +18,7 @@ use super::audit::WouldBe;
 use super::mint::{MintError, Minter};
 use super::{Decision, Reason};
 use crate::identity::{Identity, IdentityError, Pending};
-use crate::policy::{CompiledTenant, Effect, Evaluation, Mode, Outcome, Unmet};
+use crate::policy::{CompiledTenant, Effect, Evaluation, Mode, Outcome, RuleTrace, Unmet};
 use crate::request::input::Input;
 
 /// Header carrying the decision id to the upstream (allow) and the client (deny).
@@ -92,36 +92,37 @@ pub fn revoked(decision: &mut Decision, tenant: &CompiledTenant, input: &Input, 
 
 /// The policy's outcome as the decision: reason and rule, and on an allow the
 /// upstream's headers ([`allow`]). `now` is the request time in Unix seconds.
+/// Returns what every candidate rule did (empty unless asked to explain).
 pub fn outcome(
     decision: &mut Decision,
     tenant: &CompiledTenant,
     identity: &Identity,
     input: &Input,
-    eval: &Evaluation,
+    eval: Evaluation,
     minter: Option<&Minter>,
     now: u64,
-) {
-    decision.audit.dry_run_rules = eval.dry_run.clone();
-    let (reason, rule) = match &eval.outcome {
+) -> Vec<RuleTrace> {
+    decision.audit.dry_run_rules = eval.dry_run;
+    let (reason, rule) = match eval.outcome {
         Outcome::CorsPreflight(headers) => {
-            decision.client_headers = headers.clone();
+            decision.client_headers = headers;
             (Reason::CorsPreflight, None)
         }
         Outcome::CorsRejected => (Reason::CorsRejected, None),
-        Outcome::Allow(rule) => (Reason::Allowed, Some(rule.clone())),
-        Outcome::Deny(rule) => (Reason::DeniedByRule, Some(rule.clone())),
+        Outcome::Allow(rule) => (Reason::Allowed, Some(rule)),
+        Outcome::Deny(rule) => (Reason::DeniedByRule, Some(rule)),
         Outcome::PolicyError(rule, message) => {
-            decision.detail = Some(message.clone());
-            (Reason::PolicyError, Some(rule.clone()))
+            decision.detail = Some(message);
+            (Reason::PolicyError, Some(rule))
         }
-        Outcome::BodyUnavailable(rule) => (Reason::BodyUnavailable, Some(rule.clone())),
-        Outcome::AmbiguousQuery(rule) => (Reason::AmbiguousQuery, Some(rule.clone())),
+        Outcome::BodyUnavailable(rule) => (Reason::BodyUnavailable, Some(rule)),
+        Outcome::AmbiguousQuery(rule) => (Reason::AmbiguousQuery, Some(rule)),
         // Only when the default would deny: a tenant that allows by default
         // lets such a request through like any other unmatched one.
         Outcome::Unmet(rule, missing) if tenant.default == Effect::Deny => {
-            let (reason, challenge) = unmet_challenge(missing);
+            let (reason, challenge) = unmet_challenge(&missing);
             decision.challenge = Some(challenge);
-            (reason, Some(rule.clone()))
+            (reason, Some(rule))
         }
         Outcome::Unmet(..) => (Reason::DefaultAllow, None),
         Outcome::NoMatch => match tenant.default {
@@ -138,6 +139,7 @@ pub fn outcome(
     if tenant.mode == Mode::DryRun {
         dry_run(decision, tenant, identity, &eval.params, input);
     }
+    eval.trace
 }
 
 /// An allow's headers for the upstream: the tenant's edits, the DPoP proof
@@ -381,7 +383,7 @@ mod tests {
         let input = input(&[("x_subject", "mallory")]);
         let mut d = begin("d-1".into(), &t, &input);
         identified(&mut d, &who);
-        outcome(&mut d, &t, &who, &input, &allowed("read"), None, 0);
+        outcome(&mut d, &t, &who, &input, allowed("read"), None, 0);
         assert!(d.allowed && d.reason == Reason::Allowed, "{d:?}");
         assert!(
             d.set_headers
@@ -402,13 +404,13 @@ mod tests {
         let (t, who) = (tenant(), caller("none"));
         let input = input(&[]);
         let mut d = begin("d-2".into(), &t, &input);
-        outcome(&mut d, &t, &who, &input, &allowed("mint"), None, 0);
+        outcome(&mut d, &t, &who, &input, allowed("mint"), None, 0);
         assert!(!d.allowed);
         assert_eq!(d.reason, Reason::DownstreamTokenUnavailable);
         assert!(d.set_headers.is_empty() && d.remove_headers.is_empty());
         // Without a downstream token the same caller is allowed.
         let mut d = begin("d-3".into(), &t, &input);
-        outcome(&mut d, &t, &who, &input, &allowed("read"), None, 0);
+        outcome(&mut d, &t, &who, &input, allowed("read"), None, 0);
         assert!(d.allowed);
     }
 
@@ -421,10 +423,18 @@ mod tests {
         };
         let input = input(&[]);
         let mut d = begin("d-4".into(), &t, &input);
-        outcome(&mut d, &t, &Identity::anonymous(), &input, &none, None, 0);
+        outcome(
+            &mut d,
+            &t,
+            &Identity::anonymous(),
+            &input,
+            none.clone(),
+            None,
+            0,
+        );
         assert_eq!((d.allowed, d.reason), (false, Reason::MissingCredential));
         let mut d = begin("d-5".into(), &t, &input);
-        outcome(&mut d, &t, &caller("none"), &input, &none, None, 0);
+        outcome(&mut d, &t, &caller("none"), &input, none, None, 0);
         assert_eq!((d.allowed, d.reason), (false, Reason::NoMatchingRule));
         assert!(d.set_headers.is_empty());
     }

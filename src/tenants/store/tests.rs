@@ -426,3 +426,37 @@ fn wildcard_hosts_prefer_exact_then_longest() {
     assert_eq!(t("x.eu.example.com").as_deref(), Some("c"));
     assert_eq!(t("example.com"), None);
 }
+
+/// The store is what a check's tenancy looks tenants up in: by the route's id
+/// first, then by host, and an id that names no tenant does not fall through.
+#[test]
+fn tenancy_resolves_through_the_store() {
+    use crate::request::input::Resource;
+    use crate::request::tenancy::TenantResolver;
+
+    let dir = tempfile::tempdir().unwrap();
+    for (t, h) in [("acme", "acme.example"), ("globex", "globex.example")] {
+        write(dir.path(), &format!("{t}.yaml"), &policy(t, h, "r"));
+    }
+    let store = PolicyStore::new(dir.path());
+    assert!(store.reload().errors.is_empty());
+    let resource = |host: &str, ext: Option<&str>| {
+        let mut r = Resource {
+            host: host.into(),
+            ..Default::default()
+        };
+        if let Some(t) = ext {
+            r.context_extensions.insert("tenant".into(), t.into());
+        }
+        r
+    };
+    let r = TenantResolver::default();
+    let id = |res: &Resource| r.resolve(res, &store).map(|t| t.id.to_string());
+    assert_eq!(
+        id(&resource("acme.example", Some("globex"))).as_deref(),
+        Some("globex")
+    );
+    assert_eq!(id(&resource("acme.example", None)).as_deref(), Some("acme"));
+    assert_eq!(id(&resource("acme.example", Some("nope"))), None);
+    assert_eq!(id(&resource("other.example", None)), None);
+}
