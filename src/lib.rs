@@ -27,7 +27,7 @@
 //! # The request path
 //!
 //! [`pipeline::Pipeline`] runs the stages in order, each a plain function:
-//! [`request::read`] (input) → [`request::tenancy`] (tenant) →
+//! [`request::read()`] (input) → [`request::tenancy`] (tenant) →
 //! [`identity::authenticate`] (identity) → [`identity::revocation`]
 //! (revocation) → [`policy`] (evaluate) → [`decision::respond`] (respond:
 //! header edits, proof stripping, the downstream token) →

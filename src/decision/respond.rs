@@ -91,7 +91,7 @@ pub fn revoked(decision: &mut Decision, tenant: &CompiledTenant, input: &Input, 
 }
 
 /// The policy's outcome as the decision: reason and rule, and on an allow the
-/// upstream's headers ([`allow`]). `now` is the request time in Unix seconds.
+/// upstream's headers (`allow`). `now` is the request time in Unix seconds.
 /// Returns what every candidate rule did (empty unless asked to explain).
 pub fn outcome(
     decision: &mut Decision,

@@ -13,7 +13,7 @@
 //! Never imports: any other module of the crate.
 //!
 //! Three places read them:
-//! - [`crate::request::read`], the first step of every check: the request's headers,
+//! - [`crate::request::read()`], the first step of every check: the request's headers,
 //!   path and body are measured on the protobuf before anything is built from
 //!   them;
 //! - the tenant compiler: rules per tenant, the

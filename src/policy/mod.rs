@@ -1,6 +1,6 @@
 //! Floor 3, policy: a tenant's rules evaluated per request.
 //!
-//! The tenant compiler ([`crate::tenants::compile`]) turns one policy file into
+//! The tenant compiler ([`crate::tenants::compile()`]) turns one policy file into
 //! an immutable [`CompiledTenant`] ([`tenant`]), reporting every error with the
 //! file and line. [`CompiledTenant::evaluate`] ([`evaluate`])
 //! cannot fail: it returns an [`Outcome`], and a condition that errors at run time
@@ -11,7 +11,7 @@
 //! that holds denies); then allow rules in file order, the first that holds allows;
 //! otherwise the tenant's default applies.
 //!
-//! The rule languages live here too: CEL conditions ([`cel`], with a native
+//! The rule languages live here too: CEL conditions (`cel`, with a native
 //! evaluator for common shapes and a cost bound), header templates, the data
 //! documents rules read ([`data`]) and the downstream token spec
 //! ([`downstream`]).

@@ -1,5 +1,5 @@
 //! A compiled tenant as data: its rules, hosts, identity sources, mode and
-//! default, built once by the tenant compiler ([`crate::tenants::compile`])
+//! default, built once by the tenant compiler ([`crate::tenants::compile()`])
 //! and read by every check.
 //!
 //! Never imports: decision, tenants or anything above them.

@@ -1,5 +1,5 @@
 //! Floor 1, the request: a `CheckRequest` read into plain [`input::Input`]
-//! under the server's bounds ([`read`]), the canonical path and the route
+//! under the server's bounds ([`read()`]), the canonical path and the route
 //! templates rules match ([`path`]), and which tenant applies ([`tenancy`]).
 //! Nothing above this floor reads the protobuf of a request again.
 //!

@@ -1,7 +1,7 @@
 //! The tenant compiler: one policy file's text into a [`CompiledTenant`],
 //! with every error and warning named by file and line. Its rules, resources
 //! and response compile once per distinct text and are shared
-//! ([`super::share`]).
+//! (`super::share`).
 //!
 //! Never imports: the pipeline or anything above it.
 

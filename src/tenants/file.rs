@@ -1,7 +1,7 @@
 //! Policy files as written: the serde shapes of `apiVersion: portcullis/v1`.
 //!
 //! Unknown fields are errors everywhere, so a misspelt key (`rule:` for `rules:`)
-//! fails loudly instead of silently dropping a rule. [`super::compile`] turns these
+//! fails loudly instead of silently dropping a rule. [`super::compile()`] turns these
 //! into the validated, compiled form.
 //!
 //! Never imports: the pipeline or anything above it.

@@ -1,6 +1,6 @@
-//! Floor 5, tenants: policy files ([`file`], read in [`sections`] where they
-//! can be) compiled into tenants ([`compile`], with line numbers from
-//! [`lines`] and rule sets shared between equal files by [`share`]), the store
+//! Floor 5, tenants: policy files ([`mod@file`], read in `sections` where they
+//! can be) compiled into tenants ([`mod@compile`], with line numbers from
+//! `lines` and rule sets shared between equal files by `share`), the store
 //! that serves them and swaps them on reload ([`store`]), and the watcher that
 //! notices changes ([`watch`]). It imports the stages' spec types; no stage
 //! imports it.

@@ -53,7 +53,7 @@ impl AuthzService {
         }
     }
 
-    /// Bounds the checks in flight with `permits` (see [`Running::permits`]).
+    /// Bounds the checks in flight with `permits` (see [`crate::app::serve::Running::permits`]).
     pub fn with_permits(mut self, permits: Arc<Semaphore>) -> AuthzService {
         self.permits = permits;
         self
