@@ -311,8 +311,8 @@ fn seal(decision: &mut Decision, headers: &BTreeMap<String, String>) {
     strip_underscore_spellings(decision, headers);
 }
 
-/// Removes a client's `x_subject` (or `x-subject_`-style mixtures) when
-/// portcullis owns `x-subject`: many servers (CGI, WSGI, Rack, PHP, nginx with
+/// Removes a client's `x_subject` (or a mixture such as `x-portcullis_decision-id`)
+/// when portcullis owns the dashed name: many servers (CGI, WSGI, Rack, PHP, nginx with
 /// `underscores_in_headers`) read both spellings as the same variable, so the
 /// client's value must not travel beside the owned one. (Envoy's
 /// `headers_with_underscores_action: REJECT_REQUEST` stops these at the edge;
