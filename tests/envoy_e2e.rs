@@ -331,6 +331,232 @@ async fn decides_for_a_real_envoy() {
     portcullis.stop().await.unwrap();
 }
 
+/// portcullis on `policies`, the echo upstream, and `e2e_config` for them as
+/// JSON, for a test to edit before it starts Envoy.
+async fn portcullis_upstream_and_config(
+    policies: &std::path::Path,
+    jwks: &str,
+) -> (
+    portcullis::app::serve::Running,
+    tokio::task::JoinHandle<()>,
+    Value,
+) {
+    let portcullis = support::start_portcullis(policies).await;
+    let (upstream, echo) = support::start_echo_upstream().await;
+    let config = e2e_config(
+        portcullis.grpc_addr.unwrap(),
+        upstream,
+        support::dead_port(),
+        jwks,
+    );
+    (portcullis, echo, serde_json::from_str(&config).unwrap())
+}
+
+/// The HTTP connection manager of a listener in a config built by `e2e_config`.
+fn hcm(config: &mut Value, listener: usize) -> &mut Value {
+    &mut config["static_resources"]["listeners"][listener]["filter_chains"][0]["filters"][0]["typed_config"]
+}
+
+/// Behaviour: a host with a port is routed by the virtual host whose tenant
+/// portcullis judges it by. The example config strips the port before filters
+/// and routing (`strip_any_host_port`); a second listener, `keeps_port`, is the
+/// same config without it and shows the split the setting prevents: the `*`
+/// virtual host routes a request that globex's (or acme's) rules judged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_and_judging_see_the_same_host_with_a_port() {
+    let (portcullis, _echo, mut config) =
+        portcullis_upstream_and_config(&support::example_policies(), &Issuer::new().jwks()).await;
+    // Each virtual host names itself to the upstream (added by the router,
+    // after ext_authz, so portcullis never sees it).
+    let vhosts = hcm(&mut config, 0)["route_config"]["virtual_hosts"]
+        .as_array_mut()
+        .unwrap();
+    for vhost in vhosts {
+        let name = vhost["name"].clone();
+        vhost["request_headers_to_add"] = json!([{
+            "header": { "key": "x-e2e-vhost", "value": name },
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        }]);
+    }
+    let mut keeps_port = config["static_resources"]["listeners"][0].clone();
+    keeps_port["name"] = json!("keeps_port");
+    config["static_resources"]["listeners"]
+        .as_array_mut()
+        .unwrap()
+        .push(keeps_port);
+    let last = config["static_resources"]["listeners"]
+        .as_array()
+        .unwrap()
+        .len()
+        - 1;
+    hcm(&mut config, last)
+        .as_object_mut()
+        .unwrap()
+        .remove("strip_any_host_port");
+    let envoy = Envoy::start(&serde_json::to_string(&config).unwrap()).await;
+    let main = envoy.listener("main").await;
+    let keeps_port = envoy.listener("keeps_port").await;
+    let routed_and_judged = |r: &HttpResponse| {
+        let seen = upstream_saw(r);
+        let one = |name| header_values(&seen, name).join(",");
+        (one("x-e2e-vhost"), one("x-tenant"), one("host"))
+    };
+
+    // A public path of each tenant.
+    let path = |tenant| {
+        if tenant == "acme" {
+            "/docs/intro"
+        } else {
+            "/status"
+        }
+    };
+    for (host, vhost, tenant) in [
+        // A wildcard domain: no "*.globex.example.com:*" exists in Envoy.
+        ("eu.globex.example.com:8443", "globex", "globex"),
+        ("globex.example.com:8443", "globex", "globex"),
+        // Tenant from the route's context_extensions.
+        ("acme.example.com:8443", "acme", "acme"),
+        ("eu.globex.example.com.:8443", "globex", "globex"),
+    ] {
+        let r = http(main, "GET", path(tenant), &[("host", host)], None).await;
+        let bare = host.rsplit_once(':').unwrap().0.trim_end_matches('.');
+        assert_eq!(
+            routed_and_judged(&r),
+            (vhost.to_string(), tenant.to_string(), bare.to_string()),
+            "{host}"
+        );
+    }
+
+    // Without the setting, Envoy routes the host with its port by the "*"
+    // virtual host while portcullis, which drops the port, judges it as the
+    // tenant's: the disagreement the example config prevents.
+    for (host, tenant) in [
+        ("eu.globex.example.com:8443", "globex"),
+        ("acme.example.com:8443", "acme"),
+    ] {
+        let r = http(keeps_port, "GET", path(tenant), &[("host", host)], None).await;
+        let (vhost, judged, _) = routed_and_judged(&r);
+        assert_eq!(
+            (vhost.as_str(), judged.as_str()),
+            ("other", tenant),
+            "{host}"
+        );
+    }
+
+    drop(envoy);
+    portcullis.stop().await.unwrap();
+}
+
+/// A tenant in dry run behind a real Envoy: it would deny everything, so
+/// every request is a dry-run allow.
+const DRY_RUN_POLICY: &str = r#"apiVersion: portcullis/v1
+tenant: rehearsal
+mode: dry_run
+hosts: [rehearsal.example.com]
+rules:
+  - id: nothing-yet
+    path: /{rest...}
+    effect: deny
+response:
+  headers: { x-auth-method: "{auth_method}" }
+"#;
+
+/// Behaviour: a client's own decision id, in any spelling with underscores,
+/// never reaches the upstream beside the real one, on an enforced allow and on
+/// a dry-run allow, through an Envoy that lets underscores in (its default,
+/// `headers_with_underscores_action: ALLOW`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_decision_id_never_reaches_the_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(support::example_policies()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(dir.path().join("rehearsal.yaml"), DRY_RUN_POLICY).unwrap();
+    let (portcullis, _echo, mut config) =
+        portcullis_upstream_and_config(dir.path(), &Issuer::new().jwks()).await;
+    let removed = hcm(&mut config, 0)
+        .as_object_mut()
+        .unwrap()
+        .remove("common_http_protocol_options");
+    assert!(removed.is_some(), "the example sets the underscore action");
+    let envoy = Envoy::start(&serde_json::to_string(&config).unwrap()).await;
+    let main = envoy.listener("main").await;
+    let forged = [
+        ("x_portcullis_decision_id", "forged"),
+        ("x-portcullis_decision-id", "forged"),
+    ];
+
+    // acme allows /docs/intro; rehearsal's rule denies it, so reaching the
+    // upstream at all is the dry run's allow.
+    for host in ["acme.example.com", "rehearsal.example.com"] {
+        let mut headers = vec![("host", host)];
+        headers.extend(forged);
+        let r = http(main, "GET", "/docs/intro", &headers, None).await;
+        let seen = upstream_saw(&r);
+        assert_eq!(
+            header_values(&seen, "x-auth-method"),
+            vec!["anonymous"],
+            "{host}"
+        );
+        let ids = header_values(&seen, "x-portcullis-decision-id");
+        assert!(ids.len() == 1 && ids[0] != "forged", "{host}: {seen}");
+        for (name, _) in forged {
+            assert!(
+                header_values(&seen, name).is_empty(),
+                "{host}: {name}: {seen}"
+            );
+        }
+    }
+
+    drop(envoy);
+    portcullis.stop().await.unwrap();
+}
+
+/// Behaviour: claims verified by Envoy's `jwt_authn` with `scope` as the
+/// standard space-separated string satisfy a rule's `scopes:` (billing's
+/// example policy), and a token without the scope still gets 403
+/// `insufficient_scope`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_authn_scope_string_satisfies_scopes() {
+    const BILLING_ISSUER: &str = "https://idp.billing.example";
+    let issuer = Issuer::new();
+    let (portcullis, _echo, mut config) =
+        portcullis_upstream_and_config(&support::example_policies(), &issuer.jwks()).await;
+    let jwt_authn = &mut hcm(&mut config, 0)["http_filters"][0]["typed_config"];
+    let mut billing = jwt_authn["providers"]["acme"].clone();
+    billing["issuer"] = json!(BILLING_ISSUER);
+    jwt_authn["providers"]["billing"] = billing;
+    jwt_authn["rules"][0]["requires"]["requires_any"]["requirements"]
+        .as_array_mut()
+        .unwrap()
+        .insert(0, json!({ "provider_name": "billing" }));
+    let envoy = Envoy::start(&serde_json::to_string(&config).unwrap()).await;
+    let main = envoy.listener("main").await;
+    let token = |scope: &str| {
+        let claims = Claims::with_custom_claims(
+            json!({ "scope": scope }),
+            jwt_simple::prelude::Duration::from_mins(5),
+        )
+        .with_issuer(BILLING_ISSUER)
+        .with_subject("alice")
+        .with_audience("orders-api");
+        format!("Bearer {}", issuer.key.authenticate(claims).unwrap())
+    };
+    let get = |auth: String| async move {
+        let headers = [("host", "billing.example.com"), ("authorization", &auth)];
+        http(main, "GET", "/invoices/2026-11", &headers, None).await
+    };
+
+    let r = get(token("profile invoices:read")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = get(token("invoices:write")).await;
+    assert_denied(&r, 403, "insufficient_scope");
+
+    drop(envoy);
+    portcullis.stop().await.unwrap();
+}
+
 /// Behaviour: Envoy killed and started again (same config) while portcullis
 /// runs: portcullis notices nothing it must act on; the new Envoy connects and
 /// its checks are decided again, allow and deny alike, with no portcullis
@@ -977,6 +1203,8 @@ async fn grpc_call(
 
 /// Every example Envoy config: the front proxy (`envoy.yaml`), the sidecar
 /// (`sidecar.yaml`), and the traced front proxy of the Jaeger walk-through.
+/// Each is valid for Envoy, and each connection manager strips the host's
+/// port and trailing dot, so routing sees the host portcullis judges.
 #[test]
 fn example_envoy_configs_are_valid_for_envoy() {
     for file in [
@@ -984,6 +1212,22 @@ fn example_envoy_configs_are_valid_for_envoy() {
         "examples/envoy/sidecar.yaml",
         "examples/jaeger/envoy.yaml",
     ] {
+        let text = std::fs::read_to_string(support::repo_root().join(file)).unwrap();
+        let config: Value = serde_yaml::from_str(&text).unwrap();
+        let listeners = config["static_resources"]["listeners"].as_array().unwrap();
+        let managers: Vec<&Value> = listeners
+            .iter()
+            .flat_map(|l| l["filter_chains"].as_array().unwrap())
+            .flat_map(|c| c["filters"].as_array().unwrap())
+            .filter(|f| f["name"] == "envoy.filters.network.http_connection_manager")
+            .map(|f| &f["typed_config"])
+            .collect();
+        assert!(!managers.is_empty(), "{file}");
+        for hcm in managers {
+            for setting in ["strip_any_host_port", "strip_trailing_host_dot"] {
+                assert_eq!(hcm[setting], json!(true), "{file}: {setting}");
+            }
+        }
         let out = std::process::Command::new(support::envoy_binary())
             .args(["--mode", "validate", "--use-dynamic-base-id", "-c"])
             .arg(support::repo_root().join(file))

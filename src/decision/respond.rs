@@ -2,10 +2,10 @@
 //! [`Decision`]. A tenant's context when one is chosen ([`begin`]), who the
 //! caller is ([`identified`]), why identity failed ([`refused`]), and the
 //! policy's outcome ([`outcome`]) with, on an allow, the headers the upstream
-//! receives: the tenant's header edits, the DPoP proof stripped, a client's
-//! underscore spellings of owned headers removed, the decision id, and the
-//! downstream token minted in place of the caller's. A dry-run tenant's deny
-//! becomes an allow here too ([`dry_run`]).
+//! receives: the tenant's header edits, the DPoP proof stripped, the
+//! downstream token minted in place of the caller's, the decision id, and last
+//! a client's underscore spellings of every owned header removed. A dry-run
+//! tenant's deny becomes an allow here too ([`dry_run`]).
 //!
 //! Each function changes only the decision it is given; none reads the
 //! protobuf, the store or a clock.
@@ -143,8 +143,8 @@ pub fn outcome(
 }
 
 /// An allow's headers for the upstream: the tenant's edits, the DPoP proof
-/// stripped, the decision id, and the downstream token when the rule asks for
-/// one. A header value that cannot be sent safely, or a token that cannot be
+/// stripped, the downstream token when the rule asks for one, then [`seal`].
+/// A header value that cannot be sent safely, or a token that cannot be
 /// minted, turns the allow into a deny.
 fn allow(
     decision: &mut Decision,
@@ -171,10 +171,23 @@ fn allow(
     if identity.binding.kind == "dpop" {
         remove_header(decision, "dpop");
     }
-    strip_underscore_spellings(decision, &input.resource.headers);
-    decision
-        .set_headers
-        .push((DECISION_ID_HEADER.to_string(), decision.decision_id.clone()));
+    downstream(decision, tenant, identity, input, minter, now);
+    if decision.allowed {
+        seal(decision, &input.resource.headers);
+    }
+}
+
+/// The downstream token, when the allowing rule asks for one, in place of the
+/// caller's credential. A token that cannot be minted turns the allow into a
+/// deny with no header edits.
+fn downstream(
+    decision: &mut Decision,
+    tenant: &CompiledTenant,
+    identity: &Identity,
+    input: &Input,
+    minter: Option<&Minter>,
+    now: u64,
+) {
     let Some(spec) = tenant
         .downstream(decision.rule.as_ref())
         .filter(|_| !identity.is_anonymous())
@@ -249,10 +262,7 @@ pub fn dry_run(
     decision.set_headers = edits.set;
     decision.remove_headers = edits.remove;
     decision.remove_query = identity.consumed_query.clone().into_iter().collect();
-    strip_underscore_spellings(decision, &input.resource.headers);
-    decision
-        .set_headers
-        .push((DECISION_ID_HEADER.to_string(), decision.decision_id.clone()));
+    seal(decision, &input.resource.headers);
 }
 
 /// The reason and challenge for a credential that lacks what a rule asks:
@@ -289,11 +299,24 @@ fn remove_header(decision: &mut Decision, name: &str) {
     }
 }
 
-/// Removes a client's `x_subject` when portcullis owns `x-subject`: many servers
-/// (CGI, WSGI, Rack, PHP, nginx with `underscores_in_headers`) read both
-/// spellings as the same variable, so the client's value must not travel beside
-/// the owned one. (Envoy's `headers_with_underscores_action: REJECT_REQUEST`
-/// stops these at the edge; this holds without it.)
+/// The last edit of every allow, enforced or dry-run: the decision id for the
+/// upstream, then a client's underscore spelling of every header the upstream's
+/// edits own removed. It reads the finished edit lists, so every owned header
+/// is covered: the tenant's, the decision id, a downstream token's removals and
+/// any added later. Nothing may edit the upstream's headers after it.
+fn seal(decision: &mut Decision, headers: &BTreeMap<String, String>) {
+    decision
+        .set_headers
+        .push((DECISION_ID_HEADER.to_string(), decision.decision_id.clone()));
+    strip_underscore_spellings(decision, headers);
+}
+
+/// Removes a client's `x_subject` (or a mixture such as `x-portcullis_decision-id`)
+/// when portcullis owns the dashed name: many servers (CGI, WSGI, Rack, PHP, nginx with
+/// `underscores_in_headers`) read both spellings as the same variable, so the
+/// client's value must not travel beside the owned one. (Envoy's
+/// `headers_with_underscores_action: REJECT_REQUEST` stops these at the edge;
+/// this holds without it.) Only [`seal`] calls it, after every other edit.
 fn strip_underscore_spellings(decision: &mut Decision, headers: &BTreeMap<String, String>) {
     // Headers with '_' are rare; nothing is allocated when there are none.
     for name in headers.keys().filter(|k| k.contains('_')) {
@@ -397,6 +420,61 @@ mod tests {
             assert!(d.remove_headers.iter().any(|h| h == gone), "{gone}: {d:?}");
         }
         assert_eq!(d.audit.client_id.as_deref(), Some("web"));
+    }
+
+    /// Every spelling of the decision id a client can send: all underscores,
+    /// and a mixture.
+    const FORGED_IDS: [(&str, &str); 2] = [
+        ("x_portcullis_decision_id", "forged"),
+        ("x-portcullis_decision-id", "forged"),
+    ];
+
+    /// The upstream's edits own every forged spelling: each is removed, and
+    /// the only decision id set is the real one.
+    fn assert_forged_ids_removed(d: &Decision, id: &str) {
+        assert!(d.allowed, "{d:?}");
+        for (name, _) in FORGED_IDS {
+            assert!(d.remove_headers.iter().any(|h| h == name), "{name}: {d:?}");
+        }
+        let ids: Vec<_> = d
+            .set_headers
+            .iter()
+            .filter(|(k, _)| k.replace('_', "-") == DECISION_ID_HEADER)
+            .collect();
+        assert_eq!(ids, [&(DECISION_ID_HEADER.to_string(), id.to_string())]);
+    }
+
+    #[test]
+    fn an_allow_removes_a_forged_decision_id_in_every_spelling() {
+        let (t, who) = (tenant(), caller("none"));
+        let input = input(&FORGED_IDS);
+        let mut d = begin("d-6".into(), &t, &input);
+        outcome(&mut d, &t, &who, &input, allowed("read"), None, 0);
+        assert_forged_ids_removed(&d, "d-6");
+    }
+
+    #[test]
+    fn a_dry_run_allow_removes_a_forged_decision_id_in_every_spelling() {
+        let text = "apiVersion: portcullis/v1\ntenant: acme\nmode: dry_run\nrules:\n  - id: read\n    path: /r\n    effect: allow\nresponse:\n  headers:\n    x-subject: \"{claims.sub}\"\n";
+        let t = crate::tenants::compile(Path::new("acme.yaml"), text).unwrap();
+        let mut fields = FORGED_IDS.to_vec();
+        fields.push(("x_subject", "mallory"));
+        let input = input(&fields);
+        // A deny the dry run turns into an allow.
+        let denied = Evaluation {
+            outcome: Outcome::Deny(Arc::from("read")),
+            ..allowed("read")
+        };
+        let mut d = begin("d-7".into(), &t, &input);
+        outcome(&mut d, &t, &caller("none"), &input, denied, None, 0);
+        assert_eq!(d.reason, Reason::DryRunAllowed);
+        assert_forged_ids_removed(&d, "d-7");
+        assert!(d.remove_headers.iter().any(|h| h == "x_subject"), "{d:?}");
+        // A credential refused in dry run: allowed as anonymous, same edits.
+        let mut d = begin("d-8".into(), &t, &input);
+        refused(&mut d, &t, &input, IdentityError::IssuerNotTrusted);
+        assert_eq!(d.reason, Reason::DryRunAllowed);
+        assert_forged_ids_removed(&d, "d-8");
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Claims Envoy's `jwt_authn` filter already verified, read from the request's
-//! `metadata_context`: the tenant's issuer check and the claims' types.
+//! `metadata_context`: the tenant's issuer check and the claims' types, and
+//! `scope`/`scp` read as one list exactly as for portcullis' own JWTs
+//! ([`super::jwt::normalize_scope`]).
 //!
 //! Never imports: policy, decision, tenants or anything above them.
 
@@ -12,6 +14,7 @@ use crate::request::input::Input;
 use super::binding;
 use super::caller::{AuthMethod, Identity};
 use super::error::IdentityError;
+use super::jwt;
 use super::spec::EnvoyJwtSpec;
 
 pub(super) fn envoy_jwt(
@@ -53,14 +56,86 @@ pub(super) fn envoy_jwt(
             ));
         }
     }
+    // `scope` is a space-separated string in RFC 8693 §4.2 (and RFC 9068
+    // §2.2.3); `scopes:` reads a list, so split it as the JWT path does.
+    let mut claims = claims.clone();
+    jwt::normalize_scope(&mut claims).map_err(|_| {
+        IdentityError::BadClaims("scope or scp is not a string or a list of strings")
+    })?;
     Ok(Some(Identity {
         method: AuthMethod::EnvoyJwt,
         subject,
         issuer: Some(issuer.clone()),
         token_id: claims.get("jti").and_then(Json::as_str).map(str::to_string),
-        claims: Arc::new(claims.clone()),
-        consumed_query: None,
         expires: claims.get("exp").and_then(Json::as_u64),
+        claims: Arc::new(claims),
+        consumed_query: None,
         binding: binding::Binding::default(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn spec() -> EnvoyJwtSpec {
+        EnvoyJwtSpec {
+            issuers: vec!["https://idp.example".into()],
+            metadata_namespace: "envoy.filters.http.jwt_authn".into(),
+            payload_key: "jwt_payload".into(),
+        }
+    }
+
+    /// What `jwt_authn` leaves in the metadata for `payload`.
+    fn verified(payload: Json) -> Result<Option<Identity>, IdentityError> {
+        let mut input = Input::default();
+        input.resource.metadata.insert(
+            "envoy.filters.http.jwt_authn".into(),
+            json!({ "jwt_payload": payload }),
+        );
+        envoy_jwt(&spec(), &input)
+    }
+
+    fn scope(payload: Json) -> Json {
+        verified(payload).unwrap().unwrap().claims["scope"].clone()
+    }
+
+    #[test]
+    fn a_space_separated_scope_is_a_list_of_scopes() {
+        let iss = "https://idp.example";
+        assert_eq!(
+            scope(json!({ "iss": iss, "scope": "orders:read  orders:write" })),
+            json!(["orders:read", "orders:write"])
+        );
+        // The forms portcullis' own JWT path accepts: a list, and `scp` as a
+        // list or a string, joined under `scope`.
+        assert_eq!(
+            scope(json!({ "iss": iss, "scope": ["a"], "scp": ["b", "c"] })),
+            json!(["a", "b", "c"])
+        );
+        assert_eq!(
+            scope(json!({ "iss": iss, "scp": "b c" })),
+            json!(["b", "c"])
+        );
+        let none = verified(json!({ "iss": iss })).unwrap().unwrap();
+        assert!(!none.claims.contains_key("scope"));
+    }
+
+    #[test]
+    fn a_scope_of_another_type_is_refused() {
+        for bad in [json!(42), json!(["a", 1]), json!({ "a": true })] {
+            for name in ["scope", "scp"] {
+                let e = verified(json!({ "iss": "https://idp.example", name: bad }));
+                let e = e.err().unwrap();
+                assert_eq!(
+                    e.reason(),
+                    crate::foundation::reason::Reason::InvalidCredential
+                );
+            }
+        }
+    }
 }

@@ -763,8 +763,9 @@ fn check_claims(
 }
 
 /// `scope` (RFC 8693 §4.2: space-separated) and `scp` (a list or a string, as
-/// some issuers send it) become one list under `scope`.
-fn normalize_scope(claims: &mut Map<String, Json>) -> Result<(), TokenError> {
+/// some issuers send it) become one list under `scope`. Claims from Envoy's
+/// `jwt_authn` go through it too (`envoy_jwt`), so `scopes:` reads one form.
+pub(super) fn normalize_scope(claims: &mut Map<String, Json>) -> Result<(), TokenError> {
     let split = |s: &str| -> Vec<Json> {
         s.split(' ')
             .filter(|p| !p.is_empty())
