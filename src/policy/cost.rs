@@ -1,7 +1,8 @@
 //! A static bound on what one condition can cost, checked when a policy loads.
 //!
-//! The `cel` interpreter has no runtime budget, so a condition is bounded
-//! before it ever runs: its worst case is estimated from its syntax tree and
+//! The `cel` interpreter cannot be stopped once a condition runs (the
+//! runtime budget, [`super::budget`], is checked between conditions), so a
+//! condition is bounded before it ever runs: its worst case is estimated from its syntax tree and
 //! from how large each root can be, and a condition over [`MAX_CONDITION_COST`]
 //! is refused (the file does not load; the tenant's old rules keep serving).
 //! Together with the syntax checks in [`super::cel`] (at most 512 nodes, no
