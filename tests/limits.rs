@@ -353,7 +353,7 @@ fn limits_load_from_the_server_config() {
     let path = dir.path().join("portcullis.yaml");
     std::fs::write(
         &path,
-        "policies: p\nlimits:\n  max_token_bytes: 4096\n  max_headers: 50\n  max_header_bytes: 16384\n  max_body_bytes: 1024\n  max_path_bytes: 2048\n  max_rules_per_tenant: 100\n  max_tenants: 10\n  token_cache_size: 500\n  replay_cache_size: 1000\n",
+        "policies: p\nlimits:\n  max_token_bytes: 4096\n  max_headers: 50\n  max_header_bytes: 16384\n  max_body_bytes: 1024\n  max_path_bytes: 2048\n  max_rules_per_tenant: 100\n  max_check_cost: 1000\n  max_tenants: 10\n  token_cache_size: 500\n  replay_cache_size: 1000\n",
     )
     .unwrap();
     let c = portcullis::app::config::Config::load(&path).unwrap();
@@ -366,6 +366,7 @@ fn limits_load_from_the_server_config() {
             max_body_bytes: 1024,
             max_path_bytes: 2048,
             max_rules_per_tenant: 100,
+            max_check_cost: 1000,
             max_tenants: 10,
             token_cache_size: 500,
             replay_cache_size: 1000,
@@ -379,6 +380,16 @@ fn limits_load_from_the_server_config() {
     let e = portcullis::app::config::Config::load(&path).unwrap_err();
     assert!(
         e.contains("limits.max_token_bytes must be between 1 and 8192"),
+        "{e}"
+    );
+    std::fs::write(
+        &path,
+        "policies: p\nlimits: { max_check_cost: 2000000001 }\n",
+    )
+    .unwrap();
+    let e = portcullis::app::config::Config::load(&path).unwrap_err();
+    assert!(
+        e.contains("limits.max_check_cost must be between 1 and 2000000000"),
         "{e}"
     );
     std::fs::write(&path, "policies: p\nlimits: { max_token_bytes: 100000 }\n").unwrap();
