@@ -753,3 +753,61 @@ async fn a_heavy_tenant_under_load_does_not_stall_a_light_one() {
         "light p99 {loaded:?} beside the heavy tenant; alone {base:?}; bound {bound:?}"
     );
 }
+
+/// Envoy's deadline reaches evaluation: a check whose caller sent
+/// `grpc-timeout: 50m` and gave up is stopped between conditions by that
+/// deadline, not by the (later) runtime budget. Seen in the decision log's
+/// detail, since the caller is gone. Without the deadline passed on, the
+/// check runs until its 250 ms budget is spent and the detail says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoys_deadline_stops_an_abandoned_check_between_conditions() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    let slow: String = (0..400)
+        .map(|i| format!("  - {{ id: s{i}, path: /slow, public: true, when: 'resource.path.matches(\"^[0-9a-z]{{3000}}$\")', effect: allow }}\n"))
+        .collect();
+    std::fs::write(
+        policies.join("slow.yaml"),
+        format!("apiVersion: portcullis/v1\ntenant: slow\nhosts: [slow.example]\nrules:\n{slow}"),
+    )
+    .unwrap();
+    let log = dir.path().join("decisions.log");
+    let mut config = portcullis::app::config::Config::with_policies(&policies);
+    config.listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    config.admin_listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    config.decision_log.output = log.to_str().unwrap().into();
+    config.limits.max_check_cost = portcullis::foundation::limits::MAX_CHECK_COST_CEILING;
+    let server = portcullis::app::serve::start(&config).await.unwrap();
+    let mut c = client(server.grpc_addr.unwrap()).await;
+
+    let mut req = tonic::Request::new(request("slow.example", "/slow", None));
+    req.set_timeout(Duration::from_millis(50));
+    // The client gives up at its deadline (tonic reports it as cancelled).
+    let e = c.check(req).await.unwrap_err();
+    assert!(
+        matches!(
+            e.code(),
+            tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+        ),
+        "{e:?}"
+    );
+
+    let mut line = String::new();
+    eventually("the abandoned check's decision", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        line = text
+            .lines()
+            .find(|l| l.contains("\"slow\""))
+            .unwrap_or("")
+            .to_string();
+        std::future::ready(!line.is_empty())
+    })
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["reason"], "policy_error", "{line}");
+    assert!(
+        v["detail"].as_str().unwrap().contains("deadline passed"),
+        "{line}"
+    );
+}
