@@ -8,12 +8,14 @@
 //! Never imports: observability, transport or the app.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::decision::mint::Minter;
 use crate::decision::{Decision, Reason, respond};
 use crate::foundation::proto::auth::CheckRequest;
 use crate::identity::{self, Identity, IdentityError, Pending};
+use crate::policy::budget::Budget;
+use crate::policy::heavy;
 use crate::policy::{CompiledTenant, DryRunHit, Evaluation, RuleTrace};
 use crate::request::tenancy::TenantResolver;
 use crate::request::{self, input::Input, input::unix_seconds};
@@ -49,14 +51,28 @@ impl Pipeline {
     /// Decides one request without waiting for anything: when an issuer's keys
     /// are not there yet, the answer is 503 `keys_unavailable`.
     pub fn check(&self, request: &CheckRequest) -> Decision {
-        self.run(request, false).decision
+        self.run(request, false, None).decision
     }
 
     /// Decides one request; when an issuer's keys must be fetched first, waits
     /// for that fetch (shared with every other check that needs it) at most
     /// `wait`, then decides again.
     pub async fn check_async(&self, request: &CheckRequest, wait: Duration) -> Decision {
-        self.run_async(request, wait, false).await.decision
+        self.run_async(request, wait, false, None).await.decision
+    }
+
+    /// [`Pipeline::check_async`] for a caller who gives up at `deadline`:
+    /// evaluation stops between conditions once it has passed (the answer, a
+    /// deny, then reaches nobody; the worker is free again).
+    pub async fn check_until(
+        &self,
+        request: &CheckRequest,
+        wait: Duration,
+        deadline: Option<Instant>,
+    ) -> Decision {
+        self.run_async(request, wait, false, deadline)
+            .await
+            .decision
     }
 
     /// [`Pipeline::check_async`], and what every candidate rule did.
@@ -65,27 +81,33 @@ impl Pipeline {
         request: &CheckRequest,
         wait: Duration,
     ) -> (Decision, Vec<RuleTrace>) {
-        let run = self.run_async(request, wait, true).await;
+        let run = self.run_async(request, wait, true, None).await;
         (run.decision, run.trace)
     }
 
-    async fn run_async(&self, request: &CheckRequest, wait: Duration, explain: bool) -> Run {
-        let first = self.run(request, explain);
+    async fn run_async(
+        &self,
+        request: &CheckRequest,
+        wait: Duration,
+        explain: bool,
+        deadline: Option<Instant>,
+    ) -> Run {
+        let first = self.run(request, explain, deadline);
         let Some(pending) = first.pending else {
             return first;
         };
         pending.resolve(first.time, wait).await;
-        self.run(request, explain)
+        self.run(request, explain, deadline)
     }
 
     /// Decides one request and says what every candidate rule did.
     pub fn explain(&self, request: &CheckRequest) -> (Decision, Vec<RuleTrace>) {
-        let run = self.run(request, true);
+        let run = self.run(request, true, None);
         (run.decision, run.trace)
     }
 
     /// One pass through the stages, in order; each is a plain function.
-    fn run(&self, request: &CheckRequest, explain: bool) -> Run {
+    fn run(&self, request: &CheckRequest, explain: bool, deadline: Option<Instant>) -> Run {
         let id = uuid::Uuid::new_v4().to_string();
         if !self.store.is_ready() {
             return Run::done(Decision::deny(id, Reason::NotReady));
@@ -115,21 +137,28 @@ impl Pipeline {
             respond::revoked(&mut decision, &tenant, &input, kind);
             return Run::of(decision, Vec::new(), None, time);
         }
-        let eval = self.evaluate(&tenant, &input, &identity, explain);
+        let Some(eval) = self.evaluate(&tenant, &input, &identity, explain, deadline) else {
+            // A heavy tenant with its share of checks in flight.
+            decision.reason = Reason::Overloaded;
+            return Run::of(decision, Vec::new(), None, time);
+        };
         let mint = self.minter.as_deref();
         let trace = respond::outcome(&mut decision, &tenant, &identity, &input, eval, mint, now);
         Run::of(decision, trace, None, time)
     }
 
     /// The evaluate stage, in its own span: the tenant's rules over the
-    /// request, the caller and the tenant's data document.
+    /// request, the caller and the tenant's data document, within the check's
+    /// budget. A heavy tenant's evaluation runs off the async workers, at most
+    /// its share at once: `None` when it has that many in flight.
     fn evaluate(
         &self,
         tenant: &CompiledTenant,
         input: &Input,
         identity: &Identity,
         explain: bool,
-    ) -> Evaluation {
+        deadline: Option<Instant>,
+    ) -> Option<Evaluation> {
         let span = tracing::info_span!(
             "policy",
             rules = tenant.rule_count(),
@@ -137,12 +166,21 @@ impl Pipeline {
         );
         let _entered = span.enter();
         let data = self.store.data(&tenant.id);
-        let eval =
-            tenant.evaluate_with_data(input, identity, explain, data.as_ref().map(|d| &d.value));
+        let data = data.as_ref().map(|d| &d.value);
+        let mut budget = Budget::new(deadline);
+        let eval = match tenant.heavy() {
+            None => tenant.evaluate_within(input, identity, explain, data, &mut budget),
+            Some(gate) => {
+                let _slot = gate.enter()?;
+                heavy::off_the_workers(|| {
+                    tenant.evaluate_within(input, identity, explain, data, &mut budget)
+                })
+            }
+        };
         if !eval.dry_run.is_empty() {
             span.record("dry_run_rules", dry_run_summary(&eval.dry_run).as_str());
         }
-        eval
+        Some(eval)
     }
 }
 

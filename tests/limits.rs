@@ -353,7 +353,7 @@ fn limits_load_from_the_server_config() {
     let path = dir.path().join("portcullis.yaml");
     std::fs::write(
         &path,
-        "policies: p\nlimits:\n  max_token_bytes: 4096\n  max_headers: 50\n  max_header_bytes: 16384\n  max_body_bytes: 1024\n  max_path_bytes: 2048\n  max_rules_per_tenant: 100\n  max_tenants: 10\n  token_cache_size: 500\n  replay_cache_size: 1000\n",
+        "policies: p\nlimits:\n  max_token_bytes: 4096\n  max_headers: 50\n  max_header_bytes: 16384\n  max_body_bytes: 1024\n  max_path_bytes: 2048\n  max_rules_per_tenant: 100\n  max_check_cost: 1000\n  max_tenants: 10\n  token_cache_size: 500\n  replay_cache_size: 1000\n",
     )
     .unwrap();
     let c = portcullis::app::config::Config::load(&path).unwrap();
@@ -366,6 +366,7 @@ fn limits_load_from_the_server_config() {
             max_body_bytes: 1024,
             max_path_bytes: 2048,
             max_rules_per_tenant: 100,
+            max_check_cost: 1000,
             max_tenants: 10,
             token_cache_size: 500,
             replay_cache_size: 1000,
@@ -379,6 +380,16 @@ fn limits_load_from_the_server_config() {
     let e = portcullis::app::config::Config::load(&path).unwrap_err();
     assert!(
         e.contains("limits.max_token_bytes must be between 1 and 8192"),
+        "{e}"
+    );
+    std::fs::write(
+        &path,
+        "policies: p\nlimits: { max_check_cost: 2000000001 }\n",
+    )
+    .unwrap();
+    let e = portcullis::app::config::Config::load(&path).unwrap_err();
+    assert!(
+        e.contains("limits.max_check_cost must be between 1 and 2000000000"),
         "{e}"
     );
     std::fs::write(&path, "policies: p\nlimits: { max_token_bytes: 100000 }\n").unwrap();
@@ -453,4 +464,118 @@ fn policy_file_bytes_refuses_the_file_and_keeps_the_old_rules() {
     );
     let d = w.p.check(&request("GET", "/extra/0", json!({}), None));
     assert_eq!(outcome(&d), (true, 200, "allowed"));
+}
+
+/// Rules whose condition compiles a large pattern on every call (`matches`
+/// compiles it each time): slow whatever the request, each well within the
+/// per-condition bound.
+fn slow_rules(ids: &[&str], methods: &str) -> String {
+    ids.iter()
+        .map(|id| {
+            format!(
+                "  - {{ id: {id}, methods: [{methods}], path: \"/slow/{{rest...}}\", public: true, when: 'resource.path.matches(\"^[0-9a-z]{{3000}}$\")', effect: allow }}\n"
+            )
+        })
+        .collect()
+}
+
+/// `limits.max_check_cost`: the conditions one request can reach are bounded
+/// together at load. At the bound the file loads; one rule more on the same
+/// method refuses it (file, line, the method and the cause) and the old rules
+/// keep serving; a rule on another method does not add to the same check.
+#[test]
+fn max_check_cost_refuses_the_file_and_keeps_the_old_rules() {
+    let key = ES256KeyPair::generate().with_key_id("k1");
+    let two = policy("acme", &key, &slow_rules(&["s1", "s2"], "GET"));
+    let at = portcullis::tenants::compile(std::path::Path::new("acme.yaml"), &two)
+        .unwrap()
+        .check_cost();
+    let w = world_with_key(
+        Limits {
+            max_check_cost: at as usize,
+            ..Limits::default()
+        },
+        key,
+    );
+    let file = w.dir.path().join("acme.yaml");
+    std::fs::write(&file, &two).unwrap();
+    let status = w.p.store.reload();
+    assert!(
+        status.errors.is_empty(),
+        "at the bound: {:?}",
+        status.error_lines()
+    );
+    assert_eq!(status.tenants[0].rules, 5);
+
+    let three = policy("acme", &w.key, &slow_rules(&["s1", "s2", "s3"], "GET"));
+    std::fs::write(&file, three).unwrap();
+    let status = w.p.store.reload();
+    let errors = status.error_lines().join("\n");
+    assert!(
+        errors.contains("acme.yaml:")
+            && errors.contains("(method GET)")
+            && errors.contains("s1, s2, s3")
+            && errors.contains(&format!("the limit (limits.max_check_cost) is {at}")),
+        "{errors}"
+    );
+    assert_eq!(status.tenants[0].rules, 5, "the old rules keep serving");
+
+    // A PUT request never reaches the GET rules: their costs do not add up.
+    let mut other = slow_rules(&["s1", "s2"], "GET");
+    other.push_str(&slow_rules(&["s3"], "PUT"));
+    std::fs::write(&file, policy("acme", &w.key, &other)).unwrap();
+    let status = w.p.store.reload();
+    assert!(status.errors.is_empty(), "{:?}", status.error_lines());
+    assert_eq!(status.tenants[0].rules, 6);
+}
+
+/// A world whose tenant has many slow rules (the per-check bound raised to
+/// let them load), for the runtime budget.
+fn slow_world(n: usize) -> World {
+    let w = world(Limits {
+        max_check_cost: portcullis::foundation::limits::MAX_CHECK_COST_CEILING,
+        ..Limits::default()
+    });
+    let ids: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    std::fs::write(
+        w.dir.path().join("acme.yaml"),
+        policy("acme", &w.key, &slow_rules(&ids, "GET")),
+    )
+    .unwrap();
+    let status = w.p.store.reload();
+    assert!(status.errors.is_empty(), "{:?}", status.error_lines());
+    w
+}
+
+/// The runtime budget (`MAX_EVALUATION_TIME`): a check whose conditions run
+/// longer is stopped between conditions and denied `policy_error`. Without
+/// the budget the 400 conditions all run (seconds) and the check ends as an
+/// anonymous no-match, `missing_credential`.
+#[test]
+fn evaluation_stops_when_the_budget_is_spent() {
+    let w = slow_world(400);
+    let d = w.p.check(&request("GET", "/slow/x", json!({}), None));
+    assert_eq!(outcome(&d), (false, 403, "policy_error"), "{d:?}");
+    assert!(
+        d.detail.as_deref().unwrap().contains("budget spent"),
+        "{d:?}"
+    );
+}
+
+/// A caller's deadline stops evaluation too: a check whose caller has given
+/// up runs no more conditions (the deny reaches nobody, the worker is free).
+#[tokio::test]
+async fn evaluation_stops_when_the_callers_deadline_has_passed() {
+    let w = slow_world(400);
+    let passed = std::time::Instant::now();
+    let req = request("GET", "/slow/x", json!({}), None);
+    let d =
+        w.p.check_until(&req, std::time::Duration::ZERO, Some(passed))
+            .await;
+    assert_eq!(outcome(&d), (false, 403, "policy_error"), "{d:?}");
+    assert!(
+        d.detail.as_deref().unwrap().contains("deadline passed"),
+        "{d:?}"
+    );
 }

@@ -68,6 +68,21 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 96 * 1024;
 /// Largest `limits.max_header_bytes` accepted (Envoy's own ceiling, 8 MiB).
 pub const MAX_HEADER_BYTES_CEILING: usize = 8 * 1024 * 1024;
 
+/// Default for `limits.max_check_cost`, in the steps of the condition cost
+/// model (`policy::cost`): ten conditions at the per-condition bound. Measured
+/// (docs/policy.md#condition-cost), a step costs from under one to about
+/// twenty nanoseconds, so the slowest check under it is in the tenths of a
+/// second; the runtime budget ([`MAX_EVALUATION_TIME`]) stops the rest.
+pub const DEFAULT_MAX_CHECK_COST: usize = 20_000_000;
+/// Largest `limits.max_check_cost` accepted: a thousand conditions at the
+/// per-condition bound (the runtime budget still applies).
+pub const MAX_CHECK_COST_CEILING: usize = 2_000_000_000;
+
+/// The longest one check's rules are evaluated before it is denied
+/// `policy_error` (when Envoy's deadline is not sooner): checked between
+/// conditions, since the CEL interpreter cannot be interrupted.
+pub const MAX_EVALUATION_TIME: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Default for `limits.max_tenants` (the `check` benchmark decides against a
 /// store of this many).
 pub const DEFAULT_MAX_TENANTS: usize = 10_000;
@@ -101,6 +116,9 @@ pub struct Limits {
     pub max_path_bytes: usize,
     /// Most rules in one tenant's file; more is a load error.
     pub max_rules_per_tenant: usize,
+    /// The most the conditions one request can reach may cost together, in
+    /// the steps of the condition cost model; a file over it is a load error.
+    pub max_check_cost: usize,
     /// Most tenants served; a file that would add one more is a load error.
     pub max_tenants: usize,
     /// Verified tokens remembered per tenant.
@@ -121,6 +139,7 @@ impl Default for Limits {
             max_body_bytes: MAX_BODY_BYTES,
             max_path_bytes: MAX_PATH_BYTES,
             max_rules_per_tenant: MAX_RULES_PER_TENANT,
+            max_check_cost: DEFAULT_MAX_CHECK_COST,
             max_tenants: DEFAULT_MAX_TENANTS,
             token_cache_size: MAX_CACHED_TOKENS,
             replay_cache_size: REPLAY_CACHE_CEILING,
@@ -154,6 +173,12 @@ impl Limits {
                 self.max_rules_per_tenant,
                 1,
                 MAX_RULES_PER_TENANT,
+            ),
+            (
+                "max_check_cost",
+                self.max_check_cost,
+                1,
+                MAX_CHECK_COST_CEILING,
             ),
             ("max_tenants", self.max_tenants, 1, usize::MAX),
             (

@@ -77,7 +77,9 @@ pub enum Reason {
     /// The issuer's keys could not be fetched (or are staler than allowed):
     /// portcullis can answer but not decide.
     KeysUnavailable,
-    /// A rule's condition failed to evaluate: never an allow.
+    /// A rule's condition failed to evaluate, or the check spent its runtime
+    /// budget or outlived its caller's deadline (`policy::budget`): never an
+    /// allow.
     PolicyError,
     /// A rule reads the body, and the body is truncated, not sent, not JSON, or
     /// has duplicate keys.
@@ -101,7 +103,8 @@ pub enum Reason {
     /// More request headers, or more header bytes, than `limits.max_headers`
     /// or `limits.max_header_bytes` allow: denied rather than truncated.
     HeadersTooLarge,
-    /// More checks in flight than `limits.max_concurrent_checks`: answered at
+    /// More checks in flight than `limits.max_concurrent_checks`, or more of
+    /// a heavy tenant's checks than its share (`policy::heavy`): answered at
     /// once, without deciding.
     Overloaded,
     /// The tenant is in dry-run mode: its decision (see the decision log) was

@@ -116,6 +116,9 @@ pub struct Condition {
     claims: std::collections::BTreeSet<String>,
     /// The native form, when the condition has one (see [`super::native`]).
     native: Option<super::native::Node>,
+    /// Its worst case in steps ([`super::cost`]), at most
+    /// [`super::cost::MAX_CONDITION_COST`].
+    cost: u64,
 }
 
 /// Compiled conditions by source text, weakly held (see
@@ -222,7 +225,7 @@ impl Condition {
             .map_err(|e| format!("condition does not parse: {}", one_line(&e.to_string())))?;
         let mut check = Check::default();
         check.walk(program.expression(), &mut Vec::new(), 0)?;
-        super::cost::check(program.expression())?;
+        let cost = super::cost::check(program.expression())?;
         if check.nodes > MAX_CONDITION_NODES {
             return Err(format!(
                 "condition has {} nodes; the limit is {MAX_CONDITION_NODES}",
@@ -238,6 +241,7 @@ impl Condition {
             reads_body: check.reads_body || check.reads.resource == Fields::All,
             reads: check.reads,
             claims: check.claims,
+            cost,
         })
     }
 
@@ -275,6 +279,11 @@ impl Condition {
 
     pub fn reads(&self) -> &Reads {
         &self.reads
+    }
+
+    /// The worst case of one evaluation, in the steps of [`super::cost`].
+    pub fn cost(&self) -> u64 {
+        self.cost
     }
 
     /// Whether checks evaluate the condition natively (see [`super::native`])

@@ -1,7 +1,8 @@
 //! A static bound on what one condition can cost, checked when a policy loads.
 //!
-//! The `cel` interpreter has no runtime budget, so a condition is bounded
-//! before it ever runs: its worst case is estimated from its syntax tree and
+//! The `cel` interpreter cannot be stopped once a condition runs (the
+//! runtime budget, [`super::budget`], is checked between conditions), so a
+//! condition is bounded before it ever runs: its worst case is estimated from its syntax tree and
 //! from how large each root can be, and a condition over [`MAX_CONDITION_COST`]
 //! is refused (the file does not load; the tenant's old rules keep serving).
 //! Together with the syntax checks in [`super::cel`] (at most 512 nodes, no
@@ -24,6 +25,14 @@
 //! The estimate is deliberately pessimistic: every `&&` and `||` is charged for
 //! both sides, every loop for its whole range, and a comprehension's result is
 //! as large as its range.
+//!
+//! One check may evaluate many conditions, so a tenant is bounded as a whole
+//! too ([`check_cost`]): the most that the conditions one request can reach
+//! may cost together, over `limits.max_check_cost` refused at load. A request
+//! has one method and rules are filtered by method before any condition runs,
+//! so the sum is taken per method and the largest counts; paths and hosts are
+//! not used to narrow it (templates overlap in ways that are not cheap to
+//! prove disjoint), so a rule on any path is counted.
 
 use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue};
 
@@ -31,6 +40,17 @@ use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue};
 /// `tests/bench/cel_cost.rs` and docs/policy.md#condition-cost), the slowest
 /// condition under it evaluates in well under a second on one core.
 pub const MAX_CONDITION_COST: u64 = 2_000_000;
+
+// The default per-check bound holds ten conditions at the per-condition bound.
+const _: () =
+    assert!(crate::foundation::limits::DEFAULT_MAX_CHECK_COST as u64 == 10 * MAX_CONDITION_COST);
+
+/// A tenant whose worst check costs more than this is *heavy*: its evaluation
+/// leaves the async workers and only a share of them may run at once (see
+/// [`super::heavy`]). Half a condition at [`MAX_CONDITION_COST`], about 20 ms
+/// at the slowest measured step cost; the bundled examples are below a third
+/// of it (`notes.yaml`, the costliest, at 274,588).
+pub const HEAVY_CHECK_COST: u64 = 1_000_000;
 
 /// Bytes a string operation handles per step (they are memchr-fast).
 const BYTES_PER_STEP: u64 = 64;
@@ -86,6 +106,63 @@ pub fn check(expr: &IdedExpr) -> Result<u64, String> {
         ));
     }
     Ok(cost)
+}
+
+/// The worst case of one check over `rules`: the conditions of the rules one
+/// method can reach, summed, for the method where that is largest.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CheckCost {
+    pub steps: u64,
+    /// The method it is reached with (`None`: any method, or the rules name none).
+    pub method: Option<String>,
+    /// The ids of the costliest rules in it, costliest first (at most three).
+    pub heaviest: Vec<String>,
+}
+
+/// [`CheckCost`] of a tenant's rules, each given as (id, methods (empty: any),
+/// the cost of its condition).
+pub fn check_cost<'a>(
+    rules: impl Iterator<Item = (&'a str, &'a [String], u64)> + Clone,
+) -> CheckCost {
+    // Rules that name no method are reached with every method.
+    let sum = |method: Option<&str>| {
+        rules
+            .clone()
+            .filter(|(_, methods, _)| {
+                methods.is_empty() || method.is_some_and(|m| methods.iter().any(|x| x == m))
+            })
+            .fold(0u64, |sum, (_, _, cost)| sum.saturating_add(cost))
+    };
+    let mut worst = (sum(None), None);
+    let mut seen = std::collections::HashSet::new();
+    for (_, methods, _) in rules.clone() {
+        for m in methods {
+            if seen.insert(m.as_str()) {
+                let steps = sum(Some(m));
+                if steps > worst.0 {
+                    worst = (steps, Some(m.as_str()));
+                }
+            }
+        }
+    }
+    let (steps, method) = worst;
+    let mut reached: Vec<(&str, u64)> = rules
+        .filter(|(_, methods, cost)| {
+            *cost > 0
+                && (methods.is_empty() || method.is_some_and(|m| methods.iter().any(|x| x == m)))
+        })
+        .map(|(id, _, cost)| (id, cost))
+        .collect();
+    reached.sort_by_key(|r| std::cmp::Reverse(r.1));
+    CheckCost {
+        steps,
+        method: method.map(str::to_string),
+        heaviest: reached
+            .iter()
+            .take(3)
+            .map(|(id, _)| id.to_string())
+            .collect(),
+    }
 }
 
 /// The worst-case estimate of `e`; `scope` holds the comprehension variables
@@ -393,5 +470,39 @@ mod tests {
         let one = cost("resource.body.xs.map(x, x).size() > 0").unwrap();
         let two = cost("resource.body.xs.map(x, x).map(y, y).size() > 0").unwrap();
         assert!(two > one, "{one} {two}");
+    }
+
+    #[test]
+    fn a_check_costs_the_sum_for_its_costliest_method() {
+        let get = vec!["GET".to_string()];
+        let post = vec!["POST".to_string()];
+        let any: Vec<String> = Vec::new();
+        let rules = [
+            ("a", get.as_slice(), 10),
+            ("b", get.as_slice(), 30),
+            ("c", post.as_slice(), 35),
+            ("d", any.as_slice(), 5),
+            ("e", any.as_slice(), 0),
+        ];
+        let c = check_cost(rules.iter().copied());
+        // GET reaches a, b and d; POST reaches c and d.
+        assert_eq!(c.steps, 45);
+        assert_eq!(c.method.as_deref(), Some("GET"));
+        assert_eq!(c.heaviest, ["b", "a", "d"]);
+        // Rules that name no method are summed for every method.
+        let c = check_cost([("x", any.as_slice(), 7), ("y", any.as_slice(), 8)].into_iter());
+        assert_eq!((c.steps, c.method), (15, None));
+        assert_eq!(check_cost(std::iter::empty()).steps, 0);
+    }
+
+    #[test]
+    fn many_conditions_under_the_bound_add_up_past_the_check_bound() {
+        let one = cost(r#"resource.path.matches("^[0-9a-z]{3000}$")"#).unwrap();
+        let any: Vec<String> = Vec::new();
+        let n = (crate::foundation::limits::DEFAULT_MAX_CHECK_COST as u64 / one) + 1;
+        let rules: Vec<(&str, &[String], u64)> =
+            (0..n).map(|_| ("r", any.as_slice(), one)).collect();
+        let c = check_cost(rules.iter().copied());
+        assert!(c.steps > crate::foundation::limits::DEFAULT_MAX_CHECK_COST as u64);
     }
 }

@@ -13,6 +13,7 @@ use crate::identity::Identity;
 use crate::request::input::{Body, Input};
 use crate::request::path::Template;
 
+use super::budget::Budget;
 use super::cel::{Condition, Reads};
 use super::template::{Rendered, Scope};
 use super::tenant::Cors;
@@ -74,6 +75,17 @@ impl CompiledTenant {
         self.set.rules.len()
     }
 
+    /// The worst case of one check, in cost steps (see
+    /// [`super::cost::check_cost`]).
+    pub fn check_cost(&self) -> u64 {
+        self.set.check_cost
+    }
+
+    /// Whether the tenant is heavy (see [`super::heavy`]).
+    pub fn heavy(&self) -> Option<&super::heavy::HeavyGate> {
+        self.heavy.as_ref()
+    }
+
     /// The rule ids, in file order.
     pub fn rule_ids(&self) -> impl Iterator<Item = &str> {
         self.set.rules.iter().map(|r| &*r.id)
@@ -92,6 +104,20 @@ impl CompiledTenant {
         identity: &Identity,
         explain: bool,
         data: Option<&Value>,
+    ) -> Evaluation {
+        self.evaluate_within(input, identity, explain, data, &mut Budget::new(None))
+    }
+
+    /// [`CompiledTenant::evaluate_with_data`] within `budget`: before each
+    /// condition the budget is charged, and once it is spent (or the caller's
+    /// deadline has passed) the check stops with [`Outcome::PolicyError`].
+    pub fn evaluate_within(
+        &self,
+        input: &Input,
+        identity: &Identity,
+        explain: bool,
+        data: Option<&Value>,
+        budget: &mut Budget,
     ) -> Evaluation {
         let resource = &input.resource;
         let mut trace = Vec::new();
@@ -180,6 +206,19 @@ impl CompiledTenant {
                     "skipped: needs an identified caller (not public)",
                 );
                 continue;
+            }
+            // Before the condition runs: the interpreter cannot be stopped
+            // once it does.
+            if let Some(c) = &rule.condition
+                && let Err(spent) = budget.charge(c.cost())
+            {
+                note(&mut trace, spent.message());
+                return Evaluation {
+                    outcome: Outcome::PolicyError(rule.id.clone(), spent.message().into()),
+                    params: params.clone(),
+                    trace,
+                    dry_run: std::mem::take(&mut dry_run),
+                };
             }
             if rule.mode == Mode::DryRun {
                 match self.dry_run_rule(rule, &request, (params, attributes), &mut base) {

@@ -11,6 +11,11 @@
 //! that holds denies); then allow rules in file order, the first that holds allows;
 //! otherwise the tenant's default applies.
 //!
+//! Every check has a runtime budget ([`budget`]): evaluation stops between
+//! conditions when it has run too long or the caller's deadline has passed.
+//! A tenant whose worst check is heavy ([`heavy`]) evaluates off the async
+//! workers, a share of them at a time.
+//!
 //! The rule languages live here too: CEL conditions (`cel`, with a native
 //! evaluator for common shapes and a cost bound), header templates, the data
 //! documents rules read ([`data`]) and the downstream token spec
@@ -18,11 +23,13 @@
 //!
 //! Never imports: decision, tenants, the pipeline or anything above them.
 
+pub mod budget;
 pub(crate) mod cel;
 pub mod cost;
 pub mod data;
 pub mod downstream;
 pub mod evaluate;
+pub mod heavy;
 pub(crate) mod native;
 pub(crate) mod rule_set;
 pub mod template;

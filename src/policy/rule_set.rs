@@ -40,6 +40,9 @@ pub(crate) struct RuleSet {
     pub(crate) rule_downstream: HashMap<Arc<str>, Downstream>,
     /// Union of what the conditions read: only these fields are built per check.
     pub(crate) reads: Arc<Reads>,
+    /// The worst case of one check, in cost steps (see
+    /// [`super::cost::check_cost`]).
+    pub(crate) check_cost: u64,
     /// Compiled with no error and no warning: equal inputs compile to this set
     /// with no message, so they need not be compiled again.
     pub(crate) clean: bool,

@@ -218,6 +218,8 @@ pub struct CompiledTenant {
     /// Union of what the conditions read: only these fields are built per
     /// check. The set's, kept here too for the evaluation.
     pub(crate) reads: Arc<Reads>,
+    /// Set when the tenant's worst check is heavy (see [`super::heavy`]).
+    pub(crate) heavy: Option<super::heavy::HeavyGate>,
     /// What the static checks found that is worth fixing but not fatal.
     pub warnings: Vec<PolicyError>,
     /// Every issuer the tenant trusts (`identity.jwt`, `introspection`,

@@ -205,7 +205,7 @@ fn compile_split(
         &spec,
         texts.as_ref(),
         reads_cookies,
-        limits.max_rules_per_tenant,
+        (limits.max_rules_per_tenant, limits.max_check_cost),
     )
     .digest();
     let reused = share::clean(&shared_key);
@@ -347,6 +347,9 @@ fn compile_split(
                 log_headers,
                 cors,
                 reads: Arc::clone(&set.reads),
+                heavy: (set.check_cost > crate::policy::heavy::HEAVY_CHECK_COST).then(|| {
+                    crate::policy::heavy::HeavyGate::new(crate::policy::heavy::heavy_share())
+                }),
                 set,
                 warnings,
                 issuers,
@@ -577,6 +580,27 @@ fn compile_rules(
     for c in rules.iter().filter_map(|r| r.condition.as_ref()) {
         reads.union(c.reads());
     }
+    // The whole check is bounded, not only each condition: many rules that
+    // each pass add up (see `policy::cost::check_cost`).
+    let cost = crate::policy::cost::check_cost(rules.iter().map(|r| {
+        let steps = r.condition.as_ref().map_or(0, |c| c.cost());
+        (&*r.id, r.methods.as_slice(), steps)
+    }));
+    if cost.steps > limits.max_check_cost as u64 {
+        let method = cost
+            .method
+            .as_deref()
+            .map_or("any method".to_string(), |m| format!("method {m}"));
+        errors.push(err(
+            line_of(text, 0, "rules"),
+            format!(
+                "the conditions one request can reach ({method}) may cost {} steps together on the largest input; the limit (limits.max_check_cost) is {} (costliest: {}; narrow rules by method, or make conditions cheaper)",
+                cost.steps,
+                limits.max_check_cost,
+                cost.heaviest.join(", ")
+            ),
+        ));
+    }
     Draft {
         set: RuleSet {
             rules,
@@ -588,6 +612,7 @@ fn compile_rules(
             downstream,
             rule_downstream,
             reads: Arc::new(reads),
+            check_cost: cost.steps,
             clean: false,
         },
         rule_lines,

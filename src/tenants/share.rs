@@ -21,7 +21,8 @@ pub(super) struct Inputs<'a> {
     /// Whether the tenant may read its token from a cookie (a downstream token
     /// then needs `cookie` removed).
     reads_cookies: bool,
-    max_rules: usize,
+    /// `limits.max_rules_per_tenant` and `limits.max_check_cost`.
+    limits: (usize, usize),
 }
 
 /// The `rules`, `resources` and `response` sections: as parsed, or as the
@@ -43,7 +44,7 @@ impl<'a> Inputs<'a> {
         spec: &'a PolicyFile,
         texts: Option<&'a Texts<'a>>,
         reads_cookies: bool,
-        max_rules: usize,
+        limits: (usize, usize),
     ) -> Inputs<'a> {
         Inputs {
             sections: match texts {
@@ -63,7 +64,7 @@ impl<'a> Inputs<'a> {
                 .map(String::as_str)
                 .collect(),
             reads_cookies,
-            max_rules,
+            limits,
         }
     }
 

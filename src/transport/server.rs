@@ -22,6 +22,11 @@ use crate::observe::metrics::Metrics;
 use crate::observe::telemetry;
 use crate::pipeline::{DEFAULT_KEY_WAIT, Pipeline};
 
+/// The deadline of a Check call that carries no `grpc-timeout`: Envoy always
+/// sends one (its ext_authz `timeout`, 200 ms by default), so this is for
+/// other callers; no one waits longer for an answer.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
+
 /// The ext_authz service.
 #[derive(Debug, Clone)]
 pub struct AuthzService {
@@ -90,15 +95,21 @@ impl Authorization for AuthzService {
             .and_then(|h| telemetry::client_link(&h.headers));
         telemetry::attach(&span, &parent, client);
         async {
-            let wait = grpc_timeout(request.metadata()).map_or(DEFAULT_KEY_WAIT, |t| {
+            let timeout = grpc_timeout(request.metadata());
+            let wait = timeout.map_or(DEFAULT_KEY_WAIT, |t| {
                 // Leave room to answer before Envoy gives up on us.
                 t.saturating_sub(t / 5).min(DEFAULT_KEY_WAIT)
             });
+            // Past it Envoy has given up: evaluation stops between conditions.
+            let deadline = started.checked_add(timeout.unwrap_or(DEFAULT_DEADLINE));
             // Never queue: a check beyond the limit is answered now, denied,
             // so Envoy fails closed even with `failure_mode_allow: true`.
             let permit = self.permits.try_acquire();
             let decision = match &permit {
-                Ok(_) => self.pipeline.check_async(request.get_ref(), wait).await,
+                Ok(_) => {
+                    let check = self.pipeline.check_until(request.get_ref(), wait, deadline);
+                    check.await
+                }
                 Err(_) => Decision::deny(uuid::Uuid::new_v4().to_string(), Reason::Overloaded),
             };
             drop(permit);
