@@ -75,19 +75,27 @@ fn pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
 
 /// Every `(raw name, raw value)` whose name a common framework reads as
 /// `name`: the decoded name itself, `name[]`, another letter case, PHP's
-/// `.`/space spellings. A caller that must remove the parameter needs the raw
-/// name, and one that finds a raw name other than `name` knows the upstream
-/// may read a parameter Envoy would not remove.
+/// `.`/space spellings, and a name after a `;`. A caller that must remove the
+/// parameter needs the raw name, and one that finds a raw name other than
+/// `name` knows the upstream may read a parameter Envoy would not remove. In
+/// a `&`-separated pair that a `;` splits, the raw name given is the whole
+/// pair: no name Envoy could remove.
 pub fn query_values<'q>(query: &'q str, name: &'q str) -> impl Iterator<Item = (&'q str, &'q str)> {
     let wanted = Merged::of(name);
     query
-        .split(['&', ';'])
+        .split('&')
         .filter(|p| !p.is_empty())
-        .filter_map(move |pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        .flat_map(|pair| {
+            let split = pair.contains(';');
+            pair.split(';').filter(|p| !p.is_empty()).map(move |part| {
+                let (k, v) = part.split_once('=').unwrap_or((part, ""));
+                (if split { pair } else { k }, k, v)
+            })
+        })
+        .filter_map(move |(raw, k, v)| {
             Merged::of(&decode_query_part(k))
                 .merges_with(&wanted)
-                .then_some((k, v))
+                .then_some((raw, v))
         })
 }
 
@@ -194,9 +202,11 @@ mod tests {
                 "Access_Token",
                 "access.token",
                 "access_token[]",
-                "access%5Ftoken"
+                "x=1;access%5Ftoken=e"
             ]
         );
         assert!(found("access_tokens=a&token=b").is_empty());
+        // Split by a `;`, even the exact name is not one Envoy could remove.
+        assert_eq!(found("access_token=a;x=1"), ["access_token=a;x=1"]);
     }
 }
