@@ -54,12 +54,12 @@ fn go_build(name: &str, out: &Path) -> PathBuf {
 }
 
 /// Chars that portcullis' fold joins although Go's tables keep them apart,
-/// among chars Go knows: joining more only refuses more. `ı` goes with `i`
-/// (as Java's `equalsIgnoreCase` has it); the rest are pairs Unicode 16 put
+/// among chars Go knows: joining more only refuses more. `ı` and `İ` go
+/// with `i` (as Java's `equalsIgnoreCase` has them); the rest are pairs Unicode 16 put
 /// in one orbit (CaseFolding.txt status S). Classes with a char newer than
 /// Go's tables are left out of the comparison: Go has no opinion on them.
 const EXTRA_JOINS: &[&[u32]] = &[
-    &[0x49, 0x69, 0x131],
+    &[0x49, 0x69, 0x130, 0x131],
     &[0x390, 0x1FD3],
     &[0x3B0, 0x1FE3],
     &[0xFB05, 0xFB06],
