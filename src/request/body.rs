@@ -11,7 +11,7 @@
 //! JSON: the `Content-Type` is one media type, `application/json` or a `+json`
 //! suffix ([`crate::request::media_type`]).
 //!
-//! One meaning: [`strict_json`] refuses an object with two keys that a binder
+//! One meaning: `strict_json` refuses an object with two keys that a binder
 //! folds together ([`crate::request::fold`]).
 //!
 //! Never imports: anything above the foundation but its floor's `fold` and
@@ -36,9 +36,11 @@ pub enum Body {
     Absent,
     /// The body parsed as JSON.
     Json(Json),
-    /// Envoy sent only part of the body: rules that read it deny.
+    /// Envoy sent only part of the body, or may have (the body fills the
+    /// limit, or is short of its `content-length`): rules that read it deny.
     Truncated,
-    /// A body that is not JSON (or too large to parse): rules that read it deny.
+    /// A body that is not JSON, not one media type, or not one length: rules
+    /// that read it deny.
     Unparsed,
 }
 

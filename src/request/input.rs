@@ -2,9 +2,10 @@
 //!
 //! [`Input::from_check_request`] is the only place that reads the protobuf. What it
 //! builds is what rules see: the host lower-cased without port or trailing dot, the
-//! path exactly as Envoy forwards it (split from the query), lower-cased headers,
-//! the JSON body when Envoy sends one ([`crate::request::body`]), the route's `context_extensions`, and the
-//! connection: source address, mTLS peer, SNI.
+//! path exactly as Envoy forwards it (split from the query, [`crate::request::query`]),
+//! lower-cased headers, the JSON body when Envoy sends one ([`crate::request::body`]),
+//! the route's `context_extensions`, and the connection: source address, mTLS peer,
+//! SNI.
 //!
 //! It must never re-normalize a path: a non-canonical one is reported as
 //! [`InputError::Path`] and denied (see [`crate::request::path`]).
