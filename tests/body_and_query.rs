@@ -300,6 +300,12 @@ async fn a_body_go_binds_differently_is_denied_body_unavailable() {
     server.stop().await.unwrap();
 }
 
+/// A check of `POST /pay` on the shop tenant with this body and content type.
+fn pay_check(content_type: &str, body: &str) -> CheckRequest {
+    let headers = json!({ "content-type": content_type });
+    check_request("shop.example", "POST", "/pay", headers, Some(body))
+}
+
 #[tokio::test]
 async fn a_body_go_reads_as_a_form_is_not_judged_as_json() {
     let go = GoService::start();
@@ -313,13 +319,7 @@ async fn a_body_go_reads_as_a_form_is_not_judged_as_json() {
         let seen = go.reads(ct, body).await;
         assert_eq!(seen["json"]["amount"], 5);
         assert_eq!(seen["form_amount"], "", "{ct}: {seen}");
-        let req = check_request(
-            "shop.example",
-            "POST",
-            "/pay",
-            json!({ "content-type": ct }),
-            Some(body),
-        );
+        let req = pay_check(ct, body);
         assert_eq!(decide(&mut c, req).await, (200, String::new()), "{ct}");
     }
 
@@ -335,13 +335,7 @@ async fn a_body_go_reads_as_a_form_is_not_judged_as_json() {
         if seen["media_type"] == "application/x-www-form-urlencoded" {
             assert_eq!(seen["form_amount"], "99999", "{ct}: {seen}");
         }
-        let req = check_request(
-            "shop.example",
-            "POST",
-            "/pay",
-            json!({ "content-type": ct }),
-            Some(body),
-        );
+        let req = pay_check(ct, body);
         assert_eq!(
             decide(&mut c, req).await,
             (403, "body_unavailable".into()),
@@ -359,8 +353,7 @@ async fn a_body_go_reads_as_a_form_is_not_judged_as_json() {
         )
         .await;
     assert_eq!(seen["form_amount"], "99999", "{seen}");
-    let joined = json!({ "content-type": format!("{form},application/json") });
-    let req = check_request("shop.example", "POST", "/pay", joined, Some(body));
+    let req = pay_check(&format!("{form},application/json"), body);
     assert_eq!(decide(&mut c, req).await, (403, "body_unavailable".into()));
     server.stop().await.unwrap();
 }
