@@ -199,9 +199,11 @@ fn max_body_bytes() {
             Some(body),
         ))
     };
-    assert_eq!(outcome(&check(body.len())), (true, 200, "allowed"));
+    // The limit is Envoy's max_request_bytes: a body that reaches it may be
+    // the first part of a longer one, so the largest judged body is one less.
+    assert_eq!(outcome(&check(body.len() + 1)), (true, 200, "allowed"));
     assert_eq!(
-        outcome(&check(body.len() - 1)),
+        outcome(&check(body.len())),
         (false, 403, "body_unavailable")
     );
 }

@@ -109,8 +109,9 @@ pub struct Limits {
     /// Most header bytes (names plus values) considered; more is denied
     /// `headers_too_large`.
     pub max_header_bytes: usize,
-    /// Largest body parsed as JSON; a larger one is not parsed, and rules that
-    /// read it deny `body_unavailable`.
+    /// Envoy's `max_request_bytes`: a body this long or longer may be cut
+    /// short, so it is never parsed, and rules that read it deny
+    /// `body_unavailable` (the largest parsed body is one byte less).
     pub max_body_bytes: usize,
     /// Longest path (without the query); longer is denied `path_too_long`.
     pub max_path_bytes: usize,

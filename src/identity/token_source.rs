@@ -98,12 +98,14 @@ impl TokenSource {
                 if values.next().is_some() {
                     return Err(IdentityError::Malformed(format!("query parameter {name}")));
                 }
-                // Envoy removes query parameters by their raw name: a
-                // percent-encoded spelling would be read here and still reach
-                // the upstream (and its access logs). Refused.
+                // `query_values` finds every spelling a framework merges
+                // (`%5F`, letter case, `name[]`, PHP's `access.token`): two of
+                // them are two credentials. Envoy removes query parameters by
+                // their raw name, so a lone other spelling would be read by
+                // the upstream and reach its access logs. Both refused.
                 match first {
                     Some((raw, _)) if raw != name => Err(IdentityError::Malformed(format!(
-                        "query parameter {name} (percent-encoded name)"
+                        "query parameter {name} (another spelling of the name)"
                     ))),
                     Some((_, value)) => Ok(Some(value).filter(|t| !t.is_empty())),
                     None => Ok(None),

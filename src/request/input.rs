@@ -2,9 +2,10 @@
 //!
 //! [`Input::from_check_request`] is the only place that reads the protobuf. What it
 //! builds is what rules see: the host lower-cased without port or trailing dot, the
-//! path exactly as Envoy forwards it (split from the query), lower-cased headers,
-//! the JSON body when Envoy sends one, the route's `context_extensions`, and the
-//! connection: source address, mTLS peer, SNI.
+//! path exactly as Envoy forwards it (split from the query, [`crate::request::query`]),
+//! lower-cased headers, the JSON body when Envoy sends one ([`crate::request::body`]),
+//! the route's `context_extensions`, and the connection: source address, mTLS peer,
+//! SNI.
 //!
 //! It must never re-normalize a path: a non-canonical one is reported as
 //! [`InputError::Path`] and denied (see [`crate::request::path`]).
@@ -17,15 +18,17 @@ use serde_json::Value as Json;
 use crate::foundation::proto::auth::{AttributeContext, CheckRequest, attribute_context};
 use crate::foundation::proto::core::{Address, Metadata, address};
 use crate::foundation::reason::Reason;
+use crate::request::body::body_of;
 use crate::request::path::{self, PathError};
+use crate::request::query::parse_query;
+
+pub(crate) use crate::request::body::strict_json;
+pub use crate::request::body::{Body, PARTIAL_BODY_HEADER};
+pub use crate::request::query::query_values;
 
 pub use crate::foundation::limits::MAX_BODY_BYTES;
 
 pub use crate::foundation::limits::MAX_BODY_COLLECTION_LEN;
-
-/// Envoy sets this request header when it sent only part of the body
-/// (`allow_partial_message: true`).
-pub const PARTIAL_BODY_HEADER: &str = "x-envoy-auth-partial-body";
 
 /// The request, as the rules see it.
 #[derive(Debug, Clone, Default)]
@@ -41,9 +44,11 @@ pub struct Resource {
     pub query: String,
     /// Query parameters, percent-decoded; a repeated name keeps its first value.
     pub query_params: BTreeMap<String, String>,
-    /// A query parameter name appears more than once. Upstreams disagree on which
-    /// value counts (first, last, joined), so rules that read `resource.query`
-    /// deny such a request rather than pick one.
+    /// A query parameter name appears more than once, in any spelling a common
+    /// framework merges (letter case, `name[]`, PHP's `.`/space mangling, `;`
+    /// as a separator: see [`crate::request::query`]). Upstreams disagree on
+    /// which value counts (first, last, joined), so rules that read
+    /// `resource.query` deny such a request rather than pick one.
     pub query_repeated: bool,
     /// Lower-cased names; repeated headers joined with `,` as Envoy does.
     pub headers: BTreeMap<String, String>,
@@ -59,19 +64,6 @@ pub struct Resource {
     pub route_metadata: BTreeMap<String, Json>,
     /// Envoy's listener address, `ip:port`.
     pub destination: Option<String>,
-}
-
-/// The request body, when Envoy sends one (`with_request_body`).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub enum Body {
-    #[default]
-    Absent,
-    /// The body parsed as JSON.
-    Json(Json),
-    /// Envoy sent only part of the body: rules that read it deny.
-    Truncated,
-    /// A body that is not JSON (or too large to parse): rules that read it deny.
-    Unparsed,
 }
 
 /// Whole seconds since the Unix epoch (0 for a time before it).
@@ -191,7 +183,15 @@ impl Input {
             query: query.to_string(),
             query_params,
             query_repeated,
-            body: body_of(http, &headers, max_body_bytes),
+            body: body_of(
+                if http.raw_body.is_empty() {
+                    http.body.as_bytes()
+                } else {
+                    &http.raw_body
+                },
+                &headers,
+                max_body_bytes,
+            ),
             headers,
             scheme: http.scheme.clone(),
             protocol: http.protocol.clone(),
@@ -299,159 +299,6 @@ fn headers_of(http: &attribute_context::HttpRequest) -> BTreeMap<String, String>
         }
     }
     out
-}
-
-fn body_of(
-    http: &attribute_context::HttpRequest,
-    headers: &BTreeMap<String, String>,
-    max_bytes: usize,
-) -> Body {
-    let bytes: &[u8] = if http.raw_body.is_empty() {
-        http.body.as_bytes()
-    } else {
-        &http.raw_body
-    };
-    if headers
-        .get(PARTIAL_BODY_HEADER)
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
-    {
-        return Body::Truncated;
-    }
-    if bytes.is_empty() {
-        // The request has a body that Envoy did not send (no `with_request_body`,
-        // an upgrade, buffering off): rules must not read it as "no body".
-        let has_body = headers
-            .get("content-length")
-            .is_some_and(|n| n.trim() != "0")
-            || headers.contains_key("transfer-encoding");
-        return if has_body {
-            Body::Unparsed
-        } else {
-            Body::Absent
-        };
-    }
-    let is_json = headers.get("content-type").is_some_and(|ct| {
-        let ct = ct.to_ascii_lowercase();
-        ct.starts_with("application/json") || ct.contains("+json")
-    });
-    if !is_json || bytes.len() > max_bytes.min(MAX_BODY_BYTES) {
-        return Body::Unparsed;
-    }
-    strict_json(bytes).map_or(Body::Unparsed, Body::Json)
-}
-
-/// Parses JSON, refusing objects with a key twice, also when the keys differ only
-/// in case: upstream parsers disagree on which duplicate wins (serde_json keeps the
-/// last, Go matches keys case-insensitively), so a rule could check one value
-/// while the service uses another.
-pub(crate) fn strict_json(bytes: &[u8]) -> Option<Json> {
-    use serde::Deserialize;
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = StrictJson::deserialize(&mut de).ok()?.0;
-    de.end().ok()?;
-    Some(value)
-}
-
-struct StrictJson(Json);
-
-impl<'de> serde::Deserialize<'de> for StrictJson {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrictVisitor).map(StrictJson)
-    }
-}
-
-struct StrictVisitor;
-
-impl<'de> serde::de::Visitor<'de> for StrictVisitor {
-    type Value = Json;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("JSON without duplicate keys")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Json, E> {
-        Ok(Json::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Json, E> {
-        Ok(Json::from(v))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Json, E> {
-        Ok(Json::from(v))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Json, E> {
-        Ok(serde_json::Number::from_f64(v).map_or(Json::Null, Json::Number))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Json, E> {
-        Ok(Json::String(v.to_string()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Json, E> {
-        Ok(Json::String(v))
-    }
-    fn visit_unit<E>(self) -> Result<Json, E> {
-        Ok(Json::Null)
-    }
-    fn visit_none<E>(self) -> Result<Json, E> {
-        Ok(Json::Null)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
-        let mut out = Vec::new();
-        while let Some(StrictJson(v)) = seq.next_element()? {
-            if out.len() == MAX_BODY_COLLECTION_LEN {
-                return Err(serde::de::Error::custom("array too long"));
-            }
-            out.push(v);
-        }
-        Ok(Json::Array(out))
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
-        let mut out = serde_json::Map::new();
-        let mut folded = std::collections::HashSet::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if !folded.insert(key.to_lowercase()) {
-                return Err(serde::de::Error::custom("duplicate key"));
-            }
-            if out.len() == MAX_BODY_COLLECTION_LEN {
-                return Err(serde::de::Error::custom("object too large"));
-            }
-            let StrictJson(v) = map.next_value()?;
-            out.insert(key, v);
-        }
-        Ok(Json::Object(out))
-    }
-}
-
-fn decode_query_part(s: &str) -> String {
-    percent_encoding::percent_decode_str(&s.replace('+', " "))
-        .decode_utf8_lossy()
-        .into_owned()
-}
-
-/// Every `(raw name, raw value)` of the query parameter `name`, names compared
-/// after decoding (so `access%5Ftoken` counts as `access_token`; a caller that
-/// must remove the parameter needs the raw name).
-pub fn query_values<'q>(query: &'q str, name: &'q str) -> impl Iterator<Item = (&'q str, &'q str)> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .filter_map(move |pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode_query_part(k) == name).then_some((k, v))
-        })
-}
-
-fn parse_query(query: &str) -> (BTreeMap<String, String>, bool) {
-    let mut out = BTreeMap::new();
-    let mut repeated = false;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let decode = decode_query_part;
-        match out.entry(decode(k)) {
-            std::collections::btree_map::Entry::Vacant(e) => {
-                e.insert(decode(v));
-            }
-            std::collections::btree_map::Entry::Occupied(_) => repeated = true,
-        }
-    }
-    (out, repeated)
 }
 
 fn address_of(addr: Option<&Address>) -> Option<String> {

@@ -34,8 +34,8 @@ impl Refused {
 }
 
 /// Stage 1 under the limits: measures the request's headers, path and body
-/// on the protobuf, then builds the [`Input`]. A body over
-/// `max_body_bytes` is left unparsed (rules that read it deny).
+/// on the protobuf, then builds the [`Input`]. A body of `max_body_bytes` or
+/// more is treated as truncated (rules that read it deny).
 pub fn read(limits: &Limits, request: &CheckRequest) -> Result<Input, Refused> {
     let http = request
         .attributes
@@ -166,16 +166,20 @@ mod tests {
     }
 
     #[test]
-    fn body_over_the_limit_is_left_unparsed() {
+    fn body_reaching_the_limit_is_truncated() {
         let l = Limits {
             max_body_bytes: 8,
             ..Limits::default()
         };
         let json = [("content-type", "application/json")];
+        // One byte under the limit is whole; at the limit it may be the first
+        // part of a longer body (Envoy stops buffering there).
+        let under = read(&l, &request("/x", &json, r#"{"a":1}"#)).unwrap();
+        assert!(matches!(under.resource.body, Body::Json(_)));
         let at = read(&l, &request("/x", &json, r#"{"a":12}"#)).unwrap();
-        assert!(matches!(at.resource.body, Body::Json(_)));
+        assert_eq!(at.resource.body, Body::Truncated);
         let over = read(&l, &request("/x", &json, r#"{"a":123}"#)).unwrap();
-        assert_eq!(over.resource.body, Body::Unparsed);
+        assert_eq!(over.resource.body, Body::Truncated);
     }
 
     #[test]
