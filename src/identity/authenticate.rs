@@ -158,6 +158,7 @@ fn own_token(config: &IdentityConfig, input: &Input) -> Result<Option<Identity>,
             &config.issuers,
             &config.token_cache,
             input.context.time,
+            config.max_claim_items,
         ) {
             Attempt::Done(result) => (AuthMethod::Jwt, result?),
             Attempt::NeedKeys(remote) => {
