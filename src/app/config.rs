@@ -245,5 +245,25 @@ mod tests {
                 .unwrap_err()
                 .contains("limits.max_concurrent_checks")
         );
+        std::fs::write(&path, "policies: p\nconnections: { idle_timeout: 0s }\n").unwrap();
+        assert!(
+            Config::load(&path)
+                .unwrap_err()
+                .contains("connections.idle_timeout must be positive")
+        );
+        std::fs::write(
+            &path,
+            "policies: p\nconnections: { max_grpc: 10, idle_timeout: 2h }\n",
+        )
+        .unwrap();
+        let c = Config::load(&path).unwrap().connections;
+        assert_eq!(
+            (c.max_grpc, c.idle_timeout),
+            (10, Duration::from_secs(7200))
+        );
+        assert_eq!(
+            c.max_admin,
+            crate::transport::connections::DEFAULT_MAX_ADMIN_CONNECTIONS
+        );
     }
 }

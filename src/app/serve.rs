@@ -1,9 +1,9 @@
 //! The server started from its configuration: policies loaded, every
-//! listener bound (gRPC on TCP and/or a unix socket, the admin port), the
-//! watcher and the reload loop running; and its orderly shutdown. SIGTERM or
-//! SIGINT in `serve` marks the server not ready and not serving, stops
-//! accepting connections and lets in-flight checks finish within the grace
-//! period.
+//! listener bound (gRPC on TCP and/or a unix socket, the admin port) behind
+//! its connection cap and timeouts, the watcher and the reload loop running;
+//! and its orderly shutdown. SIGTERM or SIGINT in `serve` marks the server not
+//! ready and not serving, stops accepting connections and lets in-flight
+//! checks finish within the grace period.
 //!
 //! The wiring of every floor below; the gRPC handler itself is
 //! [`crate::transport::server`].
@@ -147,13 +147,15 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             .await
             .with_context(|| format!("cannot bind gRPC address {addr}"))?;
         grpc_addr = Some(listener.local_addr()?);
-        // No Nagle delay: a response's trailers must not wait for the peer's
-        // delayed ACK of its headers (about 40ms per check on Linux).
+        // Beyond the cap a connection is closed at accept; see `connections`.
         let gate = Gate::grpc(connections, metrics.connections("grpc"));
         let incoming =
             tokio_stream::StreamExt::filter_map(TcpListenerStream::new(listener), move |conn| {
                 match conn {
                     Ok(c) => {
+                        // No Nagle delay: a response's trailers must not wait for
+                        // the peer's delayed ACK of its headers (about 40ms per
+                        // check on Linux).
                         let _ = c.set_nodelay(true);
                         gate.admit(c).map(|c| Ok(Batched(c)))
                     }
