@@ -404,6 +404,76 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
+
+    fn gate(max: usize) -> Gate {
+        let config = ConnectionsConfig {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            ..ConnectionsConfig::default()
+        };
+        Gate::new(
+            max,
+            config.idle_timeout,
+            &config,
+            ConnectionMetrics::default(),
+        )
+    }
+
+    /// Whether a read on `io` fails with the timeout by `after` from now (the
+    /// clock is paused: time moves only when the runtime is idle).
+    async fn times_out(io: &mut Guarded<tokio::io::DuplexStream>, after: Duration) -> bool {
+        let mut buf = [0u8; 8];
+        match tokio::time::timeout(after, io.read(&mut buf)).await {
+            Ok(Err(e)) => e.kind() == io::ErrorKind::TimedOut,
+            _ => false,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_cap_counts_open_connections() {
+        let g = gate(2);
+        let (a, _a) = tokio::io::duplex(8);
+        let (b, _b) = tokio::io::duplex(8);
+        let (c, _c) = tokio::io::duplex(8);
+        let first = g.admit(a).unwrap();
+        let _second = g.admit(b).unwrap();
+        assert!(g.admit(c).is_none());
+        assert_eq!((g.metrics.open.get(), g.metrics.refused.get()), (2, 1));
+        drop(first);
+        let (d, _d) = tokio::io::duplex(8);
+        assert!(g.admit(d).is_some(), "a closed connection frees its place");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadlines_follow_requests_not_bytes() {
+        let g = gate(10);
+        // Bytes but no request: closed at the header-read timeout, not before.
+        use tokio::io::AsyncWriteExt;
+        let (io, mut peer) = tokio::io::duplex(64);
+        let mut trickle = g.admit(io).unwrap();
+        assert!(!times_out(&mut trickle, Duration::from_secs(5)).await);
+        peer.write_all(b"P").await.unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(trickle.read(&mut byte).await.unwrap(), 1);
+        assert!(!times_out(&mut trickle, Duration::from_secs(4)).await);
+        assert!(times_out(&mut trickle, Duration::from_secs(2)).await);
+        assert_eq!(g.metrics.header_read_closed.get(), 1);
+
+        // A request in flight holds the connection past every timeout.
+        let (io, _peer) = tokio::io::duplex(64);
+        let mut busy = g.admit(io).unwrap();
+        let request = busy.conn().begin();
+        assert!(!times_out(&mut busy, Duration::from_secs(600)).await);
+        // Once it ends, the idle timeout runs from then.
+        drop(request);
+        assert!(!times_out(&mut busy, Duration::from_secs(59)).await);
+        assert!(times_out(&mut busy, Duration::from_secs(2)).await);
+        assert_eq!(g.metrics.idle_closed.get(), 1);
+        // It stays closed, and is counted once.
+        assert!(times_out(&mut busy, Duration::from_secs(1)).await);
+        assert_eq!(g.metrics.idle_closed.get(), 1);
+    }
 
     #[test]
     fn defaults_validate_and_bounds_are_named() {
