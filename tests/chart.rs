@@ -86,6 +86,7 @@ fn everything_on() -> Value {
                 "keys": [{ "kid": "k1", "file": "/etc/portcullis/secrets/idp-keys/k1.pem" }],
             },
             "limits": { "max_concurrent_checks": 512, "max_tenants": 50 },
+            "connections": { "max_grpc": 4096, "idle_timeout": "2h" },
         },
         "podLabels": { "team": "payments" },
         "image": { "digest": format!("sha256:{}", "a".repeat(64)) },
@@ -682,8 +683,16 @@ fn rendered_policies_and_server_config_are_accepted_by_portcullis() {
                 server["limits"],
                 json!({ "max_concurrent_checks": 512, "max_tenants": 50 })
             );
+            assert_eq!(
+                server["connections"],
+                json!({ "max_grpc": 4096, "idle_timeout": "2h" })
+            );
         } else {
             assert!(server.get("limits").is_none(), "no limits unless asked for");
+            assert!(
+                server.get("connections").is_none(),
+                "no connections unless asked for"
+            );
         }
         // Signing keys come from a Secret mount in the cluster: here, a key
         // made for the test stands in at each path the chart rendered.

@@ -1278,6 +1278,68 @@ rules: []
     assert!(p.check_async(&r, WAIT).await.allowed);
 }
 
+/// Item 11 of issue 25: an active token whose answer had an array over 256
+/// elements counted as an endpoint failure: 503 for it, and for every
+/// uncached token of the tenant for 2 s. Now an answer too large to judge
+/// (an array over `limits.max_claim_items`, or a body over the response
+/// limit) refuses that token alone, 401 `claims_too_large`, and the next
+/// token of the same tenant is introspected and allowed at once.
+#[tokio::test]
+async fn an_oversize_introspection_answer_fails_that_token_alone() {
+    let t = now();
+    let max = portcullis::foundation::limits::DEFAULT_MAX_CLAIM_ITEMS;
+    let answer = |groups: Value| json!({"active": true, "sub": "svc-a", "scope": "reports:read", "exp": t + 300, "groups": groups});
+    let long_name = "g".repeat(100);
+    let server = Introspection::start(json!({
+        "groups-257": answer(json!(vec![1; 257])),
+        "groups-max": answer(json!(vec![1; max])),
+        "groups-over": answer(json!(vec![1; max + 1])),
+        // 3,000 names of 100 bytes: a body over the 256 KiB a response may be.
+        "body-over": answer(json!(vec![long_name; 3000])),
+        "next": answer(json!([])),
+        "after-body": answer(json!([])),
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("client-secret"), "s3cr&t\n").unwrap();
+    let policy = format!(
+        "apiVersion: portcullis/v1\ntenant: acme\nidentity:\n  introspection: {{ endpoint: 'http://{}/introspect', issuer: https://as.acme.example, client_id: portcullis, client_secret_file: client-secret }}\nrules:\n  - {{ id: reports, path: /reports, when: '\"reports:read\" in claims.scope', effect: allow }}\n---\napiVersion: portcullis/v1\ntenant: globex\nrules: []\n",
+        server.addr
+    );
+    let p = pipeline(dir.path(), &policy);
+    let check = |token: &str| {
+        let r = request("acme", "/reports", bearer(token));
+        let p = &p;
+        async move { p.check_async(&r, WAIT).await }
+    };
+    for token in ["groups-257", "groups-max"] {
+        let d = check(token).await;
+        assert!(d.allowed, "{token}: {:?} {:?}", d.reason, d.detail);
+    }
+    for token in ["groups-over", "body-over"] {
+        let d = check(token).await;
+        assert_eq!(
+            (d.status(), d.reason.code()),
+            (401, "claims_too_large"),
+            "{token}"
+        );
+        // No pause: the tenant's next uncached token is asked about at once.
+        let next = if token == "groups-over" {
+            "next"
+        } else {
+            "after-body"
+        };
+        let before = server.calls();
+        let d = check(next).await;
+        assert!(d.allowed, "after {token}: {:?} {:?}", d.reason, d.detail);
+        assert_eq!(server.calls(), before + 1, "after {token}");
+    }
+    // The refusal is remembered like an inactive answer: no second call.
+    let before = server.calls();
+    assert_eq!(check("groups-over").await.reason.code(), "claims_too_large");
+    assert_eq!(server.calls(), before);
+}
+
 #[tokio::test]
 async fn introspection_with_the_wrong_secret_fails_closed() {
     let server = Introspection::start(json!({"good": {"active": true, "sub": "a"}})).await;

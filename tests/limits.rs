@@ -128,6 +128,76 @@ fn max_token_bytes() {
     );
 }
 
+/// A token for "alice" whose claims carry `groups` of `n` elements, signed
+/// by jwt-simple (not by portcullis).
+fn token_with_groups(key: &ES256KeyPair, n: usize) -> String {
+    let t = now();
+    let groups: Vec<u32> = (0..n).map(|i| (i % 10) as u32).collect();
+    let claims = json!({"iss": ISSUER, "aud": "orders-api", "sub": "alice", "iat": t, "exp": t + 300, "groups": groups});
+    key.sign(support::raw_claims(claims)).unwrap()
+}
+
+/// Item 13 of issue 25: claims had the bodies' bound (256), refused as
+/// `invalid_token`. Now `limits.max_claim_items` (1024 by default) bounds
+/// them, and more is its own 401, `claims_too_large`, on both sides.
+#[test]
+fn max_claim_items() {
+    let key = ES256KeyPair::generate().with_key_id("k1");
+    let same_key = || {
+        ES256KeyPair::from_bytes(&key.to_bytes())
+            .unwrap()
+            .with_key_id("k1")
+    };
+    let get = |w: &World, t: &str| {
+        w.p.check(&request(
+            "GET",
+            "/orders/1",
+            json!({"authorization": format!("Bearer {t}")}),
+            None,
+        ))
+    };
+    let default = world_with_key(Limits::default(), same_key());
+    let max = portcullis::foundation::limits::DEFAULT_MAX_CLAIM_ITEMS;
+    // Over the bodies' 256 and at the default: a plain token.
+    for n in [257, max] {
+        let d = get(&default, &token_with_groups(&key, n));
+        assert_eq!(outcome(&d), (true, 200, "allowed"), "{n}: {:?}", d.detail);
+    }
+    let d = get(&default, &token_with_groups(&key, max + 1));
+    assert_eq!(outcome(&d), (false, 401, "claims_too_large"));
+    assert!(
+        d.challenge().unwrap().contains("token claims too large"),
+        "{:?}",
+        d.challenge()
+    );
+    // Space-separated scopes count once split.
+    let t = now();
+    let scopes = vec!["s"; max + 1].join(" ");
+    let claims = json!({"iss": ISSUER, "aud": "orders-api", "sub": "alice", "iat": t, "exp": t + 300, "scope": scopes});
+    let d = get(&default, &key.sign(support::raw_claims(claims)).unwrap());
+    assert_eq!(outcome(&d), (false, 401, "claims_too_large"));
+
+    // Configured lower, for members of an object as well.
+    let ten = world_with_key(
+        Limits {
+            max_claim_items: 10,
+            ..Limits::default()
+        },
+        same_key(),
+    );
+    assert_eq!(
+        outcome(&get(&ten, &token_with_groups(&key, 10))),
+        (true, 200, "allowed")
+    );
+    let d = get(&ten, &token_with_groups(&key, 11));
+    assert_eq!(outcome(&d), (false, 401, "claims_too_large"));
+    let members: serde_json::Map<String, Value> =
+        (0..11).map(|i| (format!("m{i}"), json!(i))).collect();
+    let claims = json!({"iss": ISSUER, "aud": "orders-api", "sub": "alice", "iat": t, "exp": t + 300, "org": members});
+    let d = get(&ten, &key.sign(support::raw_claims(claims)).unwrap());
+    assert_eq!(outcome(&d), (false, 401, "claims_too_large"));
+}
+
 #[test]
 fn max_headers_and_max_header_bytes() {
     // The request below has three headers: two of its own and Envoy's `:path`.
@@ -355,7 +425,7 @@ fn limits_load_from_the_server_config() {
     let path = dir.path().join("portcullis.yaml");
     std::fs::write(
         &path,
-        "policies: p\nlimits:\n  max_token_bytes: 4096\n  max_headers: 50\n  max_header_bytes: 16384\n  max_body_bytes: 1024\n  max_path_bytes: 2048\n  max_rules_per_tenant: 100\n  max_check_cost: 1000\n  max_tenants: 10\n  token_cache_size: 500\n  replay_cache_size: 1000\n",
+        "policies: p\nlimits:\n  max_token_bytes: 4096\n  max_headers: 50\n  max_header_bytes: 16384\n  max_body_bytes: 1024\n  max_path_bytes: 2048\n  max_rules_per_tenant: 100\n  max_check_cost: 1000\n  max_tenants: 10\n  token_cache_size: 500\n  replay_cache_size: 1000\n  max_claim_items: 2048\n",
     )
     .unwrap();
     let c = portcullis::app::config::Config::load(&path).unwrap();
@@ -372,6 +442,7 @@ fn limits_load_from_the_server_config() {
             max_tenants: 10,
             token_cache_size: 500,
             replay_cache_size: 1000,
+            max_claim_items: 2048,
             ..Limits::default()
         }
     );
@@ -398,6 +469,13 @@ fn limits_load_from_the_server_config() {
     let e = portcullis::app::config::Config::load(&path).unwrap_err();
     assert!(
         e.contains("limits.max_token_bytes must be between 1 and 8192"),
+        "{e}"
+    );
+    // The claims' bound stops where the cost model's size for claims does.
+    std::fs::write(&path, "policies: p\nlimits: { max_claim_items: 4097 }\n").unwrap();
+    let e = portcullis::app::config::Config::load(&path).unwrap_err();
+    assert!(
+        e.contains("limits.max_claim_items must be between 1 and 4096"),
         "{e}"
     );
 }

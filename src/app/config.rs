@@ -51,6 +51,10 @@ pub struct Config {
     pub decision_log: crate::observe::audit::DecisionLogConfig,
     #[serde(default)]
     pub limits: Limits,
+    /// Connections per listener and their timeouts; see
+    /// [`crate::transport::connections`].
+    #[serde(default)]
+    pub connections: crate::transport::connections::ConnectionsConfig,
     /// TLS on the gRPC listeners, optionally requiring a client certificate;
     /// see [`crate::transport::tls`].
     #[serde(default)]
@@ -115,6 +119,7 @@ impl Config {
             metrics: Default::default(),
             decision_log: Default::default(),
             limits: Limits::default(),
+            connections: Default::default(),
             tls: None,
             policy_files: Default::default(),
         }
@@ -160,6 +165,7 @@ impl Config {
             return Err("reload.debounce and reload.rescan_interval must be positive".into());
         }
         self.limits.validate()?;
+        self.connections.validate()?;
         self.decision_log.validate()?;
         self.policy_files.validate()?;
         if let Some(tls) = &self.tls {
@@ -238,6 +244,26 @@ mod tests {
             Config::load(&path)
                 .unwrap_err()
                 .contains("limits.max_concurrent_checks")
+        );
+        std::fs::write(&path, "policies: p\nconnections: { idle_timeout: 0s }\n").unwrap();
+        assert!(
+            Config::load(&path)
+                .unwrap_err()
+                .contains("connections.idle_timeout must be positive")
+        );
+        std::fs::write(
+            &path,
+            "policies: p\nconnections: { max_grpc: 10, idle_timeout: 2h }\n",
+        )
+        .unwrap();
+        let c = Config::load(&path).unwrap().connections;
+        assert_eq!(
+            (c.max_grpc, c.idle_timeout),
+            (10, Duration::from_secs(7200))
+        );
+        assert_eq!(
+            c.max_admin,
+            crate::transport::connections::DEFAULT_MAX_ADMIN_CONNECTIONS
         );
     }
 }

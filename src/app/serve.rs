@@ -1,9 +1,9 @@
 //! The server started from its configuration: policies loaded, every
-//! listener bound (gRPC on TCP and/or a unix socket, the admin port), the
-//! watcher and the reload loop running; and its orderly shutdown. SIGTERM or
-//! SIGINT in `serve` marks the server not ready and not serving, stops
-//! accepting connections and lets in-flight checks finish within the grace
-//! period.
+//! listener bound (gRPC on TCP and/or a unix socket, the admin port) behind
+//! its connection cap and timeouts, the watcher and the reload loop running;
+//! and its orderly shutdown. SIGTERM or SIGINT in `serve` marks the server not
+//! ready and not serving, stops accepting connections and lets in-flight
+//! checks finish within the grace period.
 //!
 //! The wiring of every floor below; the gRPC handler itself is
 //! [`crate::transport::server`].
@@ -29,6 +29,7 @@ use crate::pipeline::Pipeline;
 use crate::tenants::store::PolicyStore;
 use crate::tenants::watch as policy_watch;
 use crate::transport::admin::{self, AdminState};
+use crate::transport::connections::{CountRequests, Gate, GatedListener};
 use crate::transport::net::Batched;
 use crate::transport::server::AuthzService;
 
@@ -94,8 +95,15 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         metrics: Arc::clone(&metrics),
     });
     let admin_stop = stopped();
+    let admin_listener = GatedListener {
+        inner: admin_listener,
+        gate: Gate::admin(&config.connections, metrics.connections("admin")),
+    };
+    let admin_service = admin_router
+        .layer(CountRequests)
+        .into_make_service_with_connect_info::<crate::transport::connections::Conn>();
     tasks.spawn(async move {
-        axum::serve(admin_listener, admin_router)
+        axum::serve(admin_listener, admin_service)
             .with_graceful_shutdown(admin_stop)
             .await
             .context("admin server failed")
@@ -110,14 +118,19 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         }
         None => None,
     };
+    let connections = &config.connections;
     let make_router = || -> anyhow::Result<_> {
-        let mut builder = tonic::transport::Server::builder();
+        let mut builder = tonic::transport::Server::builder()
+            // A dead peer (no answer to a PING) frees its connection.
+            .http2_keepalive_interval(Some(connections.http2_keepalive_interval))
+            .http2_keepalive_timeout(Some(connections.http2_keepalive_timeout));
         if let Some(tls) = &tls {
             builder = builder
                 .tls_config(tls.clone())
                 .context("cannot set up TLS on the gRPC listener")?;
         }
         Ok(builder
+            .layer(CountRequests)
             .add_service(health_service.clone())
             .add_service(AuthorizationServer::new(
                 AuthzService::with_observers(
@@ -134,14 +147,21 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             .await
             .with_context(|| format!("cannot bind gRPC address {addr}"))?;
         grpc_addr = Some(listener.local_addr()?);
-        // No Nagle delay: a response's trailers must not wait for the peer's
-        // delayed ACK of its headers (about 40ms per check on Linux).
-        let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |conn| {
-            conn.map(|c| {
-                let _ = c.set_nodelay(true);
-                Batched(c)
-            })
-        });
+        // Beyond the cap a connection is closed at accept; see `connections`.
+        let gate = Gate::grpc(connections, metrics.connections("grpc"));
+        let incoming =
+            tokio_stream::StreamExt::filter_map(TcpListenerStream::new(listener), move |conn| {
+                match conn {
+                    Ok(c) => {
+                        // No Nagle delay: a response's trailers must not wait for
+                        // the peer's delayed ACK of its headers (about 40ms per
+                        // check on Linux).
+                        let _ = c.set_nodelay(true);
+                        gate.admit(c).map(|c| Ok(Batched(c)))
+                    }
+                    Err(e) => Some(Err(e)),
+                }
+            });
         let router = make_router()?;
         let s = stopped();
         tasks.spawn(async move {
@@ -159,8 +179,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         }
         let listener = UnixListener::bind(path)
             .with_context(|| format!("cannot bind unix socket {}", path.display()))?;
+        let gate = Gate::grpc(connections, metrics.connections("unix"));
         let incoming =
-            tokio_stream::StreamExt::map(UnixListenerStream::new(listener), |c| c.map(Batched));
+            tokio_stream::StreamExt::filter_map(UnixListenerStream::new(listener), move |conn| {
+                match conn {
+                    Ok(c) => gate.admit(c).map(|c| Ok(Batched(c))),
+                    Err(e) => Some(Err(e)),
+                }
+            });
         let router = make_router()?;
         let s = stopped();
         tasks.spawn(async move {

@@ -17,7 +17,8 @@
 //!   path and body are measured on the protobuf before anything is built from
 //!   them;
 //! - the tenant compiler: rules per tenant, the
-//!   token size a tenant accepts, its token cache and DPoP replay cache;
+//!   token size a tenant accepts, the size of its tokens' claims, its token
+//!   cache and DPoP replay cache;
 //! - the store's reload (tenants) and the server (concurrent checks).
 
 use serde::Deserialize;
@@ -43,6 +44,16 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// may have to be parsed. CEL has no time limit; with lists this short even a
 /// quadratic condition (`x in list` inside `all`) stays in the milliseconds.
 pub const MAX_BODY_COLLECTION_LEN: usize = 256;
+
+/// Default for `limits.max_claim_items`: the most elements in one array, and
+/// members in one object, of a token's claims (a JWT payload or an
+/// introspection answer). Enterprise identity providers send `groups` of
+/// hundreds; more is refused `claims_too_large`.
+pub const DEFAULT_MAX_CLAIM_ITEMS: usize = 1024;
+/// Largest `limits.max_claim_items` accepted: the most elements a JWT of
+/// [`MAX_TOKEN_BYTES`] can hold anyway (two bytes each at least), and the
+/// size `policy::cost` assumes for a collection in `claims`.
+pub const MAX_CLAIM_ITEMS_CEILING: usize = MAX_TOKEN_BYTES / 2;
 
 /// Longest path (without the query) that portcullis considers; longer is denied.
 pub const MAX_PATH_BYTES: usize = 8 * 1024;
@@ -115,6 +126,9 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Longest path (without the query); longer is denied `path_too_long`.
     pub max_path_bytes: usize,
+    /// Most elements in one array (or members in one object) of a token's
+    /// claims, JWT or introspection answer; more is denied `claims_too_large`.
+    pub max_claim_items: usize,
     /// Most rules in one tenant's file; more is a load error.
     pub max_rules_per_tenant: usize,
     /// The most the conditions one request can reach may cost together, in
@@ -139,6 +153,7 @@ impl Default for Limits {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_body_bytes: MAX_BODY_BYTES,
             max_path_bytes: MAX_PATH_BYTES,
+            max_claim_items: DEFAULT_MAX_CLAIM_ITEMS,
             max_rules_per_tenant: MAX_RULES_PER_TENANT,
             max_check_cost: DEFAULT_MAX_CHECK_COST,
             max_tenants: DEFAULT_MAX_TENANTS,
@@ -169,6 +184,12 @@ impl Limits {
             ),
             ("max_body_bytes", self.max_body_bytes, 1, MAX_BODY_BYTES),
             ("max_path_bytes", self.max_path_bytes, 1, MAX_PATH_BYTES),
+            (
+                "max_claim_items",
+                self.max_claim_items,
+                1,
+                MAX_CLAIM_ITEMS_CEILING,
+            ),
             (
                 "max_rules_per_tenant",
                 self.max_rules_per_tenant,
@@ -230,5 +251,16 @@ mod tests {
             ..Limits::default()
         };
         assert!(zero.validate().unwrap_err().contains("limits.max_tenants"));
+        let claims = |n| Limits {
+            max_claim_items: n,
+            ..Limits::default()
+        };
+        assert!(claims(MAX_CLAIM_ITEMS_CEILING).validate().is_ok());
+        assert!(
+            claims(MAX_CLAIM_ITEMS_CEILING + 1)
+                .validate()
+                .unwrap_err()
+                .contains("limits.max_claim_items")
+        );
     }
 }

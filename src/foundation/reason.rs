@@ -36,6 +36,10 @@ pub enum Reason {
     InvalidToken,
     /// A token over the size limit.
     TokenTooLarge,
+    /// A token whose claims (JWT payload or introspection answer) have an
+    /// array or object over `limits.max_claim_items`: they cannot be judged,
+    /// so the token is refused (401; retrying the same token cannot help).
+    ClaimsTooLarge,
     /// The token's `alg` is not in its issuer's allow-list.
     AlgorithmNotAllowed,
     /// No key of the issuer matches the token's `kid` (or fits its `alg`).
@@ -128,6 +132,7 @@ impl Reason {
             Reason::IssuerNotTrusted => "issuer_not_trusted",
             Reason::InvalidToken => "invalid_token",
             Reason::TokenTooLarge => "token_too_large",
+            Reason::ClaimsTooLarge => "claims_too_large",
             Reason::AlgorithmNotAllowed => "algorithm_not_allowed",
             Reason::UnknownKey => "unknown_key",
             Reason::InvalidSignature => "invalid_signature",
@@ -175,6 +180,7 @@ impl Reason {
             | Reason::IssuerNotTrusted
             | Reason::InvalidToken
             | Reason::TokenTooLarge
+            | Reason::ClaimsTooLarge
             | Reason::AlgorithmNotAllowed
             | Reason::UnknownKey
             | Reason::InvalidSignature
@@ -231,6 +237,7 @@ impl Reason {
             Reason::IssuerNotTrusted => "issuer not trusted",
             Reason::InvalidToken => "malformed token",
             Reason::TokenTooLarge => "token too large",
+            Reason::ClaimsTooLarge => "token claims too large",
             Reason::AlgorithmNotAllowed => "algorithm not allowed",
             Reason::UnknownKey => "unknown signing key",
             Reason::InvalidSignature => "bad signature",
@@ -271,7 +278,7 @@ impl Reason {
     }
 }
 
-const ALL: [Reason; 44] = [
+const ALL: [Reason; 45] = [
     Reason::Allowed,
     Reason::DefaultAllow,
     Reason::CorsPreflight,
@@ -284,6 +291,7 @@ const ALL: [Reason; 44] = [
     Reason::IssuerNotTrusted,
     Reason::InvalidToken,
     Reason::TokenTooLarge,
+    Reason::ClaimsTooLarge,
     Reason::AlgorithmNotAllowed,
     Reason::UnknownKey,
     Reason::InvalidSignature,

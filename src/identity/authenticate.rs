@@ -47,7 +47,7 @@ pub fn authenticate(config: &IdentityConfig, input: &Input) -> Result<Identity, 
     let mut found = None;
     for source in &config.sources {
         let outcome = match source {
-            Source::EnvoyJwt(spec) => match envoy_jwt(spec, input)? {
+            Source::EnvoyJwt(spec) => match envoy_jwt(spec, input, config.max_claim_items)? {
                 // jwt_authn verified the signature, not the binding: a bound
                 // token whose proof or certificate is not here is refused
                 // (RFC 9449 §7.1, RFC 8705 §3). With `forward: true` the token
@@ -158,6 +158,7 @@ fn own_token(config: &IdentityConfig, input: &Input) -> Result<Option<Identity>,
             &config.issuers,
             &config.token_cache,
             input.context.time,
+            config.max_claim_items,
         ) {
             Attempt::Done(result) => (AuthMethod::Jwt, result?),
             Attempt::NeedKeys(remote) => {

@@ -25,6 +25,9 @@ pub struct IdentityConfig {
     pub(super) token_cache: jwt::TokenCache,
     /// Largest token looked at (`limits.max_token_bytes`).
     pub(super) max_token_bytes: usize,
+    /// Most elements in one array or object of a token's claims
+    /// (`limits.max_claim_items`).
+    pub(super) max_claim_items: usize,
     pub(super) introspection: Option<Arc<Introspector>>,
     pub(super) api_keys: Option<ApiKeys>,
     pub(super) dpop: Option<binding::Dpop>,
@@ -139,6 +142,7 @@ impl IdentityConfig {
             token_sources,
             token_cache: jwt::TokenCache::default(),
             max_token_bytes: jwt::MAX_TOKEN_BYTES,
+            max_claim_items: crate::foundation::limits::DEFAULT_MAX_CLAIM_ITEMS,
             introspection,
             api_keys,
             dpop: spec
@@ -149,14 +153,19 @@ impl IdentityConfig {
         })
     }
 
-    /// Applies the server's limits: the largest token, the token cache's size,
-    /// and the DPoP replay cache's (a policy may not ask for more).
+    /// Applies the server's limits: the largest token, the size of its claims
+    /// (JWT and introspection answers alike), the token cache's size, and the
+    /// DPoP replay cache's (a policy may not ask for more).
     pub fn apply_limits(
         &mut self,
         limits: &crate::foundation::limits::Limits,
         tenant: &str,
     ) -> Result<(), String> {
         self.max_token_bytes = limits.max_token_bytes;
+        self.max_claim_items = limits.max_claim_items;
+        if let Some(introspection) = &self.introspection {
+            introspection.limit_claim_items(limits.max_claim_items);
+        }
         self.token_cache = jwt::TokenCache::with_capacity(limits.token_cache_size);
         match &mut self.dpop {
             Some(dpop) => dpop.limit_replay_cache(tenant, limits.replay_cache_size),

@@ -17,9 +17,12 @@ use super::error::IdentityError;
 use super::jwt;
 use super::spec::EnvoyJwtSpec;
 
+/// The verified claims for `spec`, if Envoy left any; `scope`/`scp` of more
+/// than `max_claim_items` scopes is `claims_too_large`, as for a JWT.
 pub(super) fn envoy_jwt(
     spec: &EnvoyJwtSpec,
     input: &Input,
+    max_claim_items: usize,
 ) -> Result<Option<Identity>, IdentityError> {
     let Some(payload) = input
         .resource
@@ -59,8 +62,9 @@ pub(super) fn envoy_jwt(
     // `scope` is a space-separated string in RFC 8693 §4.2 (and RFC 9068
     // §2.2.3); `scopes:` reads a list, so split it as the JWT path does.
     let mut claims = claims.clone();
-    jwt::normalize_scope(&mut claims).map_err(|_| {
-        IdentityError::BadClaims("scope or scp is not a string or a list of strings")
+    jwt::normalize_scope(&mut claims, max_claim_items).map_err(|e| match e {
+        jwt::TokenError::ClaimsTooLarge => IdentityError::Token(e),
+        _ => IdentityError::BadClaims("scope or scp is not a string or a list of strings"),
     })?;
     Ok(Some(Identity {
         method: AuthMethod::EnvoyJwt,
@@ -97,7 +101,7 @@ mod tests {
             "envoy.filters.http.jwt_authn".into(),
             json!({ "jwt_payload": payload }),
         );
-        envoy_jwt(&spec(), &input)
+        envoy_jwt(&spec(), &input, 4)
     }
 
     fn scope(payload: Json) -> Json {
@@ -123,6 +127,23 @@ mod tests {
         );
         let none = verified(json!({ "iss": iss })).unwrap().unwrap();
         assert!(!none.claims.contains_key("scope"));
+    }
+
+    #[test]
+    fn more_scopes_than_the_claims_bound_are_claims_too_large() {
+        let iss = "https://idp.example";
+        assert_eq!(
+            scope(json!({ "iss": iss, "scope": "a b c d" }))
+                .as_array()
+                .unwrap()
+                .len(),
+            4
+        );
+        let e = verified(json!({ "iss": iss, "scope": "a b c", "scp": ["d", "e"] }));
+        assert_eq!(
+            e.err().unwrap().reason(),
+            crate::foundation::reason::Reason::ClaimsTooLarge
+        );
     }
 
     #[test]

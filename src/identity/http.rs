@@ -147,6 +147,22 @@ pub async fn send_any(
     request: reqwest::RequestBuilder,
     full_url: &str,
 ) -> Result<(u16, Vec<u8>), String> {
+    match send_bounded(request, full_url).await? {
+        (status, Some(body)) => Ok((status, body)),
+        (_, None) => Err(format!(
+            "{}: body over {MAX_RESPONSE_BYTES} bytes",
+            without_query(full_url)
+        )),
+    }
+}
+
+/// [`send_any`], with a body over [`MAX_RESPONSE_BYTES`] as `None` (not read
+/// further) rather than an error, for a caller to whom that says something
+/// about what it asked, not about the server.
+pub async fn send_bounded(
+    request: reqwest::RequestBuilder,
+    full_url: &str,
+) -> Result<(u16, Option<Vec<u8>>), String> {
     origin_of(full_url)?;
     let url = without_query(full_url);
     let mut response = request
@@ -155,12 +171,11 @@ pub async fn send_any(
         .await
         .map_err(|e| format!("{url}: {}", describe(&e)))?;
     let status = response.status().as_u16();
-    let too_big = || format!("{url}: body over {MAX_RESPONSE_BYTES} bytes");
     if response
         .content_length()
         .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
     {
-        return Err(too_big());
+        return Ok((status, None));
     }
     let mut body = Vec::new();
     while let Some(chunk) = response
@@ -169,11 +184,11 @@ pub async fn send_any(
         .map_err(|e| format!("{url}: {}", describe(&e)))?
     {
         if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(too_big());
+            return Ok((status, None));
         }
         body.extend_from_slice(&chunk);
     }
-    Ok((status, body))
+    Ok((status, Some(body)))
 }
 
 fn describe(e: &reqwest::Error) -> &'static str {

@@ -9,9 +9,15 @@
 //! `cache_ttl`; inactive ones for `negative_ttl`. The client secret is read
 //! from a file (a Kubernetes Secret mount) at each call, never from a policy.
 //!
+//! An answer about one token that is too large to judge (a body over
+//! [`http::MAX_RESPONSE_BYTES`], or an array or object over
+//! `limits.max_claim_items`) refuses that token alone, `claims_too_large`:
+//! only failures of the endpoint itself pause introspection for the tenant.
+//!
 //! This module must never treat an error as `active`, cache a failure as a
 //! result, or put the token or the secret in an error.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -83,6 +89,9 @@ pub struct Introspector {
     in_flight: DashMap<[u8; 32], watch::Sender<bool>>,
     permits: Arc<tokio::sync::Semaphore>,
     failed_at: Mutex<Option<Instant>>,
+    /// Most elements in one array or object of an answer
+    /// (`limits.max_claim_items`, set once after compiling).
+    max_claim_items: AtomicUsize,
 }
 
 #[derive(Debug, Clone)]
@@ -126,7 +135,13 @@ impl Introspector {
             in_flight: DashMap::new(),
             permits: Arc::new(tokio::sync::Semaphore::new(MAX_CALLS_IN_FLIGHT)),
             failed_at: Mutex::new(None),
+            max_claim_items: AtomicUsize::new(crate::foundation::limits::DEFAULT_MAX_CLAIM_ITEMS),
         })
+    }
+
+    /// Applies `limits.max_claim_items` to the answers judged from now on.
+    pub fn limit_claim_items(&self, max: usize) {
+        self.max_claim_items.store(max, Ordering::Relaxed);
     }
 
     /// The cached result for `token` at `now` (unix seconds), if there is one.
@@ -210,7 +225,9 @@ impl Introspector {
 
     /// One call to the endpoint, turned into a cache entry. `Err` only for a
     /// failure that is not about this token (no answer, a 5xx, our own
-    /// credentials refused, a broken response): introspection then pauses.
+    /// credentials refused, a response that is not JSON): introspection then
+    /// pauses. An answer too large to judge is about this token: it is
+    /// refused `claims_too_large`, and remembered like an inactive one.
     async fn call(&self, token: &str, now: u64) -> Result<Cached, String> {
         let secret = read_secret(&self.secret_file)?;
         // RFC 6749 §2.3.1: id and secret are form-encoded before Basic.
@@ -224,7 +241,11 @@ impl Introspector {
             .basic_auth(form(&self.client_id), Some(form(&secret)))
             .header("content-type", "application/x-www-form-urlencoded")
             .body(body);
-        let (status, bytes) = http::send_any(request, &self.endpoint).await?;
+        let (status, bytes) = http::send_bounded(request, &self.endpoint).await?;
+        let too_large = || Cached {
+            until: now.saturating_add(self.negative_ttl),
+            result: Err(TokenError::ClaimsTooLarge),
+        };
         match status {
             200..=299 => {}
             // RFC 7662 §2.3: our own client authentication failed.
@@ -243,15 +264,23 @@ impl Introspector {
             }
             _ => return Err(format!("{}: status {status}", self.endpoint)),
         }
-        let Some(Json::Object(response)) = crate::request::input::strict_json(&bytes) else {
-            return Err("introspection response is not a JSON object".into());
+        let Some(bytes) = bytes else {
+            return Ok(too_large());
         };
-        Ok(self.judge(response, now))
+        use crate::request::input::{JsonRefused, strict_json_within};
+        let max_items = self.max_claim_items.load(Ordering::Relaxed);
+        match strict_json_within(&bytes, max_items) {
+            Ok(Json::Object(response)) => Ok(self.judge(response, now, max_items)),
+            Err(JsonRefused::TooManyItems) => Ok(too_large()),
+            Ok(_) | Err(JsonRefused::Invalid) => {
+                Err("introspection response is not a JSON object".into())
+            }
+        }
     }
 
     /// RFC 7662 §2.2: only `active: true` is active; then the response's own
     /// `exp`, `nbf`, `iss` and `aud` still hold.
-    fn judge(&self, mut response: Map<String, Json>, now: u64) -> Cached {
+    fn judge(&self, mut response: Map<String, Json>, now: u64, max_items: usize) -> Cached {
         let inactive = |why: TokenError| Cached {
             until: now.saturating_add(self.negative_ttl),
             result: Err(why),
@@ -318,11 +347,15 @@ impl Introspector {
         };
         let (subject, token_id) = (string("sub"), string("jti"));
         if let Some(Json::String(scope)) = response.get("scope") {
-            let list = scope
+            let list: Vec<Json> = scope
                 .split(' ')
                 .filter(|s| !s.is_empty())
                 .map(|s| Json::String(s.to_string()))
                 .collect();
+            // Split, it is a list like any other in the claims.
+            if list.len() > max_items {
+                return inactive(TokenError::ClaimsTooLarge);
+            }
             response.insert("scope".into(), Json::Array(list));
         }
         response

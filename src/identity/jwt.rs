@@ -26,6 +26,7 @@ use super::keys::{
 };
 use crate::foundation::intern::Interner;
 use crate::foundation::reason::Reason;
+use crate::request::input::JsonRefused;
 
 pub use crate::foundation::limits::MAX_TOKEN_BYTES;
 /// Default clock leeway for `exp`, `nbf` and `iat`.
@@ -306,6 +307,8 @@ impl Issuer {
 pub enum TokenError {
     #[error("token is over the size limit")]
     TooLarge,
+    #[error("token claims have an array or object over limits.max_claim_items")]
+    ClaimsTooLarge,
     #[error("token is not a compact JWS: {0}")]
     Malformed(&'static str),
     #[error("token header: {0}")]
@@ -344,6 +347,7 @@ impl TokenError {
     pub fn reason(&self) -> Reason {
         match self {
             TokenError::TooLarge => Reason::TokenTooLarge,
+            TokenError::ClaimsTooLarge => Reason::ClaimsTooLarge,
             TokenError::IssuerNotTrusted => Reason::IssuerNotTrusted,
             TokenError::AlgorithmNotAllowed => Reason::AlgorithmNotAllowed,
             TokenError::UnknownKey => Reason::UnknownKey,
@@ -433,12 +437,14 @@ impl TokenCache {
     }
 }
 
-/// [`verify`], remembering successes in `cache`.
+/// [`verify`], remembering successes in `cache`, with claims of at most
+/// `max_claim_items` elements per array or object (`limits.max_claim_items`).
 pub fn verify_cached(
     token: &str,
     issuers: &[Issuer],
     cache: &TokenCache,
     now: SystemTime,
+    max_claim_items: usize,
 ) -> Attempt {
     use sha2::Digest as _;
     if token.len() > MAX_TOKEN_BYTES {
@@ -447,7 +453,7 @@ pub fn verify_cached(
     if cache.capacity == 0 {
         // Turned off (`limits.token_cache_size: 0`): every token in full.
         super::counters::token_cache(false);
-        return verify_with(token, issuers, now).0;
+        return verify_with(token, issuers, now, max_claim_items).0;
     }
     let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
     let secs = crate::request::input::unix_seconds(now);
@@ -467,7 +473,7 @@ pub fn verify_cached(
         }
     }
     super::counters::token_cache(false);
-    let (attempt, by) = verify_with(token, issuers, now);
+    let (attempt, by) = verify_with(token, issuers, now, max_claim_items);
     if let (Attempt::Done(Ok(verified)), Some((issuer, generation))) = (&attempt, by) {
         let entries = cache.entries.get_or_init(dashmap::DashMap::new);
         if entries.len() >= cache.capacity {
@@ -491,9 +497,16 @@ pub fn verify_cached(
     attempt
 }
 
-/// Verifies `token` against the tenant's issuers at time `now`.
+/// Verifies `token` against the tenant's issuers at time `now`, under the
+/// default `limits.max_claim_items`.
 pub fn verify(token: &str, issuers: &[Issuer], now: SystemTime) -> Attempt {
-    verify_with(token, issuers, now).0
+    verify_with(
+        token,
+        issuers,
+        now,
+        crate::foundation::limits::DEFAULT_MAX_CLAIM_ITEMS,
+    )
+    .0
 }
 
 /// Verifies, and says which issuer and key-set generation verified it.
@@ -501,17 +514,22 @@ fn verify_with(
     token: &str,
     issuers: &[Issuer],
     now: SystemTime,
+    max_claim_items: usize,
 ) -> (Attempt, Option<(usize, u64)>) {
-    let parsed = match parse(token, issuers) {
+    let parsed = match parse(token, issuers, max_claim_items) {
         Ok(p) => p,
         Err(e) => return (Attempt::Done(Err(e)), None),
     };
     let index = parsed.index;
-    let (attempt, generation) = verify_parsed(parsed, now);
+    let (attempt, generation) = verify_parsed(parsed, now, max_claim_items);
     (attempt, generation.map(|g| (index, g)))
 }
 
-fn verify_parsed(parsed: Parsed<'_, '_>, now: SystemTime) -> (Attempt, Option<u64>) {
+fn verify_parsed(
+    parsed: Parsed<'_, '_>,
+    now: SystemTime,
+    max_claim_items: usize,
+) -> (Attempt, Option<u64>) {
     let done = |r| (Attempt::Done(r), None);
     let keys = match parsed.issuer.lookup() {
         KeyLookup::Ready(keys) => keys,
@@ -540,7 +558,12 @@ fn verify_parsed(parsed: Parsed<'_, '_>, now: SystemTime) -> (Attempt, Option<u6
         return done(Err(TokenError::BadSignature));
     }
     (
-        Attempt::Done(check_claims(parsed.issuer, parsed.claims, now)),
+        Attempt::Done(check_claims(
+            parsed.issuer,
+            parsed.claims,
+            now,
+            max_claim_items,
+        )),
         Some(keys.generation),
     )
 }
@@ -557,7 +580,11 @@ struct Parsed<'t, 'i> {
     claims: Map<String, Json>,
 }
 
-fn parse<'t, 'i>(token: &'t str, issuers: &'i [Issuer]) -> Result<Parsed<'t, 'i>, TokenError> {
+fn parse<'t, 'i>(
+    token: &'t str,
+    issuers: &'i [Issuer],
+    max_claim_items: usize,
+) -> Result<Parsed<'t, 'i>, TokenError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(TokenError::TooLarge);
     }
@@ -572,8 +599,13 @@ fn parse<'t, 'i>(token: &'t str, issuers: &'i [Issuer]) -> Result<Parsed<'t, 'i>
         return Err(TokenError::Malformed("no signature"));
     }
     let signing_input = &token[..h.len() + 1 + p.len()];
-    let header = decode_object(h).ok_or(TokenError::Malformed("header is not a JSON object"))?;
-    let claims = decode_object(p).ok_or(TokenError::Malformed("payload is not a JSON object"))?;
+    // A header has a handful of members: a long one is as malformed as any.
+    let header = decode_object(h, crate::request::input::MAX_BODY_COLLECTION_LEN)
+        .map_err(|_| TokenError::Malformed("header is not a JSON object"))?;
+    let claims = decode_object(p, max_claim_items).map_err(|e| match e {
+        JsonRefused::TooManyItems => TokenError::ClaimsTooLarge,
+        JsonRefused::Invalid => TokenError::Malformed("payload is not a JSON object"),
+    })?;
 
     // RFC 7515 §4.1.11: a `crit` extension we do not implement must be refused;
     // portcullis implements none.
@@ -640,14 +672,17 @@ fn parse<'t, 'i>(token: &'t str, issuers: &'i [Issuer]) -> Result<Parsed<'t, 'i>
     })
 }
 
-/// A base64url JSON object. Duplicate member names (also differing only in
-/// case) are refused: parsers disagree on which one counts (RFC 7515 §4,
-/// RFC 8725 §3.4's spirit), and the token may travel on to the upstream.
-fn decode_object(part: &str) -> Option<Map<String, Json>> {
-    let bytes = URL_SAFE_NO_PAD.decode(part).ok()?;
-    match crate::request::input::strict_json(&bytes)? {
-        Json::Object(map) => Some(map),
-        _ => None,
+/// A base64url JSON object with at most `max_items` elements in any array or
+/// object of it. Duplicate member names (also differing only in case) are
+/// refused: parsers disagree on which one counts (RFC 7515 §4, RFC 8725
+/// §3.4's spirit), and the token may travel on to the upstream.
+fn decode_object(part: &str, max_items: usize) -> Result<Map<String, Json>, JsonRefused> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| JsonRefused::Invalid)?;
+    match crate::request::input::strict_json_within(&bytes, max_items)? {
+        Json::Object(map) => Ok(map),
+        _ => Err(JsonRefused::Invalid),
     }
 }
 
@@ -683,6 +718,7 @@ fn check_claims(
     issuer: &Issuer,
     mut claims: Map<String, Json>,
     now: SystemTime,
+    max_claim_items: usize,
 ) -> Result<Verified, TokenError> {
     let now = crate::request::input::unix_seconds(now);
     // RFC 7519 §4.1: registered claims with the wrong JSON type are refused, so
@@ -739,7 +775,7 @@ fn check_claims(
     {
         return Err(TokenError::MissingClaim(missing.clone()));
     }
-    normalize_scope(&mut claims)?;
+    normalize_scope(&mut claims, max_claim_items)?;
     for (name, path) in &issuer.claim_mappings {
         let mut value = claims.get(&path[0]);
         for part in &path[1..] {
@@ -763,9 +799,13 @@ fn check_claims(
 }
 
 /// `scope` (RFC 8693 §4.2: space-separated) and `scp` (a list or a string, as
-/// some issuers send it) become one list under `scope`. Claims from Envoy's
+/// some issuers send it) become one list under `scope`, of at most
+/// `max_items` scopes like any other list in the claims. Claims from Envoy's
 /// `jwt_authn` go through it too (`envoy_jwt`), so `scopes:` reads one form.
-pub(super) fn normalize_scope(claims: &mut Map<String, Json>) -> Result<(), TokenError> {
+pub(super) fn normalize_scope(
+    claims: &mut Map<String, Json>,
+    max_items: usize,
+) -> Result<(), TokenError> {
     let split = |s: &str| -> Vec<Json> {
         s.split(' ')
             .filter(|p| !p.is_empty())
@@ -784,6 +824,9 @@ pub(super) fn normalize_scope(claims: &mut Map<String, Json>) -> Result<(), Toke
         Some(Json::Array(a)) if a.iter().all(Json::is_string) => scopes.extend(a.iter().cloned()),
         Some(_) => return Err(TokenError::ClaimType("scp")),
     }
+    if scopes.len() > max_items {
+        return Err(TokenError::ClaimsTooLarge);
+    }
     if claims.contains_key("scope") || claims.contains_key("scp") {
         claims.insert("scope".into(), Json::Array(scopes));
     }
@@ -794,12 +837,32 @@ pub(super) fn normalize_scope(claims: &mut Map<String, Json>) -> Result<(), Toke
 mod token_cache_tests {
     use super::*;
 
+    /// A header keeps the bodies' bound (256) whatever `max_claim_items`
+    /// says, and is malformed beyond it; the payload has the claims' bound.
+    #[test]
+    fn headers_and_payloads_have_their_own_bounds() {
+        let part = |v: Json| URL_SAFE_NO_PAD.encode(v.to_string());
+        let header = |n: usize| part(serde_json::json!({"alg": "ES256", "x": vec![0; n]}));
+        let payload = |n: usize| part(serde_json::json!({"iss": "i", "g": vec![0; n]}));
+        let token = |h: String, p: String| format!("{h}.{p}.sig");
+        let refused = |t: &str, max| parse(t, &[], max).err();
+        let limit = crate::request::input::MAX_BODY_COLLECTION_LEN;
+        // Neither part over its bound: refused only for the unknown issuer.
+        let fits = token(header(limit), payload(2000));
+        assert_eq!(refused(&fits, 2000), Some(TokenError::IssuerNotTrusted));
+        assert_eq!(
+            refused(&token(header(limit + 1), payload(1)), 2000),
+            Some(TokenError::Malformed("header is not a JSON object"))
+        );
+        assert_eq!(refused(&fits, 1999), Some(TokenError::ClaimsTooLarge));
+    }
+
     /// The map is made by the first verified token: a failure leaves it unmade.
     #[test]
     fn the_cache_is_made_on_first_use() {
         let cache = TokenCache::default();
         assert!(cache.entries.get().is_none() && cache.is_empty());
-        let attempt = verify_cached("not.a.token", &[], &cache, SystemTime::now());
+        let attempt = verify_cached("not.a.token", &[], &cache, SystemTime::now(), 1024);
         assert!(matches!(attempt, Attempt::Done(Err(_))));
         assert!(cache.entries.get().is_none(), "failures are never cached");
     }

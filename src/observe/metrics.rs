@@ -117,6 +117,30 @@ struct ReloadLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClosedLabels {
+    listener: &'static str,
+    timeout: &'static str,
+}
+
+/// One listener's connection series, for [`crate::transport::connections`].
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionMetrics {
+    /// Connections open now.
+    pub open: Gauge,
+    /// Connections closed at accept because the listener was full.
+    pub refused: Counter,
+    /// Connections closed for no request within the header-read timeout.
+    pub header_read_closed: Counter,
+    /// Connections closed after the idle timeout.
+    pub idle_closed: Counter,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PolicyInfoLabels {
     tenant: String,
     digest: String,
@@ -134,6 +158,9 @@ pub struct Metrics {
     policy_info: Family<PolicyInfoLabels, Gauge>,
     dry_run_tenants: Gauge,
     log_dropped: Counter,
+    connections_open: Family<ListenerLabels, Gauge>,
+    connections_refused: Family<ListenerLabels, Counter>,
+    connections_closed: Family<ClosedLabels, Counter>,
     /// What the last reload served, to count only what changed.
     seen: Mutex<Seen>,
 }
@@ -191,6 +218,24 @@ impl Metrics {
             "Decision log lines dropped because the writer fell behind",
             log_dropped.clone(),
         );
+        let connections_open = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "connections_open",
+            "Connections open now, by listener (grpc, unix, admin)",
+            connections_open.clone(),
+        );
+        let connections_refused = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept because the listener had connections.max_* open, by listener",
+            connections_refused.clone(),
+        );
+        let connections_closed = Family::<ClosedLabels, Counter>::default();
+        registry.register(
+            "connections_timed_out",
+            "Connections closed by a timeout, by listener and timeout (header_read, idle)",
+            connections_closed.clone(),
+        );
         registry.register(
             "key_fetches",
             "Fetches of issuers' keys by issuer and result (process-wide)",
@@ -211,6 +256,9 @@ impl Metrics {
             policy_info,
             dry_run_tenants,
             log_dropped,
+            connections_open,
+            connections_refused,
+            connections_closed,
             seen: Mutex::new(Seen::default()),
         }
     }
@@ -246,6 +294,22 @@ impl Metrics {
 
     pub fn log_dropped(&self) {
         self.log_dropped.inc();
+    }
+
+    /// The connection series of one listener (`grpc`, `unix` or `admin`).
+    pub fn connections(&self, listener: &'static str) -> ConnectionMetrics {
+        let labels = ListenerLabels { listener };
+        let closed = |timeout| {
+            self.connections_closed
+                .get_or_create(&ClosedLabels { listener, timeout })
+                .clone()
+        };
+        ConnectionMetrics {
+            open: self.connections_open.get_or_create(&labels).clone(),
+            refused: self.connections_refused.get_or_create(&labels).clone(),
+            header_read_closed: closed("header_read"),
+            idle_closed: closed("idle"),
+        }
     }
 
     /// Updates reload counters, `policy_info` and the dry-run gauge after a

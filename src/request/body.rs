@@ -93,24 +93,67 @@ pub fn body_of(bytes: &[u8], headers: &BTreeMap<String, String>, max_bytes: usiz
 /// `status`, `STATUS` and `ſtatus` to one field, the last one winning), so a
 /// rule could check one value while the service uses another.
 pub(crate) fn strict_json(bytes: &[u8]) -> Option<Json> {
-    use serde::Deserialize;
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = StrictJson::deserialize(&mut de).ok()?.0;
-    de.end().ok()?;
-    Some(value)
+    strict_json_within(bytes, MAX_BODY_COLLECTION_LEN).ok()
 }
 
-struct StrictJson(Json);
+/// Why [`strict_json_within`] refused a document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JsonRefused {
+    /// Well-formed so far, but an array or object has more than the bound.
+    TooManyItems,
+    /// Not JSON, trailing bytes, or a duplicate key.
+    Invalid,
+}
 
-impl<'de> serde::Deserialize<'de> for StrictJson {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrictVisitor).map(StrictJson)
+/// [`strict_json`] with another bound on the items of one array or object
+/// (the claims of a token have theirs, `limits.max_claim_items`), saying
+/// whether the bound is what refused it.
+pub(crate) fn strict_json_within(bytes: &[u8], max_items: usize) -> Result<Json, JsonRefused> {
+    use serde::de::DeserializeSeed;
+    let over = std::cell::Cell::new(false);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let refused = || {
+        if over.get() {
+            JsonRefused::TooManyItems
+        } else {
+            JsonRefused::Invalid
+        }
+    };
+    let seed = StrictJson {
+        max_items,
+        over: &over,
+    };
+    let value = seed.deserialize(&mut de).map_err(|_| refused())?;
+    de.end().map_err(|_| refused())?;
+    Ok(value)
+}
+
+/// Reads one strict JSON value, with the bound on items; sets `over` when the
+/// bound refused it.
+#[derive(Clone, Copy)]
+struct StrictJson<'a> {
+    max_items: usize,
+    over: &'a std::cell::Cell<bool>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for StrictJson<'_> {
+    type Value = Json;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Json, D::Error> {
+        d.deserialize_any(StrictVisitor(self))
     }
 }
 
-struct StrictVisitor;
+struct StrictVisitor<'a>(StrictJson<'a>);
 
-impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+impl StrictVisitor<'_> {
+    fn too_many<E: serde::de::Error>(&self, what: &str) -> E {
+        self.0.over.set(true);
+        E::custom(format!("{what} too large"))
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor<'_> {
     type Value = Json;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -142,9 +185,9 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
     }
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
         let mut out = Vec::new();
-        while let Some(StrictJson(v)) = seq.next_element()? {
-            if out.len() == MAX_BODY_COLLECTION_LEN {
-                return Err(serde::de::Error::custom("array too long"));
+        while let Some(v) = seq.next_element_seed(self.0)? {
+            if out.len() == self.0.max_items {
+                return Err(self.too_many("array"));
             }
             out.push(v);
         }
@@ -157,10 +200,10 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
             if !folded.insert(fold_key(&key)) {
                 return Err(serde::de::Error::custom("duplicate key"));
             }
-            if out.len() == MAX_BODY_COLLECTION_LEN {
-                return Err(serde::de::Error::custom("object too large"));
+            if out.len() == self.0.max_items {
+                return Err(self.too_many("object"));
             }
-            let StrictJson(v) = map.next_value()?;
+            let v = map.next_value_seed(self.0)?;
             out.insert(key, v);
         }
         Ok(Json::Object(out))

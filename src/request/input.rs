@@ -22,8 +22,8 @@ use crate::request::body::body_of;
 use crate::request::path::{self, PathError};
 use crate::request::query::parse_query;
 
-pub(crate) use crate::request::body::strict_json;
 pub use crate::request::body::{Body, PARTIAL_BODY_HEADER};
+pub(crate) use crate::request::body::{JsonRefused, strict_json, strict_json_within};
 pub use crate::request::query::query_values;
 
 pub use crate::foundation::limits::MAX_BODY_BYTES;

@@ -125,6 +125,9 @@ token_exchange:
 {{- with $s.limits }}
 limits: {{ toJson . }}
 {{- end }}
+{{- with $s.connections }}
+connections: {{ toJson . }}
+{{- end }}
 {{- end }}
 
 {{/* Fails the render on values that would make a broken or unsafe install. */}}
