@@ -32,6 +32,9 @@ pub struct Pipeline {
     pub tenancy: TenantResolver,
     /// Mints downstream tokens, when the server has signing keys.
     pub minter: Option<Arc<Minter>>,
+    /// Every heavy tenant's evaluations in flight together (shared by clones), at most
+    /// [`heavy::heavy_share`] ([`crate::policy::heavy`]).
+    heavy: Arc<heavy::HeavyGate>,
 }
 
 impl Pipeline {
@@ -40,6 +43,7 @@ impl Pipeline {
             store,
             tenancy,
             minter: None,
+            heavy: Arc::new(heavy::HeavyGate::new(heavy::heavy_share())),
         }
     }
 
@@ -172,6 +176,7 @@ impl Pipeline {
             None => tenant.evaluate_within(input, identity, explain, data, &mut budget),
             Some(gate) => {
                 let _slot = gate.enter()?;
+                let _all = self.heavy.enter()?;
                 heavy::off_the_workers(|| {
                     tenant.evaluate_within(input, identity, explain, data, &mut budget)
                 })

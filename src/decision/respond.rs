@@ -318,15 +318,30 @@ fn seal(decision: &mut Decision, headers: &BTreeMap<String, String>) {
 /// `headers_with_underscores_action: REJECT_REQUEST` stops these at the edge;
 /// this holds without it.) Only [`seal`] calls it, after every other edit.
 fn strip_underscore_spellings(decision: &mut Decision, headers: &BTreeMap<String, String>) {
-    // Headers with '_' are rare; nothing is allocated when there are none.
-    for name in headers.keys().filter(|k| k.contains('_')) {
-        let dashed = name.replace('_', "-");
-        let owned = decision.set_headers.iter().any(|(k, _)| *k == dashed)
-            || decision.remove_headers.contains(&dashed);
+    // Owned names are almost always dashed, and a client's headers with '_'
+    // are rare: nothing is compared or allocated unless one of the two has one.
+    let owned_underscored = decision.set_headers.iter().any(|(k, _)| k.contains('_'))
+        || decision.remove_headers.iter().any(|k| k.contains('_'));
+    for name in headers.keys() {
+        if !owned_underscored && !name.contains('_') {
+            continue;
+        }
+        let owned = decision
+            .set_headers
+            .iter()
+            .map(|(k, _)| k)
+            .chain(decision.remove_headers.iter())
+            .any(|k| k != name && same_but_for_underscores(k, name));
         if owned && !decision.remove_headers.contains(name) {
             decision.remove_headers.push(name.clone());
         }
     }
+}
+
+/// `a` and `b` are one name once every `_` is read as `-` (both lower-cased).
+fn same_but_for_underscores(a: &str, b: &str) -> bool {
+    let dash = |c: u8| if c == b'_' { b'-' } else { c };
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| dash(x) == dash(y))
 }
 
 /// A header value as the decision log records it: printable, bounded.
@@ -442,6 +457,19 @@ mod tests {
             .filter(|(k, _)| k.replace('_', "-") == DECISION_ID_HEADER)
             .collect();
         assert_eq!(ids, [&(DECISION_ID_HEADER.to_string(), id.to_string())]);
+    }
+
+    #[test]
+    fn an_owned_name_with_an_underscore_removes_its_dashed_spelling() {
+        let mut d = Decision::deny("d".into(), Reason::DeniedByRule);
+        d.remove_headers.push("x_api_key".into());
+        let headers: BTreeMap<String, String> =
+            [("x-api-key", "k"), ("x_api_key", "k2"), ("x-other", "o")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        strip_underscore_spellings(&mut d, &headers);
+        assert_eq!(d.remove_headers, ["x_api_key", "x-api-key"]);
     }
 
     #[test]

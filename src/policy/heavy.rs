@@ -1,7 +1,9 @@
 //! Heavy tenants: those whose worst check costs more than
 //! [`HEAVY_CHECK_COST`] steps. Their evaluation runs off the async workers
 //! (so checks of other tenants keep being served while it runs), and at most
-//! [`heavy_share()`] of one heavy tenant's checks evaluate at once; a check
+//! [`heavy_share()`] of one heavy tenant's checks evaluate at once, and as
+//! many of all heavy tenants' checks together (one more gate, the pipeline's,
+//! so several heavy tenants cannot take together what one may not); a check
 //! beyond that is answered at once with 503 `overloaded`, like one beyond
 //! `limits.max_concurrent_checks`.
 //!

@@ -9,7 +9,12 @@
 //! the flag says.
 //!
 //! JSON: the `Content-Type` is one media type, `application/json` or a `+json`
-//! suffix ([`crate::request::media_type`]).
+//! suffix ([`crate::request::media_type`]). Spelt any other way than exactly
+//! `application/json` (upper case, a tab before `;`, a `+json` suffix), it is
+//! JSON only when the request has no query: binders that compare the spelling
+//! byte for byte (gin's `ShouldBind`) take such a body for a form and bind the
+//! query instead, so a rule would read `{"amount":5}` while the service binds
+//! `?amount=99999`.
 //!
 //! One meaning: `strict_json` refuses an object with two keys that a binder
 //! folds together ([`crate::request::fold`]).
@@ -23,7 +28,7 @@ use serde_json::Value as Json;
 
 use crate::foundation::limits::{MAX_BODY_BYTES, MAX_BODY_COLLECTION_LEN};
 use crate::request::fold::fold_key;
-use crate::request::media_type::{BodyType, body_type};
+use crate::request::media_type::{BodyType, body_type, is_plain_json};
 
 /// Envoy sets this request header when it sent only part of the body
 /// (`allow_partial_message: true`).
@@ -47,8 +52,14 @@ pub enum Body {
 /// The body Envoy sent (`bytes`, possibly empty) judged with the request's
 /// lower-cased `headers`. `max_bytes` is the server's `limits.max_body_bytes`
 /// (at most [`MAX_BODY_BYTES`]), which must equal Envoy's `max_request_bytes`:
-/// a body of that length may be the first part of a longer one.
-pub fn body_of(bytes: &[u8], headers: &BTreeMap<String, String>, max_bytes: usize) -> Body {
+/// a body of that length may be the first part of a longer one. `has_query`:
+/// the request has a query string (see the module docs).
+pub fn body_of(
+    bytes: &[u8],
+    headers: &BTreeMap<String, String>,
+    max_bytes: usize,
+    has_query: bool,
+) -> Body {
     if headers
         .get(PARTIAL_BODY_HEADER)
         .is_some_and(|v| v.eq_ignore_ascii_case("true"))
@@ -80,7 +91,7 @@ pub fn body_of(bytes: &[u8], headers: &BTreeMap<String, String>, max_bytes: usiz
     }
     let json = headers
         .get("content-type")
-        .is_some_and(|ct| body_type(ct) == BodyType::Json);
+        .is_some_and(|ct| body_type(ct) == BodyType::Json && (!has_query || is_plain_json(ct)));
     if !json {
         return Body::Unparsed;
     }
@@ -236,27 +247,27 @@ mod tests {
     fn a_body_reaching_the_limit_is_truncated_whatever_the_flag_says() {
         let below = object_of(LIMIT - 1);
         assert!(matches!(
-            body_of(below.as_bytes(), &json_headers(&[]), LIMIT),
+            body_of(below.as_bytes(), &json_headers(&[]), LIMIT, false),
             Body::Json(_)
         ));
         let at = object_of(LIMIT);
         for flag in [&[][..], &[(PARTIAL_BODY_HEADER, "false")][..]] {
             assert_eq!(
-                body_of(at.as_bytes(), &json_headers(flag), LIMIT),
+                body_of(at.as_bytes(), &json_headers(flag), LIMIT, false),
                 Body::Truncated
             );
         }
         let n = LIMIT.to_string();
         let declared = [("content-length", n.as_str())];
         assert_eq!(
-            body_of(at.as_bytes(), &json_headers(&declared), LIMIT),
+            body_of(at.as_bytes(), &json_headers(&declared), LIMIT, false),
             Body::Truncated,
             "a whole body of exactly the limit cannot be told from a cut one"
         );
         // The server-wide bound applies when the configured one is larger.
         let big = object_of(MAX_BODY_BYTES);
         assert_eq!(
-            body_of(big.as_bytes(), &json_headers(&[]), usize::MAX),
+            body_of(big.as_bytes(), &json_headers(&[]), usize::MAX, false),
             Body::Truncated
         );
     }
@@ -266,18 +277,18 @@ mod tests {
         let body = object_of(20);
         let whole = [("content-length", "20")];
         assert!(matches!(
-            body_of(body.as_bytes(), &json_headers(&whole), LIMIT),
+            body_of(body.as_bytes(), &json_headers(&whole), LIMIT, false),
             Body::Json(_)
         ));
         let short = [("content-length", "21")];
         assert_eq!(
-            body_of(body.as_bytes(), &json_headers(&short), LIMIT),
+            body_of(body.as_bytes(), &json_headers(&short), LIMIT, false),
             Body::Truncated
         );
         for odd in ["19", "20,20", "-1", "twenty"] {
             let h = [("content-length", odd)];
             assert_eq!(
-                body_of(body.as_bytes(), &json_headers(&h), LIMIT),
+                body_of(body.as_bytes(), &json_headers(&h), LIMIT, false),
                 Body::Unparsed,
                 "{odd}"
             );
@@ -294,10 +305,40 @@ mod tests {
             "text/plain",
         ] {
             let h = json_headers(&[("content-type", ct)]);
-            assert_eq!(body_of(body, &h, LIMIT), Body::Unparsed, "{ct}");
+            assert_eq!(body_of(body, &h, LIMIT, false), Body::Unparsed, "{ct}");
         }
         let h = json_headers(&[("content-type", "application/merge-patch+json")]);
-        assert!(matches!(body_of(body, &h, LIMIT), Body::Json(_)));
+        assert!(matches!(body_of(body, &h, LIMIT, false), Body::Json(_)));
+    }
+
+    #[test]
+    fn a_json_body_spelt_unlike_gin_is_unusable_beside_a_query() {
+        let body = br#"{"amount":5}"#;
+        for ct in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "application/json ;x=1",
+        ] {
+            let h = json_headers(&[("content-type", ct)]);
+            assert!(
+                matches!(body_of(body, &h, LIMIT, true), Body::Json(_)),
+                "{ct}"
+            );
+        }
+        for ct in [
+            "Application/JSON",
+            "application/json\t; charset=utf-8",
+            " application/json",
+            "application/problem+json",
+        ] {
+            let h = json_headers(&[("content-type", ct)]);
+            assert_eq!(body_of(body, &h, LIMIT, true), Body::Unparsed, "{ct}");
+            // Without a query there is nothing else to bind: still JSON.
+            assert!(
+                matches!(body_of(body, &h, LIMIT, false), Body::Json(_)),
+                "{ct}"
+            );
+        }
     }
 
     #[test]

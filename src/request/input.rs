@@ -191,6 +191,7 @@ impl Input {
                 },
                 &headers,
                 max_body_bytes,
+                !query.is_empty(),
             ),
             headers,
             scheme: http.scheme.clone(),

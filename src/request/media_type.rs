@@ -41,6 +41,15 @@ pub fn body_type(value: &str) -> BodyType {
     }
 }
 
+/// The value starts with exactly `application/json`, then ends, or goes on
+/// with `;` or a space: the one spelling every binder takes for JSON (gin cuts
+/// the value at the first space or `;` and compares it byte for byte).
+pub fn is_plain_json(value: &str) -> bool {
+    value
+        .strip_prefix("application/json")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with([';', ' ']))
+}
+
 /// `subtype` ends in `+json` after a non-empty name (RFC 6839 §3.1).
 fn has_json_suffix(subtype: &str) -> bool {
     const SUFFIX: &str = "+json";

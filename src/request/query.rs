@@ -9,6 +9,9 @@
 //! - `page` beside `page[]` or `page[x]` (PHP, `qs` as in Express 4, Rack);
 //! - PHP's mangling: leading spaces dropped, `.`, space and a `[` that is
 //!   never closed become `_`, so `access.token` is `access_token`;
+//! - PHP reads a name up to a NUL and ignores what follows a closed `[…]`
+//!   group (`filter[owner]x`); Rack 2 drops leading brackets and a `]` after
+//!   the name (`[role]`, `role]` are `role`);
 //! - a `;` anywhere outside percent-encoding: old Python `urllib.parse` and
 //!   Rack 2 split on it, current ones do not, Go's `net/url` drops the pair;
 //!   no single reading exists.
@@ -32,16 +35,27 @@ struct Merged {
 
 impl Merged {
     fn of(decoded: &str) -> Merged {
-        let name = decoded.trim_start_matches(' ');
-        let open = name.find('[').filter(|&i| name[i + 1..].contains(']'));
-        let (base, rest) = match open {
-            Some(i) => name.split_at(i),
-            None => (name, ""),
+        // PHP reads a name only up to a NUL; it drops leading spaces, and
+        // Rack 2 leading brackets (`[role]` is `role`).
+        let name = decoded.split('\0').next().unwrap_or("");
+        let name = name.trim_start_matches([' ', '[', ']']);
+        let cut = name.find(['[', ']']);
+        let closed = cut.filter(|&i| name.as_bytes()[i] == b'[' && name[i + 1..].contains(']'));
+        let (base, rest) = match (cut, closed) {
+            (Some(i), Some(_)) => name.split_at(i),
+            // Rack 2 reads `role]` as `role` and `ro]le` as `ro` with a child.
+            (Some(i), None) if name.as_bytes()[i] == b']' => {
+                let (base, rest) = name.split_at(i);
+                (base, rest.trim_start_matches(']'))
+            }
+            // A `[` never closed: PHP mangles it into `_` below.
+            _ => (name, ""),
         };
         let base = fold_key(&mangle(base));
+        let groups = bracket_groups(rest);
         Merged {
-            full: format!("{base}{}", fold_key(rest)),
-            bracketed: open.is_some(),
+            full: format!("{base}{}", fold_key(groups)),
+            bracketed: !groups.is_empty() || !rest.is_empty(),
             base,
         }
     }
@@ -50,6 +64,19 @@ impl Merged {
     fn merges_with(&self, other: &Merged) -> bool {
         self.full == other.full || (self.bracketed != other.bracketed && self.base == other.base)
     }
+}
+
+/// The leading `[…]` groups of what follows a name: PHP ignores anything
+/// after a `]` that is not another `[` (`filter[owner]x` is `filter[owner]`).
+fn bracket_groups(rest: &str) -> &str {
+    let mut end = 0;
+    while rest[end..].starts_with('[') {
+        match rest[end..].find(']') {
+            Some(close) => end += close + 1,
+            None => break,
+        }
+    }
+    &rest[..end]
 }
 
 /// PHP's name mangling (`.`, space and an unclosed `[` become `_`).
@@ -172,6 +199,13 @@ mod tests {
             "access%20token=a&access_token=b",
             "access[token=a&access_token=b",
             "%20access_token=a&access_token=b",
+            // PHP cuts a name at NUL and ignores what follows a closed group
+            "role=user&role%00x=admin",
+            "filter[owner]=me&filter[owner]x=victim",
+            // Rack 2 strips leading brackets and a trailing `]`
+            "role=user&role]=admin",
+            "role=user&[role]=admin",
+            "ro=user&ro]le=admin",
         ] {
             assert!(repeated(q), "{q}");
         }
@@ -183,6 +217,20 @@ mod tests {
         assert_eq!(params["x"], "1");
         assert_eq!(params["y"], "a/b");
         assert_eq!(params["n m"], " ");
+    }
+
+    #[test]
+    fn query_values_finds_the_php_and_rack_spellings_of_the_name() {
+        for q in [
+            "access_token%00=a",
+            "access_token]=a",
+            "[access_token]=a",
+            "access_token%00x=a",
+        ] {
+            let found: Vec<_> = query_values(q, "access_token").collect();
+            assert_eq!(found.len(), 1, "{q}");
+        }
+        assert_eq!(query_values("access_tokens=a", "access_token").count(), 0);
     }
 
     #[test]
