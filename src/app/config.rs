@@ -123,10 +123,11 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-        let mut config: Config = serde_yaml::from_str(&text).map_err(|e| match e.location() {
-            Some(l) => format!("{}:{}: {e}", path.display(), l.line()),
-            None => format!("{}: {e}", path.display()),
-        })?;
+        let mut config: Config =
+            crate::foundation::yaml::from_str(&text).map_err(|e| match e.line {
+                Some(l) => format!("{}:{l}: {e}", path.display()),
+                None => format!("{}: {e}", path.display()),
+            })?;
         let base = path.parent().unwrap_or(Path::new("."));
         if config.policies.is_relative() {
             config.policies = base.join(&config.policies);

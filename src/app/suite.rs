@@ -265,8 +265,8 @@ fn read_suite(path: &Path) -> Result<TestFile, String> {
     }
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    serde_yaml::from_str(&text).map_err(|e| match e.location() {
-        Some(l) => format!("{}:{}: invalid test file: {e}", path.display(), l.line()),
+    crate::foundation::yaml::from_str(&text).map_err(|e| match e.line {
+        Some(l) => format!("{}:{l}: invalid test file: {e}", path.display()),
         None => format!("{}: invalid test file: {e}", path.display()),
     })
 }

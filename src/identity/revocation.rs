@@ -117,12 +117,8 @@ pub fn compile(file: &Path, text: &str) -> Result<RevocationList, Vec<PolicyErro
         line,
         message,
     };
-    let spec: RevocationFile = serde_yaml::from_str(text).map_err(|e| {
-        vec![err(
-            e.location().map(|l| l.line()),
-            format!("invalid revocation file: {e}"),
-        )]
-    })?;
+    let spec: RevocationFile = crate::foundation::yaml::from_str(text)
+        .map_err(|e| vec![err(e.line, format!("invalid revocation file: {e}"))])?;
     let mut errors = Vec::new();
     if spec.api_version != API_VERSION {
         errors.push(err(Some(1), format!("apiVersion must be {API_VERSION:?}")));
