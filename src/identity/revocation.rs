@@ -17,7 +17,9 @@
 //! `jwt_authn` claims, an introspected token). An entry with `until` stops
 //! applying at that time; without it, it applies until removed. The check runs
 //! on every request, also when the token's verification came from the cache. A
-//! broken file keeps the tenant's previous list.
+//! broken file keeps the tenant's previous list; a tenant whose list never
+//! loaded (or is named by two files) has none to trust, and its callers that
+//! a list could revoke ([`revocable`]) get 503 `revocation_unavailable`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -103,6 +105,13 @@ impl RevocationList {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Whether some list could revoke `identity`: it carries a `jti`, a subject,
+/// a `client_id` or an `azp`. An anonymous caller carries none.
+pub fn revocable(identity: &Identity) -> bool {
+    let claim = |name: &str| identity.claims.get(name).is_some_and(|v| v.is_string());
+    identity.token_id.is_some() || identity.subject.is_some() || claim("client_id") || claim("azp")
 }
 
 /// The JSON Schema of revocation files.
