@@ -11,7 +11,8 @@
 //!
 //! The scan follows the tokenizer of libyaml (which `yaml_serde` uses) as far
 //! as depth is concerned: a flow `[`/`{` opens a level wherever the tokenizer
-//! reads it as an indicator; a block mapping or sequence opens a level where
+//! reads it as an indicator, and so does a key inside a flow sequence
+//! (`[a: b]` is a sequence of one mapping); a block mapping or sequence opens a level where
 //! the tokenizer would raise its indentation (a `key:` or `- ` at a deeper
 //! column, and a `- ` sequence at its mapping's column); quoted scalars,
 //! plain scalars (including their continuation lines), block scalars (`|`,
@@ -91,12 +92,19 @@ struct Scan<'a> {
     col: usize,
     /// Whether the byte before `b[i]` was a blank or a line break.
     after_blank: bool,
+    /// Open flow collections, plus the single-pair mappings inside them.
     flow: usize,
+    /// Each open flow collection: whether it is a sequence, and whether a
+    /// single-pair mapping (`[a: b]`) is open in it.
+    brackets: Vec<(bool, bool)>,
     levels: Vec<(usize, Level)>,
     /// Inside a plain scalar that may go on.
     plain: bool,
     /// Where the latest node on a line started (for `key:`).
     node: (usize, usize),
+    /// Where the anchor or tag of the next node started: a key's column is
+    /// that of its properties.
+    props: Option<(usize, usize)>,
     nodes: u64,
     added: u64,
     anchors: HashMap<&'a [u8], u64>,
@@ -114,9 +122,11 @@ impl<'a> Scan<'a> {
             col: 0,
             after_blank: true,
             flow: 0,
+            brackets: Vec::new(),
             levels: Vec::new(),
             plain: false,
             node: (0, 0),
+            props: None,
             nodes: 0,
             added: 0,
             anchors: HashMap::new(),
@@ -290,15 +300,26 @@ impl<'a> Scan<'a> {
             b'#' => self.skip_line(),
             b'[' | b'{' => {
                 self.node_start()?;
+                self.brackets.push((c == b'[', false));
                 self.flow += 1;
                 self.bump();
                 self.too_deep()?;
             }
             b']' | b'}' => {
-                self.flow = self.flow.saturating_sub(1);
+                if let Some((_, pair)) = self.brackets.pop() {
+                    self.flow -= 1 + usize::from(pair);
+                }
                 self.bump();
             }
-            b',' => self.bump(),
+            b',' => {
+                if let Some(top) = self.brackets.last_mut()
+                    && top.1
+                {
+                    top.1 = false;
+                    self.flow -= 1;
+                }
+                self.bump();
+            }
             b'"' => {
                 self.node_start()?;
                 self.bump();
@@ -326,6 +347,7 @@ impl<'a> Scan<'a> {
                 }
             }
             b'&' => {
+                self.props.get_or_insert((self.line, self.col));
                 self.bump();
                 let name = self.name();
                 self.open.push(Open {
@@ -358,6 +380,7 @@ impl<'a> Scan<'a> {
                 }
             }
             b'!' => {
+                self.props.get_or_insert((self.line, self.col));
                 while let Some(c) = self.peek(0) {
                     if matches!(c, b' ' | b'\t' | b'\r' | b'\n')
                         || (flow && matches!(c, b',' | b'[' | b']' | b'{' | b'}'))
@@ -376,8 +399,11 @@ impl<'a> Scan<'a> {
                 self.bump();
             }
             b'?' if flow || self.blank_at(1) => {
-                if !flow {
-                    self.roll(self.col, Level::Map)?;
+                if flow {
+                    self.flow_pair()?;
+                } else {
+                    let col = self.key_col();
+                    self.roll(col, Level::Map)?;
                 }
                 self.bump();
             }
@@ -414,7 +440,7 @@ impl<'a> Scan<'a> {
     /// (on this line) opens a mapping at its column.
     fn value_indicator(&mut self) -> Result<(), YamlError> {
         if self.flow > 0 {
-            return Ok(());
+            return self.flow_pair();
         }
         // An anchor on the key itself (`&k key: v`) anchors only the key.
         let depth = self.depth();
@@ -425,12 +451,33 @@ impl<'a> Scan<'a> {
                 break;
             }
         }
-        let col = if self.node.0 == self.line {
-            self.node.1
-        } else {
-            self.col
-        };
+        let col = self.key_col();
         self.roll(col, Level::Map)
+    }
+
+    /// The column of the key a `:` or `?` here belongs to: where its node (or
+    /// the anchor or tag before it) started on this line, else here.
+    fn key_col(&mut self) -> usize {
+        match self.props.take() {
+            Some((line, col)) if line == self.line => col,
+            _ if self.node.0 == self.line => self.node.1,
+            _ => self.col,
+        }
+    }
+
+    /// A key in a flow sequence opens a single-pair mapping (`[a: b]`), which
+    /// the next `,` or `]` closes.
+    fn flow_pair(&mut self) -> Result<(), YamlError> {
+        if let Some(top) = self.brackets.last_mut()
+            && top.0
+            && !top.1
+        {
+            top.1 = true;
+            self.flow += 1;
+            self.nodes += 1;
+            self.too_deep()?;
+        }
+        Ok(())
     }
 
     /// A block collection that starts at `col`, if the indentation rises.
@@ -462,7 +509,10 @@ impl<'a> Scan<'a> {
         {
             a.first = Some(self.line);
         }
-        self.node = (self.line, self.col);
+        self.node = match self.props.take() {
+            Some(props) if props.0 == self.line => props,
+            _ => (self.line, self.col),
+        };
         self.nodes += 1;
         Ok(())
     }
@@ -728,5 +778,68 @@ mod tests {
         }
         // Far from the bound: the deepest (an Envoy configuration) nests 18.
         assert!(deepest <= MAX_DEPTH / 2, "{deepest}");
+    }
+}
+
+/// The scan against the parser itself: over many small texts built from YAML's
+/// indicators, it never counts fewer levels than the value the parser builds.
+#[cfg(test)]
+mod differential {
+    use super::*;
+
+    fn value_depth(v: &serde_json::Value) -> usize {
+        match v {
+            serde_json::Value::Array(a) => 1 + a.iter().map(value_depth).max().unwrap_or(0),
+            serde_json::Value::Object(o) => 1 + o.values().map(value_depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// Whether the scan counted at least the parser's depth (texts the parser
+    /// refuses say nothing).
+    fn agrees(text: &str) -> bool {
+        let Ok(v) = serde_yaml::from_str::<serde_json::Value>(text) else {
+            return true;
+        };
+        let mut scan = Scan::new(text.as_bytes());
+        let _ = scan.run();
+        scan.deepest >= value_depth(&v)
+    }
+
+    #[test]
+    fn cases_the_random_search_found() {
+        for text in [
+            // A key's column is its anchor's.
+            "&x \\, \"q\"b: \n- >",
+            "&x : # #\n  - #'",
+            // ... but not an anchor's on an earlier line.
+            "&x  #---\n\\  }b: \n- c]b: -}-|-",
+            // A key in a flow sequence is a mapping of its own.
+            "[b: 'b'  ]",
+        ] {
+            assert!(agrees(text), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn the_scan_never_counts_less_than_the_parser_nests() {
+        // Aliases are left out: the parser's value repeats the anchored node,
+        // deeper than the text nests.
+        let pieces = [
+            "[", "]", "{", "}", ", ", ": ", "- ", "\n", " ", "  ", "'", "\"", " #", "|", ">", "a",
+            "b: ", "&x ", "? ", "\\", "---\n", "\n  ", "\n    ", "c", ":", "-", "'b'", "\"q\"",
+        ];
+        let mut seed: u64 = 0x9876_5432;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) as usize
+        };
+        for _ in 0..100_000 {
+            let len = 1 + next() % 40;
+            let text: String = (0..len).map(|_| pieces[next() % pieces.len()]).collect();
+            assert!(agrees(&text), "{text:?}");
+        }
     }
 }
