@@ -345,3 +345,24 @@ fn publish<T>(served: &BTreeMap<String, (PathBuf, Arc<T>)>, by_tenant: &DashMap<
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::tenant_line;
+
+    #[test]
+    fn the_tenant_line_is_read_without_parsing() {
+        let head = "apiVersion: portcullis/v1\n";
+        for (text, tenant) in [
+            ("tenant: acme\nrevoked: [ {", Some("acme")),
+            ("tenant: \"acme\"  # the shop\n", Some("acme")),
+            ("tenant: 'acme'\r\n", Some("acme")),
+            ("  tenant: nested\n", None),
+            ("tenant:\n", None),
+            ("{ tenant: flow }\n", None),
+        ] {
+            let got = tenant_line(&format!("{head}{text}"));
+            assert_eq!(got.as_deref(), tenant, "{text:?}");
+        }
+    }
+}
