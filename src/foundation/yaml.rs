@@ -17,9 +17,9 @@
 //! column, and a `- ` sequence at its mapping's column); quoted scalars,
 //! plain scalars (including their continuation lines), block scalars (`|`,
 //! `>`, by libyaml's indentation rule) and comments are skipped. Where it is
-//! unsure it counts a level too many, never one too few: a file the scan
-//! passes can still be refused by the parser, never the other way round for
-//! a depth the parser would spend time on.
+//! unsure it is meant to count a level too many rather than one too few; the
+//! `differential` tests hold it to that against the parser itself. A file the
+//! scan passes can still be refused by the parser, with the parser's error.
 //!
 //! Never imports: any other module of the crate.
 
