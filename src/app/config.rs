@@ -241,4 +241,18 @@ mod tests {
                 .contains("limits.max_concurrent_checks")
         );
     }
+
+    #[test]
+    fn a_deeply_nested_config_is_refused_before_parsing_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        let text = format!(
+            "policies: p
+listen: {}",
+            "[".repeat(200 * 1024)
+        );
+        std::fs::write(&path, text).unwrap();
+        let e = Config::load(&path).unwrap_err();
+        assert!(e.contains("c.yaml:2: YAML nests deeper than 64"), "{e}");
+    }
 }

@@ -532,4 +532,24 @@ mod tests {
             format!("{}: 4194305 bytes; the limit is 4194304", path.display())
         );
     }
+
+    #[test]
+    fn a_deeply_nested_test_file_is_refused_before_parsing_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deep_test.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "cases:
+  - {}",
+                "{a: ".repeat(50_000)
+            ),
+        )
+        .unwrap();
+        let err = read_suite(&path).unwrap_err();
+        assert!(
+            err.contains("deep_test.yaml:2: invalid test file: YAML nests deeper"),
+            "{err}"
+        );
+    }
 }
