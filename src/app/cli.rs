@@ -336,8 +336,11 @@ fn test(
 pub fn read_check_request(path: &Path) -> Result<CheckRequest, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    let value: serde_json::Value = serde_yaml::from_str(&text)
-        .map_err(|e| format!("{}: not JSON or YAML: {e}", path.display()))?;
+    let value: serde_json::Value =
+        crate::foundation::yaml::from_str(&text).map_err(|e| match e.line {
+            Some(l) => format!("{}:{l}: not JSON or YAML: {e}", path.display()),
+            None => format!("{}: not JSON or YAML: {e}", path.display()),
+        })?;
     check_request_from_json(&value).map_err(|e| format!("{}: {e}", path.display()))
 }
 

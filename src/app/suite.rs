@@ -265,8 +265,8 @@ fn read_suite(path: &Path) -> Result<TestFile, String> {
     }
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    serde_yaml::from_str(&text).map_err(|e| match e.location() {
-        Some(l) => format!("{}:{}: invalid test file: {e}", path.display(), l.line()),
+    crate::foundation::yaml::from_str(&text).map_err(|e| match e.line {
+        Some(l) => format!("{}:{l}: invalid test file: {e}", path.display()),
         None => format!("{}: invalid test file: {e}", path.display()),
     })
 }
@@ -530,6 +530,26 @@ mod tests {
         assert_eq!(
             err,
             format!("{}: 4194305 bytes; the limit is 4194304", path.display())
+        );
+    }
+
+    #[test]
+    fn a_deeply_nested_test_file_is_refused_before_parsing_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deep_test.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "cases:
+  - {}",
+                "{a: ".repeat(50_000)
+            ),
+        )
+        .unwrap();
+        let err = read_suite(&path).unwrap_err();
+        assert!(
+            err.contains("deep_test.yaml:2: invalid test file: YAML nests deeper"),
+            "{err}"
         );
     }
 }

@@ -105,6 +105,16 @@ pub fn compile_limited(
     allowed_dirs: &[PathBuf],
     limits: &crate::foundation::limits::Limits,
 ) -> Result<CompiledTenant, Vec<PolicyError>> {
+    // Nesting and aliases are bounded before any parse: the parser's time grows
+    // with the square of the depth. Every parse below reads this text or a
+    // part of it.
+    if let Err(e) = crate::foundation::yaml::check(text) {
+        return Err(vec![PolicyError {
+            file: file.to_path_buf(),
+            line: e.line,
+            message: e.message,
+        }]);
+    }
     // A file whose shared sections compiled before need not parse them again.
     compile_split(file, text, allowed_dirs, limits, sections::split(text))
 }

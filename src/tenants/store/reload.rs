@@ -117,6 +117,7 @@ impl PolicyStore {
                     tenants: previous.tenants.clone(),
                     errors: previous.errors.clone(),
                     notes: vec![note],
+                    revocation_unavailable: previous.revocation_unavailable.clone(),
                     files_read: 0,
                 });
                 self.status.store(Arc::clone(&status));
@@ -295,7 +296,7 @@ impl PolicyStore {
                 .filter(|(k, _)| *k == kind)
                 .map(|(_, p)| p.as_path())
                 .collect();
-            docs.reload(&mut reader, &paths, &removed, &mut errors, self);
+            docs.reload(&mut reader, &paths, &removed, &mut errors, &mut notes, self);
         }
         let files_read = reader.read;
         self.linked
@@ -331,6 +332,7 @@ impl PolicyStore {
             tenants,
             errors,
             notes,
+            revocation_unavailable: self.revocation_unavailable.load().lines(),
             files_read,
         });
         self.status.store(Arc::clone(&status));
