@@ -7,6 +7,8 @@
 //!
 //! Never imports: anything of the crate beyond this folder.
 
+use std::collections::HashMap;
+
 /// Quote characters a YAML key may be wrapped in.
 const QUOTES: [char; 2] = ['"', '\''];
 
@@ -88,37 +90,35 @@ fn indexable(key: &str) -> bool {
     !key.contains(':') && !key.ends_with(QUOTES)
 }
 
-/// A file's keys and `key: value` pairs with their lines, built once (one pass
-/// and a sort) so that each lookup is a binary search: finding every rule's
-/// lines is linear in the file rather than quadratic. Answers exactly as
+/// A file's keys and `key: value` pairs with their lines, built in one pass so
+/// that each lookup is a hash and a binary search: finding every rule's lines
+/// is linear in the file rather than quadratic. Answers exactly as
 /// [`line_of`] and [`line_of_value`] do.
 pub(super) struct LineIndex<'t> {
     text: &'t str,
-    /// (name, 0-based line), sorted: every name each line answers to.
-    keys: Vec<(&'t str, usize)>,
-    /// (key, value, 0-based line), sorted: what [`value_of`] reads on each
-    /// line whose key has no ':'.
-    values: Vec<(&'t str, &'t str, usize)>,
+    /// Each name a line answers to, with those lines (0-based, ascending).
+    keys: HashMap<&'t str, Vec<usize>>,
+    /// The first line (0-based) of each (key, value) that [`value_of`] reads,
+    /// for keys without ':'.
+    values: HashMap<(&'t str, &'t str), usize>,
 }
 
 impl<'t> LineIndex<'t> {
     pub(super) fn new(text: &'t str) -> Self {
-        let mut keys = Vec::new();
-        let mut values = Vec::new();
+        let mut keys: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut values = HashMap::new();
         for (i, line) in walk(text) {
-            let [first, second] = names(line);
-            keys.extend(first.map(|n| (n, i)));
-            keys.extend(second.map(|n| (n, i)));
+            for name in names(line).into_iter().flatten() {
+                keys.entry(name).or_default().push(i);
+            }
             // `value_of(line, key)` for a key without ':' reads the key up to
             // the first ':' as it stands.
             let t = key_part(line);
             if let Some(c) = t.find(':') {
                 let value = t[c + 1..].trim().trim_matches(QUOTES);
-                values.push((&t[..c], value, i));
+                values.entry((&t[..c], value)).or_insert(i);
             }
         }
-        keys.sort_unstable();
-        values.sort_unstable();
         Self { text, keys, values }
     }
 
@@ -132,11 +132,7 @@ impl<'t> LineIndex<'t> {
         if key.contains(':') {
             return line_of_value(self.text, key, value);
         }
-        let at = self.values.partition_point(|e| (e.0, e.1) < (key, value));
-        self.values
-            .get(at)
-            .filter(|e| (e.0, e.1) == (key, value))
-            .map(|e| e.2 + 1)
+        self.values.get(&(key, value)).map(|i| i + 1)
     }
 
     /// As `line_of(text, from, key)`.
@@ -146,11 +142,10 @@ impl<'t> LineIndex<'t> {
             // reported about it): scanned, as before.
             return line_of(self.text, from, key);
         }
-        let first = |from: usize| {
-            let at = self.keys.partition_point(|e| (e.0, e.1) < (key, from));
-            self.keys.get(at).filter(|e| e.0 == key).map(|e| e.1 + 1)
-        };
-        first(from).or_else(|| first(0))
+        let lines = self.keys.get(key)?;
+        // At or after `from`, else the first in the file.
+        let at = lines.partition_point(|&i| i < from);
+        lines.get(at).or(lines.first()).map(|i| i + 1)
     }
 }
 
