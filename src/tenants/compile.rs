@@ -180,10 +180,13 @@ fn compile_split(
     }
 
     let mut hosts = Vec::new();
+    // Each list's line is found once, not once per bad entry: a scan per entry
+    // of a long list far down the file was quadratic.
+    let hosts_at = std::cell::OnceCell::new();
     for h in &spec.hosts {
         match HostPattern::parse(h) {
             Ok(p) => hosts.push(p),
-            Err(e) => errors.push(err(line_of(text, 0, "hosts"), e)),
+            Err(e) => errors.push(err(*hosts_at.get_or_init(|| line_of(text, 0, "hosts")), e)),
         }
     }
 
@@ -229,6 +232,8 @@ fn compile_split(
     };
     // Headers logged with every decision: never a credential.
     let mut log_headers = Vec::new();
+    let log_headers_at = std::cell::OnceCell::new();
+    let log_headers_at = || *log_headers_at.get_or_init(|| line_of(text, 0, "log_headers"));
     for name in &spec.audit.log_headers {
         let lower = name.to_ascii_lowercase();
         let credential = ["authorization", "proxy-authorization", "cookie", "dpop"]
@@ -237,12 +242,9 @@ fn compile_split(
                 .as_ref()
                 .is_some_and(|i| i.credential_headers().contains(&lower));
         match valid_header_name(&lower) {
-            Err(e) => errors.push(err(
-                line_of(text, 0, "log_headers"),
-                format!("audit.log_headers: {e}"),
-            )),
+            Err(e) => errors.push(err(log_headers_at(), format!("audit.log_headers: {e}"))),
             Ok(()) if credential => errors.push(err(
-                line_of(text, 0, "log_headers"),
+                log_headers_at(),
                 format!("audit.log_headers: {lower:?} carries credentials and is never logged"),
             )),
             Ok(()) => log_headers.push(lower),
@@ -318,10 +320,12 @@ fn compile_split(
     );
     issuers.sort();
     issuers.dedup();
+    let shared_at = std::cell::OnceCell::new();
     for shared in &spec.shared_issuers {
-        if !issuers.contains(shared) {
+        // `issuers` is sorted: a search, not a scan per entry.
+        if issuers.binary_search(shared).is_err() {
             errors.push(err(
-                line_of(text, 0, "shared_issuers"),
+                *shared_at.get_or_init(|| line_of(text, 0, "shared_issuers")),
                 format!("shared_issuers: {shared:?} is not an issuer this tenant trusts"),
             ));
         }

@@ -131,3 +131,49 @@ fn finding_rules_that_never_match_does_not_compare_every_pair() {
         )]
     );
 }
+
+/// A long list far down the file whose every entry is refused (hosts,
+/// audit.log_headers, shared_issuers) has its line found once, not once per
+/// entry: a scan per entry walked over the whole file `RULES` times.
+#[test]
+fn refused_entries_of_a_long_list_find_its_line_once() {
+    let (text, _) =
+        file(|i| format!("  - id: r{i}\n    path: /p{i}\n    methods: [GET]\n    effect: allow\n"));
+    // The lists go last, so the line of each is far from the file's start.
+    let mut text = text.replace("hosts: [big.example.com]\n", "");
+    let list = |f: fn(usize) -> String| (0..RULES).map(f).collect::<Vec<_>>().join(", ");
+    text.push_str(&format!(
+        "hosts: [{}]\n",
+        list(|i| format!("'bad host {i}'"))
+    ));
+    text.push_str(&format!(
+        "audit:\n  log_headers: [{}]\n",
+        list(|i| format!("'bad header {i}'"))
+    ));
+    text.push_str(&format!(
+        "shared_issuers: [{}]\n",
+        list(|i| format!("https://other{i}.example"))
+    ));
+    let lines = text.lines().count();
+    let (found, walked, _) = load(&text);
+    assert!(
+        walked <= 4 * lines,
+        "{walked} lines walked over for a file of {lines}"
+    );
+    let last = RULES - 1;
+    for want in [
+        format!(
+            "{}: host \"bad host {last}\" must be a DNS name or a '*.' wildcard, without port",
+            lines - 3
+        ),
+        format!(
+            "{}: audit.log_headers: header name \"bad header {last}\" must be lower-case letters, digits or '-'",
+            lines - 1
+        ),
+        format!(
+            "{lines}: shared_issuers: \"https://other{last}.example\" is not an issuer this tenant trusts"
+        ),
+    ] {
+        assert!(found.contains(&want), "{want} not in {:?}", found.last());
+    }
+}
