@@ -10,6 +10,8 @@
 pub mod compile;
 pub mod file;
 mod lines;
+#[cfg(test)]
+mod load_work;
 mod sections;
 mod share;
 pub mod store;
