@@ -89,6 +89,68 @@ async fn until_metric(admin: SocketAddr, series: &str, want: f64) {
     }
 }
 
+/// One kept-alive admin connection that scrapes `/metrics` again and again,
+/// so a test that counts the admin listener's connections knows every one it
+/// opened (a scrape per connection could linger past the cap and be counted).
+struct Scraper(TcpStream);
+
+impl Scraper {
+    async fn connect(admin: SocketAddr) -> Scraper {
+        Scraper(TcpStream::connect(admin).await.unwrap())
+    }
+
+    async fn scrape(&mut self) -> String {
+        self.0
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let n = tokio::time::timeout(DEADLINE, self.0.read(&mut buf))
+                .await
+                .expect("a scrape within the deadline")
+                .unwrap();
+            assert!(n > 0, "the admin listener closed the scraper's connection");
+            raw.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&raw);
+            let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                continue;
+            };
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .expect("a scrape with content-length");
+            if body.len() >= length {
+                return body[..length].to_string();
+            }
+        }
+    }
+
+    async fn metric(&mut self, series: &str) -> f64 {
+        let body = self.scrape().await;
+        value_of(&body, series)
+    }
+
+    /// Polls until the series has `want`; fails after the deadline.
+    async fn until(&mut self, series: &str, want: f64) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let got = self.metric(series).await;
+            if got == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{series} is {got}, not {want}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// Waits until the server closes `stream` (end of file or a reset).
 async fn closed_by_server(stream: &mut TcpStream) {
     let mut buf = [0u8; 512];
@@ -144,6 +206,8 @@ async fn connections_beyond_the_cap_are_closed_at_accept_and_checks_still_served
     })
     .await;
     let (grpc, admin) = (server.grpc_addr.unwrap(), server.admin_addr);
+    // The only admin connection until the admin part below.
+    let mut scraper = Scraper::connect(admin).await;
     let mut client = AuthorizationClient::connect(format!("http://{grpc}"))
         .await
         .unwrap();
@@ -155,21 +219,18 @@ async fn connections_beyond_the_cap_are_closed_at_accept_and_checks_still_served
         idle.push(TcpStream::connect(grpc).await.unwrap());
     }
     let open = series("connections_open", "grpc");
-    until_metric(admin, &open, cap as f64).await;
+    scraper.until(&open, cap as f64).await;
 
     // As many again: each is closed by the server at once.
     for _ in 0..cap {
         let mut extra = TcpStream::connect(grpc).await.unwrap();
         closed_by_server(&mut extra).await;
     }
-    until_metric(
-        admin,
-        &series("connections_refused_total", "grpc"),
-        cap as f64,
-    )
-    .await;
+    scraper
+        .until(&series("connections_refused_total", "grpc"), cap as f64)
+        .await;
     assert_eq!(
-        metric(admin, &open).await,
+        scraper.metric(&open).await,
         cap as f64,
         "never more than the cap"
     );
@@ -179,23 +240,28 @@ async fn connections_beyond_the_cap_are_closed_at_accept_and_checks_still_served
 
     // Room again once the idle ones close.
     drop(idle);
-    until_metric(admin, &open, 1.0).await;
+    scraper.until(&open, 1.0).await;
     let mut fresh = AuthorizationClient::connect(format!("http://{grpc}"))
         .await
         .unwrap();
     assert_eq!(check(&mut fresh).await.unwrap(), 200);
 
-    // The admin listener: four held, the fifth closed at accept.
+    // The admin listener: four held (the scraper and three), the fifth
+    // closed at accept.
     let mut held = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..3 {
         held.push(TcpStream::connect(admin).await.unwrap());
     }
     let mut extra = TcpStream::connect(admin).await.unwrap();
     closed_by_server(&mut extra).await;
     drop(held);
-    until_metric(admin, &series("connections_open", "admin"), 1.0).await;
+    scraper
+        .until(&series("connections_open", "admin"), 1.0)
+        .await;
     assert_eq!(
-        metric(admin, &series("connections_refused_total", "admin")).await,
+        scraper
+            .metric(&series("connections_refused_total", "admin"))
+            .await,
         1.0
     );
     server.stop().await.unwrap();
