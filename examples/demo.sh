@@ -20,7 +20,7 @@ trap stop EXIT INT TERM
 
 python3 examples/echo_upstream.py 8081 &
 pids+=($!)
-target/debug/portcullis serve --config examples/portcullis.yaml &
+"${CARGO_TARGET_DIR:-target}/debug/portcullis" serve --config examples/portcullis.yaml &
 pids+=($!)
 "$envoy_bin" -c examples/envoy/envoy.yaml -l warning --use-dynamic-base-id &
 pids+=($!)
