@@ -128,9 +128,12 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-        let mut config: Config = serde_yaml::from_str(&text).map_err(|e| match e.location() {
-            Some(l) => format!("{}:{}: {e}", path.display(), l.line()),
-            None => format!("{}: {e}", path.display()),
+        let mut config: Config = serde_yaml::from_str(&text).map_err(|e| {
+            let message = crate::tenants::did_you_mean::hint(&e.to_string());
+            match crate::foundation::yaml_error::line(&e) {
+                Some(l) => format!("{}:{l}: {message}", path.display()),
+                None => format!("{}: {message}", path.display()),
+            }
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         if config.policies.is_relative() {

@@ -1,7 +1,8 @@
 //! Floor 0, foundations: what every floor above may read and which reads
 //! nothing of the crate's beyond this folder — the generated protobuf, the
 //! named bounds, durations, interning, reason codes, the shape every file
-//! shares, and where files named by policies may be.
+//! shares, where files named by policies may be, and the line a YAML error
+//! names.
 //!
 //! Never imports: any other module of the crate.
 
@@ -12,3 +13,4 @@ pub mod limits;
 pub mod policy_files;
 pub mod proto;
 pub mod reason;
+pub mod yaml_error;
