@@ -353,12 +353,12 @@ fn test(
 }
 
 /// Reads a CheckRequest written in protobuf's JSON mapping: as JSON when the
-/// file is named `*.json` or starts with `{`, else as YAML. An error names the
-/// format tried and the line (and column) it failed at.
+/// file is named `*.json`, else as YAML (which reads JSON too). An error names
+/// the format tried and the line (and column) it failed at.
 pub fn read_check_request(path: &Path) -> Result<CheckRequest, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    let json = path.extension().is_some_and(|x| x == "json") || text.trim_start().starts_with('{');
+    let json = path.extension().is_some_and(|x| x == "json");
     let value: serde_json::Value = if json {
         serde_json::from_str(&text).map_err(|e| {
             format!(
