@@ -13,7 +13,7 @@
 //!
 //! | floor | module | what it is for |
 //! |-------|--------|----------------|
-//! | 0 | [`foundation`] | protobuf, named bounds, durations, interning, reason codes, file basics |
+//! | 0 | [`foundation`] | protobuf, named bounds, durations, interning, reason codes, file basics, bounded YAML |
 //! | 1 | [`request`] | `CheckRequest` → `Input` under the bounds; canonical path; which tenant |
 //! | 2 | [`identity`] | credential → `Identity`: JWT, keys, bindings, introspection, revocation |
 //! | 3 | [`policy`] | a tenant's rules and data → an outcome; the rule languages |

@@ -141,6 +141,13 @@ impl Pipeline {
             respond::revoked(&mut decision, &tenant, &input, kind);
             return Run::of(decision, Vec::new(), None, time);
         }
+        // A list that cannot be loaded might name this caller: fail closed.
+        if crate::identity::revocation::revocable(&identity)
+            && let Some(why) = self.store.revocation_unavailable(&tenant.id)
+        {
+            respond::revocation_unavailable(&mut decision, &why);
+            return Run::of(decision, Vec::new(), None, time);
+        }
         let Some(eval) = self.evaluate(&tenant, &input, &identity, explain, deadline) else {
             // A heavy tenant with its share of checks in flight.
             decision.reason = Reason::Overloaded;

@@ -369,7 +369,7 @@ pub fn read_check_request(path: &Path) -> Result<CheckRequest, String> {
             )
         })?
     } else {
-        serde_yaml::from_str(&text).map_err(|e| match crate::foundation::yaml_error::line(&e) {
+        crate::foundation::yaml::from_str(&text).map_err(|e| match e.line {
             Some(l) => format!("{}:{l}: not valid YAML: {e}", path.display()),
             None => format!("{}: not valid YAML: {e}", path.display()),
         })?

@@ -128,9 +128,9 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-        let mut config: Config = serde_yaml::from_str(&text).map_err(|e| {
-            let message = crate::tenants::did_you_mean::hint(&e.to_string());
-            match crate::foundation::yaml_error::line(&e) {
+        let mut config: Config = crate::foundation::yaml::from_str(&text).map_err(|e| {
+            let message = crate::tenants::did_you_mean::hint(&e.message);
+            match e.line {
                 Some(l) => format!("{}:{l}: {message}", path.display()),
                 None => format!("{}: {message}", path.display()),
             }
@@ -268,5 +268,19 @@ mod tests {
             c.max_admin,
             crate::transport::connections::DEFAULT_MAX_ADMIN_CONNECTIONS
         );
+    }
+
+    #[test]
+    fn a_deeply_nested_config_is_refused_before_parsing_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        let text = format!(
+            "policies: p
+listen: {}",
+            "[".repeat(200 * 1024)
+        );
+        std::fs::write(&path, text).unwrap();
+        let e = Config::load(&path).unwrap_err();
+        assert!(e.contains("c.yaml:2: YAML nests deeper than 64"), "{e}");
     }
 }

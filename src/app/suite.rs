@@ -275,9 +275,9 @@ fn read_suite(path: &Path) -> Result<TestFile, String> {
     }
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    serde_yaml::from_str(&text).map_err(|e| {
-        let message = crate::tenants::did_you_mean::hint(&e.to_string());
-        match crate::foundation::yaml_error::line(&e) {
+    crate::foundation::yaml::from_str(&text).map_err(|e| {
+        let message = crate::tenants::did_you_mean::hint(&e.message);
+        match e.line {
             Some(l) => format!("{}:{l}: invalid test file: {message}", path.display()),
             None => format!("{}: invalid test file: {message}", path.display()),
         }
@@ -543,6 +543,26 @@ mod tests {
         assert_eq!(
             err,
             format!("{}: 4194305 bytes; the limit is 4194304", path.display())
+        );
+    }
+
+    #[test]
+    fn a_deeply_nested_test_file_is_refused_before_parsing_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deep_test.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "cases:
+  - {}",
+                "{a: ".repeat(50_000)
+            ),
+        )
+        .unwrap();
+        let err = read_suite(&path).unwrap_err();
+        assert!(
+            err.contains("deep_test.yaml:2: invalid test file: YAML nests deeper"),
+            "{err}"
         );
     }
 }

@@ -90,6 +90,14 @@ pub fn revoked(decision: &mut Decision, tenant: &CompiledTenant, input: &Input, 
     }
 }
 
+/// Records that the tenant's revocation list cannot be loaded, so a caller
+/// it could revoke is not judged (503, also for a dry-run tenant: portcullis
+/// cannot decide, as when keys are unavailable).
+pub fn revocation_unavailable(decision: &mut Decision, why: &str) {
+    decision.reason = Reason::RevocationUnavailable;
+    decision.detail = Some(format!("revocation list unavailable: {why}"));
+}
+
 /// The policy's outcome as the decision: reason and rule, and on an allow the
 /// upstream's headers (`allow`). `now` is the request time in Unix seconds.
 /// Returns what every candidate rule did (empty unless asked to explain).

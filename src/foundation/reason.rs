@@ -54,6 +54,10 @@ pub enum Reason {
     InvalidAudience,
     /// The token, its subject or its client is on the tenant's revocation list.
     TokenRevoked,
+    /// The tenant's revocation list cannot be loaded (a file that never
+    /// loaded, or two files naming the tenant) and no last good list serves:
+    /// a caller it could revoke cannot be judged.
+    RevocationUnavailable,
     /// A DPoP proof that fails RFC 9449 §4.3 (or is missing for a DPoP token).
     InvalidDpopProof,
     /// A DPoP proof whose `jti` was already used.
@@ -141,6 +145,7 @@ impl Reason {
             Reason::TokenTooLongLived => "token_too_long_lived",
             Reason::InvalidAudience => "invalid_audience",
             Reason::TokenRevoked => "token_revoked",
+            Reason::RevocationUnavailable => "revocation_unavailable",
             Reason::TokenInactive => "token_inactive",
             Reason::InvalidDpopProof => "invalid_dpop_proof",
             Reason::DpopProofReplayed => "dpop_proof_replayed",
@@ -215,6 +220,7 @@ impl Reason {
             | Reason::Overloaded
             | Reason::KeysUnavailable
             | Reason::IntrospectionUnavailable
+            | Reason::RevocationUnavailable
             | Reason::DownstreamTokenUnavailable
             | Reason::DpopReplayCacheFull => 503,
         }
@@ -278,7 +284,7 @@ impl Reason {
     }
 }
 
-const ALL: [Reason; 45] = [
+const ALL: [Reason; 46] = [
     Reason::Allowed,
     Reason::DefaultAllow,
     Reason::CorsPreflight,
@@ -300,6 +306,7 @@ const ALL: [Reason; 45] = [
     Reason::TokenTooLongLived,
     Reason::InvalidAudience,
     Reason::TokenRevoked,
+    Reason::RevocationUnavailable,
     Reason::TokenInactive,
     Reason::InvalidDpopProof,
     Reason::DpopProofReplayed,
@@ -356,6 +363,8 @@ mod tests {
         assert_eq!(Reason::MalformedCredential.status(), 400);
         assert_eq!(Reason::KeysUnavailable.status(), 503);
         assert_eq!(Reason::Overloaded.status(), 503);
+        assert_eq!(Reason::RevocationUnavailable.status(), 503);
+        assert_eq!(Reason::RevocationUnavailable.challenge(), None);
         assert_eq!(Reason::Overloaded.challenge(), None);
         // Every 401 has a challenge, and only the missing credential's is bare.
         for r in ALL {

@@ -346,17 +346,10 @@ impl Introspector {
                 .map(str::to_string)
         };
         let (subject, token_id) = (string("sub"), string("jti"));
-        if let Some(Json::String(scope)) = response.get("scope") {
-            let list: Vec<Json> = scope
-                .split(' ')
-                .filter(|s| !s.is_empty())
-                .map(|s| Json::String(s.to_string()))
-                .collect();
-            // Split, it is a list like any other in the claims.
-            if list.len() > max_items {
-                return inactive(TokenError::ClaimsTooLarge);
-            }
-            response.insert("scope".into(), Json::Array(list));
+        // `scope` (RFC 7662 §2.2: space-separated) read as for a JWT, one list
+        // of at most `max_items`; a `scope` of another type is not guessed at.
+        if let Err(e) = super::jwt::normalize_scope(&mut response, max_items) {
+            return inactive(e);
         }
         response
             .entry("iss")

@@ -17,7 +17,9 @@
 //! `jwt_authn` claims, an introspected token). An entry with `until` stops
 //! applying at that time; without it, it applies until removed. The check runs
 //! on every request, also when the token's verification came from the cache. A
-//! broken file keeps the tenant's previous list.
+//! broken file keeps the tenant's previous list; a tenant whose list never
+//! loaded (or is named by two files) has none to trust, and its callers that
+//! a list could revoke ([`revocable`]) get 503 `revocation_unavailable`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -105,6 +107,13 @@ impl RevocationList {
     }
 }
 
+/// Whether some list could revoke `identity`: it carries a `jti`, a subject,
+/// a `client_id` or an `azp`. An anonymous caller carries none.
+pub fn revocable(identity: &Identity) -> bool {
+    let claim = |name: &str| identity.claims.get(name).is_some_and(|v| v.is_string());
+    identity.token_id.is_some() || identity.subject.is_some() || claim("client_id") || claim("azp")
+}
+
 /// The JSON Schema of revocation files.
 pub fn schema() -> serde_json::Value {
     serde_json::to_value(schemars::schema_for!(RevocationFile)).unwrap_or_default()
@@ -117,12 +126,8 @@ pub fn compile(file: &Path, text: &str) -> Result<RevocationList, Vec<PolicyErro
         line,
         message,
     };
-    let spec: RevocationFile = serde_yaml::from_str(text).map_err(|e| {
-        vec![err(
-            e.location().map(|l| l.line()),
-            format!("invalid revocation file: {e}"),
-        )]
-    })?;
+    let spec: RevocationFile = crate::foundation::yaml::from_str(text)
+        .map_err(|e| vec![err(e.line, format!("invalid revocation file: {e}"))])?;
     let mut errors = Vec::new();
     if spec.api_version != API_VERSION {
         errors.push(err(Some(1), format!("apiVersion must be {API_VERSION:?}")));

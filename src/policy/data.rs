@@ -65,12 +65,8 @@ pub fn compile(file: &Path, text: &str) -> Result<DataDoc, Vec<PolicyError>> {
         ));
     }
     // YAML is a superset of JSON: one parser reads both.
-    let doc: DataFile = serde_yaml::from_str(text).map_err(|e| {
-        err(
-            e.location().map(|l| l.line()),
-            format!("invalid data file: {e}"),
-        )
-    })?;
+    let doc: DataFile = crate::foundation::yaml::from_str(text)
+        .map_err(|e| err(e.line, format!("invalid data file: {e}")))?;
     if doc.api_version != API_VERSION {
         return Err(err(
             Some(1),

@@ -16,7 +16,7 @@ use crate::identity::IdentityConfig;
 use crate::request::path::{RouteIndex, Template};
 
 use super::file::PolicyFile;
-use super::lines::{LineIndex, line_of, line_of_value};
+use super::lines::{LineIndex, line_of};
 use super::{sections, share};
 use crate::policy::cel;
 use crate::policy::cel::{Condition, Reads};
@@ -105,6 +105,16 @@ pub fn compile_limited(
     allowed_dirs: &[PathBuf],
     limits: &crate::foundation::limits::Limits,
 ) -> Result<CompiledTenant, Vec<PolicyError>> {
+    // Nesting and aliases are bounded before any parse: the parser's time grows
+    // with the square of the depth. Every parse below reads this text or a
+    // part of it.
+    if let Err(e) = crate::foundation::yaml::check(text) {
+        return Err(vec![PolicyError {
+            file: file.to_path_buf(),
+            line: e.line,
+            message: e.message,
+        }]);
+    }
     // A file whose shared sections compiled before need not parse them again.
     compile_split(file, text, allowed_dirs, limits, sections::split(text))
 }
@@ -183,10 +193,13 @@ fn compile_split(
     }
 
     let mut hosts = Vec::new();
+    // Each list's line is found once, not once per bad entry: a scan per entry
+    // of a long list far down the file was quadratic.
+    let hosts_at = std::cell::OnceCell::new();
     for h in &spec.hosts {
         match HostPattern::parse(h) {
             Ok(p) => hosts.push(p),
-            Err(e) => errors.push(err(line_of(text, 0, "hosts"), e)),
+            Err(e) => errors.push(err(*hosts_at.get_or_init(|| line_of(text, 0, "hosts")), e)),
         }
     }
 
@@ -232,6 +245,8 @@ fn compile_split(
     };
     // Headers logged with every decision: never a credential.
     let mut log_headers = Vec::new();
+    let log_headers_at = std::cell::OnceCell::new();
+    let log_headers_at = || *log_headers_at.get_or_init(|| line_of(text, 0, "log_headers"));
     for name in &spec.audit.log_headers {
         let lower = name.to_ascii_lowercase();
         let credential = ["authorization", "proxy-authorization", "cookie", "dpop"]
@@ -240,12 +255,9 @@ fn compile_split(
                 .as_ref()
                 .is_some_and(|i| i.credential_headers().contains(&lower));
         match valid_header_name(&lower) {
-            Err(e) => errors.push(err(
-                line_of(text, 0, "log_headers"),
-                format!("audit.log_headers: {e}"),
-            )),
+            Err(e) => errors.push(err(log_headers_at(), format!("audit.log_headers: {e}"))),
             Ok(()) if credential => errors.push(err(
-                line_of(text, 0, "log_headers"),
+                log_headers_at(),
                 format!("audit.log_headers: {lower:?} carries credentials and is never logged"),
             )),
             Ok(()) => log_headers.push(lower),
@@ -321,10 +333,12 @@ fn compile_split(
     );
     issuers.sort();
     issuers.dedup();
+    let shared_at = std::cell::OnceCell::new();
     for shared in &spec.shared_issuers {
-        if !issuers.contains(shared) {
+        // `issuers` is sorted: a search, not a scan per entry.
+        if issuers.binary_search(shared).is_err() {
             errors.push(err(
-                line_of(text, 0, "shared_issuers"),
+                *shared_at.get_or_init(|| line_of(text, 0, "shared_issuers")),
                 format!("shared_issuers: {shared:?} is not an issuer this tenant trusts"),
             ));
         }
@@ -405,7 +419,7 @@ fn compile_rules(
         let at = lines.id_line(&spec_rule.id).unwrap_or(0);
         let rule_err = |key: &str, message: String| {
             err(
-                line_of(text, at.saturating_sub(1), key),
+                lines.line_of(at.saturating_sub(1), key),
                 format!("rule {:?}: {message}", spec_rule.id),
             )
         };
@@ -519,7 +533,7 @@ fn compile_rules(
                 resources.push((t, r.attributes.clone()));
             }
             Err(e) => errors.push(err(
-                line_of_value(text, "path", &r.path),
+                lines.value_line("path", &r.path),
                 format!("resource {:?}: {e}", r.path),
             )),
         }
@@ -528,8 +542,8 @@ fn compile_rules(
 
     let mut headers = Vec::new();
     for (name, source) in &spec.response.headers {
-        // Found only for a message: a miss scans the file twice.
-        let at = || line_of(text, 0, name);
+        // Found only for a message.
+        let at = || lines.line_of(0, name);
         if let Err(e) = valid_header_name(name) {
             errors.push(err(at(), format!("response.headers: {e}")));
             continue;
@@ -544,11 +558,11 @@ fn compile_rules(
         let lower = name.to_ascii_lowercase();
         match valid_header_name(&lower) {
             Ok(()) if spec.response.headers.contains_key(&lower) => errors.push(err(
-                line_of(text, 0, "remove"),
+                lines.line_of(0, "remove"),
                 format!("response.remove: {lower:?} is also in response.headers; an owned header is already set or removed"),
             )),
             Ok(()) => remove.push(lower),
-            Err(e) => errors.push(err(line_of(text, 0, "remove"), format!("response.remove: {e}"))),
+            Err(e) => errors.push(err(lines.line_of(0, "remove"), format!("response.remove: {e}"))),
         }
     }
 
@@ -687,18 +701,24 @@ fn static_checks(
             );
         }
     }
+    // Built only when a header needs its line: most files never do.
+    let lines = std::cell::OnceCell::new();
+    // The parameters some allow rule binds, gathered once (not once per
+    // header and parameter).
+    let bound: std::collections::HashSet<&str> = rules
+        .iter()
+        .filter(|r| r.effect == Effect::Allow)
+        .flat_map(|r| r.template.params())
+        .collect();
     for (name, template) in headers {
-        let at = || line_of(text, 0, name);
+        let at = || lines.get_or_init(|| LineIndex::new(text)).line_of(0, name);
         for claim in template.claims() {
             if let Some(m) = unknown_claim(claim) {
                 warn(at(), format!("response.headers.{name}: template {m}"));
             }
         }
         for param in template.params() {
-            let bound = rules
-                .iter()
-                .any(|r| r.effect == Effect::Allow && r.template.params().any(|p| p == param));
-            if !bound {
+            if !bound.contains(param) {
                 error(
                     at(),
                     format!(
@@ -710,20 +730,32 @@ fn static_checks(
     }
     // Deny rules are all checked before any allow rule: one without a
     // condition or host restriction denies everything its route covers, and a
-    // rule wholly inside that route can never decide.
+    // rule wholly inside that route can never decide. The deny rules that can
+    // shadow are indexed by route, so each rule meets only those covering it
+    // (comparing every pair was quadratic in the rules).
+    let mut denies = RouteIndex::default();
+    for (j, d) in rules.iter().enumerate() {
+        if d.effect == Effect::Deny
+            && d.mode == Mode::Enforce
+            && d.condition.is_none()
+            && d.hosts.is_empty()
+        {
+            denies.insert(&d.template, j);
+        }
+    }
     for (i, rule) in rules.iter().enumerate() {
-        let shadow = rules.iter().enumerate().find(|(j, d)| {
-            *j != i
-                && d.effect == Effect::Deny
-                && d.mode == Mode::Enforce
-                && d.condition.is_none()
-                && d.hosts.is_empty()
-                && (rule.effect == Effect::Allow || *j < i)
-                && (d.methods.is_empty()
-                    || (!rule.methods.is_empty()
-                        && rule.methods.iter().all(|m| d.methods.contains(m))))
-                && d.template.covers(&rule.template)
-        });
+        // In rule order, as `covering` returns them: the first one names it.
+        let shadow = denies
+            .covering(&rule.template)
+            .into_iter()
+            .map(|j| (j, &rules[j]))
+            .find(|(j, d)| {
+                *j != i
+                    && (rule.effect == Effect::Allow || *j < i)
+                    && (d.methods.is_empty()
+                        || (!rule.methods.is_empty()
+                            && rule.methods.iter().all(|m| d.methods.contains(m))))
+            });
         if let Some((j, d)) = shadow {
             let at = rule_lines[j]
                 .map(|l| format!(" (line {l})"))

@@ -12,6 +12,8 @@ pub mod compile;
 pub mod did_you_mean;
 pub mod file;
 mod lines;
+#[cfg(test)]
+mod load_work;
 mod sections;
 mod share;
 pub mod store;

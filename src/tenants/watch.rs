@@ -237,6 +237,9 @@ pub fn log_status(status: &StoreStatus) {
     for e in &status.errors {
         tracing::warn!(file = %e.file.display(), line = e.line, error = %e.message, "policy file rejected; previous rules keep serving");
     }
+    for line in &status.revocation_unavailable {
+        tracing::error!(cause = %line, "revocation list unavailable: revocable callers of the tenant get 503 revocation_unavailable");
+    }
     for n in status.notes.iter().take(MAX_LOGGED_NOTES) {
         tracing::warn!(note = %n, "policy reload");
     }

@@ -47,6 +47,9 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     if !state.store.is_ready() {
         not_ready.push("no policies loaded".to_string());
     }
+    // A tenant whose revocation list never loaded would let revoked callers
+    // in if it served: it does not (503), and this replica is not ready.
+    not_ready.extend(status.revocation_unavailable.iter().cloned());
     let ready = not_ready.is_empty();
     // Issuers whose keys never loaded: their tokens get 503 keys_unavailable.
     // Reported, not counted against readiness: one identity provider down must

@@ -2,7 +2,7 @@
 //! listed as shared by both; and who holds each, so a changed file's conflicts
 //! are found without comparing it with every other file.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -39,8 +39,9 @@ impl Holders {
         for h in &tenant.hosts {
             f(self.hosts.entry(h.clone()).or_default());
         }
+        let listed: HashSet<&String> = tenant.shared_issuers.iter().collect();
         for i in &tenant.issuers {
-            let shared = usize::from(!tenant.shared_issuers.contains(i));
+            let shared = usize::from(!listed.contains(i));
             f(&mut self.issuers.entry(i.clone()).or_default()[shared]);
         }
     }
@@ -54,12 +55,13 @@ impl Holders {
         }
         let mut candidates = vec![first(self.ids.get(&tenant.id), path)];
         candidates.extend(tenant.hosts.iter().map(|h| first(self.hosts.get(h), path)));
+        let listed: HashSet<&String> = tenant.shared_issuers.iter().collect();
         for i in &tenant.issuers {
             let Some([shared, not_shared]) = self.issuers.get(i) else {
                 continue;
             };
             candidates.push(first(Some(not_shared), path));
-            if !tenant.shared_issuers.contains(i) {
+            if !listed.contains(i) {
                 candidates.push(first(Some(shared), path));
             }
         }
@@ -110,7 +112,10 @@ fn conflict_with(
         );
         return Some(("tenant", message));
     }
-    if let Some(h) = tenant.hosts.iter().find(|h| other.tenant.hosts.contains(h)) {
+    // Sets, not a search of one list per entry of the other: a file may name
+    // thousands of hosts and issuers.
+    let other_hosts: HashSet<&HostPattern> = other.tenant.hosts.iter().collect();
+    if let Some(h) = tenant.hosts.iter().find(|h| other_hosts.contains(h)) {
         let message = format!(
             "host \"{h}\" is already claimed by tenant {:?} in {}",
             other.tenant.id,
@@ -121,9 +126,17 @@ fn conflict_with(
     // One issuer for two tenants is a real setup (one IdP, a tenant claim),
     // but it must be said in both files: otherwise a token one tenant's users
     // hold is accepted by the other's rules.
+    fn set(v: &[String]) -> HashSet<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let (theirs, ours_shared, theirs_shared) = (
+        set(&other.tenant.issuers),
+        set(&tenant.shared_issuers),
+        set(&other.tenant.shared_issuers),
+    );
     let shared = tenant.issuers.iter().find(|i| {
-        other.tenant.issuers.contains(*i)
-            && !(tenant.shared_issuers.contains(*i) && other.tenant.shared_issuers.contains(*i))
+        theirs.contains(i.as_str())
+            && !(ours_shared.contains(i.as_str()) && theirs_shared.contains(i.as_str()))
     });
     if let Some(issuer) = shared {
         let message = format!(

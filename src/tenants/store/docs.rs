@@ -1,7 +1,7 @@
 //! The per-tenant documents reloaded beside policies: revocation lists and data
 //! documents, one per tenant, each kept at its last good version.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -16,17 +16,35 @@ use super::{PolicyStore, TenantId};
 
 /// Revocation lists or data documents: one per tenant, from their files
 /// (with the digest of what loaded).
+///
+/// Which file serves a tenant never depends on file order: a tenant named by
+/// one file that loaded is served that file; a tenant named by two or more
+/// files, or by a file whose latest version did not load, keeps what it was
+/// served before (if that came from one of those files) and otherwise has
+/// none, which for a revocation list means it is unavailable.
 pub(super) struct DocFiles<T> {
+    /// The last good compile of each file.
     loaded: BTreeMap<PathBuf, (String, Arc<T>)>,
     /// Files whose latest version did not load: read again at every reload.
-    broken: BTreeSet<PathBuf>,
+    broken: BTreeMap<PathBuf, Broken>,
+    /// What each tenant is served, and from which file.
+    served: BTreeMap<String, (PathBuf, Arc<T>)>,
+}
+
+/// A file whose latest version did not load.
+struct Broken {
+    /// The tenant its text names, when a `tenant:` line can be read.
+    tenant: Option<String>,
+    /// The first problem, as `file:line: cause`.
+    error: String,
 }
 
 impl<T> Default for DocFiles<T> {
     fn default() -> Self {
         DocFiles {
             loaded: BTreeMap::new(),
-            broken: BTreeSet::new(),
+            broken: BTreeMap::new(),
+            served: BTreeMap::new(),
         }
     }
 }
@@ -36,10 +54,48 @@ impl<T> DocFiles<T> {
         let all: BTreeSet<&Path> = self
             .loaded
             .keys()
-            .chain(&self.broken)
+            .chain(self.broken.keys())
             .map(PathBuf::as_path)
             .collect();
         all.into_iter()
+    }
+}
+
+/// Tenants whose revocation list cannot be loaded, and why: their callers
+/// that a list could revoke get 503 `revocation_unavailable`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Unavailable {
+    /// Tenant → why (file, line, cause, or the files in conflict).
+    pub tenants: BTreeMap<String, String>,
+    /// Files whose tenant cannot be read: every tenant without a list is
+    /// unavailable, since any of them may be the one the file is for.
+    pub unknown: Vec<String>,
+}
+
+impl Unavailable {
+    /// Why `tenant` (which has no list served) has none it can trust.
+    pub fn why(&self, tenant: &str) -> Option<String> {
+        if let Some(why) = self.tenants.get(tenant) {
+            return Some(why.clone());
+        }
+        (!self.unknown.is_empty()).then(|| self.unknown.join("; "))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tenants.is_empty() && self.unknown.is_empty()
+    }
+
+    /// One line per unavailable tenant, as `/readyz` shows them.
+    pub fn lines(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .tenants
+            .iter()
+            .map(|(t, why)| format!("tenant {t:?}: revocation list unavailable: {why}"))
+            .collect();
+        lines.extend(self.unknown.iter().map(|why| {
+            format!("every tenant without a revocation list: revocation list unavailable: {why}")
+        }));
+        lines
     }
 }
 
@@ -51,14 +107,18 @@ pub(super) trait Docs {
         changed: &[(&Path, bool)],
         removed: &[&Path],
         errors: &mut Vec<PolicyError>,
+        notes: &mut Vec<String>,
         store: &PolicyStore,
     );
 }
 
 /// How a document kind compiles, names its tenant and is served.
-trait DocKind: Sized {
+pub(super) trait DocKind: Sized {
     /// "a revocation list", "a data document".
     const WHAT: &'static str;
+    /// Whether a tenant left without its document must fail closed (and so is
+    /// reported as unavailable) rather than run without it.
+    const FAIL_CLOSED: bool;
     fn compile(path: &Path, text: &str) -> Result<Self, Vec<PolicyError>>;
     fn tenant(&self) -> &str;
     fn served(store: &PolicyStore) -> &DashMap<TenantId, Arc<Self>>;
@@ -66,6 +126,7 @@ trait DocKind: Sized {
 
 impl DocKind for RevocationList {
     const WHAT: &'static str = "a revocation list";
+    const FAIL_CLOSED: bool = true;
     fn compile(path: &Path, text: &str) -> Result<Self, Vec<PolicyError>> {
         revocation::compile(path, text)
     }
@@ -79,6 +140,7 @@ impl DocKind for RevocationList {
 
 impl DocKind for DataDoc {
     const WHAT: &'static str = "a data document";
+    const FAIL_CLOSED: bool = false;
     fn compile(path: &Path, text: &str) -> Result<Self, Vec<PolicyError>> {
         data::compile(path, text)
     }
@@ -91,40 +153,49 @@ impl DocKind for DataDoc {
 }
 
 impl<T: DocKind> Docs for DocFiles<T> {
-    /// A changed file that compiles replaces its tenant's document; a broken
-    /// one keeps the previous document; a removed file drops it.
+    /// A changed file that compiles replaces its last good version; a broken
+    /// one keeps it; a removed file drops it. Then each tenant is served as
+    /// [`DocFiles`] says.
     fn reload(
         &mut self,
         reader: &mut Reader<'_>,
         changed: &[(&Path, bool)],
         removed: &[&Path],
         errors: &mut Vec<PolicyError>,
+        notes: &mut Vec<String>,
         store: &PolicyStore,
     ) {
-        let mut dirty = false;
         for path in removed {
             reader.forget(path);
             self.broken.remove(*path);
-            dirty |= self.loaded.remove(*path).is_some();
+            self.loaded.remove(*path);
         }
         let mut check: BTreeMap<PathBuf, bool> = BTreeMap::new();
         for (path, link) in changed {
             reader.set_linked(path, *link);
             check.insert(path.to_path_buf(), false);
         }
-        for path in std::mem::take(&mut self.broken) {
+        for path in std::mem::take(&mut self.broken).into_keys() {
             check.insert(path, true);
         }
         for (path, force) in check {
             let text = match reader.get(&path, force) {
                 Got::Same => continue,
                 Got::Failed(message) => {
-                    errors.push(PolicyError {
+                    let e = PolicyError {
                         file: path.clone(),
                         line: None,
                         message,
-                    });
-                    self.broken.insert(path);
+                    };
+                    let error = e.to_string();
+                    errors.push(e);
+                    self.broken.insert(
+                        path,
+                        Broken {
+                            tenant: None,
+                            error,
+                        },
+                    );
                     continue;
                 }
                 Got::Bytes { text, digest } => {
@@ -137,54 +208,161 @@ impl<T: DocKind> Docs for DocFiles<T> {
             let (text, digest) = text;
             match T::compile(&path, &text) {
                 Ok(doc) => {
-                    let holder = self
-                        .loaded
-                        .iter()
-                        .find(|(p, (_, d))| **p != path && d.tenant() == doc.tenant());
-                    if let Some((other, _)) = holder {
-                        errors.push(PolicyError {
-                            file: path.clone(),
-                            line: None,
-                            message: format!(
-                                "tenant {:?} already has {} in {}",
-                                doc.tenant(),
-                                T::WHAT,
-                                other.display()
-                            ),
-                        });
-                        self.broken.insert(path);
-                        continue;
-                    }
                     self.loaded.insert(path, (digest, Arc::new(doc)));
-                    dirty = true;
                 }
                 Err(mut e) => {
+                    let error = e.first().map(ToString::to_string).unwrap_or_default();
                     errors.append(&mut e);
-                    self.broken.insert(path);
+                    let tenant = tenant_line(&text);
+                    self.broken.insert(path, Broken { tenant, error });
                 }
             }
         }
-        if dirty {
-            publish(&self.loaded, T::tenant, T::served(store));
+        self.serve(errors, notes, store);
+    }
+}
+
+impl<T: DocKind> DocFiles<T> {
+    /// Decides what each tenant is served and publishes it (and, for a kind
+    /// that fails closed, which tenants are unavailable).
+    fn serve(
+        &mut self,
+        errors: &mut Vec<PolicyError>,
+        notes: &mut Vec<String>,
+        store: &PolicyStore,
+    ) {
+        // Which files name each tenant: a loaded file its compile's tenant; a
+        // broken one the tenant its text names and the one its last good
+        // version named.
+        let mut claims: BTreeMap<&str, BTreeSet<&Path>> = BTreeMap::new();
+        let mut unknown = Vec::new();
+        for (path, (_, doc)) in &self.loaded {
+            claims.entry(doc.tenant()).or_default().insert(path);
+        }
+        for (path, broken) in &self.broken {
+            match &broken.tenant {
+                Some(t) => {
+                    claims.entry(t.as_str()).or_default().insert(path);
+                }
+                None if !self.loaded.contains_key(path) => unknown.push(format!(
+                    "{} (its tenant cannot be read): {}",
+                    path.display(),
+                    broken.error
+                )),
+                None => {}
+            }
+        }
+        let mut served = BTreeMap::new();
+        let mut unavailable = Unavailable {
+            unknown,
+            ..Unavailable::default()
+        };
+        for (tenant, paths) in &claims {
+            let one = match paths.iter().collect::<Vec<_>>()[..] {
+                [only] if !self.broken.contains_key(*only) => {
+                    self.loaded.get(*only).map(|l| (*only, l))
+                }
+                _ => None,
+            };
+            if let Some((path, (_, doc))) = one {
+                served.insert(tenant.to_string(), (path.to_path_buf(), Arc::clone(doc)));
+                continue;
+            }
+            let why = if paths.len() > 1 {
+                let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+                let message = format!(
+                    "tenant {tenant:?} has {} in more than one file ({}); every one is refused until only one names it",
+                    T::WHAT,
+                    names.join(", ")
+                );
+                errors.extend(paths.iter().map(|p| PolicyError {
+                    file: p.to_path_buf(),
+                    line: None,
+                    message: message.clone(),
+                }));
+                message
+            } else {
+                let path = paths.iter().next().copied();
+                path.and_then(|p| self.broken.get(p))
+                    .map(|b| b.error.clone())
+                    .unwrap_or_default()
+            };
+            // The last good document stays, if it came from one of these files.
+            let kept = self
+                .served
+                .get(*tenant)
+                .filter(|(from, _)| paths.contains(from.as_path()));
+            match kept {
+                Some((from, doc)) => {
+                    notes.push(format!(
+                        "tenant {tenant:?}: keeping the last good {} from {}",
+                        T::WHAT.trim_start_matches("a "),
+                        from.display()
+                    ));
+                    served.insert(tenant.to_string(), (from.clone(), Arc::clone(doc)));
+                }
+                None if T::FAIL_CLOSED => {
+                    unavailable.tenants.insert(tenant.to_string(), why);
+                }
+                None => {}
+            }
+        }
+        self.served = served;
+        publish(&self.served, T::served(store));
+        if T::FAIL_CLOSED {
+            store.revocation_unavailable.store(Arc::new(unavailable));
         }
     }
 }
 
-/// Makes `by_tenant` hold exactly what the loaded `files` hold, by tenant; an
-/// entry that did not change keeps its `Arc`, so readers see no churn.
-fn publish<T>(
-    files: &BTreeMap<PathBuf, (String, Arc<T>)>,
-    tenant_of: impl Fn(&T) -> &str,
-    by_tenant: &DashMap<TenantId, Arc<T>>,
-) {
-    let current: HashMap<&str, &Arc<T>> = files.values().map(|(_, v)| (tenant_of(v), v)).collect();
-    by_tenant.retain(|t, _| current.contains_key(&**t));
-    for (tenant, value) in current {
+/// The tenant a file names on a top-level `tenant:` line, read without
+/// parsing (the file may not parse).
+fn tenant_line(text: &str) -> Option<String> {
+    let line = text.lines().find_map(|l| l.strip_prefix("tenant:"))?;
+    let value = match line.find(" #") {
+        Some(i) => &line[..i],
+        None => line,
+    };
+    let value = value.trim();
+    let value = value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+        .unwrap_or(value);
+    (!value.is_empty()).then(|| value.to_string())
+}
+
+/// Makes `by_tenant` hold exactly what `served` holds; an entry that did not
+/// change keeps its `Arc`, so readers see no churn.
+fn publish<T>(served: &BTreeMap<String, (PathBuf, Arc<T>)>, by_tenant: &DashMap<TenantId, Arc<T>>) {
+    by_tenant.retain(|t, _| served.contains_key(&**t));
+    for (tenant, (_, value)) in served {
         let same = by_tenant
-            .get(tenant)
+            .get(tenant.as_str())
             .is_some_and(|cur| Arc::ptr_eq(cur.value(), value));
         if !same {
-            by_tenant.insert(Arc::from(tenant), Arc::clone(value));
+            by_tenant.insert(Arc::from(tenant.as_str()), Arc::clone(value));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tenant_line;
+
+    #[test]
+    fn the_tenant_line_is_read_without_parsing() {
+        let head = "apiVersion: portcullis/v1\n";
+        for (text, tenant) in [
+            ("tenant: acme\nrevoked: [ {", Some("acme")),
+            ("tenant: \"acme\"  # the shop\n", Some("acme")),
+            ("tenant: 'acme'\r\n", Some("acme")),
+            ("  tenant: nested\n", None),
+            ("tenant:\n", None),
+            ("{ tenant: flow }\n", None),
+        ] {
+            let got = tenant_line(&format!("{head}{text}"));
+            assert_eq!(got.as_deref(), tenant, "{text:?}");
         }
     }
 }

@@ -13,7 +13,7 @@
 //! The parts: [`PolicyStore`] and its status here; `reload` (the plan, the
 //! compile aside and the swap), `reader` (reading only what changed),
 //! `conflicts` (what two files may not share), `docs` (revocation lists and
-//! data documents), `hosts` (the host index) and `listing` (what is in the
+//! data documents, and which tenants' lists cannot be loaded), `hosts` (the host index) and `listing` (what is in the
 //! directory).
 
 mod conflicts;
@@ -35,6 +35,7 @@ use dashmap::DashMap;
 use crate::identity::revocation::RevocationList;
 use crate::policy::data::DataDoc;
 use crate::policy::{CompiledTenant, PolicyError};
+pub use docs::Unavailable;
 use hosts::HostIndex;
 pub(crate) use listing::list_files;
 pub use listing::list_policy_files;
@@ -55,6 +56,10 @@ pub struct StoreStatus {
     pub errors: Vec<PolicyError>,
     /// Conditions worth knowing that are not file errors.
     pub notes: Vec<String>,
+    /// Tenants whose revocation list cannot be loaded (a broken file that
+    /// never loaded, files in conflict), one line each: their callers get 503
+    /// `revocation_unavailable`, and `/readyz` is not ready.
+    pub revocation_unavailable: Vec<String>,
     /// Why the directory as a whole could not be used (it cannot be read, or
     /// holds no policy file), without what a running server does about it
     /// (`notes` adds that it keeps the last good rules). Offline, with no last
@@ -108,6 +113,8 @@ pub struct PolicyStore {
     linked: AtomicBool,
     /// Revocation lists by tenant.
     revocations: DashMap<TenantId, Arc<RevocationList>>,
+    /// Tenants without a list whose list cannot be loaded.
+    revocation_unavailable: ArcSwap<Unavailable>,
     /// Data documents by tenant.
     data: DashMap<TenantId, Arc<DataDoc>>,
     /// Bounds on what a reload admits and on every check.
@@ -137,6 +144,7 @@ impl PolicyStore {
             state: Mutex::new(State::default()),
             linked: AtomicBool::new(false),
             revocations: DashMap::new(),
+            revocation_unavailable: ArcSwap::from_pointee(Unavailable::default()),
             data: DashMap::new(),
             limits: crate::foundation::limits::Limits::default(),
         }
@@ -167,6 +175,16 @@ impl PolicyStore {
     /// The tenant's revocation list, if it has one.
     pub fn revocations(&self, tenant: &str) -> Option<Arc<RevocationList>> {
         self.revocations.get(tenant).map(|r| Arc::clone(r.value()))
+    }
+
+    /// Why the tenant has no revocation list it can trust, when a file meant
+    /// to be its list did not load and no last good version serves (see
+    /// [`Unavailable`]). `None` when it has a list, or no file names it.
+    pub fn revocation_unavailable(&self, tenant: &str) -> Option<String> {
+        if self.revocations.contains_key(tenant) {
+            return None;
+        }
+        self.revocation_unavailable.load().why(tenant)
     }
 
     pub fn dir(&self) -> &Path {

@@ -118,6 +118,7 @@ impl PolicyStore {
                     errors: previous.errors.clone(),
                     notes: vec![format!("{why}; keeping the last good rules")],
                     unusable: Some(why),
+                    revocation_unavailable: previous.revocation_unavailable.clone(),
                     files_read: 0,
                 });
                 self.status.store(Arc::clone(&status));
@@ -300,7 +301,7 @@ impl PolicyStore {
                 .filter(|(k, _)| *k == kind)
                 .map(|(_, p)| p.as_path())
                 .collect();
-            docs.reload(&mut reader, &paths, &removed, &mut errors, self);
+            docs.reload(&mut reader, &paths, &removed, &mut errors, &mut notes, self);
         }
         let files_read = reader.read;
         self.linked
@@ -337,6 +338,7 @@ impl PolicyStore {
             errors,
             notes,
             unusable: None,
+            revocation_unavailable: self.revocation_unavailable.load().lines(),
             files_read,
         });
         self.status.store(Arc::clone(&status));

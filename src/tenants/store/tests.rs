@@ -1,6 +1,6 @@
 //! The store's unit tests: reloads over real directories.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::time::{Duration, SystemTime};
 
@@ -459,4 +459,237 @@ fn tenancy_resolves_through_the_store() {
     assert_eq!(id(&resource("acme.example", None)).as_deref(), Some("acme"));
     assert_eq!(id(&resource("acme.example", Some("nope"))), None);
     assert_eq!(id(&resource("other.example", None)), None);
+}
+
+const REVOKE_MALLORY: &str =
+    "apiVersion: portcullis/v1\ntenant: acme\nrevoked:\n  - { sub: mallory }\n";
+/// Names its tenant, but one entry names two kinds.
+const REVOKE_BROKEN: &str =
+    "apiVersion: portcullis/v1\ntenant: acme\nrevoked:\n  - { sub: mallory, jti: j }\n";
+
+fn revoked_subjects(store: &PolicyStore, tenant: &str) -> Option<usize> {
+    store.revocations(tenant).map(|l| l.len())
+}
+
+#[test]
+fn a_revocation_list_that_never_loaded_leaves_its_tenant_unavailable_until_fixed() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "acme.yaml",
+        &policy("acme", "acme.example", "r"),
+    );
+    write(dir.path(), "b.yaml", &policy("b", "b.example", "r"));
+    write(dir.path(), "acme.revoked.yaml", REVOKE_BROKEN);
+    let store = PolicyStore::new(dir.path());
+    let s = store.reload();
+    assert_eq!(revoked_subjects(&store, "acme"), None);
+    let why = store
+        .revocation_unavailable("acme")
+        .expect("acme is unavailable");
+    assert!(
+        why.contains("acme.revoked.yaml") && why.contains("revoked[0]"),
+        "{why}"
+    );
+    assert_eq!(
+        store.revocation_unavailable("b"),
+        None,
+        "b has no list to miss"
+    );
+    assert_eq!(
+        s.revocation_unavailable.len(),
+        1,
+        "{:?}",
+        s.revocation_unavailable
+    );
+    assert!(s.revocation_unavailable[0].contains("\"acme\""));
+    assert!(
+        s.error_lines()
+            .iter()
+            .any(|e| e.contains("acme.revoked.yaml"))
+    );
+
+    // Fixed: the list serves and nothing is unavailable.
+    write(dir.path(), "acme.revoked.yaml", REVOKE_MALLORY);
+    let s = store.reload();
+    assert_eq!(revoked_subjects(&store, "acme"), Some(1));
+    assert_eq!(store.revocation_unavailable("acme"), None);
+    assert!(s.revocation_unavailable.is_empty() && s.errors.is_empty());
+
+    // Broken again on a running store: the last good list keeps serving, and
+    // the status says so.
+    write(dir.path(), "acme.revoked.yaml", REVOKE_BROKEN);
+    let s = store.reload();
+    assert_eq!(revoked_subjects(&store, "acme"), Some(1));
+    assert_eq!(store.revocation_unavailable("acme"), None);
+    assert!(s.revocation_unavailable.is_empty());
+    assert!(
+        s.notes
+            .iter()
+            .any(|n| n.contains("keeping the last good revocation list")),
+        "{:?}",
+        s.notes
+    );
+    assert!(
+        s.error_lines()
+            .iter()
+            .any(|e| e.contains("acme.revoked.yaml"))
+    );
+
+    // A fresh store over the same files (a restart) fails closed again.
+    let restarted = PolicyStore::new(dir.path());
+    restarted.reload();
+    assert!(restarted.revocation_unavailable("acme").is_some());
+}
+
+#[test]
+fn two_revocation_files_for_one_tenant_are_both_refused_in_either_order() {
+    let list = |sub: &str| {
+        format!("apiVersion: portcullis/v1\ntenant: acme\nrevoked:\n  - {{ sub: {sub} }}\n")
+    };
+    for (first, second) in [("mallory", "eve"), ("eve", "mallory")] {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "acme.yaml",
+            &policy("acme", "acme.example", "r"),
+        );
+        write(dir.path(), "a.revoked.yaml", &list(first));
+        write(dir.path(), "z.revoked.yaml", &list(second));
+        let store = PolicyStore::new(dir.path());
+        let s = store.reload();
+        assert_eq!(revoked_subjects(&store, "acme"), None, "no file wins");
+        let why = store.revocation_unavailable("acme").unwrap();
+        assert!(
+            why.contains("a.revoked.yaml") && why.contains("z.revoked.yaml"),
+            "{why}"
+        );
+        let files: BTreeSet<_> = s.errors.iter().map(|e| e.file.clone()).collect();
+        assert_eq!(files.len(), 2, "both files are reported: {:?}", s.errors);
+
+        // Removing one lets the other serve.
+        fs::remove_file(dir.path().join("z.revoked.yaml")).unwrap();
+        let s = store.reload();
+        assert!(s.errors.is_empty() && s.revocation_unavailable.is_empty());
+        assert_eq!(revoked_subjects(&store, "acme"), Some(1));
+    }
+
+    // On a running store, a second file keeps the list that served.
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "acme.yaml",
+        &policy("acme", "acme.example", "r"),
+    );
+    write(dir.path(), "z.revoked.yaml", &list("mallory"));
+    let store = PolicyStore::new(dir.path());
+    store.reload();
+    let served = store.revocations("acme").unwrap();
+    write(dir.path(), "a.revoked.yaml", &list("eve"));
+    let s = store.reload();
+    assert!(Arc::ptr_eq(&served, &store.revocations("acme").unwrap()));
+    assert_eq!(s.errors.len(), 2, "{:?}", s.errors);
+    assert!(s.revocation_unavailable.is_empty());
+    // Removing the file that served does not keep its list: the other is
+    // still broken by nothing, so it serves.
+    fs::remove_file(dir.path().join("z.revoked.yaml")).unwrap();
+    store.reload();
+    assert!(!Arc::ptr_eq(&served, &store.revocations("acme").unwrap()));
+}
+
+#[test]
+fn a_revocation_file_whose_tenant_cannot_be_read_fails_every_tenant_without_a_list() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "acme.yaml",
+        &policy("acme", "acme.example", "r"),
+    );
+    write(dir.path(), "b.yaml", &policy("b", "b.example", "r"));
+    write(dir.path(), "acme.revoked.yaml", REVOKE_MALLORY);
+    write(dir.path(), "x.revoked.yaml", "{ not yaml");
+    let store = PolicyStore::new(dir.path());
+    let s = store.reload();
+    assert_eq!(
+        store.revocation_unavailable("acme"),
+        None,
+        "acme has its list"
+    );
+    let why = store.revocation_unavailable("b").unwrap();
+    assert!(why.contains("x.revoked.yaml"), "{why}");
+    assert!(s.revocation_unavailable[0].contains("every tenant without"));
+    fs::remove_file(dir.path().join("x.revoked.yaml")).unwrap();
+    store.reload();
+    assert_eq!(store.revocation_unavailable("b"), None);
+}
+
+/// 200 KB nested three ways, after `prefix`.
+fn hostile(prefix: &str) -> [String; 3] {
+    let size = 200 * 1024;
+    let mut block = String::from(prefix);
+    block.push_str("x:\n");
+    let mut d = 1;
+    while block.len() < size {
+        block.push_str(&format!("{}k{d}:\n", " ".repeat(d)));
+        d += 1;
+    }
+    [
+        format!("{prefix}x: {}", "[".repeat(size)),
+        format!("{prefix}x: {}", "{a: ".repeat(size / 4)),
+        block,
+    ]
+}
+
+#[test]
+fn deeply_nested_files_are_refused_fast_with_their_line_at_load_and_reload() {
+    let head = |tenant: &str| format!("apiVersion: portcullis/v1\ntenant: {tenant}\n");
+    for nested in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "good.yaml",
+            &policy("good", "good.example", "r"),
+        );
+        write(dir.path(), "deep.yaml", &hostile(&head("deep"))[nested]);
+        write(
+            dir.path(),
+            "good.data.yaml",
+            &hostile(&head("good"))[nested],
+        );
+        write(
+            dir.path(),
+            "good.revoked.yaml",
+            &hostile(&head("good"))[nested],
+        );
+        let store = PolicyStore::new(dir.path());
+        let started = std::time::Instant::now();
+        let s = store.reload();
+        let took = started.elapsed();
+        for file in ["deep.yaml", "good.data.yaml", "good.revoked.yaml"] {
+            let e = s
+                .errors
+                .iter()
+                .find(|e| e.file.ends_with(file))
+                .unwrap_or_else(|| panic!("{file}: {:?}", s.errors));
+            assert!(e.message.contains("nests deeper than 64"), "{e}");
+            assert!(e.line.is_some_and(|l| l >= 3), "{e}");
+        }
+        assert!(store.tenant("good").is_some() && store.tenant("deep").is_none());
+        // Its list did not load: fail closed.
+        assert!(store.revocation_unavailable("good").is_some());
+        assert!(took < Duration::from_secs(2), "{took:?}");
+
+        // On reload: a good file replaced by a hostile one keeps its rules.
+        let before = store.tenant("good").unwrap();
+        write(dir.path(), "good.yaml", &hostile(&head("good"))[nested]);
+        let started = std::time::Instant::now();
+        let s = store.reload();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(
+            s.errors
+                .iter()
+                .any(|e| e.file.ends_with("good.yaml") && e.message.contains("nests deeper"))
+        );
+        assert!(Arc::ptr_eq(&before, &store.tenant("good").unwrap()));
+    }
 }
