@@ -31,6 +31,15 @@ $(STAMP): $(REQS)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r $(REQS)
 	touch $(STAMP)
 
+# A plain `cargo build` resolves features without the dev-dependencies, while
+# `cargo test --all-targets` unifies them in (tokio's `full`, and a dozen crates
+# below it): each would rebuild some 70 crates the other had built. Naming one
+# example, which may use dev-dependencies, makes this build resolve exactly as
+# the test build does, so `make demo` after `make test` (or the reverse)
+# reuses the same dependencies and target/debug/portcullis; only the example
+# itself is linked again (about two seconds).
+DEMO_BUILD := cargo build --bin portcullis --example const_authz
+
 demo: tools
-	cargo build
+	$(DEMO_BUILD)
 	examples/demo.sh

@@ -2,6 +2,10 @@
 # Runs the demo: the echo upstream (:8081), portcullis (gRPC :9001, admin :9002)
 # and a real Envoy (:8080, admin :9901) on the bundled example policies.
 # Ctrl-C stops exactly the processes this script started.
+#
+# The terminal shows one readable line per decision (the diagnostic log, with
+# allows and preflights raised from debug); the JSON decision log goes to a
+# file, named in the banner. Set RUST_LOG to see more or less.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +24,10 @@ trap stop EXIT INT TERM
 
 python3 examples/echo_upstream.py 8081 &
 pids+=($!)
-target/debug/portcullis serve --config examples/portcullis.yaml &
+decisions="${TMPDIR:-/tmp}/portcullis-demo-decisions.jsonl"
+RUST_LOG="${RUST_LOG:-warn,portcullis=info,portcullis::transport::server=debug}" \
+  "${CARGO_TARGET_DIR:-target}/debug/portcullis" serve --config examples/portcullis.yaml \
+  >>"$decisions" &
 pids+=($!)
 "$envoy_bin" -c examples/envoy/envoy.yaml -l warning --use-dynamic-base-id &
 pids+=($!)
@@ -45,9 +52,12 @@ portcullis is deciding for Envoy on http://127.0.0.1:8080. Try:
   curl -si -X OPTIONS -H 'host: acme.example.com' -H 'origin: https://app.acme.example' \
        -H 'access-control-request-method: GET' localhost:8080/tenants/acme/orders/1
   curl -s localhost:9002/readyz
+  curl -s localhost:9002/policies
 
-Ctrl-C stops everything.
 TOUR
+echo "Each decision prints one line here; the JSON decision log is appended to"
+echo "$decisions. Ctrl-C stops everything."
+echo
 # Ctrl-C reaches the whole process group: portcullis and Envoy drain and exit,
 # while the background upstream ignores SIGINT (a script's background jobs do).
 # So when any one of the three ends, stop the others (the EXIT trap).

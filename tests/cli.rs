@@ -187,7 +187,10 @@ fn test_reports_failures_coverage_and_json() {
         stdout.contains("FAIL ") && stdout.contains(":: wrong on purpose"),
         "{stdout}"
     );
-    assert!(stdout.contains("expected Allow, got Deny"), "{stdout}");
+    assert!(
+        stdout.contains("decision: expected allow, got deny"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("coverage: tenant a: no case reached rule(s) never"),
         "{stdout}"
@@ -256,18 +259,19 @@ fn validate_names_file_line_and_cause_in_the_broken_fixture() {
             && err.contains("did you mean resource.params?"),
         "{err}"
     );
+    // A conflict names the line of the key in both files.
     assert!(
         err.contains("error: ")
             && err.contains(
-                "shop.yaml: host \"shop.example.com\" is already claimed by tenant \"outlet\" in "
+                "shop.yaml:5: host \"shop.example.com\" is already claimed by tenant \"outlet\" in "
             )
-            && err.contains("outlet.yaml"),
+            && err.contains("outlet.yaml:4\n"),
         "{err}"
     );
     assert!(
         err.contains(
-            "resale.yaml: issuer \"https://idp.shop.example\" is also trusted by tenant \"outlet\""
-        ),
+            "resale.yaml:8: issuer \"https://idp.shop.example\" is also trusted by tenant \"outlet\" in "
+        ) && err.contains("outlet.yaml:7; list it under shared_issuers"),
         "{err}"
     );
     assert!(
@@ -337,4 +341,231 @@ fn credential_headers_are_never_logged() {
         stderr.contains("t.yaml:4") && stderr.contains("never logged"),
         "{stderr}"
     );
+}
+
+/// Runs `portcullis ARGS`; (exit code, stdout, stderr).
+fn run(args: &[&std::ffi::OsStr]) -> (Option<i32>, String, String) {
+    let out = portcullis().args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn os(s: &str) -> &std::ffi::OsStr {
+    std::ffi::OsStr::new(s)
+}
+
+const POLICY_A: &str = "apiVersion: portcullis/v1\ntenant: a\nhosts: [a.example]\nrules:\n  - { id: open, path: /open, effect: allow, public: true }\n";
+const REQUEST_A: &str = "{\"attributes\": {\"request\": {\"http\": {\"method\": \"GET\", \"path\": \"/open\", \"host\": \"a.example\", \"headers\": {}}}}}";
+
+/// Every line of `stderr` that is not a warning or note starts `error: `.
+fn assert_error_lines(stderr: &str) {
+    assert!(!stderr.trim().is_empty(), "no message");
+    for line in stderr.lines() {
+        assert!(
+            line.starts_with("error: ") || line.starts_with("warning: "),
+            "{line:?} in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn validate_on_an_empty_directory_is_an_error_said_plainly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(&[os("validate"), dir.path().as_os_str()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_error_lines(&err);
+    assert!(err.contains("has no policy files"), "{err}");
+    assert!(!err.contains("last good rules"), "{err}");
+}
+
+#[test]
+fn check_with_a_broken_policy_directory_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.yaml"), POLICY_A).unwrap();
+    let req = dir.path().join("req.json");
+    std::fs::write(&req, REQUEST_A).unwrap();
+    let check = |policies: &std::path::Path| {
+        run(&[
+            os("check"),
+            os("--policies"),
+            policies.as_os_str(),
+            os("--request"),
+            req.as_os_str(),
+        ])
+    };
+    let (code, out, err) = check(dir.path());
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["decision"], "allow");
+
+    std::fs::write(
+        dir.path().join("b.yaml"),
+        "apiVersion: portcullis/v1\ntenant: [\n",
+    )
+    .unwrap();
+    let (code, out, err) = check(dir.path());
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("b.yaml:2: invalid policy file"), "{err}");
+    // The decision over what did load is still shown.
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["decision"], "allow");
+
+    let empty = tempfile::tempdir().unwrap();
+    let (code, _, err) = check(empty.path());
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("error: policy directory") && err.contains("has no policy files"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_names_the_format_tried_and_where_a_request_is_bad() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.yaml"), POLICY_A).unwrap();
+    let check = |name: &str, text: &str| {
+        let req = dir.path().join(name);
+        std::fs::write(&req, text).unwrap();
+        run(&[
+            os("check"),
+            os("--policies"),
+            dir.path().as_os_str(),
+            os("--request"),
+            req.as_os_str(),
+        ])
+    };
+    let (code, _, err) = check("req.json", "{\"attributes\": {\n  \"request\": }\n}\n");
+    assert_eq!(code, Some(64), "{err}");
+    assert_error_lines(&err);
+    assert!(err.contains("req.json:2:14: not valid JSON"), "{err}");
+
+    let (code, _, err) = check(
+        "req.yaml",
+        "attributes:\n  request: {http: {method: GET}\n  x: 1\n",
+    );
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("req.yaml:2: not valid YAML"), "{err}");
+
+    let (code, _, err) = check(
+        "typo.json",
+        "{\"attributes\": {\"request\": {\"http\": {\"methd\": \"GET\"}}}}",
+    );
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains(
+            "typo.json: not a CheckRequest: unknown field `attributes.request.http.methd`"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_duplicate_tenant_is_reported_with_both_files_and_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.yaml"), POLICY_A).unwrap();
+    std::fs::write(
+        dir.path().join("b.yaml"),
+        "# the same tenant again\napiVersion: portcullis/v1\ntenant: a\nhosts: [b.example]\nrules: []\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(&[os("validate"), dir.path().as_os_str()]);
+    assert_eq!(code, Some(1), "{err}");
+    let a = dir.path().join("a.yaml");
+    let b = dir.path().join("b.yaml");
+    let want = format!(
+        "error: {}:3: tenant \"a\" is already defined in {}:2",
+        b.display(),
+        a.display()
+    );
+    assert!(err.contains(&want), "{want}\n{err}");
+}
+
+#[test]
+fn a_misspelt_top_level_key_gets_a_did_you_mean() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        "apiVersion: portcullis/v1\ntenant: a\nhost: [a.example]\nrules: []\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(&[os("validate"), dir.path().as_os_str()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("a.yaml:3: invalid policy file: unknown field `host` (did you mean `hosts`?)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_yaml_error_points_at_the_start_of_the_broken_construct() {
+    let dir = tempfile::tempdir().unwrap();
+    // The `[` on line 3 is never closed; the parser notices on line 4.
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        "apiVersion: portcullis/v1\ntenant: a\nhosts: [a.example\nrules: []\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(&[os("validate"), dir.path().as_os_str()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("a.yaml:3: invalid policy file"), "{err}");
+}
+
+#[test]
+fn every_command_starts_its_errors_with_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "").unwrap();
+    let config = dir.path().join("portcullis.yaml");
+    std::fs::write(&config, "policies: .\nlisten: [\n").unwrap();
+    for args in [
+        vec![os("serve")],
+        vec![os("validate"), file.as_os_str()],
+        vec![os("test"), file.as_os_str()],
+        vec![os("serve"), os("--config"), config.as_os_str()],
+        vec![
+            os("validate"),
+            dir.path().as_os_str(),
+            os("-c"),
+            config.as_os_str(),
+        ],
+    ] {
+        let (code, _, err) = run(&args);
+        assert_eq!(code, Some(64), "{args:?}: {err}");
+        assert_error_lines(&err);
+    }
+}
+
+#[test]
+fn check_help_describes_every_option() {
+    let (code, out, _) = run(&[os("check"), os("--help")]);
+    assert_eq!(code, Some(0));
+    for line in out.lines().filter(|l| l.trim_start().starts_with("--")) {
+        let described = line
+            .trim()
+            .split_once("  ")
+            .is_some_and(|(_, d)| !d.trim().is_empty());
+        assert!(described, "undescribed option: {line:?}\n{out}");
+    }
+    assert!(out.contains("--policies"), "{out}");
+}
+
+/// docs/operations.md's exit-code table covers each command that has codes.
+#[test]
+fn the_exit_code_table_names_every_command() {
+    let doc = std::fs::read_to_string(repo_path("docs/operations.md")).unwrap();
+    let table = doc.split("## Exit codes").nth(1).unwrap();
+    let table: String = table
+        .lines()
+        .take_while(|l| !l.starts_with("## "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for command in ["`serve`", "`validate`", "`check`", "`test`"] {
+        assert!(
+            table.contains(command),
+            "the exit-code table lacks {command}"
+        );
+    }
 }

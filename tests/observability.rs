@@ -562,6 +562,22 @@ async fn traces_metrics_and_decision_log_through_a_real_envoy() {
     assert!(seen["headers"].get("x-subject").is_none(), "{seen}");
     assert_eq!(seen["headers"]["x-tenant"][0], "trial", "{seen}");
     ids.insert("dry_run_tenant", decision_id(&r));
+    // A CORS preflight portcullis answers itself: neither an allow sent on to
+    // the upstream nor a refusal, and named as such.
+    let r = http(
+        main,
+        "OPTIONS",
+        "/tenants/acme/orders/1",
+        &[
+            acme,
+            ("origin", "https://app.acme.example"),
+            ("access-control-request-method", "GET"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 204, "{r:?}");
+    ids.insert("preflight", decision_id(&r));
 
     // A Check straight from a client that claims a sampled trace in its HTTP
     // headers (no gRPC trace context): never a parent, never sampled.
@@ -591,7 +607,7 @@ async fn traces_metrics_and_decision_log_through_a_real_envoy() {
     // The last request: once its span is exported, every earlier one is too.
     let r = http(main, "GET", "/docs/intro", &[acme], None).await;
     let last = decision_id(&r);
-    const CHECKS: usize = 14;
+    const CHECKS: usize = 15;
 
     // --- Traces. ---
     let deny = receiver.check_span(&ids["missing_credential"]).await;
@@ -626,6 +642,9 @@ async fn traces_metrics_and_decision_log_through_a_real_envoy() {
             "no {child} span under the check span"
         );
     }
+    let preflight = receiver.check_span(&ids["preflight"]).await;
+    assert_eq!(preflight.attrs["decision"], "preflight", "{preflight:#?}");
+    assert_eq!(preflight.attrs["reason"], "cors_preflight");
     let first = receiver.check_span(&ids["first_token"]).await;
     assert_eq!(first.attrs["auth_method"], "jwt");
     assert_eq!(first.attrs["rule"], "read-reports");
@@ -682,6 +701,12 @@ async fn traces_metrics_and_decision_log_through_a_real_envoy() {
         "{text}"
     );
     assert_eq!(count("initech", "allow", "allowed", "enforce"), Some(3.0));
+    assert_eq!(
+        count("acme", "preflight", "cors_preflight", "enforce"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(count("acme", "deny", "cors_preflight", "enforce"), None);
     assert_eq!(
         count("initech", "deny", "token_expired", "enforce"),
         Some(1.0)
@@ -785,6 +810,12 @@ async fn traces_metrics_and_decision_log_through_a_real_envoy() {
     assert_eq!(l["trace_id"], json!(deny.trace_id), "joins the trace");
     assert!(l["latency_ms"].as_f64().unwrap() > 0.0);
     assert!(l["time"].as_str().unwrap().ends_with('Z'));
+    let l = line(&ids["preflight"]);
+    assert_eq!(
+        (&l["decision"], &l["status"]),
+        (&json!("preflight"), &json!(204))
+    );
+    assert_eq!(l["reason"], "cors_preflight");
     let l = line(&ids["first_token"]);
     assert_eq!(
         (

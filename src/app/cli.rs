@@ -1,8 +1,11 @@
 //! The command line: `serve`, `validate`, `test`, `check`.
 //!
-//! Exit codes: 0 success; 1 a policy directory with errors (`validate`) or a
-//! failing test suite (`test`); 64 bad
+//! Exit codes: 0 success; 1 a policy directory with errors or without policy
+//! files (`validate`, `check`) or a failing test suite (`test`); 64 bad
 //! configuration or usage (EX_USAGE); 70 the server failed while running.
+//!
+//! Every error this module prints starts `error: `; warnings `warning: `,
+//! other remarks `note: `.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -75,6 +78,7 @@ pub enum Command {
     },
     /// Decide one CheckRequest offline and explain which rules matched.
     Check {
+        /// Policy directory, compiled as `validate` compiles it.
         #[arg(long)]
         policies: PathBuf,
         /// A CheckRequest in protobuf's JSON mapping, as JSON or YAML.
@@ -186,8 +190,34 @@ pub fn main() -> ExitCode {
 }
 
 fn usage(message: &str) -> ExitCode {
-    eprintln!("portcullis: {message}");
+    eprintln!("error: {message}");
     ExitCode::from(EX_USAGE)
+}
+
+/// Prints what a reload of a policy directory found, as `validate` and
+/// `check` report it; false when the directory does not load cleanly
+/// (a file error, or no policy file at all: offline there are no last good
+/// rules to keep).
+fn report_store(dir: &Path, status: &crate::tenants::store::StoreStatus) -> bool {
+    for e in &status.errors {
+        eprintln!("error: {e}");
+    }
+    if let Some(why) = &status.unusable {
+        eprintln!("error: {why}");
+        return false;
+    }
+    for n in &status.notes {
+        // Static-check warnings arrive as notes already labelled.
+        if n.starts_with("warning: ") {
+            eprintln!("{n}");
+        } else {
+            eprintln!("note: {n}");
+        }
+    }
+    if status.tenants.is_empty() && status.errors.is_empty() {
+        eprintln!("error: policy directory {} loaded no tenant", dir.display());
+    }
+    status.errors.is_empty() && !status.tenants.is_empty()
 }
 
 fn serve(config: Config) -> ExitCode {
@@ -197,7 +227,7 @@ fn serve(config: Config) -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("portcullis: cannot start runtime: {e}");
+            eprintln!("error: cannot start runtime: {e}");
             return ExitCode::from(EX_SOFTWARE);
         }
     };
@@ -279,17 +309,7 @@ fn validate(
         .with_allowed_dirs(allowed_dirs)
         .with_limits(limits);
     let status = store.reload();
-    for e in &status.errors {
-        eprintln!("error: {e}");
-    }
-    for n in &status.notes {
-        // Static-check warnings arrive as notes already labelled.
-        if n.starts_with("warning: ") {
-            eprintln!("{n}");
-        } else {
-            eprintln!("note: {n}");
-        }
-    }
+    let clean = report_store(dir, &status);
     let mut out = std::io::stdout().lock();
     for t in &status.tenants {
         // A closed pipe (`| head`) is not an error worth a panic.
@@ -302,7 +322,7 @@ fn validate(
             t.digest
         );
     }
-    if status.errors.is_empty() && !status.tenants.is_empty() {
+    if clean {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -332,15 +352,28 @@ fn test(
     }
 }
 
-/// Reads a CheckRequest written in protobuf's JSON mapping (JSON or YAML).
+/// Reads a CheckRequest written in protobuf's JSON mapping: as JSON when the
+/// file is named `*.json`, else as YAML (which reads JSON too). An error names
+/// the format tried and the line (and column) it failed at.
 pub fn read_check_request(path: &Path) -> Result<CheckRequest, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    let value: serde_json::Value =
+    let json = path.extension().is_some_and(|x| x == "json");
+    let value: serde_json::Value = if json {
+        serde_json::from_str(&text).map_err(|e| {
+            format!(
+                "{}:{}:{}: not valid JSON: {e}",
+                path.display(),
+                e.line(),
+                e.column()
+            )
+        })?
+    } else {
         crate::foundation::yaml::from_str(&text).map_err(|e| match e.line {
-            Some(l) => format!("{}:{l}: not JSON or YAML: {e}", path.display()),
-            None => format!("{}: not JSON or YAML: {e}", path.display()),
-        })?;
+            Some(l) => format!("{}:{l}: not valid YAML: {e}", path.display()),
+            None => format!("{}: not valid YAML: {e}", path.display()),
+        })?
+    };
     check_request_from_json(&value).map_err(|e| format!("{}: {e}", path.display()))
 }
 
@@ -358,12 +391,9 @@ fn check(
             .with_limits(limits),
     );
     let status = store.reload();
-    for e in &status.errors {
-        eprintln!("error: {e}");
-    }
-    for n in &status.notes {
-        eprintln!("note: {n}");
-    }
+    // The decision is still printed: it shows what a server holding only
+    // the loaded files would answer. The exit code says the directory is bad.
+    let clean = report_store(policies, &status);
     let req = match read_check_request(request) {
         Ok(r) => r,
         Err(e) => return usage(&e),
@@ -376,8 +406,8 @@ fn check(
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("portcullis: cannot start runtime: {e}");
-            return ExitCode::from(70);
+            eprintln!("error: cannot start runtime: {e}");
+            return ExitCode::from(EX_SOFTWARE);
         }
     };
     let (decision, trace) =
@@ -409,5 +439,9 @@ fn check(
         "{}",
         serde_json::to_string_pretty(&out).unwrap_or_default()
     );
-    ExitCode::SUCCESS
+    if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

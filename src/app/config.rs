@@ -128,11 +128,13 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-        let mut config: Config =
-            crate::foundation::yaml::from_str(&text).map_err(|e| match e.line {
-                Some(l) => format!("{}:{l}: {e}", path.display()),
-                None => format!("{}: {e}", path.display()),
-            })?;
+        let mut config: Config = crate::foundation::yaml::from_str(&text).map_err(|e| {
+            let message = crate::tenants::did_you_mean::hint(&e.message);
+            match e.line {
+                Some(l) => format!("{}:{l}: {message}", path.display()),
+                None => format!("{}: {message}", path.display()),
+            }
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         if config.policies.is_relative() {
             config.policies = base.join(&config.policies);

@@ -105,6 +105,16 @@ pub enum Verdict {
     Deny,
 }
 
+impl Verdict {
+    /// As a test file spells it: `allow` or `deny`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+        }
+    }
+}
+
 /// What the decision must be. Only `decision` is required; every other field
 /// is checked when present.
 #[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
@@ -265,9 +275,12 @@ fn read_suite(path: &Path) -> Result<TestFile, String> {
     }
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    crate::foundation::yaml::from_str(&text).map_err(|e| match e.line {
-        Some(l) => format!("{}:{l}: invalid test file: {e}", path.display()),
-        None => format!("{}: invalid test file: {e}", path.display()),
+    crate::foundation::yaml::from_str(&text).map_err(|e| {
+        let message = crate::tenants::did_you_mean::hint(&e.message);
+        match e.line {
+            Some(l) => format!("{}:{l}: invalid test file: {message}", path.display()),
+            None => format!("{}: invalid test file: {message}", path.display()),
+        }
     })
 }
 
@@ -418,9 +431,9 @@ pub fn compare(expect: &TestExpect, d: &Decision) -> Vec<String> {
     };
     if got != expect.decision {
         diffs.push(format!(
-            "decision: expected {:?}, got {:?} ({})",
-            expect.decision,
-            got,
+            "decision: expected {}, got {} ({})",
+            expect.decision.as_str(),
+            got.as_str(),
             d.reason.code()
         ));
     }

@@ -47,15 +47,14 @@ pub struct Outcome<'a> {
 
 impl<'a> Outcome<'a> {
     pub fn of(d: &'a Decision) -> Outcome<'a> {
-        let word = |allowed: bool| if allowed { "allow" } else { "deny" };
         match &d.audit.would_be {
             Some(w) => Outcome {
-                decision: word(w.allowed),
+                decision: super::verdict(w.allowed, w.reason),
                 reason: w.reason,
                 rule: w.rule.as_deref(),
             },
             None => Outcome {
-                decision: word(d.allowed),
+                decision: d.verdict(),
                 reason: d.reason,
                 rule: d.rule.as_deref(),
             },

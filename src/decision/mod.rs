@@ -54,7 +54,24 @@ pub struct Decision {
     pub audit: audit::Audit,
 }
 
+/// A decision as logs, metrics and traces name it: `allow`, `deny`, or
+/// `preflight` for a CORS preflight portcullis answers itself, which is
+/// neither sent on to the upstream nor refused. Always one of these three
+/// (the metrics label stays bounded).
+pub fn verdict(allowed: bool, reason: Reason) -> &'static str {
+    match (allowed, reason) {
+        (true, _) => "allow",
+        (false, Reason::CorsPreflight) => "preflight",
+        (false, _) => "deny",
+    }
+}
+
 impl Decision {
+    /// [`verdict`] of this decision as enforced.
+    pub fn verdict(&self) -> &'static str {
+        verdict(self.allowed, self.reason)
+    }
+
     /// A deny with no tenant context yet.
     pub fn deny(decision_id: String, reason: Reason) -> Decision {
         Decision {

@@ -1,7 +1,8 @@
 //! Floor 0, foundations: what every floor above may read and which reads
 //! nothing of the crate's beyond this folder — the generated protobuf, the
 //! named bounds, durations, interning, reason codes, the shape every file
-//! shares, reading YAML under bounds, and where files named by policies may be.
+//! shares, reading YAML under bounds (and the line a YAML error names), and
+//! where files named by policies may be.
 //!
 //! Never imports: any other module of the crate.
 
@@ -13,3 +14,4 @@ pub mod policy_files;
 pub mod proto;
 pub mod reason;
 pub mod yaml;
+pub mod yaml_error;

@@ -21,7 +21,8 @@
 //! `differential` tests hold it to that against the parser itself. A file the
 //! scan passes can still be refused by the parser, with the parser's error.
 //!
-//! Never imports: any other module of the crate.
+//! Never imports: any other module of the crate but [`super::yaml_error`]
+//! (the line a parser error names).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -52,7 +53,7 @@ impl fmt::Display for YamlError {
 pub fn from_str<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, YamlError> {
     check(text)?;
     serde_yaml::from_str(text).map_err(|e| YamlError {
-        line: e.location().map(|l| l.line()),
+        line: super::yaml_error::line(&e),
         message: e.to_string(),
     })
 }

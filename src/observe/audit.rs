@@ -304,7 +304,7 @@ pub fn line(
     }
     if d.audit.would_be.is_some() {
         v["enforced"] = serde_json::json!({
-            "decision": if d.allowed { "allow" } else { "deny" },
+            "decision": d.verdict(),
             "reason": d.reason.code(),
         });
     }
@@ -388,6 +388,24 @@ mod tests {
         assert_eq!(v["mode"], "dry_run");
         assert_eq!(v["enforced"]["decision"], "allow");
         assert_eq!(v["latency_ms"], 1.5);
+    }
+
+    #[test]
+    fn a_preflight_portcullis_answers_is_neither_allow_nor_deny() {
+        let d = Decision::deny("id".into(), Reason::CorsPreflight);
+        let v: serde_json::Value = serde_json::from_str(&line(
+            &d,
+            &RequestSummary::default(),
+            None,
+            Duration::from_micros(1),
+            SystemTime::UNIX_EPOCH,
+        ))
+        .unwrap();
+        assert_eq!(v["decision"], "preflight");
+        assert_eq!(v["status"], 204);
+        assert_eq!(v["reason"], "cors_preflight");
+        let refused = Decision::deny("id".into(), Reason::CorsRejected);
+        assert_eq!(refused.verdict(), "deny");
     }
 
     #[test]

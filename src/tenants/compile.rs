@@ -168,8 +168,11 @@ fn compile_split(
     }
     let mut spec: PolicyFile = parsed.map_err(|e| {
         vec![err(
-            e.location().map(|l| l.line()),
-            format!("invalid policy file: {e}"),
+            crate::foundation::yaml_error::line(&e),
+            format!(
+                "invalid policy file: {}",
+                crate::tenants::did_you_mean::hint(&e.to_string())
+            ),
         )]
     })?;
     let mut errors = Vec::new();

@@ -1,6 +1,7 @@
 //! Floor 5, tenants: policy files ([`mod@file`], read in `sections` where they
 //! can be) compiled into tenants ([`mod@compile`], with line numbers from
-//! `lines` and rule sets shared between equal files by `share`), the store
+//! `lines`, "did you mean" hints from [`did_you_mean`], and rule sets shared
+//! between equal files by `share`), the store
 //! that serves them and swaps them on reload ([`store`]), and the watcher that
 //! notices changes ([`watch`]). It imports the stages' spec types; no stage
 //! imports it.
@@ -8,6 +9,7 @@
 //! Never imports: the pipeline, observability, transport or the app.
 
 pub mod compile;
+pub mod did_you_mean;
 pub mod file;
 mod lines;
 #[cfg(test)]

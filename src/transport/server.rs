@@ -122,7 +122,7 @@ impl Authorization for AuthzService {
             span.record("auth_method", decision.auth_method);
             span.record("mode", decision.audit.mode.as_str());
             if decision.audit.would_be.is_some() {
-                span.record("enforced", if decision.allowed { "allow" } else { "deny" });
+                span.record("enforced", decision.verdict());
             }
             if let Some(t) = &decision.tenant {
                 span.record("tenant", &**t);
@@ -142,7 +142,8 @@ impl Authorization for AuthzService {
             }
             // The line carries the decision's fields itself: the diagnostic
             // log does not record spans (see `telemetry::init`).
-            if decision.allowed {
+            // A preflight portcullis answers is no refusal: logged as an allow is.
+            if decision.verdict() != "deny" {
                 tracing::debug!(
                     status = decision.status(),
                     auth_method = decision.auth_method,
@@ -152,7 +153,8 @@ impl Authorization for AuthzService {
                     reason = outcome.reason.code(),
                     tenant = decision.tenant.as_deref(),
                     rule = outcome.rule,
-                    "allow"
+                    "{}",
+                    decision.verdict()
                 );
             } else {
                 tracing::info!(

@@ -70,36 +70,58 @@ impl Holders {
 }
 
 /// Why `tenant` (from `path`) cannot be admitted next to the other files: the
-/// first conflicting file in path order, as a scan of `next` would find it.
+/// first conflicting file in path order, as a scan of `next` would find it;
+/// with the key of `path` the conflict is about, for the error's line.
 pub(super) fn conflict(
     next: &BTreeMap<PathBuf, Loaded>,
     holders: &Holders,
     path: &Path,
     tenant: &CompiledTenant,
-) -> Option<String> {
+) -> Option<(&'static str, String)> {
     let other_path = holders.first_conflict(path, tenant)?;
     let other = next.get(other_path)?;
     conflict_with(other_path, other, tenant)
 }
 
+/// The line of `key` in the policy file at `path`, for an error to point at;
+/// `None` when the file cannot be read again. Only a refused file pays the read.
+pub(super) fn key_line(path: &Path, key: &str) -> Option<usize> {
+    let text = std::fs::read_to_string(path).ok()?;
+    crate::tenants::lines::line_of(&text, 0, key)
+}
+
+/// `path` as an error names a place in it: `path:line` when the line is known.
+fn at(path: &Path, key: &str) -> String {
+    match key_line(path, key) {
+        Some(line) => format!("{}:{line}", path.display()),
+        None => path.display().to_string(),
+    }
+}
+
 /// Why `tenant` conflicts with `other` (from `other_path`), if it does.
-fn conflict_with(other_path: &Path, other: &Loaded, tenant: &CompiledTenant) -> Option<String> {
+fn conflict_with(
+    other_path: &Path,
+    other: &Loaded,
+    tenant: &CompiledTenant,
+) -> Option<(&'static str, String)> {
     if other.tenant.id == tenant.id {
-        return Some(format!(
+        let message = format!(
             "tenant {:?} is already defined in {}",
             tenant.id,
-            other_path.display()
-        ));
+            at(other_path, "tenant")
+        );
+        return Some(("tenant", message));
     }
     // Sets, not a search of one list per entry of the other: a file may name
     // thousands of hosts and issuers.
     let other_hosts: HashSet<&HostPattern> = other.tenant.hosts.iter().collect();
     if let Some(h) = tenant.hosts.iter().find(|h| other_hosts.contains(h)) {
-        return Some(format!(
+        let message = format!(
             "host \"{h}\" is already claimed by tenant {:?} in {}",
             other.tenant.id,
-            other_path.display()
-        ));
+            at(other_path, "hosts")
+        );
+        return Some(("hosts", message));
     }
     // One issuer for two tenants is a real setup (one IdP, a tenant claim),
     // but it must be said in both files: otherwise a token one tenant's users
@@ -117,11 +139,12 @@ fn conflict_with(other_path: &Path, other: &Loaded, tenant: &CompiledTenant) -> 
             && !(ours_shared.contains(i.as_str()) && theirs_shared.contains(i.as_str()))
     });
     if let Some(issuer) = shared {
-        return Some(format!(
+        let message = format!(
             "issuer {issuer:?} is also trusted by tenant {:?} in {}; list it under shared_issuers in both files if both tenants are meant to trust it",
             other.tenant.id,
-            other_path.display()
-        ));
+            at(other_path, "issuers")
+        );
+        return Some(("issuers", message));
     }
     None
 }

@@ -60,6 +60,12 @@ pub struct StoreStatus {
     /// never loaded, files in conflict), one line each: their callers get 503
     /// `revocation_unavailable`, and `/readyz` is not ready.
     pub revocation_unavailable: Vec<String>,
+    /// Why the directory as a whole could not be used (it cannot be read, or
+    /// holds no policy file), without what a running server does about it
+    /// (`notes` adds that it keeps the last good rules). Offline, with no last
+    /// good rules, `validate` and `check` report this as an error.
+    #[serde(skip)]
+    pub unusable: Option<String>,
     /// Files this reload read (a rescan reads only files whose metadata
     /// changed; a reload of watched paths, only those).
     #[serde(skip)]

@@ -13,7 +13,7 @@ use crate::identity::revocation::RevocationList;
 use crate::policy::data::DataDoc;
 use crate::policy::{CompiledTenant, PolicyError};
 
-use super::conflicts::{Holders, conflict};
+use super::conflicts::{Holders, conflict, key_line};
 use super::docs::{DocFiles, Docs};
 use super::hosts::HostIndex;
 use super::listing::{Kind, list_entries};
@@ -55,7 +55,7 @@ impl PolicyStore {
         Some(plan)
     }
 
-    /// The whole directory as a plan, or why it cannot be read (as a note).
+    /// The whole directory as a plan, or why it cannot be used.
     fn full_plan(&self, state: &State) -> Result<Plan, String> {
         let mut plan = Plan {
             full: true,
@@ -65,7 +65,7 @@ impl PolicyStore {
             Ok(entries) => entries,
             Err(e) => {
                 return Err(format!(
-                    "policy directory {} cannot be read ({e}); keeping the last good rules",
+                    "policy directory {} cannot be read ({e})",
                     self.dir.display()
                 ));
             }
@@ -80,7 +80,7 @@ impl PolicyStore {
         }
         if !plan.check.iter().any(|(k, _, _)| *k == Kind::Policy) {
             return Err(format!(
-                "policy directory {} has no policy files; keeping the last good rules",
+                "policy directory {} has no policy files",
                 self.dir.display()
             ));
         }
@@ -110,13 +110,14 @@ impl PolicyStore {
 
         let plan = match plan.map_or_else(|| self.full_plan(state), Ok) {
             Ok(plan) => plan,
-            Err(note) => {
+            Err(why) => {
                 // Keep every tenant and every earlier file error.
                 let status = Arc::new(StoreStatus {
                     generation: previous.generation,
                     tenants: previous.tenants.clone(),
                     errors: previous.errors.clone(),
-                    notes: vec![note],
+                    notes: vec![format!("{why}; keeping the last good rules")],
+                    unusable: Some(why),
                     revocation_unavailable: previous.revocation_unavailable.clone(),
                     files_read: 0,
                 });
@@ -222,7 +223,11 @@ impl PolicyStore {
                         state.files.len()
                     )
                 });
-                match refused.or_else(|| conflict(&state.files, &state.holders, &path, &tenant)) {
+                let refused = refused.map(|m| (None, m)).or_else(|| {
+                    conflict(&state.files, &state.holders, &path, &tenant)
+                        .map(|(key, m)| (Some(key), m))
+                });
+                match refused {
                     None => {
                         if let Some(old) = state.files.get(&path) {
                             state.holders.remove(&path, &old.tenant);
@@ -237,23 +242,23 @@ impl PolicyStore {
                         );
                         swaps.push((old.map(|l| l.tenant), Some(tenant)));
                     }
-                    Some(message) => rejected.push((path, tenant, message)),
+                    Some((key, message)) => rejected.push((path, tenant, key, message)),
                 }
             }
             if rejected.len() == before || rejected.is_empty() {
-                for (path, tenant, message) in rejected {
+                for (path, tenant, key, message) in rejected {
                     // A rejected file's warnings are still worth fixing.
                     notes.extend(tenant.warnings.iter().map(|w| format!("warning: {w}")));
                     errors.push(PolicyError {
+                        line: key.and_then(|k| key_line(&path, k)),
                         file: path.clone(),
-                        line: None,
                         message,
                     });
                     state.pending.insert(path, tenant);
                 }
                 break;
             }
-            pending = rejected.into_iter().map(|(p, t, _)| (p, t)).collect();
+            pending = rejected.into_iter().map(|(p, t, _, _)| (p, t)).collect();
         }
 
         // Swap: add and replace first, then the host index, then removals
@@ -332,6 +337,7 @@ impl PolicyStore {
             tenants,
             errors,
             notes,
+            unusable: None,
             revocation_unavailable: self.revocation_unavailable.load().lines(),
             files_read,
         });
