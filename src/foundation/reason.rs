@@ -278,7 +278,8 @@ impl Reason {
     }
 }
 
-const ALL: [Reason; 45] = [
+/// Every reason, for tests that must cover them all.
+pub(super) const ALL: [Reason; 45] = [
     Reason::Allowed,
     Reason::DefaultAllow,
     Reason::CorsPreflight,
