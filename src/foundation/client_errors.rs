@@ -40,13 +40,6 @@ pub const GENERIC_TOKEN_CODE: &str = "invalid_token";
 pub const GENERIC_PROOF_CODE: &str = "invalid_dpop_proof";
 
 impl ClientErrors {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ClientErrors::Generic => "generic",
-            ClientErrors::Detailed => "detailed",
-        }
-    }
-
     /// The deny body's `error` for `reason`.
     pub fn code(self, reason: Reason) -> &'static str {
         match (self, group(reason)) {
