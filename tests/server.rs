@@ -978,6 +978,19 @@ async fn generic_client_errors_hide_the_reason_and_the_decision_log_keeps_it() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         assert_eq!(v["reason"], **reason, "{line}");
     }
+    // So do the metrics' labels.
+    let metrics = http(server.admin_addr, "GET", "/metrics", &[], None)
+        .await
+        .body;
+    for (reason, _) in &ids {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.contains("tenant=\"quiet\"")
+                    && l.contains(&format!("reason=\"{reason}\""))),
+            "no {reason} sample in /metrics"
+        );
+    }
     server.stop().await.unwrap();
 
     // A server set to detailed tells tenants without their own choice.
