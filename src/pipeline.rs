@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::decision::mint::Minter;
-use crate::decision::{Decision, Reason, respond};
+use crate::decision::{ClientErrors, Decision, Reason, respond};
 use crate::foundation::proto::auth::CheckRequest;
 use crate::identity::{self, Identity, IdentityError, Pending};
 use crate::policy::budget::Budget;
@@ -32,6 +32,9 @@ pub struct Pipeline {
     pub tenancy: TenantResolver,
     /// Mints downstream tokens, when the server has signing keys.
     pub minter: Option<Arc<Minter>>,
+    /// What a refused client is told when its tenant does not say
+    /// (`client_errors` in the server config).
+    pub client_errors: ClientErrors,
     /// Every heavy tenant's evaluations in flight together (shared by clones), at most
     /// [`heavy::heavy_share`] ([`crate::policy::heavy`]).
     heavy: Arc<heavy::HeavyGate>,
@@ -43,12 +46,19 @@ impl Pipeline {
             store,
             tenancy,
             minter: None,
+            client_errors: ClientErrors::default(),
             heavy: Arc::new(heavy::HeavyGate::new(heavy::heavy_share())),
         }
     }
 
     pub fn with_minter(mut self, minter: Option<Arc<Minter>>) -> Pipeline {
         self.minter = minter;
+        self
+    }
+
+    /// The server's `client_errors`, for tenants that do not choose.
+    pub fn with_client_errors(mut self, client_errors: ClientErrors) -> Pipeline {
+        self.client_errors = client_errors;
         self
     }
 
@@ -110,8 +120,16 @@ impl Pipeline {
         (run.decision, run.trace)
     }
 
-    /// One pass through the stages, in order; each is a plain function.
+    /// One pass through the stages, with the server's `client_errors` where
+    /// the tenant chose none.
     fn run(&self, request: &CheckRequest, explain: bool, deadline: Option<Instant>) -> Run {
+        let mut run = self.stages(request, explain, deadline);
+        run.decision.client_errors.get_or_insert(self.client_errors);
+        run
+    }
+
+    /// One pass through the stages, in order; each is a plain function.
+    fn stages(&self, request: &CheckRequest, explain: bool, deadline: Option<Instant>) -> Run {
         let id = uuid::Uuid::new_v4().to_string();
         if !self.store.is_ready() {
             return Run::done(Decision::deny(id, Reason::NotReady));

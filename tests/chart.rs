@@ -70,6 +70,7 @@ fn everything_on() -> Value {
             { "name": "idp-keys", "secretName": "acme-idp-keys" },
             { "name": "introspection", "secretName": "acme-introspection" },
             { "name": "vault", "secretName": "acme-vault", "policyFiles": false },
+            { "name": "acme-only", "secretName": "acme-own", "tenant": "acme" },
         ],
         "autoscaling": { "enabled": true },
         "networkPolicy": {
@@ -87,6 +88,7 @@ fn everything_on() -> Value {
             },
             "limits": { "max_concurrent_checks": 512, "max_tenants": 50 },
             "connections": { "max_grpc": 4096, "idle_timeout": "2h" },
+            "clientErrors": "detailed",
         },
         "podLabels": { "team": "payments" },
         "image": { "digest": format!("sha256:{}", "a".repeat(64)) },
@@ -600,9 +602,25 @@ fn policies_may_name_files_only_in_secret_mounts_without_signing_keys() {
     );
     // idp-keys holds the token-exchange signing key, and vault is marked
     // policyFiles: false; introspection is the one policies may use.
+    // acme-only has a tenant: only acme's files may name it.
     assert_eq!(
         rendered("everything").server_config()["policy_files"],
-        json!({ "allowed_dirs": ["/etc/portcullis/secrets/introspection"] })
+        json!({
+            "allowed_dirs": ["/etc/portcullis/secrets/introspection"],
+            "tenants": { "acme": ["/etc/portcullis/secrets/acme-only"] },
+        })
+    );
+}
+
+#[test]
+fn client_errors_are_generic_unless_the_values_say_detailed() {
+    assert_eq!(
+        rendered("default").server_config()["client_errors"],
+        json!("generic")
+    );
+    assert_eq!(
+        rendered("everything").server_config()["client_errors"],
+        json!("detailed")
     );
 }
 

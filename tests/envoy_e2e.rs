@@ -211,6 +211,9 @@ async fn decides_for_a_real_envoy() {
     assert!(r.header("www-authenticate").unwrap().starts_with("Bearer"));
 
     // Deny 401: a token Envoy verified, but from an issuer acme does not trust.
+    // Under the default `client_errors: generic` the client is told only
+    // `invalid_token`, with no description (the decision log keeps
+    // issuer_not_trusted).
     let mallory = issuer.token(GLOBEX_ISSUER, "mallory", "acme", &["orders:read"]);
     let r = http(
         main,
@@ -220,7 +223,12 @@ async fn decides_for_a_real_envoy() {
         None,
     )
     .await;
-    assert_denied(&r, 401, "issuer_not_trusted");
+    assert_denied(&r, 401, "invalid_token");
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"portcullis\", error=\"invalid_token\"")
+    );
+    assert!(!r.body.contains("issuer"), "{r:?}");
 
     // Deny 400: a path Envoy forwards as is but that is not canonical.
     let r = http(main, "GET", "/docs/intro;jsessionid=1", &[acme], None).await;
@@ -669,7 +677,11 @@ async fn validates_its_own_tokens_behind_a_real_envoy() {
     )
     .unwrap();
 
-    let portcullis = support::start_portcullis(dir.path()).await;
+    // Detailed client errors: the exact reasons below are what Envoy's client sees.
+    let portcullis = support::start_portcullis_with(dir.path(), |c| {
+        c.client_errors = portcullis::foundation::client_errors::ClientErrors::Detailed;
+    })
+    .await;
     let (upstream, _echo) = support::start_echo_upstream().await;
     let envoy_issuer = Issuer::new();
     let mut config: Value = serde_json::from_str(&e2e_config(
@@ -881,7 +893,11 @@ response:
         ),
     )
     .unwrap();
-    let portcullis = support::start_portcullis(dir.path()).await;
+    // Detailed client errors: the exact reasons below are what Envoy's client sees.
+    let portcullis = support::start_portcullis_with(dir.path(), |c| {
+        c.client_errors = portcullis::foundation::client_errors::ClientErrors::Detailed;
+    })
+    .await;
     let (upstream, _echo) = support::start_echo_upstream().await;
     let mut config: Value = serde_json::from_str(&e2e_config(
         portcullis.grpc_addr.unwrap(),

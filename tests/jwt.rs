@@ -1340,6 +1340,87 @@ async fn an_oversize_introspection_answer_fails_that_token_alone() {
     assert_eq!(server.calls(), before);
 }
 
+/// Round 2, item 4: an introspection answer within the 256 KiB a response
+/// may be, but whose claims are over what the CEL cost model assumes (8 KiB
+/// as compact JSON, 32 levels), refuses that token `claims_too_large`; one
+/// byte or one level less is accepted.
+#[tokio::test]
+async fn introspection_claims_are_bounded_in_bytes_and_depth() {
+    use portcullis::foundation::limits::{MAX_CLAIMS_BYTES, MAX_CLAIMS_DEPTH};
+    let t = now();
+    let iss = "https://as.acme.example";
+    // The claims conditions see: the answer without `active`, `scope` split.
+    let claims = |note: &str| json!({"sub": "svc-a", "iss": iss, "exp": t + 300, "scope": ["reports:read"], "note": note});
+    let base = serde_json::to_string(&claims("")).unwrap().len();
+    let answer = |note: String, nest: Value| json!({"active": true, "sub": "svc-a", "iss": iss, "scope": "reports:read", "exp": t + 300, "note": note, "nest": nest});
+    let nest = |levels: usize| {
+        let mut v = json!(1);
+        for _ in 0..levels {
+            v = json!({ "a": v });
+        }
+        v
+    };
+    // With `nest: 1` beside the note, the note is shorter by `,"nest":1`.
+    let room = MAX_CLAIMS_BYTES - base - r#","nest":1"#.len();
+    let server = Introspection::start(json!({
+        "bytes-at": answer("x".repeat(room), json!(1)),
+        "bytes-over": answer("x".repeat(room + 1), json!(1)),
+        // 100 KiB: under the response bound, far over the claims bound.
+        "bytes-far-over": answer("x".repeat(100 * 1024), json!(1)),
+        "depth-at": answer(String::new(), nest(MAX_CLAIMS_DEPTH - 1)),
+        "depth-over": answer(String::new(), nest(MAX_CLAIMS_DEPTH)),
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("client-secret"), "s3cr&t\n").unwrap();
+    let policy = format!(
+        "apiVersion: portcullis/v1\ntenant: acme\nidentity:\n  introspection: {{ endpoint: 'http://{}/introspect', issuer: {iss}, client_id: portcullis, client_secret_file: client-secret }}\nrules:\n  - {{ id: reports, path: /reports, when: '\"reports:read\" in claims.scope', effect: allow }}\n---\napiVersion: portcullis/v1\ntenant: globex\nrules: []\n",
+        server.addr
+    );
+    let p = pipeline(dir.path(), &policy);
+    for (token, allowed) in [
+        ("bytes-at", true),
+        ("bytes-over", false),
+        ("bytes-far-over", false),
+        ("depth-at", true),
+        ("depth-over", false),
+    ] {
+        let d = p
+            .check_async(&request("acme", "/reports", bearer(token)), WAIT)
+            .await;
+        if allowed {
+            assert!(d.allowed, "{token}: {:?} {:?}", d.reason, d.detail);
+        } else {
+            assert_eq!(
+                (d.status(), d.reason.code()),
+                (401, "claims_too_large"),
+                "{token}"
+            );
+        }
+    }
+}
+
+/// Round 2, item 4: a JWT's claims are bounded in depth like every source's
+/// (32 levels, the payload itself the first); its size bounds its bytes.
+#[test]
+fn jwt_claims_are_bounded_in_depth() {
+    let f = fixture();
+    let depth = portcullis::foundation::limits::MAX_CLAIMS_DEPTH;
+    let nested = |levels: usize| {
+        let mut v = json!(1);
+        for _ in 0..levels {
+            v = json!({ "a": v });
+        }
+        with(claims(ISSUER), json!({ "nest": v }))
+    };
+    let at = f.acme.es.sign(jwt_claims(&nested(depth - 1))).unwrap();
+    let d = check(&f.p, &at);
+    assert!(d.allowed, "{:?} {:?}", d.reason, d.detail);
+    let over = f.acme.es.sign(jwt_claims(&nested(depth))).unwrap();
+    let d = check(&f.p, &over);
+    assert_eq!((d.status(), d.reason.code()), (401, "claims_too_large"));
+}
+
 #[tokio::test]
 async fn introspection_with_the_wrong_secret_fails_closed() {
     let server = Introspection::start(json!({"good": {"active": true, "sub": "a"}})).await;

@@ -796,3 +796,89 @@ fn files_named_by_policies_stay_in_the_allowed_directories() {
     let errors = narrow.reload().error_lines();
     assert!(errors.iter().any(|e| e.contains("outside")), "{errors:?}");
 }
+
+/// Round 2, item 6: `policy_files.tenants` gives each tenant directories of
+/// its own. A tenant's file naming another tenant's secret is refused at
+/// load with file, line and cause (and that tenant's last good rules keep
+/// serving); naming its own loads; the shared `allowed_dirs` stay open to all.
+#[test]
+fn a_tenant_cannot_name_another_tenants_files() {
+    let root = tempfile::tempdir().unwrap();
+    let policies = root.path().join("policies");
+    let shared = root.path().join("shared");
+    let acme_dir = root.path().join("tenants/acme");
+    let globex_dir = root.path().join("tenants/globex");
+    for d in [&policies, &shared, &acme_dir, &globex_dir] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(acme_dir.join("client-secret"), "acme s3cret").unwrap();
+    std::fs::write(globex_dir.join("client-secret"), "globex s3cret").unwrap();
+    std::fs::write(shared.join("client-secret"), "shared").unwrap();
+    let config_path = root.path().join("portcullis.yaml");
+    std::fs::write(
+        &config_path,
+        "policies: policies
+policy_files:
+  allowed_dirs: [shared]
+  tenants:
+    acme: [tenants/acme]
+    globex: [tenants/globex]
+",
+    )
+    .unwrap();
+    let config = portcullis::app::config::Config::load(&config_path).unwrap();
+    assert_eq!(config.policy_files.tenants["acme"], vec![acme_dir.clone()]);
+    let policy = |tenant: &str, secret: &std::path::Path| {
+        format!(
+            "apiVersion: portcullis/v1\ntenant: {tenant}\nidentity:\n  introspection:\n    endpoint: https://idp.{tenant}.example/introspect\n    issuer: https://idp.{tenant}.example\n    client_id: portcullis\n    client_secret_file: {}\nrules:\n  - {{ id: all, path: /reports, effect: allow }}\n",
+            secret.display()
+        )
+    };
+    let write = |tenant: &str, text: String| {
+        std::fs::write(policies.join(format!("{tenant}.yaml")), text).unwrap()
+    };
+    let store = config.store();
+
+    // Own directories, and the shared one: both tenants load.
+    write("acme", policy("acme", &acme_dir.join("client-secret")));
+    write("globex", policy("globex", &shared.join("client-secret")));
+    let status = store.reload();
+    assert!(status.errors.is_empty(), "{:?}", status.error_lines());
+    let good = store.tenant("globex").unwrap().digest.clone();
+
+    // globex names acme's secret: refused, globex keeps its last good rules.
+    write("globex", policy("globex", &acme_dir.join("client-secret")));
+    let status = store.reload();
+    let errors = status.error_lines();
+    assert!(
+        errors.iter().any(|e| e.contains("globex.yaml:3:")
+            && e.contains("client_secret_file")
+            && e.contains("outside the policy directory")
+            && e.contains("policy_files.tenants.globex")),
+        "{errors:?}"
+    );
+    assert_eq!(store.tenant("globex").unwrap().digest, good);
+    assert!(store.tenant("acme").is_some());
+
+    // `portcullis validate --config` refuses it the same way.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["validate", "--config"])
+        .arg(&config_path)
+        .arg(&policies)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("policy_files.tenants.globex"), "{stderr}");
+
+    // Without `tenants` (the default) the same reference loads, as before.
+    let open = portcullis::app::config::Config {
+        policy_files: portcullis::foundation::policy_files::PolicyFilesConfig {
+            allowed_dirs: vec![root.path().join("tenants")],
+            ..Default::default()
+        },
+        ..portcullis::app::config::Config::with_policies(&policies)
+    };
+    let status = open.store().reload();
+    assert!(status.errors.is_empty(), "{:?}", status.error_lines());
+}

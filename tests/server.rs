@@ -811,3 +811,194 @@ async fn envoys_deadline_stops_an_abandoned_check_between_conditions() {
         "{line}"
     );
 }
+
+/// A policy trusting one issuer's inline keys; `extra` adds top-level keys.
+fn token_policy(tenant: &str, jwks: &serde_json::Value, extra: &str) -> String {
+    format!(
+        "apiVersion: portcullis/v1\ntenant: {tenant}\nhosts: [{tenant}.example]\nshared_issuers: [\"https://idp.example\"]\n{extra}\
+         identity:\n  jwt:\n    - issuer: https://idp.example\n      audiences: [api]\n      \
+         algorithms: [ES256]\n      jwks: {jwks}\nrules:\n  - {{ id: any, path: /r, effect: allow }}\n"
+    )
+}
+
+/// A CheckRequest for `host` with `authorization: Bearer <token>`.
+fn bearer(host: &str, token: &str) -> CheckRequest {
+    check_request_from_json(&json!({ "attributes": { "request": { "http": {
+        "method": "GET", "host": host, "path": "/r",
+        "headers": { ":authority": host, "authorization": format!("Bearer {token}") }
+    } } } }))
+    .unwrap()
+}
+
+/// The deny's body `error` and `WWW-Authenticate`, and the whole rendered
+/// response (body and every header) as one text to search for leaks.
+fn client_view(r: &CheckResponse) -> (String, String, String) {
+    let Some(HttpResponse::DeniedResponse(d)) = r.http_response.as_ref() else {
+        panic!("expected a deny: {r:?}")
+    };
+    let body: serde_json::Value = serde_json::from_str(&d.body).unwrap();
+    let header = |name: &str| {
+        d.headers
+            .iter()
+            .filter_map(|h| h.header.as_ref())
+            .find(|h| h.key == name)
+            .map(|h| h.value.clone())
+            .unwrap_or_default()
+    };
+    let all = d
+        .headers
+        .iter()
+        .filter_map(|h| h.header.as_ref())
+        .map(|h| format!("{}: {}\n", h.key, h.value))
+        .collect::<String>()
+        + &d.body;
+    (
+        body["error"].as_str().unwrap_or_default().to_string(),
+        header("www-authenticate"),
+        all,
+    )
+}
+
+/// `client_errors: generic` (the default): every refused token is told
+/// `invalid_token` with a bare challenge, in body and `WWW-Authenticate`,
+/// while the decision log keeps the exact reason. A tenant's
+/// `client_errors: detailed` and a detailed server are told the reason.
+#[tokio::test]
+async fn generic_client_errors_hide_the_reason_and_the_decision_log_keeps_it() {
+    use jwt_simple::prelude::*;
+    let key = ES256KeyPair::generate().with_key_id("k1");
+    let stranger = ES256KeyPair::generate().with_key_id("k1");
+    let unknown = ES256KeyPair::generate().with_key_id("k2");
+    let jwks = json!({ "keys": [serde_json::from_str::<serde_json::Value>(&key.public_key().to_jwk()).unwrap()] });
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(
+        policies.join("quiet.yaml"),
+        token_policy("quiet", &jwks, ""),
+    )
+    .unwrap();
+    std::fs::write(
+        policies.join("loud.yaml"),
+        token_policy("loud", &jwks, "client_errors: detailed\n"),
+    )
+    .unwrap();
+    let t = support::now();
+    let claims = |iss: &str, exp: u64| {
+        support::raw_claims(
+            json!({ "iss": iss, "sub": "alice", "aud": "api", "iat": t - 900, "exp": exp }),
+        )
+    };
+    let tokens = [
+        (
+            "issuer_not_trusted",
+            key.sign(claims("https://evil.example", t + 60)).unwrap(),
+        ),
+        (
+            "token_expired",
+            key.sign(claims("https://idp.example", t - 600)).unwrap(),
+        ),
+        (
+            "invalid_signature",
+            stranger
+                .sign(claims("https://idp.example", t + 60))
+                .unwrap(),
+        ),
+        (
+            "unknown_key",
+            unknown.sign(claims("https://idp.example", t + 60)).unwrap(),
+        ),
+        ("invalid_token", "not.a.jwt".to_string()),
+    ];
+    let log = dir.path().join("decisions.log");
+    let mut config = portcullis::app::config::Config::with_policies(&policies);
+    config.listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    config.admin_listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    config.decision_log.output = log.to_str().unwrap().into();
+    let server = portcullis::app::serve::start(&config).await.unwrap();
+    let mut c = client(server.grpc_addr.unwrap()).await;
+    let ready = http(server.admin_addr, "GET", "/readyz", &[], None).await;
+    assert_eq!(ready.status, 200, "{ready:?}");
+    assert!(
+        ready.json()["policy_errors"]
+            .as_array()
+            .is_none_or(|e| e.is_empty()),
+        "{ready:?}"
+    );
+
+    let mut ids = Vec::new();
+    for (reason, token) in &tokens {
+        let r = decide(&mut c, bearer("quiet.example", token)).await;
+        assert_eq!(status_of(&r), 401, "{reason}: {r:?}");
+        let (error, challenge, all) = client_view(&r);
+        assert_eq!(error, "invalid_token", "{reason}");
+        assert_eq!(
+            challenge,
+            "Bearer realm=\"portcullis\", error=\"invalid_token\""
+        );
+        assert!(!all.contains("error_description"), "{reason}: {all}");
+        for (other, _) in &tokens[..4] {
+            assert!(!all.contains(other), "{reason} leaks {other}: {all}");
+        }
+        // The exact reason still reaches Envoy's access log through metadata.
+        let md = &r.dynamic_metadata.as_ref().unwrap().fields["portcullis"];
+        assert!(format!("{md:?}").contains(reason), "{reason}: {md:?}");
+        let id =
+            serde_json::from_str::<serde_json::Value>(&match r.http_response.as_ref().unwrap() {
+                HttpResponse::DeniedResponse(d) => d.body.clone(),
+                HttpResponse::OkResponse(_) => unreachable!(),
+            })
+            .unwrap()["decision_id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+        ids.push((reason, id));
+    }
+    // A missing credential says nothing about a token and stays as it is.
+    let r = decide(&mut c, request("quiet.example", "/r", None)).await;
+    assert_eq!(client_view(&r).0, "missing_credential");
+
+    // The tenant that chose detailed is told the exact reason, as before.
+    for (reason, token) in &tokens[..2] {
+        let r = decide(&mut c, bearer("loud.example", token)).await;
+        let (error, challenge, _) = client_view(&r);
+        assert_eq!(&error, reason);
+        assert!(challenge.contains("error_description="), "{challenge}");
+    }
+
+    // The decision log keeps every exact reason.
+    let mut text = String::new();
+    eventually("the decision log lines", || {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        std::future::ready(ids.iter().all(|(_, id)| text.contains(id.as_str())))
+    })
+    .await;
+    for (reason, id) in &ids {
+        let line = text.lines().find(|l| l.contains(id.as_str())).unwrap();
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["reason"], **reason, "{line}");
+    }
+    // So do the metrics' labels.
+    let metrics = http(server.admin_addr, "GET", "/metrics", &[], None)
+        .await
+        .body;
+    for (reason, _) in &ids {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.contains("tenant=\"quiet\"")
+                    && l.contains(&format!("reason=\"{reason}\""))),
+            "no {reason} sample in /metrics"
+        );
+    }
+    server.stop().await.unwrap();
+
+    // A server set to detailed tells tenants without their own choice.
+    config.client_errors = portcullis::foundation::client_errors::ClientErrors::Detailed;
+    config.decision_log.output = "off".into();
+    let server = portcullis::app::serve::start(&config).await.unwrap();
+    let mut c = client(server.grpc_addr.unwrap()).await;
+    let r = decide(&mut c, bearer("quiet.example", &tokens[0].1)).await;
+    assert_eq!(client_view(&r).0, "issuer_not_trusted");
+    server.stop().await.unwrap();
+}

@@ -144,9 +144,12 @@ pub fn main() -> ExitCode {
         }
         Command::Validate { dir, config } => {
             let (allowed, limits) = match config.map(|c| Config::load(&c)) {
-                Some(Ok(c)) => (c.policy_files.allowed_dirs, c.limits),
+                Some(Ok(c)) => (c.policy_files, c.limits),
                 Some(Err(e)) => return usage(&e),
-                None => (Vec::new(), crate::foundation::limits::Limits::default()),
+                None => (
+                    Default::default(),
+                    crate::foundation::limits::Limits::default(),
+                ),
             };
             validate(&dir, allowed, limits)
         }
@@ -156,11 +159,11 @@ pub fn main() -> ExitCode {
             config,
         } => {
             let (tenancy, allowed, limits) = match config.map(|c| Config::load(&c)) {
-                Some(Ok(c)) => (c.tenancy, c.policy_files.allowed_dirs, c.limits),
+                Some(Ok(c)) => (c.tenancy, c.policy_files, c.limits),
                 Some(Err(e)) => return usage(&e),
                 None => (
                     TenantResolver::default(),
-                    Vec::new(),
+                    Default::default(),
                     crate::foundation::limits::Limits::default(),
                 ),
             };
@@ -173,14 +176,14 @@ pub fn main() -> ExitCode {
         } => {
             let (tenancy, minter, allowed, limits) = match config.map(|c| Config::load(&c)) {
                 Some(Ok(c)) => match c.minter() {
-                    Ok(m) => (c.tenancy, m, c.policy_files.allowed_dirs, c.limits),
+                    Ok(m) => (c.tenancy, m, c.policy_files, c.limits),
                     Err(e) => return usage(&e),
                 },
                 Some(Err(e)) => return usage(&e),
                 None => (
                     TenantResolver::default(),
                     None,
-                    Vec::new(),
+                    Default::default(),
                     Default::default(),
                 ),
             };
@@ -299,14 +302,14 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 
 fn validate(
     dir: &Path,
-    allowed_dirs: Vec<PathBuf>,
+    allowed_dirs: crate::foundation::policy_files::PolicyFilesConfig,
     limits: crate::foundation::limits::Limits,
 ) -> ExitCode {
     if !dir.is_dir() {
         return usage(&format!("{} is not a directory", dir.display()));
     }
     let store = PolicyStore::new(dir)
-        .with_allowed_dirs(allowed_dirs)
+        .with_policy_files(allowed_dirs)
         .with_limits(limits);
     let status = store.reload();
     let clean = report_store(dir, &status);
@@ -333,7 +336,7 @@ fn test(
     dir: &Path,
     format: OutputFormat,
     tenancy: TenantResolver,
-    allowed_dirs: Vec<PathBuf>,
+    allowed_dirs: crate::foundation::policy_files::PolicyFilesConfig,
     limits: crate::foundation::limits::Limits,
 ) -> ExitCode {
     if !dir.is_dir() {
@@ -382,12 +385,12 @@ fn check(
     request: &Path,
     tenancy: TenantResolver,
     minter: Option<Arc<crate::decision::mint::Minter>>,
-    allowed_dirs: Vec<PathBuf>,
+    allowed_dirs: crate::foundation::policy_files::PolicyFilesConfig,
     limits: crate::foundation::limits::Limits,
 ) -> ExitCode {
     let store = Arc::new(
         PolicyStore::new(policies)
-            .with_allowed_dirs(allowed_dirs)
+            .with_policy_files(allowed_dirs)
             .with_limits(limits),
     );
     let status = store.reload();

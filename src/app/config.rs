@@ -62,6 +62,10 @@ pub struct Config {
     /// Where files named by policies may be; see [`crate::foundation::policy_files`].
     #[serde(default)]
     pub policy_files: crate::foundation::policy_files::PolicyFilesConfig,
+    /// What a client whose credential is refused is told, for tenants whose
+    /// policy does not say; see [`crate::foundation::client_errors`].
+    #[serde(default)]
+    pub client_errors: crate::foundation::client_errors::ClientErrors,
 }
 
 pub use crate::foundation::limits::{DEFAULT_MAX_CONCURRENT_CHECKS, Limits};
@@ -122,6 +126,7 @@ impl Config {
             connections: Default::default(),
             tls: None,
             policy_files: Default::default(),
+            client_errors: Default::default(),
         }
     }
 
@@ -170,7 +175,7 @@ impl Config {
         self.limits.validate()?;
         self.connections.validate()?;
         self.decision_log.validate()?;
-        self.policy_files.validate()?;
+        self.policy_files.validate(&self.policies)?;
         if let Some(tls) = &self.tls {
             tls.validate()?;
         }
@@ -181,7 +186,7 @@ impl Config {
     /// An empty store for the policy directory, with `policy_files` applied.
     pub fn store(&self) -> crate::tenants::store::PolicyStore {
         crate::tenants::store::PolicyStore::new(&self.policies)
-            .with_allowed_dirs(self.policy_files.allowed_dirs.clone())
+            .with_policy_files(self.policy_files.clone())
             .with_limits(self.limits.clone())
     }
 

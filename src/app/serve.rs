@@ -68,7 +68,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 
     let minter = config.minter().map_err(anyhow::Error::msg)?;
     let pipeline = Arc::new(
-        Pipeline::new(Arc::clone(&store), config.tenancy.clone()).with_minter(minter.clone()),
+        Pipeline::new(Arc::clone(&store), config.tenancy.clone())
+            .with_minter(minter.clone())
+            .with_client_errors(config.client_errors),
     );
     let (stop, stop_rx) = watch::channel(false);
     let stopped = move || {

@@ -181,23 +181,23 @@ pub fn run(dir: &Path, tenancy: TenantResolver) -> Report {
     run_with(
         dir,
         tenancy,
-        Vec::new(),
+        Default::default(),
         crate::foundation::limits::Limits::default(),
     )
 }
 
-/// [`run`], with the server's `policy_files.allowed_dirs` and `limits`, so a
+/// [`run`], with the server's `policy_files` and `limits`, so a
 /// suite loads the policies as the server would.
 pub fn run_with(
     dir: &Path,
     tenancy: TenantResolver,
-    allowed_dirs: Vec<PathBuf>,
+    policy_files: crate::foundation::policy_files::PolicyFilesConfig,
     limits: crate::foundation::limits::Limits,
 ) -> Report {
     let mut report = Report::default();
     let store = Arc::new(
         PolicyStore::new(dir)
-            .with_allowed_dirs(allowed_dirs)
+            .with_policy_files(policy_files)
             .with_limits(limits),
     );
     let status = store.reload();

@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 
+pub use crate::foundation::client_errors::ClientErrors;
 pub use crate::foundation::reason::Reason;
 
 pub mod audit;
@@ -52,6 +53,11 @@ pub struct Decision {
     pub detail: Option<String>,
     /// What the decision log, metrics and traces need beyond the answer.
     pub audit: audit::Audit,
+    /// How much the client is told of a refused credential: the tenant's
+    /// `client_errors`, else the server's (set by the pipeline). Only the
+    /// rendered response reads it; `reason` stays exact.
+    #[serde(skip)]
+    pub client_errors: Option<ClientErrors>,
 }
 
 /// A decision as logs, metrics and traces name it: `allow`, `deny`, or
@@ -90,6 +96,7 @@ impl Decision {
             client_headers: Vec::new(),
             detail: None,
             audit: audit::Audit::default(),
+            client_errors: None,
         }
     }
 
@@ -103,8 +110,21 @@ impl Decision {
         self.reason.status()
     }
 
-    /// The `WWW-Authenticate` value of this deny, if it has one.
+    /// The `WWW-Authenticate` value of this deny, if it has one, as the
+    /// client is told it (see [`ClientErrors`]).
     pub fn challenge(&self) -> Option<String> {
-        self.challenge.clone().or_else(|| self.reason.challenge())
+        self.client_errors()
+            .challenge(self.reason, self.challenge.clone())
+    }
+
+    /// The deny body's `error`, as the client is told it.
+    pub fn client_code(&self) -> &'static str {
+        self.client_errors().code(self.reason)
+    }
+
+    /// The mode this decision is rendered in; [`ClientErrors::default`] when
+    /// neither the tenant nor the server chose.
+    pub fn client_errors(&self) -> ClientErrors {
+        self.client_errors.unwrap_or_default()
     }
 }

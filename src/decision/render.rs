@@ -4,7 +4,10 @@
 //! the headers it sets. So every header portcullis sets uses
 //! `OVERWRITE_IF_EXISTS_OR_ADD`, and a header it owns but has no value for is
 //! removed by name; the two lists never share a name. A deny carries a small JSON
-//! body with the reason code and decision id, never internal detail. A 503 deny
+//! body with the reason code and decision id, never internal detail; under
+//! `client_errors: generic` a refused token's code is `invalid_token` alone
+//! (the exact code stays in the gRPC status message and the dynamic metadata,
+//! which only Envoy and its access log see). A 503 deny
 //! (portcullis can answer but not decide) is still a *denied* response, so an
 //! Envoy with `failure_mode_allow: true` fails closed.
 
@@ -71,7 +74,7 @@ pub fn render(decision: &Decision) -> CheckResponse {
         }
         let body = if has_body {
             serde_json::json!({
-                "error": decision.reason.code(),
+                "error": decision.client_code(),
                 "decision_id": decision.decision_id,
             })
             .to_string()

@@ -34,6 +34,7 @@ pub fn begin(decision_id: String, tenant: &CompiledTenant, input: &Input) -> Dec
     decision.tenant = Some(tenant.id.clone());
     decision.digest = Some(tenant.digest.clone());
     decision.audit.mode = tenant.mode;
+    decision.client_errors = tenant.client_errors;
     decision.audit.headers = tenant
         .log_headers
         .iter()

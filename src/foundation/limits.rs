@@ -55,6 +55,17 @@ pub const DEFAULT_MAX_CLAIM_ITEMS: usize = 1024;
 /// size `policy::cost` assumes for a collection in `claims`.
 pub const MAX_CLAIM_ITEMS_CEILING: usize = MAX_TOKEN_BYTES / 2;
 
+/// Largest claims document, as compact JSON, whatever built it (a JWT payload
+/// after `scope` splitting and `claim_mappings`, an introspection answer, the
+/// payload Envoy's `jwt_authn` verified); more is `claims_too_large`. It is the
+/// size `policy::cost` assumes for `claims`, and what a JWT of
+/// [`MAX_TOKEN_BYTES`] holds anyway.
+pub const MAX_CLAIMS_BYTES: usize = MAX_TOKEN_BYTES;
+
+/// Deepest nesting of arrays and objects in a claims document (the document
+/// itself is depth 1; `realm_access.roles` is 3); deeper is `claims_too_large`.
+pub const MAX_CLAIMS_DEPTH: usize = 32;
+
 /// Longest path (without the query) that portcullis considers; longer is denied.
 pub const MAX_PATH_BYTES: usize = 8 * 1024;
 

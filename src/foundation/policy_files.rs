@@ -15,7 +15,17 @@
 //! allowed directory does not, and neither does a `..` that climbs out.
 //! The allowed directories themselves are resolved at each check, so a mount
 //! that appears later works without a restart.
+//!
+//! `policy_files.allowed_dirs` are shared: every tenant's files may be in
+//! them. `policy_files.tenants` gives a tenant directories of its own, which no
+//! other tenant's file may name, so one tenant's author cannot have another
+//! tenant's client secret read (and posted to an endpoint of their choosing).
+//! A tenant's own directory may not lie inside a shared one or another
+//! tenant's, or the split would be void; that is refused at start-up.
+//!
+//! Never imports: any other module of the crate.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -29,23 +39,94 @@ pub struct PolicyFilesConfig {
     /// may be in (for example a Secret mount). Relative paths are relative to
     /// the configuration file. Keep the server's own keys out of them.
     pub allowed_dirs: Vec<PathBuf>,
+    /// Tenant id → directories that only that tenant's files may be in (its
+    /// client secret, its private CA). Relative paths as for `allowed_dirs`.
+    pub tenants: BTreeMap<String, Vec<PathBuf>>,
+}
+
+impl From<Vec<PathBuf>> for PolicyFilesConfig {
+    fn from(allowed_dirs: Vec<PathBuf>) -> PolicyFilesConfig {
+        PolicyFilesConfig {
+            allowed_dirs,
+            tenants: BTreeMap::new(),
+        }
+    }
 }
 
 impl PolicyFilesConfig {
     /// Makes relative directories relative to `base`.
     pub fn resolve(&mut self, base: &Path) {
-        for dir in &mut self.allowed_dirs {
+        let own = self.tenants.values_mut().flatten();
+        for dir in self.allowed_dirs.iter_mut().chain(own) {
             if dir.is_relative() {
                 *dir = base.join(&*dir);
             }
         }
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    /// Refuses empty paths, and a tenant's own directory that every tenant
+    /// (a shared directory, or `policies`, the policy directory) or another
+    /// tenant could read too. Paths are compared as written, after
+    /// [`PolicyFilesConfig::resolve`]; each read still checks the real path.
+    pub fn validate(&self, policies: &Path) -> Result<(), String> {
         if self.allowed_dirs.iter().any(|d| d.as_os_str().is_empty()) {
             return Err("policy_files.allowed_dirs must not hold an empty path".into());
         }
+        let shared = || {
+            std::iter::once(("the policy directory".to_string(), policies)).chain(
+                self.allowed_dirs
+                    .iter()
+                    .map(|d| ("policy_files.allowed_dirs".to_string(), d.as_path())),
+            )
+        };
+        for (tenant, dirs) in &self.tenants {
+            if dirs.iter().any(|d| d.as_os_str().is_empty()) {
+                return Err(format!(
+                    "policy_files.tenants.{tenant} must not hold an empty path"
+                ));
+            }
+        }
+        for (tenant, dirs) in &self.tenants {
+            for dir in dirs {
+                let at = format!("policy_files.tenants.{tenant}");
+                if let Some((what, d)) = shared().find(|(_, d)| dir.starts_with(d)) {
+                    return Err(format!(
+                        "{at}: {} is inside {what} {}, which every tenant may read",
+                        dir.display(),
+                        d.display()
+                    ));
+                }
+                for (other, theirs) in self.tenants.iter().filter(|(t, _)| *t != tenant) {
+                    if let Some(d) = theirs
+                        .iter()
+                        .find(|d| d.starts_with(dir) || dir.starts_with(d))
+                    {
+                        return Err(format!(
+                            "{at}: {} overlaps {} of policy_files.tenants.{other}",
+                            dir.display(),
+                            d.display()
+                        ));
+                    }
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The directories `tenant`'s files may be in besides its policy
+    /// directory: the shared ones and its own.
+    pub fn dirs_of(&self, tenant: &str) -> Vec<PathBuf> {
+        let own = self.tenants.get(tenant).into_iter().flatten();
+        self.allowed_dirs.iter().chain(own).cloned().collect()
+    }
+
+    /// The file scope of a policy file in `base` for `tenant`.
+    pub fn scope(&self, base: impl Into<PathBuf>, tenant: &str) -> FileScope {
+        let mut scope = FileScope::new(base, &self.dirs_of(tenant));
+        if !self.tenants.is_empty() {
+            scope.tenant = Some(tenant.to_string());
+        }
+        scope
     }
 }
 
@@ -55,6 +136,9 @@ impl PolicyFilesConfig {
 pub struct FileScope {
     base: PathBuf,
     roots: Arc<[PathBuf]>,
+    /// The tenant, when tenants have directories of their own (for the
+    /// message of a refusal).
+    tenant: Option<String>,
 }
 
 impl FileScope {
@@ -64,7 +148,11 @@ impl FileScope {
         let roots = std::iter::once(base.clone())
             .chain(allowed.iter().cloned())
             .collect();
-        FileScope { base, roots }
+        FileScope {
+            base,
+            roots,
+            tenant: None,
+        }
     }
 
     /// The policy file's directory.
@@ -120,8 +208,12 @@ impl FileScope {
         }
         let real = std::fs::canonicalize(&named).map_err(|e| cannot(&e))?;
         if !self.allows(&real) {
+            let own = match &self.tenant {
+                Some(t) => format!(", policy_files.allowed_dirs and policy_files.tenants.{t}"),
+                None => " and policy_files.allowed_dirs".to_string(),
+            };
             return Err(format!(
-                "{field} {} resolves to {}, outside the policy directory and policy_files.allowed_dirs",
+                "{field} {} resolves to {}, outside the policy directory{own}",
                 named.display(),
                 real.display()
             ));
@@ -210,6 +302,86 @@ mod tests {
         let narrow = FileScope::new(&policies, &[]);
         assert!(narrow.read("client_secret_file", &s).is_err());
         assert!(narrow.read("jwks_file", "jwks.json").is_ok());
+    }
+
+    #[test]
+    fn a_tenants_own_directory_is_read_by_that_tenant_alone() {
+        let root = tempfile::tempdir().unwrap();
+        let policies = root.path().join("policies");
+        let acme = root.path().join("secrets/acme");
+        let globex = root.path().join("secrets/globex");
+        for d in [&policies, &acme, &globex] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(acme.join("secret"), "a").unwrap();
+        let secret = acme.join("secret").display().to_string();
+        let mut config = PolicyFilesConfig::default();
+        config.tenants.insert("acme".into(), vec![acme.clone()]);
+        config.tenants.insert("globex".into(), vec![globex.clone()]);
+        config.validate(&policies).unwrap();
+
+        // Its own: read. Another tenant's: refused, naming the tenant's scope.
+        let own = config.scope(&policies, "acme");
+        assert_eq!(own.read("client_secret_file", &secret).unwrap(), b"a");
+        let e = config
+            .scope(&policies, "globex")
+            .read("client_secret_file", &secret)
+            .unwrap_err();
+        assert!(
+            e.contains("outside") && e.contains("policy_files.tenants.globex"),
+            "{e}"
+        );
+        // A tenant not in the map has the shared directories only.
+        assert!(
+            config
+                .scope(&policies, "initech")
+                .read("client_secret_file", &secret)
+                .is_err()
+        );
+        // Without `tenants`, the message is as before.
+        let plain = PolicyFilesConfig::default().scope(&policies, "acme");
+        let e = plain.read("client_secret_file", &secret).unwrap_err();
+        assert!(
+            e.ends_with("outside the policy directory and policy_files.allowed_dirs"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_tenant_directory_others_could_read_is_refused() {
+        let policies = PathBuf::from("/etc/portcullis/policies");
+        let mut config = PolicyFilesConfig {
+            allowed_dirs: vec!["/etc/portcullis/secrets".into()],
+            tenants: BTreeMap::new(),
+        };
+        config
+            .tenants
+            .insert("acme".into(), vec!["/etc/portcullis/secrets/acme".into()]);
+        let e = config.validate(&policies).unwrap_err();
+        assert!(
+            e.contains("policy_files.tenants.acme") && e.contains("every tenant"),
+            "{e}"
+        );
+        config.allowed_dirs.clear();
+        config.validate(&policies).unwrap();
+        config
+            .tenants
+            .insert("globex".into(), vec!["/etc/portcullis/secrets".into()]);
+        let e = config.validate(&policies).unwrap_err();
+        assert!(e.contains("overlaps"), "{e}");
+        config.tenants.insert(
+            "globex".into(),
+            vec!["/etc/portcullis/policies/globex".into()],
+        );
+        let e = config.validate(&policies).unwrap_err();
+        assert!(e.contains("the policy directory"), "{e}");
+        config.tenants.insert("globex".into(), vec!["".into()]);
+        assert!(
+            config
+                .validate(&policies)
+                .unwrap_err()
+                .contains("empty path")
+        );
     }
 
     #[test]

@@ -284,7 +284,8 @@ impl Reason {
     }
 }
 
-const ALL: [Reason; 46] = [
+/// Every reason, for tests that must cover them all.
+pub(super) const ALL: [Reason; 46] = [
     Reason::Allowed,
     Reason::DefaultAllow,
     Reason::CorsPreflight,

@@ -18,7 +18,8 @@ use super::jwt;
 use super::spec::EnvoyJwtSpec;
 
 /// The verified claims for `spec`, if Envoy left any; `scope`/`scp` of more
-/// than `max_claim_items` scopes is `claims_too_large`, as for a JWT.
+/// than `max_claim_items` scopes, or claims past [`super::claims_bound`], is
+/// `claims_too_large`, as for a JWT.
 pub(super) fn envoy_jwt(
     spec: &EnvoyJwtSpec,
     input: &Input,
@@ -66,6 +67,10 @@ pub(super) fn envoy_jwt(
         jwt::TokenError::ClaimsTooLarge => IdentityError::Token(e),
         _ => IdentityError::BadClaims("scope or scp is not a string or a list of strings"),
     })?;
+    // Envoy verified the payload but bounded nothing in it: our bounds on
+    // size, depth and elements, as for every claims document.
+    super::claims_bound::within(&claims, max_claim_items)
+        .map_err(|_| IdentityError::Token(jwt::TokenError::ClaimsTooLarge))?;
     Ok(Some(Identity {
         method: AuthMethod::EnvoyJwt,
         subject,
@@ -144,6 +149,43 @@ mod tests {
             e.err().unwrap().reason(),
             crate::foundation::reason::Reason::ClaimsTooLarge
         );
+    }
+
+    #[test]
+    fn the_payload_is_bounded_in_bytes_depth_and_elements() {
+        use crate::foundation::limits::{MAX_CLAIMS_BYTES, MAX_CLAIMS_DEPTH};
+        use crate::foundation::reason::Reason;
+        let iss = "https://idp.example";
+        let too_large = |payload: Json| {
+            verified(payload).err().map(|e| e.reason()) == Some(Reason::ClaimsTooLarge)
+        };
+        // Bytes: a note that makes the document exactly the bound, then one more.
+        let base = serde_json::to_string(&json!({ "iss": iss, "note": "" }))
+            .unwrap()
+            .len();
+        let note = |n: usize| json!({ "iss": iss, "note": "x".repeat(n) });
+        assert!(verified(note(MAX_CLAIMS_BYTES - base)).unwrap().is_some());
+        assert!(too_large(note(MAX_CLAIMS_BYTES - base + 1)));
+        // Depth: the document is level 1, so `MAX_CLAIMS_DEPTH - 1` objects in it.
+        let nest = |levels: usize| {
+            let mut v = json!(1);
+            for _ in 0..levels {
+                v = json!({ "a": v });
+            }
+            json!({ "iss": iss, "nest": v })
+        };
+        assert!(verified(nest(MAX_CLAIMS_DEPTH - 1)).unwrap().is_some());
+        assert!(too_large(nest(MAX_CLAIMS_DEPTH)));
+        // Elements: any array or object, not only scopes (the bound here is 4).
+        assert!(
+            verified(json!({ "iss": iss, "groups": [1, 2, 3, 4] }))
+                .unwrap()
+                .is_some()
+        );
+        assert!(too_large(json!({ "iss": iss, "groups": [1, 2, 3, 4, 5] })));
+        assert!(too_large(
+            json!({ "iss": iss, "a": 1, "b": 2, "c": 3, "d": 4 })
+        ));
     }
 
     #[test]

@@ -354,6 +354,10 @@ impl Introspector {
         response
             .entry("iss")
             .or_insert_with(|| Json::String(self.issuer.clone()));
+        // The answer may be 256 KiB; the claims conditions see may not.
+        if super::claims_bound::within(&response, max_items).is_err() {
+            return inactive(TokenError::ClaimsTooLarge);
+        }
         let until = now
             .saturating_add(self.cache_ttl)
             .min(exp.unwrap_or(u64::MAX));

@@ -788,6 +788,9 @@ fn check_claims(
             None => claims.remove(name),
         };
     }
+    // After splitting and mapping: what conditions will see.
+    super::claims_bound::within(&claims, max_claim_items)
+        .map_err(|_| TokenError::ClaimsTooLarge)?;
     Ok(Verified {
         issuer: issuer.issuer.clone(),
         subject,

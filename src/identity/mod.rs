@@ -21,6 +21,7 @@ mod api_keys;
 mod authenticate;
 pub mod binding;
 mod caller;
+pub mod claims_bound;
 mod config;
 pub mod counters;
 mod envoy_jwt;

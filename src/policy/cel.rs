@@ -20,6 +20,22 @@ pub const MAX_CONDITION_NODES: usize = 512;
 /// The variables a condition can read.
 pub const ROOTS: [&str; 4] = ["claims", "resource", "context", "data"];
 
+/// CEL's type identifiers, the values `type(x)` is compared with
+/// (`type(resource.body) == map`). They are names the language defines, not
+/// variables, so the static check lets them through beside [`ROOTS`].
+pub const TYPE_NAMES: [&str; 10] = [
+    "bool",
+    "int",
+    "uint",
+    "double",
+    "string",
+    "bytes",
+    "list",
+    "map",
+    "null_type",
+    "type",
+];
+
 /// The fields of `resource` a condition can read (see `docs/policy.md`).
 pub const RESOURCE_FIELDS: [&str; 13] = [
     "host",
@@ -454,7 +470,8 @@ impl Check {
                 if !shadowed && name == "context" {
                     self.reads.context = Fields::All;
                 }
-                if !ROOTS.contains(&name.as_str()) && !shadowed {
+                let known = ROOTS.contains(&name.as_str()) || TYPE_NAMES.contains(&name.as_str());
+                if !known && !shadowed {
                     return Err(format!(
                         "condition reads unknown variable {name:?}; conditions see claims, resource, context and data"
                     ));

@@ -18,7 +18,7 @@
 //! | root | elements | bytes | bounded by |
 //! |------|----------|-------|------------|
 //! | `resource.body` | 256 | 64 KiB | `MAX_BODY_COLLECTION_LEN`, `max_body_bytes` |
-//! | `claims` | 4,096 | 8 KiB | `MAX_CLAIM_ITEMS_CEILING` (the most `limits.max_claim_items` may be), `max_token_bytes` |
+//! | `claims` | 4,096 | 8 KiB | `MAX_CLAIM_ITEMS_CEILING` (the most `limits.max_claim_items` may be), `MAX_CLAIMS_BYTES` (every identity source, see `identity::claims_bound`) |
 //! | `data` | 131,072 | 256 KiB | `MAX_DATA_FILE_BYTES` |
 //! | other `resource`, `context` | 49,152 | 96 KiB | `max_header_bytes` (the query is in `:path`) |
 //!
@@ -78,7 +78,7 @@ const BODY: Size = Size {
 };
 const CLAIMS: Size = Size {
     items: crate::foundation::limits::MAX_CLAIM_ITEMS_CEILING as u64,
-    bytes: crate::identity::jwt::MAX_TOKEN_BYTES as u64,
+    bytes: crate::foundation::limits::MAX_CLAIMS_BYTES as u64,
 };
 const DATA: Size = Size {
     items: (crate::policy::data::MAX_DATA_FILE_BYTES / 2) as u64,

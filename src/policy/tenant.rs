@@ -211,6 +211,8 @@ pub struct CompiledTenant {
     pub mode: Mode,
     /// Request headers the decision log records (never credentials).
     pub log_headers: Vec<String>,
+    /// What a refused client is told; `None` leaves it to the server.
+    pub client_errors: Option<crate::foundation::client_errors::ClientErrors>,
     pub(crate) cors: Option<Cors>,
     /// The rules, resources and response; shared with every tenant whose
     /// files have the same (see [`rule_set`]).

@@ -5,6 +5,7 @@
 //!
 //! Never imports: the pipeline or anything above it.
 
+use crate::foundation::policy_files::PolicyFilesConfig;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -92,17 +93,18 @@ pub fn compile_with(
     compile_limited(
         file,
         text,
-        allowed_dirs,
+        &PolicyFilesConfig::from(allowed_dirs.to_vec()),
         &crate::foundation::limits::Limits::default(),
     )
 }
 
 /// [`compile_with`] under the server's `limits` (rules per tenant, token size,
-/// token and replay caches).
+/// token and replay caches) and its whole `policy_files` (shared directories
+/// and each tenant's own).
 pub fn compile_limited(
     file: &Path,
     text: &str,
-    allowed_dirs: &[PathBuf],
+    allowed_dirs: &PolicyFilesConfig,
     limits: &crate::foundation::limits::Limits,
 ) -> Result<CompiledTenant, Vec<PolicyError>> {
     // Nesting and aliases are bounded before any parse: the parser's time grows
@@ -124,7 +126,7 @@ pub fn compile_limited(
 fn compile_split(
     file: &Path,
     text: &str,
-    allowed_dirs: &[PathBuf],
+    allowed_dirs: &PolicyFilesConfig,
     limits: &crate::foundation::limits::Limits,
     split: Option<sections::Split<'_>>,
 ) -> Result<CompiledTenant, Vec<PolicyError>> {
@@ -205,10 +207,7 @@ fn compile_split(
 
     // A bare file name has the empty parent, which would resolve nowhere.
     let base = file.parent().filter(|p| !p.as_os_str().is_empty());
-    let files = crate::foundation::policy_files::FileScope::new(
-        base.unwrap_or_else(|| Path::new(".")),
-        allowed_dirs,
-    );
+    let files = allowed_dirs.scope(base.unwrap_or_else(|| Path::new(".")), &spec.tenant);
     let identity = IdentityConfig::compile(&spec.identity, &spec.tenant, &files)
         .and_then(|mut i| i.apply_limits(limits, &spec.tenant).map(|()| i))
         .map_err(|e| errors.push(err(line_of(text, 0, "identity"), e)))
@@ -362,6 +361,7 @@ fn compile_split(
                 default: spec.default,
                 mode: spec.mode,
                 log_headers,
+                client_errors: spec.client_errors,
                 cors,
                 reads: Arc::clone(&set.reads),
                 heavy: (set.check_cost > crate::policy::heavy::HEAVY_CHECK_COST).then(|| {

@@ -54,6 +54,12 @@ pub struct PolicyFile {
     /// standard fields.
     #[serde(default)]
     pub audit: AuditSpec,
+    /// What a client whose credential is refused is told: `generic` (every
+    /// token failure is `invalid_token`, with no description) or `detailed`
+    /// (the exact reason). Absent: the server's `client_errors`. The decision
+    /// log, metrics and traces keep the exact reason either way.
+    #[serde(default)]
+    pub client_errors: Option<crate::foundation::client_errors::ClientErrors>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]

@@ -242,8 +242,13 @@ response:
             ..Default::default()
         };
         let _clean = tenant("key-d", RULES);
-        let errors = compile_limited(Path::new("/p/key-c.yaml"), &text, &[], &limits)
-            .expect_err("over the rule limit");
+        let errors = compile_limited(
+            Path::new("/p/key-c.yaml"),
+            &text,
+            &Default::default(),
+            &limits,
+        )
+        .expect_err("over the rule limit");
         assert!(
             errors[0].message.contains("max_rules_per_tenant"),
             "{errors:?}"

@@ -103,9 +103,12 @@ reload:
   rescan_interval: {{ $s.reload.rescanInterval }}
 shutdown_grace: {{ $s.shutdownGraceSeconds }}s
 log_format: {{ $s.logFormat }}
+client_errors: {{ $s.clientErrors | default "generic" }}
 {{- /* Policies may name files in the mounted Secrets, except those that hold
-     token-exchange signing keys and those marked policyFiles: false. */}}
+     token-exchange signing keys and those marked policyFiles: false. A Secret
+     with a tenant is that tenant's alone (policy_files.tenants). */}}
 {{- $dirs := list }}
+{{- $tenants := dict }}
 {{- range .Values.secrets }}
 {{- $dir := printf "%s/%s" (include "portcullis.secretDir" $) .name }}
 {{- $allowed := true }}
@@ -113,10 +116,15 @@ log_format: {{ $s.logFormat }}
 {{- range $s.tokenExchange.keys }}
 {{- if hasPrefix (printf "%s/" $dir) (toString .file) }}{{ $allowed = false }}{{ end }}
 {{- end }}
-{{- if $allowed }}{{ $dirs = append $dirs $dir }}{{ end }}
+{{- if and $allowed .tenant }}
+{{- $_ := set $tenants .tenant (append (get $tenants .tenant | default list) $dir) }}
+{{- else if $allowed }}{{ $dirs = append $dirs $dir }}{{ end }}
 {{- end }}
 policy_files:
   allowed_dirs: {{ toJson $dirs }}
+{{- if $tenants }}
+  tenants: {{ toJson $tenants }}
+{{- end }}
 {{- if $s.tokenExchange.issuer }}
 token_exchange:
   issuer: {{ $s.tokenExchange.issuer | quote }}

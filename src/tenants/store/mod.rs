@@ -25,6 +25,7 @@ mod reload;
 #[cfg(test)]
 mod tests;
 
+use crate::foundation::policy_files::PolicyFilesConfig;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -98,9 +99,9 @@ struct Loaded {
 #[derive(Debug)]
 pub struct PolicyStore {
     dir: PathBuf,
-    /// `policy_files.allowed_dirs`: where, besides `dir`, files that policies
-    /// name may be.
-    allowed_dirs: Vec<PathBuf>,
+    /// `policy_files`: where, besides `dir`, files that policies name may be
+    /// (the shared `allowed_dirs`, and each tenant's own).
+    allowed_dirs: PolicyFilesConfig,
     tenants: DashMap<TenantId, Arc<CompiledTenant>>,
     hosts: ArcSwap<HostIndex>,
     status: ArcSwap<StoreStatus>,
@@ -136,7 +137,7 @@ impl PolicyStore {
     pub fn new(dir: impl Into<PathBuf>) -> PolicyStore {
         PolicyStore {
             dir: dir.into(),
-            allowed_dirs: Vec::new(),
+            allowed_dirs: PolicyFilesConfig::default(),
             tenants: DashMap::new(),
             hosts: ArcSwap::from_pointee(HostIndex::default()),
             status: ArcSwap::from_pointee(StoreStatus::default()),
@@ -163,7 +164,14 @@ impl PolicyStore {
 
     /// Lets policies name files in `dirs` as well as in the policy directory.
     pub fn with_allowed_dirs(mut self, dirs: Vec<PathBuf>) -> PolicyStore {
-        self.allowed_dirs = dirs;
+        self.allowed_dirs = PolicyFilesConfig::from(dirs);
+        self
+    }
+
+    /// The server's `policy_files`: shared directories, and each tenant's
+    /// own, which no other tenant's file may name.
+    pub fn with_policy_files(mut self, files: PolicyFilesConfig) -> PolicyStore {
+        self.allowed_dirs = files;
         self
     }
 
