@@ -113,8 +113,13 @@ struct Server {
     c: AuthorizationClient<Channel>,
 }
 
+/// A server that tells clients the exact reason (`client_errors: detailed`),
+/// so a revoked token is told `token_revoked` rather than `invalid_token`.
 async fn start(dir: &Path) -> Server {
-    let running = support::start_portcullis(dir).await;
+    let running = support::start_portcullis_with(dir, |c| {
+        c.client_errors = portcullis::foundation::client_errors::ClientErrors::Detailed;
+    })
+    .await;
     let c = AuthorizationClient::connect(format!("http://{}", running.grpc_addr.unwrap()))
         .await
         .unwrap();
