@@ -374,13 +374,9 @@ rules:
 /// second listener `small` whose Envoy buffers less than portcullis' limit
 /// (a misconfiguration that `content-length` still catches).
 fn envoy_config(portcullis: SocketAddr, upstream: SocketAddr) -> String {
-    let text = std::fs::read_to_string(support::repo_root().join("examples/envoy/envoy.yaml"))
-        .expect("example envoy config");
-    let mut cfg: Value = serde_yaml::from_str(&text).expect("example config is YAML");
-    cfg["admin"]["address"]["socket_address"]["port_value"] = json!(0);
+    let mut cfg = support::example_envoy_config();
     let resources = &mut cfg["static_resources"];
     let listener = &mut resources["listeners"][0];
-    listener["address"]["socket_address"]["port_value"] = json!(0);
     let mut small = listener.clone();
     small["name"] = json!("small");
     let filters = small["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]

@@ -21,13 +21,9 @@ const GLOBEX_ISSUER: &str = "https://idp.globex.example";
 /// The example Envoy config, with ports bound by the test, `jwt_authn` in front
 /// of ext_authz, and a second listener whose ext_authz cluster is dead.
 fn e2e_config(portcullis: SocketAddr, upstream: SocketAddr, dead_port: u16, jwks: &str) -> String {
-    let text = std::fs::read_to_string(support::repo_root().join("examples/envoy/envoy.yaml"))
-        .expect("example envoy config");
-    let mut cfg: Value = serde_yaml::from_str(&text).expect("example config is YAML");
-    cfg["admin"]["address"]["socket_address"]["port_value"] = json!(0);
+    let mut cfg = support::example_envoy_config();
     let resources = &mut cfg["static_resources"];
     let listener = &mut resources["listeners"][0];
-    listener["address"]["socket_address"]["port_value"] = json!(0);
     let hcm = &mut listener["filter_chains"][0]["filters"][0]["typed_config"];
     let filters = hcm["http_filters"].as_array_mut().unwrap();
     let provider = |issuer: &str| {

@@ -7,7 +7,6 @@
 mod support;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sha2::Digest as _;
@@ -95,19 +94,6 @@ async fn check(
     }
 }
 
-/// Polls until `f` holds; fails the test after the deadline.
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 struct Server {
     running: portcullis::app::serve::Running,
     c: AuthorizationClient<Channel>,
@@ -166,7 +152,7 @@ async fn a_revocation_list_broken_at_start_fails_closed_until_fixed() {
     let mut server = start(dir.path()).await;
     assert_eq!(server.outcomes().await, [revoked(), ok(), ok(), ok()]);
     write(dir.path(), "acme.revoked.yaml", BROKEN);
-    eventually("the broken edit is seen", || async {
+    support::eventually("the broken edit is seen", || async {
         let (_, body) = server.readyz().await;
         body["policy_errors"]
             .as_array()
@@ -203,7 +189,7 @@ async fn a_revocation_list_broken_at_start_fails_closed_until_fixed() {
 
     // Fixed: denied and allowed as the list says, and ready.
     write(dir.path(), "acme.revoked.yaml", &revoking("mallory"));
-    eventually("the fixed list", || async {
+    support::eventually("the fixed list", || async {
         server.readyz().await.0 == 200
     })
     .await;
@@ -234,7 +220,7 @@ async fn two_revocation_files_for_one_tenant_neither_order_wins() {
 
         // One removed: the other is the list.
         std::fs::remove_file(dir.path().join("a.revoked.yaml")).unwrap();
-        eventually("one list left", || async { server.readyz().await.0 == 200 }).await;
+        support::eventually("one list left", || async { server.readyz().await.0 == 200 }).await;
         let revoked_one = if second == "mallory" {
             [revoked(), ok(), ok(), ok()]
         } else {
@@ -300,7 +286,7 @@ async fn deeply_nested_files_are_refused_with_their_line_at_start_and_on_reload(
 
         // On reload: acme's file turns hostile; its rules and globex keep serving.
         write(dir.path(), "acme.yaml", &hostile(&head("acme"))[nested]);
-        eventually("the hostile reload is refused", || async {
+        support::eventually("the hostile reload is refused", || async {
             let (_, body) = server.readyz().await;
             body["policy_errors"]
                 .to_string()

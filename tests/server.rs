@@ -55,19 +55,6 @@ fn write_atomically(dir: &Path, name: &str, text: &str) {
     std::fs::rename(&tmp, dir.join(name)).unwrap();
 }
 
-/// Polls until `f` holds; fails the test after the deadline.
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 const POLICY_V1: &str = "apiVersion: portcullis/v1\ntenant: t1\nhosts: [t1.example]\nrules:\n  - id: open\n    path: /open\n    effect: allow\n    public: true\n";
 const POLICY_V2: &str = "apiVersion: portcullis/v1\ntenant: t1\nhosts: [t1.example]\nrules:\n  - id: open-v2\n    path: /open2\n    effect: allow\n    public: true\n";
 const POLICY_BROKEN: &str = "apiVersion: portcullis/v1\ntenant: t1\nrules:\n  - id: bad\n    path: /open\n    effect: allow\n    when: 'claims.x =='\n";
@@ -189,7 +176,7 @@ async fn not_ready_until_policies_load_then_reload_swaps_and_broken_keeps_old() 
 
     // A policy appears: the watcher loads it; serving, ready, and allowing.
     write_atomically(dir.path(), "t1.yaml", POLICY_V1);
-    eventually("policy load", || {
+    support::eventually("policy load", || {
         let mut health = health.clone();
         let service = service.clone();
         async move {
@@ -207,7 +194,7 @@ async fn not_ready_until_policies_load_then_reload_swaps_and_broken_keeps_old() 
 
     // A broken version: the old rules keep serving; the error names file and line.
     write_atomically(dir.path(), "t1.yaml", POLICY_BROKEN);
-    eventually("reload error", || async {
+    support::eventually("reload error", || async {
         let r = http(server.admin_addr, "GET", "/readyz", &[], None).await;
         r.json()["policy_errors"]
             .as_array()
@@ -227,7 +214,7 @@ async fn not_ready_until_policies_load_then_reload_swaps_and_broken_keeps_old() 
     // A good new version replaces it; every decision names the digest.
     write_atomically(dir.path(), "t1.yaml", POLICY_V2);
     let digest_v2 = portcullis::tenants::digest_of(POLICY_V2.as_bytes());
-    eventually("v2", || {
+    support::eventually("v2", || {
         let mut c = c.clone();
         let digest_v2 = digest_v2.clone();
         async move {
@@ -321,7 +308,7 @@ async fn shutdown_finishes_in_flight_checks_and_refuses_new_connections() {
     // Shut down while the check is in flight.
     let stopping = tokio::spawn(server.stop());
     // New connections are refused once the listener closes.
-    eventually("listener closed", || async {
+    support::eventually("listener closed", || async {
         tokio::net::TcpStream::connect(addr).await.is_err()
     })
     .await;
@@ -435,7 +422,7 @@ async fn sigterm_under_load_finishes_in_flight_checks_and_exits_zero() {
             }
         });
     }
-    eventually("the load to run", || async {
+    support::eventually("the load to run", || async {
         answered.load(std::sync::atomic::Ordering::Relaxed) >= 100
     })
     .await;
@@ -461,7 +448,7 @@ async fn sigterm_under_load_finishes_in_flight_checks_and_exits_zero() {
         .status()
         .unwrap();
     assert!(status.success());
-    eventually("listener closed", || async {
+    support::eventually("listener closed", || async {
         tokio::net::TcpStream::connect(addr).await.is_err()
     })
     .await;
@@ -558,7 +545,7 @@ async fn configmap_symlink_swap_loads_as_one_generation() {
         &[("t1.yaml", POLICY_V2), ("t2.yaml", &t2_v2)],
     );
     let want = portcullis::tenants::digest_of(POLICY_V2.as_bytes());
-    eventually("swap", || async {
+    support::eventually("swap", || async {
         server
             .store
             .tenant("t1")
@@ -641,7 +628,7 @@ async fn a_watched_rewrite_of_one_tenant_reads_that_file_alone() {
         let v2 = tenant(7, rule);
         write_atomically(dir.path(), "t7.yaml", &v2);
         let want = portcullis::tenants::digest_of(v2.as_bytes());
-        eventually("t7 reloaded", || async {
+        support::eventually("t7 reloaded", || async {
             server
                 .store
                 .tenant("t7")
@@ -733,7 +720,7 @@ async fn a_heavy_tenant_under_load_does_not_stall_a_light_one() {
             }
         });
     }
-    eventually("the heavy load to run", || async {
+    support::eventually("the heavy load to run", || async {
         heavy_answers.load(std::sync::atomic::Ordering::Relaxed) >= clients as u32
     })
     .await;
@@ -794,7 +781,7 @@ async fn envoys_deadline_stops_an_abandoned_check_between_conditions() {
     );
 
     let mut line = String::new();
-    eventually("the abandoned check's decision", || {
+    support::eventually("the abandoned check's decision", || {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         line = text
             .lines()
@@ -968,7 +955,7 @@ async fn generic_client_errors_hide_the_reason_and_the_decision_log_keeps_it() {
 
     // The decision log keeps every exact reason.
     let mut text = String::new();
-    eventually("the decision log lines", || {
+    support::eventually("the decision log lines", || {
         text = std::fs::read_to_string(&log).unwrap_or_default();
         std::future::ready(ids.iter().all(|(_, id)| text.contains(id.as_str())))
     })

@@ -325,3 +325,28 @@ pub fn raw_claims(claims: serde_json::Value) -> jwt_simple::claims::JWTClaims<se
         custom: claims,
     }
 }
+
+/// Polls until `f` holds (every 25 ms); fails the test after 20 s.
+pub async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The shipped `examples/envoy/envoy.yaml` as JSON, with its admin and first
+/// listener on port 0 (Envoy binds free ports; `Envoy::listener` finds them).
+pub fn example_envoy_config() -> serde_json::Value {
+    let text = std::fs::read_to_string(repo_root().join("examples/envoy/envoy.yaml"))
+        .expect("example envoy config");
+    let mut cfg: serde_json::Value = serde_yaml::from_str(&text).expect("example config is YAML");
+    cfg["admin"]["address"]["socket_address"]["port_value"] = serde_json::json!(0);
+    cfg["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] =
+        serde_json::json!(0);
+    cfg
+}
