@@ -153,6 +153,11 @@ impl PolicyStore {
         self
     }
 
+    /// The directories, besides the policy directory, that named files may be in.
+    pub fn allowed_dirs(&self) -> &[PathBuf] {
+        &self.allowed_dirs
+    }
+
     /// The tenant's data document, if it has one.
     pub fn data(&self, tenant: &str) -> Option<Arc<DataDoc>> {
         self.data.get(tenant).map(|d| Arc::clone(d.value()))
