@@ -150,6 +150,19 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                 .with_permits(Arc::clone(&permits)),
             )))
     };
+    // One gRPC server on `incoming` (plain or TLS: different types), stopped
+    // with the rest.
+    macro_rules! serve {
+        ($incoming:expr, $what:literal) => {{
+            let (router, incoming, s) = (make_router()?, $incoming, stopped());
+            tasks.spawn(async move {
+                router
+                    .serve_with_incoming_shutdown(incoming, s)
+                    .await
+                    .context($what)
+            });
+        }};
+    }
     let mut grpc_addr = None;
     if let Some(addr) = config.listen {
         let listener = TcpListener::bind(addr)
@@ -171,26 +184,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                     Err(e) => Some(Err(e)),
                 }
             });
-        let router = make_router()?;
-        let s = stopped();
         match &tls {
-            Some(tls) => {
-                let incoming = tls_accept::accept(with_conn(incoming), Arc::clone(tls));
-                tasks.spawn(async move {
-                    router
-                        .serve_with_incoming_shutdown(incoming, s)
-                        .await
-                        .context("gRPC server failed")
-                });
-            }
-            None => {
-                tasks.spawn(async move {
-                    router
-                        .serve_with_incoming_shutdown(incoming, s)
-                        .await
-                        .context("gRPC server failed")
-                });
-            }
+            Some(tls) => serve!(
+                tls_accept::accept(with_conn(incoming), Arc::clone(tls)),
+                "gRPC server failed"
+            ),
+            None => serve!(incoming, "gRPC server failed"),
         }
     }
     if let Some(path) = &config.unix_socket {
@@ -209,26 +208,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                     Err(e) => Some(Err(e)),
                 }
             });
-        let router = make_router()?;
-        let s = stopped();
         match &tls {
-            Some(tls) => {
-                let incoming = tls_accept::accept(with_conn(incoming), Arc::clone(tls));
-                tasks.spawn(async move {
-                    router
-                        .serve_with_incoming_shutdown(incoming, s)
-                        .await
-                        .context("gRPC server on unix socket failed")
-                });
-            }
-            None => {
-                tasks.spawn(async move {
-                    router
-                        .serve_with_incoming_shutdown(incoming, s)
-                        .await
-                        .context("gRPC server on unix socket failed")
-                });
-            }
+            Some(tls) => serve!(
+                tls_accept::accept(with_conn(incoming), Arc::clone(tls)),
+                "gRPC server on unix socket failed"
+            ),
+            None => serve!(incoming, "gRPC server on unix socket failed"),
         }
     }
 
