@@ -105,14 +105,23 @@ impl NamedFile {
     /// settled before the read) is taken as unchanged without a read.
     pub fn changed(&self) -> bool {
         use std::io::Read as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
         let Ok(meta) = std::fs::metadata(&self.path) else {
             return true;
         };
         if self.settled && stamp_of(&meta) == self.stamp {
             return false;
         }
+        // Anything but a regular file is a change (the compile refuses it);
+        // a FIFO is never opened, so a reload never waits on a writer.
+        if !meta.file_type().is_file() {
+            return true;
+        }
         let mut bytes = Vec::new();
-        let read = std::fs::File::open(&self.path)
+        let read = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&self.path)
             .and_then(|f| f.take(MAX_NAMED_FILE_BYTES + 1).read_to_end(&mut bytes));
         read.is_err() || digest(&bytes) != self.digest
     }
@@ -334,6 +343,13 @@ mod tests {
         std::fs::write(dir.path().join("key.pem"), "K").unwrap();
         assert!(key.changed());
         std::fs::remove_file(dir.path().join("key.pem")).unwrap();
+        assert!(key.changed());
+        // Swapped for a FIFO: a change, seen without waiting for a writer.
+        let made = std::process::Command::new("mkfifo")
+            .arg(dir.path().join("key.pem"))
+            .status()
+            .unwrap();
+        assert!(made.success());
         assert!(key.changed());
     }
 
