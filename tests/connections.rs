@@ -462,3 +462,79 @@ static_resources:
         port = portcullis.port()
     )
 }
+
+/// With TLS, a handshake in progress is a connection like any other: it holds
+/// its place under `connections.max_grpc` from the accept, the header-read
+/// timeout (handshake included) closes it, and one client that never starts
+/// its handshake does not hold up another's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_tls_handshakes_are_capped_and_timed_out() {
+    use tonic::transport::{Certificate, ClientTlsConfig};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("t1.yaml"), POLICY).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["portcullis.test".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(dir.path().join("server.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("server.key"), key.serialize_pem()).unwrap();
+    let cap = 8;
+    let at = |n: &str| dir.path().join(n);
+    let server = support::start_portcullis_with(dir.path(), |c| {
+        c.connections = ConnectionsConfig {
+            max_grpc: cap,
+            header_read_timeout: Duration::from_millis(500),
+            ..ConnectionsConfig::default()
+        };
+        c.tls = Some(portcullis::transport::tls::GrpcTlsConfig {
+            cert_file: at("server.pem"),
+            key_file: at("server.key"),
+            client_ca_file: None,
+            allowed_clients: Vec::new(),
+            reload_interval: portcullis::transport::tls::DEFAULT_RELOAD_INTERVAL,
+        });
+    })
+    .await;
+    let (grpc, admin) = (server.grpc_addr.unwrap(), server.admin_addr);
+    let tls_client = || async {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(cert.pem()))
+            .domain_name("portcullis.test");
+        let channel = Channel::from_shared(format!("https://{grpc}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        AuthorizationClient::new(channel)
+    };
+
+    // All but one place held by clients that never send a ClientHello: a
+    // full handshake and a check still go through the last place.
+    let mut silent = Vec::new();
+    for _ in 1..cap {
+        silent.push(TcpStream::connect(grpc).await.unwrap());
+    }
+    let open = series("connections_open", "grpc");
+    until_metric(admin, &open, (cap - 1) as f64).await;
+    let mut client = tls_client().await;
+    assert_eq!(check(&mut client).await.unwrap(), 200);
+    until_metric(admin, &open, cap as f64).await;
+
+    // Full: one more is closed at accept, before any handshake.
+    let mut extra = TcpStream::connect(grpc).await.unwrap();
+    closed_by_server(&mut extra).await;
+    until_metric(admin, &series("connections_refused_total", "grpc"), 1.0).await;
+
+    // The silent ones are closed at the header-read timeout; the served
+    // connection stays.
+    for s in &mut silent {
+        closed_by_server(s).await;
+    }
+    until_metric(admin, &timed_out("grpc", "header_read"), (cap - 1) as f64).await;
+    until_metric(admin, &open, 1.0).await;
+    assert_eq!(check(&mut client).await.unwrap(), 200);
+    server.stop().await.unwrap();
+}

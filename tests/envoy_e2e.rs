@@ -1254,13 +1254,17 @@ fn example_envoy_configs_are_valid_for_envoy() {
 }
 
 /// A CA and the certificates of the gRPC listener's TLS test: the server
-/// (`portcullis.test`), Envoy's client certificate, and a client certificate
-/// from another CA that portcullis does not trust.
+/// (`portcullis.test`, and a second one for a rotation), Envoy's client
+/// certificate (DNS SAN `envoy`, SPIFFE ID `spiffe://cluster.local/ns/x/sa/envoy`),
+/// another workload's from the same CA (`spiffe://cluster.local/ns/x/sa/other`),
+/// and a client certificate from another CA that portcullis does not trust.
 struct GrpcPki {
     dir: tempfile::TempDir,
     ca_pem: String,
     envoy: (String, String),
+    workload: (String, String),
     rogue: (String, String),
+    server2: (String, String),
 }
 
 fn grpc_pki() -> GrpcPki {
@@ -1278,6 +1282,12 @@ fn grpc_pki() -> GrpcPki {
     let leaf = |issuer: &Issuer<'_, KeyPair>, name: &str| {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+        if let Some(sa) = ["envoy", "other"].into_iter().find(|n| *n == name) {
+            let id = format!("spiffe://cluster.local/ns/x/sa/{sa}");
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::URI(id.as_str().try_into().unwrap()));
+        }
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, name);
@@ -1304,7 +1314,9 @@ fn grpc_pki() -> GrpcPki {
         dir,
         ca_pem,
         envoy,
+        workload: leaf(&issuer, "other"),
         rogue: leaf(&rogue_issuer, "rogue"),
+        server2: leaf(&issuer, "portcullis.test"),
     }
 }
 
@@ -1348,12 +1360,15 @@ async fn grpc_call_tls(
     }
 }
 
-/// The gRPC listener with TLS and a client CA: Envoy, holding a client
-/// certificate from that CA (an `UpstreamTlsContext` on the ext_authz
-/// cluster), gets decisions, allow and deny; a direct client without a
-/// certificate, with one from another CA, or without TLS at all, gets none.
+/// The gRPC listener with TLS, a client CA and `allowed_clients`: Envoy,
+/// holding a client certificate from that CA (an `UpstreamTlsContext` on the
+/// ext_authz cluster) with the allowed SPIFFE ID, gets decisions, allow and
+/// deny; another workload with a certificate from the same CA is answered
+/// `PERMISSION_DENIED` and counted; a direct client without a certificate,
+/// with one from another CA, or without TLS at all, gets none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_envoy_with_a_client_certificate_gets_decisions() {
+    use portcullis::transport::clients::AllowedClient;
     let pki = grpc_pki();
     let at = |name: &str| pki.dir.path().join(name);
     let portcullis = support::start_portcullis_with(&support::example_policies(), |c| {
@@ -1361,6 +1376,10 @@ async fn only_envoy_with_a_client_certificate_gets_decisions() {
             cert_file: at("server.pem"),
             key_file: at("server.key"),
             client_ca_file: Some(at("ca.pem")),
+            allowed_clients: vec![AllowedClient::Spiffe(
+                "spiffe://cluster.local/ns/x/sa/envoy".into(),
+            )],
+            reload_interval: portcullis::transport::tls::DEFAULT_RELOAD_INTERVAL,
         });
     })
     .await;
@@ -1420,6 +1439,24 @@ async fn only_envoy_with_a_client_certificate_gets_decisions() {
     // Direct: Envoy's certificate works; no certificate, another CA's
     // certificate, or plaintext gets no decision.
     grpc_call_tls(grpc, &pki, Some(&pki.envoy)).await.unwrap();
+    // The same CA, another identity: the handshake completes, the call is
+    // refused, and nothing of the identity is in the metric.
+    let e = grpc_call_tls(grpc, &pki, Some(&pki.workload))
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("does not have permission") && e.contains("not in tls.allowed_clients"),
+        "{e}"
+    );
+    let metrics = http(portcullis.admin_addr, "GET", "/metrics", &[], None).await;
+    let refused = metrics.body.clone();
+    assert!(
+        refused
+            .lines()
+            .any(|l| l.starts_with("portcullis_grpc_clients_refused_total 1")),
+        "{refused}"
+    );
+    assert!(!refused.contains("sa/other"), "no identity in metrics");
     let e = grpc_call_tls(grpc, &pki, None).await.unwrap_err();
     println!("mtls: a client without a certificate: {e}");
     let e = grpc_call_tls(grpc, &pki, Some(&pki.rogue))
@@ -1450,6 +1487,164 @@ async fn only_envoy_with_a_client_certificate_gets_decisions() {
     let again = http(main, "GET", "/docs/intro", &[acme], None).await;
     assert_eq!(again.status, 200, "{again:?}");
     drop(envoy);
+    portcullis.stop().await.unwrap();
+}
+
+/// The leaf certificate portcullis presents to a new TLS connection (with
+/// Envoy's client certificate).
+async fn served_certificate(addr: SocketAddr, pki: &GrpcPki) -> Vec<u8> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let chain = CertificateDer::pem_slice_iter(pki.envoy.0.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(pki.envoy.1.as_bytes()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("portcullis.test").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn pem_der(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+/// A Secret volume's update: a new `..<version>` directory, then `..data`
+/// renamed onto a link to it; the files are links through `..data`.
+fn swap_secret(mount: &std::path::Path, version: &str, files: &[(&str, &str)]) {
+    let dir = mount.join(format!("..{version}"));
+    std::fs::create_dir(&dir).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).unwrap();
+        let link = mount.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{name}"), link).unwrap();
+        }
+    }
+    let tmp = mount.join("..data_tmp");
+    std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
+    std::fs::rename(&tmp, mount.join("..data")).unwrap();
+}
+
+/// The listener's certificate and key in a Secret-style mount, rotated under a
+/// running server: new handshakes see the new certificate without a restart,
+/// and a broken rotation (junk in place of the certificate) is refused and
+/// counted while the last good certificate keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_server_certificate_serves_new_handshakes_and_a_broken_one_is_refused() {
+    let pki = grpc_pki();
+    let mount = pki.dir.path().join("secret");
+    std::fs::create_dir(&mount).unwrap();
+    let first = std::fs::read_to_string(pki.dir.path().join("server.pem")).unwrap();
+    let first_key = std::fs::read_to_string(pki.dir.path().join("server.key")).unwrap();
+    swap_secret(
+        &mount,
+        "v1",
+        &[
+            ("tls.crt", &first),
+            ("tls.key", &first_key),
+            ("ca.crt", &pki.ca_pem),
+        ],
+    );
+    let portcullis = support::start_portcullis_with(&support::example_policies(), |c| {
+        c.tls = Some(portcullis::transport::tls::GrpcTlsConfig {
+            cert_file: mount.join("tls.crt"),
+            key_file: mount.join("tls.key"),
+            client_ca_file: Some(mount.join("ca.crt")),
+            allowed_clients: Vec::new(),
+            reload_interval: std::time::Duration::from_millis(50),
+        });
+    })
+    .await;
+    let grpc = portcullis.grpc_addr.unwrap();
+    assert_eq!(served_certificate(grpc, &pki).await, pem_der(&first));
+    grpc_call_tls(grpc, &pki, Some(&pki.envoy)).await.unwrap();
+
+    let reloads = |result: &'static str| async move {
+        let m = http(portcullis.admin_addr, "GET", "/metrics", &[], None).await;
+        let line = format!("portcullis_tls_reloads_total{{result=\"{result}\"}} ");
+        m.body
+            .lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    swap_secret(
+        &mount,
+        "v2",
+        &[
+            ("tls.crt", &pki.server2.0),
+            ("tls.key", &pki.server2.1),
+            ("ca.crt", &pki.ca_pem),
+        ],
+    );
+    let second = pem_der(&pki.server2.0);
+    while served_certificate(grpc, &pki).await != second {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new certificate never served"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    grpc_call_tls(grpc, &pki, Some(&pki.envoy)).await.unwrap();
+    assert_eq!(reloads("ok").await, 1);
+
+    // Broken: junk for the certificate, then a certificate without its key.
+    swap_secret(
+        &mount,
+        "v3",
+        &[
+            ("tls.crt", "not a certificate"),
+            ("tls.key", &pki.server2.1),
+            ("ca.crt", &pki.ca_pem),
+        ],
+    );
+    while reloads("error").await < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "broken rotation never seen"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    swap_secret(
+        &mount,
+        "v4",
+        &[
+            ("tls.crt", &first),
+            ("tls.key", &pki.server2.1),
+            ("ca.crt", &pki.ca_pem),
+        ],
+    );
+    while reloads("error").await < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mismatched key never seen"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        served_certificate(grpc, &pki).await,
+        second,
+        "old one serves"
+    );
+    grpc_call_tls(grpc, &pki, Some(&pki.envoy)).await.unwrap();
+    assert_eq!(reloads("ok").await, 1);
     portcullis.stop().await.unwrap();
 }
 

@@ -1630,3 +1630,113 @@ async fn keys_from_a_provider_behind_a_private_ca_and_mutual_tls() {
     }
     assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+/// A Kubernetes Secret volume: `name -> ..data/name`, `..data -> ..<version>`;
+/// an update writes a new version directory and renames a new `..data` link
+/// over the old one.
+fn secret_version(mount: &Path, version: &str, name: &str, text: &str) {
+    let dir = mount.join(format!("..{version}"));
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join(name), text).unwrap();
+    let tmp = mount.join("..data_tmp");
+    std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
+    std::fs::rename(&tmp, mount.join("..data")).unwrap();
+    let link = mount.join(name);
+    if std::fs::symlink_metadata(&link).is_err() {
+        std::os::unix::fs::symlink(format!("..data/{name}"), link).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_rotated_jwks_file_is_picked_up_without_a_policy_change_or_restart() {
+    use portcullis::foundation::proto::auth::authorization_client::AuthorizationClient;
+    use portcullis::foundation::proto::auth::check_response::HttpResponse;
+
+    let root = tempfile::tempdir().unwrap();
+    let (policies, secret) = (root.path().join("policies"), root.path().join("secret"));
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::create_dir(&secret).unwrap();
+    let old = ES256KeyPair::generate().with_key_id("old");
+    let new = ES256KeyPair::generate().with_key_id("new");
+    let jwks = |keys: &[&ES256KeyPair]| {
+        let keys: Vec<Value> = keys
+            .iter()
+            .map(|k| serde_json::from_str(&k.public_key().to_jwk()).unwrap())
+            .collect();
+        json!({ "keys": keys }).to_string()
+    };
+    secret_version(&secret, "v1", "jwks.json", &jwks(&[&old]));
+    let jwks_file = secret.join("jwks.json");
+    std::fs::write(
+        policies.join("acme.yaml"),
+        format!(
+            "apiVersion: portcullis/v1\ntenant: acme\nidentity:\n  jwt:\n    - issuer: {ISSUER}\n      audiences: [orders-api]\n      algorithms: [ES256]\n      jwks_file: {}\nrules:\n  - {{ id: all, path: \"/{{rest...}}\", effect: allow }}\n",
+            jwks_file.display()
+        ),
+    )
+    .unwrap();
+    let policy_before = std::fs::read(policies.join("acme.yaml")).unwrap();
+    let secret_dir = secret.clone();
+    let server = support::start_portcullis_with(&policies, move |c| {
+        c.policy_files.allowed_dirs = vec![secret_dir];
+    })
+    .await;
+    let mut client = AuthorizationClient::connect(format!("http://{}", server.grpc_addr.unwrap()))
+        .await
+        .unwrap();
+    let token = |key: &ES256KeyPair| key.sign(jwt_claims(&claims(ISSUER))).unwrap();
+    let (old_token, new_token) = (token(&old), token(&new));
+    let allowed = async |client: &mut AuthorizationClient<_>, token: &str| {
+        let r = client
+            .check(request("acme", "/x", bearer(token)))
+            .await
+            .unwrap()
+            .into_inner();
+        matches!(r.http_response, Some(HttpResponse::OkResponse(_)))
+    };
+    assert!(allowed(&mut client, &old_token).await);
+    assert!(!allowed(&mut client, &new_token).await, "not yet published");
+
+    // Both keys published (the overlap of a rotation), then the old removed.
+    secret_version(&secret, "v2", "jwks.json", &jwks(&[&old, &new]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !allowed(&mut client, &new_token).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new key never accepted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(
+        allowed(&mut client, &old_token).await,
+        "both keys published"
+    );
+
+    secret_version(&secret, "v3", "jwks.json", &jwks(&[&new]));
+    while allowed(&mut client, &old_token).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "old key never refused"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(allowed(&mut client, &new_token).await);
+
+    // A broken rotation keeps the last good keys serving, and says why.
+    secret_version(&secret, "v4", "jwks.json", "not json");
+    while server.store.status().errors.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "broken jwks never seen"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(allowed(&mut client, &new_token).await, "old compile serves");
+    assert!(!allowed(&mut client, &old_token).await);
+    assert_eq!(
+        std::fs::read(policies.join("acme.yaml")).unwrap(),
+        policy_before,
+        "the policy file was never touched"
+    );
+    server.stop().await.unwrap();
+}

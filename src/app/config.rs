@@ -232,8 +232,31 @@ mod tests {
         assert_eq!(tls.cert_file, dir.path().join("c.pem"));
         assert_eq!(tls.key_file, PathBuf::from("/k.pem"));
         assert_eq!(tls.client_ca_file, Some(dir.path().join("ca.pem")));
+        assert!(tls.allowed_clients.is_empty());
+        assert_eq!(
+            tls.reload_interval,
+            crate::transport::tls::DEFAULT_RELOAD_INTERVAL
+        );
         std::fs::write(&path, "policies: p\ntls: { cert_file: c.pem }\n").unwrap();
         assert!(Config::load(&path).unwrap_err().contains("key_file"));
+
+        // The allow-list and the reload interval, and their checks at load.
+        std::fs::write(
+            &path,
+            "policies: p\ntls: { cert_file: c.pem, key_file: k.pem, client_ca_file: ca.pem, reload_interval: 2s, allowed_clients: [{spiffe: 'spiffe://cluster.local/ns/x/sa/envoy'}, {dns: envoy.x.svc}] }\n",
+        )
+        .unwrap();
+        let tls = Config::load(&path).unwrap().tls.unwrap();
+        assert_eq!(tls.allowed_clients.len(), 2);
+        assert_eq!(tls.reload_interval, Duration::from_secs(2));
+        for bad in [
+            "tls: { cert_file: c.pem, key_file: k.pem, allowed_clients: [{dns: envoy}] }",
+            "tls: { cert_file: c.pem, key_file: k.pem, client_ca_file: ca.pem, allowed_clients: [{spiffe: 'spiffe://x'}] }",
+            "tls: { cert_file: c.pem, key_file: k.pem, reload_interval: 0s }",
+        ] {
+            std::fs::write(&path, format!("policies: p\n{bad}\n")).unwrap();
+            assert!(Config::load(&path).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -29,9 +29,12 @@ use crate::pipeline::Pipeline;
 use crate::tenants::store::PolicyStore;
 use crate::tenants::watch as policy_watch;
 use crate::transport::admin::{self, AdminState};
-use crate::transport::connections::{CountRequests, Gate, GatedListener};
+use crate::transport::clients::ClientGate;
+use crate::transport::connections::{Conn, CountRequests, Gate, GatedListener, Guarded};
 use crate::transport::net::Batched;
 use crate::transport::server::AuthzService;
+use crate::transport::tls::ServerTls;
+use crate::transport::tls_accept;
 
 /// A running server; dropped handles do not stop it, [`Running::shutdown`] does.
 #[derive(Debug)]
@@ -112,26 +115,32 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     });
 
     let permits = Arc::new(Semaphore::new(config.limits.max_concurrent_checks));
-    // Read before binding: bad certificate files stop the start.
+    // Read before binding: bad certificate files stop the start. Later
+    // changes to them are picked up by `ServerTls::watch`.
     let tls = match &config.tls {
         Some(t) => {
-            crate::transport::tls::install_crypto_provider();
-            Some(t.load().map_err(anyhow::Error::msg)?)
+            let tls = ServerTls::load(t, metrics.tls()).map_err(anyhow::Error::msg)?;
+            let tls = Arc::new(tls);
+            let (watching, stop) = (Arc::clone(&tls), stopped());
+            tasks.spawn(async move {
+                watching.watch(stop).await;
+                Ok(())
+            });
+            Some(tls)
         }
         None => None,
     };
     let connections = &config.connections;
     let make_router = || -> anyhow::Result<_> {
-        let mut builder = tonic::transport::Server::builder()
+        let builder = tonic::transport::Server::builder()
             // A dead peer (no answer to a PING) frees its connection.
             .http2_keepalive_interval(Some(connections.http2_keepalive_interval))
             .http2_keepalive_timeout(Some(connections.http2_keepalive_timeout));
-        if let Some(tls) = &tls {
-            builder = builder
-                .tls_config(tls.clone())
-                .context("cannot set up TLS on the gRPC listener")?;
-        }
         Ok(builder
+            // Outermost: a TLS client outside tls.allowed_clients is refused.
+            .layer(ClientGate {
+                refused: metrics.tls().clients_refused,
+            })
             .layer(CountRequests)
             .add_service(health_service.clone())
             .add_service(AuthorizationServer::new(
@@ -143,6 +152,19 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                 .with_permits(Arc::clone(&permits)),
             )))
     };
+    // One gRPC server on `incoming` (plain or TLS: different types), stopped
+    // with the rest.
+    macro_rules! serve {
+        ($incoming:expr, $what:literal) => {{
+            let (router, incoming, s) = (make_router()?, $incoming, stopped());
+            tasks.spawn(async move {
+                router
+                    .serve_with_incoming_shutdown(incoming, s)
+                    .await
+                    .context($what)
+            });
+        }};
+    }
     let mut grpc_addr = None;
     if let Some(addr) = config.listen {
         let listener = TcpListener::bind(addr)
@@ -164,14 +186,13 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                     Err(e) => Some(Err(e)),
                 }
             });
-        let router = make_router()?;
-        let s = stopped();
-        tasks.spawn(async move {
-            router
-                .serve_with_incoming_shutdown(incoming, s)
-                .await
-                .context("gRPC server failed")
-        });
+        match &tls {
+            Some(tls) => serve!(
+                tls_accept::accept(with_conn(incoming), Arc::clone(tls)),
+                "gRPC server failed"
+            ),
+            None => serve!(incoming, "gRPC server failed"),
+        }
     }
     if let Some(path) = &config.unix_socket {
         // A stale socket from an earlier run would make bind fail.
@@ -189,14 +210,13 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                     Err(e) => Some(Err(e)),
                 }
             });
-        let router = make_router()?;
-        let s = stopped();
-        tasks.spawn(async move {
-            router
-                .serve_with_incoming_shutdown(incoming, s)
-                .await
-                .context("gRPC server on unix socket failed")
-        });
+        match &tls {
+            Some(tls) => serve!(
+                tls_accept::accept(with_conn(incoming), Arc::clone(tls)),
+                "gRPC server on unix socket failed"
+            ),
+            None => serve!(incoming, "gRPC server on unix socket failed"),
+        }
     }
 
     {
@@ -337,4 +357,19 @@ impl Running {
     pub async fn stop(self) -> anyhow::Result<()> {
         self.wait_or(std::future::ready(())).await
     }
+}
+
+/// Each admitted connection with its handle, for the TLS accept.
+fn with_conn<S, T>(
+    incoming: S,
+) -> impl tokio_stream::Stream<Item = std::io::Result<(Batched<Guarded<T>>, Conn)>> + Send + Unpin
+where
+    S: tokio_stream::Stream<Item = std::io::Result<Batched<Guarded<T>>>> + Send + Unpin,
+{
+    tokio_stream::StreamExt::map(incoming, |c| {
+        c.map(|c| {
+            let conn = c.0.conn().clone();
+            (c, conn)
+        })
+    })
 }

@@ -23,11 +23,18 @@
 //! A tenant's own directory may not lie inside a shared one or another
 //! tenant's, or the split would be void; that is refused at start-up.
 //!
+//! Every file a scope reads is noted ([`FileScope::named_files`]): its path,
+//! metadata and digest. A reload asks each loaded tenant's notes whether a
+//! file changed ([`NamedFile::changed`]) and compiles that tenant again, so a
+//! rotated JWKS, key or CA (a Secret's `..data` swap) takes effect without a
+//! change to the policy file.
+//!
 //! Never imports: any other module of the crate.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
@@ -139,6 +146,73 @@ pub struct FileScope {
     /// The tenant, when tenants have directories of their own (for the
     /// message of a refusal).
     tenant: Option<String>,
+    /// What was read through this scope (and its clones), by the name used.
+    read: Arc<Mutex<BTreeMap<PathBuf, NamedFile>>>,
+}
+
+/// One file a policy named, as the compile read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedFile {
+    /// The name as the policy gave it, joined to the policy's directory (a
+    /// symlink such as a Secret's `name -> ..data/name` is followed anew at
+    /// every check).
+    pub path: PathBuf,
+    stamp: Stamp,
+    /// Whether the mtime was older than the read by [`NAMED_MTIME_MARGIN`].
+    settled: bool,
+    digest: [u8; 32],
+}
+
+/// The metadata compared: device, inode, size, mtime, ctime.
+type Stamp = (u64, u64, u64, (i64, i64), (i64, i64));
+
+fn stamp_of(m: &std::fs::Metadata) -> Stamp {
+    use std::os::unix::fs::MetadataExt as _;
+    (
+        m.dev(),
+        m.ino(),
+        m.size(),
+        (m.mtime(), m.mtime_nsec()),
+        (m.ctime(), m.ctime_nsec()),
+    )
+}
+
+/// A file whose mtime is this close to the time it was read is read again
+/// at each check, not trusted by its metadata: a rewrite of the same size in
+/// the same timestamp tick would look unchanged.
+pub const NAMED_MTIME_MARGIN: Duration = Duration::from_secs(2);
+
+impl NamedFile {
+    /// Whether the file at [`NamedFile::path`] is not what the compile read:
+    /// gone, unreadable, or other bytes. Unchanged metadata (and an mtime
+    /// settled before the read) is taken as unchanged without a read.
+    pub fn changed(&self) -> bool {
+        use std::io::Read as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let Ok(meta) = std::fs::metadata(&self.path) else {
+            return true;
+        };
+        if self.settled && stamp_of(&meta) == self.stamp {
+            return false;
+        }
+        // Anything but a regular file is a change (the compile refuses it);
+        // a FIFO is never opened, so a reload never waits on a writer.
+        if !meta.file_type().is_file() {
+            return true;
+        }
+        let mut bytes = Vec::new();
+        let read = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&self.path)
+            .and_then(|f| f.take(MAX_NAMED_FILE_BYTES + 1).read_to_end(&mut bytes));
+        read.is_err() || digest(&bytes) != self.digest
+    }
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).into()
 }
 
 impl FileScope {
@@ -152,7 +226,14 @@ impl FileScope {
             base,
             roots,
             tenant: None,
+            read: Arc::default(),
         }
+    }
+
+    /// Every file read through this scope so far, one entry per name.
+    pub fn named_files(&self) -> Vec<NamedFile> {
+        let read = self.read.lock().unwrap_or_else(|p| p.into_inner());
+        read.values().cloned().collect()
     }
 
     /// The policy file's directory.
@@ -229,6 +310,19 @@ impl FileScope {
         if bytes.len() as u64 > max {
             return Err(cannot(&format_args!("larger than {max} bytes")));
         }
+        let settled = held
+            .modified()
+            .ok()
+            .and_then(|m| SystemTime::now().duration_since(m).ok())
+            .is_some_and(|age| age > NAMED_MTIME_MARGIN);
+        let note = NamedFile {
+            path: named.clone(),
+            stamp: stamp_of(&held),
+            settled,
+            digest: digest(&bytes),
+        };
+        let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
+        read.insert(named, note);
         Ok(bytes)
     }
 }
@@ -382,6 +476,49 @@ mod tests {
                 .unwrap_err()
                 .contains("empty path")
         );
+    }
+
+    #[test]
+    fn a_named_file_is_changed_when_its_bytes_or_its_link_target_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = dir.path().join("..v1");
+        let v2 = dir.path().join("..v2");
+        for (d, text) in [(&v1, "one"), (&v2, "two")] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::write(d.join("jwks.json"), text).unwrap();
+        }
+        std::os::unix::fs::symlink("..v1", dir.path().join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/jwks.json", dir.path().join("jwks.json")).unwrap();
+        std::fs::write(dir.path().join("key.pem"), "k").unwrap();
+        let scope = FileScope::new(dir.path(), &[]);
+        scope.read("jwks_file", "jwks.json").unwrap();
+        scope.read("nonce_key_file", "key.pem").unwrap();
+        let named = scope.named_files();
+        assert_eq!(named.len(), 2);
+        assert!(named.iter().all(|n| !n.changed()), "nothing changed yet");
+
+        // A Secret's `..data` swap: the name now leads to other bytes.
+        let tmp = dir.path().join("..data_tmp");
+        std::os::unix::fs::symlink("..v2", &tmp).unwrap();
+        std::fs::rename(&tmp, dir.path().join("..data")).unwrap();
+        let jwks = named
+            .iter()
+            .find(|n| n.path.ends_with("jwks.json"))
+            .unwrap();
+        assert!(jwks.changed());
+        // Rewritten in place, and removed.
+        let key = named.iter().find(|n| n.path.ends_with("key.pem")).unwrap();
+        std::fs::write(dir.path().join("key.pem"), "K").unwrap();
+        assert!(key.changed());
+        std::fs::remove_file(dir.path().join("key.pem")).unwrap();
+        assert!(key.changed());
+        // Swapped for a FIFO: a change, seen without waiting for a writer.
+        let made = std::process::Command::new("mkfifo")
+            .arg(dir.path().join("key.pem"))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        assert!(key.changed());
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub mod jwt;
 pub mod keys;
 pub mod revocation;
 mod spec;
-mod spiffe;
+pub mod spiffe;
 mod token_source;
 
 pub use authenticate::authenticate;

@@ -17,7 +17,7 @@ use super::spec::SpiffeSpec;
 /// trust domain + path segments of letters, digits, `.`, `-`, `_`, none empty,
 /// `.` or `..`, no query, fragment, port or user info. Returns the trust
 /// domain and the segments.
-pub(super) fn parse_spiffe_id(id: &str) -> Option<(&str, Vec<&str>)> {
+pub fn parse_spiffe_id(id: &str) -> Option<(&str, Vec<&str>)> {
     let rest = id.strip_prefix("spiffe://")?;
     let (domain, path) = rest.split_once('/').unwrap_or((rest, ""));
     let domain_ok = !domain.is_empty()

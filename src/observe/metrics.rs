@@ -140,6 +140,23 @@ pub struct ConnectionMetrics {
     pub idle_closed: Counter,
 }
 
+/// The gRPC listeners' TLS series, for [`crate::transport::tls`] and
+/// [`crate::transport::clients`]. No client identity is ever a label.
+#[derive(Debug, Clone, Default)]
+pub struct TlsMetrics {
+    /// Calls refused because the client is not in `tls.allowed_clients`.
+    pub clients_refused: Counter,
+    /// Certificate files reloaded after a change.
+    pub reload_ok: Counter,
+    /// Changed certificate files that did not load (the old ones serve).
+    pub reload_error: Counter,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PolicyInfoLabels {
     tenant: String,
@@ -161,6 +178,7 @@ pub struct Metrics {
     connections_open: Family<ListenerLabels, Gauge>,
     connections_refused: Family<ListenerLabels, Counter>,
     connections_closed: Family<ClosedLabels, Counter>,
+    tls: TlsMetrics,
     /// What the last reload served, to count only what changed.
     seen: Mutex<Seen>,
 }
@@ -236,6 +254,30 @@ impl Metrics {
             "Connections closed by a timeout, by listener and timeout (header_read, idle)",
             connections_closed.clone(),
         );
+        let clients_refused = Counter::default();
+        registry.register(
+            "grpc_clients_refused",
+            "gRPC calls answered PERMISSION_DENIED because the TLS client is not in tls.allowed_clients",
+            clients_refused.clone(),
+        );
+        let tls_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "tls_reloads",
+            "Reloads of the gRPC listeners' certificate files after a change, by result (ok, error: the old ones keep serving)",
+            tls_reloads.clone(),
+        );
+        // One statement each: a family's guard lives to the end of its statement.
+        let reload_ok = tls_reloads
+            .get_or_create(&ResultLabels { result: "ok" })
+            .clone();
+        let reload_error = tls_reloads
+            .get_or_create(&ResultLabels { result: "error" })
+            .clone();
+        let tls = TlsMetrics {
+            clients_refused,
+            reload_ok,
+            reload_error,
+        };
         registry.register(
             "key_fetches",
             "Fetches of issuers' keys by issuer and result (process-wide)",
@@ -259,6 +301,7 @@ impl Metrics {
             connections_open,
             connections_refused,
             connections_closed,
+            tls,
             seen: Mutex::new(Seen::default()),
         }
     }
@@ -294,6 +337,11 @@ impl Metrics {
 
     pub fn log_dropped(&self) {
         self.log_dropped.inc();
+    }
+
+    /// The gRPC listeners' TLS series.
+    pub fn tls(&self) -> TlsMetrics {
+        self.tls.clone()
     }
 
     /// The connection series of one listener (`grpc`, `unix` or `admin`).

@@ -228,6 +228,9 @@ pub struct CompiledTenant {
     /// `envoy_jwt_authn`), and those it declares as shared with other tenants.
     pub issuers: Vec<String>,
     pub shared_issuers: Vec<String>,
+    /// The files the policy names (JWKS, CA bundles, keys, secrets) as the
+    /// compile read them: a reload compiles the tenant again when one changes.
+    pub named_files: Vec<crate::foundation::policy_files::NamedFile>,
 }
 
 /// A tenant's compiled CORS preflight settings.

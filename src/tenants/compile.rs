@@ -371,6 +371,7 @@ fn compile_split(
                 warnings,
                 issuers,
                 shared_issuers: spec.shared_issuers.clone(),
+                named_files: files.named_files(),
             })
         }
         _ => Err(errors),

@@ -16,6 +16,13 @@
 //! ConfigMap's `..data` swap) or hard-linked. Hidden entries otherwise (an
 //! atomic writer's `.name.tmp`, an editor's swap file) name no policy: the
 //! rename onto the visible name is its own event.
+//!
+//! Files a policy names (a JWKS, a CA bundle, a key) count too: every reload
+//! asks each tenant whether one of its named files changed and compiles it
+//! again if so. The `policy_files.allowed_dirs` that exist when the watch
+//! begins are watched as well, and a change in one wakes a reload of no
+//! policy file (only the named files are looked at); a directory that
+//! appears later is seen by the periodic rescan.
 
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
@@ -132,7 +139,13 @@ const MAX_CHANGED_PATHS: usize = 4096;
 
 impl Changes {
     /// Notes one watch event. False when it cannot change policies.
-    fn note(&mut self, dir: &Path, links: bool, res: &notify::Result<notify::Event>) -> bool {
+    fn note(
+        &mut self,
+        dir: &Path,
+        extra: &[PathBuf],
+        links: bool,
+        res: &notify::Result<notify::Event>,
+    ) -> bool {
         let event = match res {
             // An error may have lost a change.
             Err(_) => {
@@ -148,11 +161,13 @@ impl Changes {
             self.rescan = true;
         }
         for path in &event.paths {
-            match affects(dir, path, links) {
+            match affects(dir, extra, path, links) {
                 Affects::Rescan => self.rescan = true,
                 Affects::File => {
                     self.paths.insert(path.clone());
                 }
+                // The reload of no path still looks at every named file.
+                Affects::Named => {}
                 Affects::Nothing => {}
             }
         }
@@ -170,15 +185,23 @@ enum Affects {
     Rescan,
     /// This file (a visible entry of the directory) may have changed.
     File,
+    /// A file a policy may name (in an allowed directory): only the named
+    /// files need a look.
+    Named,
     /// No loaded file.
     Nothing,
 }
 
-/// What a change at `path` can change, for a store of `dir` (with a file that
-/// is a symlink or hard-linked, when `links`).
-fn affects(dir: &Path, path: &Path, links: bool) -> Affects {
+/// What a change at `path` can change, for a store of `dir` that also
+/// watches `extra` (the allowed directories of named files), with a file
+/// that is a symlink or hard-linked when `links`.
+fn affects(dir: &Path, extra: &[PathBuf], path: &Path, links: bool) -> Affects {
     let Ok(rest) = path.strip_prefix(dir) else {
-        return Affects::Rescan;
+        return if extra.iter().any(|d| path.starts_with(d)) {
+            Affects::Named
+        } else {
+            Affects::Rescan
+        };
     };
     let mut parts = rest.components();
     match (parts.next(), parts.next()) {
@@ -202,9 +225,17 @@ fn watch(
     tx: mpsc::Sender<()>,
 ) -> Option<Watcher> {
     let dir = store.dir();
+    // The allowed directories of named files, as they are now (outside the
+    // policy directory, which is watched whole anyway).
+    let extra: Vec<PathBuf> = store
+        .allowed_dirs()
+        .into_iter()
+        .filter(|d| !d.starts_with(dir) && d.is_dir())
+        .collect();
     let (store, changes) = (Arc::clone(store), Arc::clone(changes));
+    let watched = extra.clone();
     let handler = move |res: notify::Result<notify::Event>| {
-        if !lock(&changes).note(store.dir(), store.has_links(), &res) {
+        if !lock(&changes).note(store.dir(), &watched, store.has_links(), &res) {
             return;
         }
         // A full channel already holds a pending reload: nothing is lost.
@@ -217,13 +248,16 @@ fn watch(
             return None;
         }
     };
-    match watcher.watch(dir, RecursiveMode::Recursive) {
-        Ok(()) => Some(watcher),
-        Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch policy directory; relying on rescans");
-            None
+    if let Err(e) = watcher.watch(dir, RecursiveMode::Recursive) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch policy directory; relying on rescans");
+        return None;
+    }
+    for d in &extra {
+        if let Err(e) = watcher.watch(d, RecursiveMode::Recursive) {
+            tracing::warn!(dir = %d.display(), error = %e, "cannot watch policy_files.allowed_dirs entry; its files are looked at on rescans");
         }
     }
+    Some(watcher)
 }
 
 /// How many notes one reload logs; the rest are counted in one line. A
@@ -268,8 +302,14 @@ mod tests {
     #[test]
     fn visible_files_are_reloaded_alone_and_hidden_ones_only_matter_with_links() {
         let dir = Path::new("/p");
-        assert_eq!(affects(dir, Path::new("/p/a.yaml"), false), Affects::File);
-        assert_eq!(affects(dir, Path::new("/p/a.yaml"), true), Affects::File);
+        assert_eq!(
+            affects(dir, &[], Path::new("/p/a.yaml"), false),
+            Affects::File
+        );
+        assert_eq!(
+            affects(dir, &[], Path::new("/p/a.yaml"), true),
+            Affects::File
+        );
         for hidden in [
             "/p/.a.yaml.tmp",
             "/p/..data",
@@ -277,19 +317,25 @@ mod tests {
             "/p/sub/a.yaml",
         ] {
             assert_eq!(
-                affects(dir, Path::new(hidden), false),
+                affects(dir, &[], Path::new(hidden), false),
                 Affects::Nothing,
                 "{hidden}"
             );
             assert_eq!(
-                affects(dir, Path::new(hidden), true),
+                affects(dir, &[], Path::new(hidden), true),
                 Affects::Rescan,
                 "{hidden}"
             );
         }
-        assert_eq!(affects(dir, Path::new("/p"), false), Affects::Rescan);
+        assert_eq!(affects(dir, &[], Path::new("/p"), false), Affects::Rescan);
+        // In a watched allowed directory: the named files, not a rescan.
+        let secrets = [PathBuf::from("/s")];
         assert_eq!(
-            affects(dir, Path::new("/elsewhere/a.yaml"), false),
+            affects(dir, &secrets, Path::new("/s/..data"), false),
+            Affects::Named
+        );
+        assert_eq!(
+            affects(dir, &[], Path::new("/elsewhere/a.yaml"), false),
             Affects::Rescan
         );
     }
@@ -308,13 +354,20 @@ mod tests {
         let mut c = Changes::default();
         assert!(c.note(
             dir,
+            &[],
             false,
             &event(EventKind::Create(CreateKind::File), &["/p/.a.yaml.tmp"])
         ));
         let rename = EventKind::Modify(ModifyKind::Name(RenameMode::Both));
-        assert!(c.note(dir, false, &event(rename, &["/p/.a.yaml.tmp", "/p/a.yaml"])));
+        assert!(c.note(
+            dir,
+            &[],
+            false,
+            &event(rename, &["/p/.a.yaml.tmp", "/p/a.yaml"])
+        ));
         assert!(!c.note(
             dir,
+            &[],
             false,
             &event(EventKind::Access(AccessKind::Read), &["/p/b.yaml"])
         ));
@@ -324,16 +377,17 @@ mod tests {
         let overflow =
             Ok(notify::Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan));
         let mut c = Changes::default();
-        assert!(c.note(dir, false, &overflow));
+        assert!(c.note(dir, &[], false, &overflow));
         assert!(c.rescan);
         let mut c = Changes::default();
-        assert!(c.note(dir, false, &Err(notify::Error::generic("lost"))));
+        assert!(c.note(dir, &[], false, &Err(notify::Error::generic("lost"))));
         assert!(c.rescan);
         let mut c = Changes::default();
         for i in 0..=MAX_CHANGED_PATHS {
             let p = format!("/p/t{i}.yaml");
             c.note(
                 dir,
+                &[],
                 false,
                 &event(EventKind::Modify(ModifyKind::Any), &[&p]),
             );

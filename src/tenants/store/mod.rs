@@ -175,6 +175,18 @@ impl PolicyStore {
         self
     }
 
+    /// Every directory, besides the policy directory, that some tenant's named
+    /// files may be in: the shared ones and each tenant's own.
+    pub fn allowed_dirs(&self) -> Vec<PathBuf> {
+        let own = self.allowed_dirs.tenants.values().flatten();
+        self.allowed_dirs
+            .allowed_dirs
+            .iter()
+            .chain(own)
+            .cloned()
+            .collect()
+    }
+
     /// The tenant's data document, if it has one.
     pub fn data(&self, tenant: &str) -> Option<Arc<DataDoc>> {
         self.data.get(tenant).map(|d| Arc::clone(d.value()))

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
+use crate::foundation::policy_files::NamedFile;
 use crate::identity::revocation::RevocationList;
 use crate::policy::data::DataDoc;
 use crate::policy::{CompiledTenant, PolicyError};
@@ -160,6 +161,17 @@ impl PolicyStore {
         for path in &state.broken {
             check.insert(path, true);
         }
+        // Tenants a file they name has changed under (a rotated JWKS, key or
+        // CA; a Secret's `..data` swap): compiled again though their policy
+        // file is what serves. A broken new file keeps the old compile serving.
+        let stale: BTreeSet<PathBuf> = (state.files.iter().map(|(p, l)| (p, &l.tenant)))
+            .chain(state.pending.iter())
+            .filter(|(_, t)| t.named_files.iter().any(NamedFile::changed))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for path in &stale {
+            check.insert(path, true);
+        }
         let mut newly_broken = Vec::new();
         for (path, force) in check {
             let text = match reader.get(path, force) {
@@ -174,7 +186,8 @@ impl PolicyStore {
                     continue;
                 }
                 Got::Bytes { text, digest } => {
-                    let admitted = state.files.get(path).is_some_and(|l| l.digest == digest);
+                    let admitted = !stale.contains(path)
+                        && state.files.get(path).is_some_and(|l| l.digest == digest);
                     if admitted {
                         // Back to the bytes that serve: nothing to compile.
                         state.pending.remove(path);
