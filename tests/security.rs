@@ -871,6 +871,34 @@ policy_files:
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("policy_files.tenants.globex"), "{stderr}");
 
+    // Another file declaring `tenant: acme` (an author claiming acme's id, and
+    // with it acme's directories) is refused by its name, whatever sorts first,
+    // and is never given acme's scope.
+    write("globex", policy("globex", &shared.join("client-secret")));
+    std::fs::write(
+        policies.join("aaa.yaml"),
+        policy("acme", &acme_dir.join("client-secret")).replace("idp.acme", "idp.evil"),
+    )
+    .unwrap();
+    let status = store.reload();
+    let errors = status.error_lines();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("aaa.yaml:2:") && e.contains("must be the file `acme.yaml`")),
+        "{errors:?}"
+    );
+    assert!(
+        !errors
+            .iter()
+            .any(|e| e.contains("acme.yaml") && !e.contains("aaa.yaml")),
+        "{errors:?}"
+    );
+    let acme = store.tenant("acme").unwrap();
+    assert_eq!(acme.source.file_name().unwrap(), "acme.yaml");
+    std::fs::remove_file(policies.join("aaa.yaml")).unwrap();
+    write("globex", policy("globex", &acme_dir.join("client-secret")));
+
     // Without `tenants` (the default) the same reference loads, as before.
     let open = portcullis::app::config::Config {
         policy_files: portcullis::foundation::policy_files::PolicyFilesConfig {

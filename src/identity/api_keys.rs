@@ -71,6 +71,21 @@ impl ApiKeys {
             }
             let mut claims = k.claims.clone();
             claims.insert("sub".into(), Json::String(k.subject.clone()));
+            // The same bound as every other identity source's claims, so
+            // the cost model's size of `claims` holds for API keys too.
+            if super::claims_bound::within(
+                &claims,
+                crate::foundation::limits::MAX_CLAIM_ITEMS_CEILING,
+            )
+            .is_err()
+            {
+                return Err(format!(
+                    "identity.api_keys.keys[{i}]: claims are over the claims bound ({} bytes as JSON, {} levels, {} items per list)",
+                    super::claims_bound::MAX_CLAIMS_BYTES,
+                    super::claims_bound::MAX_CLAIMS_DEPTH,
+                    crate::foundation::limits::MAX_CLAIM_ITEMS_CEILING
+                ));
+            }
             keys.push(ApiKey {
                 hash,
                 subject: k.subject.clone(),
@@ -132,4 +147,29 @@ pub(super) fn api_key(
         expires: None,
         binding: binding::Binding::default(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn spec(claims: &str) -> ApiKeysSpec {
+        serde_yaml::from_str(&format!(
+            "keys: [{{ sha256: '{}', subject: svc, claims: {claims} }}]",
+            "ab".repeat(32)
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn api_key_claims_are_held_to_the_claims_bound() {
+        assert!(ApiKeys::compile(&spec("{ scope: [a, b] }")).is_ok());
+        let long = format!("{{ note: '{}' }}", "x".repeat(9 * 1024));
+        let e = ApiKeys::compile(&spec(&long)).err().unwrap();
+        assert!(e.contains("keys[0]") && e.contains("claims bound"), "{e}");
+        let deep = format!("{{ a: {}1{} }}", "[".repeat(40), "]".repeat(40));
+        assert!(ApiKeys::compile(&spec(&deep)).is_err());
+    }
 }

@@ -13,11 +13,18 @@ use super::binding;
 use super::caller::{AuthMethod, Identity};
 use super::spec::SpiffeSpec;
 
+/// The longest SPIFFE ID (the SPIFFE ID specification's URI bound).
+pub const MAX_SPIFFE_ID_BYTES: usize = 2048;
+
 /// A well-formed SPIFFE ID (SPIFFE ID spec §2): `spiffe://` + a lower-case
 /// trust domain + path segments of letters, digits, `.`, `-`, `_`, none empty,
 /// `.` or `..`, no query, fragment, port or user info. Returns the trust
-/// domain and the segments.
+/// domain and the segments; `None` for one over [`MAX_SPIFFE_ID_BYTES`].
 pub fn parse_spiffe_id(id: &str) -> Option<(&str, Vec<&str>)> {
+    // The SPIFFE ID spec bounds an ID at 2048 bytes.
+    if id.len() > MAX_SPIFFE_ID_BYTES {
+        return None;
+    }
     let rest = id.strip_prefix("spiffe://")?;
     let (domain, path) = rest.split_once('/').unwrap_or((rest, ""));
     let domain_ok = !domain.is_empty()
@@ -91,6 +98,16 @@ pub(super) fn spiffe(spec: &SpiffeSpec, input: &Input) -> Option<Identity> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_id_over_the_spec_bound_is_not_an_id() {
+        let at = format!(
+            "spiffe://td/{}",
+            "a".repeat(MAX_SPIFFE_ID_BYTES - "spiffe://td/".len())
+        );
+        assert!(parse_spiffe_id(&at).is_some());
+        assert!(parse_spiffe_id(&format!("{at}a")).is_none());
+    }
 
     #[test]
     fn spiffe_ids_are_strict_and_patterns_match_whole_segments() {

@@ -133,11 +133,17 @@ pub(crate) fn strict_json_within(bytes: &[u8], max_items: usize) -> Result<Json,
     let seed = StrictJson {
         max_items,
         over: &over,
+        depth: 0,
     };
     let value = seed.deserialize(&mut de).map_err(|_| refused())?;
     de.end().map_err(|_| refused())?;
     Ok(value)
 }
+
+/// Nesting deeper than this is refused as too large (sets `over`), before
+/// serde_json's own limit (128) would refuse it as invalid: a token's claims
+/// nested that deep are about that token, not a broken answer.
+const MAX_STRICT_DEPTH: usize = 100;
 
 /// Reads one strict JSON value, with the bound on items; sets `over` when the
 /// bound refused it.
@@ -145,6 +151,18 @@ pub(crate) fn strict_json_within(bytes: &[u8], max_items: usize) -> Result<Json,
 struct StrictJson<'a> {
     max_items: usize,
     over: &'a std::cell::Cell<bool>,
+    /// Arrays and objects around this value.
+    depth: usize,
+}
+
+impl StrictJson<'_> {
+    /// The seed for a member of an array or object at this depth.
+    fn inner(self) -> Self {
+        StrictJson {
+            depth: self.depth + 1,
+            ..self
+        }
+    }
 }
 
 impl<'de> serde::de::DeserializeSeed<'de> for StrictJson<'_> {
@@ -195,8 +213,11 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor<'_> {
         Ok(Json::Null)
     }
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
+        if self.0.depth >= MAX_STRICT_DEPTH {
+            return Err(self.too_many("nesting"));
+        }
         let mut out = Vec::new();
-        while let Some(v) = seq.next_element_seed(self.0)? {
+        while let Some(v) = seq.next_element_seed(self.0.inner())? {
             if out.len() == self.0.max_items {
                 return Err(self.too_many("array"));
             }
@@ -205,6 +226,9 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor<'_> {
         Ok(Json::Array(out))
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
+        if self.0.depth >= MAX_STRICT_DEPTH {
+            return Err(self.too_many("nesting"));
+        }
         let mut out = serde_json::Map::new();
         let mut folded = std::collections::HashSet::new();
         while let Some(key) = map.next_key::<String>()? {
@@ -214,7 +238,7 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor<'_> {
             if out.len() == self.0.max_items {
                 return Err(self.too_many("object"));
             }
-            let v = map.next_value_seed(self.0)?;
+            let v = map.next_value_seed(self.0.inner())?;
             out.insert(key, v);
         }
         Ok(Json::Object(out))
@@ -224,6 +248,24 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nesting_past_the_bound_is_too_large_not_invalid() {
+        let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        assert!(strict_json_within(deep(MAX_STRICT_DEPTH).as_bytes(), 8).is_ok());
+        for n in [MAX_STRICT_DEPTH + 1, 129, 10_000] {
+            assert_eq!(
+                strict_json_within(deep(n).as_bytes(), 8),
+                Err(JsonRefused::TooManyItems),
+                "{n}"
+            );
+        }
+        let objects = format!("{}1{}", "{\"a\":".repeat(200), "}".repeat(200));
+        assert_eq!(
+            strict_json_within(objects.as_bytes(), 8),
+            Err(JsonRefused::TooManyItems)
+        );
+    }
 
     const LIMIT: usize = 64;
 

@@ -207,7 +207,30 @@ fn compile_split(
 
     // A bare file name has the empty parent, which would resolve nowhere.
     let base = file.parent().filter(|p| !p.as_os_str().is_empty());
-    let files = allowed_dirs.scope(base.unwrap_or_else(|| Path::new(".")), &spec.tenant);
+    // A tenant with directories of its own is known by its file's name as well
+    // as by what the file says: otherwise any author could write `tenant:
+    // globex` and be given globex's directories.
+    let own_dirs = allowed_dirs.tenants.contains_key(&spec.tenant);
+    let named_as_tenant = file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".yaml").or_else(|| n.strip_suffix(".yml")))
+        == Some(spec.tenant.as_str());
+    if own_dirs && !named_as_tenant {
+        errors.push(err(
+            line_of(text, 0, "tenant"),
+            format!(
+                "tenant `{}` has directories of its own (policy_files.tenants), so its policy must be the file `{}.yaml`",
+                spec.tenant, spec.tenant
+            ),
+        ));
+    }
+    let scope_of = if own_dirs && !named_as_tenant {
+        ""
+    } else {
+        spec.tenant.as_str()
+    };
+    let files = allowed_dirs.scope(base.unwrap_or_else(|| Path::new(".")), scope_of);
     let identity = IdentityConfig::compile(&spec.identity, &spec.tenant, &files)
         .and_then(|mut i| i.apply_limits(limits, &spec.tenant).map(|()| i))
         .map_err(|e| errors.push(err(line_of(text, 0, "identity"), e)))
