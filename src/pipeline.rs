@@ -153,18 +153,21 @@ impl Pipeline {
         respond::identified(&mut decision, &identity);
         let now = unix_seconds(time);
         // Checked on every request: a cached verification is no exemption.
-        if let Some(list) = self.store.revocations(&tenant.id)
-            && let Some(kind) = list.revoked(&identity, now)
-        {
-            respond::revoked(&mut decision, &tenant, &input, kind);
-            return Run::of(decision, Vec::new(), None, time);
-        }
-        // A list that cannot be loaded might name this caller: fail closed.
-        if crate::identity::revocation::revocable(&identity)
-            && let Some(why) = self.store.revocation_unavailable(&tenant.id)
-        {
-            respond::revocation_unavailable(&mut decision, &why);
-            return Run::of(decision, Vec::new(), None, time);
+        match self.store.revocation_list(&tenant.id) {
+            Ok(Some(list)) => {
+                if let Some(kind) = list.revoked(&identity, now) {
+                    respond::revoked(&mut decision, &tenant, &input, kind);
+                    return Run::of(decision, Vec::new(), None, time);
+                }
+            }
+            Ok(None) => {}
+            // A list that cannot be loaded might name this caller: fail closed.
+            Err(why) => {
+                if crate::identity::revocation::revocable(&identity) {
+                    respond::revocation_unavailable(&mut decision, &why);
+                    return Run::of(decision, Vec::new(), None, time);
+                }
+            }
         }
         let Some(eval) = self.evaluate(&tenant, &input, &identity, explain, deadline) else {
             // A heavy tenant with its share of checks in flight.

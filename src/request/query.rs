@@ -53,9 +53,13 @@ impl Merged {
         };
         let base = fold_key(&mangle(base));
         let groups = bracket_groups(rest);
+        let mut full = base.clone();
+        if !groups.is_empty() {
+            full.push_str(&fold_key(groups));
+        }
         Merged {
-            full: format!("{base}{}", fold_key(groups)),
-            bracketed: !groups.is_empty() || !rest.is_empty(),
+            full,
+            bracketed: !rest.is_empty(),
             base,
         }
     }
@@ -80,11 +84,11 @@ fn bracket_groups(rest: &str) -> &str {
 }
 
 /// PHP's name mangling (`.`, space and an unclosed `[` become `_`).
-fn mangle(name: &str) -> String {
+fn mangle(name: &str) -> std::borrow::Cow<'_, str> {
     if !name.contains(['.', ' ', '[']) {
-        return name.to_string();
+        return std::borrow::Cow::Borrowed(name);
     }
-    name.replace(['.', ' ', '['], "_")
+    std::borrow::Cow::Owned(name.replace(['.', ' ', '['], "_"))
 }
 
 fn decode_query_part(s: &str) -> String {

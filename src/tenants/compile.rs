@@ -104,7 +104,7 @@ pub fn compile_with(
 pub fn compile_limited(
     file: &Path,
     text: &str,
-    allowed_dirs: &PolicyFilesConfig,
+    policy_files: &PolicyFilesConfig,
     limits: &crate::foundation::limits::Limits,
 ) -> Result<CompiledTenant, Vec<PolicyError>> {
     // Nesting and aliases are bounded before any parse: the parser's time grows
@@ -118,7 +118,7 @@ pub fn compile_limited(
         }]);
     }
     // A file whose shared sections compiled before need not parse them again.
-    compile_split(file, text, allowed_dirs, limits, sections::split(text))
+    compile_split(file, text, policy_files, limits, sections::split(text))
 }
 
 /// [`compile_limited`], from `split` when the file could be read in pieces,
@@ -126,7 +126,7 @@ pub fn compile_limited(
 fn compile_split(
     file: &Path,
     text: &str,
-    allowed_dirs: &PolicyFilesConfig,
+    policy_files: &PolicyFilesConfig,
     limits: &crate::foundation::limits::Limits,
     split: Option<sections::Split<'_>>,
 ) -> Result<CompiledTenant, Vec<PolicyError>> {
@@ -210,7 +210,7 @@ fn compile_split(
     // A tenant with directories of its own is known by its file's name as well
     // as by what the file says: otherwise any author could write `tenant:
     // globex` and be given globex's directories.
-    let own_dirs = allowed_dirs.tenants.contains_key(&spec.tenant);
+    let own_dirs = policy_files.tenants.contains_key(&spec.tenant);
     let named_as_tenant = file
         .file_name()
         .and_then(|n| n.to_str())
@@ -230,7 +230,7 @@ fn compile_split(
     } else {
         spec.tenant.as_str()
     };
-    let files = allowed_dirs.scope(base.unwrap_or_else(|| Path::new(".")), scope_of);
+    let files = policy_files.scope(base.unwrap_or_else(|| Path::new(".")), scope_of);
     let identity = IdentityConfig::compile(&spec.identity, &spec.tenant, &files)
         .and_then(|mut i| i.apply_limits(limits, &spec.tenant).map(|()| i))
         .map_err(|e| errors.push(err(line_of(text, 0, "identity"), e)))
@@ -252,7 +252,7 @@ fn compile_split(
         && sections::parse_into(texts, &mut spec).is_none()
     {
         // A section that does not parse on its own: read the whole file.
-        return compile_split(file, text, allowed_dirs, limits, None);
+        return compile_split(file, text, policy_files, limits, None);
     }
     let compiled = match reused {
         Some(set) => Rules::Reused(set),

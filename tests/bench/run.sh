@@ -136,6 +136,8 @@ allows() { # admin port: allow decisions so far
 }
 
 GRPC_PATH=/envoy.service.auth.v3.Authorization/Check
+# shellcheck source=tests/bench/callgrind_load.sh
+. "$ROOT/tests/bench/callgrind_load.sh"
 # h2load NAME RUN PORT PAYLOAD ARGS...: one gRPC load run; records rps,
 # latency percentiles (per-request log) and failures.
 h2run() {
@@ -311,25 +313,9 @@ stop "$DISTINCT_PID"
 # into malloc per check, deterministic where wall-clock figures are not.
 PROFILE_N=${PROFILE_N:-$((SMOKE ? 500 : 20000))}
 profile() { # NAME PORT ARGS...
-  local name=$1 port=$2
-  shift 2
+  local name=$1
   local out=$OUT/callgrind-$name
-  taskset -c "$SERVER_CPU" valgrind --tool=callgrind --callgrind-out-file="$out.out" "$@" \
-    >"$out.log" 2>&1 &
-  local pid=$!
-  PIDS+=("$pid")
-  local h2=(taskset -c "$LOAD_CPU" h2load -H 'content-type: application/grpc' -H 'te: trailers'
-    -d "$FIX/check-acme.bin" "http://127.0.0.1:$port$GRPC_PATH")
-  for _ in $(seq 1 600); do
-    "${h2[@]}" -n 1 2>/dev/null | grep -q '1 succeeded' && break
-    kill -0 "$pid" 2>/dev/null || { cat "$out.log" >&2; return 1; }
-    sleep 0.1
-  done
-  "${h2[@]}" -c 4 -m 16 -n 2000 >/dev/null 2>&1
-  callgrind_control -z "$pid" >/dev/null
-  "${h2[@]}" -c 4 -m 16 -n "$PROFILE_N" >"$out.h2load" 2>&1
-  callgrind_control -d "$pid" >/dev/null
-  stop "$pid"
+  callgrind_load "$@" || return 1
   record profile "$name" 0 failed "$(awk '/^requests:/ {print $10 + $12}' "$out.h2load")"
   # The dump asked for after zeroing (the one at exit is $out.out).
   python3 "$ROOT/tests/bench/callgrind_counts.py" "$out.out.1" "$PROFILE_N" |

@@ -234,26 +234,12 @@ FIX=$OUT/fixtures
 "$BIN_DIR/examples/fixtures" "$FIX" 200 50 >&2
 
 GRPC_PATH=/envoy.service.auth.v3.Authorization/Check
+# shellcheck source=tests/bench/callgrind_load.sh
+. "$ROOT/tests/bench/callgrind_load.sh"
 profile() { # NAME PORT ARGS...: as run.sh's profile()
-  local name=$1 port=$2
-  shift 2
+  local name=$1
   local out=$OUT/callgrind-$name
-  taskset -c "$SERVER_CPU" valgrind --tool=callgrind --callgrind-out-file="$out.out" "$@" \
-    >"$out.log" 2>&1 &
-  local pid=$!
-  PIDS+=("$pid")
-  local h2=(taskset -c "$LOAD_CPU" h2load -H 'content-type: application/grpc' -H 'te: trailers'
-    -d "$FIX/check-acme.bin" "http://127.0.0.1:$port$GRPC_PATH")
-  for _ in $(seq 1 600); do
-    "${h2[@]}" -n 1 2>/dev/null | grep -q '1 succeeded' && break
-    kill -0 "$pid" 2>/dev/null || { cat "$out.log" >&2; return 1; }
-    sleep 0.1
-  done
-  "${h2[@]}" -c 4 -m 16 -n 2000 >/dev/null 2>&1
-  callgrind_control -z "$pid" >/dev/null
-  "${h2[@]}" -c 4 -m 16 -n "$PROFILE_N" >"$out.h2load" 2>&1
-  callgrind_control -d "$pid" >/dev/null
-  stop "$pid"
+  callgrind_load "$@" || return 1
   grep '^requests:' "$out.h2load" >&2
   echo "$PROFILE_N" >"$out.n"
 }

@@ -101,7 +101,7 @@ pub struct PolicyStore {
     dir: PathBuf,
     /// `policy_files`: where, besides `dir`, files that policies name may be
     /// (the shared `allowed_dirs`, and each tenant's own).
-    allowed_dirs: PolicyFilesConfig,
+    policy_files: PolicyFilesConfig,
     tenants: DashMap<TenantId, Arc<CompiledTenant>>,
     hosts: ArcSwap<HostIndex>,
     status: ArcSwap<StoreStatus>,
@@ -137,7 +137,7 @@ impl PolicyStore {
     pub fn new(dir: impl Into<PathBuf>) -> PolicyStore {
         PolicyStore {
             dir: dir.into(),
-            allowed_dirs: PolicyFilesConfig::default(),
+            policy_files: PolicyFilesConfig::default(),
             tenants: DashMap::new(),
             hosts: ArcSwap::from_pointee(HostIndex::default()),
             status: ArcSwap::from_pointee(StoreStatus::default()),
@@ -164,22 +164,22 @@ impl PolicyStore {
 
     /// Lets policies name files in `dirs` as well as in the policy directory.
     pub fn with_allowed_dirs(mut self, dirs: Vec<PathBuf>) -> PolicyStore {
-        self.allowed_dirs = PolicyFilesConfig::from(dirs);
+        self.policy_files = PolicyFilesConfig::from(dirs);
         self
     }
 
     /// The server's `policy_files`: shared directories, and each tenant's
     /// own, which no other tenant's file may name.
     pub fn with_policy_files(mut self, files: PolicyFilesConfig) -> PolicyStore {
-        self.allowed_dirs = files;
+        self.policy_files = files;
         self
     }
 
     /// Every directory, besides the policy directory, that some tenant's named
     /// files may be in: the shared ones and each tenant's own.
     pub fn allowed_dirs(&self) -> Vec<PathBuf> {
-        let own = self.allowed_dirs.tenants.values().flatten();
-        self.allowed_dirs
+        let own = self.policy_files.tenants.values().flatten();
+        self.policy_files
             .allowed_dirs
             .iter()
             .chain(own)
@@ -201,10 +201,20 @@ impl PolicyStore {
     /// to be its list did not load and no last good version serves (see
     /// [`Unavailable`]). `None` when it has a list, or no file names it.
     pub fn revocation_unavailable(&self, tenant: &str) -> Option<String> {
-        if self.revocations.contains_key(tenant) {
-            return None;
+        self.revocation_list(tenant).err()
+    }
+
+    /// The tenant's revocation list in one lookup: `Ok(Some)` when a list
+    /// serves, `Ok(None)` when no file names the tenant, `Err(why)` when a
+    /// file meant to be its list did not load and no last good version serves.
+    pub fn revocation_list(&self, tenant: &str) -> Result<Option<Arc<RevocationList>>, String> {
+        if let Some(list) = self.revocations(tenant) {
+            return Ok(Some(list));
         }
-        self.revocation_unavailable.load().why(tenant)
+        self.revocation_unavailable
+            .load()
+            .why(tenant)
+            .map_or(Ok(None), Err)
     }
 
     pub fn dir(&self) -> &Path {

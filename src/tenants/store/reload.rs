@@ -197,7 +197,7 @@ impl PolicyStore {
                     text
                 }
             };
-            match crate::tenants::compile_limited(path, &text, &self.allowed_dirs, &self.limits) {
+            match crate::tenants::compile_limited(path, &text, &self.policy_files, &self.limits) {
                 Ok(t) => {
                     state.pending.insert(path.to_path_buf(), Arc::new(t));
                     newly_broken.push((path.to_path_buf(), false));
