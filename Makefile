@@ -7,6 +7,8 @@ VENV    := $(TOOLS)/venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 REQS    := tests/tools/requirements.txt
+DEBS    := tests/tools/debian-packages.txt
+DEBSTAMP := $(TOOLS)/debian/.installed
 
 .PHONY: test demo tools lint fuzz
 
@@ -24,12 +26,18 @@ FUZZ_SECONDS ?= 60
 fuzz:
 	tests/fuzz/run.sh $(FUZZ_SECONDS)
 
-tools: $(STAMP)
+tools: $(STAMP) $(DEBSTAMP)
 
 $(STAMP): $(REQS)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r $(REQS)
 	touch $(STAMP)
+
+# Redis and nginx, the suite's real peers, unpacked from Debian's packages into
+# .tools/debian (no root needed); programs at .tools/bin/NAME.
+$(DEBSTAMP): $(DEBS) tests/tools/debian.sh
+	tests/tools/debian.sh
+	touch $(DEBSTAMP)
 
 # A plain `cargo build` resolves features without the dev-dependencies, while
 # `cargo test --all-targets` unifies them in (tokio's `full`, and a dozen crates

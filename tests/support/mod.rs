@@ -220,6 +220,17 @@ pub fn envoy_binary() -> PathBuf {
     })
 }
 
+/// A program the test command unpacked from Debian's packages (Redis, nginx:
+/// `tests/tools/debian-packages.txt`), as its `.tools/bin` wrapper.
+pub fn debian_tool(name: &str) -> PathBuf {
+    let path = repo_root().join(".tools/bin").join(name);
+    assert!(
+        path.is_file(),
+        "no {name}: run `make test` (tests/tools/debian.sh unpacks it into .tools/)"
+    );
+    path
+}
+
 /// A running Envoy, killed (by its own handle) when dropped.
 pub struct Envoy {
     child: Child,
