@@ -7,6 +7,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod peers;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -229,6 +231,70 @@ pub fn debian_tool(name: &str) -> PathBuf {
         "no {name}: run `make test` (tests/tools/debian.sh unpacks it into .tools/)"
     );
     path
+}
+
+/// The real `portcullis` binary (a subprocess, as operators run it), killed (by its own handle) when dropped.
+pub struct PortcullisBinary {
+    child: Child,
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+    stderr: PathBuf,
+}
+
+impl Drop for PortcullisBinary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl PortcullisBinary {
+    /// Starts `portcullis serve --config CONFIG` (stderr to DIR), and waits
+    /// for its "portcullis serving" line, which names the bound addresses.
+    pub async fn start(config: &Path, dir: &Path, env: &[(&str, &str)]) -> PortcullisBinary {
+        let stderr = dir.join("portcullis.stderr");
+        let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("portcullis starts");
+        let mut p = PortcullisBinary {
+            child,
+            grpc: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            stderr,
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = p.child.try_wait().unwrap() {
+                panic!("portcullis exited with {status}:\n{}", p.log());
+            }
+            let serving = p.log().lines().find_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                (v["message"] == "portcullis serving").then_some(v)
+            });
+            if let Some(v) = serving {
+                p.grpc = v["grpc"].as_str().unwrap().parse().unwrap();
+                p.admin = v["admin"].as_str().unwrap().parse().unwrap();
+                return p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "portcullis not serving:\n{}",
+                p.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
 }
 
 /// A running Envoy, killed (by its own handle) when dropped.
