@@ -56,6 +56,9 @@ $(DEBSTAMP): $(DEBS) tests/tools/debian.sh
 # itself is linked again (about two seconds).
 DEMO_BUILD := cargo build --bin portcullis --example const_authz
 
+# `make demo JAEGER=1` adds Jaeger and traces every request (examples/jaeger/).
+JAEGER ?= 0
+
 demo: tools
 	$(DEMO_BUILD)
-	examples/demo.sh
+	JAEGER=$(JAEGER) examples/demo.sh

@@ -98,7 +98,7 @@ fn realm() -> Value {
                 "enabled": true,
                 "publicClient": false,
                 "secret": INTROSPECTION_SECRET,
-                "serviceAccountsEnabled": false,
+                "serviceAccountsEnabled": true,
                 "standardFlowEnabled": false,
                 "directAccessGrantsEnabled": false,
             },
@@ -117,6 +117,8 @@ fn write_policies(dir: &Path, issuer: &str) {
 tenant: orders
 hosts: [orders.example.com]
 {shared}
+# The exact reason in deny bodies, for the assertions (the default is generic).
+client_errors: detailed
 identity:
   jwt:
     - issuer: {issuer}
@@ -162,6 +164,8 @@ rules:
 tenant: {tenant}
 hosts: [{tenant}.example.com]
 {shared}
+# The exact reason in deny bodies, for the assertions (the default is generic).
+client_errors: detailed
 identity:
   introspection:
     endpoint: {issuer}/protocol/openid-connect/token/introspect
@@ -541,11 +545,26 @@ async fn keycloak_tokens_through_envoy_and_portcullis() {
     assert_eq!((r.status, reason(&r)), (403, "no_matching_rule".into()));
     let r = call(main, orders, "/orders", &[("authorization", &user_bearer)]).await;
     assert_eq!(r.status, 403, "{r:?}");
-    // A token for another audience (the master realm's admin token has none
-    // of ours, and another issuer): refused.
-    let other = format!("Bearer {}", idp.admin_token().await);
-    let r = call(main, orders, "/orders", &[("authorization", &other)]).await;
-    assert_eq!((r.status, reason(&r)), (401, "issuer_not_trusted".into()));
+    // A token of this realm without the audience (the `portcullis` client
+    // has no audience mapper): refused.
+    let (status, body) = idp
+        .post_form(
+            &idp.token_endpoint(),
+            Some(("portcullis", INTROSPECTION_SECRET)),
+            &[],
+            &[("grant_type", "client_credentials")],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let other = body["access_token"].as_str().unwrap().to_string();
+    let no_aud = format!("Bearer {other}");
+    let r = call(main, orders, "/orders", &[("authorization", &no_aud)]).await;
+    assert_eq!(
+        (r.status, reason(&r)),
+        (401, "invalid_audience".into()),
+        "{r:?} {}",
+        payload(&other)
+    );
 
     // --- Introspection. ---
     let r = call(main, reports, "/reports", &[("authorization", &bearer)]).await;

@@ -22,6 +22,12 @@ mkdir -p "$CACHE" "$LINKS"
 # leaves a half-filled entry that looks done.
 finish() { mv "$1.tmp" "$1"; }
 
+# Downloads one module version into the Go module cache (read-only there) and
+# prints its directory.
+module_dir() {
+	go mod download -json "$1" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'
+}
+
 jaeger() {
 	local dir=$CACHE/jaeger-$JAEGER_VERSION
 	if [ ! -x "$dir/jaeger" ]; then
@@ -30,8 +36,7 @@ jaeger() {
 		# Its go.mod carries a replace directive, which `go install mod@v`
 		# refuses; building inside the downloaded module honours it.
 		local src
-		src=$(go mod download -json "github.com/jaegertracing/jaeger@$JAEGER_VERSION" |
-			sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+		src=$(module_dir "github.com/jaegertracing/jaeger@$JAEGER_VERSION")
 		(cd "$src" && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -ldflags=-s \
 			-o "$dir.tmp/jaeger" ./cmd/jaeger)
 		finish "$dir"
@@ -62,8 +67,14 @@ opa_envoy() {
 	if [ ! -x "$dir/opa-envoy-plugin" ]; then
 		echo "peers: building OPA-Envoy $OPA_ENVOY_VERSION into $dir" >&2
 		rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
-		GOBIN=$dir.tmp CGO_ENABLED=0 go install -trimpath -ldflags=-s \
-			"github.com/open-policy-agent/opa-envoy-plugin/cmd/opa-envoy-plugin@$OPA_ENVOY_VERSION"
+		# `go install mod@version` would also ask the module proxy for the
+		# module's version list (to report deprecation), which the proxy
+		# here refuses; downloading the one version and building inside it
+		# asks only for that version and its go.sum's dependencies.
+		local src
+		src=$(module_dir "github.com/open-policy-agent/opa-envoy-plugin@$OPA_ENVOY_VERSION")
+		(cd "$src" && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -ldflags=-s \
+			-o "$dir.tmp/opa-envoy-plugin" ./cmd/opa-envoy-plugin)
 		finish "$dir"
 	fi
 	ln -sfn "$dir/opa-envoy-plugin" "$LINKS/opa-envoy-plugin"
