@@ -24,7 +24,7 @@ use jwt_simple::prelude::*;
 use serde_json::{Value, json};
 
 use support::peers::Jaeger;
-use support::{Envoy, HttpResponse, PortcullisBinary, http};
+use support::{Envoy, PortcullisBinary, decision_id, http};
 
 /// One span of a Jaeger trace, flattened from its OTLP JSON.
 #[derive(Debug, Clone)]
@@ -163,17 +163,6 @@ fn attr<'a>(span: &'a Span, key: &str) -> &'a str {
         .get(key)
         .and_then(Value::as_str)
         .unwrap_or_else(|| panic!("no {key} on {span:#?}"))
-}
-
-fn decision_id(r: &HttpResponse) -> String {
-    r.header("x-portcullis-decision-id")
-        .map(str::to_string)
-        .or_else(|| {
-            r.json()["headers"]["x-portcullis-decision-id"][0]
-                .as_str()
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| panic!("no decision id: {r:?}"))
 }
 
 /// The decision log's line for `id`, once it is written.

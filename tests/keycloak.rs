@@ -28,12 +28,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use jwt_simple::prelude::*;
 use serde_json::{Value, json};
 use sha2::Digest as _;
 
 use support::peers::Keycloak;
-use support::{Envoy, HttpResponse, http};
+use support::{DpopKey, Envoy, HttpResponse, http};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 const REALM: &str = "shop";
@@ -187,20 +186,6 @@ rules:
         )
         .unwrap();
     }
-}
-
-/// The shipped example Envoy config with the test's ports (its ext_authz
-/// timeout, 0.5 s, is the deadline portcullis answers within).
-fn envoy_config(portcullis: SocketAddr, upstream: SocketAddr) -> String {
-    let mut cfg = support::example_envoy_config();
-    for c in cfg["static_resources"]["clusters"].as_array_mut().unwrap() {
-        match c["name"].as_str() {
-            Some("portcullis") => *support::cluster_port(c) = json!(portcullis.port()),
-            Some("upstream") => *support::cluster_port(c) = json!(upstream.port()),
-            other => panic!("unexpected cluster {other:?} in the example"),
-        }
-    }
-    serde_json::to_string_pretty(&cfg).unwrap()
 }
 
 /// Keycloak's side of the test: its endpoints, and its admin API.
@@ -396,46 +381,14 @@ fn payload(token: &str) -> Value {
     serde_json::from_slice(&B64.decode(part).unwrap()).unwrap()
 }
 
-/// A DPoP key (Ed25519) and proofs signed with it, built here with the JOSE
-/// library (as in tests/binding.rs), never by portcullis.
-struct DpopKey {
-    key: Ed25519KeyPair,
-}
-
-impl DpopKey {
-    fn jwk(&self) -> Value {
-        let mut jwk: Value = serde_json::from_str(&self.key.public_key().to_jwk()).unwrap();
-        let jwk = jwk.as_object_mut().unwrap();
-        jwk.retain(|k, _| ["kty", "crv", "x"].contains(&k.as_str()));
-        Value::Object(jwk.clone())
+/// A DPoP proof for `htm` `htu`, bound to `token` when given.
+fn dpop_proof(key: &DpopKey, htm: &str, htu: &str, token: Option<&str>, jti: &str) -> String {
+    let mut claims = json!({ "jti": jti, "htm": htm, "htu": htu, "iat": support::now() });
+    if let Some(t) = token {
+        claims["ath"] = json!(B64.encode(sha2::Sha256::digest(t.as_bytes())));
     }
-
-    /// RFC 7638 thumbprint, computed independently.
-    fn jkt(&self) -> String {
-        let jwk = self.jwk();
-        let canonical = format!(
-            r#"{{"crv":"{}","kty":"{}","x":"{}"}}"#,
-            jwk["crv"].as_str().unwrap(),
-            jwk["kty"].as_str().unwrap(),
-            jwk["x"].as_str().unwrap()
-        );
-        B64.encode(sha2::Sha256::digest(canonical.as_bytes()))
-    }
-
-    fn proof(&self, htm: &str, htu: &str, token: Option<&str>, jti: &str) -> String {
-        let mut claims = json!({ "jti": jti, "htm": htm, "htu": htu, "iat": support::now() });
-        if let Some(t) = token {
-            claims["ath"] = json!(B64.encode(sha2::Sha256::digest(t.as_bytes())));
-        }
-        let header = json!({"typ": "dpop+jwt", "alg": "EdDSA", "jwk": self.jwk()});
-        let input = format!(
-            "{}.{}",
-            B64.encode(header.to_string()),
-            B64.encode(claims.to_string())
-        );
-        let sig = self.key.key_pair().as_ref().sk.sign(input.as_bytes(), None);
-        format!("{input}.{}", B64.encode(sig.as_ref()))
-    }
+    let header = json!({"typ": "dpop+jwt", "alg": "EdDSA", "jwk": key.jwk()});
+    key.sign(&header, &claims)
 }
 
 /// portcullis' answer through Envoy: status and the deny body's `error`.
@@ -494,7 +447,11 @@ async fn keycloak_tokens_through_envoy_and_portcullis() {
     write_policies(dir.path(), &idp.issuer());
     let portcullis = support::start_portcullis(dir.path()).await;
     let (upstream, _echo) = support::start_echo_upstream().await;
-    let envoy = Envoy::start(&envoy_config(portcullis.grpc_addr.unwrap(), upstream)).await;
+    let envoy = Envoy::start(&support::example_envoy_with(
+        portcullis.grpc_addr.unwrap(),
+        upstream,
+    ))
+    .await;
     let main = envoy.listener("main").await;
     let orders = "orders.example.com";
     let reports = "reports.example.com";
@@ -643,10 +600,8 @@ async fn keycloak_tokens_through_envoy_and_portcullis() {
     eprintln!("revoked token refused after {took:?}");
 
     // --- DPoP: Keycloak binds the token to the proof's key. ---
-    let dpop = DpopKey {
-        key: Ed25519KeyPair::generate(),
-    };
-    let proof = dpop.proof("POST", &idp.token_endpoint(), None, "kc-proof-1");
+    let dpop = DpopKey::generate();
+    let proof = dpop_proof(&dpop, "POST", &idp.token_endpoint(), None, "kc-proof-1");
     let (status, body) = idp
         .post_form(
             &idp.token_endpoint(),
@@ -660,7 +615,7 @@ async fn keycloak_tokens_through_envoy_and_portcullis() {
     let bound = body["access_token"].as_str().unwrap().to_string();
     assert_eq!(payload(&bound)["cnf"]["jkt"], dpop.jkt());
     let htu = "http://orders.example.com/bound";
-    let proof = dpop.proof("GET", htu, Some(&bound), "api-proof-1");
+    let proof = dpop_proof(&dpop, "GET", htu, Some(&bound), "api-proof-1");
     let dpop_auth = format!("DPoP {bound}");
     let r = call(
         main,

@@ -33,7 +33,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::{KeyValue as OtlpKeyValue, any_value};
 use serde_json::{Value, json};
 
-use support::{Envoy, HttpResponse, PortcullisBinary, http};
+use support::{Envoy, PortcullisBinary, decision_id, http};
 
 const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
@@ -260,18 +260,6 @@ fn envoy_config(portcullis: SocketAddr, upstream: SocketAddr, otlp: SocketAddr) 
     *support::cluster_port(&mut otlp_cluster) = json!(otlp.port());
     clusters.push(otlp_cluster);
     serde_json::to_string_pretty(&cfg).unwrap()
-}
-
-fn decision_id(r: &HttpResponse) -> String {
-    r.header("x-portcullis-decision-id")
-        .map(str::to_string)
-        .or_else(|| {
-            // An allow: the upstream echoes the header portcullis set.
-            r.json()["headers"]["x-portcullis-decision-id"][0]
-                .as_str()
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| panic!("no decision id: {r:?}"))
 }
 
 /// Every sample of `/metrics`, as parsed by `prometheus_client`'s OpenMetrics

@@ -7,10 +7,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
-
-use serde_json::json;
-
 use support::peers::OpaEnvoy;
 use support::{Envoy, http};
 
@@ -32,26 +28,13 @@ allow if {
 }
 "#;
 
-/// The shipped example Envoy config, its ext_authz cluster sent to OPA-Envoy.
-fn envoy_config(authz: SocketAddr, upstream: SocketAddr) -> String {
-    let mut cfg = support::example_envoy_config();
-    for c in cfg["static_resources"]["clusters"].as_array_mut().unwrap() {
-        match c["name"].as_str() {
-            Some("portcullis") => *support::cluster_port(c) = json!(authz.port()),
-            Some("upstream") => *support::cluster_port(c) = json!(upstream.port()),
-            other => panic!("unexpected cluster {other:?} in the example"),
-        }
-    }
-    serde_json::to_string_pretty(&cfg).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opa_envoy_decides_for_a_real_envoy() {
     let policies = tempfile::tempdir().unwrap();
     std::fs::write(policies.path().join("authz.rego"), POLICY).unwrap();
     let opa = OpaEnvoy::start(policies.path(), "envoy/authz/allow").await;
     let (upstream, _echo) = support::start_echo_upstream().await;
-    let envoy = Envoy::start(&envoy_config(opa.grpc, upstream)).await;
+    let envoy = Envoy::start(&support::example_envoy_with(opa.grpc, upstream)).await;
     let main = envoy.listener("main").await;
     let host = ("host", "people.example.com");
 

@@ -427,3 +427,82 @@ pub fn example_envoy_config() -> serde_json::Value {
         serde_json::json!(0);
     cfg
 }
+
+/// The decision id of a response through Envoy: the deny's header, or on an
+/// allow the header portcullis set, as the echo upstream saw it.
+pub fn decision_id(r: &HttpResponse) -> String {
+    r.header("x-portcullis-decision-id")
+        .map(str::to_string)
+        .or_else(|| {
+            r.json()["headers"]["x-portcullis-decision-id"][0]
+                .as_str()
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("no decision id: {r:?}"))
+}
+
+/// `examples/envoy/envoy.yaml` (ports as [`example_envoy_config`] sets them)
+/// with its ext_authz cluster sent to `authz` and its upstream to `upstream`.
+pub fn example_envoy_with(authz: SocketAddr, upstream: SocketAddr) -> String {
+    let mut cfg = example_envoy_config();
+    for c in cfg["static_resources"]["clusters"].as_array_mut().unwrap() {
+        match c["name"].as_str() {
+            Some("portcullis") => *cluster_port(c) = serde_json::json!(authz.port()),
+            Some("upstream") => *cluster_port(c) = serde_json::json!(upstream.port()),
+            other => panic!("unexpected cluster {other:?} in the example"),
+        }
+    }
+    serde_json::to_string_pretty(&cfg).unwrap()
+}
+
+/// A client's DPoP key (Ed25519), with proofs signed by the JOSE library,
+/// never by portcullis.
+pub struct DpopKey {
+    pub key: jwt_simple::prelude::Ed25519KeyPair,
+}
+
+impl DpopKey {
+    pub fn generate() -> DpopKey {
+        DpopKey {
+            key: jwt_simple::prelude::Ed25519KeyPair::generate(),
+        }
+    }
+
+    /// The public JWK, its required members only.
+    pub fn jwk(&self) -> serde_json::Value {
+        let mut jwk: serde_json::Value =
+            serde_json::from_str(&self.key.public_key().to_jwk()).unwrap();
+        let jwk = jwk.as_object_mut().unwrap();
+        jwk.retain(|k, _| ["kty", "crv", "x"].contains(&k.as_str()));
+        serde_json::Value::Object(jwk.clone())
+    }
+
+    /// RFC 7638 thumbprint, computed here independently.
+    pub fn jkt(&self) -> String {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let jwk = self.jwk();
+        let canonical = format!(
+            r#"{{"crv":"{}","kty":"{}","x":"{}"}}"#,
+            jwk["crv"].as_str().unwrap(),
+            jwk["kty"].as_str().unwrap(),
+            jwk["x"].as_str().unwrap()
+        );
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(sha2::Sha256::digest(canonical.as_bytes()))
+    }
+
+    /// A compact JWS of `header` and `claims` exactly as given.
+    pub fn sign(&self, header: &serde_json::Value, claims: &serde_json::Value) -> String {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+        use jwt_simple::prelude::EdDSAKeyPairLike as _;
+        let input = format!(
+            "{}.{}",
+            B64.encode(header.to_string()),
+            B64.encode(claims.to_string())
+        );
+        let sig = self.key.key_pair().as_ref().sk.sign(input.as_bytes(), None);
+        format!("{input}.{}", B64.encode(sig.as_ref()))
+    }
+}
