@@ -10,7 +10,7 @@ REQS    := tests/tools/requirements.txt
 DEBS    := tests/tools/debian-packages.txt
 DEBSTAMP := $(TOOLS)/debian/.installed
 
-.PHONY: test demo tools lint fuzz
+.PHONY: test demo tools peers lint fuzz
 
 test: tools
 	cargo fmt --all --check
@@ -26,7 +26,15 @@ FUZZ_SECONDS ?= 60
 fuzz:
 	tests/fuzz/run.sh $(FUZZ_SECONDS)
 
-tools: $(STAMP) $(DEBSTAMP)
+tools: $(STAMP) $(DEBSTAMP) peers
+
+# Jaeger, Keycloak and OPA-Envoy, pinned in tests/tools/peers.sh: built or
+# fetched once per version into a machine-wide cache
+# ($${XDG_CACHE_HOME:-~/.cache}/portcullis-peers), linked as .tools/peers/NAME.
+# The script is run every time: it checks the cache, and rebuilds only what is
+# missing, so a cleared cache is redone with no step by hand.
+peers:
+	tests/tools/peers.sh
 
 $(STAMP): $(REQS)
 	python3 -m venv $(VENV)
@@ -48,6 +56,9 @@ $(DEBSTAMP): $(DEBS) tests/tools/debian.sh
 # itself is linked again (about two seconds).
 DEMO_BUILD := cargo build --bin portcullis --example const_authz
 
+# `make demo JAEGER=1` adds Jaeger and traces every request (examples/jaeger/).
+JAEGER ?= 0
+
 demo: tools
 	$(DEMO_BUILD)
-	examples/demo.sh
+	JAEGER=$(JAEGER) examples/demo.sh

@@ -6,6 +6,10 @@
 # The terminal shows one readable line per decision (the diagnostic log, with
 # allows and preflights raised from debug); the JSON decision log goes to a
 # file, named in the banner. Set RUST_LOG to see more or less.
+#
+# JAEGER=1 (`make demo JAEGER=1`) adds Jaeger 2 (.tools/peers/jaeger, OTLP/gRPC
+# :4317, query API :16686) and runs the walk-through's configs in
+# examples/jaeger/, with every request traced (examples/jaeger/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +17,17 @@ envoy_bin=$(ls .tools/venv/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/nu
 if [ -z "$envoy_bin" ]; then
   echo "no Envoy in .tools/: run 'make tools' first" >&2
   exit 1
+fi
+
+portcullis_config=examples/portcullis.yaml
+envoy_config=examples/envoy/envoy.yaml
+if [ "${JAEGER:-0}" = 1 ]; then
+  if [ ! -x .tools/peers/jaeger ]; then
+    echo "no Jaeger in .tools/peers: run 'make tools' first" >&2
+    exit 1
+  fi
+  portcullis_config=examples/jaeger/portcullis.yaml
+  envoy_config=examples/jaeger/envoy.yaml
 fi
 
 pids=()
@@ -24,12 +39,17 @@ trap stop EXIT INT TERM
 
 python3 examples/echo_upstream.py 8081 &
 pids+=($!)
+if [ "${JAEGER:-0}" = 1 ]; then
+  .tools/peers/jaeger --config examples/jaeger/jaeger.yaml \
+    >>"${TMPDIR:-/tmp}/portcullis-demo-jaeger.log" 2>&1 &
+  pids+=($!)
+fi
 decisions="${TMPDIR:-/tmp}/portcullis-demo-decisions.jsonl"
 RUST_LOG="${RUST_LOG:-warn,portcullis=info,portcullis::transport::server=debug}" \
-  "${CARGO_TARGET_DIR:-target}/debug/portcullis" serve --config examples/portcullis.yaml \
+  "${CARGO_TARGET_DIR:-target}/debug/portcullis" serve --config "$portcullis_config" \
   >>"$decisions" &
 pids+=($!)
-"$envoy_bin" -c examples/envoy/envoy.yaml -l warning --use-dynamic-base-id &
+"$envoy_bin" -c "$envoy_config" -l warning --use-dynamic-base-id &
 pids+=($!)
 
 for _ in $(seq 1 100); do
@@ -55,6 +75,12 @@ portcullis is deciding for Envoy on http://127.0.0.1:8080. Try:
   curl -s localhost:9002/policies
 
 TOUR
+if [ "${JAEGER:-0}" = 1 ]; then
+  echo "Jaeger's query API is on http://127.0.0.1:16686: a decision line's trace_id"
+  echo "finds its trace with  curl -s localhost:16686/api/v3/traces/TRACE_ID"
+  echo "(examples/jaeger/README.md)."
+  echo
+fi
 echo "Each decision prints one line here; the JSON decision log is appended to"
 echo "$decisions. Ctrl-C stops everything."
 echo

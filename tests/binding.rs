@@ -91,43 +91,26 @@ fn uuid_like() -> String {
 
 /// The client's DPoP key.
 struct Client {
-    key: Ed25519KeyPair,
+    key: support::DpopKey,
 }
 
 impl Client {
     fn new() -> Client {
         Client {
-            key: Ed25519KeyPair::generate(),
+            key: support::DpopKey::generate(),
         }
     }
 
     fn jwk(&self) -> Value {
-        let mut jwk: Value = serde_json::from_str(&self.key.public_key().to_jwk()).unwrap();
-        let jwk = jwk.as_object_mut().unwrap();
-        jwk.retain(|k, _| ["kty", "crv", "x"].contains(&k.as_str()));
-        Value::Object(jwk.clone())
+        self.key.jwk()
     }
 
-    /// RFC 7638 thumbprint, computed here independently.
     fn jkt(&self) -> String {
-        let jwk = self.jwk();
-        let canonical = format!(
-            r#"{{"crv":"{}","kty":"{}","x":"{}"}}"#,
-            jwk["crv"].as_str().unwrap(),
-            jwk["kty"].as_str().unwrap(),
-            jwk["x"].as_str().unwrap()
-        );
-        B64.encode(sha2::Sha256::digest(canonical.as_bytes()))
+        self.key.jkt()
     }
 
     fn sign(&self, header: &Value, claims: &Value) -> String {
-        let input = format!(
-            "{}.{}",
-            B64.encode(header.to_string()),
-            B64.encode(claims.to_string())
-        );
-        let sig = self.key.key_pair().as_ref().sk.sign(input.as_bytes(), None);
-        format!("{input}.{}", B64.encode(sig.as_ref()))
+        self.key.sign(header, claims)
     }
 
     fn proof(&self, htm: &str, htu: &str, token: &str, patch: Value) -> String {

@@ -137,7 +137,7 @@ fn example_server_configs_load() {
             .unwrap();
     assert_eq!(
         jaeger.tracing.otlp_endpoint.as_deref(),
-        Some("http://jaeger:4317")
+        Some("http://127.0.0.1:4317")
     );
 }
 

@@ -18,7 +18,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::{KeyValue as OtlpKeyValue, any_value};
 use serde_json::{Value, json};
 
-use support::{Envoy, HttpResponse, http};
+use support::{Envoy, PortcullisBinary, decision_id, http};
 
 const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
@@ -161,68 +161,6 @@ impl Receiver {
     }
 }
 
-/// The portcullis binary, killed (by its own handle) when dropped.
-struct Portcullis {
-    child: Child,
-    grpc: SocketAddr,
-    admin: SocketAddr,
-    stderr: std::path::PathBuf,
-}
-
-impl Drop for Portcullis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Portcullis {
-    async fn start(config: &Path, dir: &Path, env: &[(&str, &str)]) -> Portcullis {
-        let stderr = dir.join("portcullis.stderr");
-        let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .env_remove("RUST_LOG")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("portcullis starts");
-        let mut p = Portcullis {
-            child,
-            grpc: SocketAddr::from(([127, 0, 0, 1], 0)),
-            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
-            stderr,
-        };
-        let deadline = Instant::now() + support::READY_TIMEOUT;
-        loop {
-            if let Some(status) = p.child.try_wait().unwrap() {
-                panic!("portcullis exited with {status}:\n{}", p.log());
-            }
-            let serving = p.log().lines().find_map(|l| {
-                let v: Value = serde_json::from_str(l).ok()?;
-                (v["message"] == "portcullis serving").then_some(v)
-            });
-            if let Some(v) = serving {
-                p.grpc = v["grpc"].as_str().unwrap().parse().unwrap();
-                p.admin = v["admin"].as_str().unwrap().parse().unwrap();
-                return p;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "portcullis not serving:\n{}",
-                p.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-}
-
 /// An issuer that serves its JWKS over loopback HTTP.
 async fn start_idp(jwks: Value) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -324,18 +262,6 @@ fn envoy_config(portcullis: SocketAddr, upstream: SocketAddr, otlp: SocketAddr) 
     serde_json::to_string_pretty(&cfg).unwrap()
 }
 
-fn decision_id(r: &HttpResponse) -> String {
-    r.header("x-portcullis-decision-id")
-        .map(str::to_string)
-        .or_else(|| {
-            // An allow: the upstream echoes the header portcullis set.
-            r.json()["headers"]["x-portcullis-decision-id"][0]
-                .as_str()
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| panic!("no decision id: {r:?}"))
-}
-
 /// Every sample of `/metrics`, as parsed by `prometheus_client`'s OpenMetrics
 /// parser (tests/tools/prom_parse.py).
 fn parse_metrics(text: &str) -> Vec<Value> {
@@ -426,7 +352,7 @@ async fn traces_metrics_and_decision_log_through_a_real_envoy() {
     )
     .unwrap();
     let endpoint = format!("http://{otlp}");
-    let portcullis = Portcullis::start(
+    let portcullis = PortcullisBinary::start(
         &config,
         dir.path(),
         &[

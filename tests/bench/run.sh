@@ -8,7 +8,8 @@
 #
 # Environment: RUNS, DUR (seconds), TENANTS, DISTINCT, OUT, SERVER_CPU,
 # LOAD_CPU, PORT_BASE, BIN_DIR (prebuilt portcullis, fixtures and const_authz:
-# skips the release build), NO_INSTALL=1 (skip what needs a missing tool
+# skips the release build), OPA_ENVOY (the opa-envoy-plugin binary; default
+# .tools/peers/opa-envoy-plugin, measured beside portcullis when present), NO_INSTALL=1 (skip what needs a missing tool
 # instead of installing it). Everything listens on 127.0.0.1 only; every
 # process started here is stopped by pid on exit.
 set -euo pipefail
@@ -186,16 +187,68 @@ sleep 0.3
 record memory idle 0 rss_kb "$(rss_kb "$ONE_PID")"
 record memory const_idle 0 rss_kb "$(rss_kb "$CONST_PID")"
 
+# OPA-Envoy (built by tests/tools/peers.sh) on the same RS256 check written in
+# Rego (tests/bench/opa/authz.rego, the fixtures' JWKS as data), pinned to the
+# server core like portcullis. It is measured only once one Check, with its
+# decision log on, shows that the policy allows the fixture's request.
+OPA=${OPA_ENVOY:-$ROOT/.tools/peers/opa-envoy-plugin}
+O_GRPC=$((PORT_BASE + 20)) O_HTTP=$((PORT_BASE + 21))
+HAVE_OPA=0
+start_opa() { # decision log on console (true|false), log name
+  cat >"$OUT/opa-$2.yaml" <<YAML
+plugins:
+  envoy_ext_authz_grpc:
+    addr: 127.0.0.1:$O_GRPC
+    path: envoy/authz/allow
+    enable-reflection: false
+decision_logs:
+  console: $1
+YAML
+  taskset -c "$SERVER_CPU" "$OPA" run --server --addr "127.0.0.1:$O_HTTP" --disable-telemetry \
+    --config-file "$OUT/opa-$2.yaml" "$OUT/opa" >"$OUT/opa-$2.log" 2>&1 &
+  OPA_PID=$!
+  PIDS+=("$OPA_PID")
+  for _ in $(seq 1 1500); do
+    curl -sf "http://127.0.0.1:$O_HTTP/health?plugins" >/dev/null 2>&1 && return 0
+    kill -0 "$OPA_PID" 2>/dev/null || { cat "$OUT/opa-$2.log" >&2; return 1; }
+    sleep 0.02
+  done
+  log "OPA-Envoy: not ready"; return 1
+}
+if [[ -x $OPA ]] && ((HAVE_H2LOAD)); then
+  mkdir -p "$OUT/opa"
+  cp "$ROOT/tests/bench/opa/authz.rego" "$OUT/opa/"
+  python3 -c 'import json, sys; print(json.dumps({"bench": {"jwks": open(sys.argv[1]).read()}}))' \
+    "$FIX/jwks.json" >"$OUT/opa/data.json"
+  if start_opa true check; then
+    h2load -n 1 -c 1 -H 'content-type: application/grpc' -H 'te: trailers' -d "$FIX/check-acme.bin" \
+      "http://127.0.0.1:$O_GRPC$GRPC_PATH" >"$OUT/opa-check.h2load" 2>&1 || true
+    for _ in $(seq 1 100); do
+      grep -q '"result":true' "$OUT/opa-check.log" && break
+      sleep 0.05
+    done
+    stop "$OPA_PID"
+    if grep -q '"result":true' "$OUT/opa-check.log"; then
+      start_opa false load && HAVE_OPA=1
+    else
+      log "OPA-Envoy did not allow the fixture's request (see $OUT/opa-check.log): not measured"
+    fi
+  fi
+fi
+
 # --- gRPC load: closed loop, then open loop ----------------------------------
 if ((HAVE_H2LOAD)); then
   for run in $(seq 1 "$RUNS"); do
     targets=(const portcullis portcullis_nocache const_stock)
-    for k in 0 1 2 3; do
-      target=${targets[$(((k + run) % 4))]}
+    ((HAVE_OPA)) && targets+=(opa_envoy)
+    n=${#targets[@]}
+    for k in $(seq 0 $((n - 1))); do
+      target=${targets[$(((k + run) % n))]}
       log "grpc closed loop, run $run: $target"
       case $target in
         const) h2run grpc_closed const "$run" "$C_GRPC" "$FIX/check-acme.bin" -c 4 -m 16 ;;
         const_stock) h2run grpc_closed const_stock "$run" "$S_GRPC" "$FIX/check-acme.bin" -c 4 -m 16 ;;
+        opa_envoy) h2run grpc_closed opa_envoy "$run" "$O_GRPC" "$FIX/check-acme.bin" -c 4 -m 16 ;;
         portcullis)
           before=$(allows "$P_ADMIN")
           h2run grpc_closed portcullis "$run" "$P_GRPC" "$FIX/check-acme.bin" -c 4 -m 16
@@ -210,6 +263,7 @@ if ((HAVE_H2LOAD)); then
     done
   done
   record memory after_load 0 rss_kb "$(rss_kb "$ONE_PID")"
+  ((HAVE_OPA)) && record memory opa_envoy_after_load 0 rss_kb "$(rss_kb "$OPA_PID")"
   # Open loop: 10 clients × 500 rps = 5,000 requests per second.
   for run in $(seq 1 "$RUNS"); do
     order=(const portcullis)

@@ -102,6 +102,30 @@ if values("grpc_closed", "const", "rps"):
 if values("grpc_closed", "portcullis_nocache", "rps"):
     p("## gRPC Check, direct, token cache off (`limits.token_cache_size: 0`: every RS256 token verified in full)\n")
     closed_loop_table("portcullis_nocache", (("rps", "Check/s"), ("p50_us", "p50 µs"), ("p99_us", "p99 µs")))
+if values("grpc_closed", "opa_envoy", "rps"):
+    p("## gRPC Check, direct: OPA-Envoy on the same RS256 check in Rego (tests/bench/opa/authz.rego)\n")
+    p(
+        "OPA-Envoy keeps no verified-token cache, so portcullis with its cache off is the like-for-like "
+        "figure; the cached one is shown beside it.\n"
+    )
+    p("| measure | OPA-Envoy | portcullis, cache off | OPA / portcullis off | portcullis, cache on | OPA / portcullis on | constant server |")
+    p("|---|---|---|---|---|---|---|")
+    for metric, label in (("rps", "Check/s"), ("p50_us", "p50 µs"), ("p90_us", "p90 µs"), ("p99_us", "p99 µs")):
+        p(
+            f"| {label} | {fmt(median('grpc_closed', 'opa_envoy', metric))} | "
+            f"{fmt(median('grpc_closed', 'portcullis_nocache', metric))} | "
+            f"{fmt(ratio('opa_envoy', 'portcullis_nocache', metric, 'grpc_closed'), 2)}× | "
+            f"{fmt(median('grpc_closed', 'portcullis', metric))} | "
+            f"{fmt(ratio('opa_envoy', 'portcullis', metric, 'grpc_closed'), 2)}× | "
+            f"{fmt(median('grpc_closed', 'const', metric))} |"
+        )
+    p("")
+    p(
+        f"Spread of Check/s: OPA-Envoy {spread('grpc_closed', 'opa_envoy', 'rps')}. Failed requests: "
+        f"OPA-Envoy {fmt(sum(values('grpc_closed', 'opa_envoy', 'failed').values()))}. Memory after load: "
+        f"OPA-Envoy {fmt(median('memory', 'opa_envoy_after_load', 'rss_kb'))} KiB, portcullis "
+        f"{fmt(median('memory', 'after_load', 'rss_kb'))} KiB.\n"
+    )
 if values("profile", "const", "instructions_per_check"):
     p("## Per check: instructions and allocations (callgrind, the server under h2load)\n")
     p("| server | instructions / check | ratio | heap allocations / check | ratio | failed |")

@@ -7,6 +7,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod peers;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -231,6 +233,70 @@ pub fn debian_tool(name: &str) -> PathBuf {
     path
 }
 
+/// The real `portcullis` binary (a subprocess, as operators run it), killed (by its own handle) when dropped.
+pub struct PortcullisBinary {
+    child: Child,
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+    stderr: PathBuf,
+}
+
+impl Drop for PortcullisBinary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl PortcullisBinary {
+    /// Starts `portcullis serve --config CONFIG` (stderr to DIR), and waits
+    /// for its "portcullis serving" line, which names the bound addresses.
+    pub async fn start(config: &Path, dir: &Path, env: &[(&str, &str)]) -> PortcullisBinary {
+        let stderr = dir.join("portcullis.stderr");
+        let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("portcullis starts");
+        let mut p = PortcullisBinary {
+            child,
+            grpc: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            stderr,
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = p.child.try_wait().unwrap() {
+                panic!("portcullis exited with {status}:\n{}", p.log());
+            }
+            let serving = p.log().lines().find_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                (v["message"] == "portcullis serving").then_some(v)
+            });
+            if let Some(v) = serving {
+                p.grpc = v["grpc"].as_str().unwrap().parse().unwrap();
+                p.admin = v["admin"].as_str().unwrap().parse().unwrap();
+                return p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "portcullis not serving:\n{}",
+                p.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
 /// A running Envoy, killed (by its own handle) when dropped.
 pub struct Envoy {
     child: Child,
@@ -360,4 +426,83 @@ pub fn example_envoy_config() -> serde_json::Value {
     cfg["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] =
         serde_json::json!(0);
     cfg
+}
+
+/// The decision id of a response through Envoy: the deny's header, or on an
+/// allow the header portcullis set, as the echo upstream saw it.
+pub fn decision_id(r: &HttpResponse) -> String {
+    r.header("x-portcullis-decision-id")
+        .map(str::to_string)
+        .or_else(|| {
+            r.json()["headers"]["x-portcullis-decision-id"][0]
+                .as_str()
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("no decision id: {r:?}"))
+}
+
+/// `examples/envoy/envoy.yaml` (ports as [`example_envoy_config`] sets them)
+/// with its ext_authz cluster sent to `authz` and its upstream to `upstream`.
+pub fn example_envoy_with(authz: SocketAddr, upstream: SocketAddr) -> String {
+    let mut cfg = example_envoy_config();
+    for c in cfg["static_resources"]["clusters"].as_array_mut().unwrap() {
+        match c["name"].as_str() {
+            Some("portcullis") => *cluster_port(c) = serde_json::json!(authz.port()),
+            Some("upstream") => *cluster_port(c) = serde_json::json!(upstream.port()),
+            other => panic!("unexpected cluster {other:?} in the example"),
+        }
+    }
+    serde_json::to_string_pretty(&cfg).unwrap()
+}
+
+/// A client's DPoP key (Ed25519), with proofs signed by the JOSE library,
+/// never by portcullis.
+pub struct DpopKey {
+    pub key: jwt_simple::prelude::Ed25519KeyPair,
+}
+
+impl DpopKey {
+    pub fn generate() -> DpopKey {
+        DpopKey {
+            key: jwt_simple::prelude::Ed25519KeyPair::generate(),
+        }
+    }
+
+    /// The public JWK, its required members only.
+    pub fn jwk(&self) -> serde_json::Value {
+        let mut jwk: serde_json::Value =
+            serde_json::from_str(&self.key.public_key().to_jwk()).unwrap();
+        let jwk = jwk.as_object_mut().unwrap();
+        jwk.retain(|k, _| ["kty", "crv", "x"].contains(&k.as_str()));
+        serde_json::Value::Object(jwk.clone())
+    }
+
+    /// RFC 7638 thumbprint, computed here independently.
+    pub fn jkt(&self) -> String {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let jwk = self.jwk();
+        let canonical = format!(
+            r#"{{"crv":"{}","kty":"{}","x":"{}"}}"#,
+            jwk["crv"].as_str().unwrap(),
+            jwk["kty"].as_str().unwrap(),
+            jwk["x"].as_str().unwrap()
+        );
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(sha2::Sha256::digest(canonical.as_bytes()))
+    }
+
+    /// A compact JWS of `header` and `claims` exactly as given.
+    pub fn sign(&self, header: &serde_json::Value, claims: &serde_json::Value) -> String {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+        use jwt_simple::prelude::EdDSAKeyPairLike as _;
+        let input = format!(
+            "{}.{}",
+            B64.encode(header.to_string()),
+            B64.encode(claims.to_string())
+        );
+        let sig = self.key.key_pair().as_ref().sk.sign(input.as_bytes(), None);
+        format!("{input}.{}", B64.encode(sig.as_ref()))
+    }
 }
