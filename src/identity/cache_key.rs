@@ -9,7 +9,7 @@ use std::hash::Hasher as _;
 use siphasher::sip128::{Hasher128 as _, SipHasher24};
 
 /// One cache's secret: never logged, never leaves the process, dropped with
-/// the cache (a reload compiles a new tenant, so a new key).
+/// the cache (a tenant compiled again has a new cache, so a new key).
 pub struct CacheKey(SipHasher24);
 
 impl std::fmt::Debug for CacheKey {
