@@ -29,6 +29,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // prost's decoding; a CheckResponse encoded in one pass (src/foundation/codec.rs).
+        .codec_path("crate::foundation::codec::FastCodec")
         .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }

@@ -511,6 +511,28 @@ fn a_cached_verification_never_outlives_the_token() {
     assert!(at(t + 129).allowed, "within leeway it still verifies");
 }
 
+/// A cache hit is for the very token that was verified: another token, or
+/// the cached one with a byte of its signature changed, is judged on its own
+/// (the cache key separates them; docs/security.md, "The token cache's key").
+#[test]
+fn a_cache_hit_is_only_for_the_token_verified() {
+    let f = fixture();
+    let alice = f.acme.rs.sign(jwt_claims(&claims(ISSUER))).unwrap();
+    let bob_claims = with(claims(ISSUER), json!({"sub": "bob"}));
+    let bob = f.acme.rs.sign(jwt_claims(&bob_claims)).unwrap();
+    for _ in 0..2 {
+        assert_eq!(check(&f.p, &alice).subject.as_deref(), Some("alice"));
+        assert_eq!(check(&f.p, &bob).subject.as_deref(), Some("bob"));
+    }
+    let (head, sig) = alice.rsplit_once('.').unwrap();
+    let flipped = if sig.starts_with('A') { 'B' } else { 'A' };
+    let forged = format!("{head}.{flipped}{}", &sig[1..]);
+    let d = check(&f.p, &forged);
+    assert!(!d.allowed);
+    assert_eq!(d.reason.code(), "invalid_signature");
+    assert_eq!(d.subject, None);
+}
+
 #[test]
 fn oversized_and_repeated_credentials() {
     let f = fixture();

@@ -37,7 +37,14 @@ mod code {
     pub const UNAUTHENTICATED: i32 = 16;
 }
 
+/// The answer to Envoy for `decision`, which is left as it was.
 pub fn render(decision: &Decision) -> CheckResponse {
+    into_response(decision.clone())
+}
+
+/// [`render`], moving the decision's strings into the answer instead of
+/// copying them (the handler's last use of its decision).
+pub fn into_response(mut decision: Decision) -> CheckResponse {
     let status = decision.status();
     let rpc_code = match status {
         200 => code::OK,
@@ -49,13 +56,12 @@ pub fn render(decision: &Decision) -> CheckResponse {
     };
     let http_response = if decision.allowed {
         check_response::HttpResponse::OkResponse(OkHttpResponse {
-            headers: decision
-                .set_headers
-                .iter()
-                .map(|(k, v)| overwrite(k, v))
+            headers: std::mem::take(&mut decision.set_headers)
+                .into_iter()
+                .map(|(k, v)| overwrite_owned(k, v))
                 .collect(),
-            headers_to_remove: decision.remove_headers.clone(),
-            query_parameters_to_remove: decision.remove_query.clone(),
+            headers_to_remove: std::mem::take(&mut decision.remove_headers),
+            query_parameters_to_remove: std::mem::take(&mut decision.remove_query),
             ..Default::default()
         })
     } else {
@@ -105,10 +111,14 @@ pub fn render(decision: &Decision) -> CheckResponse {
 }
 
 fn overwrite(key: &str, value: &str) -> HeaderValueOption {
+    overwrite_owned(key.to_string(), value.to_string())
+}
+
+fn overwrite_owned(key: String, value: String) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(HeaderValue {
-            key: key.to_string(),
-            value: value.to_string(),
+            key,
+            value,
             raw_value: Vec::new(),
         }),
         append: None,
@@ -119,12 +129,11 @@ fn overwrite(key: &str, value: &str) -> HeaderValueOption {
 
 /// Decision id, tenant, rule, digest and reason, for Envoy's access log
 /// (`%DYNAMIC_METADATA(envoy.filters.http.ext_authz:...)%`).
-fn metadata(decision: &Decision) -> Struct {
+fn metadata(decision: Decision) -> Struct {
     let s = |v: &str| Value {
         kind: Some(Kind::StringValue(v.to_string())),
     };
     let mut fields = std::collections::BTreeMap::new();
-    fields.insert("decision_id".to_string(), s(&decision.decision_id));
     fields.insert("reason".to_string(), s(decision.reason.code()));
     fields.insert(
         "decision".to_string(),
@@ -155,6 +164,12 @@ fn metadata(decision: &Decision) -> Struct {
             .collect();
         fields.insert("dry_run_rules".to_string(), s(&hits.join(",")));
     }
+    fields.insert(
+        "decision_id".to_string(),
+        Value {
+            kind: Some(Kind::StringValue(decision.decision_id)),
+        },
+    );
     Struct {
         fields: [(
             METADATA_NAMESPACE.to_string(),

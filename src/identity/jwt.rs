@@ -391,7 +391,8 @@ pub enum Attempt {
 
 pub use crate::foundation::limits::MAX_CACHED_TOKENS;
 
-/// One tenant's verified tokens, by SHA-256 of the token. An entry is used only
+/// One tenant's verified tokens, by a keyed 128-bit PRF of the token
+/// ([`super::cache_key`], under a key made with the map). An entry is used only
 /// while the token is unexpired and its issuer still has the very key set that
 /// verified it (a rotation or a reload starts afresh: a reload compiles a new
 /// tenant with an empty cache). Failures are never cached. Sender-constrained
@@ -400,7 +401,7 @@ pub use crate::foundation::limits::MAX_CACHED_TOKENS;
 pub struct TokenCache {
     /// Made on the first verified token: of ten thousand tenants loaded, most
     /// may never see one, and an empty map's shards still cost a kilobyte.
-    entries: std::sync::OnceLock<dashmap::DashMap<[u8; 32], Cached>>,
+    entries: std::sync::OnceLock<Entries>,
     /// Most entries (`limits.token_cache_size`); 0 turns the cache off.
     capacity: usize,
 }
@@ -409,6 +410,13 @@ impl Default for TokenCache {
     fn default() -> Self {
         TokenCache::with_capacity(MAX_CACHED_TOKENS)
     }
+}
+
+/// The map and the secret its keys are made under.
+#[derive(Debug)]
+struct Entries {
+    key: super::cache_key::CacheKey,
+    map: dashmap::DashMap<[u8; 16], Cached>,
 }
 
 #[derive(Debug)]
@@ -429,7 +437,7 @@ impl TokenCache {
     }
 
     pub fn len(&self) -> usize {
-        self.entries.get().map_or(0, dashmap::DashMap::len)
+        self.entries.get().map_or(0, |e| e.map.len())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -446,7 +454,6 @@ pub fn verify_cached(
     now: SystemTime,
     max_claim_items: usize,
 ) -> Attempt {
-    use sha2::Digest as _;
     if token.len() > MAX_TOKEN_BYTES {
         return Attempt::Done(Err(TokenError::TooLarge));
     }
@@ -455,9 +462,12 @@ pub fn verify_cached(
         super::counters::token_cache(false);
         return verify_with(token, issuers, now, max_claim_items).0;
     }
-    let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
     let secs = crate::request::input::unix_seconds(now);
-    if let Some(hit) = cache.entries.get().and_then(|e| e.get(&digest)) {
+    // The map key, made once per check (no map yet: no key, nothing cached).
+    let digest = cache.entries.get().map(|e| e.key.of(token));
+    if let (Some(entries), Some(d)) = (cache.entries.get(), &digest)
+        && let Some(hit) = entries.map.get(d)
+    {
         let fresh = secs < hit.invalid_from
             && issuers
                 .get(hit.issuer)
@@ -468,14 +478,25 @@ pub fn verify_cached(
             return Attempt::Done(Ok(hit.verified.clone()));
         }
         drop(hit);
-        if let Some(entries) = cache.entries.get() {
-            entries.remove(&digest);
-        }
+        entries.map.remove(d);
     }
     super::counters::token_cache(false);
     let (attempt, by) = verify_with(token, issuers, now, max_claim_items);
     if let (Attempt::Done(Ok(verified)), Some((issuer, generation))) = (&attempt, by) {
-        let entries = cache.entries.get_or_init(dashmap::DashMap::new);
+        let entries = match cache.entries.get() {
+            Some(entries) => entries,
+            // No secret to be had: this token is not remembered.
+            None => match super::cache_key::CacheKey::random() {
+                Some(key) => cache.entries.get_or_init(|| Entries {
+                    key,
+                    map: dashmap::DashMap::new(),
+                }),
+                None => return attempt,
+            },
+        };
+        // A map once made keeps its key, so a key made above stays right.
+        let digest = digest.unwrap_or_else(|| entries.key.of(token));
+        let entries = &entries.map;
         if entries.len() >= cache.capacity {
             // Full: drop what expired; if that freed too little, start afresh,
             // so a full cache costs one scan per many misses, not per miss.

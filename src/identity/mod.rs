@@ -20,6 +20,7 @@
 mod api_keys;
 mod authenticate;
 pub mod binding;
+mod cache_key;
 mod caller;
 pub mod claims_bound;
 mod config;

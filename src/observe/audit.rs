@@ -163,6 +163,12 @@ impl DecisionLog {
         }
     }
 
+    /// Writes nothing (`output: off`): a check need not gather what a line
+    /// would hold.
+    pub fn is_off(&self) -> bool {
+        self.tx.is_none()
+    }
+
     /// Opens the output (a file is created if missing, and appended to) and
     /// starts the writer thread, which ends when the last handle is dropped.
     pub fn open(config: &DecisionLogConfig) -> std::io::Result<DecisionLog> {
@@ -347,6 +353,17 @@ mod tests {
     use crate::decision::audit::WouldBe;
     use crate::foundation::reason::Reason;
     use crate::policy::Mode;
+
+    #[test]
+    fn only_an_off_log_is_off() {
+        assert!(DecisionLog::off().is_off());
+        let config = |output: &str| DecisionLogConfig {
+            output: output.into(),
+            allow_sample_rate: 1.0,
+        };
+        assert!(DecisionLog::open(&config("off")).unwrap().is_off());
+        assert!(!DecisionLog::open(&config("stderr")).unwrap().is_off());
+    }
 
     #[test]
     fn query_values_are_redacted() {

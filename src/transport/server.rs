@@ -132,13 +132,16 @@ impl Authorization for AuthzService {
             }
             let latency = started.elapsed();
             self.metrics.observe_decision(&decision, latency);
-            let trace_id = telemetry::trace_id(&span, &parent);
-            let summary = audit::RequestSummary::of(request.get_ref());
-            if !self
-                .log
-                .record(&decision, &summary, trace_id.as_deref(), latency)
-            {
-                self.metrics.log_dropped();
+            // The log's line only: nothing to gather when it is off.
+            if !self.log.is_off() {
+                let trace_id = telemetry::trace_id(&span, &parent);
+                let summary = audit::RequestSummary::of(request.get_ref());
+                if !self
+                    .log
+                    .record(&decision, &summary, trace_id.as_deref(), latency)
+                {
+                    self.metrics.log_dropped();
+                }
             }
             // The line carries the decision's fields itself: the diagnostic
             // log does not record spans (see `telemetry::init`).
@@ -170,7 +173,7 @@ impl Authorization for AuthzService {
                     "deny"
                 );
             }
-            Ok(Response::new(render::render(&decision)))
+            Ok(Response::new(render::into_response(decision)))
         }
         .instrument(span)
         .await
