@@ -37,7 +37,8 @@ struct World {
     log: std::path::PathBuf,
 }
 
-/// acme.yaml's rules with a JWT issuer of `key`'s, and globex.yaml as shipped.
+/// acme.yaml's rules with a JWT issuer of `key`'s, a copy as tenant "shop", and
+/// globex.yaml as shipped.
 fn write_policies(dir: &Path, key: &ES256KeyPair) {
     let root = support::example_policies();
     let text = std::fs::read_to_string(root.join("acme.yaml")).unwrap();
@@ -50,7 +51,13 @@ fn write_policies(dir: &Path, key: &ES256KeyPair) {
         "jwks": { "keys": [jwk] },
     }]});
     acme["identity"] = serde_yaml::to_value(identity).unwrap();
+    // "shop": the same rules and issuer, so one token is valid for both.
+    acme["shared_issuers"] = serde_yaml::to_value(json!([ISSUER])).unwrap();
     std::fs::write(dir.join("acme.yaml"), serde_yaml::to_string(&acme).unwrap()).unwrap();
+    let mut shop = acme.clone();
+    shop["tenant"] = "shop".into();
+    shop["hosts"] = serde_yaml::to_value(json!(["shop.example.com"])).unwrap();
+    std::fs::write(dir.join("shop.yaml"), serde_yaml::to_string(&shop).unwrap()).unwrap();
     std::fs::copy(root.join("globex.yaml"), dir.join("globex.yaml")).unwrap();
 }
 
@@ -77,7 +84,7 @@ async fn start(limits: impl FnOnce(&mut Config)) -> World {
             Asker {
                 subject: "reports-service".into(),
                 issuer: None,
-                tenants: vec!["initech".into()],
+                tenants: vec!["initech".into(), "shop".into()],
             },
         ],
     });
@@ -401,9 +408,22 @@ async fn askers_are_authenticated_and_authorised_per_tenant() {
     // A user's token is no asker's either.
     let r = w.post("/access/v1/evaluation", Some(&alice), &body).await;
     assert_eq!(r.status, 403, "{}", r.body);
-    // The asker, for a tenant it may not ask about, or one that is not served:
-    // the same 403.
-    for tenant in ["globex", "initech", "nobody"] {
+    // The asker, for a tenant it may not ask about (even one whose issuer
+    // vouches for its token, and another asker may ask about: shop), or one
+    // that is not served: the same 403.
+    let reports = w.token("reports-service", json!({}));
+    let mut shop = ask("GET", "/users/alice/profile", &alice);
+    shop["context"]["tenant"] = json!("shop");
+    let r = w
+        .post("/access/v1/evaluation", Some(&reports), &shop.to_string())
+        .await;
+    assert_eq!(
+        r.json()["decision"],
+        true,
+        "reports-service may ask about shop: {}",
+        r.body
+    );
+    for tenant in ["shop", "globex", "initech", "nobody"] {
         let mut other = ask("GET", "/status", &alice);
         other["context"]["tenant"] = json!(tenant);
         let r = w
@@ -430,10 +450,17 @@ async fn askers_are_authenticated_and_authorised_per_tenant() {
     let metrics = http(w.portcullis.admin_addr, "GET", "/metrics", &[], None)
         .await
         .body;
-    assert!(
-        !metrics.contains("transport=\"authzen\""),
-        "a refused asker got a decision:\n{metrics}"
+    let decided: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("portcullis_decisions_total{") && l.contains("authzen"))
+        .collect();
+    // Only reports-service's question about shop was decided.
+    assert_eq!(
+        decided.len(),
+        1,
+        "a refused asker got a decision: {decided:?}"
     );
+    assert!(decided[0].contains("tenant=\"shop\"") && decided[0].ends_with(" 1"));
     w.portcullis.stop().await.unwrap();
 }
 
