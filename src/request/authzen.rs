@@ -65,9 +65,10 @@ fn malformed(what: impl Into<String>) -> AuthzenError {
     AuthzenError::Malformed(what.into())
 }
 
-/// `subject` (§5.1).
+/// `subject` (§5.1) or `resource` (§5.2): a typed, identified entity with
+/// properties.
 #[derive(Debug, Clone, Deserialize)]
-pub struct Subject {
+pub struct Entity {
     #[serde(rename = "type")]
     pub kind: String,
     pub id: String,
@@ -75,15 +76,10 @@ pub struct Subject {
     pub properties: Map<String, Value>,
 }
 
+/// `subject` (§5.1).
+pub type Subject = Entity;
 /// `resource` (§5.2).
-#[derive(Debug, Clone, Deserialize)]
-pub struct Resource {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub id: String,
-    #[serde(default)]
-    pub properties: Map<String, Value>,
-}
+pub type Resource = Entity;
 
 /// `action` (§5.3).
 #[derive(Debug, Clone, Deserialize)]
