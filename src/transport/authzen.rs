@@ -14,7 +14,7 @@
 //!
 //! Never imports: the app.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -179,10 +179,10 @@ impl Authzen {
         let authorization = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let mut asked: HashMap<&str, ()> = HashMap::new();
+        let mut asked = HashSet::new();
         for e in evaluations {
             let tenant = e.tenant()?;
-            if asked.insert(tenant, ()).is_some() {
+            if !asked.insert(tenant) {
                 continue;
             }
             let asker = askers::authenticate(
