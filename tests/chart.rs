@@ -92,6 +92,13 @@ fn everything_on() -> Value {
         },
         "podLabels": { "team": "payments" },
         "image": { "digest": format!("sha256:{}", "a".repeat(64)) },
+        "authzen": {
+            "enabled": true,
+            "port": 9003,
+            "publicUrl": "https://authz.shop.internal:9003",
+            "askers": [{ "subject": "orders-service", "issuer": "https://idp.acme.example", "tenants": ["acme"] }],
+            "from": [{ "podSelector": { "matchLabels": { "app": "orders" } } }],
+        },
     })
 }
 
@@ -170,6 +177,11 @@ fn refused() -> Vec<(&'static str, Value, &'static str)> {
             "header-tenancy-without-header",
             json!({ "server": { "tenancy": { "sources": ["header"] } } }),
             "tenancy.header is required",
+        ),
+        (
+            "authzen-without-askers",
+            json!({ "authzen": { "enabled": true, "port": 9003, "askers": [] } }),
+            "authzen.askers must name at least one asker",
         ),
         (
             "policy-file-name",
@@ -663,6 +675,50 @@ fn write_policies(r: &Rendered, dir: &Path) -> usize {
         std::fs::write(dir.join(file), text.as_str().unwrap()).unwrap();
     }
     data.len()
+}
+
+#[test]
+fn authzen_is_off_by_default_and_exposed_on_its_own_port_when_enabled() {
+    let server = |name: &str| -> Value {
+        let r = rendered(name);
+        serde_yaml::from_str(
+            r.config_map("config").unwrap()["data"]["portcullis.yaml"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let ports = |name: &str| -> Vec<Value> {
+        rendered(name).one("Service")["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["port"].clone())
+            .collect()
+    };
+    assert!(server("default").get("authzen").is_none());
+    assert!(!ports("default").contains(&json!(9003)));
+    let on = server("everything");
+    assert_eq!(on["authzen"]["listen"], "0.0.0.0:9003");
+    assert_eq!(
+        on["authzen"]["public_url"],
+        "https://authz.shop.internal:9003"
+    );
+    assert_eq!(on["authzen"]["askers"][0]["tenants"], json!(["acme"]));
+    assert!(ports("everything").contains(&json!(9003)));
+    let policy = rendered("everything").one("NetworkPolicy");
+    let admitted: Vec<&Value> = policy["spec"]["ingress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|rule| rule["ports"][0]["port"] == 9003)
+        .collect();
+    assert_eq!(admitted.len(), 1, "{policy}");
+    assert_eq!(
+        admitted[0]["from"][0]["podSelector"]["matchLabels"]["app"],
+        "orders"
+    );
+    assert!(rendered("everything").notes.contains("AuthZEN API"));
 }
 
 #[test]

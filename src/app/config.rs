@@ -66,6 +66,10 @@ pub struct Config {
     /// policy does not say; see [`crate::foundation::client_errors`].
     #[serde(default)]
     pub client_errors: crate::foundation::client_errors::ClientErrors,
+    /// The AuthZEN Authorization API on its own listener; off unless set.
+    /// See [`crate::transport::authzen`].
+    #[serde(default)]
+    pub authzen: Option<crate::transport::authzen::AuthzenConfig>,
 }
 
 pub use crate::foundation::limits::{DEFAULT_MAX_CONCURRENT_CHECKS, Limits};
@@ -127,6 +131,7 @@ impl Config {
             tls: None,
             policy_files: Default::default(),
             client_errors: Default::default(),
+            authzen: None,
         }
     }
 
@@ -180,6 +185,9 @@ impl Config {
             tls.validate()?;
         }
         self.tracing.validate()?;
+        if let Some(authzen) = &self.authzen {
+            authzen.validate()?;
+        }
         self.tenancy.validate()
     }
 

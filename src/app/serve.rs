@@ -1,5 +1,6 @@
 //! The server started from its configuration: policies loaded, every
-//! listener bound (gRPC on TCP and/or a unix socket, the admin port) behind
+//! listener bound (gRPC on TCP and/or a unix socket, the admin port, the
+//! AuthZEN API when configured) behind
 //! its connection cap and timeouts, the watcher and the reload loop running;
 //! and its orderly shutdown. SIGTERM or SIGINT in `serve` marks the server not
 //! ready and not serving, stops accepting connections and lets in-flight
@@ -29,6 +30,7 @@ use crate::pipeline::Pipeline;
 use crate::tenants::store::PolicyStore;
 use crate::tenants::watch as policy_watch;
 use crate::transport::admin::{self, AdminState};
+use crate::transport::authzen::Authzen;
 use crate::transport::clients::ClientGate;
 use crate::transport::connections::{Conn, CountRequests, Gate, GatedListener, Guarded};
 use crate::transport::net::Batched;
@@ -40,6 +42,8 @@ use crate::transport::tls_accept;
 #[derive(Debug)]
 pub struct Running {
     pub grpc_addr: Option<SocketAddr>,
+    /// The AuthZEN listener's address, when `authzen` is configured.
+    pub authzen_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
     pub store: Arc<PolicyStore>,
     /// The check permits (`limits.max_concurrent_checks`); a holder of some
@@ -219,6 +223,37 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         }
     }
 
+    let mut authzen_addr = None;
+    if let Some(az) = &config.authzen {
+        let listener = TcpListener::bind(az.listen)
+            .await
+            .with_context(|| format!("cannot bind AuthZEN address {}", az.listen))?;
+        authzen_addr = Some(listener.local_addr()?);
+        let api = Authzen::new(
+            &pipeline,
+            az,
+            Arc::clone(&metrics),
+            log.clone(),
+            Arc::clone(&permits),
+        );
+        // Capped like the admin port: askers are few, long-lived services.
+        let listener = GatedListener {
+            inner: listener,
+            gate: Gate::admin(connections, metrics.connections("authzen")),
+        };
+        let service = api
+            .router()
+            .layer(CountRequests)
+            .into_make_service_with_connect_info::<Conn>();
+        let s = stopped();
+        tasks.spawn(async move {
+            axum::serve(listener, service)
+                .with_graceful_shutdown(s)
+                .await
+                .context("AuthZEN server failed")
+        });
+    }
+
     {
         let store = Arc::clone(&store);
         let health = health.clone();
@@ -273,6 +308,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 
     Ok(Running {
         grpc_addr,
+        authzen_addr,
         admin_addr,
         store,
         permits,

@@ -114,6 +114,15 @@ pub const TOKEN_CACHE_CEILING: usize = 1_000_000;
 /// Largest `limits.replay_cache_size` accepted (per tenant).
 pub const REPLAY_CACHE_CEILING: usize = 10_000_000;
 
+/// Default for `limits.max_evaluation_request_bytes`: 256 KiB.
+pub const DEFAULT_MAX_EVALUATION_REQUEST_BYTES: usize = 256 * 1024;
+/// Largest `limits.max_evaluation_request_bytes` accepted: 8 MiB.
+pub const MAX_EVALUATION_REQUEST_BYTES_CEILING: usize = 8 * 1024 * 1024;
+/// Default for `limits.max_evaluations` (one AuthZEN batch).
+pub const DEFAULT_MAX_EVALUATIONS: usize = 64;
+/// Largest `limits.max_evaluations` accepted.
+pub const MAX_EVALUATIONS_CEILING: usize = 10_000;
+
 /// The bounds, as configured.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -153,6 +162,12 @@ pub struct Limits {
     /// (`identity.dpop.replay_cache_size`); a policy that sets none gets the
     /// smaller of this and 100,000.
     pub replay_cache_size: usize,
+    /// Largest AuthZEN request body read (`authzen`); larger is refused 400
+    /// `evaluation_request_too_large` before it is parsed.
+    pub max_evaluation_request_bytes: usize,
+    /// Most evaluations in one AuthZEN batch; more is refused 400
+    /// `too_many_evaluations` before any is decided.
+    pub max_evaluations: usize,
 }
 
 impl Default for Limits {
@@ -170,6 +185,8 @@ impl Default for Limits {
             max_tenants: DEFAULT_MAX_TENANTS,
             token_cache_size: MAX_CACHED_TOKENS,
             replay_cache_size: REPLAY_CACHE_CEILING,
+            max_evaluation_request_bytes: DEFAULT_MAX_EVALUATION_REQUEST_BYTES,
+            max_evaluations: DEFAULT_MAX_EVALUATIONS,
         }
     }
 }
@@ -225,6 +242,18 @@ impl Limits {
                 self.replay_cache_size,
                 1,
                 REPLAY_CACHE_CEILING,
+            ),
+            (
+                "max_evaluation_request_bytes",
+                self.max_evaluation_request_bytes,
+                1,
+                MAX_EVALUATION_REQUEST_BYTES_CEILING,
+            ),
+            (
+                "max_evaluations",
+                self.max_evaluations,
+                1,
+                MAX_EVALUATIONS_CEILING,
             ),
         ];
         for (name, value, least, most) in ranges {

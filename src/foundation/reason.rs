@@ -118,6 +118,17 @@ pub enum Reason {
     /// The tenant is in dry-run mode: its decision (see the decision log) was
     /// not enforced, and the request was allowed.
     DryRunAllowed,
+    /// An AuthZEN evaluation request that is not JSON, has a member of the
+    /// wrong type, lacks a member the API requires, or cannot be mapped onto
+    /// a request (see `request::authzen`).
+    MalformedEvaluation,
+    /// An AuthZEN request body over `limits.max_evaluation_request_bytes`.
+    EvaluationRequestTooLarge,
+    /// An AuthZEN batch with more than `limits.max_evaluations` evaluations.
+    TooManyEvaluations,
+    /// An authenticated AuthZEN asker that `authzen.askers` does not allow to
+    /// ask for this tenant (or a tenant the server does not serve).
+    AskerNotAllowed,
 }
 
 impl Reason {
@@ -170,6 +181,10 @@ impl Reason {
             Reason::HeadersTooLarge => "headers_too_large",
             Reason::Overloaded => "overloaded",
             Reason::DryRunAllowed => "dry_run_allowed",
+            Reason::MalformedEvaluation => "malformed_evaluation",
+            Reason::EvaluationRequestTooLarge => "evaluation_request_too_large",
+            Reason::TooManyEvaluations => "too_many_evaluations",
+            Reason::AskerNotAllowed => "asker_not_allowed",
         }
     }
 
@@ -208,11 +223,15 @@ impl Reason {
             | Reason::UnsafeHeaderValue
             | Reason::UnknownTenant
             | Reason::CorsRejected
+            | Reason::AskerNotAllowed
             | Reason::NotHttp => 403,
             // RFC 6750 §3.1: two credentials at once are an `invalid_request`.
             Reason::NonCanonicalPath
             | Reason::MalformedRequest
             | Reason::AmbiguousQuery
+            | Reason::MalformedEvaluation
+            | Reason::EvaluationRequestTooLarge
+            | Reason::TooManyEvaluations
             | Reason::MalformedCredential => 400,
             Reason::PathTooLong => 414,
             Reason::HeadersTooLarge => 431,
@@ -285,7 +304,7 @@ impl Reason {
 }
 
 /// Every reason, for tests that must cover them all.
-pub(super) const ALL: [Reason; 46] = [
+pub(super) const ALL: [Reason; 50] = [
     Reason::Allowed,
     Reason::DefaultAllow,
     Reason::CorsPreflight,
@@ -332,6 +351,10 @@ pub(super) const ALL: [Reason; 46] = [
     Reason::HeadersTooLarge,
     Reason::Overloaded,
     Reason::DryRunAllowed,
+    Reason::MalformedEvaluation,
+    Reason::EvaluationRequestTooLarge,
+    Reason::TooManyEvaluations,
+    Reason::AskerNotAllowed,
 ];
 
 #[cfg(test)]

@@ -79,6 +79,8 @@ pub struct RequestSummary {
     pub method: String,
     pub host: String,
     pub path: String,
+    /// Who asked: `grpc` (Envoy's ext_authz) or `authzen`.
+    pub transport: &'static str,
 }
 
 impl RequestSummary {
@@ -89,12 +91,16 @@ impl RequestSummary {
             .and_then(|a| a.request.as_ref())
             .and_then(|r| r.http.as_ref())
         else {
-            return RequestSummary::default();
+            return RequestSummary {
+                transport: "grpc",
+                ..RequestSummary::default()
+            };
         };
         RequestSummary {
             method: http.method.clone(),
             host: http.host.clone(),
             path: redact_query(&http.path),
+            transport: "grpc",
         }
     }
 }
@@ -291,6 +297,7 @@ pub fn line(
         "method": request.method,
         "host": request.host,
         "path": request.path,
+        "transport": request.transport,
         "rule": outcome.rule,
         "decision": outcome.decision,
         "reason": outcome.reason.code(),

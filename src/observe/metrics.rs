@@ -101,6 +101,8 @@ struct DecisionLabels {
     decision: &'static str,
     reason: &'static str,
     mode: &'static str,
+    /// Who asked: `grpc` (Envoy's ext_authz) or `authzen`.
+    transport: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -197,7 +199,7 @@ impl Metrics {
         let decisions = Family::<DecisionLabels, Counter>::default();
         registry.register(
             "decisions",
-            "Checks decided, by tenant, decision, reason and mode (dry_run: what enforcement would have answered)",
+            "Checks decided, by tenant, decision, reason, mode (dry_run: what enforcement would have answered) and transport (grpc, authzen)",
             decisions.clone(),
         );
         let dry_run_rules = Family::<DryRunRuleLabels, Counter>::default();
@@ -306,8 +308,13 @@ impl Metrics {
         }
     }
 
-    /// Counts one decision and its latency.
-    pub fn observe_decision(&self, decision: &Decision, latency: Duration) {
+    /// Counts one decision, asked over `transport`, and its latency.
+    pub fn observe_decision(
+        &self,
+        decision: &Decision,
+        latency: Duration,
+        transport: &'static str,
+    ) {
         let tenant = self.tenants.label(decision.tenant.as_deref());
         let outcome = crate::decision::audit::Outcome::of(decision);
         self.decisions
@@ -316,6 +323,7 @@ impl Metrics {
                 decision: outcome.decision,
                 reason: outcome.reason.code(),
                 mode: decision.audit.mode.as_str(),
+                transport,
             })
             .inc();
         for hit in &decision.audit.dry_run_rules {

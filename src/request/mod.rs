@@ -1,12 +1,14 @@
 //! Floor 1, the request: a `CheckRequest` read into plain [`input::Input`]
 //! under the server's bounds ([`read()`]), the canonical path and the route
 //! templates rules match ([`path`]), what the body ([`body`]) and the query
-//! ([`query`]) mean, and which tenant applies ([`tenancy`]).
+//! ([`query`]) mean, and which tenant applies ([`tenancy`]); an AuthZEN
+//! evaluation request read into the same `CheckRequest` ([`authzen`]).
 //! Nothing above this floor reads the protobuf of a request again.
 //!
 //! Never imports: identity, policy, decision, tenants, the pipeline,
 //! observability, transport or the app.
 
+pub mod authzen;
 pub mod body;
 pub mod fold;
 pub mod input;

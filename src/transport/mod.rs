@@ -1,15 +1,19 @@
 //! Floor 8, transport: the gRPC ext_authz service ([`server`]) with its
 //! sockets ([`net`]), their caps and timeouts ([`connections`]), TLS
 //! ([`tls`]: files and reload; [`tls_accept`]: handshakes) and which TLS
-//! clients are answered ([`clients`]), and the admin port ([`admin`]: health, readiness, metrics,
-//! JWKS). It chains nothing itself: every check is
+//! clients are answered ([`clients`]), the admin port ([`admin`]: health, readiness, metrics,
+//! JWKS), and the AuthZEN API ([`authzen`], its askers in [`askers`]); what
+//! every transport records of a decision is [`decided`]'s. It chains nothing itself: every check is
 //! [`crate::pipeline::Pipeline`]'s.
 //!
 //! Never imports: the app (`cli`, `config`, `suite`, `schema`).
 
 pub mod admin;
+pub mod askers;
+pub mod authzen;
 pub mod clients;
 pub mod connections;
+pub mod decided;
 pub mod net;
 pub mod server;
 pub mod tls;

@@ -11,6 +11,7 @@ use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use super::decided;
 use crate::decision::Decision;
 use crate::decision::render;
 use crate::foundation::limits::DEFAULT_MAX_CONCURRENT_CHECKS;
@@ -72,18 +73,7 @@ impl Authorization for AuthzService {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         let started = Instant::now();
-        let span = tracing::info_span!(
-            "check",
-            otel.kind = "server",
-            tenant = tracing::field::Empty,
-            decision = tracing::field::Empty,
-            rule = tracing::field::Empty,
-            reason = tracing::field::Empty,
-            decision_id = tracing::field::Empty,
-            auth_method = tracing::field::Empty,
-            mode = tracing::field::Empty,
-            enforced = tracing::field::Empty,
-        );
+        let span = decided::check_span("grpc");
         // Envoy's span is the parent; the client's traceparent only a link.
         let parent = telemetry::parent_from_metadata(request.metadata());
         let client = request
@@ -113,66 +103,16 @@ impl Authorization for AuthzService {
                 Err(_) => Decision::deny(uuid::Uuid::new_v4().to_string(), Reason::Overloaded),
             };
             drop(permit);
-            let span = tracing::Span::current();
-            // In a dry-run tenant: what would have been, and what was enforced.
-            let outcome = crate::decision::audit::Outcome::of(&decision);
-            span.record("decision_id", decision.decision_id.as_str());
-            span.record("decision", outcome.decision);
-            span.record("reason", outcome.reason.code());
-            span.record("auth_method", decision.auth_method);
-            span.record("mode", decision.audit.mode.as_str());
-            if decision.audit.would_be.is_some() {
-                span.record("enforced", decision.verdict());
-            }
-            if let Some(t) = &decision.tenant {
-                span.record("tenant", &**t);
-            }
-            if let Some(r) = outcome.rule {
-                span.record("rule", r);
-            }
-            let latency = started.elapsed();
-            self.metrics.observe_decision(&decision, latency);
-            // The log's line only: nothing to gather when it is off.
-            if !self.log.is_off() {
-                let trace_id = telemetry::trace_id(&span, &parent);
-                let summary = audit::RequestSummary::of(request.get_ref());
-                if !self
-                    .log
-                    .record(&decision, &summary, trace_id.as_deref(), latency)
-                {
-                    self.metrics.log_dropped();
-                }
-            }
-            // The line carries the decision's fields itself: the diagnostic
-            // log does not record spans (see `telemetry::init`).
-            // A preflight portcullis answers is no refusal: logged as an allow is.
-            if decision.verdict() != "deny" {
-                tracing::debug!(
-                    status = decision.status(),
-                    auth_method = decision.auth_method,
-                    subject = decision.subject.as_deref(),
-                    decision_id = decision.decision_id.as_str(),
-                    decision = outcome.decision,
-                    reason = outcome.reason.code(),
-                    tenant = decision.tenant.as_deref(),
-                    rule = outcome.rule,
-                    "{}",
-                    decision.verdict()
-                );
-            } else {
-                tracing::info!(
-                    status = decision.status(),
-                    auth_method = decision.auth_method,
-                    subject = decision.subject.as_deref(),
-                    detail = decision.detail.as_deref(),
-                    decision_id = decision.decision_id.as_str(),
-                    decision = outcome.decision,
-                    reason = outcome.reason.code(),
-                    tenant = decision.tenant.as_deref(),
-                    rule = outcome.rule,
-                    "deny"
-                );
-            }
+            let (metrics, log) = (&self.metrics, &self.log);
+            decided::observe(
+                &decision,
+                "grpc",
+                || audit::RequestSummary::of(request.get_ref()),
+                &parent,
+                started.elapsed(),
+                metrics,
+                log,
+            );
             Ok(Response::new(render::into_response(decision)))
         }
         .instrument(span)

@@ -136,10 +136,23 @@ limits: {{ toJson . }}
 {{- with $s.connections }}
 connections: {{ toJson . }}
 {{- end }}
+{{- with .Values.authzen }}
+{{- if .enabled }}
+authzen:
+  listen: "0.0.0.0:{{ .port }}"
+  {{- if .publicUrl }}
+  public_url: {{ .publicUrl | quote }}
+  {{- end }}
+  askers: {{ toJson .askers }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/* Fails the render on values that would make a broken or unsafe install. */}}
 {{- define "portcullis.checks" -}}
+{{- if and .Values.authzen.enabled (not .Values.authzen.askers) }}
+{{- fail "authzen.askers must name at least one asker when authzen.enabled is true" }}
+{{- end }}
 {{- if and (has "header" .Values.server.tenancy.sources) (not .Values.server.tenancy.header) }}
 {{- fail "server.tenancy.header is required when server.tenancy.sources includes header" }}
 {{- end }}
@@ -229,6 +242,11 @@ each workload pod.
     {{- if eq .Values.mode "service" }}
     - name: admin
       containerPort: {{ .Values.ports.admin }}
+      protocol: TCP
+    {{- end }}
+    {{- if .Values.authzen.enabled }}
+    - name: authzen
+      containerPort: {{ .Values.authzen.port }}
       protocol: TCP
     {{- end }}
   env:
