@@ -66,6 +66,10 @@ pub struct Config {
     /// policy does not say; see [`crate::foundation::client_errors`].
     #[serde(default)]
     pub client_errors: crate::foundation::client_errors::ClientErrors,
+    /// The HTTP listener (Envoy's `http_service`, forward auth); off unless
+    /// set. See [`crate::request::http_check`].
+    #[serde(default)]
+    pub http: Option<crate::request::http_check::HttpModeConfig>,
 }
 
 pub use crate::foundation::limits::{DEFAULT_MAX_CONCURRENT_CHECKS, Limits};
@@ -127,6 +131,7 @@ impl Config {
             tls: None,
             policy_files: Default::default(),
             client_errors: Default::default(),
+            http: None,
         }
     }
 
@@ -180,6 +185,9 @@ impl Config {
             tls.validate()?;
         }
         self.tracing.validate()?;
+        if let Some(http) = &self.http {
+            http.validate()?;
+        }
         self.tenancy.validate()
     }
 

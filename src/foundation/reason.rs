@@ -118,6 +118,10 @@ pub enum Reason {
     /// The tenant is in dry-run mode: its decision (see the decision log) was
     /// not enforced, and the request was allowed.
     DryRunAllowed,
+    /// A request to the HTTP listener (Envoy's `http_service`, a proxy's
+    /// forward auth) from an address outside `http.trusted_proxies`: the
+    /// original method, path and tenant it names are not believed.
+    UntrustedForwardedRequest,
 }
 
 impl Reason {
@@ -170,6 +174,7 @@ impl Reason {
             Reason::HeadersTooLarge => "headers_too_large",
             Reason::Overloaded => "overloaded",
             Reason::DryRunAllowed => "dry_run_allowed",
+            Reason::UntrustedForwardedRequest => "untrusted_forwarded_request",
         }
     }
 
@@ -208,6 +213,7 @@ impl Reason {
             | Reason::UnsafeHeaderValue
             | Reason::UnknownTenant
             | Reason::CorsRejected
+            | Reason::UntrustedForwardedRequest
             | Reason::NotHttp => 403,
             // RFC 6750 §3.1: two credentials at once are an `invalid_request`.
             Reason::NonCanonicalPath
@@ -285,7 +291,7 @@ impl Reason {
 }
 
 /// Every reason, for tests that must cover them all.
-pub(super) const ALL: [Reason; 46] = [
+pub(super) const ALL: [Reason; 47] = [
     Reason::Allowed,
     Reason::DefaultAllow,
     Reason::CorsPreflight,
@@ -332,6 +338,7 @@ pub(super) const ALL: [Reason; 46] = [
     Reason::HeadersTooLarge,
     Reason::Overloaded,
     Reason::DryRunAllowed,
+    Reason::UntrustedForwardedRequest,
 ];
 
 #[cfg(test)]

@@ -79,6 +79,8 @@ pub struct RequestSummary {
     pub method: String,
     pub host: String,
     pub path: String,
+    /// The listener that asked (`grpc`, `http`, `forward_auth`).
+    pub transport: &'static str,
 }
 
 impl RequestSummary {
@@ -95,6 +97,7 @@ impl RequestSummary {
             method: http.method.clone(),
             host: http.host.clone(),
             path: redact_query(&http.path),
+            transport: "grpc",
         }
     }
 }
@@ -285,6 +288,7 @@ pub fn line(
         "method": request.method,
         "host": request.host,
         "path": request.path,
+        "transport": (!request.transport.is_empty()).then_some(request.transport),
         "rule": outcome.rule,
         "decision": outcome.decision,
         "reason": outcome.reason.code(),

@@ -101,6 +101,9 @@ struct DecisionLabels {
     decision: &'static str,
     reason: &'static str,
     mode: &'static str,
+    /// The listener that asked: `grpc`, `http` (Envoy's `http_service`),
+    /// `forward_auth`.
+    transport: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -197,7 +200,7 @@ impl Metrics {
         let decisions = Family::<DecisionLabels, Counter>::default();
         registry.register(
             "decisions",
-            "Checks decided, by tenant, decision, reason and mode (dry_run: what enforcement would have answered)",
+            "Checks decided, by tenant, decision, reason, mode (dry_run: what enforcement would have answered) and transport",
             decisions.clone(),
         );
         let dry_run_rules = Family::<DryRunRuleLabels, Counter>::default();
@@ -307,7 +310,12 @@ impl Metrics {
     }
 
     /// Counts one decision and its latency.
-    pub fn observe_decision(&self, decision: &Decision, latency: Duration) {
+    pub fn observe_decision(
+        &self,
+        decision: &Decision,
+        latency: Duration,
+        transport: &'static str,
+    ) {
         let tenant = self.tenants.label(decision.tenant.as_deref());
         let outcome = crate::decision::audit::Outcome::of(decision);
         self.decisions
@@ -316,6 +324,7 @@ impl Metrics {
                 decision: outcome.decision,
                 reason: outcome.reason.code(),
                 mode: decision.audit.mode.as_str(),
+                transport,
             })
             .inc();
         for hit in &decision.audit.dry_run_rules {

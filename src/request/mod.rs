@@ -1,7 +1,9 @@
 //! Floor 1, the request: a `CheckRequest` read into plain [`input::Input`]
 //! under the server's bounds ([`read()`]), the canonical path and the route
 //! templates rules match ([`path`]), what the body ([`body`]) and the query
-//! ([`query`]) mean, and which tenant applies ([`tenancy`]).
+//! ([`query`]) mean, and which tenant applies ([`tenancy`]); an ask over
+//! plain HTTP (Envoy's `http_service`, forward auth) read into the same
+//! `CheckRequest` ([`http_check`]).
 //! Nothing above this floor reads the protobuf of a request again.
 //!
 //! Never imports: identity, policy, decision, tenants, the pipeline,
@@ -9,6 +11,7 @@
 
 pub mod body;
 pub mod fold;
+pub mod http_check;
 pub mod input;
 pub mod media_type;
 pub mod path;

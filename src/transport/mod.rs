@@ -1,4 +1,5 @@
-//! Floor 8, transport: the gRPC ext_authz service ([`server`]) with its
+//! Floor 8, transport: the gRPC ext_authz service ([`server`]), the HTTP
+//! listener for Envoy's `http_service` and forward auth ([`http_authz`]) with its
 //! sockets ([`net`]), their caps and timeouts ([`connections`]), TLS
 //! ([`tls`]: files and reload; [`tls_accept`]: handshakes) and which TLS
 //! clients are answered ([`clients`]), and the admin port ([`admin`]: health, readiness, metrics,
@@ -10,6 +11,7 @@
 pub mod admin;
 pub mod clients;
 pub mod connections;
+pub mod http_authz;
 pub mod net;
 pub mod server;
 pub mod tls;

@@ -71,10 +71,31 @@ impl Authorization for AuthzService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
+        let decision = self
+            .decide(request.get_ref(), None, request.metadata(), "grpc")
+            .await;
+        Ok(Response::new(render::render(&decision)))
+    }
+}
+
+impl AuthzService {
+    /// One check as every transport decides it: bounded by the permits,
+    /// traced as a child of the caller's span, counted, logged. `refused` is a
+    /// reason the transport denied the ask with before it could be read (the
+    /// pipeline does not run); `transport` names the listener in the span,
+    /// the metrics and the decision log.
+    pub async fn decide(
+        &self,
+        request: &CheckRequest,
+        refused: Option<Reason>,
+        metadata: &tonic::metadata::MetadataMap,
+        transport: &'static str,
+    ) -> Decision {
         let started = Instant::now();
         let span = tracing::info_span!(
             "check",
             otel.kind = "server",
+            transport,
             tenant = tracing::field::Empty,
             decision = tracing::field::Empty,
             rule = tracing::field::Empty,
@@ -85,9 +106,8 @@ impl Authorization for AuthzService {
             enforced = tracing::field::Empty,
         );
         // Envoy's span is the parent; the client's traceparent only a link.
-        let parent = telemetry::parent_from_metadata(request.metadata());
+        let parent = telemetry::parent_from_metadata(metadata);
         let client = request
-            .get_ref()
             .attributes
             .as_ref()
             .and_then(|a| a.request.as_ref())
@@ -95,7 +115,7 @@ impl Authorization for AuthzService {
             .and_then(|h| telemetry::client_link(&h.headers));
         telemetry::attach(&span, &parent, client);
         async {
-            let timeout = grpc_timeout(request.metadata());
+            let timeout = grpc_timeout(metadata);
             let wait = timeout.map_or(DEFAULT_KEY_WAIT, |t| {
                 // Leave room to answer before Envoy gives up on us.
                 t.saturating_sub(t / 5).min(DEFAULT_KEY_WAIT)
@@ -105,12 +125,15 @@ impl Authorization for AuthzService {
             // Never queue: a check beyond the limit is answered now, denied,
             // so Envoy fails closed even with `failure_mode_allow: true`.
             let permit = self.permits.try_acquire();
-            let decision = match &permit {
-                Ok(_) => {
-                    let check = self.pipeline.check_until(request.get_ref(), wait, deadline);
+            let decision = match (&permit, refused) {
+                (_, Some(reason)) => Decision::deny(uuid::Uuid::new_v4().to_string(), reason),
+                (Ok(_), None) => {
+                    let check = self.pipeline.check_until(request, wait, deadline);
                     check.await
                 }
-                Err(_) => Decision::deny(uuid::Uuid::new_v4().to_string(), Reason::Overloaded),
+                (Err(_), None) => {
+                    Decision::deny(uuid::Uuid::new_v4().to_string(), Reason::Overloaded)
+                }
             };
             drop(permit);
             let span = tracing::Span::current();
@@ -131,9 +154,12 @@ impl Authorization for AuthzService {
                 span.record("rule", r);
             }
             let latency = started.elapsed();
-            self.metrics.observe_decision(&decision, latency);
+            self.metrics.observe_decision(&decision, latency, transport);
             let trace_id = telemetry::trace_id(&span, &parent);
-            let summary = audit::RequestSummary::of(request.get_ref());
+            let summary = audit::RequestSummary {
+                transport,
+                ..audit::RequestSummary::of(request)
+            };
             if !self
                 .log
                 .record(&decision, &summary, trace_id.as_deref(), latency)
@@ -153,6 +179,7 @@ impl Authorization for AuthzService {
                     reason = outcome.reason.code(),
                     tenant = decision.tenant.as_deref(),
                     rule = outcome.rule,
+                    transport,
                     "{}",
                     decision.verdict()
                 );
@@ -167,10 +194,11 @@ impl Authorization for AuthzService {
                     reason = outcome.reason.code(),
                     tenant = decision.tenant.as_deref(),
                     rule = outcome.rule,
+                    transport,
                     "deny"
                 );
             }
-            Ok(Response::new(render::render(&decision)))
+            decision
         }
         .instrument(span)
         .await
