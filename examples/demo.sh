@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the demo: the echo upstream (:8081), portcullis (gRPC :9001, admin :9002)
-# and a real Envoy (:8080, admin :9901) on the bundled example policies.
+# Runs the demo: the echo upstream (:8081), portcullis (gRPC :9001, admin :9002,
+# HTTP :9003), a real Envoy (:8080, admin :9901) and, when `make tools` unpacked
+# it, nginx with auth_request (:8090) on the bundled example policies.
 # Ctrl-C stops exactly the processes this script started.
 #
 # The terminal shows one readable line per decision (the diagnostic log, with
@@ -32,6 +33,17 @@ pids+=($!)
 "$envoy_bin" -c examples/envoy/envoy.yaml -l warning --use-dynamic-base-id &
 pids+=($!)
 
+nginx_dir=""
+if [ -x .tools/bin/nginx ]; then
+  nginx_dir=$(mktemp -d)
+  { echo "daemon off; master_process off; pid $nginx_dir/nginx.pid;"
+    sed "s|^http {|http {\n    access_log off; client_body_temp_path $nginx_dir/b; proxy_temp_path $nginx_dir/p; fastcgi_temp_path $nginx_dir/f; uwsgi_temp_path $nginx_dir/u; scgi_temp_path $nginx_dir/s;|" \
+      examples/nginx/nginx.conf
+  } >"$nginx_dir/nginx.conf"
+  .tools/bin/nginx -p "$nginx_dir" -c "$nginx_dir/nginx.conf" -e "$nginx_dir/error.log" &
+  pids+=($!)
+fi
+
 for _ in $(seq 1 100); do
   if curl -fs http://127.0.0.1:9901/ready >/dev/null 2>&1 \
      && curl -fs http://127.0.0.1:9002/readyz >/dev/null 2>&1; then
@@ -53,6 +65,11 @@ portcullis is deciding for Envoy on http://127.0.0.1:8080. Try:
        -H 'access-control-request-method: GET' localhost:8080/tenants/acme/orders/1
   curl -s localhost:9002/readyz
   curl -s localhost:9002/policies
+
+Behind nginx (auth_request, :8090), and portcullis refusing a caller that is not the proxy:
+
+  curl -si -H 'host: acme.example.com' -H 'x-subject: forged' localhost:8090/docs/intro
+  curl -si -H 'x-original-uri: /docs/intro' -H 'x-original-method: GET' localhost:9003/forward-auth
 
 TOUR
 echo "Each decision prints one line here; the JSON decision log is appended to"

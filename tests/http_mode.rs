@@ -195,6 +195,10 @@ async fn decides_for_envoy_over_http_service() {
         header_values(&seen, "authorization").is_empty(),
         "x-envoy-auth-headers-to-remove must strip the token: {seen}"
     );
+    assert!(
+        header_values(&seen, "x-portcullis-tenant").is_empty(),
+        "the client's tenant header must not reach the upstream: {seen}"
+    );
 
     // A public route: the owned headers without a value are removed, so a
     // client's forged x-subject does not reach the upstream.
@@ -347,12 +351,11 @@ fn nginx_conf(
     let text =
         std::fs::read_to_string(support::repo_root().join("examples/nginx/nginx.conf")).unwrap();
     // The example's three addresses, swapped for this test's; it asks from
-    // 127.0.0.2, the only trusted proxy.
+    // 127.0.0.2 (`proxy_bind`), the only trusted proxy.
     let text = text
-        .replace("127.0.0.1:8080", &listen.to_string())
+        .replace("127.0.0.1:8090", &listen.to_string())
         .replace("127.0.0.1:9003", &portcullis.to_string())
-        .replace("127.0.0.1:8081", &upstream.to_string())
-        .replace("# proxy_bind 127.0.0.2;", "proxy_bind 127.0.0.2;");
+        .replace("127.0.0.1:8081", &upstream.to_string());
     format!(
         "daemon off;\nmaster_process off;\npid {pid};\nerror_log {err} warn;\n{text}",
         pid = dir.join("nginx.pid").display(),

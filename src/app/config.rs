@@ -187,6 +187,15 @@ impl Config {
         self.tracing.validate()?;
         if let Some(http) = &self.http {
             http.validate()?;
+            let from_context = self
+                .tenancy
+                .sources
+                .contains(&crate::request::tenancy::TenantSource::ContextExtension);
+            if http.tenant_header.is_some() && !from_context {
+                return Err(
+                    "http.tenant_header is read as a context extension: tenancy.sources must include context_extension".into(),
+                );
+            }
         }
         self.tenancy.validate()
     }
@@ -283,6 +292,29 @@ mod tests {
             Config::load(&path)
                 .unwrap_err()
                 .contains("limits.max_concurrent_checks")
+        );
+        std::fs::write(
+            &path,
+            "policies: p\nhttp: { listen: 127.0.0.1:0, tenant_header: x-t }\ntenancy: { sources: [host] }\n",
+        )
+        .unwrap();
+        assert!(
+            Config::load(&path)
+                .unwrap_err()
+                .contains("context_extension")
+        );
+        std::fs::write(
+            &path,
+            "policies: p\nhttp: { listen: 127.0.0.1:0, trusted_proxies: [10.0.0.0/33] }\n",
+        )
+        .unwrap();
+        assert!(Config::load(&path).is_err());
+        std::fs::write(&path, "policies: p\nhttp: { listen: 127.0.0.1:0, tenant_header: x-t, trusted_proxies: [10.0.0.0/8], forward_auth: { path: /fa } }\n").unwrap();
+        let http = Config::load(&path).unwrap().http.unwrap();
+        assert_eq!(http.forward_auth.path, "/fa");
+        assert_eq!(
+            http.forward_auth.uri_headers,
+            ["x-original-uri", "x-forwarded-uri"]
         );
         std::fs::write(&path, "policies: p\nconnections: { idle_timeout: 0s }\n").unwrap();
         assert!(

@@ -267,11 +267,13 @@ pub fn read(
     headers.insert(":authority".into(), host.clone());
     headers.insert(":scheme".into(), scheme.clone());
     headers.remove("host");
+    // The tenant header is the proxy's word, as `context_extensions` are
+    // Envoy's config: it goes there, and not among the request's headers.
     let mut context_extensions = HashMap::new();
     if let Some(name) = &config.tenant_header
-        && let Some(id) = headers.get(&name.to_ascii_lowercase())
+        && let Some(id) = headers.remove(&name.to_ascii_lowercase())
     {
-        context_extensions.insert(context_key.to_string(), id.clone());
+        context_extensions.insert(context_key.to_string(), id);
     }
     let id = headers.get("x-request-id").cloned().unwrap_or_default();
     let http = attribute_context::HttpRequest {
@@ -400,6 +402,7 @@ mod tests {
         assert_eq!(http.raw_body, b"{}");
         let ext = &r.attributes.as_ref().unwrap().context_extensions;
         assert_eq!(ext["tenant"], "acme");
+        assert!(!http.headers.contains_key("x-portcullis-tenant"));
         assert_eq!(http.scheme, "http");
     }
 

@@ -131,7 +131,18 @@ async fn handle(
         .service
         .decide(&check, refused, &metadata, transport)
         .await;
-    answer(&render::render(&decision))
+    let mut rendered = render::render(&decision);
+    // The tenant header is the proxy's word to portcullis, not the
+    // upstream's: a client's own copy of it goes too.
+    if let (Some(name), Some(check_response::HttpResponse::OkResponse(ok))) =
+        (&state.config.tenant_header, &mut rendered.http_response)
+    {
+        let name = name.to_ascii_lowercase();
+        if !ok.headers_to_remove.contains(&name) {
+            ok.headers_to_remove.push(name);
+        }
+    }
+    answer(&rendered)
 }
 
 /// The body, up to `max` bytes (Envoy's `with_request_body` buffers it;

@@ -115,6 +115,14 @@ where
         req.push_str(b);
     }
     stream.write_all(req.as_bytes()).await.expect("write");
+    read_response(stream).await
+}
+
+/// Reads a whole response off a stream whose request was written already.
+pub async fn read_response<S>(mut stream: S) -> HttpResponse
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
     let mut raw = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
         .await
