@@ -540,4 +540,21 @@ async fn decides_for_nginx_auth_request() {
     )
     .await;
     assert_denied(&r, 403, "untrusted_forwarded_request");
+
+    // The same metrics as gRPC, with the transport as a label.
+    let metrics = http(f.portcullis.admin_addr, "GET", "/metrics", &[], None).await;
+    let line = |decision: &str, reason: &str| {
+        metrics.body.lines().any(|l| {
+            l.starts_with("portcullis_decisions_total{")
+                && l.contains(&format!("decision=\"{decision}\""))
+                && l.contains(&format!("reason=\"{reason}\""))
+                && l.contains("transport=\"forward_auth\"")
+        })
+    };
+    assert!(line("allow", "allowed"), "{}", metrics.body);
+    assert!(
+        line("deny", "untrusted_forwarded_request"),
+        "{}",
+        metrics.body
+    );
 }

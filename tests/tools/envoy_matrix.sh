@@ -6,8 +6,8 @@
 # picked by the tests through PORTCULLIS_ENVOY. Prints one line per version and a
 # summary; exits non-zero if any version failed. ENVOY_VERSIONS overrides the list.
 #
-# Known: Envoy 1.37.0 drops every header of an http_service deny (WWW-Authenticate
-# among them) on its way to the client, a regression fixed in 1.37.1 (envoyproxy/envoy
+# Known: Envoy 1.37.0 drops WWW-Authenticate from an http_service deny on its way
+# to the client, a regression fixed in 1.37.1 (envoyproxy/envoy
 # #43043), which PyPI does not have; gRPC mode is not affected. On 1.37.0 the one test
 # that checks a deny's challenge through http_service is skipped, and the summary says so.
 set -euo pipefail
