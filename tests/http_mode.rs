@@ -20,7 +20,7 @@ use jwt_simple::prelude::*;
 use serde_json::{Value, json};
 
 use portcullis::request::http_check::HttpModeConfig;
-use support::{Envoy, HttpResponse, http};
+use support::{Envoy, assert_denied, header_values, http, upstream_saw};
 
 const ISSUER: &str = "https://idp.initech.example";
 
@@ -111,26 +111,6 @@ impl Fixture {
     fn http_addr(&self) -> SocketAddr {
         self.portcullis.http_addr.expect("HTTP listener bound")
     }
-}
-
-fn upstream_saw(r: &HttpResponse) -> Value {
-    assert_eq!(r.status, 200, "expected the upstream's answer: {r:?}");
-    r.json()
-}
-
-fn header_values(seen: &Value, name: &str) -> Vec<String> {
-    seen["headers"][name]
-        .as_array()
-        .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
-        .unwrap_or_default()
-}
-
-fn assert_denied(r: &HttpResponse, status: u16, reason: &str) {
-    assert_eq!(r.status, status, "{r:?}");
-    let body = r.json();
-    assert_eq!(body["error"], reason, "{r:?}");
-    let id = body["decision_id"].as_str().expect("decision id in body");
-    assert_eq!(r.header("x-portcullis-decision-id"), Some(id));
 }
 
 /// The shipped HTTP-mode example, on free ports, pointing at this portcullis
