@@ -20,6 +20,7 @@ pids=()
 stop() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  if [ -n "${nginx_dir:-}" ]; then rm -rf "$nginx_dir"; fi
 }
 trap stop EXIT INT TERM
 

@@ -145,8 +145,8 @@ impl HttpModeConfig {
     }
 }
 
-/// One request to the HTTP listener, as it arrived.
-#[derive(Debug)]
+/// One request to the HTTP listener, as it arrived. No `Debug`: it holds the
+/// caller's credential headers, which must never reach a log line.
 pub struct HttpAsk<'a> {
     pub method: &'a str,
     /// The request target: path and query.
