@@ -683,6 +683,7 @@ async fn traces_metrics_and_decision_log_through_a_real_envoy() {
                 ("decision", decision),
                 ("reason", reason),
                 ("mode", mode),
+                ("transport", "grpc"),
             ],
         )
     };
