@@ -724,6 +724,11 @@ fn rendered_policies_and_server_config_are_accepted_by_portcullis() {
                     "trusted_proxies": ["10.0.0.0/8"],
                 })
             );
+            let notes = &r.notes;
+            assert!(
+                notes.contains("HTTP listener is on port 9003") && notes.contains("10.0.0.0/8"),
+                "{notes}"
+            );
             let service = r.one("Service");
             assert!(
                 service["spec"]["ports"]
