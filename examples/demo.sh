@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the demo: the echo upstream (:8081), portcullis (gRPC :9001, admin :9002)
-# and a real Envoy (:8080, admin :9901) on the bundled example policies.
+# Runs the demo: the echo upstream (:8081), portcullis (gRPC :9001, admin :9002,
+# HTTP :9003), a real Envoy (:8080, admin :9901) and, when `make tools` unpacked
+# it, nginx with auth_request (:8090) on the bundled example policies.
 # Ctrl-C stops exactly the processes this script started.
 #
 # The terminal shows one readable line per decision (the diagnostic log, with
@@ -34,6 +35,7 @@ pids=()
 stop() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  if [ -n "${nginx_dir:-}" ]; then rm -rf "$nginx_dir"; fi
 }
 trap stop EXIT INT TERM
 
@@ -51,6 +53,17 @@ RUST_LOG="${RUST_LOG:-warn,portcullis=info,portcullis::transport::server=debug}"
 pids+=($!)
 "$envoy_bin" -c "$envoy_config" -l warning --use-dynamic-base-id &
 pids+=($!)
+
+nginx_dir=""
+if [ -x .tools/bin/nginx ]; then
+  nginx_dir=$(mktemp -d)
+  { echo "daemon off; master_process off; pid $nginx_dir/nginx.pid;"
+    sed "s|^http {|http {\n    access_log off; client_body_temp_path $nginx_dir/b; proxy_temp_path $nginx_dir/p; fastcgi_temp_path $nginx_dir/f; uwsgi_temp_path $nginx_dir/u; scgi_temp_path $nginx_dir/s;|" \
+      examples/nginx/nginx.conf
+  } >"$nginx_dir/nginx.conf"
+  .tools/bin/nginx -p "$nginx_dir" -c "$nginx_dir/nginx.conf" -e "$nginx_dir/error.log" &
+  pids+=($!)
+fi
 
 for _ in $(seq 1 100); do
   if curl -fs http://127.0.0.1:9901/ready >/dev/null 2>&1 \
@@ -73,6 +86,11 @@ portcullis is deciding for Envoy on http://127.0.0.1:8080. Try:
        -H 'access-control-request-method: GET' localhost:8080/tenants/acme/orders/1
   curl -s localhost:9002/readyz
   curl -s localhost:9002/policies
+
+Behind nginx (auth_request, :8090), and portcullis refusing a caller that is not the proxy:
+
+  curl -si -H 'host: acme.example.com' -H 'x-subject: forged' localhost:8090/docs/intro
+  curl -si -H 'x-original-uri: /docs/intro' -H 'x-original-method: GET' localhost:9003/forward-auth
 
 TOUR
 if [ "${JAEGER:-0}" = 1 ]; then

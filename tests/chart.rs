@@ -89,6 +89,11 @@ fn everything_on() -> Value {
             "limits": { "max_concurrent_checks": 512, "max_tenants": 50 },
             "connections": { "max_grpc": 4096, "idle_timeout": "2h" },
             "clientErrors": "detailed",
+            "http": {
+                "enabled": true,
+                "tenantHeader": "x-portcullis-tenant",
+                "trustedProxies": ["10.0.0.0/8"],
+            },
         },
         "podLabels": { "team": "payments" },
         "image": { "digest": format!("sha256:{}", "a".repeat(64)) },
@@ -173,6 +178,11 @@ fn refused() -> Vec<(&'static str, Value, &'static str)> {
             "admits every source",
         ),
         ("typo", json!({ "replicaCout": 3 }), "replicaCout"),
+        (
+            "http-without-trusted-proxies",
+            json!({ "server": { "http": { "enabled": true } } }),
+            "server.http.trustedProxies must name",
+        ),
         (
             "header-tenancy-without-header",
             json!({ "server": { "tenancy": { "sources": ["header"] } } }),
@@ -761,7 +771,34 @@ fn rendered_policies_and_server_config_are_accepted_by_portcullis() {
                 server["connections"],
                 json!({ "max_grpc": 4096, "idle_timeout": "2h" })
             );
+            assert_eq!(
+                server["http"],
+                json!({
+                    "listen": "0.0.0.0:9003",
+                    "path_prefix": "/authz",
+                    "tenant_header": "x-portcullis-tenant",
+                    "trusted_proxies": ["10.0.0.0/8"],
+                })
+            );
+            let notes = &r.notes;
+            assert!(
+                notes.contains("HTTP listener is on port 9003") && notes.contains("10.0.0.0/8"),
+                "{notes}"
+            );
+            let service = r.one("Service");
+            assert!(
+                service["spec"]["ports"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["name"] == "http-authz" && p["port"] == 9003),
+                "{service}"
+            );
         } else {
+            assert!(
+                server.get("http").is_none(),
+                "no HTTP listener unless asked for"
+            );
             assert!(server.get("limits").is_none(), "no limits unless asked for");
             assert!(
                 server.get("connections").is_none(),
@@ -1091,7 +1128,57 @@ fn istio_examples_match_the_chart() {
     let mesh = read_yaml("examples/istio/mesh-config.yaml");
     let providers = mesh["meshConfig"]["extensionProviders"].as_array().unwrap();
     for p in providers {
-        only_documented("extension provider", p, &["name", "envoyExtAuthzGrpc"]);
+        only_documented(
+            "extension provider",
+            p,
+            &["name", "envoyExtAuthzGrpc", "envoyExtAuthzHttp"],
+        );
+        if let Some(http) = p.get("envoyExtAuthzHttp") {
+            // Istio's EnvoyExternalAuthorizationHttpProvider.
+            only_documented(
+                "envoyExtAuthzHttp",
+                http,
+                &[
+                    "service",
+                    "port",
+                    "timeout",
+                    "pathPrefix",
+                    "failOpen",
+                    "statusOnError",
+                    "includeRequestHeadersInCheck",
+                    "includeAdditionalHeadersInCheck",
+                    "includeRequestBodyInCheck",
+                    "headersToUpstreamOnAllow",
+                    "headersToDownstreamOnDeny",
+                    "headersToDownstreamOnAllow",
+                ],
+            );
+            assert_eq!(http["failOpen"], false, "fail closed");
+            assert_eq!(http["statusOnError"], "503");
+            assert_eq!(http["port"], 9003);
+            assert_eq!(http["pathPrefix"], "/authz");
+            let list = |k: &str| -> Vec<String> {
+                http[k]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("envoyExtAuthzHttp.{k} must be set"))
+                    .iter()
+                    .map(|v| v.as_str().unwrap().to_ascii_lowercase())
+                    .collect()
+            };
+            // Without them the token never reaches portcullis, the headers it
+            // sets never reach the upstream, and a 401 loses its challenge.
+            assert!(list("includeRequestHeadersInCheck").contains(&"authorization".into()));
+            let upstream = list("headersToUpstreamOnAllow");
+            for h in ["x-portcullis-*", "x-subject", "x-tenant"] {
+                assert!(upstream.contains(&h.to_string()), "{h} in {upstream:?}");
+            }
+            assert!(list("headersToDownstreamOnDeny").contains(&"www-authenticate".into()));
+            assert!(
+                http["includeAdditionalHeadersInCheck"]["x-portcullis-tenant"].is_string(),
+                "the tenant header: {http}"
+            );
+            continue;
+        }
         // Istio's EnvoyExternalAuthorizationGrpcProvider.
         let grpc = &p["envoyExtAuthzGrpc"];
         only_documented(

@@ -13,7 +13,7 @@ use base64::Engine as _;
 use jwt_simple::prelude::*;
 use serde_json::{Value, json};
 
-use support::{Envoy, HttpResponse, http};
+use support::{Envoy, HttpResponse, assert_denied, header_values, http, upstream_saw};
 
 const ACME_ISSUER: &str = "https://idp.acme.example";
 const GLOBEX_ISSUER: &str = "https://idp.globex.example";
@@ -113,26 +113,6 @@ impl Issuer {
         .with_audience("orders-api");
         self.key.authenticate(claims).unwrap()
     }
-}
-
-fn upstream_saw(r: &HttpResponse) -> Value {
-    assert_eq!(r.status, 200, "expected the upstream's answer: {r:?}");
-    r.json()
-}
-
-fn header_values(seen: &Value, name: &str) -> Vec<String> {
-    seen["headers"][name]
-        .as_array()
-        .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
-        .unwrap_or_default()
-}
-
-fn assert_denied(r: &HttpResponse, status: u16, reason: &str) {
-    assert_eq!(r.status, status, "{r:?}");
-    let body = r.json();
-    assert_eq!(body["error"], reason, "{r:?}");
-    let id = body["decision_id"].as_str().expect("decision id in body");
-    assert_eq!(r.header("x-portcullis-decision-id"), Some(id));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

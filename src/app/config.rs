@@ -70,6 +70,10 @@ pub struct Config {
     /// See [`crate::transport::authzen`].
     #[serde(default)]
     pub authzen: Option<crate::transport::authzen::AuthzenConfig>,
+    /// The HTTP listener (Envoy's `http_service`, forward auth); off unless
+    /// set. See [`crate::request::http_check`].
+    #[serde(default)]
+    pub http: Option<crate::request::http_check::HttpModeConfig>,
 }
 
 pub use crate::foundation::limits::{DEFAULT_MAX_CONCURRENT_CHECKS, Limits};
@@ -132,6 +136,7 @@ impl Config {
             policy_files: Default::default(),
             client_errors: Default::default(),
             authzen: None,
+            http: None,
         }
     }
 
@@ -187,6 +192,18 @@ impl Config {
         self.tracing.validate()?;
         if let Some(authzen) = &self.authzen {
             authzen.validate()?;
+        }
+        if let Some(http) = &self.http {
+            http.validate()?;
+            let from_context = self
+                .tenancy
+                .sources
+                .contains(&crate::request::tenancy::TenantSource::ContextExtension);
+            if http.tenant_header.is_some() && !from_context {
+                return Err(
+                    "http.tenant_header is read as a context extension: tenancy.sources must include context_extension".into(),
+                );
+            }
         }
         self.tenancy.validate()
     }
@@ -283,6 +300,29 @@ mod tests {
             Config::load(&path)
                 .unwrap_err()
                 .contains("limits.max_concurrent_checks")
+        );
+        std::fs::write(
+            &path,
+            "policies: p\nhttp: { listen: 127.0.0.1:0, tenant_header: x-t }\ntenancy: { sources: [host] }\n",
+        )
+        .unwrap();
+        assert!(
+            Config::load(&path)
+                .unwrap_err()
+                .contains("context_extension")
+        );
+        std::fs::write(
+            &path,
+            "policies: p\nhttp: { listen: 127.0.0.1:0, trusted_proxies: [10.0.0.0/33] }\n",
+        )
+        .unwrap();
+        assert!(Config::load(&path).is_err());
+        std::fs::write(&path, "policies: p\nhttp: { listen: 127.0.0.1:0, tenant_header: x-t, trusted_proxies: [10.0.0.0/8], forward_auth: { path: /fa } }\n").unwrap();
+        let http = Config::load(&path).unwrap().http.unwrap();
+        assert_eq!(http.forward_auth.path, "/fa");
+        assert_eq!(
+            http.forward_auth.uri_headers,
+            ["x-original-uri", "x-forwarded-uri"]
         );
         std::fs::write(&path, "policies: p\nconnections: { idle_timeout: 0s }\n").unwrap();
         assert!(

@@ -1,6 +1,6 @@
 //! The server started from its configuration: policies loaded, every
 //! listener bound (gRPC on TCP and/or a unix socket, the admin port, the
-//! AuthZEN API when configured) behind
+//! AuthZEN API and the HTTP listener when configured) behind
 //! its connection cap and timeouts, the watcher and the reload loop running;
 //! and its orderly shutdown. SIGTERM or SIGINT in `serve` marks the server not
 //! ready and not serving, stops accepting connections and lets in-flight
@@ -33,6 +33,7 @@ use crate::transport::admin::{self, AdminState};
 use crate::transport::authzen::Authzen;
 use crate::transport::clients::ClientGate;
 use crate::transport::connections::{Conn, CountRequests, Gate, GatedListener, Guarded};
+use crate::transport::http_authz::{self, Asker, HttpAuthz};
 use crate::transport::net::Batched;
 use crate::transport::server::AuthzService;
 use crate::transport::tls::ServerTls;
@@ -45,6 +46,8 @@ pub struct Running {
     /// The AuthZEN listener's address, when `authzen` is configured.
     pub authzen_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
+    /// The HTTP listener (`http.listen`), when configured.
+    pub http_addr: Option<SocketAddr>,
     pub store: Arc<PolicyStore>,
     /// The check permits (`limits.max_concurrent_checks`); a holder of some
     /// leaves that many fewer checks to be decided at once.
@@ -254,6 +257,35 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         });
     }
 
+    let mut http_addr = None;
+    if let Some(http) = &config.http {
+        let listener = TcpListener::bind(http.listen)
+            .await
+            .with_context(|| format!("cannot bind HTTP address {}", http.listen))?;
+        http_addr = Some(listener.local_addr()?);
+        let listener = GatedListener {
+            inner: listener,
+            gate: Gate::grpc(connections, metrics.connections("http")),
+        };
+        let service =
+            AuthzService::with_observers(Arc::clone(&pipeline), Arc::clone(&metrics), log.clone())
+                .with_permits(Arc::clone(&permits));
+        let state = HttpAuthz::new(
+            service,
+            http.clone(),
+            &config.tenancy.context_key,
+            config.limits.max_body_bytes,
+        );
+        let app = http_authz::router(state).into_make_service_with_connect_info::<Asker>();
+        let s = stopped();
+        tasks.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(s)
+                .await
+                .context("HTTP authorization server failed")
+        });
+    }
+
     {
         let store = Arc::clone(&store);
         let health = health.clone();
@@ -310,6 +342,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         grpc_addr,
         authzen_addr,
         admin_addr,
+        http_addr,
         store,
         permits,
         stop,

@@ -129,6 +129,10 @@ pub enum Reason {
     /// An authenticated AuthZEN asker that `authzen.askers` does not allow to
     /// ask for this tenant (or a tenant the server does not serve).
     AskerNotAllowed,
+    /// A request to the HTTP listener (Envoy's `http_service`, a proxy's
+    /// forward auth) from an address outside `http.trusted_proxies`: the
+    /// original method, path and tenant it names are not believed.
+    UntrustedForwardedRequest,
 }
 
 impl Reason {
@@ -185,6 +189,7 @@ impl Reason {
             Reason::EvaluationRequestTooLarge => "evaluation_request_too_large",
             Reason::TooManyEvaluations => "too_many_evaluations",
             Reason::AskerNotAllowed => "asker_not_allowed",
+            Reason::UntrustedForwardedRequest => "untrusted_forwarded_request",
         }
     }
 
@@ -224,6 +229,7 @@ impl Reason {
             | Reason::UnknownTenant
             | Reason::CorsRejected
             | Reason::AskerNotAllowed
+            | Reason::UntrustedForwardedRequest
             | Reason::NotHttp => 403,
             // RFC 6750 §3.1: two credentials at once are an `invalid_request`.
             Reason::NonCanonicalPath
@@ -304,7 +310,7 @@ impl Reason {
 }
 
 /// Every reason, for tests that must cover them all.
-pub(super) const ALL: [Reason; 50] = [
+pub(super) const ALL: [Reason; 51] = [
     Reason::Allowed,
     Reason::DefaultAllow,
     Reason::CorsPreflight,
@@ -355,6 +361,7 @@ pub(super) const ALL: [Reason; 50] = [
     Reason::EvaluationRequestTooLarge,
     Reason::TooManyEvaluations,
     Reason::AskerNotAllowed,
+    Reason::UntrustedForwardedRequest,
 ];
 
 #[cfg(test)]

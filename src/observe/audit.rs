@@ -79,7 +79,7 @@ pub struct RequestSummary {
     pub method: String,
     pub host: String,
     pub path: String,
-    /// Who asked: `grpc` (Envoy's ext_authz) or `authzen`.
+    /// The listener that asked (`grpc`, `http`, `forward_auth`, `authzen`).
     pub transport: &'static str,
 }
 
@@ -297,7 +297,7 @@ pub fn line(
         "method": request.method,
         "host": request.host,
         "path": request.path,
-        "transport": request.transport,
+        "transport": (!request.transport.is_empty()).then_some(request.transport),
         "rule": outcome.rule,
         "decision": outcome.decision,
         "reason": outcome.reason.code(),

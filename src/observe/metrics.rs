@@ -101,7 +101,8 @@ struct DecisionLabels {
     decision: &'static str,
     reason: &'static str,
     mode: &'static str,
-    /// Who asked: `grpc` (Envoy's ext_authz) or `authzen`.
+    /// The listener that asked: `grpc`, `http` (Envoy's `http_service`),
+    /// `forward_auth`, `authzen`.
     transport: &'static str,
 }
 
@@ -199,7 +200,7 @@ impl Metrics {
         let decisions = Family::<DecisionLabels, Counter>::default();
         registry.register(
             "decisions",
-            "Checks decided, by tenant, decision, reason, mode (dry_run: what enforcement would have answered) and transport (grpc, authzen)",
+            "Checks decided, by tenant, decision, reason, mode (dry_run: what enforcement would have answered) and transport (grpc, http, forward_auth, authzen)",
             decisions.clone(),
         );
         let dry_run_rules = Family::<DryRunRuleLabels, Counter>::default();

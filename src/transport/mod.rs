@@ -1,4 +1,5 @@
-//! Floor 8, transport: the gRPC ext_authz service ([`server`]) with its
+//! Floor 8, transport: the gRPC ext_authz service ([`server`]), the HTTP
+//! listener for Envoy's `http_service` and forward auth ([`http_authz`]) with its
 //! sockets ([`net`]), their caps and timeouts ([`connections`]), TLS
 //! ([`tls`]: files and reload; [`tls_accept`]: handshakes) and which TLS
 //! clients are answered ([`clients`]), the admin port ([`admin`]: health, readiness, metrics,
@@ -14,6 +15,7 @@ pub mod authzen;
 pub mod clients;
 pub mod connections;
 pub mod decided;
+pub mod http_authz;
 pub mod net;
 pub mod server;
 pub mod tls;

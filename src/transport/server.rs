@@ -72,12 +72,31 @@ impl Authorization for AuthzService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
+        let decision = self
+            .decide(request.get_ref(), None, request.metadata(), "grpc")
+            .await;
+        Ok(Response::new(render::into_response(decision)))
+    }
+}
+
+impl AuthzService {
+    /// One check as every transport decides it: bounded by the permits,
+    /// traced as a child of the caller's span, counted, logged. `refused` is a
+    /// reason the transport denied the ask with before it could be read (the
+    /// pipeline does not run); `transport` names the listener in the span,
+    /// the metrics and the decision log.
+    pub async fn decide(
+        &self,
+        request: &CheckRequest,
+        refused: Option<Reason>,
+        metadata: &tonic::metadata::MetadataMap,
+        transport: &'static str,
+    ) -> Decision {
         let started = Instant::now();
-        let span = decided::check_span("grpc");
+        let span = decided::check_span(transport);
         // Envoy's span is the parent; the client's traceparent only a link.
-        let parent = telemetry::parent_from_metadata(request.metadata());
+        let parent = telemetry::parent_from_metadata(metadata);
         let client = request
-            .get_ref()
             .attributes
             .as_ref()
             .and_then(|a| a.request.as_ref())
@@ -85,7 +104,7 @@ impl Authorization for AuthzService {
             .and_then(|h| telemetry::client_link(&h.headers));
         telemetry::attach(&span, &parent, client);
         async {
-            let timeout = grpc_timeout(request.metadata());
+            let timeout = grpc_timeout(metadata);
             let wait = timeout.map_or(DEFAULT_KEY_WAIT, |t| {
                 // Leave room to answer before Envoy gives up on us.
                 t.saturating_sub(t / 5).min(DEFAULT_KEY_WAIT)
@@ -95,25 +114,28 @@ impl Authorization for AuthzService {
             // Never queue: a check beyond the limit is answered now, denied,
             // so Envoy fails closed even with `failure_mode_allow: true`.
             let permit = self.permits.try_acquire();
-            let decision = match &permit {
-                Ok(_) => {
-                    let check = self.pipeline.check_until(request.get_ref(), wait, deadline);
+            let decision = match (&permit, refused) {
+                (_, Some(reason)) => Decision::deny(uuid::Uuid::new_v4().to_string(), reason),
+                (Ok(_), None) => {
+                    let check = self.pipeline.check_until(request, wait, deadline);
                     check.await
                 }
-                Err(_) => Decision::deny(uuid::Uuid::new_v4().to_string(), Reason::Overloaded),
+                (Err(_), None) => {
+                    Decision::deny(uuid::Uuid::new_v4().to_string(), Reason::Overloaded)
+                }
             };
             drop(permit);
             let (metrics, log) = (&self.metrics, &self.log);
             decided::observe(
                 &decision,
-                "grpc",
-                || audit::RequestSummary::of(request.get_ref()),
+                transport,
+                || audit::RequestSummary::of(request),
                 &parent,
                 started.elapsed(),
                 metrics,
                 log,
             );
-            Ok(Response::new(render::into_response(decision)))
+            decision
         }
         .instrument(span)
         .await

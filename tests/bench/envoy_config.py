@@ -1,7 +1,8 @@
 """One Envoy with five listeners, one per configuration the benchmarks compare:
 every route a `direct_response` (no upstream adds noise).
 
-    envoy_config.py BASE_PORT CONST_PORT PORTCULLIS_PORT JWKS_FILE STOCK_CONST_PORT > envoy.yaml
+    envoy_config.py BASE_PORT CONST_PORT PORTCULLIS_PORT JWKS_FILE STOCK_CONST_PORT \
+        HTTP_CONST_PORT HTTP_PORTCULLIS_PORT > envoy.yaml
 
 - BASE_PORT+0 `none`: no authorization.
 - BASE_PORT+1 `jwt_rbac`: Envoy's own jwt_authn (the same issuer, audience
@@ -12,12 +13,16 @@ every route a `direct_response` (no upstream adds noise).
 - BASE_PORT+3 `ext_portcullis`: ext_authz to portcullis.
 - BASE_PORT+4 `ext_const_stock`: ext_authz to the constant-answer server on
   stock tonic (Nagle on, vectored writes).
+- BASE_PORT+5 `http_const`: ext_authz `http_service` to the constant HTTP
+  server (`const_http_authz`): HTTP mode's floor.
+- BASE_PORT+6 `http_portcullis`: ext_authz `http_service` to portcullis' HTTP
+  listener, the tenant named by `headers_to_add`.
 """
 
 import json
 import sys
 
-base, const_port, portcullis_port, jwks_file, stock_port = sys.argv[1:6]
+base, const_port, portcullis_port, jwks_file, stock_port, http_const_port, http_portcullis_port = sys.argv[1:8]
 base = int(base)
 jwks = open(jwks_file).read()
 ISSUER = "https://idp.bench.example"
@@ -50,6 +55,27 @@ def ext_authz(cluster):
             "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
             "transport_api_version": "V3",
             "grpc_service": {"envoy_grpc": {"cluster_name": cluster}, "timeout": "0.5s"},
+            "failure_mode_allow": False,
+            "status_on_error": {"code": "ServiceUnavailable"},
+        },
+    }
+
+
+def http_service(cluster, port):
+    return {
+        "name": "envoy.filters.http.ext_authz",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+            "transport_api_version": "V3",
+            "http_service": {
+                "server_uri": {"uri": f"http://127.0.0.1:{port}", "cluster": cluster, "timeout": "0.5s"},
+                "path_prefix": "/authz",
+                "authorization_request": {"headers_to_add": [{"key": "x-portcullis-tenant", "value": "acme"}]},
+                "authorization_response": {
+                    "allowed_upstream_headers": {"patterns": [{"prefix": "x-portcullis-"}, {"exact": "x-subject"}]}
+                },
+            },
+            "allowed_headers": {"patterns": [{"exact": "authorization"}]},
             "failure_mode_allow": False,
             "status_on_error": {"code": "ServiceUnavailable"},
         },
@@ -147,8 +173,8 @@ def listener(name, port, filters, ext):
     }
 
 
-def cluster(name, port):
-    return {
+def cluster(name, port, http2=True):
+    c = {
         "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
@@ -169,6 +195,9 @@ def cluster(name, port):
             ],
         },
     }
+    if not http2:
+        del c["typed_extension_protocol_options"]
+    return c
 
 
 config = {
@@ -179,11 +208,17 @@ config = {
             listener("ext_const", base + 2, [ext_authz("const")], True),
             listener("ext_portcullis", base + 3, [ext_authz("portcullis")], True),
             listener("ext_const_stock", base + 4, [ext_authz("const_stock")], True),
+            listener("http_const", base + 5, [http_service("http_const", int(http_const_port))], False),
+            listener(
+                "http_portcullis", base + 6, [http_service("http_portcullis", int(http_portcullis_port))], False
+            ),
         ],
         "clusters": [
             cluster("const", int(const_port)),
             cluster("portcullis", int(portcullis_port)),
             cluster("const_stock", int(stock_port)),
+            cluster("http_const", int(http_const_port), http2=False),
+            cluster("http_portcullis", int(http_portcullis_port), http2=False),
         ],
     }
 }

@@ -89,11 +89,12 @@ fi
 # --- build and fixtures ------------------------------------------------------
 if [[ -z ${BIN_DIR:-} ]]; then
   log "building (release)"
-  (cd "$ROOT" && cargo build --release --quiet --bin portcullis --example const_authz --example fixtures)
+  (cd "$ROOT" && cargo build --release --quiet --bin portcullis --example const_authz --example const_http_authz --example fixtures)
   BIN_DIR=${CARGO_TARGET_DIR:-$ROOT/target}/release
 fi
 PORTCULLIS=$BIN_DIR/portcullis
 CONST=$BIN_DIR/examples/const_authz
+HTTP_CONST=$BIN_DIR/examples/const_http_authz
 FIX=$OUT/fixtures
 log "fixtures: $TENANTS templated tenants, $DISTINCT distinct (in-process decisions checked)"
 "$BIN_DIR/examples/fixtures" "$FIX" "$TENANTS" "$DISTINCT" >&2
@@ -166,6 +167,8 @@ D_GRPC=$((PORT_BASE + 5)) D_ADMIN=$((PORT_BASE + 6))
 N_GRPC=$((PORT_BASE + 7)) N_ADMIN=$((PORT_BASE + 8))
 S_GRPC=$((PORT_BASE + 9))
 E_BASE=$((PORT_BASE + 10))
+# HTTP mode (Envoy's http_service): the constant HTTP server and portcullis' HTTP listener.
+H_CONST=$((PORT_BASE + 20)) P_HTTP=$((PORT_BASE + 21))
 
 log "servers on cpu $SERVER_CPU, load generators on cpu $LOAD_CPU"
 # The floor every ratio is taken against: the constant server on the same
@@ -177,7 +180,11 @@ PIDS+=("$CONST_PID")
 taskset -c "$SERVER_CPU" "$CONST" "127.0.0.1:$S_GRPC" >"$OUT/const_stock.log" 2>&1 &
 STOCK_PID=$!
 PIDS+=("$STOCK_PID")
-start_portcullis one "$FIX/one" "$P_GRPC" "$P_ADMIN"
+taskset -c "$SERVER_CPU" "$HTTP_CONST" "127.0.0.1:$H_CONST" >"$OUT/const_http.log" 2>&1 &
+PIDS+=("$!")
+# portcullis' HTTP listener beside its gRPC one: the same server decides both.
+start_portcullis one "$FIX/one" "$P_GRPC" "$P_ADMIN" \
+  "http: { listen: 127.0.0.1:$P_HTTP, tenant_header: x-portcullis-tenant }"
 ONE_PID=$PID
 # The same policies with the verified-token cache off: every check verifies
 # its RS256 token in full, as if every token were new.
@@ -290,10 +297,10 @@ if ((HAVE_H2LOAD)); then
 fi
 
 # --- through Envoy -----------------------------------------------------------
-CONFIGS=(none jwt_rbac ext_const ext_portcullis ext_const_stock)
+CONFIGS=(none jwt_rbac ext_const ext_portcullis ext_const_stock http_const http_portcullis)
 if ((HAVE_ENVOY && HAVE_WRK)); then
   python3 "$ROOT/tests/bench/envoy_config.py" "$E_BASE" "$C_GRPC" "$P_GRPC" "$FIX/jwks.json" \
-    "$S_GRPC" >"$OUT/envoy.yaml"
+    "$S_GRPC" "$H_CONST" "$P_HTTP" >"$OUT/envoy.yaml"
   taskset -c "$LOAD_CPU" "$ENVOY" -c "$OUT/envoy.yaml" --concurrency 1 \
     --log-level warn >"$OUT/envoy.log" 2>&1 &
   ENVOY_PID=$!

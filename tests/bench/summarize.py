@@ -165,7 +165,7 @@ if values("envoy", "none", "rps"):
     p("| config | rps | p50 µs | p99 µs | added p50 µs | added p99 µs | non-2xx | check with / without token |")
     p("|---|---|---|---|---|---|---|---|")
     added = {}
-    for name in ("none", "jwt_rbac", "ext_const", "ext_portcullis", "ext_const_stock"):
+    for name in ("none", "jwt_rbac", "ext_const", "ext_portcullis", "ext_const_stock", "http_const", "http_portcullis"):
         for metric in ("p50_us", "p99_us"):
             a, b = values("envoy", name, metric), values("envoy", "none", metric)
             d = [a[k] - b[k] for k in a if k in b]
@@ -185,6 +185,14 @@ if values("envoy", "none", "rps"):
         f"rps vs no authorization: portcullis {fmt(ratio('ext_portcullis', 'none', 'rps', 'envoy'), 2)}×, "
         f"constant {fmt(ratio('ext_const', 'none', 'rps', 'envoy'), 2)}×, "
         f"jwt_authn+RBAC {fmt(ratio('jwt_rbac', 'none', 'rps', 'envoy'), 2)}×).\n"
+    )
+    hp, hc = added[("http_portcullis", "p50_us")], added[("http_const", "p50_us")]
+    hp99, hc99 = added[("http_portcullis", "p99_us")], added[("http_const", "p99_us")]
+    p(
+        f"HTTP mode (`http_service`): added p50 portcullis {fmt(hp)} µs vs the constant HTTP server "
+        f"{fmt(hc)} µs ({fmt(hp / hc if hp and hc else None, 2)}×); added p99 {fmt(hp99)} µs vs {fmt(hc99)} µs "
+        f"({fmt(hp99 / hc99 if hp99 and hc99 else None, 2)}×); gRPC mode beside it: added p50 {fmt(pc)} µs, "
+        f"p99 {fmt(added[('ext_portcullis', 'p99_us')])} µs.\n"
     )
 
 p("## Memory and scale\n")

@@ -78,6 +78,30 @@ impl HttpResponse {
     }
 }
 
+/// The upstream's echo of what reached it (the answer must be the upstream's 200).
+pub fn upstream_saw(r: &HttpResponse) -> serde_json::Value {
+    assert_eq!(r.status, 200, "expected the upstream's answer: {r:?}");
+    r.json()
+}
+
+/// Every value of one header in the echo upstream's answer.
+pub fn header_values(seen: &serde_json::Value, name: &str) -> Vec<String> {
+    seen["headers"][name]
+        .as_array()
+        .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// A portcullis deny: its status, the body's reason, and the decision id in
+/// both the body and the header.
+pub fn assert_denied(r: &HttpResponse, status: u16, reason: &str) {
+    assert_eq!(r.status, status, "{r:?}");
+    let body = r.json();
+    assert_eq!(body["error"], reason, "{r:?}");
+    let id = body["decision_id"].as_str().expect("decision id in body");
+    assert_eq!(r.header("x-portcullis-decision-id"), Some(id));
+}
+
 /// Sends one HTTP/1.1 request with the target exactly as given.
 pub async fn http(
     addr: SocketAddr,
@@ -117,6 +141,14 @@ where
         req.push_str(b);
     }
     stream.write_all(req.as_bytes()).await.expect("write");
+    read_response(stream).await
+}
+
+/// Reads a whole response off a stream whose request was written already.
+pub async fn read_response<S>(mut stream: S) -> HttpResponse
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
     let mut raw = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
         .await

@@ -146,12 +146,28 @@ authzen:
   askers: {{ toJson .askers }}
 {{- end }}
 {{- end }}
+{{- if $s.http.enabled }}
+http:
+  {{- if eq .Values.mode "sidecar" }}
+  listen: "127.0.0.1:{{ .Values.ports.http }}"
+  {{- else }}
+  listen: "0.0.0.0:{{ .Values.ports.http }}"
+  {{- end }}
+  path_prefix: {{ $s.http.pathPrefix | quote }}
+  {{- if $s.http.tenantHeader }}
+  tenant_header: {{ $s.http.tenantHeader | quote }}
+  {{- end }}
+  trusted_proxies: {{ toJson $s.http.trustedProxies }}
+{{- end }}
 {{- end }}
 
 {{/* Fails the render on values that would make a broken or unsafe install. */}}
 {{- define "portcullis.checks" -}}
 {{- if and .Values.authzen.enabled (not .Values.authzen.askers) }}
 {{- fail "authzen.askers must name at least one asker when authzen.enabled is true" }}
+{{- end }}
+{{- if and .Values.server.http.enabled (not .Values.server.http.trustedProxies) }}
+{{- fail "server.http.trustedProxies must name the proxies' addresses (CIDRs) when server.http.enabled" }}
 {{- end }}
 {{- if and (has "header" .Values.server.tenancy.sources) (not .Values.server.tenancy.header) }}
 {{- fail "server.tenancy.header is required when server.tenancy.sources includes header" }}
@@ -247,6 +263,11 @@ each workload pod.
     {{- if .Values.authzen.enabled }}
     - name: authzen
       containerPort: {{ .Values.authzen.port }}
+      protocol: TCP
+    {{- end }}
+    {{- if .Values.server.http.enabled }}
+    - name: http-authz
+      containerPort: {{ .Values.ports.http }}
       protocol: TCP
     {{- end }}
   env:
