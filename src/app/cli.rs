@@ -1,4 +1,4 @@
-//! The command line: `serve`, `validate`, `test`, `check`.
+//! The command line: `serve`, `validate`, `test`, `check`, `reach`.
 //!
 //! Exit codes: 0 success; 1 a policy directory with errors or without policy
 //! files (`validate`, `check`) or a failing test suite (`test`); 64 bad
@@ -88,11 +88,51 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// What one caller can reach: every (tenant, method, route) an allow rule
+    /// grants it, with the condition left over the request.
+    Reach {
+        /// Policy directory, compiled as `validate` compiles it.
+        #[arg(long)]
+        policies: PathBuf,
+        /// Only this tenant (default: every tenant).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The caller's claims, a JSON object.
+        #[arg(long, conflicts_with_all = ["token", "spiffe_id"])]
+        claims: Option<PathBuf>,
+        /// A file holding the caller's token, verified against the tenant's
+        /// issuers with the keys the policy holds locally.
+        #[arg(long, conflicts_with = "spiffe_id")]
+        token: Option<PathBuf>,
+        /// The caller's SPIFFE ID, as an mTLS peer.
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        /// How `--claims` reached portcullis: `envoy_jwt` (Envoy's jwt_authn
+        /// metadata), `jwt` (a token portcullis verified), or `anonymous`.
+        #[arg(long, default_value = "envoy_jwt")]
+        auth_method: ReachMethod,
+        /// `table` or `json`.
+        #[arg(long, default_value = "table")]
+        format: OutputFormat,
+        /// Server configuration, for its policy file settings and limits.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
-/// How `test` prints its report.
+/// How `reach --claims` were presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum ReachMethod {
+    EnvoyJwt,
+    Jwt,
+    Anonymous,
+}
+
+/// How `test` and `reach` print their report (`table` is `text`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
+    #[value(alias = "table")]
     Text,
     Json,
 }
@@ -189,6 +229,99 @@ pub fn main() -> ExitCode {
             };
             check(&policies, &request, tenancy, minter, allowed, limits)
         }
+        Command::Reach {
+            policies,
+            tenant,
+            claims,
+            token,
+            spiffe_id,
+            auth_method,
+            format,
+            config,
+        } => {
+            let (allowed, limits) = match config.map(|c| Config::load(&c)) {
+                Some(Ok(c)) => (c.policy_files, c.limits),
+                Some(Err(e)) => return usage(&e),
+                None => (Default::default(), Default::default()),
+            };
+            let caller = match (claims, token, spiffe_id) {
+                (Some(path), _, _) => match crate::app::reach::read_claims(&path) {
+                    Ok(c) => crate::app::reach::Caller::Claims(
+                        c,
+                        match auth_method {
+                            ReachMethod::EnvoyJwt => crate::identity::AuthMethod::EnvoyJwt,
+                            ReachMethod::Jwt => crate::identity::AuthMethod::Jwt,
+                            ReachMethod::Anonymous => crate::identity::AuthMethod::Anonymous,
+                        },
+                    ),
+                    Err(e) => return usage(&e),
+                },
+                (None, Some(path), _) => match std::fs::read_to_string(&path) {
+                    Ok(t) => crate::app::reach::Caller::Token(t.trim().to_string()),
+                    Err(e) => return usage(&format!("{}: cannot read: {e}", path.display())),
+                },
+                (None, None, Some(id)) => crate::app::reach::Caller::Spiffe(id),
+                (None, None, None) if auth_method == ReachMethod::Anonymous => {
+                    crate::app::reach::Caller::Anonymous
+                }
+                (None, None, None) => {
+                    return usage(
+                        "reach needs --claims FILE, --token FILE, --spiffe-id ID or --auth-method anonymous",
+                    );
+                }
+            };
+            reach(
+                &policies,
+                tenant.as_deref(),
+                &caller,
+                format,
+                allowed,
+                limits,
+            )
+        }
+    }
+}
+
+fn reach(
+    policies: &Path,
+    tenant: Option<&str>,
+    caller: &crate::app::reach::Caller,
+    format: OutputFormat,
+    allowed_dirs: crate::foundation::policy_files::PolicyFilesConfig,
+    limits: crate::foundation::limits::Limits,
+) -> ExitCode {
+    if !policies.is_dir() {
+        return usage(&format!("{} is not a directory", policies.display()));
+    }
+    let store = PolicyStore::new(policies)
+        .with_policy_files(allowed_dirs)
+        .with_limits(limits);
+    let status = store.reload();
+    let clean = report_store(policies, &status);
+    let mut tenants = Vec::new();
+    for t in &status.tenants {
+        if tenant.is_none_or(|want| want == &*t.tenant) {
+            tenants.extend(store.tenant(&t.tenant));
+        }
+    }
+    if let Some(want) = tenant
+        && tenants.is_empty()
+    {
+        return usage(&format!("no tenant {want:?} in {}", policies.display()));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let reaches = crate::app::reach::reach_all(&store, &tenants, caller, now);
+    let text = match format {
+        OutputFormat::Text => crate::app::reach::render_table(&reaches),
+        OutputFormat::Json => crate::app::reach::render_json(&reaches),
+    };
+    let _ = std::io::stdout().write_all(text.as_bytes());
+    if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

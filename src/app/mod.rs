@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod reach;
 pub mod request_json;
 pub mod schema;
 pub mod serve;
