@@ -286,8 +286,8 @@ fn call_of(func: &str, args: Vec<IdedExpr>) -> IdedExpr {
     }
 }
 
-/// Most scalars in a known value written into a residual; a larger one (a
-/// data document's table, say) stays as the expression that reads it.
+/// Most scalars in a known list written into a residual; a longer one stays
+/// as the expression that reads it.
 const MAX_INLINED: usize = 16;
 
 impl Known<'_> {
@@ -351,7 +351,6 @@ fn literal(v: &Value) -> Option<IdedExpr> {
     fn scalars(v: &Value) -> usize {
         match v {
             Value::List(l) => l.iter().map(scalars).sum::<usize>() + 1,
-            Value::Map(m) => m.map.values().map(scalars).sum::<usize>() + 1,
             _ => 1,
         }
     }
@@ -369,34 +368,8 @@ fn literal(v: &Value) -> Option<IdedExpr> {
         Value::List(l) => Expr::List(::cel::common::ast::ListExpr::new(
             l.iter().map(literal).collect::<Option<Vec<_>>>()?,
         )),
-        Value::Map(m) => {
-            let mut entries: Vec<(String, &Value)> = Vec::new();
-            for (k, v) in m.map.iter() {
-                let ::cel::objects::Key::String(k) = k else {
-                    return None;
-                };
-                entries.push((k.to_string(), v));
-            }
-            entries.sort_by(|a, b| a.0.cmp(&b.0));
-            Expr::Map(::cel::common::ast::MapExpr {
-                entries: entries
-                    .into_iter()
-                    .map(|(k, v)| {
-                        Some(::cel::common::ast::IdedEntryExpr {
-                            id: 0,
-                            expr: EntryExpr::MapEntry(::cel::common::ast::MapEntryExpr {
-                                key: IdedExpr {
-                                    id: 0,
-                                    expr: lit(LiteralValue::String(k.into())),
-                                },
-                                value: literal(v)?,
-                                optional: false,
-                            }),
-                        })
-                    })
-                    .collect::<Option<Vec<_>>>()?,
-            })
-        }
+        // A map (a data document's table) stays as the expression that
+        // reads it: inlined, it would bury the condition.
         _ => return None,
     };
     Some(IdedExpr { id: 0, expr })
@@ -635,5 +608,128 @@ fn print_literal(l: &LiteralValue, out: &mut String) {
             out.push('"');
         }
         LiteralValue::Null => out.push_str("null"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::cel::{json_to_cel, map, string};
+    use serde_json::json;
+
+    fn fold(source: &str, claims: serde_json::Value, polarity: Polarity) -> Folded {
+        let c = Condition::compile(source).unwrap();
+        let roots = Prepared::new(
+            json_to_cel(&claims),
+            map([("tenant", string("acme"))]),
+            json_to_cel(&json!({ "plans": { "alice": "pro" } })),
+            Some(map([("method", string("GET"))])),
+        );
+        residual(
+            &c,
+            &Known {
+                roots: &roots,
+                method_known: true,
+            },
+            polarity,
+        )
+    }
+
+    fn when(f: Folded) -> (String, Vec<String>) {
+        match f {
+            Folded::When(r) => (r.cel, r.depends_on),
+            other => panic!("not a residual: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn known_claims_are_substituted_and_known_conjuncts_drop_out() {
+        let f = fold(
+            r#"has(claims.tenant) && "orders:read" in claims.scope && resource.params.tenant == claims.tenant"#,
+            json!({ "tenant": "acme", "scope": ["orders:read"] }),
+            Polarity::Allow,
+        );
+        assert_eq!(
+            when(f),
+            (
+                r#"resource.params.tenant == "acme""#.to_string(),
+                vec!["params.tenant".to_string()]
+            )
+        );
+    }
+
+    #[test]
+    fn a_false_known_conjunct_folds_the_whole_condition() {
+        let f = fold(
+            r#""orders:read" in claims.scope && resource.params.tenant == "x""#,
+            json!({ "scope": [] }),
+            Polarity::Allow,
+        );
+        assert_eq!(f, Folded::Never);
+        let f = fold(
+            r#"claims.sub == "alice" || resource.params.x == "y""#,
+            json!({ "sub": "alice" }),
+            Polarity::Allow,
+        );
+        assert_eq!(f, Folded::Always);
+    }
+
+    #[test]
+    fn an_error_grants_nothing_but_a_deny_rule_that_errors_applies() {
+        // claims.roles is absent: reading it is an error.
+        let src = r#""admin" in claims.roles"#;
+        assert_eq!(fold(src, json!({}), Polarity::Allow), Folded::Never);
+        assert_eq!(fold(src, json!({}), Polarity::Deny), Folded::Always);
+        // Under `!` the side flips: !(error && x) is an error when x holds.
+        let src = r#"!("admin" in claims.roles && resource.params.x == "y")"#;
+        assert_eq!(
+            when(fold(src, json!({}), Polarity::Allow)).0,
+            r#"!(resource.params.x == "y")"#
+        );
+    }
+
+    #[test]
+    fn data_method_and_time_are_known_or_named() {
+        let f = fold(
+            r#"data.plans[claims.sub] == "pro" && resource.method == "GET" && context.time > 5"#,
+            json!({ "sub": "alice" }),
+            Polarity::Allow,
+        );
+        assert_eq!(
+            when(f),
+            ("context.time > 5".to_string(), vec!["time".to_string()])
+        );
+        let f = fold(
+            r#"resource.headers["x-a"] == claims.sub"#,
+            json!({ "sub": "alice" }),
+            Polarity::Allow,
+        );
+        assert_eq!(
+            when(f),
+            (
+                r#"resource.headers["x-a"] == "alice""#.to_string(),
+                vec!["headers".to_string()]
+            )
+        );
+    }
+
+    #[test]
+    fn a_comprehension_over_the_request_is_printed_as_written() {
+        let f = fold(
+            "resource.body.items.all(i, i.owner == claims.sub)",
+            json!({ "sub": "alice" }),
+            Polarity::Allow,
+        );
+        let Folded::When(r) = f else { panic!() };
+        assert!(r.unreduced);
+        assert_eq!(r.cel, "resource.body.items.all(i, i.owner == claims.sub)");
+        assert_eq!(r.depends_on, ["body"]);
+        // Over known input it is evaluated.
+        let f = fold(
+            r#"claims.scope.exists(s, s == "a") && resource.params.x == "y""#,
+            json!({ "scope": ["a"] }),
+            Polarity::Allow,
+        );
+        assert_eq!(when(f).0, r#"resource.params.x == "y""#);
     }
 }
