@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -184,4 +186,134 @@ fn bad_claims_are_a_usage_error_not_a_panic() {
     ]);
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("claims must be a JSON object"));
+}
+
+/// A JWT-shaped bearer token, a DPoP proof and a session cookie: none may
+/// reach the replayable log.
+const TOKEN: &str = "eyJhbGciOiJFUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhbGljZSIsImlzcyI6Imh0dHBzOi8vaWRwLmFjbWUuZXhhbXBsZSJ9.c2VjcmV0LXNpZ25hdHVyZS1ieXRlcw";
+const PROOF: &str = "eyJ0eXAiOiJkcG9wK2p3dCIsImFsZyI6IkVTMjU2In0.eyJodG0iOiJHRVQiLCJodHUiOiJodHRwczovL2FjbWUifQ.cHJvb2Ytc2lnbmF0dXJl";
+const COOKIE_SECRET: &str = "s3ss10n-cookie-value-0042";
+
+/// Sends example requests through a real server with the replayable log on,
+/// and returns the log's text once every record is written.
+async fn replayable_log(dir: &Path) -> String {
+    let log = dir.join("replay.jsonl");
+    let portcullis = support::start_portcullis_with(&root().join(POLICIES), |c| {
+        c.decision_log.replay.output = log.display().to_string();
+    })
+    .await;
+    let mut grpc =
+        portcullis::foundation::proto::auth::authorization_client::AuthorizationClient::connect(
+            format!("http://{}", portcullis.grpc_addr.unwrap()),
+        )
+        .await
+        .unwrap();
+    let alice = serde_json::json!({ "iss": "https://idp.acme.example", "sub": "alice",
+        "tenant": "acme", "scope": ["orders:read"] });
+    let suite: portcullis::app::suite::TestFile =
+        serde_json::from_value(serde_json::json!({ "cases": [] })).unwrap();
+    let requests = [
+        serde_json::json!({ "host": "acme.example.com", "path": "/tenants/acme/orders/1", "claims": alice }),
+        serde_json::json!({ "host": "acme.example.com", "path": "/tenants/acme/orders/2", "claims": alice }),
+        serde_json::json!({ "host": "acme.example.com", "path": "/users/alice/profile", "claims": alice }),
+        serde_json::json!({ "method": "PUT", "host": "acme.example.com", "path": "/users/alice/profile", "claims": alice }),
+        serde_json::json!({ "host": "acme.example.com", "path": "/users/bob/profile", "claims": alice }),
+        serde_json::json!({ "host": "acme.example.com", "path": "/healthz" }),
+        // Credentials the log must drop (refused: nothing verifies them).
+        serde_json::json!({ "host": "acme.example.com", "path": "/healthz",
+            "headers": { "authorization": format!("Bearer {TOKEN}"), "dpop": PROOF,
+                         "cookie": format!("session={COOKIE_SECRET}") } }),
+        serde_json::json!({ "host": "acme.example.com", "path": "/docs/a",
+            "headers": { "x-forwarded-token": TOKEN } }),
+    ];
+    for r in &requests {
+        let r: portcullis::app::suite::TestRequest = serde_json::from_value(r.clone()).unwrap();
+        let check = portcullis::app::cli::check_request_from_json(
+            &portcullis::app::suite::request_json(&suite, &r),
+        )
+        .unwrap();
+        grpc.check(check).await.unwrap();
+    }
+    let want = requests.len();
+    support::eventually("every replay record written", || {
+        let log = log.clone();
+        async move { std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() == want) }
+    })
+    .await;
+    portcullis.stop().await.unwrap();
+    std::fs::read_to_string(&log).unwrap()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn replay_reports_exactly_the_requests_a_change_affects() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = replayable_log(dir.path()).await;
+    for secret in [TOKEN, PROOF, COOKIE_SECRET] {
+        assert!(
+            !text.contains(secret),
+            "the replayable log holds a credential: {text}"
+        );
+    }
+    // The claims after mapping are there, for replay.
+    assert!(text.contains("\"sub\":\"alice\""), "{text}");
+    let log = dir.path().join("replay.jsonl");
+    let log = log.to_str().unwrap();
+
+    // The same rules: nothing changes.
+    let out = portcullis(&[
+        "replay",
+        "--log",
+        log,
+        "--policies",
+        POLICIES,
+        "--fail-on-change",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains(", 0 changed"), "{stdout}");
+    assert!(!stdout.contains("acme:"), "{stdout}");
+
+    // Profiles become write-only: exactly the one GET of her own is affected.
+    let tightened = dir.path().join("policies");
+    copy_dir(&root().join(POLICIES), &tightened);
+    let acme = tightened.join("acme.yaml");
+    let yaml = std::fs::read_to_string(&acme).unwrap();
+    let changed = yaml.replace(
+        "methods: [GET, PUT]\n    path: /users/{owner}/profile",
+        "methods: [PUT]\n    path: /users/{owner}/profile",
+    );
+    assert_ne!(changed, yaml);
+    std::fs::write(&acme, changed).unwrap();
+    let out = portcullis(&[
+        "replay",
+        "--log",
+        log,
+        "--policies",
+        tightened.to_str().unwrap(),
+        "--fail-on-change",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let changes = report["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 1, "{report:#}");
+    let (change, count) = (&changes[0][0], &changes[0][1]);
+    assert_eq!(count, 1);
+    assert_eq!(change["tenant"], "acme");
+    assert_eq!(change["method"], "GET");
+    assert_eq!(change["path"], "/users/alice/profile");
+    assert_eq!(change["change"], "allow→deny");
+    assert_eq!(change["was"], "allow (own-profile)");
+    // The record refused at the identity stage is not replayed.
+    assert_eq!(report["records"], 8);
+    assert_eq!(report["skipped"], 1);
 }

@@ -1,4 +1,4 @@
-//! The command line: `serve`, `validate`, `test`, `check`, `reach`.
+//! The command line: `serve`, `validate`, `test`, `check`, `reach`, `replay`.
 //!
 //! Exit codes: 0 success; 1 a policy directory with errors or without policy
 //! files (`validate`, `check`) or a failing test suite (`test`); 64 bad
@@ -113,6 +113,25 @@ pub enum Command {
         auth_method: ReachMethod,
         /// `table` or `json`.
         #[arg(long, default_value = "table")]
+        format: OutputFormat,
+        /// Server configuration, for its policy file settings and limits.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Decide every record of a replayable decision log again on the policies
+    /// in DIR and report the records whose outcome changes.
+    Replay {
+        /// The replayable log (`decision_log.replay.output`), JSON lines.
+        #[arg(long)]
+        log: PathBuf,
+        /// The policy directory to decide on.
+        #[arg(long)]
+        policies: PathBuf,
+        /// Exit 1 when any outcome changes (for CI).
+        #[arg(long)]
+        fail_on_change: bool,
+        /// `text` or `json`.
+        #[arg(long, default_value = "text")]
         format: OutputFormat,
         /// Server configuration, for its policy file settings and limits.
         #[arg(long, short)]
@@ -279,6 +298,53 @@ pub fn main() -> ExitCode {
                 limits,
             )
         }
+        Command::Replay {
+            log,
+            policies,
+            fail_on_change,
+            format,
+            config,
+        } => replay_command(&log, &policies, fail_on_change, format, config),
+    }
+}
+
+fn replay_command(
+    log: &Path,
+    policies: &Path,
+    fail_on_change: bool,
+    format: OutputFormat,
+    config: Option<PathBuf>,
+) -> ExitCode {
+    let (allowed, limits) = match config.map(|c| Config::load(&c)) {
+        Some(Ok(c)) => (c.policy_files, c.limits),
+        Some(Err(e)) => return usage(&e),
+        None => (Default::default(), Default::default()),
+    };
+    if !policies.is_dir() {
+        return usage(&format!("{} is not a directory", policies.display()));
+    }
+    let text = match crate::app::replay::read_log(log) {
+        Ok(t) => t,
+        Err(e) => return usage(&e),
+    };
+    let store = PolicyStore::new(policies)
+        .with_policy_files(allowed)
+        .with_limits(limits);
+    let status = store.reload();
+    let clean = report_store(policies, &status);
+    let report = match crate::app::replay::replay(&store, &text) {
+        Ok(r) => r,
+        Err(e) => return usage(&format!("{}: {e}", log.display())),
+    };
+    let out = match format {
+        OutputFormat::Text => crate::app::replay::render_text(&report),
+        OutputFormat::Json => serde_json::to_string_pretty(&report).unwrap_or_default() + "\n",
+    };
+    let _ = std::io::stdout().write_all(out.as_bytes());
+    if !clean || (fail_on_change && !report.changes.is_empty()) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod config;
 pub mod reach;
+pub mod replay;
 pub mod request_json;
 pub mod schema;
 pub mod serve;

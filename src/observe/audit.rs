@@ -40,6 +40,8 @@ pub struct DecisionLogConfig {
     /// The fraction of allows logged, 0.0 to 1.0 (default 1.0). Denies, and
     /// decisions a dry-run rule had an opinion on, are always logged.
     pub allow_sample_rate: f64,
+    /// The replayable log, opt-in (see [`super::replay`]).
+    pub replay: super::replay::ReplayLogConfig,
 }
 
 impl Default for DecisionLogConfig {
@@ -47,6 +49,7 @@ impl Default for DecisionLogConfig {
         DecisionLogConfig {
             output: "stdout".into(),
             allow_sample_rate: 1.0,
+            replay: Default::default(),
         }
     }
 }
@@ -59,6 +62,12 @@ impl DecisionLogConfig {
         if self.output.is_empty() {
             return Err("decision_log.output must be stdout, stderr, off or a file path".into());
         }
+        if self.replay.output.is_empty() {
+            return Err("decision_log.replay.output must be off or a file path".into());
+        }
+        if self.replay.max_record_bytes < 512 {
+            return Err("decision_log.replay.max_record_bytes must be at least 512".into());
+        }
         Ok(())
     }
 
@@ -68,6 +77,9 @@ impl DecisionLogConfig {
             && Path::new(&self.output).is_relative()
         {
             self.output = base.join(&self.output).display().to_string();
+        }
+        if self.replay.output != "off" && Path::new(&self.replay.output).is_relative() {
+            self.replay.output = base.join(&self.replay.output).display().to_string();
         }
     }
 }
@@ -150,6 +162,11 @@ enum Output {
 #[derive(Debug, Clone)]
 pub struct DecisionLog {
     tx: Option<SyncSender<String>>,
+    /// The replayable log's writer and settings, when it is on.
+    replay: Option<(
+        SyncSender<String>,
+        std::sync::Arc<super::replay::ReplayLogConfig>,
+    )>,
     /// Allows are logged when the decision id's sample is below this.
     allow_threshold: u64,
 }
@@ -159,6 +176,7 @@ impl DecisionLog {
     pub fn off() -> DecisionLog {
         DecisionLog {
             tx: None,
+            replay: None,
             allow_threshold: 0,
         }
     }
@@ -166,6 +184,34 @@ impl DecisionLog {
     /// Opens the output (a file is created if missing, and appended to) and
     /// starts the writer thread, which ends when the last handle is dropped.
     pub fn open(config: &DecisionLogConfig) -> std::io::Result<DecisionLog> {
+        let mut log = DecisionLog::open_main(config)?;
+        if config.replay.output != "off" {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&config.replay.output)?;
+            let (tx, rx) = sync_channel(QUEUE_LINES);
+            std::thread::Builder::new()
+                .name("replay-log".into())
+                .spawn(move || write_lines(rx, Box::new(file)))?;
+            log.replay = Some((tx, std::sync::Arc::new(config.replay.clone())));
+        }
+        Ok(log)
+    }
+
+    /// Writes the replay record of one decision (every decision, unsampled),
+    /// when the replayable log is on. False when the line was dropped.
+    pub fn record_replay(&self, decision: &Decision, request: &CheckRequest) -> bool {
+        let Some((tx, config)) = &self.replay else {
+            return true;
+        };
+        match super::replay::record(decision, request, config) {
+            Some(line) => tx.try_send(line).is_ok(),
+            None => true,
+        }
+    }
+
+    fn open_main(config: &DecisionLogConfig) -> std::io::Result<DecisionLog> {
         let output = match config.output.as_str() {
             "off" => return Ok(DecisionLog::off()),
             "stdout" => Output::Stdout,
@@ -200,6 +246,7 @@ impl DecisionLog {
             .spawn(move || write_lines(rx, sink))?;
         Ok(DecisionLog {
             tx: Some(tx),
+            replay: None,
             allow_threshold,
         })
     }
@@ -429,11 +476,13 @@ mod tests {
         let config = DecisionLogConfig {
             output: "off".into(),
             allow_sample_rate: 0.0,
+            replay: Default::default(),
         };
         assert!(DecisionLog::open(&config).unwrap().tx.is_none());
         let (tx, rx) = sync_channel(4);
         let log = DecisionLog {
             tx: Some(tx),
+            replay: None,
             allow_threshold: 0x8000_0000,
         };
         let mut allow = Decision::deny("ffffffff-1".into(), Reason::Allowed);

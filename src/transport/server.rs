@@ -140,6 +140,9 @@ impl Authorization for AuthzService {
             {
                 self.metrics.log_dropped();
             }
+            if !self.log.record_replay(&decision, request.get_ref()) {
+                self.metrics.log_dropped();
+            }
             // The line carries the decision's fields itself: the diagnostic
             // log does not record spans (see `telemetry::init`).
             // A preflight portcullis answers is no refusal: logged as an allow is.
