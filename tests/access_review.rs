@@ -303,6 +303,18 @@ async fn replay_reports_exactly_the_requests_a_change_affects() {
         "json",
     ]);
     assert_eq!(out.status.code(), Some(1));
+    // The text report, as docs/access-review.md shows it.
+    let text = portcullis(&[
+        "replay",
+        "--log",
+        log,
+        "--policies",
+        tightened.to_str().unwrap(),
+    ]);
+    golden(
+        "replay-tightened.txt",
+        &String::from_utf8(text.stdout).unwrap(),
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let changes = report["changes"].as_array().unwrap();
     assert_eq!(changes.len(), 1, "{report:#}");
