@@ -329,3 +329,118 @@ async fn replay_reports_exactly_the_requests_a_change_affects() {
     assert_eq!(report["records"], 8);
     assert_eq!(report["skipped"], 1);
 }
+
+/// `portcullis lint` on one tenant file: (exit code, stdout).
+fn lint_of(policy: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("t.yaml"), policy).unwrap();
+    let out = portcullis(&["lint", dir.path().to_str().unwrap()]);
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+fn tenant_with(identity: &str, rules: &str) -> String {
+    format!(
+        "apiVersion: portcullis/v1\ntenant: t\nhosts: [t.example.com]\nidentity:\n{identity}rules:\n{rules}"
+    )
+}
+
+const ENVOY_JWT: &str = "  envoy_jwt_authn:\n    issuers: [https://idp.t.example]\n";
+
+#[test]
+fn any_caller_finding() {
+    let (code, out) = lint_of(&tenant_with(
+        ENVOY_JWT,
+        "  - id: open\n    methods: [GET]\n    path: /things/{id}\n    effect: allow\n",
+    ));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("t.yaml:8: any-caller: rule open:"), "{out}");
+    // Negative: a scope, or a condition on the caller, or a guarding deny rule.
+    for rules in [
+        "  - id: scoped\n    methods: [GET]\n    path: /things/{id}\n    scopes: [things:read]\n    effect: allow\n",
+        "  - id: owned\n    methods: [GET]\n    path: /things/{id}\n    when: resource.params.id == claims.sub\n    effect: allow\n",
+        "  - id: guard\n    path: /things/{id}\n    when: '!has(claims.roles)'\n    effect: deny\n  - id: open\n    methods: [GET]\n    path: /things/{id}\n    effect: allow\n",
+    ] {
+        let (code, out) = lint_of(&tenant_with(ENVOY_JWT, rules));
+        assert_eq!((code, out.as_str()), (0, ""), "{rules}");
+    }
+}
+
+#[test]
+fn wildcard_write_finding_and_its_silence() {
+    let rule = "  - id: files\n    methods: [PUT]\n    path: /files/{rest...}\n    scopes: [files:write]\n    effect: allow\n";
+    let (code, out) = lint_of(&tenant_with(ENVOY_JWT, rule));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("t.yaml:8: wildcard-write: rule files:"),
+        "{out}"
+    );
+    // Negative: reads only.
+    let (code, out) = lint_of(&tenant_with(ENVOY_JWT, &rule.replace("[PUT]", "[GET]")));
+    assert_eq!((code, out.as_str()), (0, ""));
+    // Silenced with a reason: printed, not failing.
+    let silenced = rule.replace(
+        "    effect: allow\n",
+        "    effect: allow\n    lint: { allow: [wildcard-write], reason: \"uploads land anywhere below /files\" }\n",
+    );
+    let (code, out) = lint_of(&tenant_with(ENVOY_JWT, &silenced));
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("(silenced: uploads land anywhere below /files)"),
+        "{out}"
+    );
+    // A silence without a reason is refused.
+    let bare = rule.replace(
+        "    effect: allow\n",
+        "    effect: allow\n    lint: { allow: [wildcard-write] }\n",
+    );
+    let (code, out) = lint_of(&tenant_with(ENVOY_JWT, &bare));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("reason"), "{out}");
+    let empty = rule.replace(
+        "    effect: allow\n",
+        "    effect: allow\n    lint: { allow: [wildcard-write], reason: \" \" }\n",
+    );
+    let (code, out) = lint_of(&tenant_with(ENVOY_JWT, &empty));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("silence-without-reason"), "{out}");
+}
+
+#[test]
+fn superset_scopes_finding() {
+    let rules = "  - id: narrow\n    methods: [GET]\n    path: /reports\n    scopes: [reports:read, reports:admin]\n    effect: allow\n  - id: broad\n    methods: [GET, HEAD]\n    path: /reports\n    scopes: [reports:read]\n    effect: allow\n";
+    let (code, out) = lint_of(&tenant_with(ENVOY_JWT, rules));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(
+            "t.yaml:8: superset-scopes: rule narrow: its scopes strictly include rule broad's"
+        ),
+        "{out}"
+    );
+    assert_eq!(out.lines().count(), 1, "{out}");
+    // Negative: different methods, or equal sets.
+    for r in [
+        rules.replace("[GET, HEAD]", "[POST]"),
+        rules.replace("[reports:read]\n", "[reports:read, reports:admin]\n"),
+    ] {
+        let (code, out) = lint_of(&tenant_with(ENVOY_JWT, &r));
+        assert_eq!((code, out.as_str()), (0, ""), "{r}");
+    }
+}
+
+#[test]
+fn unbounded_lifetime_finding() {
+    let jwt = "  jwt:\n    - issuer: https://idp.t.example\n      audiences: [api]\n      algorithms: [ES256]\n      jwks_uri: https://idp.t.example/jwks\n";
+    let rules =
+        "  - id: scoped\n    methods: [GET]\n    path: /x\n    scopes: [x]\n    effect: allow\n";
+    let (code, out) = lint_of(&tenant_with(jwt, rules));
+    assert!(out.contains("unbounded-lifetime"), "{out}");
+    assert!(out.contains("t.yaml:6:"), "{out}");
+    assert_eq!(code, 1);
+    let bounded = jwt.replace("      audiences", "      max_lifetime: 1h\n      audiences");
+    let (code, out) = lint_of(&tenant_with(&bounded, rules));
+    assert!(!out.contains("unbounded-lifetime"), "{out}");
+    assert_eq!(code, 0, "{out}");
+}

@@ -1,4 +1,4 @@
-//! The command line: `serve`, `validate`, `test`, `check`, `reach`, `replay`.
+//! The command line: `serve`, `validate`, `lint`, `test`, `check`, `reach`, `replay`.
 //!
 //! Exit codes: 0 success; 1 a policy directory with errors or without policy
 //! files (`validate`, `check`) or a failing test suite (`test`); 64 bad
@@ -61,6 +61,10 @@ pub enum Command {
     Validate {
         /// Policy directory.
         dir: PathBuf,
+        /// Also report over-grant findings (as `lint` does); any unsilenced
+        /// finding fails.
+        #[arg(long)]
+        strict: bool,
         /// Server configuration, for its `policy_files.allowed_dirs`.
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -115,6 +119,14 @@ pub enum Command {
         #[arg(long, default_value = "table")]
         format: OutputFormat,
         /// Server configuration, for its policy file settings and limits.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Over-grant findings in the policies of DIR, with file and line.
+    Lint {
+        /// Policy directory.
+        dir: PathBuf,
+        /// Server configuration, for its `policy_files.allowed_dirs`.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -201,7 +213,19 @@ pub fn main() -> ExitCode {
             }
             serve(cfg)
         }
-        Command::Validate { dir, config } => {
+        Command::Lint { dir, config } => {
+            let (allowed, limits) = match config.map(|c| Config::load(&c)) {
+                Some(Ok(c)) => (c.policy_files, c.limits),
+                Some(Err(e)) => return usage(&e),
+                None => (Default::default(), Default::default()),
+            };
+            lint(&dir, allowed, limits, true)
+        }
+        Command::Validate {
+            dir,
+            strict,
+            config,
+        } => {
             let (allowed, limits) = match config.map(|c| Config::load(&c)) {
                 Some(Ok(c)) => (c.policy_files, c.limits),
                 Some(Err(e)) => return usage(&e),
@@ -210,6 +234,9 @@ pub fn main() -> ExitCode {
                     crate::foundation::limits::Limits::default(),
                 ),
             };
+            if strict {
+                return lint(&dir, allowed, limits, false);
+            }
             validate(&dir, allowed, limits)
         }
         Command::Test {
@@ -496,6 +523,52 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             _ = term.recv() => tracing::info!("SIGTERM: draining"),
             _ = int.recv() => tracing::info!("SIGINT: draining"),
         }
+    }
+}
+
+/// `lint`, and `validate --strict` (which also prints the `ok:` lines):
+/// exit 1 on a policy error or an unsilenced finding.
+fn lint(
+    dir: &Path,
+    allowed_dirs: crate::foundation::policy_files::PolicyFilesConfig,
+    limits: crate::foundation::limits::Limits,
+    quiet: bool,
+) -> ExitCode {
+    if !dir.is_dir() {
+        return usage(&format!("{} is not a directory", dir.display()));
+    }
+    let store = PolicyStore::new(dir)
+        .with_policy_files(allowed_dirs)
+        .with_limits(limits);
+    let status = store.reload();
+    let clean = report_store(dir, &status);
+    let mut out = std::io::stdout().lock();
+    let mut failing = 0;
+    for t in &status.tenants {
+        if !quiet {
+            let _ = writeln!(
+                out,
+                "ok: {} ({} rules) {} {}",
+                t.file.display(),
+                t.rules,
+                t.tenant,
+                t.digest
+            );
+        }
+        let Ok(text) = std::fs::read_to_string(&t.file) else {
+            continue;
+        };
+        for f in crate::tenants::lint::lint(&t.file, &text) {
+            if f.silenced.is_none() {
+                failing += 1;
+            }
+            let _ = writeln!(out, "{f}");
+        }
+    }
+    if clean && failing == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
