@@ -444,3 +444,110 @@ fn unbounded_lifetime_finding() {
     assert!(!out.contains("unbounded-lifetime"), "{out}");
     assert_eq!(code, 0, "{out}");
 }
+
+/// A decision log line as the server writes it (the fields `unused` reads).
+fn log_line(time: &str, subject: &str, scopes: &[&str], decision: &str, rule: &str) -> String {
+    serde_json::json!({
+        "time": time, "decision_id": "0f8e6c1a-0000-4000-8000-000000000001",
+        "tenant": "billing", "subject": subject, "issuer": "https://idp.billing.example",
+        "client_id": null, "auth_method": "envoy_jwt", "scopes": scopes,
+        "method": "GET", "host": "billing.example.com", "path": "/invoices/1",
+        "rule": rule, "decision": decision, "reason": "allowed", "status": 200,
+        "policy_digest": "sha256:6f1ed002ab5595859014ebf0951522d9a1ab5de9d5b4d3b5c5b2c1c0e7a41d77",
+    })
+    .to_string()
+}
+
+#[test]
+fn unused_reports_exactly_the_scopes_never_required() {
+    let five = [
+        "invoices:read",
+        "invoices:write",
+        "refunds:write",
+        "reports:read",
+        "audit:read",
+    ];
+    let mut log = String::new();
+    for i in 0..20 {
+        let rule = if i % 2 == 0 {
+            "read-invoices"
+        } else {
+            "write-invoices"
+        };
+        log += &log_line(
+            &format!("2026-12-01T10:00:{i:02}.000Z"),
+            "ann",
+            &five,
+            "allow",
+            rule,
+        );
+        log.push('\n');
+    }
+    // Outside the window: a refund, which would make refunds:write used.
+    log += &log_line("2026-11-01T00:00:00.000Z", "ann", &five, "allow", "refund");
+    log.push('\n');
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("decisions.jsonl");
+    std::fs::write(&file, &log).unwrap();
+    let out = stdout(&[
+        "unused",
+        "--log",
+        file.to_str().unwrap(),
+        "--policies",
+        POLICIES,
+        "--since",
+        "2026-12-01T00:00:00Z",
+        "--format",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let u = &v.as_array().unwrap()[0];
+    assert_eq!(u["caller"], "ann");
+    assert_eq!(
+        u["unused"],
+        serde_json::json!(["audit:read", "refunds:write", "reports:read"])
+    );
+    assert_eq!(
+        u["suggested"],
+        serde_json::json!(["invoices:read", "invoices:write"])
+    );
+    assert_eq!(
+        u["rules_used"],
+        serde_json::json!(["read-invoices", "write-invoices"])
+    );
+    // Its scopes would also let it reach the refund route, never used.
+    assert!(
+        u["rules_grantable"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("refund"))
+    );
+}
+
+#[test]
+fn unused_refuses_a_log_line_holding_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("decisions.jsonl");
+    let line = log_line(
+        "2026-12-01T10:00:00.000Z",
+        TOKEN,
+        &["invoices:read"],
+        "allow",
+        "read-invoices",
+    );
+    std::fs::write(&file, line + "\n").unwrap();
+    let out = portcullis(&[
+        "unused",
+        "--log",
+        file.to_str().unwrap(),
+        "--policies",
+        POLICIES,
+    ]);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 1: field \"subject\" holds a token-like value"),
+        "{err}"
+    );
+    assert!(!err.contains(TOKEN), "the error repeats the token: {err}");
+}

@@ -122,6 +122,25 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Grants never exercised: per caller, the scopes presented vs those the
+    /// allowing rules required, from decision logs and the policies.
+    Unused {
+        /// Decision log files (JSON lines).
+        #[arg(long, required = true)]
+        log: Vec<PathBuf>,
+        /// The policy directory the decisions were made on.
+        #[arg(long)]
+        policies: PathBuf,
+        /// Only decisions at or after this time (RFC 3339, UTC, as logged).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only decisions before this time.
+        #[arg(long)]
+        until: Option<String>,
+        /// `text` or `json`.
+        #[arg(long, default_value = "text")]
+        format: OutputFormat,
+    },
     /// Over-grant findings in the policies of DIR, with file and line.
     Lint {
         /// Policy directory.
@@ -212,6 +231,46 @@ pub fn main() -> ExitCode {
                 return usage(&e);
             }
             serve(cfg)
+        }
+        Command::Unused {
+            log,
+            policies,
+            since,
+            until,
+            format,
+        } => {
+            if !policies.is_dir() {
+                return usage(&format!("{} is not a directory", policies.display()));
+            }
+            let store = PolicyStore::new(&policies);
+            let status = store.reload();
+            let clean = report_store(&policies, &status);
+            let mut text = String::new();
+            for path in &log {
+                match std::fs::read_to_string(path) {
+                    Ok(t) => text.push_str(&t),
+                    Err(e) => return usage(&format!("{}: cannot read: {e}", path.display())),
+                }
+                text.push('\n');
+            }
+            let usages =
+                match crate::app::unused::unused(&store, &text, since.as_deref(), until.as_deref())
+                {
+                    Ok(u) => u,
+                    Err(e) => return usage(&e),
+                };
+            let out = match format {
+                OutputFormat::Text => crate::app::unused::render_text(&usages),
+                OutputFormat::Json => {
+                    serde_json::to_string_pretty(&usages).unwrap_or_default() + "\n"
+                }
+            };
+            let _ = std::io::stdout().write_all(out.as_bytes());
+            if clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Command::Lint { dir, config } => {
             let (allowed, limits) = match config.map(|c| Config::load(&c)) {

@@ -13,3 +13,4 @@ pub mod request_json;
 pub mod schema;
 pub mod serve;
 pub mod suite;
+pub mod unused;

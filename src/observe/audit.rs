@@ -1,6 +1,7 @@
 //! The decision log: one JSON line per decision, to stdout, stderr or a file.
 //!
-//! A line names the identity (subject, issuer, client id, auth method), the
+//! A line names the identity (subject, issuer, client id, auth method, the
+//! scopes presented), the
 //! request (method, host, path with query values redacted), the rule, the
 //! decision and its reason, the latency, the mode, and the decision and trace
 //! ids that join it to Envoy's access log and to the trace.
@@ -340,6 +341,12 @@ pub fn line(
         "mode": d.audit.mode.as_str(),
         "policy_digest": d.digest,
     });
+    // The scopes presented (names, never the token), for `portcullis unused`.
+    if let Some(scopes) = d.audit.claims.as_deref().and_then(|c| c.get("scope"))
+        && scopes.is_array()
+    {
+        v["scopes"] = scopes.clone();
+    }
     if !d.audit.headers.is_empty() {
         v["headers"] = serde_json::Value::Object(
             d.audit
@@ -469,6 +476,25 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(v["headers"]["x-justification"], "INC-4711");
+    }
+
+    #[test]
+    fn the_scopes_presented_are_in_the_line_and_no_other_claim() {
+        let mut d = Decision::deny("id".into(), Reason::Allowed);
+        let mut claims = serde_json::Map::new();
+        claims.insert("scope".into(), serde_json::json!(["a:read", "b:write"]));
+        claims.insert("email".into(), serde_json::json!("ann@example.com"));
+        d.audit.claims = Some(std::sync::Arc::new(claims));
+        let text = line(
+            &d,
+            &RequestSummary::default(),
+            None,
+            Duration::ZERO,
+            SystemTime::UNIX_EPOCH,
+        );
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["scopes"], serde_json::json!(["a:read", "b:write"]));
+        assert!(!text.contains("ann@example.com"));
     }
 
     #[test]
