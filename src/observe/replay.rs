@@ -192,6 +192,43 @@ mod tests {
     }
 
     #[test]
+    fn a_record_over_the_bound_loses_its_body_and_says_so() {
+        let big = "x".repeat(4000);
+        let mut request = CheckRequest::default();
+        let mut http = crate::foundation::proto::auth::attribute_context::HttpRequest {
+            method: "POST".into(),
+            host: "a.example.com".into(),
+            path: "/upload".into(),
+            body: format!("{{\"blob\": \"{big}\"}}"),
+            ..Default::default()
+        };
+        http.headers.insert("x-small".into(), "1".into());
+        request.attributes = Some(crate::foundation::proto::auth::AttributeContext {
+            request: Some(crate::foundation::proto::auth::attribute_context::Request {
+                http: Some(http),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let decision = Decision::deny("id".into(), crate::foundation::reason::Reason::Allowed);
+        let config = ReplayLogConfig {
+            max_record_bytes: 1024,
+            ..ReplayLogConfig::default()
+        };
+        let line = record(&decision, &request, &config).unwrap();
+        assert!(line.len() <= 1024, "{} bytes", line.len());
+        let v: Json = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["incomplete"], true);
+        assert!(v["request"].get("body").is_none());
+        assert_eq!(v["request"]["headers"]["x-small"], "1");
+        // Within the bound: whole.
+        let line = record(&decision, &request, &ReplayLogConfig::default()).unwrap();
+        let v: Json = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["request"]["body"]["blob"], big.as_str());
+        assert!(v.get("incomplete").is_none());
+    }
+
+    #[test]
     fn the_token_query_parameter_is_dropped() {
         assert_eq!(
             drop_query_params("/a?access_token=abc&page=2", &["access_token".into()]),
