@@ -442,14 +442,10 @@ fn reach(
     allowed_dirs: crate::foundation::policy_files::PolicyFilesConfig,
     limits: crate::foundation::limits::Limits,
 ) -> ExitCode {
-    if !policies.is_dir() {
-        return usage(&format!("{} is not a directory", policies.display()));
-    }
-    let store = PolicyStore::new(policies)
-        .with_policy_files(allowed_dirs)
-        .with_limits(limits);
-    let status = store.reload();
-    let clean = report_store(policies, &status);
+    let (store, status, clean) = match load_store(policies, allowed_dirs, limits) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
     let mut tenants = Vec::new();
     for t in &status.tenants {
         if tenant.is_none_or(|want| want == &*t.tenant) {
@@ -506,6 +502,24 @@ fn report_store(dir: &Path, status: &crate::tenants::store::StoreStatus) -> bool
         eprintln!("error: policy directory {} loaded no tenant", dir.display());
     }
     status.errors.is_empty() && !status.tenants.is_empty()
+}
+
+/// Loads a policy directory as a reload would and reports what it found;
+/// the store, its status, and whether it loaded cleanly.
+fn load_store(
+    dir: &Path,
+    allowed_dirs: crate::foundation::policy_files::PolicyFilesConfig,
+    limits: crate::foundation::limits::Limits,
+) -> Result<(PolicyStore, Arc<crate::tenants::store::StoreStatus>, bool), ExitCode> {
+    if !dir.is_dir() {
+        return Err(usage(&format!("{} is not a directory", dir.display())));
+    }
+    let store = PolicyStore::new(dir)
+        .with_policy_files(allowed_dirs)
+        .with_limits(limits);
+    let status = store.reload();
+    let clean = report_store(dir, &status);
+    Ok((store, status, clean))
 }
 
 fn serve(config: Config) -> ExitCode {
@@ -593,14 +607,10 @@ fn lint(
     limits: crate::foundation::limits::Limits,
     quiet: bool,
 ) -> ExitCode {
-    if !dir.is_dir() {
-        return usage(&format!("{} is not a directory", dir.display()));
-    }
-    let store = PolicyStore::new(dir)
-        .with_policy_files(allowed_dirs)
-        .with_limits(limits);
-    let status = store.reload();
-    let clean = report_store(dir, &status);
+    let (_store, status, clean) = match load_store(dir, allowed_dirs, limits) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
     let mut out = std::io::stdout().lock();
     let mut failing = 0;
     for t in &status.tenants {
@@ -636,14 +646,10 @@ fn validate(
     allowed_dirs: crate::foundation::policy_files::PolicyFilesConfig,
     limits: crate::foundation::limits::Limits,
 ) -> ExitCode {
-    if !dir.is_dir() {
-        return usage(&format!("{} is not a directory", dir.display()));
-    }
-    let store = PolicyStore::new(dir)
-        .with_policy_files(allowed_dirs)
-        .with_limits(limits);
-    let status = store.reload();
-    let clean = report_store(dir, &status);
+    let (_store, status, clean) = match load_store(dir, allowed_dirs, limits) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
     let mut out = std::io::stdout().lock();
     for t in &status.tenants {
         // A closed pipe (`| head`) is not an error worth a panic.

@@ -89,19 +89,7 @@ pub fn residual(condition: &Condition, known: &Known<'_>, polarity: Polarity) ->
     let expr = condition.expression();
     let folded = match known.fold(expr, polarity) {
         Ok(p) => p,
-        Err(Unreducible) => {
-            let mut depends_on = BTreeSet::new();
-            dependencies(expr, &mut depends_on);
-            return Folded::When(Residual {
-                cel: condition
-                    .source()
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" "),
-                depends_on: depends_on.into_iter().collect(),
-                unreduced: true,
-            });
-        }
+        Err(Unreducible) => return unreduced(condition),
     };
     match folded {
         Part::Known(Value::Bool(true)) => Folded::Always,
@@ -126,22 +114,25 @@ pub fn residual(condition: &Condition, known: &Known<'_>, polarity: Polarity) ->
                         unreduced: false,
                     })
                 }
-                Err(Unreducible) => {
-                    let mut depends_on = BTreeSet::new();
-                    dependencies(expr, &mut depends_on);
-                    Folded::When(Residual {
-                        cel: condition
-                            .source()
-                            .split_whitespace()
-                            .collect::<Vec<_>>()
-                            .join(" "),
-                        depends_on: depends_on.into_iter().collect(),
-                        unreduced: true,
-                    })
-                }
+                Err(Unreducible) => unreduced(condition),
             }
         }
     }
+}
+
+/// The condition as written, when the walk or the printer cannot reduce it.
+fn unreduced(condition: &Condition) -> Folded {
+    let mut depends_on = BTreeSet::new();
+    dependencies(condition.expression(), &mut depends_on);
+    Folded::When(Residual {
+        cel: condition
+            .source()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
+        depends_on: depends_on.into_iter().collect(),
+        unreduced: true,
+    })
 }
 
 /// A node the walk or the printer does not handle.
