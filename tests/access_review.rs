@@ -551,3 +551,52 @@ fn unused_refuses_a_log_line_holding_a_token() {
     );
     assert!(!err.contains(TOKEN), "the error repeats the token: {err}");
 }
+
+#[test]
+fn reach_verifies_a_token_offline_against_the_tenants_own_keys() {
+    use jwt_simple::prelude::*;
+    let key = ES256KeyPair::generate().with_key_id("k1");
+    let jwk: serde_json::Value = serde_json::from_str(&key.public_key().to_jwk()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = format!(
+        "apiVersion: portcullis/v1\ntenant: t\nhosts: [t.example.com]\nidentity:\n  jwt:\n    - issuer: https://idp.t.example\n      audiences: [api]\n      algorithms: [ES256]\n      max_lifetime: 1h\n      jwks: {}\nrules:\n  - id: mine\n    methods: [GET]\n    path: /users/{{u}}\n    when: resource.params.u == claims.sub\n    effect: allow\n",
+        serde_json::json!({ "keys": [jwk] })
+    );
+    std::fs::write(dir.path().join("t.yaml"), policy).unwrap();
+    let now = support::now();
+    let mut claims = support::raw_claims(serde_json::json!({ "sub": "carol" }));
+    claims.issuer = Some("https://idp.t.example".into());
+    claims.audiences = Some(Audiences::AsString("api".into()));
+    claims.issued_at = Some(Duration::from_secs(now));
+    claims.expires_at = Some(Duration::from_secs(now + 600));
+    let token = key.sign(claims).unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, &token).unwrap();
+    let policies = dir.path().to_str().unwrap();
+    let out = stdout(&[
+        "reach",
+        "--policies",
+        policies,
+        "--token",
+        token_file.to_str().unwrap(),
+    ]);
+    assert!(out.contains("when resource.params.u == \"carol\""), "{out}");
+    assert!(!out.contains(&token), "reach prints the token");
+    // A token signed by another key is refused: nothing is reachable.
+    let other = ES256KeyPair::generate().with_key_id("k1");
+    let mut claims = support::raw_claims(serde_json::json!({ "sub": "carol" }));
+    claims.issuer = Some("https://idp.t.example".into());
+    claims.audiences = Some(Audiences::AsString("api".into()));
+    claims.issued_at = Some(Duration::from_secs(now));
+    claims.expires_at = Some(Duration::from_secs(now + 600));
+    std::fs::write(&token_file, other.sign(claims).unwrap()).unwrap();
+    let out = stdout(&[
+        "reach",
+        "--policies",
+        policies,
+        "--token",
+        token_file.to_str().unwrap(),
+    ]);
+    assert!(out.contains("t: credential refused"), "{out}");
+    assert!(!out.contains("mine"), "{out}");
+}
