@@ -1,4 +1,4 @@
-//! The command line: `serve`, `validate`, `test`, `check`.
+//! The command line: `serve`, `validate`, `lint`, `test`, `check`, `reach`, `replay`.
 //!
 //! Exit codes: 0 success; 1 a policy directory with errors or without policy
 //! files (`validate`, `check`) or a failing test suite (`test`); 64 bad
@@ -61,6 +61,10 @@ pub enum Command {
     Validate {
         /// Policy directory.
         dir: PathBuf,
+        /// Also report over-grant findings (as `lint` does); any unsilenced
+        /// finding fails.
+        #[arg(long)]
+        strict: bool,
         /// Server configuration, for its `policy_files.allowed_dirs`.
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -88,11 +92,97 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// What one caller can reach: every (tenant, method, route) an allow rule
+    /// grants it, with the condition left over the request.
+    Reach {
+        /// Policy directory, compiled as `validate` compiles it.
+        #[arg(long)]
+        policies: PathBuf,
+        /// Only this tenant (default: every tenant).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The caller's claims, a JSON object.
+        #[arg(long, conflicts_with_all = ["token", "spiffe_id"])]
+        claims: Option<PathBuf>,
+        /// A file holding the caller's token, verified against the tenant's
+        /// issuers with the keys the policy holds locally.
+        #[arg(long, conflicts_with = "spiffe_id")]
+        token: Option<PathBuf>,
+        /// The caller's SPIFFE ID, as an mTLS peer.
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        /// How `--claims` reached portcullis: `envoy_jwt` (Envoy's jwt_authn
+        /// metadata), `jwt` (a token portcullis verified), or `anonymous`.
+        #[arg(long, default_value = "envoy_jwt")]
+        auth_method: ReachMethod,
+        /// `table` or `json`.
+        #[arg(long, default_value = "table")]
+        format: OutputFormat,
+        /// Server configuration, for its policy file settings and limits.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Grants never exercised: per caller, the scopes presented vs those the
+    /// allowing rules required, from decision logs and the policies.
+    Unused {
+        /// Decision log files (JSON lines).
+        #[arg(long, required = true)]
+        log: Vec<PathBuf>,
+        /// The policy directory the decisions were made on.
+        #[arg(long)]
+        policies: PathBuf,
+        /// Only decisions at or after this time (RFC 3339, UTC, as logged).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only decisions before this time.
+        #[arg(long)]
+        until: Option<String>,
+        /// `text` or `json`.
+        #[arg(long, default_value = "text")]
+        format: OutputFormat,
+    },
+    /// Over-grant findings in the policies of DIR, with file and line.
+    Lint {
+        /// Policy directory.
+        dir: PathBuf,
+        /// Server configuration, for its `policy_files.allowed_dirs`.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Decide every record of a replayable decision log again on the policies
+    /// in DIR and report the records whose outcome changes.
+    Replay {
+        /// The replayable log (`decision_log.replay.output`), JSON lines.
+        #[arg(long)]
+        log: PathBuf,
+        /// The policy directory to decide on.
+        #[arg(long)]
+        policies: PathBuf,
+        /// Exit 1 when any outcome changes (for CI).
+        #[arg(long)]
+        fail_on_change: bool,
+        /// `text` or `json`.
+        #[arg(long, default_value = "text")]
+        format: OutputFormat,
+        /// Server configuration, for its policy file settings and limits.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
-/// How `test` prints its report.
+/// How `reach --claims` were presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum ReachMethod {
+    EnvoyJwt,
+    Jwt,
+    Anonymous,
+}
+
+/// How `test` and `reach` print their report (`table` is `text`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
+    #[value(alias = "table")]
     Text,
     Json,
 }
@@ -142,7 +232,59 @@ pub fn main() -> ExitCode {
             }
             serve(cfg)
         }
-        Command::Validate { dir, config } => {
+        Command::Unused {
+            log,
+            policies,
+            since,
+            until,
+            format,
+        } => {
+            if !policies.is_dir() {
+                return usage(&format!("{} is not a directory", policies.display()));
+            }
+            let store = PolicyStore::new(&policies);
+            let status = store.reload();
+            let clean = report_store(&policies, &status);
+            let mut text = String::new();
+            for path in &log {
+                match std::fs::read_to_string(path) {
+                    Ok(t) => text.push_str(&t),
+                    Err(e) => return usage(&format!("{}: cannot read: {e}", path.display())),
+                }
+                text.push('\n');
+            }
+            let usages =
+                match crate::app::unused::unused(&store, &text, since.as_deref(), until.as_deref())
+                {
+                    Ok(u) => u,
+                    Err(e) => return usage(&e),
+                };
+            let out = match format {
+                OutputFormat::Text => crate::app::unused::render_text(&usages),
+                OutputFormat::Json => {
+                    serde_json::to_string_pretty(&usages).unwrap_or_default() + "\n"
+                }
+            };
+            let _ = std::io::stdout().write_all(out.as_bytes());
+            if clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Command::Lint { dir, config } => {
+            let (allowed, limits) = match config.map(|c| Config::load(&c)) {
+                Some(Ok(c)) => (c.policy_files, c.limits),
+                Some(Err(e)) => return usage(&e),
+                None => (Default::default(), Default::default()),
+            };
+            lint(&dir, allowed, limits, true)
+        }
+        Command::Validate {
+            dir,
+            strict,
+            config,
+        } => {
             let (allowed, limits) = match config.map(|c| Config::load(&c)) {
                 Some(Ok(c)) => (c.policy_files, c.limits),
                 Some(Err(e)) => return usage(&e),
@@ -151,6 +293,9 @@ pub fn main() -> ExitCode {
                     crate::foundation::limits::Limits::default(),
                 ),
             };
+            if strict {
+                return lint(&dir, allowed, limits, false);
+            }
             validate(&dir, allowed, limits)
         }
         Command::Test {
@@ -189,6 +334,142 @@ pub fn main() -> ExitCode {
             };
             check(&policies, &request, tenancy, minter, allowed, limits)
         }
+        Command::Reach {
+            policies,
+            tenant,
+            claims,
+            token,
+            spiffe_id,
+            auth_method,
+            format,
+            config,
+        } => {
+            let (allowed, limits) = match config.map(|c| Config::load(&c)) {
+                Some(Ok(c)) => (c.policy_files, c.limits),
+                Some(Err(e)) => return usage(&e),
+                None => (Default::default(), Default::default()),
+            };
+            let caller = match (claims, token, spiffe_id) {
+                (Some(path), _, _) => match crate::app::reach::read_claims(&path) {
+                    Ok(c) => crate::app::reach::Caller::Claims(
+                        c,
+                        match auth_method {
+                            ReachMethod::EnvoyJwt => crate::identity::AuthMethod::EnvoyJwt,
+                            ReachMethod::Jwt => crate::identity::AuthMethod::Jwt,
+                            ReachMethod::Anonymous => crate::identity::AuthMethod::Anonymous,
+                        },
+                    ),
+                    Err(e) => return usage(&e),
+                },
+                (None, Some(path), _) => match std::fs::read_to_string(&path) {
+                    Ok(t) => crate::app::reach::Caller::Token(t.trim().to_string()),
+                    Err(e) => return usage(&format!("{}: cannot read: {e}", path.display())),
+                },
+                (None, None, Some(id)) => crate::app::reach::Caller::Spiffe(id),
+                (None, None, None) if auth_method == ReachMethod::Anonymous => {
+                    crate::app::reach::Caller::Anonymous
+                }
+                (None, None, None) => {
+                    return usage(
+                        "reach needs --claims FILE, --token FILE, --spiffe-id ID or --auth-method anonymous",
+                    );
+                }
+            };
+            reach(
+                &policies,
+                tenant.as_deref(),
+                &caller,
+                format,
+                allowed,
+                limits,
+            )
+        }
+        Command::Replay {
+            log,
+            policies,
+            fail_on_change,
+            format,
+            config,
+        } => replay_command(&log, &policies, fail_on_change, format, config),
+    }
+}
+
+fn replay_command(
+    log: &Path,
+    policies: &Path,
+    fail_on_change: bool,
+    format: OutputFormat,
+    config: Option<PathBuf>,
+) -> ExitCode {
+    let (allowed, limits) = match config.map(|c| Config::load(&c)) {
+        Some(Ok(c)) => (c.policy_files, c.limits),
+        Some(Err(e)) => return usage(&e),
+        None => (Default::default(), Default::default()),
+    };
+    if !policies.is_dir() {
+        return usage(&format!("{} is not a directory", policies.display()));
+    }
+    let text = match crate::app::replay::read_log(log) {
+        Ok(t) => t,
+        Err(e) => return usage(&e),
+    };
+    let store = PolicyStore::new(policies)
+        .with_policy_files(allowed)
+        .with_limits(limits);
+    let status = store.reload();
+    let clean = report_store(policies, &status);
+    let report = match crate::app::replay::replay(&store, &text) {
+        Ok(r) => r,
+        Err(e) => return usage(&format!("{}: {e}", log.display())),
+    };
+    let out = match format {
+        OutputFormat::Text => crate::app::replay::render_text(&report),
+        OutputFormat::Json => serde_json::to_string_pretty(&report).unwrap_or_default() + "\n",
+    };
+    let _ = std::io::stdout().write_all(out.as_bytes());
+    if !clean || (fail_on_change && !report.changes.is_empty()) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn reach(
+    policies: &Path,
+    tenant: Option<&str>,
+    caller: &crate::app::reach::Caller,
+    format: OutputFormat,
+    allowed_dirs: crate::foundation::policy_files::PolicyFilesConfig,
+    limits: crate::foundation::limits::Limits,
+) -> ExitCode {
+    let (store, status, clean) = match load_store(policies, allowed_dirs, limits) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    let mut tenants = Vec::new();
+    for t in &status.tenants {
+        if tenant.is_none_or(|want| want == &*t.tenant) {
+            tenants.extend(store.tenant(&t.tenant));
+        }
+    }
+    if let Some(want) = tenant
+        && tenants.is_empty()
+    {
+        return usage(&format!("no tenant {want:?} in {}", policies.display()));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let reaches = crate::app::reach::reach_all(&store, &tenants, caller, now);
+    let text = match format {
+        OutputFormat::Text => crate::app::reach::render_table(&reaches),
+        OutputFormat::Json => crate::app::reach::render_json(&reaches),
+    };
+    let _ = std::io::stdout().write_all(text.as_bytes());
+    if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -221,6 +502,24 @@ fn report_store(dir: &Path, status: &crate::tenants::store::StoreStatus) -> bool
         eprintln!("error: policy directory {} loaded no tenant", dir.display());
     }
     status.errors.is_empty() && !status.tenants.is_empty()
+}
+
+/// Loads a policy directory as a reload would and reports what it found;
+/// the store, its status, and whether it loaded cleanly.
+fn load_store(
+    dir: &Path,
+    allowed_dirs: crate::foundation::policy_files::PolicyFilesConfig,
+    limits: crate::foundation::limits::Limits,
+) -> Result<(PolicyStore, Arc<crate::tenants::store::StoreStatus>, bool), ExitCode> {
+    if !dir.is_dir() {
+        return Err(usage(&format!("{} is not a directory", dir.display())));
+    }
+    let store = PolicyStore::new(dir)
+        .with_policy_files(allowed_dirs)
+        .with_limits(limits);
+    let status = store.reload();
+    let clean = report_store(dir, &status);
+    Ok((store, status, clean))
 }
 
 fn serve(config: Config) -> ExitCode {
@@ -300,19 +599,57 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
+/// `lint`, and `validate --strict` (which also prints the `ok:` lines):
+/// exit 1 on a policy error or an unsilenced finding.
+fn lint(
+    dir: &Path,
+    allowed_dirs: crate::foundation::policy_files::PolicyFilesConfig,
+    limits: crate::foundation::limits::Limits,
+    quiet: bool,
+) -> ExitCode {
+    let (_store, status, clean) = match load_store(dir, allowed_dirs, limits) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    let mut out = std::io::stdout().lock();
+    let mut failing = 0;
+    for t in &status.tenants {
+        if !quiet {
+            let _ = writeln!(
+                out,
+                "ok: {} ({} rules) {} {}",
+                t.file.display(),
+                t.rules,
+                t.tenant,
+                t.digest
+            );
+        }
+        let Ok(text) = std::fs::read_to_string(&t.file) else {
+            continue;
+        };
+        for f in crate::tenants::lint::lint(&t.file, &text) {
+            if f.silenced.is_none() {
+                failing += 1;
+            }
+            let _ = writeln!(out, "{f}");
+        }
+    }
+    if clean && failing == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 fn validate(
     dir: &Path,
     allowed_dirs: crate::foundation::policy_files::PolicyFilesConfig,
     limits: crate::foundation::limits::Limits,
 ) -> ExitCode {
-    if !dir.is_dir() {
-        return usage(&format!("{} is not a directory", dir.display()));
-    }
-    let store = PolicyStore::new(dir)
-        .with_policy_files(allowed_dirs)
-        .with_limits(limits);
-    let status = store.reload();
-    let clean = report_store(dir, &status);
+    let (_store, status, clean) = match load_store(dir, allowed_dirs, limits) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
     let mut out = std::io::stdout().lock();
     for t in &status.tenants {
         // A closed pipe (`| head`) is not an error worth a panic.

@@ -7,7 +7,10 @@
 
 pub mod cli;
 pub mod config;
+pub mod reach;
+pub mod replay;
 pub mod request_json;
 pub mod schema;
 pub mod serve;
 pub mod suite;
+pub mod unused;

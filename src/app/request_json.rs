@@ -9,8 +9,13 @@ use crate::foundation::proto::auth::CheckRequest;
 
 /// Converts the protobuf JSON mapping of a CheckRequest into the message.
 pub fn check_request_from_json(value: &Value) -> Result<CheckRequest, String> {
-    let pool = DescriptorPool::decode(crate::foundation::proto::FILE_DESCRIPTOR_SET)
-        .map_err(|e| format!("internal: bad descriptors: {e}"))?;
+    // Decoded once: decoding the descriptor set costs more than a check.
+    static POOL: std::sync::LazyLock<Result<DescriptorPool, String>> =
+        std::sync::LazyLock::new(|| {
+            DescriptorPool::decode(crate::foundation::proto::FILE_DESCRIPTOR_SET)
+                .map_err(|e| format!("internal: bad descriptors: {e}"))
+        });
+    let pool = POOL.as_ref().map_err(Clone::clone)?;
     let desc = pool
         .get_message_by_name("envoy.service.auth.v3.CheckRequest")
         .ok_or("internal: CheckRequest descriptor missing")?;

@@ -26,6 +26,11 @@ pub struct Audit {
     pub would_be: Option<WouldBe>,
     /// Dry-run rules that held (or failed); they took no part in the decision.
     pub dry_run_rules: Vec<DryRunHit>,
+    /// The caller's claims as rules saw them (after claim mappings), for the
+    /// replayable log only (the observe floor's `replay`, its one reader; it
+    /// is never in the decision log).
+    #[serde(skip)]
+    pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
 }
 
 /// The decision a dry-run tenant would have enforced.

@@ -50,6 +50,7 @@ pub fn identified(decision: &mut Decision, identity: &Identity) {
     decision.audit.issuer = identity.issuer.clone();
     decision.audit.client_id = client_id(identity);
     decision.audit.sender_constraint = identity.binding.kind;
+    decision.audit.claims = Some(std::sync::Arc::clone(&identity.claims));
 }
 
 /// Records why the credential was not accepted: its reason, a binding's

@@ -1,6 +1,7 @@
 //! The decision log: one JSON line per decision, to stdout, stderr or a file.
 //!
-//! A line names the identity (subject, issuer, client id, auth method), the
+//! A line names the identity (subject, issuer, client id, auth method, the
+//! scopes presented), the
 //! request (method, host, path with query values redacted), the rule, the
 //! decision and its reason, the latency, the mode, and the decision and trace
 //! ids that join it to Envoy's access log and to the trace.
@@ -40,6 +41,8 @@ pub struct DecisionLogConfig {
     /// The fraction of allows logged, 0.0 to 1.0 (default 1.0). Denies, and
     /// decisions a dry-run rule had an opinion on, are always logged.
     pub allow_sample_rate: f64,
+    /// The replayable log, opt-in (see [`super::replay`]).
+    pub replay: super::replay::ReplayLogConfig,
 }
 
 impl Default for DecisionLogConfig {
@@ -47,6 +50,7 @@ impl Default for DecisionLogConfig {
         DecisionLogConfig {
             output: "stdout".into(),
             allow_sample_rate: 1.0,
+            replay: Default::default(),
         }
     }
 }
@@ -59,6 +63,12 @@ impl DecisionLogConfig {
         if self.output.is_empty() {
             return Err("decision_log.output must be stdout, stderr, off or a file path".into());
         }
+        if self.replay.output.is_empty() {
+            return Err("decision_log.replay.output must be off or a file path".into());
+        }
+        if self.replay.max_record_bytes < 512 {
+            return Err("decision_log.replay.max_record_bytes must be at least 512".into());
+        }
         Ok(())
     }
 
@@ -68,6 +78,9 @@ impl DecisionLogConfig {
             && Path::new(&self.output).is_relative()
         {
             self.output = base.join(&self.output).display().to_string();
+        }
+        if self.replay.output != "off" && Path::new(&self.replay.output).is_relative() {
+            self.replay.output = base.join(&self.replay.output).display().to_string();
         }
     }
 }
@@ -156,6 +169,11 @@ enum Output {
 #[derive(Debug, Clone)]
 pub struct DecisionLog {
     tx: Option<SyncSender<String>>,
+    /// The replayable log's writer and settings, when it is on.
+    replay: Option<(
+        SyncSender<String>,
+        std::sync::Arc<super::replay::ReplayLogConfig>,
+    )>,
     /// Allows are logged when the decision id's sample is below this.
     allow_threshold: u64,
 }
@@ -165,6 +183,7 @@ impl DecisionLog {
     pub fn off() -> DecisionLog {
         DecisionLog {
             tx: None,
+            replay: None,
             allow_threshold: 0,
         }
     }
@@ -178,6 +197,34 @@ impl DecisionLog {
     /// Opens the output (a file is created if missing, and appended to) and
     /// starts the writer thread, which ends when the last handle is dropped.
     pub fn open(config: &DecisionLogConfig) -> std::io::Result<DecisionLog> {
+        let mut log = DecisionLog::open_main(config)?;
+        if config.replay.output != "off" {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&config.replay.output)?;
+            let (tx, rx) = sync_channel(QUEUE_LINES);
+            std::thread::Builder::new()
+                .name("replay-log".into())
+                .spawn(move || write_lines(rx, Box::new(file)))?;
+            log.replay = Some((tx, std::sync::Arc::new(config.replay.clone())));
+        }
+        Ok(log)
+    }
+
+    /// Writes the replay record of one decision (every decision, unsampled),
+    /// when the replayable log is on. False when the line was dropped.
+    pub fn record_replay(&self, decision: &Decision, request: &CheckRequest) -> bool {
+        let Some((tx, config)) = &self.replay else {
+            return true;
+        };
+        match super::replay::record(decision, request, config) {
+            Some(line) => tx.try_send(line).is_ok(),
+            None => true,
+        }
+    }
+
+    fn open_main(config: &DecisionLogConfig) -> std::io::Result<DecisionLog> {
         let output = match config.output.as_str() {
             "off" => return Ok(DecisionLog::off()),
             "stdout" => Output::Stdout,
@@ -212,6 +259,7 @@ impl DecisionLog {
             .spawn(move || write_lines(rx, sink))?;
         Ok(DecisionLog {
             tx: Some(tx),
+            replay: None,
             allow_threshold,
         })
     }
@@ -306,6 +354,12 @@ pub fn line(
         "mode": d.audit.mode.as_str(),
         "policy_digest": d.digest,
     });
+    // The scopes presented (names, never the token), for `portcullis unused`.
+    if let Some(scopes) = d.audit.claims.as_deref().and_then(|c| c.get("scope"))
+        && scopes.is_array()
+    {
+        v["scopes"] = scopes.clone();
+    }
     if !d.audit.headers.is_empty() {
         v["headers"] = serde_json::Value::Object(
             d.audit
@@ -367,6 +421,7 @@ mod tests {
         let config = |output: &str| DecisionLogConfig {
             output: output.into(),
             allow_sample_rate: 1.0,
+            replay: Default::default(),
         };
         assert!(DecisionLog::open(&config("off")).unwrap().is_off());
         assert!(!DecisionLog::open(&config("stderr")).unwrap().is_off());
@@ -449,15 +504,36 @@ mod tests {
     }
 
     #[test]
+    fn the_scopes_presented_are_in_the_line_and_no_other_claim() {
+        let mut d = Decision::deny("id".into(), Reason::Allowed);
+        let mut claims = serde_json::Map::new();
+        claims.insert("scope".into(), serde_json::json!(["a:read", "b:write"]));
+        claims.insert("email".into(), serde_json::json!("ann@example.com"));
+        d.audit.claims = Some(std::sync::Arc::new(claims));
+        let text = line(
+            &d,
+            &RequestSummary::default(),
+            None,
+            Duration::ZERO,
+            SystemTime::UNIX_EPOCH,
+        );
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["scopes"], serde_json::json!(["a:read", "b:write"]));
+        assert!(!text.contains("ann@example.com"));
+    }
+
+    #[test]
     fn allows_are_sampled_and_denies_never() {
         let config = DecisionLogConfig {
             output: "off".into(),
             allow_sample_rate: 0.0,
+            replay: Default::default(),
         };
         assert!(DecisionLog::open(&config).unwrap().tx.is_none());
         let (tx, rx) = sync_channel(4);
         let log = DecisionLog {
             tx: Some(tx),
+            replay: None,
             allow_threshold: 0x8000_0000,
         };
         let mut allow = Decision::deny("ffffffff-1".into(), Reason::Allowed);

@@ -6,4 +6,5 @@
 
 pub mod audit;
 pub mod metrics;
+pub mod replay;
 pub mod telemetry;

@@ -289,6 +289,11 @@ impl Condition {
         &self.source
     }
 
+    /// The parsed condition, macros expanded (see [`super::residual`]).
+    pub(crate) fn expression(&self) -> &IdedExpr {
+        self.program.expression()
+    }
+
     pub fn reads_body(&self) -> bool {
         self.reads_body
     }
@@ -385,6 +390,12 @@ impl Prepared {
             ctx.add_variable_from_value("resource", resource);
         }
         Prepared { ctx }
+    }
+
+    /// Evaluates one sub-expression of a condition in these roots (see
+    /// [`super::residual`]).
+    pub(crate) fn resolve(&self, expr: &IdedExpr) -> Result<Value, cel::ExecutionError> {
+        Value::resolve(expr, &self.ctx)
     }
 }
 

@@ -86,6 +86,15 @@ impl CompiledTenant {
         self.heavy.as_ref()
     }
 
+    /// Each enforced allow rule's id and the scopes it requires, in file order.
+    pub fn allow_rule_scopes(&self) -> impl Iterator<Item = (&str, &[String])> {
+        self.set
+            .rules
+            .iter()
+            .filter(|r| r.effect == Effect::Allow && r.mode == Mode::Enforce)
+            .map(|r| (&*r.id, r.needs.scopes.as_slice()))
+    }
+
     /// The rule ids, in file order.
     pub fn rule_ids(&self) -> impl Iterator<Item = &str> {
         self.set.rules.iter().map(|r| &*r.id)

@@ -31,6 +31,8 @@ pub mod downstream;
 pub mod evaluate;
 pub mod heavy;
 pub(crate) mod native;
+pub mod reach;
+pub mod residual;
 pub(crate) mod rule_set;
 pub mod template;
 pub mod tenant;

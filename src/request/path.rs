@@ -253,6 +253,27 @@ impl Template {
         self.parts.len() == other.parts.len()
     }
 
+    /// Whether some path matches both templates.
+    pub fn overlaps(&self, other: &Template) -> bool {
+        let (a, b) = (&self.parts, &other.parts);
+        for i in 0..a.len().max(b.len()) {
+            match (a.get(i), b.get(i)) {
+                (Some(Part::CatchAll(_)), _) | (_, Some(Part::CatchAll(_))) => return true,
+                (None, _) | (_, None) => return false,
+                (Some(Part::Literal(x)), Some(Part::Literal(y))) if x != y => return false,
+                // A parameter never binds the empty segment after a trailing slash.
+                (Some(Part::Param(_)), Some(Part::Literal(y)))
+                | (Some(Part::Literal(y)), Some(Part::Param(_)))
+                    if y.is_empty() =>
+                {
+                    return false;
+                }
+                _ => {}
+            }
+        }
+        true
+    }
+
     /// Matches decoded segments; on success returns the bound parameters.
     pub fn matches(&self, segments: &[String]) -> Option<Vec<(String, String)>> {
         let mut params = Vec::new();

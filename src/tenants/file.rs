@@ -73,6 +73,17 @@ pub struct AuditSpec {
     pub log_headers: Vec<String>,
 }
 
+/// Silences `portcullis lint` findings on one rule: the kinds, and the
+/// reason (required) they are accepted.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct LintSilence {
+    /// Finding kinds: `any-caller`, `superset-scopes`, `wildcard-write`.
+    pub allow: Vec<String>,
+    /// Why the finding is accepted; shown by `portcullis lint`.
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema, Hash)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSpec {
@@ -113,6 +124,10 @@ pub struct RuleSpec {
     #[serde(default, with = "crate::foundation::duration::opt_duration")]
     #[schemars(with = "Option<String>")]
     pub max_auth_age: Option<std::time::Duration>,
+    /// Findings of `portcullis lint` this rule is known to have, and why
+    /// they are accepted.
+    #[serde(default)]
+    pub lint: Option<LintSilence>,
     /// This rule's own downstream token, instead of the tenant's.
     #[serde(default)]
     pub downstream_token: Option<crate::policy::downstream::DownstreamSpec>,

@@ -12,6 +12,7 @@ pub mod compile;
 pub mod did_you_mean;
 pub mod file;
 mod lines;
+pub mod lint;
 #[cfg(test)]
 mod load_work;
 mod sections;

@@ -35,7 +35,7 @@ use super::server::DEFAULT_DEADLINE;
 use crate::decision::Decision;
 use crate::foundation::proto::auth::CheckRequest;
 use crate::foundation::reason::Reason;
-use crate::observe::audit::{DecisionLog, RequestSummary};
+use crate::observe::audit::DecisionLog;
 use crate::observe::metrics::Metrics;
 use crate::observe::telemetry;
 use crate::pipeline::{DEFAULT_KEY_WAIT, Pipeline};
@@ -227,7 +227,7 @@ impl Authzen {
             decided::observe(
                 &decision,
                 "authzen",
-                || RequestSummary::of(request),
+                request,
                 parent,
                 started.elapsed(),
                 metrics,

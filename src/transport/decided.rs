@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use crate::decision::Decision;
+use crate::foundation::proto::auth::CheckRequest;
 use crate::observe::audit::{DecisionLog, RequestSummary};
 use crate::observe::metrics::Metrics;
 use crate::observe::telemetry;
@@ -32,12 +33,13 @@ pub fn check_span(transport: &'static str) -> tracing::Span {
 
 /// Records one decision on the current span (a [`check_span`]), in the
 /// metrics and in the decision log; logs a deny at info and anything else at
-/// debug. `parent` is the asker's trace context; `summary` is called only when
-/// the decision log is on (nothing to gather for a log that is off).
+/// debug; writes the replayable record when that log is on. `parent` is the
+/// asker's trace context; the request is summarized only when the decision log
+/// is on (nothing to gather for a log that is off).
 pub fn observe(
     decision: &Decision,
     transport: &'static str,
-    summary: impl FnOnce() -> RequestSummary,
+    request: &CheckRequest,
     parent: &opentelemetry::Context,
     latency: Duration,
     metrics: &Metrics,
@@ -65,11 +67,14 @@ pub fn observe(
         let trace_id = telemetry::trace_id(&span, parent);
         let summary = RequestSummary {
             transport,
-            ..summary()
+            ..RequestSummary::of(request)
         };
         if !log.record(decision, &summary, trace_id.as_deref(), latency) {
             metrics.log_dropped();
         }
+    }
+    if !log.record_replay(decision, request) {
+        metrics.log_dropped();
     }
     // The line carries the decision's fields itself: the diagnostic
     // log does not record spans (see `telemetry::init`).

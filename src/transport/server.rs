@@ -18,7 +18,7 @@ use crate::foundation::limits::DEFAULT_MAX_CONCURRENT_CHECKS;
 use crate::foundation::proto::auth::authorization_server::Authorization;
 use crate::foundation::proto::auth::{CheckRequest, CheckResponse};
 use crate::foundation::reason::Reason;
-use crate::observe::audit::{self, DecisionLog};
+use crate::observe::audit::DecisionLog;
 use crate::observe::metrics::Metrics;
 use crate::observe::telemetry;
 use crate::pipeline::{DEFAULT_KEY_WAIT, Pipeline};
@@ -129,7 +129,7 @@ impl AuthzService {
             decided::observe(
                 &decision,
                 transport,
-                || audit::RequestSummary::of(request),
+                request,
                 &parent,
                 started.elapsed(),
                 metrics,
