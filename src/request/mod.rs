@@ -12,6 +12,7 @@ pub mod fold;
 pub mod input;
 pub mod media_type;
 pub mod path;
+pub mod protomap;
 pub mod query;
 pub mod read;
 pub use read::read;

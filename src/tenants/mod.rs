@@ -14,6 +14,7 @@ pub mod file;
 mod lines;
 #[cfg(test)]
 mod load_work;
+mod rego;
 mod sections;
 mod share;
 pub mod store;
