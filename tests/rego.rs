@@ -380,14 +380,14 @@ fn a_broken_module_is_refused_and_the_old_policy_serves() {
     // A module that calls http.send does not load either.
     std::fs::write(
         dir.path().join("shop.rego"),
-        "package envoy.authz\n\nallow if http.send({\"method\": \"GET\", \"url\": \"http://127.0.0.1:1\"}).status_code == 200\n",
+        "package envoy.authz\n\nallow if {\n\tinput.attributes.request.http.method == \"POST\"\n\thttp.send({\"method\": \"GET\", \"url\": \"http://127.0.0.1:1\"}).status_code == 200\n}\n",
     )
     .unwrap();
     let lines = store.reload().error_lines();
     assert!(
         lines
             .iter()
-            .any(|l| l.contains("shop.rego:3") && l.contains("http.send")),
+            .any(|l| l.contains("shop.rego:5") && l.contains("http.send")),
         "{lines:?}"
     );
 }
