@@ -63,7 +63,7 @@ allow if {
 	[valid, _, claims] := io.jwt.decode_verify(encoded, {"secret": "unused"})
 	valid
 	claims.tenant == tenant
-	"orders:read" in claims.scope
+	"orders:read" in split(claims.scope, " ")
 }
 "#;
 
