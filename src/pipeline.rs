@@ -141,6 +141,10 @@ impl Pipeline {
         let Some(tenant) = self.tenancy.resolve(&input.resource, self.store.as_ref()) else {
             return Run::done(Decision::deny(id, Reason::UnknownTenant));
         };
+        let mut input = input;
+        if tenant.rego().is_some() {
+            input.check_document = Some(request::protomap::document(request));
+        }
         let mut decision = respond::begin(id, &tenant, &input);
         let time = input.context.time;
         let identity = match authenticate(&tenant, &input) {

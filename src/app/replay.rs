@@ -139,6 +139,11 @@ fn decide(store: &PolicyStore, record: &Json) -> Option<(String, Option<String>)
     Some(match eval.outcome {
         Outcome::Allow(rule) => ("allow".into(), Some(rule.to_string())),
         Outcome::CorsPreflight(_) => ("allow".into(), None),
+        Outcome::Answered(rule, answer) => {
+            let verdict = if answer.allowed { "allow" } else { "deny" };
+            (verdict.into(), Some(rule.to_string()))
+        }
+        Outcome::UnsafeAnswer(rule, _) => ("deny".into(), Some(rule.to_string())),
         Outcome::NoMatch if tenant.default == Effect::Allow => ("allow".into(), None),
         Outcome::NoMatch | Outcome::CorsRejected => ("deny".into(), None),
         Outcome::Deny(rule)

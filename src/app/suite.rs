@@ -140,6 +140,17 @@ pub struct TestExpect {
     /// None of these headers are set.
     #[serde(default)]
     pub not_set: Vec<String>,
+    /// At least these headers are on the response the client gets (a deny's,
+    /// or a Rego result's `response_headers_to_add` on an allow).
+    #[serde(default)]
+    pub client_headers: BTreeMap<String, String>,
+    /// A deny's body, exactly (a Rego result's `body`).
+    #[serde(default)]
+    pub body: Option<String>,
+    /// At least these keys of a policy's own dynamic metadata, with these
+    /// values (a Rego result's `dynamic_metadata`).
+    #[serde(default)]
+    pub metadata: BTreeMap<String, Json>,
 }
 
 /// The outcome of one case.
@@ -485,6 +496,31 @@ pub fn compare(expect: &TestExpect, d: &Decision) -> Vec<String> {
     for name in &expect.not_set {
         if set.contains_key(name.as_str()) {
             diffs.push(format!("not_set: {name} is set"));
+        }
+    }
+    let to_client = if d.allowed {
+        &d.answer.response_headers
+    } else {
+        &d.client_headers
+    };
+    for (name, want) in &expect.client_headers {
+        match to_client.iter().find(|(k, _)| k == name) {
+            Some((_, v)) if v == want => {}
+            Some((_, v)) => diffs.push(format!(
+                "client_headers: {name} expected {want:?}, got {v:?}"
+            )),
+            None => diffs.push(format!("client_headers: {name} expected {want:?}, not set")),
+        }
+    }
+    if let Some(want) = &expect.body
+        && d.answer.body.as_ref() != Some(want)
+    {
+        diffs.push(format!("body: expected {want:?}, got {:?}", d.answer.body));
+    }
+    for (key, want) in &expect.metadata {
+        let got = d.answer.metadata.as_ref().and_then(|m| m.get(key));
+        if got != Some(want) {
+            diffs.push(format!("metadata: {key} expected {want}, got {got:?}"));
         }
     }
     diffs

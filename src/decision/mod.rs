@@ -49,6 +49,10 @@ pub struct Decision {
     /// Headers for the client on a response portcullis answers itself (a CORS
     /// preflight).
     pub client_headers: Vec<(String, String)>,
+    /// What a policy's own result asked of the answer (a Rego result object):
+    /// a deny's status and body, the client's headers on an allow, query
+    /// parameters to set, its dynamic metadata. Empty for YAML rules.
+    pub answer: PolicyAnswer,
     /// Internal detail for logs and `portcullis check`; never sent to a client.
     pub detail: Option<String>,
     /// What the decision log, metrics and traces need beyond the answer.
@@ -58,6 +62,23 @@ pub struct Decision {
     /// rendered response reads it; `reason` stays exact.
     #[serde(skip)]
     pub client_errors: Option<ClientErrors>,
+}
+
+/// What a policy's result asked of the response beyond allow or deny
+/// (OPA-Envoy's result object; see [`crate::policy::rego_result`]). Names and
+/// values were checked when the result was read.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PolicyAnswer {
+    /// A deny's HTTP status (`http_status`).
+    pub status: Option<u16>,
+    /// A deny's body (`body`), sent in place of portcullis' JSON body.
+    pub body: Option<String>,
+    /// Headers for the client on an allowed response (`response_headers_to_add`).
+    pub response_headers: Vec<(String, String)>,
+    /// Query parameters the upstream receives (`query_parameters_to_set`).
+    pub set_query: Vec<(String, String)>,
+    /// The policy's dynamic metadata, beside portcullis' own namespace.
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// A decision as logs, metrics and traces name it: `allow`, `deny`, or
@@ -94,6 +115,7 @@ impl Decision {
             remove_query: Vec::new(),
             challenge: None,
             client_headers: Vec::new(),
+            answer: PolicyAnswer::default(),
             detail: None,
             audit: audit::Audit::default(),
             client_errors: None,
@@ -106,8 +128,13 @@ impl Decision {
         self
     }
 
+    /// The HTTP status the client gets: the reason's, or on a policy's deny
+    /// the status the policy chose.
     pub fn status(&self) -> u16 {
-        self.reason.status()
+        match self.answer.status {
+            Some(s) if !self.allowed && self.reason == Reason::DeniedByRule => s,
+            _ => self.reason.status(),
+        }
     }
 
     /// The `WWW-Authenticate` value of this deny, if it has one, as the

@@ -19,7 +19,7 @@ use crate::foundation::proto::auth::{
     CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response,
 };
 use crate::foundation::proto::core::{
-    HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
+    HeaderValue, HeaderValueOption, QueryParameter, header_value_option::HeaderAppendAction,
 };
 use crate::foundation::proto::envoy::r#type::v3::HttpStatus;
 use crate::foundation::proto::google::rpc::Status;
@@ -46,7 +46,9 @@ pub fn render(decision: &Decision) -> CheckResponse {
 /// copying them (the handler's last use of its decision).
 pub fn into_response(mut decision: Decision) -> CheckResponse {
     let status = decision.status();
-    let rpc_code = match status {
+    // From the reason's status: a policy's own deny status (even a 2xx) is
+    // still a deny to Envoy.
+    let rpc_code = match decision.reason.status() {
         200 => code::OK,
         204 => code::PERMISSION_DENIED, // answered by portcullis: not forwarded
         401 => code::UNAUTHENTICATED,
@@ -62,11 +64,26 @@ pub fn into_response(mut decision: Decision) -> CheckResponse {
                 .collect(),
             headers_to_remove: std::mem::take(&mut decision.remove_headers),
             query_parameters_to_remove: std::mem::take(&mut decision.remove_query),
+            query_parameters_to_set: decision
+                .answer
+                .set_query
+                .iter()
+                .map(|(k, v)| QueryParameter {
+                    key: k.clone(),
+                    value: v.clone(),
+                })
+                .collect(),
+            response_headers_to_add: decision
+                .answer
+                .response_headers
+                .iter()
+                .map(|(k, v)| overwrite(k, v))
+                .collect(),
             ..Default::default()
         })
     } else {
         // A 204 (a preflight portcullis answers) has no body.
-        let has_body = status != 204;
+        let has_body = status != 204 && decision.answer.body.is_none();
         let mut headers = vec![
             overwrite(DECISION_ID_HEADER, &decision.decision_id),
             overwrite("cache-control", "no-store"),
@@ -78,7 +95,9 @@ pub fn into_response(mut decision: Decision) -> CheckResponse {
         if let Some(challenge) = decision.challenge() {
             headers.push(overwrite("www-authenticate", &challenge));
         }
-        let body = if has_body {
+        let body = if let Some(body) = &decision.answer.body {
+            body.clone()
+        } else if has_body {
             serde_json::json!({
                 "error": decision.client_code(),
                 "decision_id": decision.decision_id,
@@ -170,16 +189,41 @@ fn metadata(decision: Decision) -> Struct {
             kind: Some(Kind::StringValue(decision.decision_id)),
         },
     );
-    Struct {
-        fields: [(
-            METADATA_NAMESPACE.to_string(),
-            Value {
-                kind: Some(Kind::StructValue(Struct { fields })),
-            },
-        )]
-        .into_iter()
-        .collect(),
-    }
+    // A policy's own metadata beside portcullis' namespace, which it cannot
+    // replace.
+    let mut all: std::collections::BTreeMap<String, Value> = decision
+        .answer
+        .metadata
+        .iter()
+        .flatten()
+        .filter(|(k, _)| k.as_str() != METADATA_NAMESPACE)
+        .map(|(k, v)| (k.clone(), json_value(v)))
+        .collect();
+    all.insert(
+        METADATA_NAMESPACE.to_string(),
+        Value {
+            kind: Some(Kind::StructValue(Struct { fields })),
+        },
+    );
+    Struct { fields: all }
+}
+
+/// A JSON value as a `google.protobuf.Value`.
+fn json_value(v: &serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    let kind = match v {
+        J::Null => Kind::NullValue(0),
+        J::Bool(b) => Kind::BoolValue(*b),
+        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        J::String(s) => Kind::StringValue(s.clone()),
+        J::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.iter().map(json_value).collect(),
+        }),
+        J::Object(m) => Kind::StructValue(Struct {
+            fields: m.iter().map(|(k, v)| (k.clone(), json_value(v))).collect(),
+        }),
+    };
+    Value { kind: Some(kind) }
 }
 
 #[cfg(test)]

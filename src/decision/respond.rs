@@ -18,6 +18,7 @@ use super::audit::WouldBe;
 use super::mint::{MintError, Minter};
 use super::{Decision, Reason};
 use crate::identity::{Identity, IdentityError, Pending};
+use crate::policy::rego_result::Answer;
 use crate::policy::{CompiledTenant, Effect, Evaluation, Mode, Outcome, RuleTrace, Unmet};
 use crate::request::input::Input;
 
@@ -113,7 +114,24 @@ pub fn outcome(
     now: u64,
 ) -> Vec<RuleTrace> {
     decision.audit.dry_run_rules = eval.dry_run;
+    let mut answer: Option<Box<Answer>> = None;
     let (reason, rule) = match eval.outcome {
+        Outcome::Answered(rule, a) => {
+            decision.answer.metadata = a.dynamic_metadata.clone();
+            if a.allowed {
+                answer = Some(a);
+                (Reason::Allowed, Some(rule))
+            } else {
+                decision.answer.status = a.http_status;
+                decision.answer.body = a.body;
+                decision.client_headers = a.headers;
+                (Reason::DeniedByRule, Some(rule))
+            }
+        }
+        Outcome::UnsafeAnswer(rule, message) => {
+            decision.detail = Some(message);
+            (Reason::UnsafeHeaderValue, Some(rule))
+        }
         Outcome::CorsPreflight(headers) => {
             decision.client_headers = headers;
             (Reason::CorsPreflight, None)
@@ -144,7 +162,11 @@ pub fn outcome(
     decision.reason = reason;
     decision.rule = rule;
     if reason.allows() {
-        allow(decision, tenant, identity, input, &eval.params, minter, now);
+        let edits = Edits {
+            params: &eval.params,
+            answer: answer.as_deref(),
+        };
+        allow(decision, tenant, identity, input, edits, minter, now);
     }
     if tenant.mode == Mode::DryRun {
         dry_run(decision, tenant, identity, &eval.params, input);
@@ -161,11 +183,11 @@ fn allow(
     tenant: &CompiledTenant,
     identity: &Identity,
     input: &Input,
-    params: &[(String, String)],
+    with: Edits<'_>,
     minter: Option<&Minter>,
     now: u64,
 ) {
-    let edits = match tenant.response_headers(identity, params) {
+    let edits = match tenant.response_headers(identity, with.params) {
         Ok(edits) => edits,
         Err(message) => {
             decision.reason = Reason::UnsafeHeaderValue;
@@ -177,6 +199,17 @@ fn allow(
     decision.set_headers = edits.set;
     decision.remove_headers = edits.remove;
     decision.remove_query = identity.consumed_query.clone().into_iter().collect();
+    if let Some(answer) = with.answer
+        && let Err(message) = policy_edits(decision, answer)
+    {
+        decision.allowed = false;
+        decision.reason = Reason::UnsafeHeaderValue;
+        decision.detail = Some(message);
+        decision.set_headers.clear();
+        decision.remove_headers.clear();
+        decision.remove_query.clear();
+        return;
+    }
     // The proof has done its work; the upstream never needs it.
     if identity.binding.kind == "dpop" {
         remove_header(decision, "dpop");
@@ -185,6 +218,47 @@ fn allow(
     if decision.allowed {
         seal(decision, &input.resource.headers);
     }
+}
+
+/// What an allow's header edits come from besides the tenant: the deciding
+/// rule's path parameters, and a Rego policy's answer.
+struct Edits<'a> {
+    params: &'a [(String, String)],
+    answer: Option<&'a Answer>,
+}
+
+/// A Rego answer's edits on an allow, after the tenant's own: headers set and
+/// removed, query parameters set and removed, the client's response headers.
+/// A header the tenant's `response` owns, or one the answer both sets and
+/// removes, is refused: owned headers hold over whatever a policy returns.
+/// (The downstream token and [`seal`] come after, and overwrite.)
+fn policy_edits(decision: &mut Decision, answer: &Answer) -> Result<(), String> {
+    let owned = |name: &str| {
+        decision.set_headers.iter().any(|(k, _)| k == name)
+            || decision.remove_headers.iter().any(|k| k == name)
+    };
+    for (name, _) in &answer.headers {
+        if owned(name) {
+            return Err(format!("header {name:?} is owned by the tenant's response"));
+        }
+    }
+    for name in &answer.request_headers_to_remove {
+        if owned(name) || answer.headers.iter().any(|(k, _)| k == name) {
+            return Err(format!("header {name:?} is owned or also set"));
+        }
+    }
+    decision.set_headers.extend(answer.headers.iter().cloned());
+    for name in &answer.request_headers_to_remove {
+        remove_header(decision, name);
+    }
+    for name in &answer.query_parameters_to_remove {
+        if !decision.remove_query.contains(name) {
+            decision.remove_query.push(name.clone());
+        }
+    }
+    decision.answer.set_query = answer.query_parameters_to_set.clone();
+    decision.answer.response_headers = answer.response_headers_to_add.clone();
+    Ok(())
 }
 
 /// The downstream token, when the allowing rule asks for one, in place of the

@@ -20,7 +20,7 @@ pub struct IdentityConfig {
     pub(super) sources: Vec<Source>,
     pub(super) credential_headers: Vec<String>,
     /// portcullis' own JWT issuers, and where their tokens are read from.
-    pub(super) issuers: Vec<Issuer>,
+    pub(super) issuers: Arc<[Issuer]>,
     pub(super) token_sources: Vec<TokenSource>,
     pub(super) token_cache: jwt::TokenCache,
     /// Largest token looked at (`limits.max_token_bytes`).
@@ -138,7 +138,7 @@ impl IdentityConfig {
         Ok(IdentityConfig {
             sources,
             credential_headers,
-            issuers,
+            issuers: issuers.into(),
             token_sources,
             token_cache: jwt::TokenCache::default(),
             max_token_bytes: jwt::MAX_TOKEN_BYTES,
@@ -189,6 +189,12 @@ impl IdentityConfig {
         self.token_sources
             .iter()
             .any(|s| matches!(s, TokenSource::Cookie(_)))
+    }
+
+    /// The tenant's own JWT issuers (for Rego's `io.jwt.*`, which verify
+    /// with them).
+    pub fn issuers(&self) -> &Arc<[Issuer]> {
+        &self.issuers
     }
 
     /// The remote key sets this tenant's issuers use.

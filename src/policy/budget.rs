@@ -51,6 +51,12 @@ pub struct Budget {
 }
 
 impl Budget {
+    /// The caller's deadline, if it gave one (a Rego evaluation's timer
+    /// ends there too).
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
     /// A budget of [`MAX_EVALUATION_TIME`], and no later than `deadline`.
     pub fn new(deadline: Option<Instant>) -> Budget {
         Budget::with_limit(deadline, MAX_EVALUATION_TIME)

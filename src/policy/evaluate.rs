@@ -45,6 +45,12 @@ pub enum Outcome {
     AmbiguousQuery(Arc<str>),
     /// No rule held: the tenant's default applies.
     NoMatch,
+    /// A Rego policy's answer (named by its query): allowed or not, with what
+    /// the result object asks of the response.
+    Answered(Arc<str>, Box<super::rego_result::Answer>),
+    /// A Rego policy's answer names a header portcullis does not let a policy
+    /// set, or a value that is unsafe: denied.
+    UnsafeAnswer(Arc<str>, String),
     /// No rule held, and an allow rule that would have applied asked for more
     /// than the caller's credential carries.
     Unmet(Arc<str>, Unmet),
@@ -71,6 +77,11 @@ pub struct DryRunHit {
 }
 
 impl CompiledTenant {
+    /// A Rego tenant's compiled policy, when it is one.
+    pub fn rego(&self) -> Option<&super::rego::RegoPolicy> {
+        self.rego.as_deref()
+    }
+
     pub fn rule_count(&self) -> usize {
         self.set.rules.len()
     }
@@ -128,6 +139,9 @@ impl CompiledTenant {
         data: Option<&Value>,
         budget: &mut Budget,
     ) -> Evaluation {
+        if let Some(rego) = &self.rego {
+            return self.evaluate_rego(rego, input, identity, explain, budget.deadline());
+        }
         let resource = &input.resource;
         let mut trace = Vec::new();
         let mut dry_run: Vec<DryRunHit> = Vec::new();
@@ -309,6 +323,80 @@ impl CompiledTenant {
             params: Vec::new(),
             trace,
             dry_run,
+        }
+    }
+
+    /// A Rego tenant's check: the OPA-Envoy input document, the query under
+    /// the timer, the result read as OPA-Envoy reads it. Never fails; an
+    /// error, a result of the wrong shape or a cut-off evaluation denies.
+    fn evaluate_rego(
+        &self,
+        rego: &super::rego::RegoPolicy,
+        input: &Input,
+        identity: &Identity,
+        explain: bool,
+        deadline: Option<std::time::Instant>,
+    ) -> Evaluation {
+        use super::rego_result::{self, Refused};
+        let rule: Arc<str> = Arc::from(rego.query.as_str());
+        let mut trace = Vec::new();
+        let note = |trace: &mut Vec<RuleTrace>, effect: Effect, result: String| {
+            if explain {
+                trace.push(RuleTrace {
+                    rule: rego.query.clone(),
+                    effect,
+                    result,
+                });
+            }
+        };
+        let request = input
+            .check_document
+            .as_ref()
+            .unwrap_or(&serde_json::Value::Null);
+        let outcome = match super::rego_input::document(request, identity, &self.id) {
+            Err(_) => {
+                note(&mut trace, Effect::Deny, "body is not JSON".into());
+                Outcome::BodyUnavailable(rule)
+            }
+            Ok(doc) => {
+                let result = super::rego_jwt::with_issuers(
+                    self.identity.issuers(),
+                    input.context.time,
+                    || rego.evaluate(doc, deadline),
+                );
+                match result {
+                    Err(e) => {
+                        note(&mut trace, Effect::Deny, format!("error: {}", e.0));
+                        Outcome::PolicyError(rule, e.0)
+                    }
+                    Ok(value) => match rego_result::read(value.as_ref()) {
+                        Ok(answer) => {
+                            let effect = if answer.allowed {
+                                Effect::Allow
+                            } else {
+                                Effect::Deny
+                            };
+                            let shown = value.map_or("undefined".to_string(), |v| v.to_string());
+                            note(&mut trace, effect, format!("result: {shown}"));
+                            Outcome::Answered(rule, Box::new(answer))
+                        }
+                        Err(Refused::Invalid(m)) => {
+                            note(&mut trace, Effect::Deny, format!("error: {m}"));
+                            Outcome::PolicyError(rule, m)
+                        }
+                        Err(Refused::Unsafe(m)) => {
+                            note(&mut trace, Effect::Deny, format!("refused: {m}"));
+                            Outcome::UnsafeAnswer(rule, m)
+                        }
+                    },
+                }
+            }
+        };
+        Evaluation {
+            outcome,
+            params: Vec::new(),
+            trace,
+            dry_run: Vec::new(),
         }
     }
 

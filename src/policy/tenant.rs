@@ -217,6 +217,10 @@ pub struct CompiledTenant {
     /// The rules, resources and response; shared with every tenant whose
     /// files have the same (see [`rule_set`]).
     pub(crate) set: Arc<RuleSet>,
+    /// A Rego tenant's compiled policy (`policy.rego`); it decides in place
+    /// of the rules. Shared with every tenant whose modules, data and query
+    /// are the same.
+    pub(crate) rego: Option<Arc<super::rego::RegoPolicy>>,
     /// Union of what the conditions read: only these fields are built per
     /// check. The set's, kept here too for the evaluation.
     pub(crate) reads: Arc<Reads>,

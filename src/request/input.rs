@@ -120,6 +120,9 @@ impl Peer {
 pub struct Input {
     pub resource: Resource,
     pub context: Context,
+    /// The `CheckRequest` as OPA-Envoy maps it ([`crate::request::protomap`]):
+    /// built by the pipeline for Rego tenants only.
+    pub check_document: Option<Json>,
 }
 
 /// Why a CheckRequest could not be turned into an [`Input`]. Denied, never a panic.
@@ -209,7 +212,11 @@ impl Input {
                 .as_ref()
                 .and_then(|p| address_of(p.address.as_ref())),
         };
-        Ok(Input { resource, context })
+        Ok(Input {
+            resource,
+            context,
+            check_document: None,
+        })
     }
 }
 

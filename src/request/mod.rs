@@ -17,6 +17,7 @@ pub mod http_check;
 pub mod input;
 pub mod media_type;
 pub mod path;
+pub mod protomap;
 pub mod query;
 pub mod read;
 pub use read::read;

@@ -366,6 +366,27 @@ fn compile_split(
         }
     }
 
+    // Another engine decides in place of the rules.
+    let rego = match spec.policy.as_ref().and_then(|p| p.rego.as_ref()) {
+        None => None,
+        Some(rego_spec) => {
+            let at = line_of(text, 0, "policy");
+            if !spec.rules.is_empty() || texts.as_ref().is_some_and(|t| t[0].is_some()) {
+                errors.push(err(
+                    at,
+                    "policy.rego decides in place of rules: a tenant has one or the other".into(),
+                ));
+            }
+            match super::rego::load(rego_spec, &files, file, at) {
+                Ok(p) => Some(p),
+                Err(mut e) => {
+                    errors.append(&mut e);
+                    None
+                }
+            }
+        }
+    };
+
     match identity {
         Some(identity) if errors.is_empty() => {
             let set = match compiled {
@@ -391,6 +412,7 @@ fn compile_split(
                     crate::policy::heavy::HeavyGate::new(crate::policy::heavy::heavy_share())
                 }),
                 set,
+                rego,
                 warnings,
                 issuers,
                 shared_issuers: spec.shared_issuers.clone(),

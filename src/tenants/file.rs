@@ -60,6 +60,37 @@ pub struct PolicyFile {
     /// log, metrics and traces keep the exact reason either way.
     #[serde(default)]
     pub client_errors: Option<crate::foundation::client_errors::ClientErrors>,
+    /// Another policy language decides in place of `rules` (which must then
+    /// be empty): `rego` (docs/rego.md).
+    #[serde(default)]
+    pub policy: Option<PolicySpec>,
+}
+
+/// `policy:` — the engine that decides instead of the YAML rules.
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySpec {
+    /// OPA-Envoy's Rego, run by regorus (docs/rego.md).
+    #[serde(default)]
+    pub rego: Option<RegoSpec>,
+}
+
+/// `policy.rego`: the modules, the data and the decision's rule.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct RegoSpec {
+    /// `.rego` files, beside the policy file (or in `policy_files` directories).
+    pub files: Vec<String>,
+    /// JSON or YAML documents merged into `data`.
+    #[serde(default)]
+    pub data: Vec<String>,
+    /// The rule whose value is the decision; OPA-Envoy's default.
+    #[serde(default = "default_query")]
+    pub query: String,
+}
+
+fn default_query() -> String {
+    crate::policy::rego::DEFAULT_QUERY.to_string()
 }
 
 #[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]

@@ -15,6 +15,7 @@ mod lines;
 pub mod lint;
 #[cfg(test)]
 mod load_work;
+mod rego;
 mod sections;
 mod share;
 pub mod store;
