@@ -66,6 +66,14 @@ pub struct Config {
     /// policy does not say; see [`crate::foundation::client_errors`].
     #[serde(default)]
     pub client_errors: crate::foundation::client_errors::ClientErrors,
+    /// The state replicas share (DPoP replay, live revocation); see
+    /// [`crate::transport::shared_state`]. Absent: each replica alone.
+    #[serde(default)]
+    pub shared_state: Option<crate::transport::shared_state::SharedStateConfig>,
+    /// `sha256:<hex>` of the file's bytes, for drift (`/policies`); empty
+    /// when the config was not read from a file.
+    #[serde(skip)]
+    pub digest: String,
 }
 
 pub use crate::foundation::limits::{DEFAULT_MAX_CONCURRENT_CHECKS, Limits};
@@ -127,6 +135,8 @@ impl Config {
             tls: None,
             policy_files: Default::default(),
             client_errors: Default::default(),
+            shared_state: None,
+            digest: String::new(),
         }
     }
 
@@ -140,6 +150,13 @@ impl Config {
                 None => format!("{}: {message}", path.display()),
             }
         })?;
+        config.digest = {
+            use sha2::Digest as _;
+            format!(
+                "sha256:{}",
+                hex::encode(sha2::Sha256::digest(text.as_bytes()))
+            )
+        };
         let base = path.parent().unwrap_or(Path::new("."));
         if config.policies.is_relative() {
             config.policies = base.join(&config.policies);
@@ -158,6 +175,9 @@ impl Config {
         config.policy_files.resolve(base);
         if let Some(tls) = &mut config.tls {
             tls.resolve(base);
+        }
+        if let Some(shared) = &mut config.shared_state {
+            shared.redis.resolve(base);
         }
         config
             .validate()
@@ -180,6 +200,9 @@ impl Config {
             tls.validate()?;
         }
         self.tracing.validate()?;
+        if let Some(shared) = &self.shared_state {
+            shared.redis.validate()?;
+        }
         self.tenancy.validate()
     }
 

@@ -7,6 +7,7 @@
 //!
 //! Never imports: any other module of the crate.
 
+pub mod circuit;
 pub mod client_errors;
 pub mod document;
 pub mod duration;
