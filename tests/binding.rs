@@ -89,63 +89,7 @@ fn uuid_like() -> String {
     )
 }
 
-/// The client's DPoP key.
-struct Client {
-    key: Ed25519KeyPair,
-}
-
-impl Client {
-    fn new() -> Client {
-        Client {
-            key: Ed25519KeyPair::generate(),
-        }
-    }
-
-    fn jwk(&self) -> Value {
-        let mut jwk: Value = serde_json::from_str(&self.key.public_key().to_jwk()).unwrap();
-        let jwk = jwk.as_object_mut().unwrap();
-        jwk.retain(|k, _| ["kty", "crv", "x"].contains(&k.as_str()));
-        Value::Object(jwk.clone())
-    }
-
-    /// RFC 7638 thumbprint, computed here independently.
-    fn jkt(&self) -> String {
-        let jwk = self.jwk();
-        let canonical = format!(
-            r#"{{"crv":"{}","kty":"{}","x":"{}"}}"#,
-            jwk["crv"].as_str().unwrap(),
-            jwk["kty"].as_str().unwrap(),
-            jwk["x"].as_str().unwrap()
-        );
-        B64.encode(sha2::Sha256::digest(canonical.as_bytes()))
-    }
-
-    fn sign(&self, header: &Value, claims: &Value) -> String {
-        let input = format!(
-            "{}.{}",
-            B64.encode(header.to_string()),
-            B64.encode(claims.to_string())
-        );
-        let sig = self.key.key_pair().as_ref().sk.sign(input.as_bytes(), None);
-        format!("{input}.{}", B64.encode(sig.as_ref()))
-    }
-
-    fn proof(&self, htm: &str, htu: &str, token: &str, patch: Value) -> String {
-        let mut claims = json!({
-            "jti": format!("p-{}", uuid_like()), "htm": htm, "htu": htu, "iat": now(),
-            "ath": B64.encode(sha2::Sha256::digest(token.as_bytes())),
-        });
-        for (k, v) in patch.as_object().unwrap() {
-            if v.is_null() {
-                claims.as_object_mut().unwrap().remove(k);
-            } else {
-                claims[k] = v.clone();
-            }
-        }
-        let header = json!({"typ": "dpop+jwt", "alg": "EdDSA", "jwk": self.jwk()});
-        self.sign(&header, &claims)
-    }
-}
+use support::dpop::Client;
 
 fn token(f: &Fixture, cnf: Option<Value>) -> String {
     let t = now();
