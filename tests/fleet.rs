@@ -594,3 +594,73 @@ async fn redis_over_tls() {
     let fleet = Fleet::start(Some(&redis)).await;
     replay_refused_across_replicas(&redis, &fleet).await;
 }
+
+/// Drift: replicas on different files are told apart, naming the tenant;
+/// on the same files they agree, by `/policies`, the metric and the CLI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_status_names_the_tenant_that_differs() {
+    let policies = Policies::new(false);
+    let a = Replica::start(policies.dir.path(), None).await;
+    let b = Replica::start(policies.dir.path(), None).await;
+    let status = |replicas: &[&Replica]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .arg("fleet-status")
+            .args(replicas.iter().map(|r| format!("http://{}", r.admin)))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    // The same files (and the same config but for its ports: the config
+    // digest differs, and is named).
+    let (code, out) = status(&[&a, &b]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(!out.contains("tenant "), "{out}");
+    assert!(out.contains("differs: server config"), "{out}");
+    let (code, out) = status(&[&a, &a]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("all 2 replicas serve the same"), "{out}");
+
+    // A third replica on a copy of the files with globex changed.
+    let other = tempfile::tempdir().unwrap();
+    for name in ["acme.yaml", "globex.yaml"] {
+        let mut text = std::fs::read_to_string(policies.dir.path().join(name)).unwrap();
+        if name == "globex.yaml" {
+            text.push_str("# changed\n");
+        }
+        std::fs::write(other.path().join(name), text).unwrap();
+    }
+    let c = Replica::start(other.path(), None).await;
+    let (code, out) = status(&[&a, &c]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("differs: tenant globex"), "{out}");
+    assert!(!out.contains("tenant acme"), "{out}");
+    let (pa, pc) = (
+        a.admin_json("/policies").await,
+        c.admin_json("/policies").await,
+    );
+    assert_ne!(pa["digest"], pc["digest"]);
+    let gauge = |m: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("portcullis_served_digest "))
+            .map(str::to_string)
+    };
+    let ma = http(a.admin, "GET", "/metrics", &[], None).await.body;
+    let mc = http(c.admin, "GET", "/metrics", &[], None).await.body;
+    assert!(gauge(&ma).is_some(), "{ma}");
+    assert_ne!(gauge(&ma), gauge(&mc));
+    // An unreachable replica is an error of its own.
+    let (code, _) = {
+        let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args([
+                "fleet-status",
+                &format!("http://127.0.0.1:{}", support::dead_port()),
+            ])
+            .output()
+            .unwrap();
+        (out.status.code(), ())
+    };
+    assert_eq!(code, Some(69));
+}
