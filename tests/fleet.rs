@@ -664,3 +664,127 @@ async fn fleet_status_names_the_tenant_that_differs() {
     };
     assert_eq!(code, Some(69));
 }
+
+/// Measurement, not a test (`cargo test --release --test fleet -- --ignored
+/// --nocapture measure`): a DPoP-bound check in process with the shared
+/// replay cache (a real Redis on loopback) against the in-memory one, in one
+/// run; and how long a revocation takes to reach two replicas. Figures go to
+/// BENCHMARKS.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run by hand"]
+async fn measure_shared_replay_and_revocation_propagation() {
+    use portcullis::pipeline::Pipeline;
+    use portcullis::request::tenancy::TenantResolver;
+    use portcullis::tenants::store::PolicyStore;
+    use std::sync::Arc;
+
+    const N: usize = 5000;
+    let redis = Redis::start(Mode::Plain).await;
+    let policies = Policies::new(false);
+    let store = Arc::new(PolicyStore::new(policies.dir.path()));
+    assert!(store.reload().errors.is_empty());
+    let config: portcullis::transport::shared_state::RedisConfig =
+        serde_yaml::from_str(&format!("{{ url: 'redis://127.0.0.1:{}/' }}", redis.port)).unwrap();
+    let shared = Arc::new(
+        portcullis::transport::shared_state::RedisState::new(&config, Default::default()).unwrap(),
+    );
+    let memory = Pipeline::new(Arc::clone(&store), TenantResolver::default());
+    let with_redis = Pipeline::new(Arc::clone(&store), TenantResolver::default())
+        .with_shared_state(Some(
+            shared as Arc<dyn portcullis::identity::shared_state::SharedState>,
+        ));
+    let client = dpop::Client::new();
+    let token = policies.token("alice", Some(&client.jkt()));
+    let requests = |n: usize| -> Vec<portcullis::foundation::proto::auth::CheckRequest> {
+        (0..n)
+            .map(|_| {
+                let proof = client.proof("GET", &format!("{ORIGIN}/orders/1"), &token, json!({}));
+                let attributes = json!({
+                    "contextExtensions": { "tenant": "acme" },
+                    "request": { "http": { "method": "GET", "host": "api.acme.example", "path": "/orders/1",
+                        "headers": { "authorization": format!("DPoP {token}"), "dpop": proof } } }
+                });
+                portcullis::app::cli::check_request_from_json(&json!({ "attributes": attributes }))
+                    .unwrap()
+            })
+            .collect()
+    };
+    let run = |p: &Pipeline, reqs: Vec<portcullis::foundation::proto::auth::CheckRequest>| {
+        let p = p.clone();
+        async move {
+            let mut took = Vec::with_capacity(reqs.len());
+            let all = Instant::now();
+            for r in &reqs {
+                let t = Instant::now();
+                let d = p.check_async(r, Duration::from_secs(1)).await;
+                took.push(t.elapsed());
+                assert!(d.reason.allows(), "{:?}", d.reason);
+            }
+            let total = all.elapsed();
+            took.sort();
+            (
+                took[took.len() / 2],
+                took[took.len() * 99 / 100],
+                reqs.len() as f64 / total.as_secs_f64(),
+            )
+        }
+    };
+    // Warm both, then alternate rounds so drift in the machine hits both.
+    run(&memory, requests(200)).await;
+    run(&with_redis, requests(200)).await;
+    let mut rounds = Vec::new();
+    for _ in 0..3 {
+        let m = run(&memory, requests(N)).await;
+        let sets = redis.calls("set");
+        let r = run(&with_redis, requests(N)).await;
+        let per_check = (redis.calls("set") - sets) as f64 / N as f64;
+        rounds.push((m, r, per_check));
+    }
+    for (m, r, per_check) in &rounds {
+        eprintln!(
+            "in-memory p50 {:?} p99 {:?} {:.0}/s | redis p50 {:?} p99 {:?} {:.0}/s | added p50 {:?} p99 {:?} | throughput ratio {:.2} | SET per check {per_check}",
+            m.0,
+            m.1,
+            m.2,
+            r.0,
+            r.1,
+            r.2,
+            r.0.saturating_sub(m.0),
+            r.1.saturating_sub(m.1),
+            r.2 / m.2
+        );
+    }
+
+    // Revocation propagation across two replica processes: push, then poll
+    // both (every millisecond) until each refuses.
+    let fleet = Fleet::start(Some(&redis)).await;
+    let mut times = Vec::new();
+    for i in 0..20 {
+        let sub = format!("m{i}");
+        let t = fleet.policies.token(&sub, Some(&client.jkt()));
+        assert_eq!(fleet.fresh(fleet.via_a, &client, &t).await.status, 200);
+        let pushed = Instant::now();
+        let out = revoke(&fleet.a.config, &["--tenant", "acme", "--sub", &sub]);
+        assert!(out.status.success());
+        let written = pushed.elapsed();
+        let mut left = vec![fleet.via_a, fleet.via_b];
+        while !left.is_empty() {
+            let via = left[0];
+            if error(&fleet.fresh(via, &client, &t).await) == "token_revoked" {
+                left.remove(0);
+            } else {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        times.push((pushed.elapsed(), written));
+    }
+    times.sort();
+    eprintln!(
+        "revocation propagation over {} pushes (from the CLI's start; the CLI itself took {:?} to {:?}): median {:?}, worst {:?}",
+        times.len(),
+        times.iter().map(|t| t.1).min().unwrap(),
+        times.iter().map(|t| t.1).max().unwrap(),
+        times[times.len() / 2].0,
+        times[times.len() - 1].0
+    );
+}
