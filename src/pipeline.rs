@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use crate::decision::mint::Minter;
 use crate::decision::{ClientErrors, Decision, Reason, respond};
 use crate::foundation::proto::auth::CheckRequest;
+use crate::identity::revocation::RevocationList;
 use crate::identity::shared_state::{SharedState, Unavailable};
 use crate::identity::{self, Identity, IdentityError, Pending};
 use crate::policy::budget::Budget;
@@ -258,29 +259,17 @@ impl Pipeline {
                 }
             }
         }
-        // Revocations pushed through the shared store, for a tenant that
-        // asks for them (`identity.live_revocation`), unioned with its files.
-        if tenant.identity.live_revocation && crate::identity::revocation::revocable(&identity) {
-            let live = match &self.shared {
-                Some(shared) => match shared.live_revocations(&tenant.id) {
-                    Err(_) if shared.revocation_fails_open() => Ok(None),
-                    other => other,
-                },
-                None => Err(Unavailable("no shared store")),
-            };
-            match live {
-                Ok(Some(list)) => {
-                    if let Some(kind) = list.revoked(&identity, now) {
-                        respond::revoked(&mut decision, &tenant, &input, kind);
-                        return Run::of(decision, Vec::new(), None, time);
-                    }
-                }
-                Ok(None) => {}
-                Err(why) => {
-                    respond::shared_state_unavailable(&mut decision, &why);
-                    return Run::of(decision, Vec::new(), None, time);
-                }
+        // Revocations pushed through the shared store, unioned with the files.
+        let live = match self.live_revocations(&tenant, &identity) {
+            Ok(live) => live,
+            Err(why) => {
+                respond::shared_state_unavailable(&mut decision, &why);
+                return Run::of(decision, Vec::new(), None, time);
             }
+        };
+        if let Some(kind) = live.and_then(|list| list.revoked(&identity, now)) {
+            respond::revoked(&mut decision, &tenant, &input, kind);
+            return Run::of(decision, Vec::new(), None, time);
         }
         let Some(eval) = self.evaluate(&tenant, &input, &identity, explain, deadline) else {
             // A heavy tenant with its share of checks in flight.
@@ -290,6 +279,27 @@ impl Pipeline {
         let mint = self.minter.as_deref();
         let trace = respond::outcome(&mut decision, &tenant, &identity, &input, eval, mint, now);
         Run::of(decision, trace, None, time)
+    }
+
+    /// The live revocations to check `identity` against: `None` for a tenant
+    /// that does not ask for them (`identity.live_revocation`) or a caller no
+    /// list could revoke; `Err` when they are needed and cannot be vouched for
+    /// (unless the server chose to fail open on revocation alone).
+    fn live_revocations(
+        &self,
+        tenant: &CompiledTenant,
+        identity: &Identity,
+    ) -> Result<Option<Arc<RevocationList>>, Unavailable> {
+        if !tenant.identity.live_revocation || !crate::identity::revocation::revocable(identity) {
+            return Ok(None);
+        }
+        let Some(shared) = &self.shared else {
+            return Err(Unavailable("no shared store"));
+        };
+        match shared.live_revocations(&tenant.id) {
+            Err(_) if shared.revocation_fails_open() => Ok(None),
+            other => other,
+        }
     }
 
     /// The evaluate stage, in its own span: the tenant's rules over the

@@ -473,7 +473,10 @@ async fn two_replicas_share_replay_and_revocation_and_fail_closed_without_redis(
         200
     );
     let pushed = Instant::now();
-    let out = revoke(&fleet.a.config, &["--tenant", "acme", "--sub", "mallory"]);
+    let out = revoke(
+        &fleet.a.config,
+        &["--tenant", "acme", "--sub", "mallory", "--until", "1h"],
+    );
     assert!(out.status.success(), "{out:?}");
     for via in [fleet.via_a, fleet.via_b] {
         eventually("the revocation on both replicas", || async {
@@ -787,4 +790,45 @@ async fn measure_shared_replay_and_revocation_propagation() {
         times[times.len() / 2].0,
         times[times.len() - 1].0
     );
+}
+
+/// `revoke` refuses what it cannot do, with the documented exit codes, and
+/// never prints the URL it was given.
+#[test]
+fn revoke_without_a_store_or_with_bad_input_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("p")).unwrap();
+    let plain = dir.path().join("plain.yaml");
+    std::fs::write(&plain, "policies: p\n").unwrap();
+    let out = revoke(&plain, &["--tenant", "acme", "--sub", "x"]);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shared_state"));
+
+    let dead = dir.path().join("dead.yaml");
+    std::fs::write(
+        &dead,
+        "policies: p\nshared_state: { redis: { url_file: url } }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("url"),
+        format!("redis://:hunter2@127.0.0.1:{}/", support::dead_port()),
+    )
+    .unwrap();
+    let out = revoke(&dead, &["--tenant", "acme", "--jti", "j1"]);
+    assert_eq!(out.status.code(), Some(69), "{out:?}");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("hunter2"),
+        "{out:?}"
+    );
+    let out = revoke(
+        &dead,
+        &["--tenant", "acme", "--jti", "j1", "--until", "soon"],
+    );
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    // Exactly one of --jti, --sub, --client-id.
+    let out = revoke(&dead, &["--tenant", "acme"]);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let out = revoke(&dead, &["--tenant", "acme", "--jti", "a", "--sub", "b"]);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
 }

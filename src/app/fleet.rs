@@ -57,15 +57,8 @@ pub fn revoke(config: &std::path::Path, revocation: Revocation) -> ExitCode {
         Ok(u) => u,
         Err(e) => return usage(&e),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start runtime: {e}");
-            return ExitCode::from(EX_UNAVAILABLE);
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(EX_UNAVAILABLE);
     };
     let pushed = runtime.block_on(shared_state::push_revocation(
         &shared.redis,
@@ -99,15 +92,8 @@ pub fn revoke(config: &std::path::Path, revocation: Revocation) -> ExitCode {
 /// names what differs. Exit 0 when all serve the same, 1 when they differ,
 /// 69 when a replica cannot be read.
 pub fn fleet_status(urls: &[String]) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start runtime: {e}");
-            return ExitCode::from(EX_UNAVAILABLE);
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(EX_UNAVAILABLE);
     };
     let read = runtime.block_on(async {
         let client = reqwest::Client::builder()
@@ -154,6 +140,15 @@ pub fn fleet_status(urls: &[String]) -> ExitCode {
         }
         ExitCode::from(1)
     }
+}
+
+/// A runtime for one command's calls; `None` (and said why) when none starts.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| eprintln!("error: cannot start runtime: {e}"))
+        .ok()
 }
 
 fn usage(message: &str) -> ExitCode {
