@@ -925,6 +925,43 @@ impl Idp {
         }
     }
 
+    /// Not an endpoint of its own: counts the calls it forwards to `target`
+    /// (a real identity provider's introspection endpoint).
+    async fn forwarding(target: String) -> Idp {
+        use axum::routing::post;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let calls = std::sync::Arc::new(AtomicUsize::new(0));
+        let counted = std::sync::Arc::clone(&calls);
+        let client = reqwest::Client::new();
+        let app = axum::Router::new().route(
+            "/introspect",
+            post(move |headers: axum::http::HeaderMap, body: String| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let mut request = client
+                    .post(&target)
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(body);
+                if let Some(auth) = headers.get("authorization") {
+                    request = request.header("authorization", auth.as_bytes());
+                }
+                async move {
+                    let answer = request.send().await.unwrap();
+                    let status =
+                        axum::http::StatusCode::from_u16(answer.status().as_u16()).unwrap();
+                    (status, answer.text().await.unwrap())
+                }
+            }),
+        );
+        let task = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Idp {
+            addr,
+            calls,
+            _task: task,
+        }
+    }
+
     fn calls(&self) -> usize {
         self.calls.load(std::sync::atomic::Ordering::SeqCst)
     }
@@ -933,6 +970,12 @@ impl Idp {
 /// Two tenants that introspect at `idp`: `initech` asks for live
 /// revocation, `hooli` needs nothing else of the shared store.
 fn introspection_policies(idp: SocketAddr) -> tempfile::TempDir {
+    introspection_policies_for(idp, None)
+}
+
+/// As [`introspection_policies`]; with `issuer`, both tenants name it (and
+/// share it) and allow any active token: a real identity provider's answers.
+fn introspection_policies_for(idp: SocketAddr, issuer: Option<&str>) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("client-secret"), "s3cret\n").unwrap();
     for (tenant, live) in [("initech", true), ("hooli", false)] {
@@ -944,7 +987,14 @@ fn introspection_policies(idp: SocketAddr) -> tempfile::TempDir {
         std::fs::write(
             dir.path().join(format!("{tenant}.yaml")),
             format!(
-                "apiVersion: portcullis/v1\ntenant: {tenant}\nidentity:\n  introspection: {{ endpoint: 'http://{idp}/introspect', issuer: 'https://as.{tenant}.example', client_id: portcullis, client_secret_file: client-secret, cache_ttl: 60s }}\n{live}rules:\n  - {{ id: reports, path: /reports, when: '\"reports:read\" in claims.scope', effect: allow }}\n"
+                "apiVersion: portcullis/v1\ntenant: {tenant}\n{shared}identity:\n  introspection: {{ endpoint: 'http://{idp}/introspect', issuer: '{iss}', client_id: portcullis, client_secret_file: client-secret, cache_ttl: 60s }}\n{live}rules:\n  - {{ id: reports, path: /reports, {when}effect: allow }}\n",
+                shared = issuer.map_or(String::new(), |i| format!("shared_issuers: ['{i}']\n")),
+                iss = issuer.map_or(format!("https://as.{tenant}.example"), str::to_string),
+                when = if issuer.is_some() {
+                    ""
+                } else {
+                    "when: '\"reports:read\" in claims.scope', "
+                },
             ),
         )
         .unwrap();
@@ -1173,10 +1223,51 @@ async fn measure_shared_introspection_cache() {
     use portcullis::transport::shared_state::{RedisConfig, RedisState};
     use std::sync::Arc;
 
-    const K: usize = 2000;
+    // FLEET_IDP=keycloak: the identity provider is a real Keycloak (the
+    // calls counted by a forwarder in front of it), its tokens minted by
+    // client_credentials before any timing.
+    let keycloak = std::env::var("FLEET_IDP").is_ok_and(|v| v == "keycloak");
+    let k: usize = if keycloak { 300 } else { 2000 };
     let redis = Redis::start(Mode::Plain).await;
-    let idp = Idp::start().await;
-    let policies = introspection_policies(idp.addr);
+    let (idp, policies, kc, mut minted) = if keycloak {
+        let kc = support::peers::Keycloak::start(&json!({
+            "realm": "fleet", "enabled": true, "accessTokenLifespan": 600,
+            "clients": [
+                { "clientId": "svc", "enabled": true, "publicClient": false, "secret": "svc-secret",
+                  "serviceAccountsEnabled": true, "standardFlowEnabled": false, "directAccessGrantsEnabled": false },
+                { "clientId": "portcullis", "enabled": true, "publicClient": false, "secret": "s3cret",
+                  "serviceAccountsEnabled": true, "standardFlowEnabled": false, "directAccessGrantsEnabled": false },
+            ],
+        }))
+        .await;
+        let issuer = format!("{}/realms/fleet", kc.base);
+        let idp =
+            Idp::forwarding(format!("{issuer}/protocol/openid-connect/token/introspect")).await;
+        let policies = introspection_policies_for(idp.addr, Some(&issuer));
+        let client = reqwest::Client::new();
+        let mut minted = Vec::new();
+        // Enough for every set below: 2 rounds × 3 sets.
+        for _ in 0..6 * k {
+            let answer = client
+                .post(format!("{issuer}/protocol/openid-connect/token"))
+                .basic_auth("svc", Some("svc-secret"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("grant_type=client_credentials")
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            let answer: Value = serde_json::from_slice(&answer).unwrap();
+            minted.push(answer["access_token"].as_str().unwrap().to_string());
+        }
+        (idp, policies, Some(kc), minted)
+    } else {
+        let idp = Idp::start().await;
+        let policies = introspection_policies(idp.addr);
+        (idp, policies, None, Vec::new())
+    };
     let config: RedisConfig =
         serde_yaml::from_str(&format!("{{ url: 'redis://127.0.0.1:{}/' }}", redis.port)).unwrap();
     let secret = b"a fleet secret of at least thirty-two bytes";
@@ -1212,7 +1303,13 @@ async fn measure_shared_introspection_cache() {
         }
         took
     };
-    let tokens = |tag: &str| (0..K).map(|i| format!("tok-{tag}{i}")).collect::<Vec<_>>();
+    let mut tokens = |tag: &str| {
+        if keycloak {
+            minted.split_off(minted.len() - k)
+        } else {
+            (0..k).map(|i| format!("tok-{tag}{i}")).collect::<Vec<_>>()
+        }
+    };
     let fmt = |(p50, p99): (Duration, Duration)| format!("p50 {p50:?} p99 {p99:?}");
 
     for round in 1..=2 {
@@ -1246,11 +1343,16 @@ async fn measure_shared_introspection_cache() {
         drop((x, y));
 
         eprintln!(
-            "round {round}, {K} tokens, each seen twice by each of 2 replicas:\n  identity provider calls: without the shared cache {off_calls} ({:.2} per token), with it {on_calls} ({:.2} per token); both replicas at once, with it: {race_calls} ({:.2} per token)\n  Redis with it: {gets} GET, {sets} SET ({:.2} GET per first sight on a replica)\n  without: call {} | B's call {} | own cache hit {}\n  with:    call (miss in Redis, then SET) {} | shared hit {} | own cache hit {}",
-            off_calls as f64 / K as f64,
-            on_calls as f64 / K as f64,
-            race_calls as f64 / K as f64,
-            gets as f64 / (2 * K) as f64,
+            "round {round} ({}), {k} tokens, each seen twice by each of 2 replicas:\n  identity provider calls: without the shared cache {off_calls} ({:.2} per token), with it {on_calls} ({:.2} per token); both replicas at once, with it: {race_calls} ({:.2} per token)\n  Redis with it: {gets} GET, {sets} SET ({:.2} GET per first sight on a replica)\n  without: call {} | B's call {} | own cache hit {}\n  with:    call (miss in Redis, then SET) {} | shared hit {} | own cache hit {}",
+            if keycloak {
+                "Keycloak"
+            } else {
+                "loopback endpoint"
+            },
+            off_calls as f64 / k as f64,
+            on_calls as f64 / k as f64,
+            race_calls as f64 / k as f64,
+            gets as f64 / (2 * k) as f64,
             fmt(percentiles(&mut a_miss)),
             fmt(percentiles(&mut b_miss)),
             fmt(percentiles(&mut a_hit)),
@@ -1259,6 +1361,7 @@ async fn measure_shared_introspection_cache() {
             fmt(percentiles(&mut a_local)),
         );
     }
+    drop(kc);
 }
 
 /// Measurement, not a test (`taskset -c 1 cargo test --release --test fleet
