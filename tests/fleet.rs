@@ -1327,6 +1327,13 @@ async fn measure_shared_introspection_cache() {
         let (a, b) = (replica(true), replica(true));
         let set = tokens(&format!("on{round}-"));
         let calls = idp.calls();
+        let used = |r: &Redis| -> i64 {
+            r.cli(&["INFO", "memory"])
+                .lines()
+                .find_map(|l| l.strip_prefix("used_memory:")?.trim().parse().ok())
+                .unwrap()
+        };
+        let memory = used(&redis);
         let (gets, sets) = (redis.calls("get"), redis.calls("set"));
         let mut a_first = pass(a.clone(), set.clone()).await;
         let mut b_shared = pass(b.clone(), set.clone()).await;
@@ -1334,6 +1341,7 @@ async fn measure_shared_introspection_cache() {
         pass(b.clone(), set.clone()).await;
         let on_calls = idp.calls() - calls;
         let (gets, sets) = (redis.calls("get") - gets, redis.calls("set") - sets);
+        let per_entry = (used(&redis) - memory) / k as i64;
 
         // Both replicas asking for each new token at the same moment.
         let set = tokens(&format!("race{round}-"));
@@ -1343,7 +1351,7 @@ async fn measure_shared_introspection_cache() {
         drop((x, y));
 
         eprintln!(
-            "round {round} ({}), {k} tokens, each seen twice by each of 2 replicas:\n  identity provider calls: without the shared cache {off_calls} ({:.2} per token), with it {on_calls} ({:.2} per token); both replicas at once, with it: {race_calls} ({:.2} per token)\n  Redis with it: {gets} GET, {sets} SET ({:.2} GET per first sight on a replica)\n  without: call {} | B's call {} | own cache hit {}\n  with:    call (miss in Redis, then SET) {} | shared hit {} | own cache hit {}",
+            "round {round} ({}), {k} tokens, each seen twice by each of 2 replicas:\n  identity provider calls: without the shared cache {off_calls} ({:.2} per token), with it {on_calls} ({:.2} per token); both replicas at once, with it: {race_calls} ({:.2} per token)\n  Redis with it: {gets} GET, {sets} SET ({:.2} GET per first sight on a replica), {per_entry} bytes of used_memory per entry\n  without: call {} | B's call {} | own cache hit {}\n  with:    call (miss in Redis, then SET) {} | shared hit {} | own cache hit {}",
             if keycloak {
                 "Keycloak"
             } else {
