@@ -1387,7 +1387,11 @@ async fn measure_dpop_under_grpc_load() {
     use portcullis::foundation::proto::auth::CheckRequest;
     use portcullis::foundation::proto::auth::authorization_client::AuthorizationClient;
 
-    const N: usize = 10_000;
+    // FLEET_N: checks per side per round.
+    let n: usize = std::env::var("FLEET_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
     let redis = Redis::start(Mode::Plain).await;
     let policies = Policies::new(false);
     let memory = Replica::start(policies.dir.path(), None).await;
@@ -1395,13 +1399,14 @@ async fn measure_dpop_under_grpc_load() {
     let client = dpop::Client::new();
     let token = policies.token("alice", Some(&client.jkt()));
     let mint = |n: usize| dpop_checks(&client, &token, n);
-    // (p50, p99, checks/s) of `requests` against `addr`.
+    // (p50, p99, checks/s, answers other than an allow) of `requests`
+    // against `addr`.
     async fn load(
         addr: SocketAddr,
         requests: Vec<CheckRequest>,
         connections: usize,
         streams: usize,
-    ) -> (Duration, Duration, f64) {
+    ) -> (Duration, Duration, f64, usize) {
         let n = requests.len();
         let mut channels = Vec::new();
         for _ in 0..connections {
@@ -1421,31 +1426,34 @@ async fn measure_dpop_under_grpc_load() {
         for (i, chunk) in chunks.into_iter().enumerate() {
             let mut c = channels[i % connections].clone();
             tasks.spawn(async move {
-                let mut took = Vec::with_capacity(chunk.len());
+                let (mut took, mut refused) = (Vec::with_capacity(chunk.len()), 0);
                 for r in chunk {
                     let t = Instant::now();
                     let answer = c.check(r).await.unwrap().into_inner();
                     took.push(t.elapsed());
-                    let code = answer.status.map_or(-1, |s| s.code);
-                    assert_eq!(code, 0, "every check allowed");
+                    // 0: allowed. Anything else is counted and reported
+                    // (14: a 503, the store not answering within its timeout).
+                    refused += usize::from(answer.status.is_none_or(|s| s.code != 0));
                 }
-                took
+                (took, refused)
             });
         }
-        let mut took = Vec::with_capacity(n);
+        let (mut took, mut refused) = (Vec::with_capacity(n), 0);
         while let Some(t) = tasks.join_next().await {
-            took.extend(t.unwrap());
+            let (t, r) = t.unwrap();
+            took.extend(t);
+            refused += r;
         }
         let total = start.elapsed();
         let (p50, p99) = percentiles(&mut took);
-        (p50, p99, n as f64 / total.as_secs_f64())
+        (p50, p99, n as f64 / total.as_secs_f64(), refused)
     }
     // Warm both.
     load(memory.grpc, mint(500), 1, 4).await;
     load(shared.grpc, mint(500), 1, 4).await;
     for (connections, streams) in [(4, 16), (2, 8)] {
         for round in 1..=3 {
-            let (m_reqs, s_reqs) = (mint(N), mint(N));
+            let (m_reqs, s_reqs) = (mint(n), mint(n));
             let commands = |r: &Redis| {
                 let stats = r.cli(&["INFO", "commandstats"]);
                 stats
@@ -1473,18 +1481,20 @@ async fn measure_dpop_under_grpc_load() {
                 (m, s, counted.0, counted.1)
             };
             eprintln!(
-                "{connections}x{streams} round {round}: in-memory p50 {:?} p99 {:?} {:.0}/s | shared p50 {:?} p99 {:?} {:.0}/s | added p50 {:?} p99 {:?} | throughput ratio {:.2} | SET per check {:.3}, Redis commands per check {:.3} (INFO itself included)",
+                "{connections}x{streams} round {round}: in-memory p50 {:?} p99 {:?} {:.0}/s ({} not allowed) | shared p50 {:?} p99 {:?} {:.0}/s ({} not allowed) | added p50 {:+.0} µs p99 {:+.0} µs | throughput ratio {:.2} | SET per check {:.3}, Redis commands per check {:.3} (INFO itself included)",
                 m.0,
                 m.1,
                 m.2,
+                m.3,
                 s.0,
                 s.1,
                 s.2,
-                s.0.saturating_sub(m.0),
-                s.1.saturating_sub(m.1),
+                s.3,
+                (s.0.as_secs_f64() - m.0.as_secs_f64()) * 1e6,
+                (s.1.as_secs_f64() - m.1.as_secs_f64()) * 1e6,
                 s.2 / m.2,
-                sets as f64 / N as f64,
-                all as f64 / N as f64,
+                sets as f64 / n as f64,
+                all as f64 / n as f64,
             );
         }
     }
