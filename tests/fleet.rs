@@ -1312,38 +1312,53 @@ async fn measure_shared_introspection_cache() {
     };
     let fmt = |(p50, p99): (Duration, Duration)| format!("p50 {p50:?} p99 {p99:?}");
 
+    let used = |r: &Redis| -> i64 {
+        r.cli(&["INFO", "memory"])
+            .lines()
+            .find_map(|l| l.strip_prefix("used_memory:")?.trim().parse().ok())
+            .unwrap()
+    };
+    // Fresh replicas A and B, with or without the cache: A sees every token
+    // of `set`, then B, then both again. Identity provider calls, Redis GET
+    // and SET, Redis bytes per token, and the latencies of A's first, B's
+    // first and A's second sight; and the two replicas.
+    let phase = |cache: bool, set: Vec<String>| {
+        let (a, b) = (replica(cache), replica(cache));
+        let (idp, redis, pass, used) = (&idp, &redis, &pass, &used);
+        async move {
+            let (calls, memory) = (idp.calls(), used(redis));
+            let (gets, sets) = (redis.calls("get"), redis.calls("set"));
+            let first = pass(a.clone(), set.clone()).await;
+            let other = pass(b.clone(), set.clone()).await;
+            let own = pass(a.clone(), set.clone()).await;
+            pass(b.clone(), set.clone()).await;
+            let counts = (
+                idp.calls() - calls,
+                redis.calls("get") - gets,
+                redis.calls("set") - sets,
+                (used(redis) - memory) / set.len() as i64,
+            );
+            (counts, first, other, own, (a, b))
+        }
+    };
     for round in 1..=2 {
-        // Without the shared cache: A sees every token, then B, then both again.
-        let (a, b) = (replica(false), replica(false));
-        let set = tokens(&format!("off{round}-"));
-        let calls = idp.calls();
-        let mut a_miss = pass(a.clone(), set.clone()).await;
-        let mut b_miss = pass(b.clone(), set.clone()).await;
-        let mut a_hit = pass(a.clone(), set.clone()).await;
-        pass(b.clone(), set.clone()).await;
-        let off_calls = idp.calls() - calls;
-
-        // With it: the same, on fresh replicas and tokens.
-        let (a, b) = (replica(true), replica(true));
-        let set = tokens(&format!("on{round}-"));
-        let calls = idp.calls();
-        let used = |r: &Redis| -> i64 {
-            r.cli(&["INFO", "memory"])
-                .lines()
-                .find_map(|l| l.strip_prefix("used_memory:")?.trim().parse().ok())
-                .unwrap()
+        let (off_set, on_set) = (
+            tokens(&format!("off{round}-")),
+            tokens(&format!("on{round}-")),
+        );
+        // The side that goes first alternates (an identity provider warms up).
+        let (off, on) = if round % 2 == 1 {
+            let off = phase(false, off_set).await;
+            (off, phase(true, on_set).await)
+        } else {
+            let on = phase(true, on_set).await;
+            (phase(false, off_set).await, on)
         };
-        let memory = used(&redis);
-        let (gets, sets) = (redis.calls("get"), redis.calls("set"));
-        let mut a_first = pass(a.clone(), set.clone()).await;
-        let mut b_shared = pass(b.clone(), set.clone()).await;
-        let mut a_local = pass(a.clone(), set.clone()).await;
-        pass(b.clone(), set.clone()).await;
-        let on_calls = idp.calls() - calls;
-        let (gets, sets) = (redis.calls("get") - gets, redis.calls("set") - sets);
-        let per_entry = (used(&redis) - memory) / k as i64;
+        let ((off_calls, ..), mut a_miss, mut b_miss, mut a_hit, _) = off;
+        let ((on_calls, gets, sets, per_entry), mut a_first, mut b_shared, mut a_local, (a, b)) =
+            on;
 
-        // Both replicas asking for each new token at the same moment.
+        // Both replicas of the cache asking for each new token at once.
         let set = tokens(&format!("race{round}-"));
         let calls = idp.calls();
         let (x, y) = tokio::join!(pass(a.clone(), set.clone()), pass(b.clone(), set.clone()));
