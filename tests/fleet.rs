@@ -1203,11 +1203,11 @@ fn percentiles(took: &mut [Duration]) -> (Duration, Duration) {
     (took[took.len() / 2], took[took.len() * 99 / 100])
 }
 
-/// Measurement, not a test (`cargo test --release --test fleet -- --ignored
-/// --nocapture measure_shared_introspection`): does the shared introspection
-/// cache pay? Two replicas in process (two pipelines over two stores, so two
-/// caches; each its own connection to one real Redis), the loopback
-/// identity provider, `K` tokens of tenant `hooli`: identity provider calls
+/// Measurement, not a test (`[FLEET_IDP=keycloak] cargo test --release --test
+/// fleet -- --ignored --nocapture measure_shared_introspection`): does the
+/// shared introspection cache pay? Two replicas in process (two pipelines
+/// over two stores, so two caches; each its own connection to one real
+/// Redis), the loopback identity provider (or a real Keycloak), `K` tokens of tenant `hooli`: identity provider calls
 /// with and without the cache (each replica sees each token twice; then the
 /// two replicas asking for the same new token at once), and the latency of
 /// a check that calls the identity provider, reads the shared cache, or hits
