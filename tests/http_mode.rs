@@ -91,7 +91,13 @@ async fn fixture_edited(
 ) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     for (name, text) in more {
-        std::fs::write(dir.path().join(format!("{name}.yaml")), text).unwrap();
+        // A bare name is a tenant file; a name with an extension is written as is.
+        let file = if name.contains('.') {
+            name.to_string()
+        } else {
+            format!("{name}.yaml")
+        };
+        std::fs::write(dir.path().join(file), text).unwrap();
     }
     let key = ES256KeyPair::generate().with_key_id("initech-1");
     let jwks =
@@ -342,6 +348,42 @@ async fn a_cannot_decide_deny_stays_a_deny_under_failure_mode_allow() {
     // Not let through: a 403 with the reason, and a hint to retry.
     assert_denied(&r, 403, "keys_unavailable");
     assert_eq!(r.header("retry-after"), Some("1"), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_deny_with_a_2xx_status_stays_a_deny_for_envoy() {
+    // OPA-Envoy's result object lets a policy pick the deny's status; Envoy's
+    // http_service forwards on 200, so the status must not carry a deny
+    // through.
+    let rego = r#"package envoy.authz
+
+result := {"allowed": false, "http_status": 200, "body": "soft deny"}
+"#;
+    let tenant = r#"apiVersion: portcullis/v1
+tenant: soft
+policy:
+  rego:
+    files: [soft.rego]
+    query: data.envoy.authz.result
+"#;
+    let f = fixture_with(
+        &["127.0.0.1/32"],
+        &[
+            ("soft.rego", rego.to_string()),
+            ("soft", tenant.to_string()),
+        ],
+    )
+    .await;
+    let (upstream, _echo) = support::start_echo_upstream().await;
+    let mut cfg: Value = serde_json::from_str(&envoy_config(f.http_addr(), upstream)).unwrap();
+    let filter = &mut cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["http_filters"][0]["typed_config"];
+    filter["http_service"]["authorization_request"]["headers_to_add"][0]["value"] = json!("soft");
+    let envoy = Envoy::start(&serde_json::to_string(&cfg).unwrap()).await;
+    let main = envoy.listener("main").await;
+    let r = http(main, "GET", "/anything", &[("host", "api.example")], None).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(r.body, "soft deny", "the upstream must not answer: {r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -164,11 +164,14 @@ pub const RETRY_AFTER_SECS: &str = "1";
 /// - Forward auth: nginx `auth_request`, Traefik and Caddy let any 2xx
 ///   through, so a deny is never 2xx; a preflight portcullis would answer
 ///   (204) becomes 403, and the proxy answers preflights itself.
-/// - Envoy `http_service`: Envoy treats any 5xx from the authorization
-///   server as its own error, which `failure_mode_allow: true` turns into an
-///   allow. A deny meaning "cannot decide now" (503: not ready, overloaded,
-///   keys unavailable, ...) is sent as 403 with `retry-after`; its reason
-///   code stays in the JSON body and the status in the decision log.
+/// - Envoy `http_service`: Envoy takes a 200 from the authorization server
+///   for an allow, so a deny whose status a policy set to a 2xx (a Rego
+///   result's `http_status: 200`) is sent as 403; a preflight's 204 stays,
+///   which Envoy sends the client as the deny it is. And Envoy treats any 5xx
+///   as its own error, which `failure_mode_allow: true` turns into an allow:
+///   a deny meaning "cannot decide now" (503: not ready, overloaded, keys
+///   unavailable, ...) is sent as 403 with `retry-after`; its reason code
+///   stays in the JSON body and the status in the decision log.
 pub fn deny_status_for(shape: Shape, response: &mut CheckResponse) {
     let Some(check_response::HttpResponse::DeniedResponse(denied)) = &mut response.http_response
     else {
@@ -179,6 +182,9 @@ pub fn deny_status_for(shape: Shape, response: &mut CheckResponse) {
     };
     match shape {
         Shape::ForwardAuth if (200..300).contains(&status.code) => {
+            status.code = 403;
+        }
+        Shape::Envoy if (200..300).contains(&status.code) && status.code != 204 => {
             status.code = 403;
         }
         Shape::Envoy if (500..600).contains(&status.code) => {
