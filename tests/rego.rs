@@ -350,6 +350,49 @@ fn an_unbounded_policy_is_cut_off_and_denied() {
     }
 }
 
+/// Behaviour: a Rego evaluation that runs to its timer does not hold the
+/// async worker it was called on: on a runtime with one worker, a check of
+/// another tenant started after it is answered before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_slow_rego_evaluation_leaves_the_worker_to_other_tenants() {
+    let dir = tempfile::tempdir().unwrap();
+    rego_tenant(
+        dir.path(),
+        "loops",
+        "package envoy.authz\n\nallow if {\n\tr := numbers.range(1, 200000)\n\tsome a in r\n\tsome b in r\n\ta * b < 0\n}\n",
+    );
+    rego_tenant(
+        dir.path(),
+        "quick",
+        "package envoy.authz\n\ndefault allow := true\n",
+    );
+    let (p, _store) = pipeline(dir.path());
+    let p = Arc::new(p);
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let run = |tenant: &'static str| {
+        let (p, order) = (Arc::clone(&p), Arc::clone(&order));
+        tokio::spawn(async move {
+            let d = p
+                .check_async(
+                    &request(tenant, "GET", "/", json!({})),
+                    std::time::Duration::from_secs(1),
+                )
+                .await;
+            order.lock().unwrap().push((tenant, d.allowed));
+        })
+    };
+    // Both go to the one worker's queue in this order.
+    let slow = run("loops");
+    let quick = run("quick");
+    quick.await.unwrap();
+    slow.await.unwrap();
+    assert_eq!(
+        *order.lock().unwrap(),
+        [("quick", true), ("loops", false)],
+        "the quick tenant waited for the slow one"
+    );
+}
+
 /// Behaviour: a module with a syntax error does not load; the error names the
 /// `.rego` file and line; the tenant's previous policy keeps deciding.
 #[test]
