@@ -306,6 +306,30 @@ impl Pipeline {
         }
     }
 
+    /// The revocation lists a token that a Rego policy verifies itself
+    /// (`io.jwt.*`) is checked against: the tenant's file list and, with
+    /// `identity.live_revocation`, the live one, read whoever the caller is.
+    fn token_revocations(&self, tenant: &CompiledTenant) -> crate::policy::rego_jwt::Revocations {
+        let mut r = crate::policy::rego_jwt::Revocations::default();
+        match self.store.revocation_list(&tenant.id) {
+            Ok(Some(list)) => r.lists.push(list),
+            Ok(None) => {}
+            Err(_) => r.unavailable = true,
+        }
+        if tenant.identity.live_revocation {
+            match &self.shared {
+                Some(shared) => match shared.live_revocations(&tenant.id) {
+                    Ok(Some(list)) => r.lists.push(list),
+                    Ok(None) => {}
+                    Err(_) if shared.revocation_fails_open() => {}
+                    Err(_) => r.unavailable = true,
+                },
+                None => r.unavailable = true,
+            }
+        }
+        r
+    }
+
     /// The evaluate stage, in its own span: the tenant's rules over the
     /// request, the caller and the tenant's data document, within the check's
     /// budget. A heavy tenant's evaluation runs off the async workers, at most
@@ -332,9 +356,14 @@ impl Pipeline {
             // evaluation timer): it runs off the async workers, so other
             // tenants' checks keep being served meanwhile. It takes no heavy
             // share: its checks are bounded by the check permits alone.
-            None if tenant.rego.is_some() => heavy::off_the_workers(|| {
-                tenant.evaluate_within(input, identity, explain, data, &mut budget)
-            }),
+            None if tenant.rego.is_some() => {
+                let revocations = self.token_revocations(tenant);
+                heavy::off_the_workers(|| {
+                    crate::policy::rego_jwt::with_revocations(revocations, || {
+                        tenant.evaluate_within(input, identity, explain, data, &mut budget)
+                    })
+                })
+            }
             None => tenant.evaluate_within(input, identity, explain, data, &mut budget),
             Some(gate) => {
                 let _slot = gate.enter()?;

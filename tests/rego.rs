@@ -208,8 +208,9 @@ fn check(p: &Pipeline, path: &str, token: &str) -> Decision {
 /// Behaviour: `io.jwt.decode_verify` and `verify_rs256` accept a token from
 /// the tenant's issuer and refuse each attack the YAML path refuses: `alg:
 /// none`, HS256 keyed with the RSA public key, the attacker's key in
-/// `jwk`/`jku`, an unknown `crit`, an expired token; and a shared secret named
-/// by the policy opens nothing.
+/// `jwk`/`jku`, an unknown `crit`, an expired token, a token bound to a key
+/// (`cnf`) with no proof for it, a revoked token; and a shared secret named by
+/// the policy opens nothing.
 #[test]
 fn io_jwt_is_the_strict_validator() {
     let dir = tempfile::tempdir().unwrap();
@@ -308,6 +309,43 @@ fn io_jwt_is_the_strict_validator() {
         ed_raw(&ed, &json!({"alg": "EdDSA", "kid": "primer-ed"}), &expired),
     ));
     attacks.push(("garbage", "not.a.token".into()));
+    // A token bound to a key (RFC 9449 `cnf.jkt`): no proof for it comes
+    // with a header the policy reads, so it must not verify there.
+    let mut bound = claims.clone();
+    bound["cnf"] = json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"});
+    attacks.push((
+        "bound to a key it cannot prove",
+        ed_raw(&ed, &json!({"alg": "EdDSA", "kid": "primer-ed"}), &bound),
+    ));
+    // A token the tenant's revocation list names (by `jti` and by `sub`).
+    let mut by_jti = claims.clone();
+    by_jti["jti"] = json!("stolen-1");
+    attacks.push((
+        "revoked by jti",
+        ed_raw(&ed, &json!({"alg": "EdDSA", "kid": "primer-ed"}), &by_jti),
+    ));
+    let mut by_sub = claims.clone();
+    by_sub["sub"] = json!("mallory");
+    attacks.push((
+        "revoked by sub",
+        ed_raw(&ed, &json!({"alg": "EdDSA", "kid": "primer-ed"}), &by_sub),
+    ));
+    std::fs::write(
+        dir.path().join("jwt.revoked.yaml"),
+        "apiVersion: portcullis/v1\ntenant: jwt\nrevoked:\n  - { jti: stolen-1 }\n  - { sub: mallory }\n",
+    )
+    .unwrap();
+    let status = _store.reload();
+    assert!(status.errors.is_empty(), "{:?}", status.error_lines());
+    // The list is read: an unrevoked token still verifies.
+    let mut fine = claims.clone();
+    fine["jti"] = json!("fine-1");
+    fine["sub"] = json!("alice");
+    let fine = ed_raw(&ed, &json!({"alg": "EdDSA", "kid": "primer-ed"}), &fine);
+    assert!(
+        check(&p, "/", &fine).allowed,
+        "an unrevoked token must verify"
+    );
     for (what, token) in &attacks {
         for path in ["/", "/rs256"] {
             let d = check(&p, path, token);
