@@ -598,6 +598,111 @@ async fn redis_over_tls() {
     replay_refused_across_replicas(&redis, &fleet).await;
 }
 
+/// One replica in process on `redis`: the policy store of `policies`, the
+/// shared store with `settings` added to its config, and a pipeline on both.
+/// The full reads are the test's to make (no follow loop runs).
+struct InProcess {
+    pipeline: portcullis::pipeline::Pipeline,
+    config: portcullis::transport::shared_state::RedisConfig,
+    shared: std::sync::Arc<portcullis::transport::shared_state::RedisState>,
+}
+
+impl InProcess {
+    fn start(redis: &Redis, policies: &Policies, settings: &str) -> InProcess {
+        use portcullis::identity::shared_state::SharedState;
+        use std::sync::Arc;
+        let store = Arc::new(portcullis::tenants::store::PolicyStore::new(
+            policies.dir.path(),
+        ));
+        assert!(store.reload().errors.is_empty());
+        let config: portcullis::transport::shared_state::RedisConfig = serde_yaml::from_str(
+            &format!("{{ url: 'redis://127.0.0.1:{}/', {settings} }}", redis.port),
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let shared = Arc::new(
+            portcullis::transport::shared_state::RedisState::new(&config, Default::default())
+                .unwrap(),
+        );
+        let pipeline = portcullis::pipeline::Pipeline::new(store, Default::default())
+            .with_shared_state(Some(Arc::clone(&shared) as Arc<dyn SharedState>));
+        InProcess {
+            pipeline,
+            config,
+            shared,
+        }
+    }
+
+    /// The reason acme's pipeline gives `GET /orders/1` with a bearer `token`.
+    async fn bearer(&self, token: &str) -> &'static str {
+        let attributes = json!({
+            "contextExtensions": { "tenant": "acme" },
+            "request": { "http": { "method": "GET", "host": "api.acme.example", "path": "/orders/1",
+                "headers": { "authorization": format!("Bearer {token}") } } }
+        });
+        let request =
+            portcullis::app::cli::check_request_from_json(&json!({ "attributes": attributes }))
+                .unwrap();
+        let decision = self
+            .pipeline
+            .check_async(&request, Duration::from_secs(2))
+            .await;
+        decision.reason.code()
+    }
+
+    /// `portcullis revoke` of acme's `kind` `value` until `until`, as the CLI
+    /// does it.
+    async fn revoke(&self, kind: &str, value: &str, until: u64) -> Result<u64, String> {
+        portcullis::transport::shared_state::push_revocation(
+            &self.config,
+            "acme",
+            kind,
+            value,
+            until,
+            now(),
+        )
+        .await
+    }
+}
+
+/// `fail_open_revocation_only` serves on the last copy once it is too old to
+/// vouch for: what was revoked stays revoked, the others are let through.
+/// (`fail_closed`, the default, answers 503 instead.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_open_revocation_only_serves_on_the_last_copy_when_stale() {
+    use portcullis::identity::shared_state::SharedState;
+    let redis = Redis::start(Mode::Plain).await;
+    let policies = Policies::new(true);
+    let open = InProcess::start(
+        &redis,
+        &policies,
+        "revocation_refresh: 50ms, revocation_on_unavailable: fail_open_revocation_only",
+    );
+    let closed = InProcess::start(&redis, &policies, "revocation_refresh: 50ms");
+    open.revoke("sub", "mallory", u64::MAX).await.unwrap();
+    let (mallory, alice) = (
+        policies.token("mallory", None),
+        policies.token("alice", None),
+    );
+    for replica in [&open, &closed] {
+        replica.shared.refresh_revocations().await.unwrap();
+        assert_eq!(replica.bearer(&mallory).await, "token_revoked");
+        assert_eq!(replica.bearer(&alice).await, "allowed");
+    }
+    // No further read: the copies age past twice the refresh.
+    eventually("the copies to go stale", || async {
+        open.shared.live_revocations("acme").is_err()
+            && closed.shared.live_revocations("acme").is_err()
+    })
+    .await;
+    assert_eq!(open.bearer(&mallory).await, "token_revoked");
+    assert_eq!(open.bearer(&alice).await, "allowed");
+    assert!(open.shared.revocations_current(), "it chose to serve stale");
+    assert_eq!(closed.bearer(&mallory).await, "shared_state_unavailable");
+    assert_eq!(closed.bearer(&alice).await, "shared_state_unavailable");
+    assert!(!closed.shared.revocations_current());
+}
+
 /// Drift: replicas on different files are told apart, naming the tenant;
 /// on the same files they agree, by `/policies`, the metric and the CLI.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -41,6 +41,11 @@ pub trait SharedState: Send + Sync + std::fmt::Debug {
     /// or `Err` when this replica cannot vouch that what it holds is current.
     fn live_revocations(&self, tenant: &str) -> Result<Option<Arc<RevocationList>>, Unavailable>;
 
+    /// The live revocations of `tenant` as last read, however old (`None`:
+    /// none, or nothing read yet): what `fail_open_revocation_only` serves
+    /// on when [`SharedState::live_revocations`] cannot vouch for them.
+    fn last_revocations(&self, tenant: &str) -> Option<Arc<RevocationList>>;
+
     /// Whether live revocation failures are to be let through (the server's
     /// `revocation_on_unavailable: fail_open_revocation_only`).
     fn revocation_fails_open(&self) -> bool {

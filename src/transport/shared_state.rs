@@ -283,6 +283,13 @@ impl RedisState {
         !self.circuit.is_open()
     }
 
+    /// Whether callers of `live_revocation` tenants are judged on live
+    /// revocations this replica can vouch for (or the server chose to serve
+    /// on a stale copy): not, and those callers get 503.
+    pub fn revocations_current(&self) -> bool {
+        self.fail_open || self.live_revocations("").is_ok()
+    }
+
     /// The live revocations' generation at the last full read.
     pub fn revocation_generation(&self) -> u64 {
         self.generation.load(Ordering::Relaxed)
@@ -488,6 +495,10 @@ impl SharedState for RedisState {
             Some(_) => Err(Unavailable("live revocations are stale")),
             None => Err(Unavailable("live revocations not read yet")),
         }
+    }
+
+    fn last_revocations(&self, tenant: &str) -> Option<Arc<RevocationList>> {
+        self.live.load().lists.get(tenant).cloned()
     }
 
     fn revocation_fails_open(&self) -> bool {
