@@ -290,7 +290,7 @@ impl Pipeline {
     /// list could revoke; `Err` when they are needed and cannot be vouched for
     /// (unless the server chose to fail open on revocation alone: then the
     /// last copy read, however old, so nothing once revoked is let in again).
-    fn live_revocations(
+    pub(crate) fn live_revocations(
         &self,
         tenant: &CompiledTenant,
         identity: &Identity,

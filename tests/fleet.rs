@@ -703,6 +703,42 @@ async fn fail_open_revocation_only_serves_on_the_last_copy_when_stale() {
     assert!(!closed.shared.revocations_current());
 }
 
+/// An AuthZEN asker's token is checked against the live revocations of the
+/// tenant it asks for, as a caller's is at the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authzen_askers_are_checked_against_live_revocations() {
+    use portcullis::foundation::reason::Reason;
+    use portcullis::transport::askers::{Asker, authenticate};
+    let redis = Redis::start(Mode::Plain).await;
+    let policies = Policies::new(true);
+    let replica = InProcess::start(&redis, &policies, "revocation_refresh: 10s");
+    let askers = [Asker {
+        subject: "orders-service".into(),
+        issuer: None,
+        tenants: vec!["acme".into()],
+    }];
+    let auth = format!("Bearer {}", policies.token("orders-service", None));
+    let ask = || {
+        authenticate(
+            &replica.pipeline,
+            &askers,
+            "acme",
+            Some(&auth),
+            Duration::from_secs(2),
+        )
+    };
+    // Nothing read yet: the replica cannot vouch that the asker is not revoked.
+    assert_eq!(ask().await, Err(Reason::SharedStateUnavailable));
+    replica.shared.refresh_revocations().await.unwrap();
+    assert_eq!(ask().await, Ok("orders-service".to_string()));
+    replica
+        .revoke("sub", "orders-service", now() + 3600)
+        .await
+        .unwrap();
+    replica.shared.refresh_revocations().await.unwrap();
+    assert_eq!(ask().await, Err(Reason::TokenRevoked));
+}
+
 /// Drift: replicas on different files are told apart, naming the tenant;
 /// on the same files they agree, by `/policies`, the metric and the CLI.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
