@@ -739,6 +739,190 @@ async fn authzen_askers_are_checked_against_live_revocations() {
     assert_eq!(ask().await, Err(Reason::TokenRevoked));
 }
 
+/// The field of acme's `kind` `value` in the live revocations' hash.
+fn live_field(kind: &str, value: &str) -> String {
+    json!(["acme", kind, value]).to_string()
+}
+
+/// Revocation reads never move the DPoP replay circuit: a revocation key of
+/// the wrong type fails every read closed (and the push, with a clear
+/// message), while replay keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_revocation_key_fails_closed_without_taking_replay_down() {
+    use portcullis::identity::shared_state::{SharedState, Unavailable};
+    let redis = Redis::start(Mode::Plain).await;
+    let policies = Policies::new(true);
+    let replica = InProcess::start(&redis, &policies, "circuit: { failures: 1, open_for: 60s }");
+    assert_eq!(redis.cli(&["SET", "portcullis:revoked", "x"]).trim(), "OK");
+    for _ in 0..3 {
+        assert!(replica.shared.refresh_revocations().await.is_err());
+    }
+    assert!(replica.shared.is_up(), "the replay circuit stays closed");
+    assert_eq!(
+        replica.shared.refresh_revocations().await,
+        Err(Unavailable("the live revocation key is not a hash"))
+    );
+    assert!(replica.shared.live_revocations("acme").is_err());
+    assert_eq!(
+        replica.bearer(&policies.token("alice", None)).await,
+        "shared_state_unavailable"
+    );
+    let key = "0".repeat(64);
+    assert_eq!(
+        replica
+            .shared
+            .record_once(&key, Duration::from_secs(5))
+            .await,
+        Ok(true)
+    );
+    assert_eq!(
+        replica
+            .shared
+            .record_once(&key, Duration::from_secs(5))
+            .await,
+        Ok(false)
+    );
+    let e = replica
+        .revoke("sub", "mallory", u64::MAX)
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("WRONGTYPE") && e.contains("portcullis:revoked"),
+        "{e}"
+    );
+    assert_eq!(redis.cli(&["GET", "portcullis:revoked"]).trim(), "x");
+}
+
+/// The live revocations are bounded: `revoke` refuses one beyond the bound
+/// (expired entries make room), and a replica that finds more than the bound
+/// (written by something else) reads none and fails closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_revocations_are_bounded() {
+    use portcullis::identity::shared_state::SharedState;
+    use portcullis::transport::shared_state::MAX_LIVE_REVOCATIONS;
+    let redis = Redis::start(Mode::Plain).await;
+    let policies = Policies::new(true);
+    let replica = InProcess::start(&redis, &policies, "revocation_refresh: 10s");
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}/", redis.port)).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let later = (now() + 3600).to_string();
+    let mut fill = redis::cmd("HSET");
+    fill.arg("portcullis:revoked");
+    for i in 0..MAX_LIVE_REVOCATIONS - 1 {
+        fill.arg(live_field("jti", &format!("j{i}"))).arg(&later);
+    }
+    // One that has run out, the last slot.
+    fill.arg(live_field("jti", "old")).arg(now() - 10);
+    let () = fill.query_async(&mut conn).await.unwrap();
+    // The expired entry makes room for one.
+    replica.revoke("sub", "mallory", u64::MAX).await.unwrap();
+    assert_eq!(
+        redis
+            .cli(&["HEXISTS", "portcullis:revoked", &live_field("jti", "old")])
+            .trim(),
+        "0"
+    );
+    let e = replica.revoke("sub", "eve", u64::MAX).await.unwrap_err();
+    assert!(e.contains(&MAX_LIVE_REVOCATIONS.to_string()), "{e}");
+    assert_eq!(
+        redis
+            .cli(&["HEXISTS", "portcullis:revoked", &live_field("sub", "eve")])
+            .trim(),
+        "0"
+    );
+    // Renewing one already there adds nothing, and goes.
+    replica.revoke("jti", "j0", u64::MAX).await.unwrap();
+    replica.shared.refresh_revocations().await.unwrap();
+    let list = replica.shared.live_revocations("acme").unwrap().unwrap();
+    assert_eq!(list.len(), MAX_LIVE_REVOCATIONS);
+    // One more, written around portcullis: the replica reads none of it,
+    // keeps its copy, and fails closed once that copy is stale.
+    let () = redis::cmd("HSET")
+        .arg("portcullis:revoked")
+        .arg(live_field("sub", "eve"))
+        .arg(&later)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let e = replica.shared.refresh_revocations().await.unwrap_err();
+    assert_eq!(e.0, "too many live revocations");
+    let held = replica.shared.last_revocations("acme").unwrap();
+    assert_eq!(held.len(), MAX_LIVE_REVOCATIONS, "the copy held is kept");
+}
+
+/// Two `revoke`s at once neither lose nor shorten each other: re-revoking
+/// an entry that ran out, for ever and for an hour, while another is
+/// written, always ends for ever; and a full read's generation is the hash's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_revokes_neither_lose_nor_shorten_an_entry() {
+    use portcullis::identity::shared_state::SharedState;
+    use std::sync::Arc;
+    let redis = Redis::start(Mode::Plain).await;
+    let policies = Policies::new(true);
+    let replica = Arc::new(InProcess::start(
+        &redis,
+        &policies,
+        "revocation_refresh: 10s",
+    ));
+    const ROUNDS: usize = 60;
+    for round in 0..ROUNDS {
+        let sub = format!("s{round}");
+        let spawn = |kind: &'static str, value: String, until: u64| {
+            let replica = Arc::clone(&replica);
+            tokio::spawn(async move { replica.revoke(kind, &value, until).await })
+        };
+        let hour = now() + 3600;
+        let pushes = [
+            spawn("sub", sub.clone(), u64::MAX),
+            spawn("sub", sub.clone(), hour),
+            spawn("jti", format!("j{round}"), hour),
+        ];
+        for push in pushes {
+            push.await.unwrap().unwrap();
+        }
+        assert_eq!(
+            redis
+                .cli(&["HGET", "portcullis:revoked", &live_field("sub", &sub)])
+                .trim(),
+            u64::MAX.to_string(),
+            "round {round}: the revocation for ever was lost or shortened"
+        );
+    }
+    // So far 2 entries and 3 generations a round. Now one new entry per
+    // generation, read all along: every read sees entries + ROUNDS equal
+    // to its generation, or the generation was read apart from the hash.
+    const MORE: u64 = 200;
+    let reader = {
+        let replica = Arc::clone(&replica);
+        tokio::spawn(async move {
+            let last = 3 * ROUNDS as u64 + MORE;
+            let mut reads = 0;
+            loop {
+                replica.shared.refresh_revocations().await.unwrap();
+                let entries = replica
+                    .shared
+                    .live_revocations("acme")
+                    .unwrap()
+                    .map_or(0, |l| l.len() as u64);
+                let generation = replica.shared.revocation_generation();
+                assert_eq!(entries + ROUNDS as u64, generation, "after {reads} reads");
+                reads += 1;
+                if generation == last {
+                    return reads;
+                }
+            }
+        })
+    };
+    for i in 0..MORE {
+        replica
+            .revoke("client_id", &format!("c{i}"), now() + 3600)
+            .await
+            .unwrap();
+    }
+    let reads = reader.await.unwrap();
+    eprintln!("{reads} full reads while revoking");
+}
+
 /// Drift: replicas on different files are told apart, naming the tenant;
 /// on the same files they agree, by `/policies`, the metric and the CLI.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
