@@ -5,22 +5,24 @@
 //!   are one atomic step and one round trip; the key is the prefix and a
 //!   SHA-256 of tenant, key thumbprint and `jti` (no raw value in Redis).
 //! - **Live revocation**: one hash (`<prefix>revoked`, field = JSON
-//!   `[tenant, kind, value]`, value = unix seconds it applies until) of at
-//!   most [`MAX_LIVE_REVOCATIONS`] entries and a generation counter, written
-//!   by `portcullis revoke` in one server-side script (the merge with what is
-//!   there, the pruning, the counter and a PUBLISH on `<prefix>revocations`
-//!   are one atomic step, so concurrent revokes cannot lose or shorten one
-//!   another). Each replica subscribes and re-reads the whole hash (with the
-//!   generation, atomically) on every message, and every
-//!   `revocation_refresh` anyway, so a lost message delays a revocation by
-//!   one refresh at most. A replica whose last successful full read started
-//!   more than twice the refresh ago cannot vouch for what it holds.
-//! - **Failure**: every call has a short timeout; a run of failed replay
-//!   calls opens a circuit (no call for a while, then one probe), counted in
-//!   metrics; the caller answers 503 `shared_state_unavailable`, never falls
-//!   back. Revocation reads are periodic, not per check: they are timed and
-//!   counted but never move the replay circuit, so a revocation hash that is
-//!   slow or broken cannot take DPoP down.
+//!   `[tenant, kind, value]`, value = unix seconds it applies until) and a
+//!   generation counter, written by `portcullis revoke`, which also PUBLISHes
+//!   on `<prefix>revocations`. Each replica subscribes and re-reads the whole
+//!   hash on every message, and every `revocation_refresh` anyway, so a lost
+//!   message delays a revocation by one refresh at most. A replica whose last
+//!   full read is older than twice the refresh cannot vouch for what it holds.
+//! - **Failure**: every call has a short timeout; a run of failures opens a
+//!   circuit (no call for a while, then one probe), counted in metrics; the
+//!   caller answers 503 `shared_state_unavailable`, never falls back.
+//!
+//! Live revocations are at most [`MAX_LIVE_REVOCATIONS`] entries, written by
+//! one server-side script (the merge with what is there, the pruning, the
+//! counter and the PUBLISH are one atomic step, so concurrent revokes cannot
+//! lose or shorten one another) and read whole by another (the generation
+//! is the hash's); "older" is counted from when the last successful read
+//! started. Those reads are periodic, not per check: they are timed and
+//! counted but go through no circuit, on a connection of their own, so a
+//! revocation hash that is slow or broken cannot take DPoP replay down.
 //!
 //! Never imports: the app. No URL, password or key reaches a log line.
 
