@@ -614,7 +614,8 @@ impl InProcess {
         let store = Arc::new(portcullis::tenants::store::PolicyStore::new(
             policies.dir.path(),
         ));
-        assert!(store.reload().errors.is_empty());
+        let status = store.reload();
+        assert!(status.errors.is_empty(), "{:?}", status.error_lines());
         let config: portcullis::transport::shared_state::RedisConfig = serde_yaml::from_str(
             &format!("{{ url: 'redis://127.0.0.1:{}/', {settings} }}", redis.port),
         )
@@ -701,6 +702,75 @@ async fn fail_open_revocation_only_serves_on_the_last_copy_when_stale() {
     assert_eq!(closed.bearer(&mallory).await, "shared_state_unavailable");
     assert_eq!(closed.bearer(&alice).await, "shared_state_unavailable");
     assert!(!closed.shared.revocations_current());
+}
+
+/// The same for a token a Rego policy verifies itself (`io.jwt.*`): under
+/// `fail_open_revocation_only` a stale copy still revokes what it names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_open_revocation_only_serves_io_jwt_on_the_last_copy_when_stale() {
+    use portcullis::identity::shared_state::SharedState;
+    const RJWT_ISSUER: &str = "https://idp.rjwt.example";
+    let redis = Redis::start(Mode::Plain).await;
+    let policies = Policies::new(true);
+    let jwk: Value = serde_json::from_str(&policies.issuer.public_key().to_jwk()).unwrap();
+    std::fs::write(
+        policies.dir.path().join("rjwt.yaml"),
+        format!(
+            "apiVersion: portcullis/v1\ntenant: rjwt\nidentity:\n  jwt:\n    - {{ issuer: {RJWT_ISSUER}, audiences: [orders-api], algorithms: [ES256], jwks: {{ keys: [{jwk}] }} }}\n  live_revocation: true\npolicy:\n  rego:\n    files: [rjwt.rego]\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        policies.dir.path().join("rjwt.rego"),
+        "package envoy.authz\n\ndefault allow := false\n\nallow if {\n\t[valid, _, _] := io.jwt.decode_verify(input.attributes.request.http.headers[\"x-token\"], {})\n\tvalid\n}\n",
+    )
+    .unwrap();
+    let open = InProcess::start(
+        &redis,
+        &policies,
+        "revocation_refresh: 50ms, revocation_on_unavailable: fail_open_revocation_only",
+    );
+    portcullis::transport::shared_state::push_revocation(
+        &open.config,
+        "rjwt",
+        "sub",
+        "mallory",
+        u64::MAX,
+        now(),
+    )
+    .await
+    .unwrap();
+    open.shared.refresh_revocations().await.unwrap();
+    let verify = |token: String| {
+        let attributes = json!({
+            "contextExtensions": { "tenant": "rjwt" },
+            "request": { "http": { "method": "GET", "host": "api.acme.example", "path": "/orders/1",
+                "headers": { "x-token": token } } }
+        });
+        let request =
+            portcullis::app::cli::check_request_from_json(&json!({ "attributes": attributes }))
+                .unwrap();
+        let pipeline = open.pipeline.clone();
+        async move {
+            pipeline
+                .check_async(&request, Duration::from_secs(2))
+                .await
+                .reason
+                .allows()
+        }
+    };
+    let (mallory, alice) = (
+        policies.token_of(RJWT_ISSUER, "mallory", None),
+        policies.token_of(RJWT_ISSUER, "alice", None),
+    );
+    assert!(!verify(mallory.clone()).await);
+    assert!(verify(alice.clone()).await);
+    eventually("the copy to go stale", || async {
+        open.shared.live_revocations("rjwt").is_err()
+    })
+    .await;
+    assert!(!verify(mallory).await, "a stale copy still revokes");
+    assert!(verify(alice).await);
 }
 
 /// An AuthZEN asker's token is checked against the live revocations of the
