@@ -288,8 +288,9 @@ impl Pipeline {
     /// The live revocations to check `identity` against: `None` for a tenant
     /// that does not ask for them (`identity.live_revocation`) or a caller no
     /// list could revoke; `Err` when they are needed and cannot be vouched for
-    /// (unless the server chose to fail open on revocation alone).
-    fn live_revocations(
+    /// (unless the server chose to fail open on revocation alone: then the
+    /// last copy read, however old, so nothing once revoked is let in again).
+    pub(crate) fn live_revocations(
         &self,
         tenant: &CompiledTenant,
         identity: &Identity,
@@ -301,7 +302,7 @@ impl Pipeline {
             return Err(Unavailable("no shared store"));
         };
         match shared.live_revocations(&tenant.id) {
-            Err(_) if shared.revocation_fails_open() => Ok(None),
+            Err(_) if shared.revocation_fails_open() => Ok(shared.last_revocations(&tenant.id)),
             other => other,
         }
     }
@@ -321,7 +322,10 @@ impl Pipeline {
                 Some(shared) => match shared.live_revocations(&tenant.id) {
                     Ok(Some(list)) => r.lists.push(list),
                     Ok(None) => {}
-                    Err(_) if shared.revocation_fails_open() => {}
+                    // Serve on the last copy, as the caller's check does.
+                    Err(_) if shared.revocation_fails_open() => {
+                        r.lists.extend(shared.last_revocations(&tenant.id));
+                    }
                     Err(_) => r.unavailable = true,
                 },
                 None => r.unavailable = true,
