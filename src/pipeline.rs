@@ -293,8 +293,9 @@ impl Pipeline {
     /// The live revocations to check `identity` against: `None` for a tenant
     /// that does not ask for them (`identity.live_revocation`) or a caller no
     /// list could revoke; `Err` when they are needed and cannot be vouched for
-    /// (unless the server chose to fail open on revocation alone).
-    fn live_revocations(
+    /// (unless the server chose to fail open on revocation alone: then the
+    /// last copy read, however old, so nothing once revoked is let in again).
+    pub(crate) fn live_revocations(
         &self,
         tenant: &CompiledTenant,
         identity: &Identity,
@@ -306,9 +307,36 @@ impl Pipeline {
             return Err(Unavailable("no shared store"));
         };
         match shared.live_revocations(&tenant.id) {
-            Err(_) if shared.revocation_fails_open() => Ok(None),
+            Err(_) if shared.revocation_fails_open() => Ok(shared.last_revocations(&tenant.id)),
             other => other,
         }
+    }
+
+    /// The revocation lists a token that a Rego policy verifies itself
+    /// (`io.jwt.*`) is checked against: the tenant's file list and, with
+    /// `identity.live_revocation`, the live one, read whoever the caller is.
+    fn token_revocations(&self, tenant: &CompiledTenant) -> crate::policy::rego_jwt::Revocations {
+        let mut r = crate::policy::rego_jwt::Revocations::default();
+        match self.store.revocation_list(&tenant.id) {
+            Ok(Some(list)) => r.lists.push(list),
+            Ok(None) => {}
+            Err(_) => r.unavailable = true,
+        }
+        if tenant.identity.live_revocation {
+            match &self.shared {
+                Some(shared) => match shared.live_revocations(&tenant.id) {
+                    Ok(Some(list)) => r.lists.push(list),
+                    Ok(None) => {}
+                    // Serve on the last copy, as the caller's check does.
+                    Err(_) if shared.revocation_fails_open() => {
+                        r.lists.extend(shared.last_revocations(&tenant.id));
+                    }
+                    Err(_) => r.unavailable = true,
+                },
+                None => r.unavailable = true,
+            }
+        }
+        r
     }
 
     /// The evaluate stage, in its own span: the tenant's rules over the
@@ -333,6 +361,18 @@ impl Pipeline {
         let data = data.as_ref().map(|d| &d.value);
         let mut budget = Budget::new(deadline);
         let eval = match tenant.heavy() {
+            // A Rego module's cost is not known before it runs (up to its
+            // evaluation timer): it runs off the async workers, so other
+            // tenants' checks keep being served meanwhile. It takes no heavy
+            // share: its checks are bounded by the check permits alone.
+            None if tenant.rego.is_some() => {
+                let revocations = self.token_revocations(tenant);
+                heavy::off_the_workers(|| {
+                    crate::policy::rego_jwt::with_revocations(revocations, || {
+                        tenant.evaluate_within(input, identity, explain, data, &mut budget)
+                    })
+                })
+            }
             None => tenant.evaluate_within(input, identity, explain, data, &mut budget),
             Some(gate) => {
                 let _slot = gate.enter()?;

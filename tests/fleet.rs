@@ -639,6 +639,401 @@ async fn redis_over_tls() {
     replay_refused_across_replicas(&redis, &fleet).await;
 }
 
+/// One replica in process on `redis`: the policy store of `policies`, the
+/// shared store with `settings` added to its config, and a pipeline on both.
+/// The full reads are the test's to make (no follow loop runs).
+struct InProcess {
+    pipeline: portcullis::pipeline::Pipeline,
+    config: portcullis::transport::shared_state::RedisConfig,
+    shared: std::sync::Arc<portcullis::transport::shared_state::RedisState>,
+}
+
+impl InProcess {
+    fn start(redis: &Redis, policies: &Policies, settings: &str) -> InProcess {
+        use portcullis::identity::shared_state::SharedState;
+        use std::sync::Arc;
+        let store = Arc::new(portcullis::tenants::store::PolicyStore::new(
+            policies.dir.path(),
+        ));
+        let status = store.reload();
+        assert!(status.errors.is_empty(), "{:?}", status.error_lines());
+        let config: portcullis::transport::shared_state::RedisConfig = serde_yaml::from_str(
+            &format!("{{ url: 'redis://127.0.0.1:{}/', {settings} }}", redis.port),
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let shared = Arc::new(
+            portcullis::transport::shared_state::RedisState::new(&config, Default::default())
+                .unwrap(),
+        );
+        let pipeline = portcullis::pipeline::Pipeline::new(store, Default::default())
+            .with_shared_state(Some(Arc::clone(&shared) as Arc<dyn SharedState>));
+        InProcess {
+            pipeline,
+            config,
+            shared,
+        }
+    }
+
+    /// The reason acme's pipeline gives `GET /orders/1` with a bearer `token`.
+    async fn bearer(&self, token: &str) -> &'static str {
+        let attributes = json!({
+            "contextExtensions": { "tenant": "acme" },
+            "request": { "http": { "method": "GET", "host": "api.acme.example", "path": "/orders/1",
+                "headers": { "authorization": format!("Bearer {token}") } } }
+        });
+        let request =
+            portcullis::app::cli::check_request_from_json(&json!({ "attributes": attributes }))
+                .unwrap();
+        let decision = self
+            .pipeline
+            .check_async(&request, Duration::from_secs(2))
+            .await;
+        decision.reason.code()
+    }
+
+    /// `portcullis revoke` of acme's `kind` `value` until `until`, as the CLI
+    /// does it.
+    async fn revoke(&self, kind: &str, value: &str, until: u64) -> Result<u64, String> {
+        portcullis::transport::shared_state::push_revocation(
+            &self.config,
+            "acme",
+            kind,
+            value,
+            until,
+            now(),
+        )
+        .await
+    }
+}
+
+/// `fail_open_revocation_only` serves on the last copy once it is too old to
+/// vouch for: what was revoked stays revoked, the others are let through.
+/// (`fail_closed`, the default, answers 503 instead.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_open_revocation_only_serves_on_the_last_copy_when_stale() {
+    use portcullis::identity::shared_state::SharedState;
+    let redis = Redis::start(Mode::Plain).await;
+    let policies = Policies::new(true);
+    let open = InProcess::start(
+        &redis,
+        &policies,
+        "revocation_refresh: 50ms, revocation_on_unavailable: fail_open_revocation_only",
+    );
+    let closed = InProcess::start(&redis, &policies, "revocation_refresh: 50ms");
+    open.revoke("sub", "mallory", u64::MAX).await.unwrap();
+    let (mallory, alice) = (
+        policies.token("mallory", None),
+        policies.token("alice", None),
+    );
+    for replica in [&open, &closed] {
+        replica.shared.refresh_revocations().await.unwrap();
+        assert_eq!(replica.bearer(&mallory).await, "token_revoked");
+        assert_eq!(replica.bearer(&alice).await, "allowed");
+    }
+    // No further read: the copies age past twice the refresh.
+    eventually("the copies to go stale", || async {
+        open.shared.live_revocations("acme").is_err()
+            && closed.shared.live_revocations("acme").is_err()
+    })
+    .await;
+    assert_eq!(open.bearer(&mallory).await, "token_revoked");
+    assert_eq!(open.bearer(&alice).await, "allowed");
+    assert!(open.shared.revocations_current(), "it chose to serve stale");
+    assert_eq!(closed.bearer(&mallory).await, "shared_state_unavailable");
+    assert_eq!(closed.bearer(&alice).await, "shared_state_unavailable");
+    assert!(!closed.shared.revocations_current());
+}
+
+/// The same for a token a Rego policy verifies itself (`io.jwt.*`): under
+/// `fail_open_revocation_only` a stale copy still revokes what it names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_open_revocation_only_serves_io_jwt_on_the_last_copy_when_stale() {
+    use portcullis::identity::shared_state::SharedState;
+    const RJWT_ISSUER: &str = "https://idp.rjwt.example";
+    let redis = Redis::start(Mode::Plain).await;
+    let policies = Policies::new(true);
+    let jwk: Value = serde_json::from_str(&policies.issuer.public_key().to_jwk()).unwrap();
+    std::fs::write(
+        policies.dir.path().join("rjwt.yaml"),
+        format!(
+            "apiVersion: portcullis/v1\ntenant: rjwt\nidentity:\n  jwt:\n    - {{ issuer: {RJWT_ISSUER}, audiences: [orders-api], algorithms: [ES256], jwks: {{ keys: [{jwk}] }} }}\n  live_revocation: true\npolicy:\n  rego:\n    files: [rjwt.rego]\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        policies.dir.path().join("rjwt.rego"),
+        "package envoy.authz\n\ndefault allow := false\n\nallow if {\n\t[valid, _, _] := io.jwt.decode_verify(input.attributes.request.http.headers[\"x-token\"], {})\n\tvalid\n}\n",
+    )
+    .unwrap();
+    let open = InProcess::start(
+        &redis,
+        &policies,
+        "revocation_refresh: 50ms, revocation_on_unavailable: fail_open_revocation_only",
+    );
+    portcullis::transport::shared_state::push_revocation(
+        &open.config,
+        "rjwt",
+        "sub",
+        "mallory",
+        u64::MAX,
+        now(),
+    )
+    .await
+    .unwrap();
+    open.shared.refresh_revocations().await.unwrap();
+    let verify = |token: String| {
+        let attributes = json!({
+            "contextExtensions": { "tenant": "rjwt" },
+            "request": { "http": { "method": "GET", "host": "api.acme.example", "path": "/orders/1",
+                "headers": { "x-token": token } } }
+        });
+        let request =
+            portcullis::app::cli::check_request_from_json(&json!({ "attributes": attributes }))
+                .unwrap();
+        let pipeline = open.pipeline.clone();
+        async move {
+            pipeline
+                .check_async(&request, Duration::from_secs(2))
+                .await
+                .reason
+                .allows()
+        }
+    };
+    let (mallory, alice) = (
+        policies.token_of(RJWT_ISSUER, "mallory", None),
+        policies.token_of(RJWT_ISSUER, "alice", None),
+    );
+    assert!(!verify(mallory.clone()).await);
+    assert!(verify(alice.clone()).await);
+    eventually("the copy to go stale", || async {
+        open.shared.live_revocations("rjwt").is_err()
+    })
+    .await;
+    assert!(!verify(mallory).await, "a stale copy still revokes");
+    assert!(verify(alice).await);
+}
+
+/// An AuthZEN asker's token is checked against the live revocations of the
+/// tenant it asks for, as a caller's is at the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authzen_askers_are_checked_against_live_revocations() {
+    use portcullis::foundation::reason::Reason;
+    use portcullis::transport::askers::{Asker, authenticate};
+    let redis = Redis::start(Mode::Plain).await;
+    let policies = Policies::new(true);
+    let replica = InProcess::start(&redis, &policies, "revocation_refresh: 10s");
+    let askers = [Asker {
+        subject: "orders-service".into(),
+        issuer: None,
+        tenants: vec!["acme".into()],
+    }];
+    let auth = format!("Bearer {}", policies.token("orders-service", None));
+    let ask = || {
+        authenticate(
+            &replica.pipeline,
+            &askers,
+            "acme",
+            Some(&auth),
+            Duration::from_secs(2),
+        )
+    };
+    // Nothing read yet: the replica cannot vouch that the asker is not revoked.
+    assert_eq!(ask().await, Err(Reason::SharedStateUnavailable));
+    replica.shared.refresh_revocations().await.unwrap();
+    assert_eq!(ask().await, Ok("orders-service".to_string()));
+    replica
+        .revoke("sub", "orders-service", now() + 3600)
+        .await
+        .unwrap();
+    replica.shared.refresh_revocations().await.unwrap();
+    assert_eq!(ask().await, Err(Reason::TokenRevoked));
+}
+
+/// The field of acme's `kind` `value` in the live revocations' hash.
+fn live_field(kind: &str, value: &str) -> String {
+    json!(["acme", kind, value]).to_string()
+}
+
+/// Revocation reads never move the DPoP replay circuit: a revocation key of
+/// the wrong type fails every read closed (and the push, with a clear
+/// message), while replay keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_revocation_key_fails_closed_without_taking_replay_down() {
+    use portcullis::identity::shared_state::{SharedState, Unavailable};
+    let redis = Redis::start(Mode::Plain).await;
+    let policies = Policies::new(true);
+    let replica = InProcess::start(&redis, &policies, "circuit: { failures: 1, open_for: 60s }");
+    assert_eq!(redis.cli(&["SET", "portcullis:revoked", "x"]).trim(), "OK");
+    for _ in 0..3 {
+        assert!(replica.shared.refresh_revocations().await.is_err());
+    }
+    assert!(replica.shared.is_up(), "the replay circuit stays closed");
+    assert_eq!(
+        replica.shared.refresh_revocations().await,
+        Err(Unavailable("the live revocation key is not a hash"))
+    );
+    assert!(replica.shared.live_revocations("acme").is_err());
+    assert_eq!(
+        replica.bearer(&policies.token("alice", None)).await,
+        "shared_state_unavailable"
+    );
+    let key = "0".repeat(64);
+    assert_eq!(
+        replica
+            .shared
+            .record_once(&key, Duration::from_secs(5))
+            .await,
+        Ok(true)
+    );
+    assert_eq!(
+        replica
+            .shared
+            .record_once(&key, Duration::from_secs(5))
+            .await,
+        Ok(false)
+    );
+    let e = replica
+        .revoke("sub", "mallory", u64::MAX)
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("WRONGTYPE") && e.contains("portcullis:revoked"),
+        "{e}"
+    );
+    assert_eq!(redis.cli(&["GET", "portcullis:revoked"]).trim(), "x");
+}
+
+/// The live revocations are bounded: `revoke` refuses one beyond the bound
+/// (expired entries make room), and a replica that finds more than the bound
+/// (written by something else) reads none and fails closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_revocations_are_bounded() {
+    use portcullis::identity::shared_state::SharedState;
+    use portcullis::transport::shared_state::MAX_LIVE_REVOCATIONS;
+    let redis = Redis::start(Mode::Plain).await;
+    let policies = Policies::new(true);
+    let replica = InProcess::start(&redis, &policies, "revocation_refresh: 10s");
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}/", redis.port)).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let later = (now() + 3600).to_string();
+    let mut fill = redis::cmd("HSET");
+    fill.arg("portcullis:revoked");
+    for i in 0..MAX_LIVE_REVOCATIONS - 1 {
+        fill.arg(live_field("jti", &format!("j{i}"))).arg(&later);
+    }
+    // One that has run out, the last slot.
+    fill.arg(live_field("jti", "old")).arg(now() - 10);
+    let () = fill.query_async(&mut conn).await.unwrap();
+    // The expired entry makes room for one.
+    replica.revoke("sub", "mallory", u64::MAX).await.unwrap();
+    assert_eq!(
+        redis
+            .cli(&["HEXISTS", "portcullis:revoked", &live_field("jti", "old")])
+            .trim(),
+        "0"
+    );
+    let e = replica.revoke("sub", "eve", u64::MAX).await.unwrap_err();
+    assert!(e.contains(&MAX_LIVE_REVOCATIONS.to_string()), "{e}");
+    assert_eq!(
+        redis
+            .cli(&["HEXISTS", "portcullis:revoked", &live_field("sub", "eve")])
+            .trim(),
+        "0"
+    );
+    // Renewing one already there adds nothing, and goes.
+    replica.revoke("jti", "j0", u64::MAX).await.unwrap();
+    replica.shared.refresh_revocations().await.unwrap();
+    let list = replica.shared.live_revocations("acme").unwrap().unwrap();
+    assert_eq!(list.len(), MAX_LIVE_REVOCATIONS);
+    // One more, written around portcullis: the replica reads none of it,
+    // keeps its copy, and fails closed once that copy is stale.
+    let () = redis::cmd("HSET")
+        .arg("portcullis:revoked")
+        .arg(live_field("sub", "eve"))
+        .arg(&later)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let e = replica.shared.refresh_revocations().await.unwrap_err();
+    assert_eq!(e.0, "too many live revocations");
+    let held = replica.shared.last_revocations("acme").unwrap();
+    assert_eq!(held.len(), MAX_LIVE_REVOCATIONS, "the copy held is kept");
+}
+
+/// Two `revoke`s at once neither lose nor shorten each other: re-revoking
+/// an entry that ran out, for ever and for an hour, while another is
+/// written, always ends for ever; and a full read's generation is the hash's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_revokes_neither_lose_nor_shorten_an_entry() {
+    use portcullis::identity::shared_state::SharedState;
+    use std::sync::Arc;
+    let redis = Redis::start(Mode::Plain).await;
+    let policies = Policies::new(true);
+    let replica = Arc::new(InProcess::start(
+        &redis,
+        &policies,
+        "revocation_refresh: 10s",
+    ));
+    const ROUNDS: usize = 60;
+    for round in 0..ROUNDS {
+        let sub = format!("s{round}");
+        let spawn = |kind: &'static str, value: String, until: u64| {
+            let replica = Arc::clone(&replica);
+            tokio::spawn(async move { replica.revoke(kind, &value, until).await })
+        };
+        let hour = now() + 3600;
+        let pushes = [
+            spawn("sub", sub.clone(), u64::MAX),
+            spawn("sub", sub.clone(), hour),
+            spawn("jti", format!("j{round}"), hour),
+        ];
+        for push in pushes {
+            push.await.unwrap().unwrap();
+        }
+        assert_eq!(
+            redis
+                .cli(&["HGET", "portcullis:revoked", &live_field("sub", &sub)])
+                .trim(),
+            u64::MAX.to_string(),
+            "round {round}: the revocation for ever was lost or shortened"
+        );
+    }
+    // So far 2 entries and 3 generations a round. Now one new entry per
+    // generation, read all along: every read sees entries + ROUNDS equal
+    // to its generation, or the generation was read apart from the hash.
+    const MORE: u64 = 200;
+    let reader = {
+        let replica = Arc::clone(&replica);
+        tokio::spawn(async move {
+            let last = 3 * ROUNDS as u64 + MORE;
+            let mut reads = 0;
+            loop {
+                replica.shared.refresh_revocations().await.unwrap();
+                let entries = replica
+                    .shared
+                    .live_revocations("acme")
+                    .unwrap()
+                    .map_or(0, |l| l.len() as u64);
+                let generation = replica.shared.revocation_generation();
+                assert_eq!(entries + ROUNDS as u64, generation, "after {reads} reads");
+                reads += 1;
+                if generation == last {
+                    return reads;
+                }
+            }
+        })
+    };
+    for i in 0..MORE {
+        replica
+            .revoke("client_id", &format!("c{i}"), now() + 3600)
+            .await
+            .unwrap();
+    }
+    let reads = reader.await.unwrap();
+    eprintln!("{reads} full reads while revoking");
+}
+
 /// Drift: replicas on different files are told apart, naming the tenant;
 /// on the same files they agree, by `/policies`, the metric and the CLI.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

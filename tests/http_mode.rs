@@ -80,9 +80,24 @@ async fn fixture(trusted: &[&str]) -> Fixture {
 
 /// [`fixture`] with more tenants' policy files (name, text).
 async fn fixture_with(trusted: &[&str], more: &[(&str, String)]) -> Fixture {
+    fixture_edited(trusted, more, |_| {}).await
+}
+
+/// [`fixture_with`], the HTTP listener's settings edited by `edit`.
+async fn fixture_edited(
+    trusted: &[&str],
+    more: &[(&str, String)],
+    edit: impl FnOnce(&mut HttpModeConfig) + Send + 'static,
+) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     for (name, text) in more {
-        std::fs::write(dir.path().join(format!("{name}.yaml")), text).unwrap();
+        // A bare name is a tenant file; a name with an extension is written as is.
+        let file = if name.contains('.') {
+            name.to_string()
+        } else {
+            format!("{name}.yaml")
+        };
+        std::fs::write(dir.path().join(file), text).unwrap();
     }
     let key = ES256KeyPair::generate().with_key_id("initech-1");
     let jwks =
@@ -98,6 +113,7 @@ async fn fixture_with(trusted: &[&str], more: &[(&str, String)]) -> Fixture {
         let mut http = HttpModeConfig::on(SocketAddr::from(([127, 0, 0, 1], 0)));
         http.tenant_header = Some("x-portcullis-tenant".into());
         http.trusted_proxies = trusted;
+        edit(&mut http);
         c.http = Some(http);
     })
     .await;
@@ -335,6 +351,42 @@ async fn a_cannot_decide_deny_stays_a_deny_under_failure_mode_allow() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_deny_with_a_2xx_status_stays_a_deny_for_envoy() {
+    // OPA-Envoy's result object lets a policy pick the deny's status; Envoy's
+    // http_service forwards on 200, so the status must not carry a deny
+    // through.
+    let rego = r#"package envoy.authz
+
+result := {"allowed": false, "http_status": 200, "body": "soft deny"}
+"#;
+    let tenant = r#"apiVersion: portcullis/v1
+tenant: soft
+policy:
+  rego:
+    files: [soft.rego]
+    query: data.envoy.authz.result
+"#;
+    let f = fixture_with(
+        &["127.0.0.1/32"],
+        &[
+            ("soft.rego", rego.to_string()),
+            ("soft", tenant.to_string()),
+        ],
+    )
+    .await;
+    let (upstream, _echo) = support::start_echo_upstream().await;
+    let mut cfg: Value = serde_json::from_str(&envoy_config(f.http_addr(), upstream)).unwrap();
+    let filter = &mut cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["http_filters"][0]["typed_config"];
+    filter["http_service"]["authorization_request"]["headers_to_add"][0]["value"] = json!("soft");
+    let envoy = Envoy::start(&serde_json::to_string(&cfg).unwrap()).await;
+    let main = envoy.listener("main").await;
+    let r = http(main, "GET", "/anything", &[("host", "api.example")], None).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(r.body, "soft deny", "the upstream must not answer: {r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_outside_trusted_proxies_is_refused() {
     // Only 127.0.0.2 is a proxy; this test calls from 127.0.0.1.
     let f = fixture(&["127.0.0.2/32"]).await;
@@ -363,6 +415,95 @@ async fn a_caller_outside_trusted_proxies_is_refused() {
     // Outside the prefix and the forward-auth path: not a check at all.
     let r = http(f.http_addr(), "GET", "/elsewhere", &[], None).await;
     assert_eq!(r.status, 404, "{r:?}");
+}
+
+/// Writes `head` (a request's line and headers, and any part of its body)
+/// and keeps the connection open for writing while the answer is read.
+async fn ask_raw(addr: SocketAddr, head: &str) -> support::HttpResponse {
+    use tokio::io::AsyncWriteExt as _;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    support::read_response(stream).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_caller_is_answered_before_its_body_is_read() {
+    // Only 127.0.0.2 is a proxy; this test calls from 127.0.0.1 and announces
+    // a body it never sends. Waiting for it would hold the check forever.
+    let f = fixture(&["127.0.0.2/32"]).await;
+    let r = ask_raw(
+        f.http_addr(),
+        "POST /authz/transfers HTTP/1.1\r\nhost: initech.example.com\r\n\
+         x-portcullis-tenant: initech\r\ncontent-type: application/json\r\n\
+         content-length: 100000\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_denied(&r, 403, "untrusted_forwarded_request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stops_short_is_never_taken_for_the_whole() {
+    let f = fixture_edited(&["127.0.0.1/32"], &[], |http| {
+        http.body_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let alice = format!("Bearer {}", f.token("alice", "blue", &[]));
+    // `{"amount":5` of `{"amount":5000000}`: the part sent would pass the
+    // rule, the whole would not. The rule cannot read a body it lacks.
+    let head = format!(
+        "POST /authz/transfers HTTP/1.1\r\nhost: initech.example.com\r\n\
+         x-portcullis-tenant: initech\r\nauthorization: {alice}\r\n\
+         content-type: application/json\r\ncontent-length: 18\r\n\
+         connection: close\r\n\r\n{{\"amount\":5"
+    );
+    let started = Instant::now();
+    let r = ask_raw(f.http_addr(), &head).await;
+    assert_denied(&r, 403, "body_unavailable");
+    assert!(started.elapsed() >= Duration::from_millis(300), "{r:?}");
+    // The whole body, sent at once, is decided on.
+    let r = http(
+        f.http_addr(),
+        "POST",
+        "/authz/transfers",
+        &[
+            ("host", "initech.example.com"),
+            ("x-portcullis-tenant", "initech"),
+            ("authorization", &alice),
+            ("content-type", "application/json"),
+        ],
+        Some(r#"{"amount":5}"#),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // A route whose rules read no body still decides while the body stalls.
+    let r = ask_raw(
+        f.http_addr(),
+        "GET /authz/healthz HTTP/1.1\r\nhost: initech.example.com\r\n\
+         x-portcullis-tenant: initech\r\ncontent-length: 10\r\n\
+         connection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ask_under_the_prefix_naming_another_request_is_refused() {
+    let f = fixture(&["127.0.0.1/32"]).await;
+    // A forward-auth subrequest sent under the Envoy prefix names another
+    // request than its own path: refused, not checked as `/`.
+    let r = http(
+        f.http_addr(),
+        "GET",
+        "/authz/healthz",
+        &[
+            ("host", "initech.example.com"),
+            ("x-portcullis-tenant", "initech"),
+            ("x-original-uri", "/admin/delete-everything"),
+        ],
+        None,
+    )
+    .await;
+    assert_denied(&r, 400, "malformed_request");
 }
 
 /// A running nginx, stopped (by its own handle) when dropped.

@@ -208,8 +208,9 @@ fn check(p: &Pipeline, path: &str, token: &str) -> Decision {
 /// Behaviour: `io.jwt.decode_verify` and `verify_rs256` accept a token from
 /// the tenant's issuer and refuse each attack the YAML path refuses: `alg:
 /// none`, HS256 keyed with the RSA public key, the attacker's key in
-/// `jwk`/`jku`, an unknown `crit`, an expired token; and a shared secret named
-/// by the policy opens nothing.
+/// `jwk`/`jku`, an unknown `crit`, an expired token, a token bound to a key
+/// (`cnf`) with no proof for it, a revoked token; and a shared secret named by
+/// the policy opens nothing.
 #[test]
 fn io_jwt_is_the_strict_validator() {
     let dir = tempfile::tempdir().unwrap();
@@ -308,6 +309,43 @@ fn io_jwt_is_the_strict_validator() {
         ed_raw(&ed, &json!({"alg": "EdDSA", "kid": "primer-ed"}), &expired),
     ));
     attacks.push(("garbage", "not.a.token".into()));
+    // A token bound to a key (RFC 9449 `cnf.jkt`): no proof for it comes
+    // with a header the policy reads, so it must not verify there.
+    let mut bound = claims.clone();
+    bound["cnf"] = json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"});
+    attacks.push((
+        "bound to a key it cannot prove",
+        ed_raw(&ed, &json!({"alg": "EdDSA", "kid": "primer-ed"}), &bound),
+    ));
+    // A token the tenant's revocation list names (by `jti` and by `sub`).
+    let mut by_jti = claims.clone();
+    by_jti["jti"] = json!("stolen-1");
+    attacks.push((
+        "revoked by jti",
+        ed_raw(&ed, &json!({"alg": "EdDSA", "kid": "primer-ed"}), &by_jti),
+    ));
+    let mut by_sub = claims.clone();
+    by_sub["sub"] = json!("mallory");
+    attacks.push((
+        "revoked by sub",
+        ed_raw(&ed, &json!({"alg": "EdDSA", "kid": "primer-ed"}), &by_sub),
+    ));
+    std::fs::write(
+        dir.path().join("jwt.revoked.yaml"),
+        "apiVersion: portcullis/v1\ntenant: jwt\nrevoked:\n  - { jti: stolen-1 }\n  - { sub: mallory }\n",
+    )
+    .unwrap();
+    let status = _store.reload();
+    assert!(status.errors.is_empty(), "{:?}", status.error_lines());
+    // The list is read: an unrevoked token still verifies.
+    let mut fine = claims.clone();
+    fine["jti"] = json!("fine-1");
+    fine["sub"] = json!("alice");
+    let fine = ed_raw(&ed, &json!({"alg": "EdDSA", "kid": "primer-ed"}), &fine);
+    assert!(
+        check(&p, "/", &fine).allowed,
+        "an unrevoked token must verify"
+    );
     for (what, token) in &attacks {
         for path in ["/", "/rs256"] {
             let d = check(&p, path, token);
@@ -348,6 +386,49 @@ fn an_unbounded_policy_is_cut_off_and_denied() {
         assert!(!d.allowed, "{tenant}: {d:?}");
         assert_eq!(d.reason.code(), "policy_error", "{tenant}: {d:?}");
     }
+}
+
+/// Behaviour: a Rego evaluation that runs to its timer does not hold the
+/// async worker it was called on: on a runtime with one worker, a check of
+/// another tenant started after it is answered before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_slow_rego_evaluation_leaves_the_worker_to_other_tenants() {
+    let dir = tempfile::tempdir().unwrap();
+    rego_tenant(
+        dir.path(),
+        "loops",
+        "package envoy.authz\n\nallow if {\n\tr := numbers.range(1, 200000)\n\tsome a in r\n\tsome b in r\n\ta * b < 0\n}\n",
+    );
+    rego_tenant(
+        dir.path(),
+        "quick",
+        "package envoy.authz\n\ndefault allow := true\n",
+    );
+    let (p, _store) = pipeline(dir.path());
+    let p = Arc::new(p);
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let run = |tenant: &'static str| {
+        let (p, order) = (Arc::clone(&p), Arc::clone(&order));
+        tokio::spawn(async move {
+            let d = p
+                .check_async(
+                    &request(tenant, "GET", "/", json!({})),
+                    std::time::Duration::from_secs(1),
+                )
+                .await;
+            order.lock().unwrap().push((tenant, d.allowed));
+        })
+    };
+    // Both go to the one worker's queue in this order.
+    let slow = run("loops");
+    let quick = run("quick");
+    quick.await.unwrap();
+    slow.await.unwrap();
+    assert_eq!(
+        *order.lock().unwrap(),
+        [("quick", true), ("loops", false)],
+        "the quick tenant waited for the slow one"
+    );
 }
 
 /// Behaviour: a module with a syntax error does not load; the error names the

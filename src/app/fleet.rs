@@ -25,12 +25,18 @@ pub struct Revocation {
 }
 
 /// `until` as unix seconds: an RFC 3339 UTC time, or now plus a duration;
-/// none is for ever.
+/// none is for ever. A time already past is refused: it would revoke
+/// nothing, yet read as done.
 pub fn until_seconds(until: Option<&str>, now: u64) -> Result<u64, String> {
     let Some(text) = until else {
         return Ok(u64::MAX);
     };
     if let Some(at) = crate::identity::revocation::parse_rfc3339_utc(text) {
+        if at <= now {
+            return Err(format!(
+                "--until {text:?} is in the past: the revocation would apply to nothing"
+            ));
+        }
         return Ok(at);
     }
     crate::foundation::duration::parse(text)
@@ -169,5 +175,17 @@ mod tests {
         );
         assert_eq!(until_seconds(Some("2m"), 10), Ok(130));
         assert!(until_seconds(Some("tomorrow"), 10).is_err());
+    }
+
+    #[test]
+    fn an_until_already_past_is_refused() {
+        let now = 1_767_225_600;
+        let e = until_seconds(Some("2026-01-01T00:00:00Z"), now).unwrap_err();
+        assert!(e.contains("in the past"), "{e}");
+        assert!(until_seconds(Some("2020-06-01T00:00:00Z"), now).is_err());
+        assert_eq!(
+            until_seconds(Some("2026-01-01T00:00:01Z"), now),
+            Ok(now + 1)
+        );
     }
 }

@@ -27,8 +27,11 @@ enum State {
     Closed { failures: u32 },
     /// No call until `until`.
     Open { until: Instant },
-    /// One call is probing; the others wait for its outcome.
-    Probing,
+    /// One call, let through at `since`, is probing; the others wait for its
+    /// outcome, or for `open_for` after `since`: a probe whose call was
+    /// dropped (a cancelled check) never reports, and must not hold the
+    /// circuit open for ever.
+    Probing { since: Instant },
 }
 
 impl Circuit {
@@ -45,17 +48,19 @@ impl Circuit {
     }
 
     /// Whether a call may be made at `now`. An open circuit whose time is up
-    /// lets exactly one caller through as the probe.
+    /// lets exactly one caller through as the probe; a probe that has not
+    /// reported within `open_for` is taken for lost, and another goes.
     pub fn allow(&self, now: Instant) -> bool {
         let mut state = self.state();
-        match *state {
-            State::Closed { .. } => true,
-            State::Open { until } if now >= until => {
-                *state = State::Probing;
-                true
-            }
-            State::Open { .. } | State::Probing => false,
+        let probe = match *state {
+            State::Closed { .. } => return true,
+            State::Open { until } => now >= until,
+            State::Probing { since } => now >= since + self.open_for,
+        };
+        if probe {
+            *state = State::Probing { since: now };
         }
+        probe
     }
 
     /// The call succeeded: the circuit closes.
@@ -113,6 +118,25 @@ mod tests {
         c.failure(t0 + Duration::from_secs(1));
         assert!(!c.allow(t0 + Duration::from_millis(1500)));
         assert!(c.allow(t0 + Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn a_probe_that_never_reports_does_not_hold_the_circuit_open() {
+        let t0 = Instant::now();
+        let open_for = Duration::from_secs(2);
+        let c = Circuit::new(1, open_for);
+        c.failure(t0);
+        // The probe goes, and its call is dropped: no success, no failure.
+        let probe = t0 + open_for;
+        assert!(c.allow(probe));
+        assert!(!c.allow(probe + Duration::from_secs(1)), "still one probe");
+        // `open_for` later another probe goes (one, not two), and its
+        // success closes the circuit.
+        assert!(c.allow(probe + open_for));
+        assert!(!c.allow(probe + open_for));
+        c.success();
+        assert!(!c.is_open());
+        assert!(c.allow(probe + open_for));
     }
 
     #[test]

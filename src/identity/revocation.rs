@@ -108,15 +108,33 @@ impl RevocationList {
 
     /// Which kind of entry revokes `identity` at `now` (unix seconds), if any.
     pub fn revoked(&self, identity: &Identity, now: u64) -> Option<&'static str> {
+        self.revokes(
+            identity.token_id.as_deref(),
+            identity.subject.as_deref(),
+            &identity.claims,
+            now,
+        )
+    }
+
+    /// Which kind of entry revokes a token with this `jti`, `sub` and claims
+    /// (`client_id`, `azp`) at `now`, if any: [`RevocationList::revoked`] for
+    /// a token that is not the caller's own (one a Rego policy verifies).
+    pub fn revokes(
+        &self,
+        jti: Option<&str>,
+        sub: Option<&str>,
+        claims: &serde_json::Map<String, serde_json::Value>,
+        now: u64,
+    ) -> Option<&'static str> {
         let hit = |map: &HashMap<String, u64>, value: Option<&str>| {
             value
                 .and_then(|v| map.get(v))
                 .is_some_and(|until| now < *until)
         };
-        let claim = |name: &str| identity.claims.get(name).and_then(|v| v.as_str());
-        if hit(&self.jti, identity.token_id.as_deref()) {
+        let claim = |name: &str| claims.get(name).and_then(|v| v.as_str());
+        if hit(&self.jti, jti) {
             Some("jti")
-        } else if hit(&self.sub, identity.subject.as_deref()) {
+        } else if hit(&self.sub, sub) {
             Some("sub")
         } else if hit(&self.client_id, claim("client_id")) || hit(&self.client_id, claim("azp")) {
             Some("client_id")

@@ -20,6 +20,12 @@ use sha2::{Digest as _, Sha256};
 use super::revocation::RevocationList;
 use super::shared_answers::SharedAnswers;
 
+/// How much longer than the proof's window a replay key lives: a replica
+/// whose clock is behind the recording one's by up to this much still finds
+/// the key while it would accept the proof. Replicas' clocks must agree
+/// (NTP) within it.
+pub const REPLAY_CLOCK_SKEW: Duration = Duration::from_secs(10);
+
 /// A future that owns what it borrows for `'a`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -42,6 +48,11 @@ pub trait SharedState: Send + Sync + std::fmt::Debug {
     /// The live revocations of `tenant` as last read (`None`: it has none),
     /// or `Err` when this replica cannot vouch that what it holds is current.
     fn live_revocations(&self, tenant: &str) -> Result<Option<Arc<RevocationList>>, Unavailable>;
+
+    /// The live revocations of `tenant` as last read, however old (`None`:
+    /// none, or nothing read yet): what `fail_open_revocation_only` serves
+    /// on when [`SharedState::live_revocations`] cannot vouch for them.
+    fn last_revocations(&self, tenant: &str) -> Option<Arc<RevocationList>>;
 
     /// Whether live revocation failures are to be let through (the server's
     /// `revocation_on_unavailable: fail_open_revocation_only`).
@@ -101,9 +112,11 @@ impl ReplayTicket {
         }
     }
 
-    /// How long the shared store must keep the key at `now` (at least 1 s).
+    /// How long the shared store must keep the key at `now`: until the
+    /// proof leaves the window on this replica's clock, plus
+    /// [`REPLAY_CLOCK_SKEW`] for a replica whose clock is behind.
     pub fn ttl(&self, now: u64) -> Duration {
-        Duration::from_secs(self.until.saturating_sub(now).max(1))
+        Duration::from_secs(self.until.saturating_sub(now)) + REPLAY_CLOCK_SKEW
     }
 }
 
@@ -123,7 +136,9 @@ mod tests {
         assert_ne!(a.shared, b.shared);
         assert_ne!(a.shared, c.shared);
         assert_ne!(a.shared, d.shared);
-        assert_eq!(a.ttl(40), Duration::from_secs(60));
-        assert_eq!(a.ttl(500), Duration::from_secs(1));
+        // Until the window ends here, and as long again as clocks may differ.
+        assert_eq!(a.ttl(40), Duration::from_secs(60) + REPLAY_CLOCK_SKEW);
+        assert_eq!(a.ttl(500), REPLAY_CLOCK_SKEW);
+        assert!(REPLAY_CLOCK_SKEW >= Duration::from_secs(5));
     }
 }

@@ -362,6 +362,7 @@ impl CompiledTenant {
                 let result = super::rego_jwt::with_issuers(
                     self.identity.issuers(),
                     input.context.time,
+                    identity,
                     || rego.evaluate(doc, deadline),
                 );
                 match result {

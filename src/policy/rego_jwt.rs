@@ -19,9 +19,22 @@
 //!   `verify_eddsa`: the token verifies and its `alg` is the one named.
 //!   `verify_hs*` are always false: portcullis accepts no shared-secret token.
 //!
-//! The tenant's issuers reach the builtins through a thread-local set around
-//! one evaluation ([`with_issuers`]), since one compiled policy serves every
-//! tenant with the same modules.
+//! A token the builtins verify is not the request's credential, so two checks
+//! the identity stage makes on that one are made here differently:
+//!
+//! - **Sender constraints.** No proof can be checked for it: a token bound to
+//!   a key (`cnf`), or from an issuer whose tokens must be bound, verifies
+//!   only when it is the caller's own credential (same issuer and `jti`),
+//!   which the identity stage already bound to this request's proof or
+//!   certificate. A stolen DPoP-bound token in another header is refused.
+//! - **Revocation.** It is checked against the tenant's revocation lists
+//!   (files and live), as the caller's is; a list that is needed and cannot
+//!   be read verifies nothing.
+//!
+//! The tenant's issuers and the caller reach the builtins through a
+//! thread-local set around one evaluation ([`with_issuers`]), since one
+//! compiled policy serves every tenant with the same modules; the revocation
+//! lists through another, set by the pipeline ([`with_revocations`]).
 //!
 //! Never imports: decision, tenants or anything above them.
 
@@ -34,7 +47,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use regorus::{Engine, Value};
 use serde_json::{Map, Value as Json, json};
 
+use crate::identity::Identity;
+use crate::identity::binding::SenderConstraint;
 use crate::identity::jwt::{self, Attempt, Issuer};
+use crate::identity::revocation::RevocationList;
 
 /// Largest token the builtins look at (as the validator).
 use crate::foundation::limits::MAX_TOKEN_BYTES;
@@ -61,27 +77,65 @@ const VERIFY: [(&str, Option<&str>); 13] = [
 struct Context {
     issuers: Arc<[Issuer]>,
     now: SystemTime,
+    /// The caller's own credential (issuer, `jti`) when the identity stage
+    /// bound it to this request.
+    bound_caller: Option<(String, String)>,
+}
+
+/// The revocation lists a token the builtins verify is checked against.
+#[derive(Debug, Clone, Default)]
+pub struct Revocations {
+    pub lists: Vec<Arc<RevocationList>>,
+    /// A list the tenant needs could not be read: no token verifies.
+    pub unavailable: bool,
 }
 
 thread_local! {
     static CONTEXT: RefCell<Option<Context>> = const { RefCell::new(None) };
+    static REVOCATIONS: RefCell<Option<Revocations>> = const { RefCell::new(None) };
 }
 
-/// Runs `f` with `issuers` (at time `now`) as what the builtins verify with;
-/// outside it every token fails verification.
-pub fn with_issuers<R>(issuers: &Arc<[Issuer]>, now: SystemTime, f: impl FnOnce() -> R) -> R {
+/// Runs `f` with `issuers` (at time `now`) as what the builtins verify with,
+/// and `caller` as the request's identity; outside it every token fails
+/// verification.
+pub fn with_issuers<R>(
+    issuers: &Arc<[Issuer]>,
+    now: SystemTime,
+    caller: &Identity,
+    f: impl FnOnce() -> R,
+) -> R {
     struct Reset;
     impl Drop for Reset {
         fn drop(&mut self) {
             CONTEXT.with(|c| *c.borrow_mut() = None);
         }
     }
+    let bound_caller = match (&caller.issuer, &caller.token_id) {
+        (Some(iss), Some(jti)) if caller.binding.kind != "none" => Some((iss.clone(), jti.clone())),
+        _ => None,
+    };
     CONTEXT.with(|c| {
         *c.borrow_mut() = Some(Context {
             issuers: Arc::clone(issuers),
             now,
+            bound_caller,
         });
     });
+    let _reset = Reset;
+    f()
+}
+
+/// Runs `f` with `revocations` as the lists the builtins check tokens
+/// against. Outside it (an evaluation the pipeline did not start: a policy
+/// test's) no list is known.
+pub fn with_revocations<R>(revocations: Revocations, f: impl FnOnce() -> R) -> R {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            REVOCATIONS.with(|r| *r.borrow_mut() = None);
+        }
+    }
+    REVOCATIONS.with(|r| *r.borrow_mut() = Some(revocations));
     let _reset = Reset;
     f()
 }
@@ -168,6 +222,31 @@ fn verified(token: &str, constraints: &Json) -> Option<(Json, Json)> {
     };
     // The token's own payload, as OPA returns it (not the mapped claims).
     let claims: &Map<String, Json> = payload.as_object()?;
+    let bound = claims.contains_key("cnf") || v.sender_constraint != SenderConstraint::None;
+    if bound {
+        let is_callers = context.bound_caller.as_ref().is_some_and(|(iss, jti)| {
+            *iss == v.issuer && v.token_id.as_deref() == Some(jti.as_str())
+        });
+        if !is_callers {
+            return None;
+        }
+    }
+    let now = context
+        .now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let revoked = REVOCATIONS.with(|r| {
+        r.borrow().as_ref().is_some_and(|r| {
+            r.unavailable
+                || r.lists.iter().any(|list| {
+                    list.revokes(v.token_id.as_deref(), v.subject.as_deref(), &v.claims, now)
+                        .is_some()
+                })
+        })
+    });
+    if revoked {
+        return None;
+    }
     if let Some(alg) = constraints.get("alg").and_then(Json::as_str)
         && header.get("alg").and_then(Json::as_str) != Some(alg)
     {

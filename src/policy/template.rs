@@ -212,8 +212,20 @@ pub fn valid_header_name(name: &str) -> Result<(), String> {
             "header {name:?} is reserved: portcullis sets {RESERVED_PREFIX}* headers itself"
         ));
     }
+    // Envoy reads its own prefix as instructions: from the HTTP listener's
+    // answer `x-envoy-auth-headers-to-remove` strips request headers, and
+    // upstream Envoys take `x-envoy-*` request headers as retry and timeout
+    // settings. A policy writes none of them.
+    if name.starts_with(ENVOY_PREFIX) {
+        return Err(format!(
+            "header {name:?} is reserved: {ENVOY_PREFIX}* headers are Envoy's instructions"
+        ));
+    }
     Ok(())
 }
+
+/// The prefix of the headers Envoy reads as instructions.
+pub const ENVOY_PREFIX: &str = "x-envoy-";
 
 #[cfg(test)]
 mod tests {
@@ -287,5 +299,8 @@ mod tests {
         assert!(valid_header_name(":path").is_err());
         assert!(valid_header_name("content-length").is_err());
         assert!(valid_header_name("x-portcullis-decision-id").is_err());
+        assert!(valid_header_name("x-envoy-auth-headers-to-remove").is_err());
+        assert!(valid_header_name("x-envoy-upstream-rq-timeout-ms").is_err());
+        assert!(valid_header_name("x-envoyish").is_ok());
     }
 }

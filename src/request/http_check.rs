@@ -16,6 +16,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use http::HeaderMap;
 use ipnet::IpNet;
@@ -23,6 +24,10 @@ use serde::Deserialize;
 
 use crate::foundation::proto::auth::{AttributeContext, CheckRequest, attribute_context};
 use crate::foundation::reason::Reason;
+use crate::request::body::PARTIAL_BODY_HEADER;
+
+/// Largest `http.body_timeout`: a check nobody waits this long for.
+pub const MAX_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The HTTP listener: `http:` in the server configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -44,6 +49,15 @@ pub struct HttpModeConfig {
     pub trusted_proxies: Vec<IpNet>,
     #[serde(default)]
     pub forward_auth: ForwardAuthConfig,
+    /// How long a trusted proxy has to deliver a check's body once its
+    /// headers are in. Envoy buffers the body before it asks, so a body that
+    /// trickles is no Envoy's; past this the body read so far is judged as
+    /// cut short ([`BodyRead::Incomplete`]).
+    #[serde(
+        default = "default_body_timeout",
+        with = "crate::foundation::duration::serde_text"
+    )]
+    pub body_timeout: Duration,
 }
 
 /// Where a forward-auth subrequest names the original request.
@@ -75,6 +89,10 @@ impl Default for ForwardAuthConfig {
     }
 }
 
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
 fn default_prefix() -> String {
     "/authz".into()
 }
@@ -95,6 +113,7 @@ impl HttpModeConfig {
             tenant_header: None,
             trusted_proxies: default_trusted(),
             forward_auth: ForwardAuthConfig::default(),
+            body_timeout: default_body_timeout(),
         }
     }
 
@@ -131,6 +150,12 @@ impl HttpModeConfig {
         if self.trusted_proxies.is_empty() {
             return Err("http.trusted_proxies must name at least one address".into());
         }
+        if self.body_timeout.is_zero() || self.body_timeout > MAX_BODY_TIMEOUT {
+            return Err(format!(
+                "http.body_timeout must be above 0 and at most {}s",
+                MAX_BODY_TIMEOUT.as_secs()
+            ));
+        }
         Ok(())
     }
 
@@ -153,7 +178,21 @@ pub struct HttpAsk<'a> {
     pub target: &'a str,
     pub headers: &'a HeaderMap,
     pub body: &'a [u8],
+    /// Whether `body` is all the asker sent.
+    pub body_read: BodyRead,
     pub peer: SocketAddr,
+}
+
+/// How reading an ask's body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyRead {
+    /// The body ended, within the limit and the time.
+    Whole,
+    /// The body stopped short: the stream failed, or `http.body_timeout`
+    /// passed. The check says so as Envoy says it sent part of a body
+    /// (`x-envoy-auth-partial-body: true`), so rules that read the body deny
+    /// ([`crate::request::body`]) and the others decide as usual.
+    Incomplete,
 }
 
 /// Which of the listener's two shapes a request had.
@@ -201,18 +240,8 @@ pub fn read(
     context_key: &str,
     ask: &HttpAsk<'_>,
 ) -> Result<(CheckRequest, Shape), NotRead> {
-    let (path_only, _) = ask.target.split_once('?').unwrap_or((ask.target, ""));
-    let shape = if path_only == config.forward_auth.path {
-        Shape::ForwardAuth
-    } else if under_prefix(ask.target, &config.path_prefix).is_some() {
-        Shape::Envoy
-    } else {
-        return Err(NotRead::NotFound);
-    };
+    let shape = shape_of(config, ask.target, ask.peer)?;
     let deny = |r: Reason| NotRead::Denied(shape, r);
-    if !config.trusts(ask.peer.ip()) {
-        return Err(deny(Reason::UntrustedForwardedRequest));
-    }
     let mut headers: HashMap<String, String> = HashMap::new();
     for (name, value) in ask.headers {
         if HOP_HEADERS.contains(&name.as_str()) {
@@ -234,6 +263,14 @@ pub fn read(
     let (method, path, host, scheme) = match shape {
         Shape::Envoy => {
             let path = under_prefix(ask.target, &config.path_prefix).unwrap_or("/");
+            // A forward-auth proxy sent to `path_prefix` by mistake would
+            // have its subrequest's own path checked, not the original one
+            // its headers name: two requests in one, refused.
+            if disagrees(ask.headers, &fa.uri_headers, path).map_err(deny)?
+                || disagrees(ask.headers, &fa.method_headers, ask.method).map_err(deny)?
+            {
+                return Err(deny(Reason::MalformedRequest));
+            }
             let host = headers.get("host").cloned().unwrap_or_default();
             let scheme = headers
                 .get("x-forwarded-proto")
@@ -267,6 +304,9 @@ pub fn read(
     headers.insert(":authority".into(), host.clone());
     headers.insert(":scheme".into(), scheme.clone());
     headers.remove("host");
+    if ask.body_read == BodyRead::Incomplete {
+        headers.insert(PARTIAL_BODY_HEADER.into(), "true".into());
+    }
     // The tenant header is the proxy's word, as `context_extensions` are
     // Envoy's config: it goes there, and not among the request's headers.
     let mut context_extensions = HashMap::new();
@@ -299,6 +339,29 @@ pub fn read(
         }),
     };
     Ok((request, shape))
+}
+
+/// Which shape an ask to `target` has, and whether `peer` may ask at all:
+/// decided from the request line and the connection alone, so an untrusted
+/// peer is refused before a byte of its body is read.
+pub fn shape_of(config: &HttpModeConfig, target: &str, peer: SocketAddr) -> Result<Shape, NotRead> {
+    let (path_only, _) = target.split_once('?').unwrap_or((target, ""));
+    let shape = if path_only == config.forward_auth.path {
+        Shape::ForwardAuth
+    } else if under_prefix(target, &config.path_prefix).is_some() {
+        Shape::Envoy
+    } else {
+        return Err(NotRead::NotFound);
+    };
+    if !config.trusts(peer.ip()) {
+        return Err(NotRead::Denied(shape, Reason::UntrustedForwardedRequest));
+    }
+    Ok(shape)
+}
+
+/// Whether the named headers give a value other than `checked`.
+fn disagrees(headers: &HeaderMap, names: &[String], checked: &str) -> Result<bool, Reason> {
+    Ok(one_of(headers, names)?.is_some_and(|v| v != checked))
 }
 
 /// The target after `prefix`, when it is under it (`/authz/a` → `/a`,
@@ -351,6 +414,7 @@ mod tests {
             target,
             headers,
             body: b"{}",
+            body_read: BodyRead::Whole,
             peer: SocketAddr::from((peer, 40000)),
         }
     }
@@ -506,6 +570,57 @@ mod tests {
     }
 
     #[test]
+    fn an_envoy_ask_naming_another_request_is_refused() {
+        // nginx pointed at the prefix: its subrequest's path is not the one
+        // its headers name.
+        let h = headers(&[("x-original-uri", "/admin"), ("x-original-method", "POST")]);
+        let e = read(&config(), "tenant", &ask("/authz/", &h, [127, 0, 0, 1])).unwrap_err();
+        assert_eq!(e, NotRead::Denied(Shape::Envoy, Reason::MalformedRequest));
+        let h = headers(&[("x-forwarded-method", "DELETE")]);
+        let e = read(&config(), "tenant", &ask("/authz/a", &h, [127, 0, 0, 1])).unwrap_err();
+        assert_eq!(e, NotRead::Denied(Shape::Envoy, Reason::MalformedRequest));
+        // Naming the same request is one fact.
+        let h = headers(&[("x-original-uri", "/a"), ("x-original-method", "POST")]);
+        assert!(read(&config(), "tenant", &ask("/authz/a", &h, [127, 0, 0, 1])).is_ok());
+    }
+
+    #[test]
+    fn the_shape_and_the_trust_come_from_the_request_line_and_the_peer() {
+        let peer = |ip: [u8; 4]| SocketAddr::from((ip, 1));
+        let c = config();
+        assert_eq!(
+            shape_of(&c, "/authz/x", peer([127, 0, 0, 1])),
+            Ok(Shape::Envoy)
+        );
+        assert_eq!(
+            shape_of(&c, "/forward-auth?a=1", peer([127, 0, 0, 1])),
+            Ok(Shape::ForwardAuth)
+        );
+        assert_eq!(
+            shape_of(&c, "/forward-auth", peer([10, 0, 0, 1])),
+            Err(NotRead::Denied(
+                Shape::ForwardAuth,
+                Reason::UntrustedForwardedRequest
+            ))
+        );
+        assert_eq!(
+            shape_of(&c, "/elsewhere", peer([10, 0, 0, 1])),
+            Err(NotRead::NotFound)
+        );
+    }
+
+    #[test]
+    fn a_body_cut_short_is_marked_partial_whatever_the_asker_said() {
+        let h = headers(&[("x-envoy-auth-partial-body", "false")]);
+        let mut a = ask("/authz/a", &h, [127, 0, 0, 1]);
+        let (r, _) = read(&config(), "tenant", &a).unwrap();
+        assert_eq!(http(&r).headers[PARTIAL_BODY_HEADER], "false");
+        a.body_read = BodyRead::Incomplete;
+        let (r, _) = read(&config(), "tenant", &a).unwrap();
+        assert_eq!(http(&r).headers[PARTIAL_BODY_HEADER], "true");
+    }
+
+    #[test]
     fn config_is_checked() {
         let mut c = config();
         assert!(c.validate().is_ok());
@@ -519,6 +634,11 @@ mod tests {
         assert!(c.validate().is_err());
         let mut c = config();
         c.tenant_header = Some("bad header".into());
+        assert!(c.validate().is_err());
+        let mut c = config();
+        c.body_timeout = Duration::ZERO;
+        assert!(c.validate().is_err());
+        c.body_timeout = MAX_BODY_TIMEOUT + Duration::from_secs(1);
         assert!(c.validate().is_err());
     }
 }

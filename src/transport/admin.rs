@@ -73,20 +73,27 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     // in if it served: it does not (503), and this replica is not ready.
     not_ready.extend(status.revocation_unavailable.iter().cloned());
     // The shared store's circuit is open and some tenant needs it (DPoP
-    // replay, live revocation): those tenants answer 503 until it closes.
-    if let Some(shared) = &state.shared
-        && !shared.is_up()
-    {
+    // replay, live revocation), or the live revocations are too old to vouch
+    // for and some tenant reads them: those tenants answer 503 until then.
+    if let Some(shared) = &state.shared {
+        let (up, current) = (shared.is_up(), shared.revocations_current());
         let needing: Vec<String> = status
             .tenants
             .iter()
             .filter_map(|t| state.store.tenant(&t.tenant))
-            .filter(|t| t.identity.needs_shared_state())
+            .filter(|t| {
+                (!up && t.identity.needs_shared_state()) || (!current && t.identity.live_revocation)
+            })
             .map(|t| t.id.to_string())
             .collect();
         if !needing.is_empty() {
+            let why = if up {
+                "live revocations stale"
+            } else {
+                "circuit open"
+            };
             not_ready.push(format!(
-                "shared state unavailable (circuit open) for tenants {}",
+                "shared state unavailable ({why}) for tenants {}",
                 needing.join(", ")
             ));
         }

@@ -3,7 +3,8 @@
 //! An asker is a service, not the caller it asks about. It proves who it is
 //! with a bearer token of its own in `Authorization`, validated by the
 //! identity configuration of the tenant it asks for, exactly as a caller's
-//! token is at the gateway (issuer, signature, audience, lifetime, revocation);
+//! token is at the gateway (issuer, signature, audience, lifetime, revocation
+//! by file and, for a tenant with `live_revocation`, through the shared store);
 //! then its validated `sub` (and `iss`, when the entry names one) must be an
 //! entry allowed for that tenant. No token, no answer (401); a token the tenant
 //! does not accept, 401 with the reason; a valid asker outside the list, 403
@@ -107,6 +108,19 @@ pub async fn authenticate(
         }
         Ok(None) => {}
         Err(_) => return Err(Reason::RevocationUnavailable),
+    }
+    // And the live ones (`identity.live_revocation`), as at the gateway: an
+    // asker token revoked with `portcullis revoke` asks no more.
+    match pipeline.live_revocations(&compiled, &asker) {
+        Ok(Some(list))
+            if list
+                .revoked(&asker, unix_seconds(input.context.time))
+                .is_some() =>
+        {
+            return Err(Reason::TokenRevoked);
+        }
+        Ok(_) => {}
+        Err(_) => return Err(Reason::SharedStateUnavailable),
     }
     let (subject, issuer) = (asker.subject.as_deref(), asker.issuer.as_deref());
     if askers.iter().any(|a| a.allows(tenant, subject, issuer)) {

@@ -12,17 +12,19 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use tokio::time::Instant;
 use tokio_stream::StreamExt as _;
 
 use crate::decision::render;
 use crate::foundation::proto::auth::{CheckRequest, CheckResponse, check_response};
 use crate::foundation::proto::core::{HeaderValue as ProtoHeader, HeaderValueOption};
-use crate::request::http_check::{self, HttpAsk, HttpModeConfig, NotRead, Shape};
+use crate::request::http_check::{self, BodyRead, HttpAsk, HttpModeConfig, NotRead, Shape};
 use crate::transport::connections::{Conn, GatedListener};
 use crate::transport::server::AuthzService;
 
@@ -105,16 +107,23 @@ async fn handle(
     request: Request,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    let body = read_body(body, state.max_body).await;
     let target = parts
         .uri
         .path_and_query()
         .map_or(parts.uri.path(), |p| p.as_str());
+    // The asker's trust first: an untrusted peer's body is never read, so it
+    // can hold neither memory nor a check's time with one.
+    let (body, body_read) = match http_check::shape_of(&state.config, target, asker.addr) {
+        Err(NotRead::NotFound) => return StatusCode::NOT_FOUND.into_response(),
+        Err(NotRead::Denied(..)) => (Vec::new(), BodyRead::Whole),
+        Ok(_) => read_body(body, state.max_body, state.config.body_timeout).await,
+    };
     let ask = HttpAsk {
         method: parts.method.as_str(),
         target,
         headers: &parts.headers,
         body: &body,
+        body_read,
         peer: asker.addr,
     };
     let (check, refused, shape) = match http_check::read(&state.config, &state.context_key, &ask) {
@@ -122,8 +131,11 @@ async fn handle(
         Err(NotRead::Denied(shape, reason)) => (CheckRequest::default(), Some(reason), shape),
         Err(NotRead::NotFound) => return StatusCode::NOT_FOUND.into_response(),
     };
-    // Envoy propagates its trace context (W3C `traceparent`) on the ask.
-    let metadata = tonic::metadata::MetadataMap::from_headers(parts.headers.clone());
+    // Envoy propagates its trace context (W3C `traceparent`) on the ask. Only
+    // that is taken from the ask's headers: a gRPC `grpc-timeout` here is a
+    // client's (forward-auth proxies pass the client's headers on), and must
+    // not set the check's deadline.
+    let metadata = trace_context(&parts.headers);
     let decision = state
         .service
         .decide(&check, refused, &metadata, shape.transport())
@@ -152,11 +164,14 @@ pub const RETRY_AFTER_SECS: &str = "1";
 /// - Forward auth: nginx `auth_request`, Traefik and Caddy let any 2xx
 ///   through, so a deny is never 2xx; a preflight portcullis would answer
 ///   (204) becomes 403, and the proxy answers preflights itself.
-/// - Envoy `http_service`: Envoy treats any 5xx from the authorization
-///   server as its own error, which `failure_mode_allow: true` turns into an
-///   allow. A deny meaning "cannot decide now" (503: not ready, overloaded,
-///   keys unavailable, ...) is sent as 403 with `retry-after`; its reason
-///   code stays in the JSON body and the status in the decision log.
+/// - Envoy `http_service`: Envoy takes a 200 from the authorization server
+///   for an allow, so a deny whose status a policy set to a 2xx (a Rego
+///   result's `http_status: 200`) is sent as 403; a preflight's 204 stays,
+///   which Envoy sends the client as the deny it is. And Envoy treats any 5xx
+///   as its own error, which `failure_mode_allow: true` turns into an allow:
+///   a deny meaning "cannot decide now" (503: not ready, overloaded, keys
+///   unavailable, ...) is sent as 403 with `retry-after`; its reason code
+///   stays in the JSON body and the status in the decision log.
 pub fn deny_status_for(shape: Shape, response: &mut CheckResponse) {
     let Some(check_response::HttpResponse::DeniedResponse(denied)) = &mut response.http_response
     else {
@@ -167,6 +182,9 @@ pub fn deny_status_for(shape: Shape, response: &mut CheckResponse) {
     };
     match shape {
         Shape::ForwardAuth if (200..300).contains(&status.code) => {
+            status.code = 403;
+        }
+        Shape::Envoy if (200..300).contains(&status.code) && status.code != 204 => {
             status.code = 403;
         }
         Shape::Envoy if (500..600).contains(&status.code) => {
@@ -184,19 +202,40 @@ pub fn deny_status_for(shape: Shape, response: &mut CheckResponse) {
     }
 }
 
-/// The body, up to `max` bytes (Envoy's `with_request_body` buffers it;
-/// proxies' subrequests have none). Reading stops past `max`: the input
-/// treats a body of `max` bytes or more as truncated.
-async fn read_body(body: Body, max: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut stream = body.into_data_stream();
-    while let Some(Ok(chunk)) = stream.next().await {
-        out.extend_from_slice(&chunk);
-        if out.len() >= max {
-            break;
+/// The W3C trace context headers of an ask, as the metadata the check's span
+/// reads its parent from.
+fn trace_context(headers: &HeaderMap) -> tonic::metadata::MetadataMap {
+    let mut trace = HeaderMap::new();
+    for name in ["traceparent", "tracestate"] {
+        if let Some(value) = headers.get(name) {
+            trace.insert(HeaderName::from_static(name), value.clone());
         }
     }
-    out
+    tonic::metadata::MetadataMap::from_headers(trace)
+}
+
+/// The body, up to `max` bytes (Envoy's `with_request_body` buffers it;
+/// proxies' subrequests have none), within `within` of the headers. Reading
+/// stops at `max`: the input treats a body of `max` bytes as truncated. A
+/// body whose stream fails or that has not ended in time is
+/// [`BodyRead::Incomplete`], never taken for the whole.
+async fn read_body(body: Body, max: usize, within: Duration) -> (Vec<u8>, BodyRead) {
+    let mut out = Vec::new();
+    let mut stream = body.into_data_stream();
+    let deadline = Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(None) => return (out, BodyRead::Whole),
+            Ok(Some(Ok(chunk))) => {
+                out.extend_from_slice(&chunk);
+                if out.len() >= max {
+                    out.truncate(max);
+                    return (out, BodyRead::Whole);
+                }
+            }
+            Ok(Some(Err(_))) | Err(_) => return (out, BodyRead::Incomplete),
+        }
+    }
 }
 
 /// The rendered `CheckResponse` as the HTTP answer Envoy's `http_service`
@@ -241,5 +280,33 @@ fn set(out: &mut Response, headers: &[HeaderValueOption]) {
         ) {
             out.headers_mut().insert(k, v);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn only_the_trace_context_is_read_as_call_metadata() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+            ("tracestate", "vendor=1"),
+            ("grpc-timeout", "1n"),
+            ("authorization", "Bearer secret"),
+        ] {
+            h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let m = trace_context(&h).into_headers();
+        let mut names: Vec<_> = m.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["traceparent", "tracestate"]);
+        assert!(crate::transport::server::grpc_timeout(&trace_context(&h)).is_none());
     }
 }

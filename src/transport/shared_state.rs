@@ -18,6 +18,15 @@
 //!   circuit (no call for a while, then one probe), counted in metrics; the
 //!   caller answers 503 `shared_state_unavailable`, never falls back.
 //!
+//! Live revocations are at most [`MAX_LIVE_REVOCATIONS`] entries, written by
+//! one server-side script (the merge with what is there, the pruning, the
+//! counter and the PUBLISH are one atomic step, so concurrent revokes cannot
+//! lose or shorten one another) and read whole by another (the generation
+//! is the hash's); "older" is counted from when the last successful read
+//! started. Those reads are periodic, not per check: they are timed and
+//! counted but go through no circuit, on a connection of their own, so a
+//! revocation hash that is slow or broken cannot take DPoP replay down.
+//!
 //! Never imports: the app. No URL, password or key reaches a log line.
 
 use std::collections::HashMap;
@@ -41,6 +50,12 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(100);
 pub const DEFAULT_REVOCATION_REFRESH: Duration = Duration::from_secs(5);
 /// Default prefix of every key portcullis writes.
 pub const DEFAULT_KEY_PREFIX: &str = "portcullis:";
+/// Most live revocations the store holds: `portcullis revoke` refuses one
+/// more (after dropping expired entries), and a replica that finds more (a
+/// hash written by something else) reads none and fails closed, rather than
+/// pick which entries to honour. Every replica reads them all every
+/// `revocation_refresh`; lasting lists belong in revocation files.
+pub const MAX_LIVE_REVOCATIONS: usize = 10_000;
 
 /// `shared_state` in the server config.
 #[derive(Debug, Clone, Deserialize)]
@@ -259,6 +274,12 @@ impl RedisConfig {
     }
 }
 
+/// How long a full read of live revocations may take: longer than one SET
+/// (`timeout`), at least a second.
+fn read_limit(timeout: Duration) -> Duration {
+    timeout.max(Duration::from_secs(1))
+}
+
 /// The key of the live revocations' hash, of their generation, and the channel.
 pub fn revocation_keys(prefix: &str) -> (String, String, String) {
     (
@@ -272,7 +293,8 @@ pub fn revocation_keys(prefix: &str) -> (String, String, String) {
 #[derive(Debug, Default)]
 struct Live {
     lists: HashMap<String, Arc<RevocationList>>,
-    /// When the last full read succeeded.
+    /// When the last successful full read started (so the copy is at least
+    /// as new as that instant).
     read_at: Option<Instant>,
 }
 
@@ -280,6 +302,10 @@ struct Live {
 #[derive(Debug)]
 pub struct RedisState {
     conn: redis::aio::ConnectionManager,
+    /// The full reads of live revocations, on a connection of their own with
+    /// their own longer limit: a big reply never delays a replay SET queued
+    /// behind it, nor times out at the SETs' `timeout`.
+    reads: redis::aio::ConnectionManager,
     client: redis::Client,
     prefix: String,
     timeout: Duration,
@@ -299,15 +325,20 @@ impl RedisState {
     /// not a server that will not start.
     pub fn new(config: &RedisConfig, metrics: SharedStateMetrics) -> Result<RedisState, String> {
         let client = config.client()?;
-        let manager = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.timeout))
-            .set_response_timeout(Some(config.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), manager)
-            .map_err(|_| "shared_state.redis: cannot make a client for the URL".to_string())?;
+        let manager = |timeout| {
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(config.timeout))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(500));
+            redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), config)
+                .map_err(|_| "shared_state.redis: cannot make a client for the URL".to_string())
+        };
+        let conn = manager(config.timeout)?;
+        let reads = manager(read_limit(config.timeout))?;
         Ok(RedisState {
             conn,
+            reads,
             client,
             prefix: config.key_prefix.clone(),
             timeout: config.timeout,
@@ -333,6 +364,13 @@ impl RedisState {
         !self.circuit.is_open()
     }
 
+    /// Whether callers of `live_revocation` tenants are judged on live
+    /// revocations this replica can vouch for (or the server chose to serve
+    /// on a stale copy): not, and those callers get 503.
+    pub fn revocations_current(&self) -> bool {
+        self.fail_open || self.live_revocations("").is_ok()
+    }
+
     /// The live revocations' generation at the last full read.
     pub fn revocation_generation(&self) -> u64 {
         self.generation.load(Ordering::Relaxed)
@@ -341,34 +379,46 @@ impl RedisState {
     /// One command through the circuit and under the timeout.
     async fn call<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, Unavailable> {
         let mut conn = self.conn.clone();
-        self.guarded(self.timeout, cmd.query_async::<T>(&mut conn))
-            .await
+        self.guarded(
+            Some(&self.circuit),
+            self.timeout,
+            cmd.query_async::<T>(&mut conn),
+        )
+        .await
     }
 
-    /// A call through the circuit and within `limit`, counted.
+    /// A call within `limit`, counted; through `circuit` when given (the
+    /// replay calls), else timed and counted only (the revocation reads).
     async fn guarded<T>(
         &self,
+        circuit: Option<&Circuit>,
         limit: Duration,
         call: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, Unavailable> {
-        if !self.circuit.allow(Instant::now()) {
+        if let Some(circuit) = circuit
+            && !circuit.allow(Instant::now())
+        {
             self.metrics.short_circuited.inc();
             return Err(Unavailable("circuit open"));
         }
         let answer = tokio::time::timeout(limit, call).await;
         let why = match answer {
             Ok(Ok(value)) => {
-                self.circuit.success();
-                self.metrics.up.set(1);
+                if let Some(circuit) = circuit {
+                    circuit.success();
+                    self.metrics.up.set(1);
+                }
                 return Ok(value);
             }
             Err(_) => "timed out",
             Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped() => "unreachable",
             Ok(Err(_)) => "refused the command",
         };
-        self.circuit.failure(Instant::now());
         self.metrics.errors.inc();
-        self.metrics.up.set(i64::from(!self.circuit.is_open()));
+        if let Some(circuit) = circuit {
+            circuit.failure(Instant::now());
+            self.metrics.up.set(i64::from(!circuit.is_open()));
+        }
         tracing::warn!(
             shared_state = "redis",
             error = why,
@@ -377,17 +427,49 @@ impl RedisState {
         Err(Unavailable(why))
     }
 
-    /// Reads every live revocation and the generation (one pipeline of
-    /// HGETALL and GET), and replaces what this replica holds.
+    /// Reads every live revocation and the generation in one atomic script
+    /// (so the generation is the hash's), and replaces what this replica
+    /// holds. A key of another type, or more than [`MAX_LIVE_REVOCATIONS`]
+    /// entries, is an error logged as such: the copy held is kept, ages, and
+    /// the tenants that need it fail closed.
     pub async fn refresh_revocations(&self) -> Result<(), Unavailable> {
         let (hash, generation, _) = revocation_keys(&self.prefix);
-        let mut pipe = redis::pipe();
-        pipe.cmd("HGETALL").arg(&hash).cmd("GET").arg(&generation);
-        let mut conn = self.conn.clone();
-        // A whole list may take longer than one SET: at least a second.
-        let limit = self.timeout.max(Duration::from_secs(1));
-        let read = pipe.query_async::<(HashMap<String, String>, Option<u64>)>(&mut conn);
-        let (entries, gen_value) = self.guarded(limit, read).await?;
+        let mut read = redis::cmd("EVAL");
+        read.arg(READ_REVOCATIONS)
+            .arg(2)
+            .arg(&hash)
+            .arg(&generation)
+            .arg(MAX_LIVE_REVOCATIONS);
+        let mut conn = self.reads.clone();
+        let limit = read_limit(self.timeout);
+        // What is read is at least as new as the moment the read started.
+        let started = Instant::now();
+        let call = read.query_async::<(String, u64, String, HashMap<String, String>)>(&mut conn);
+        let (status, count, gen_value, entries) = self.guarded(None, limit, call).await?;
+        match status.as_str() {
+            "ok" => {}
+            "wrongtype" => {
+                tracing::error!(
+                    shared_state = "redis",
+                    key = %hash,
+                    "live revocations not read: the key holds another type than a hash (WRONGTYPE); tenants with live_revocation fail closed until it is removed"
+                );
+                return Err(Unavailable("the live revocation key is not a hash"));
+            }
+            _ => {
+                tracing::error!(
+                    shared_state = "redis",
+                    key = %hash,
+                    entries = count,
+                    max = MAX_LIVE_REVOCATIONS,
+                    "live revocations not read: more entries than a replica reads; tenants with live_revocation fail closed until the hash is pruned"
+                );
+                return Err(Unavailable("too many live revocations"));
+            }
+        }
+        let Ok(gen_value) = gen_value.parse::<u64>() else {
+            return Err(Unavailable("the revocation generation is not a number"));
+        };
         let mut lists: HashMap<String, RevocationList> = HashMap::new();
         for (field, until) in entries {
             let Ok((tenant, kind, value)) =
@@ -403,11 +485,10 @@ impl RedisState {
                 .or_insert_with(|| RevocationList::new(&tenant))
                 .insert(&kind, &value, until);
         }
-        self.generation
-            .store(gen_value.unwrap_or(0), Ordering::Relaxed);
+        self.generation.store(gen_value, Ordering::Relaxed);
         self.live.store(Arc::new(Live {
             lists: lists.into_iter().map(|(t, l)| (t, Arc::new(l))).collect(),
-            read_at: Some(Instant::now()),
+            read_at: Some(started),
         }));
         Ok(())
     }
@@ -456,10 +537,68 @@ impl RedisState {
     }
 }
 
+/// Reads the live revocations whole, with their generation, in one atomic
+/// step. KEYS: the hash, the generation; ARGV: the most entries to read.
+/// Returns `{status, entries, generation, {field, until, ...}}`, status `ok`,
+/// `wrongtype` (the key is not a hash) or `toomany` (nothing read).
+const READ_REVOCATIONS: &str = r#"
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind ~= 'hash' and kind ~= 'none' then return {'wrongtype', 0, '0', {}} end
+local n = redis.call('HLEN', KEYS[1])
+if n > tonumber(ARGV[1]) then return {'toomany', n, '0', {}} end
+return {'ok', n, redis.call('GET', KEYS[2]) or '0', redis.call('HGETALL', KEYS[1])}
+"#;
+
+/// Writes one live revocation in one atomic step: keeps the later of the
+/// new and any existing expiry, drops the other entries already expired,
+/// refuses beyond the bound, bumps the generation and publishes. KEYS: the
+/// hash, the generation; ARGV: field, until, now, the most entries, the
+/// channel, the message. Expiries are decimal strings compared as such (a
+/// Lua number cannot hold `u64::MAX`, "for ever"). Returns `{status, n}`:
+/// `ok` and the new generation, `toomany` and the live entries, or
+/// `wrongtype`.
+const PUSH_REVOCATION: &str = r#"
+local function num(s)
+  if type(s) ~= 'string' or not string.match(s, '^%d+$') then return '0' end
+  s = string.gsub(s, '^0+', '')
+  if s == '' then return '0' end
+  return s
+end
+local function later(a, b)
+  if #a ~= #b then return #a > #b end
+  return a > b
+end
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind ~= 'hash' and kind ~= 'none' then return {'wrongtype', 0} end
+local field, untl, now = ARGV[1], num(ARGV[2]), num(ARGV[3])
+local all = redis.call('HGETALL', KEYS[1])
+local expired, kept = {}, 0
+for i = 1, #all, 2 do
+  local f, u = all[i], num(all[i + 1])
+  if f == field then
+    if later(u, untl) then untl = u end
+  elseif later(u, now) then
+    kept = kept + 1
+  else
+    expired[#expired + 1] = f
+  end
+end
+if kept + 1 > tonumber(ARGV[4]) then return {'toomany', kept} end
+for i = 1, #expired, 1000 do
+  redis.call('HDEL', KEYS[1], unpack(expired, i, math.min(i + 999, #expired)))
+end
+redis.call('HSET', KEYS[1], field, untl)
+local generation = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return {'ok', generation}
+"#;
+
 /// Writes one live revocation (what `portcullis revoke` does): the entry
 /// (keeping a later expiry already there), the generation counter and the
-/// message to every replica, in one MULTI/EXEC; entries already expired are
-/// dropped on the way. Returns the new generation.
+/// message to every replica, in one server-side script ([`PUSH_REVOCATION`]),
+/// so two revokes at once cannot lose or shorten each other; entries already
+/// expired are dropped on the way, and one beyond [`MAX_LIVE_REVOCATIONS`]
+/// is refused. Returns the new generation.
 pub async fn push_revocation(
     config: &RedisConfig,
     tenant: &str,
@@ -477,39 +616,29 @@ pub async fn push_revocation(
         .map_err(unreachable)?;
     let (hash, generation, channel) = revocation_keys(&config.key_prefix);
     let field = serde_json::json!([tenant, kind, value]).to_string();
-    let entries: HashMap<String, String> = redis::cmd("HGETALL")
+    let (status, n): (String, u64) = redis::cmd("EVAL")
+        .arg(PUSH_REVOCATION)
+        .arg(2)
         .arg(&hash)
+        .arg(&generation)
+        .arg(&field)
+        .arg(until.to_string())
+        .arg(now.to_string())
+        .arg(MAX_LIVE_REVOCATIONS)
+        .arg(&channel)
+        .arg(tenant)
         .query_async(&mut conn)
         .await
         .map_err(unreachable)?;
-    let mut expired = Vec::new();
-    let mut until = until;
-    for (f, u) in &entries {
-        let u = u.parse::<u64>().unwrap_or(0);
-        if *f == field {
-            until = until.max(u);
-        } else if u <= now {
-            expired.push(f.clone());
-        }
+    match status.as_str() {
+        "ok" => Ok(n),
+        "toomany" => Err(format!(
+            "shared_state.redis: {hash} already holds {n} live revocations, the most there may be ({MAX_LIVE_REVOCATIONS}); put lasting ones in revocation files"
+        )),
+        _ => Err(format!(
+            "shared_state.redis: {hash} is not a hash (WRONGTYPE); remove it, portcullis keeps the live revocations there"
+        )),
     }
-    let mut pipe = redis::pipe();
-    pipe.atomic();
-    if !expired.is_empty() {
-        pipe.cmd("HDEL").arg(&hash).arg(&expired).ignore();
-    }
-    pipe.cmd("HSET")
-        .arg(&hash)
-        .arg(&field)
-        .arg(until.to_string())
-        .ignore()
-        .cmd("INCR")
-        .arg(&generation)
-        .cmd("PUBLISH")
-        .arg(&channel)
-        .arg(tenant)
-        .ignore();
-    let (generation,): (u64,) = pipe.query_async(&mut conn).await.map_err(unreachable)?;
-    Ok(generation)
 }
 
 impl SharedState for RedisState {
@@ -538,6 +667,10 @@ impl SharedState for RedisState {
             Some(_) => Err(Unavailable("live revocations are stale")),
             None => Err(Unavailable("live revocations not read yet")),
         }
+    }
+
+    fn last_revocations(&self, tenant: &str) -> Option<Arc<RevocationList>> {
+        self.live.load().lists.get(tenant).cloned()
     }
 
     fn revocation_fails_open(&self) -> bool {

@@ -185,8 +185,9 @@ pub struct Keycloak {
     pub http: SocketAddr,
     pub management: SocketAddr,
     pub admin_password: String,
-    /// The JVM's pid: `kc.sh` runs Java as its child unless it had to build
-    /// first (then it `exec`s Java), so signals go here, not to `kc.sh`.
+    /// The serving JVM's pid: the process under `kc.sh` that holds the
+    /// listening HTTP socket. Signals go here, not to `kc.sh` (whose Java is
+    /// a child, or, after a first start's build, another process again).
     server_pid: u32,
     _dir: tempfile::TempDir,
 }
@@ -200,17 +201,52 @@ impl Drop for Keycloak {
     }
 }
 
-/// The pid among `pid` and its descendants whose program is `name`.
-fn descendant_named(pid: u32, name: &str) -> Option<u32> {
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-    if comm.trim() == name {
-        return Some(pid);
+/// The pid among `pid` and its descendants that holds the socket listening
+/// on `port` (read from /proc: the socket's inode in /proc/net/tcp or tcp6,
+/// where a JVM's dual-stack socket shows, then the process whose descriptors
+/// name it).
+fn listener_under(pid: u32, port: u16) -> Option<u32> {
+    let suffix = format!(":{port:04X}");
+    // Columns: sl, local_address, rem_address, st, ..., inode (the tenth).
+    let inode = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .find_map(|table| {
+            let table = std::fs::read_to_string(table).ok()?;
+            table.lines().skip(1).find_map(|line| {
+                let cols: Vec<&str> = line.split_whitespace().collect();
+                let listening = cols.get(3) == Some(&"0A");
+                let local = cols.get(1).is_some_and(|a| a.ends_with(&suffix));
+                (listening && local)
+                    .then(|| cols.get(9).map(|i| i.to_string()))
+                    .flatten()
+            })
+        })?;
+    let socket = format!("socket:[{inode}]");
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let holds = std::fs::read_dir(format!("/proc/{p}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy() == socket));
+        if holds {
+            return Some(p);
+        }
+        for task in std::fs::read_dir(format!("/proc/{p}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Ok(children) = std::fs::read_to_string(task.path().join("children")) {
+                todo.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                );
+            }
+        }
     }
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
-    children
-        .split_whitespace()
-        .filter_map(|c| c.parse().ok())
-        .find_map(|c| descendant_named(c, name))
+    None
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -295,8 +331,12 @@ impl Keycloak {
                 let _ = std::fs::remove_dir_all(&aside);
             }
         }
-        let server_pid = descendant_named(process.pid(), "java")
-            .unwrap_or_else(|| panic!("no JVM under kc.sh:\n{}", process.log()));
+        let server_pid = listener_under(process.pid(), http_addr.port()).unwrap_or_else(|| {
+            panic!(
+                "no process under kc.sh listens on {http_addr}:\n{}",
+                process.log()
+            )
+        });
         Keycloak {
             server_pid,
             process,
