@@ -58,6 +58,11 @@ impl Pipeline {
         }
     }
 
+    /// The state replicas share, when the server has one.
+    pub fn shared_state(&self) -> Option<&Arc<dyn SharedState>> {
+        self.shared.as_ref()
+    }
+
     /// The state replicas share, when the server has a shared store.
     pub fn with_shared_state(mut self, shared: Option<Arc<dyn SharedState>>) -> Pipeline {
         self.shared = shared;
@@ -123,7 +128,7 @@ impl Pipeline {
         if let Front::Done(run) = &mut front
             && let Some(pending) = run.pending.take()
         {
-            pending.resolve(run.time, wait).await;
+            pending.resolve(run.time, wait, self.shared.as_ref()).await;
             front = self.front(request);
         }
         let run = match front {

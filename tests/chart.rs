@@ -1321,6 +1321,10 @@ fn shared_state_is_configured_mounted_and_warned_about_when_off() {
         "/etc/portcullis/shared-state/password"
     );
     assert_eq!(redis["revocation_on_unavailable"], "fail_closed");
+    assert_eq!(
+        r.server_config()["shared_state"]["introspection_cache"]["key_file"],
+        "/etc/portcullis/shared-state/introspection-cache-key"
+    );
     let pod = r.pod_spec();
     assert_eq!(
         volume(pod, "portcullis-shared-state")["secret"]["secretName"],

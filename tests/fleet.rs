@@ -141,30 +141,31 @@ impl Redis {
     }
 
     /// The `shared_state` block of a replica's config; secrets go in files
-    /// under `dir`.
-    fn shared_state(&self, dir: &Path) -> String {
+    /// under `dir`. `cache_key`: the shared introspection cache's key file.
+    fn shared_state(&self, dir: &Path, cache_key: Option<&Path>) -> String {
         let common =
             "timeout: 250ms, circuit: { failures: 1, open_for: 200ms }, revocation_refresh: 1s";
-        match &self.mode {
-            Mode::Plain => format!(
-                "shared_state: {{ redis: {{ url: 'redis://127.0.0.1:{}/', {common} }} }}\n",
-                self.port
-            ),
+        let redis = match &self.mode {
+            Mode::Plain => format!("url: 'redis://127.0.0.1:{}/', {common}", self.port),
             Mode::Password(p) => {
                 std::fs::write(dir.join("redis-password"), format!("{p}\n")).unwrap();
                 format!(
-                    "shared_state: {{ redis: {{ url: 'redis://127.0.0.1:{}/', password_file: redis-password, {common} }} }}\n",
+                    "url: 'redis://127.0.0.1:{}/', password_file: redis-password, {common}",
                     self.port
                 )
             }
             Mode::Tls { ca, .. } => {
                 std::fs::write(dir.join("redis-ca.pem"), ca).unwrap();
                 format!(
-                    "shared_state: {{ redis: {{ url: 'rediss://127.0.0.1:{}/', tls: {{ ca_file: redis-ca.pem }}, {common} }} }}\n",
+                    "url: 'rediss://127.0.0.1:{}/', tls: {{ ca_file: redis-ca.pem }}, {common}",
                     self.port
                 )
             }
-        }
+        };
+        let cache = cache_key.map_or(String::new(), |k| {
+            format!(", introspection_cache: {{ key_file: '{}' }}", k.display())
+        });
+        format!("shared_state: {{ redis: {{ {redis} }}{cache} }}\n")
     }
 
     /// Calls of `command` Redis has served so far (`INFO commandstats`).
@@ -199,6 +200,15 @@ impl Drop for Replica {
 
 impl Replica {
     async fn start(policies: &Path, shared: Option<&Redis>) -> Replica {
+        Replica::start_with(policies, shared, None).await
+    }
+
+    /// With the shared introspection cache keyed by the file `cache_key`.
+    async fn start_with(
+        policies: &Path,
+        shared: Option<&Redis>,
+        cache_key: Option<&Path>,
+    ) -> Replica {
         let dir = tempfile::tempdir().unwrap();
         let grpc = SocketAddr::from(([127, 0, 0, 1], support::dead_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], support::dead_port()));
@@ -207,12 +217,22 @@ impl Replica {
             policies.display()
         );
         if let Some(redis) = shared {
-            text.push_str(&redis.shared_state(dir.path()));
+            text.push_str(&redis.shared_state(dir.path(), cache_key));
         }
         let config = dir.path().join("portcullis.yaml");
         std::fs::write(&config, text).unwrap();
         let log = std::fs::File::create(dir.path().join("portcullis.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        // The measurements pin replicas to a CPU of their own (taskset execs
+        // portcullis in its place: the handle is still portcullis').
+        let mut cmd = match std::env::var("FLEET_SERVER_CPU") {
+            Ok(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpu]).arg(env!("CARGO_BIN_EXE_portcullis"));
+                c
+            }
+            Err(_) => Command::new(env!("CARGO_BIN_EXE_portcullis")),
+        };
+        let child = cmd
             .arg("serve")
             .arg("--config")
             .arg(&config)
@@ -323,7 +343,7 @@ fn envoy_config(a: SocketAddr, b: SocketAddr, upstream: SocketAddr) -> String {
           "filter_chains": [{ "filters": [{ "name": "envoy.filters.network.http_connection_manager", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
             "stat_prefix": name,
-            "route_config": { "name": "local", "virtual_hosts": [vhost("acme"), vhost("globex")] },
+            "route_config": { "name": "local", "virtual_hosts": [vhost("acme"), vhost("globex"), vhost("initech"), vhost("hooli")] },
             "http_filters": [
               { "name": "envoy.filters.http.ext_authz", "typed_config": {
                   "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
@@ -416,6 +436,27 @@ fn error(r: &HttpResponse) -> String {
         .ok()
         .and_then(|v| v["error"].as_str().map(str::to_string))
         .unwrap_or_default()
+}
+
+/// `n` CheckRequests of `GET /orders/1` on acme with the DPoP `token`, each
+/// with a proof of its own, signed now (before any timing).
+fn dpop_checks(
+    client: &dpop::Client,
+    token: &str,
+    n: usize,
+) -> Vec<portcullis::foundation::proto::auth::CheckRequest> {
+    (0..n)
+        .map(|_| {
+            let proof = client.proof("GET", &format!("{ORIGIN}/orders/1"), token, json!({}));
+            let attributes = json!({
+                "contextExtensions": { "tenant": "acme" },
+                "request": { "http": { "method": "GET", "host": "api.acme.example", "path": "/orders/1",
+                    "headers": { "authorization": format!("DPoP {token}"), "dpop": proof } } }
+            });
+            portcullis::app::cli::check_request_from_json(&json!({ "attributes": attributes }))
+                .unwrap()
+        })
+        .collect()
 }
 
 /// `portcullis revoke` with `config`, as an operator runs it.
@@ -1093,20 +1134,7 @@ async fn measure_shared_replay_and_revocation_propagation() {
         ));
     let client = dpop::Client::new();
     let token = policies.token("alice", Some(&client.jkt()));
-    let requests = |n: usize| -> Vec<portcullis::foundation::proto::auth::CheckRequest> {
-        (0..n)
-            .map(|_| {
-                let proof = client.proof("GET", &format!("{ORIGIN}/orders/1"), &token, json!({}));
-                let attributes = json!({
-                    "contextExtensions": { "tenant": "acme" },
-                    "request": { "http": { "method": "GET", "host": "api.acme.example", "path": "/orders/1",
-                        "headers": { "authorization": format!("DPoP {token}"), "dpop": proof } } }
-                });
-                portcullis::app::cli::check_request_from_json(&json!({ "attributes": attributes }))
-                    .unwrap()
-            })
-            .collect()
-    };
+    let requests = |n: usize| dpop_checks(&client, &token, n);
     let run = |p: &Pipeline, reqs: Vec<portcullis::foundation::proto::auth::CheckRequest>| {
         let p = p.clone();
         async move {
@@ -1226,4 +1254,658 @@ fn revoke_without_a_store_or_with_bad_input_is_refused() {
     assert_eq!(out.status.code(), Some(64), "{out:?}");
     let out = revoke(&dead, &["--tenant", "acme", "--jti", "a", "--sub", "b"]);
     assert_eq!(out.status.code(), Some(64), "{out:?}");
+}
+
+// --- Issue 17 item 4: the shared introspection cache ------------------------
+
+/// An RFC 7662 endpoint on loopback, the identity provider's stand-in (as in
+/// tests/jwt.rs): `tok-<sub>` is active for `<sub>` with `reports:read` and
+/// 300 s to live (no `iss`: each tenant names its own), anything else
+/// inactive. It checks portcullis' client
+/// credentials and counts the calls it answers.
+struct Idp {
+    addr: SocketAddr,
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Idp {
+    async fn start() -> Idp {
+        use axum::routing::post;
+        use base64::Engine as _;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let calls = std::sync::Arc::new(AtomicUsize::new(0));
+        let counted = std::sync::Arc::clone(&calls);
+        let expected = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("portcullis:s3cret")
+        );
+        let app = axum::Router::new().route(
+            "/introspect",
+            post(move |headers: axum::http::HeaderMap, body: String| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let authorized = headers.get("authorization").and_then(|v| v.to_str().ok())
+                    == Some(expected.as_str());
+                let token = body
+                    .split('&')
+                    .find_map(|p| p.strip_prefix("token="))
+                    .map(|t| {
+                        percent_encoding::percent_decode_str(t)
+                            .decode_utf8_lossy()
+                            .into_owned()
+                    })
+                    .unwrap_or_default();
+                async move {
+                    if !authorized {
+                        return (axum::http::StatusCode::UNAUTHORIZED, String::new());
+                    }
+                    let answer = match token.strip_prefix("tok-") {
+                        Some(sub) => json!({
+                            "active": true, "sub": sub, "scope": "reports:read",
+                            "exp": now() + 300, "client_id": "app-1",
+                        }),
+                        None => json!({ "active": false }),
+                    };
+                    (axum::http::StatusCode::OK, answer.to_string())
+                }
+            }),
+        );
+        let task = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Idp {
+            addr,
+            calls,
+            _task: task,
+        }
+    }
+
+    /// Not an endpoint of its own: counts the calls it forwards to `target`
+    /// (a real identity provider's introspection endpoint).
+    async fn forwarding(target: String) -> Idp {
+        use axum::routing::post;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let calls = std::sync::Arc::new(AtomicUsize::new(0));
+        let counted = std::sync::Arc::clone(&calls);
+        let client = reqwest::Client::new();
+        let app = axum::Router::new().route(
+            "/introspect",
+            post(move |headers: axum::http::HeaderMap, body: String| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let mut request = client
+                    .post(&target)
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(body);
+                if let Some(auth) = headers.get("authorization") {
+                    request = request.header("authorization", auth.as_bytes());
+                }
+                async move {
+                    let answer = request.send().await.unwrap();
+                    let status =
+                        axum::http::StatusCode::from_u16(answer.status().as_u16()).unwrap();
+                    (status, answer.text().await.unwrap())
+                }
+            }),
+        );
+        let task = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Idp {
+            addr,
+            calls,
+            _task: task,
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Two tenants that introspect at `idp`: `initech` asks for live
+/// revocation, `hooli` needs nothing else of the shared store.
+fn introspection_policies(idp: SocketAddr) -> tempfile::TempDir {
+    introspection_policies_for(idp, None)
+}
+
+/// As [`introspection_policies`]; with `issuer`, both tenants name it (and
+/// share it) and allow any active token: a real identity provider's answers.
+fn introspection_policies_for(idp: SocketAddr, issuer: Option<&str>) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("client-secret"), "s3cret\n").unwrap();
+    for (tenant, live) in [("initech", true), ("hooli", false)] {
+        let live = if live {
+            "  live_revocation: true\n"
+        } else {
+            ""
+        };
+        std::fs::write(
+            dir.path().join(format!("{tenant}.yaml")),
+            format!(
+                "apiVersion: portcullis/v1\ntenant: {tenant}\n{shared}identity:\n  introspection: {{ endpoint: 'http://{idp}/introspect', issuer: '{iss}', client_id: portcullis, client_secret_file: client-secret, cache_ttl: 60s }}\n{live}rules:\n  - {{ id: reports, path: /reports, {when}effect: allow }}\n",
+                shared = issuer.map_or(String::new(), |i| format!("shared_issuers: ['{i}']\n")),
+                iss = issuer.map_or(format!("https://as.{tenant}.example"), str::to_string),
+                when = if issuer.is_some() {
+                    ""
+                } else {
+                    "when: '\"reports:read\" in claims.scope', "
+                },
+            ),
+        )
+        .unwrap();
+    }
+    dir
+}
+
+/// A fresh fleet secret for the shared introspection cache, in its own
+/// directory (a Secret mount, never the policy directory).
+fn cache_key() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("introspection-cache.key");
+    let secret = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    std::fs::write(&key, secret).unwrap();
+    (dir, key)
+}
+
+/// `GET /reports` on `tenant` with a bearer `token`, through `via`.
+async fn reports(via: SocketAddr, tenant: &str, token: &str) -> HttpResponse {
+    let host = format!("{tenant}.example");
+    let auth = format!("Bearer {token}");
+    http(
+        via,
+        "GET",
+        "/reports",
+        &[("host", &host), ("authorization", &auth)],
+        None,
+    )
+    .await
+}
+
+/// A label-free counter of `replica`'s `/metrics`.
+async fn counter(replica: &Replica, name: &str) -> u64 {
+    let body = http(replica.admin, "GET", "/metrics", &[], None).await.body;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Item 4 of issue 17: two replicas with `introspection_cache` make one call
+/// to the identity provider for a token, not two; Redis holds a keyed hash
+/// of the token and a sealed answer that lives no longer than `cache_ttl`;
+/// a revoked token (live or by file) is refused on a shared hit; Redis down
+/// is a miss that asks the identity provider, not a 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_introspection_answers_and_revocation_still_wins() {
+    let mut redis = Redis::start(Mode::Plain).await;
+    let idp = Idp::start().await;
+    let policies = introspection_policies(idp.addr);
+    let (_keys, key) = cache_key();
+    let a = Replica::start_with(policies.path(), Some(&redis), Some(&key)).await;
+    let b = Replica::start_with(policies.path(), Some(&redis), Some(&key)).await;
+    let (upstream, _upstream) = support::start_echo_upstream().await;
+    let envoy = Envoy::start(&envoy_config(a.grpc, b.grpc, upstream)).await;
+    let (via_a, via_b) = (envoy.listener("a").await, envoy.listener("b").await);
+    let stored = |redis: &Redis| {
+        let keys = redis.cli(&["KEYS", "portcullis:introspection:*"]);
+        keys.lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+
+    // One call for two replicas: B reads A's answer.
+    let r = reports(via_a, "initech", "tok-alice").await;
+    assert_eq!(r.status, 200, "{r:?} {}", a.admin_json("/policies").await);
+    assert_eq!(idp.calls(), 1);
+    eventually("A's answer stored for the others", || async {
+        stored(&redis).len() == 1
+    })
+    .await;
+    let r = reports(via_b, "initech", "tok-alice").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(idp.calls(), 1, "B asked the identity provider again");
+    let hits = "portcullis_shared_introspection_cache_hits_total";
+    assert_eq!(counter(&b, hits).await, 1);
+
+    // What Redis holds: neither the token nor its plain hash as the key, a
+    // sealed value that names no claim, kept no longer than cache_ttl.
+    let entry = stored(&redis).remove(0);
+    let plain = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(b"tok-alice"))
+    };
+    assert!(
+        !entry.contains("tok-alice") && !entry.contains(&plain),
+        "{entry}"
+    );
+    let value = redis.cli(&["GET", &entry]);
+    assert!(
+        !value.contains("alice") && !value.contains("reports:read") && !value.contains("active"),
+        "{value}"
+    );
+    let ttl: u64 = redis.cli(&["PTTL", &entry]).trim().parse().unwrap();
+    assert!(ttl > 0 && ttl <= 60_000, "{ttl}");
+    // An entry tampered with is a miss, not an answer: B's own cache has
+    // alice, so a new subject shows it.
+    assert_eq!(reports(via_a, "hooli", "tok-trent").await.status, 200);
+    eventually("trent stored", || async { stored(&redis).len() == 2 }).await;
+    let trent = stored(&redis).into_iter().find(|k| *k != entry).unwrap();
+    redis.cli(&["SET", &trent, "forged"]);
+    let calls = idp.calls();
+    assert_eq!(reports(via_b, "hooli", "tok-trent").await.status, 200);
+    assert_eq!(idp.calls(), calls + 1, "a forged entry is not used");
+
+    // Revocation still wins over a shared hit: mallory's answer cached by A,
+    // revoked live, then B's first sight of mallory (a shared hit) refused.
+    assert_eq!(reports(via_a, "initech", "tok-mallory").await.status, 200);
+    let calls = idp.calls();
+    eventually("mallory stored", || async { stored(&redis).len() == 3 }).await;
+    let out = revoke(&a.config, &["--tenant", "initech", "--sub", "mallory"]);
+    assert!(out.status.success(), "{out:?}");
+    eventually("B holds the live revocation", || async {
+        b.admin_json("/policies").await["revocation_generation"] == 1
+    })
+    .await;
+    let hits_before = counter(&b, hits).await;
+    let r = reports(via_b, "initech", "tok-mallory").await;
+    assert_eq!(
+        (r.status, error(&r)),
+        (401, "token_revoked".into()),
+        "{r:?}"
+    );
+    assert_eq!(counter(&b, hits).await, hits_before + 1, "a shared hit");
+    assert_eq!(idp.calls(), calls);
+
+    // And by a revocation file (tenant hooli).
+    assert_eq!(reports(via_a, "hooli", "tok-eve").await.status, 200);
+    eventually("eve stored", || async { stored(&redis).len() == 4 }).await;
+    std::fs::write(
+        policies.path().join("hooli.revoked.yaml"),
+        "apiVersion: portcullis/v1\ntenant: hooli\nrevoked:\n  - { sub: eve }\n  - { sub: probe }\n",
+    )
+    .unwrap();
+    // B has loaded the file once it refuses another subject it names.
+    eventually("B loaded the revocation file", || async {
+        error(&reports(via_b, "hooli", "tok-probe").await) == "token_revoked"
+    })
+    .await;
+    let calls = idp.calls();
+    let hits_before = counter(&b, hits).await;
+    let r = reports(via_b, "hooli", "tok-eve").await;
+    assert_eq!(
+        (r.status, error(&r)),
+        (401, "token_revoked".into()),
+        "{r:?}"
+    );
+    assert_eq!(counter(&b, hits).await, hits_before + 1, "a shared hit");
+    assert_eq!(idp.calls(), calls);
+
+    // Redis down: a cache, so a miss asks the identity provider (no 503)
+    // for a tenant that needs nothing else of Redis, and is cached locally.
+    redis.stop();
+    let calls = idp.calls();
+    let r = reports(via_b, "hooli", "tok-bob").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(idp.calls(), calls + 1);
+    assert_eq!(reports(via_b, "hooli", "tok-bob").await.status, 200);
+    assert_eq!(idp.calls(), calls + 1, "B's own cache");
+    // (A tenant with live revocation still fails closed once its copy is
+    // stale: the test above shows it; the cache changes nothing there.)
+
+    // Redis back (empty): answers are shared again, no restart.
+    redis.spawn().await;
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    eventually("answers shared again", || async {
+        let token = format!(
+            "tok-back{}",
+            n.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        reports(via_a, "hooli", &token).await.status == 200 && !stored(&redis).is_empty()
+    })
+    .await;
+}
+
+/// The shared cache off (no `introspection_cache`, the same Redis): each
+/// replica asks the identity provider itself. The control for the test
+/// above: its one call per token is the cache's doing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_shared_cache_each_replica_introspects() {
+    let redis = Redis::start(Mode::Plain).await;
+    let idp = Idp::start().await;
+    let policies = introspection_policies(idp.addr);
+    let a = Replica::start(policies.path(), Some(&redis)).await;
+    let b = Replica::start(policies.path(), Some(&redis)).await;
+    let (upstream, _upstream) = support::start_echo_upstream().await;
+    let envoy = Envoy::start(&envoy_config(a.grpc, b.grpc, upstream)).await;
+    let (via_a, via_b) = (envoy.listener("a").await, envoy.listener("b").await);
+    let r = reports(via_a, "hooli", "tok-alice").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(reports(via_b, "hooli", "tok-alice").await.status, 200);
+    assert_eq!(idp.calls(), 2);
+    assert_eq!(
+        redis.cli(&["KEYS", "portcullis:introspection:*"]).trim(),
+        ""
+    );
+}
+
+/// p50, p99 of `took` (sorted here).
+fn percentiles(took: &mut [Duration]) -> (Duration, Duration) {
+    took.sort();
+    (took[took.len() / 2], took[took.len() * 99 / 100])
+}
+
+/// Measurement, not a test (`[FLEET_IDP=keycloak] cargo test --release --test
+/// fleet -- --ignored --nocapture measure_shared_introspection`): does the
+/// shared introspection cache pay? Two replicas in process (two pipelines
+/// over two stores, so two caches; each its own connection to one real
+/// Redis), the loopback identity provider (or a real Keycloak), `K` tokens of tenant `hooli`: identity provider calls
+/// with and without the cache (each replica sees each token twice; then the
+/// two replicas asking for the same new token at once), and the latency of
+/// a check that calls the identity provider, reads the shared cache, or hits
+/// the replica's own cache. Figures go to BENCHMARKS.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run by hand"]
+async fn measure_shared_introspection_cache() {
+    use portcullis::identity::shared_answers::SharedAnswers;
+    use portcullis::identity::shared_state::SharedState;
+    use portcullis::pipeline::Pipeline;
+    use portcullis::request::tenancy::TenantResolver;
+    use portcullis::tenants::store::PolicyStore;
+    use portcullis::transport::shared_state::{RedisConfig, RedisState};
+    use std::sync::Arc;
+
+    // FLEET_IDP=keycloak: the identity provider is a real Keycloak (the
+    // calls counted by a forwarder in front of it), its tokens minted by
+    // client_credentials before any timing.
+    let keycloak = std::env::var("FLEET_IDP").is_ok_and(|v| v == "keycloak");
+    let k: usize = if keycloak { 300 } else { 2000 };
+    let redis = Redis::start(Mode::Plain).await;
+    let (idp, policies, kc, mut minted) = if keycloak {
+        let kc = support::peers::Keycloak::start(&json!({
+            "realm": "fleet", "enabled": true, "accessTokenLifespan": 600,
+            "clients": [
+                { "clientId": "svc", "enabled": true, "publicClient": false, "secret": "svc-secret",
+                  "serviceAccountsEnabled": true, "standardFlowEnabled": false, "directAccessGrantsEnabled": false },
+                { "clientId": "portcullis", "enabled": true, "publicClient": false, "secret": "s3cret",
+                  "serviceAccountsEnabled": true, "standardFlowEnabled": false, "directAccessGrantsEnabled": false },
+            ],
+        }))
+        .await;
+        let issuer = format!("{}/realms/fleet", kc.base);
+        let idp =
+            Idp::forwarding(format!("{issuer}/protocol/openid-connect/token/introspect")).await;
+        let policies = introspection_policies_for(idp.addr, Some(&issuer));
+        let client = reqwest::Client::new();
+        let mut minted = Vec::new();
+        // Enough for every set below: 2 rounds × 3 sets.
+        for _ in 0..6 * k {
+            let answer = client
+                .post(format!("{issuer}/protocol/openid-connect/token"))
+                .basic_auth("svc", Some("svc-secret"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("grant_type=client_credentials")
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            let answer: Value = serde_json::from_slice(&answer).unwrap();
+            minted.push(answer["access_token"].as_str().unwrap().to_string());
+        }
+        (idp, policies, Some(kc), minted)
+    } else {
+        let idp = Idp::start().await;
+        let policies = introspection_policies(idp.addr);
+        (idp, policies, None, Vec::new())
+    };
+    let config: RedisConfig =
+        serde_yaml::from_str(&format!("{{ url: 'redis://127.0.0.1:{}/' }}", redis.port)).unwrap();
+    let secret = b"a fleet secret of at least thirty-two bytes";
+    let replica = |cache: bool| {
+        let store = Arc::new(PolicyStore::new(policies.path()));
+        assert!(store.reload().errors.is_empty());
+        let shared = cache.then(|| {
+            Arc::new(
+                RedisState::new(&config, Default::default())
+                    .unwrap()
+                    .with_shared_answers(Some(SharedAnswers::new(secret).unwrap())),
+            ) as Arc<dyn SharedState>
+        });
+        Pipeline::new(store, TenantResolver::default()).with_shared_state(shared)
+    };
+    let request = |token: &str| {
+        let attributes = json!({
+            "contextExtensions": { "tenant": "hooli" },
+            "request": { "http": { "method": "GET", "host": "hooli.example", "path": "/reports",
+                "headers": { "authorization": format!("Bearer {token}") } } }
+        });
+        portcullis::app::cli::check_request_from_json(&json!({ "attributes": attributes })).unwrap()
+    };
+    // Each token once through `p`, in order; the latency of each check.
+    let pass = |p: Pipeline, tokens: Vec<String>| async move {
+        let mut took = Vec::with_capacity(tokens.len());
+        for t in &tokens {
+            let r = request(t);
+            let start = Instant::now();
+            let d = p.check_async(&r, Duration::from_secs(2)).await;
+            took.push(start.elapsed());
+            assert!(d.reason.allows(), "{:?}", d.reason);
+        }
+        took
+    };
+    let mut tokens = |tag: &str| {
+        if keycloak {
+            minted.split_off(minted.len() - k)
+        } else {
+            (0..k).map(|i| format!("tok-{tag}{i}")).collect::<Vec<_>>()
+        }
+    };
+    let fmt = |(p50, p99): (Duration, Duration)| format!("p50 {p50:?} p99 {p99:?}");
+
+    let used = |r: &Redis| -> i64 {
+        r.cli(&["INFO", "memory"])
+            .lines()
+            .find_map(|l| l.strip_prefix("used_memory:")?.trim().parse().ok())
+            .unwrap()
+    };
+    // Fresh replicas A and B, with or without the cache: A sees every token
+    // of `set`, then B, then both again. Identity provider calls, Redis GET
+    // and SET, Redis bytes per token, and the latencies of A's first, B's
+    // first and A's second sight; and the two replicas.
+    let phase = |cache: bool, set: Vec<String>| {
+        let (a, b) = (replica(cache), replica(cache));
+        let (idp, redis, pass, used) = (&idp, &redis, &pass, &used);
+        async move {
+            let (calls, memory) = (idp.calls(), used(redis));
+            let (gets, sets) = (redis.calls("get"), redis.calls("set"));
+            let first = pass(a.clone(), set.clone()).await;
+            let other = pass(b.clone(), set.clone()).await;
+            let own = pass(a.clone(), set.clone()).await;
+            pass(b.clone(), set.clone()).await;
+            let counts = (
+                idp.calls() - calls,
+                redis.calls("get") - gets,
+                redis.calls("set") - sets,
+                (used(redis) - memory) / set.len() as i64,
+            );
+            (counts, first, other, own, (a, b))
+        }
+    };
+    for round in 1..=2 {
+        let (off_set, on_set) = (
+            tokens(&format!("off{round}-")),
+            tokens(&format!("on{round}-")),
+        );
+        // The side that goes first alternates (an identity provider warms up).
+        let (off, on) = if round % 2 == 1 {
+            let off = phase(false, off_set).await;
+            (off, phase(true, on_set).await)
+        } else {
+            let on = phase(true, on_set).await;
+            (phase(false, off_set).await, on)
+        };
+        let ((off_calls, ..), mut a_miss, mut b_miss, mut a_hit, _) = off;
+        let ((on_calls, gets, sets, per_entry), mut a_first, mut b_shared, mut a_local, (a, b)) =
+            on;
+
+        // Both replicas of the cache asking for each new token at once.
+        let set = tokens(&format!("race{round}-"));
+        let calls = idp.calls();
+        let (x, y) = tokio::join!(pass(a.clone(), set.clone()), pass(b.clone(), set.clone()));
+        let race_calls = idp.calls() - calls;
+        drop((x, y));
+
+        eprintln!(
+            "round {round} ({}), {k} tokens, each seen twice by each of 2 replicas:\n  identity provider calls: without the shared cache {off_calls} ({:.2} per token), with it {on_calls} ({:.2} per token); both replicas at once, with it: {race_calls} ({:.2} per token)\n  Redis with it: {gets} GET, {sets} SET ({:.2} GET per first sight on a replica), {per_entry} bytes of used_memory per entry\n  without: call {} | B's call {} | own cache hit {}\n  with:    call (miss in Redis, then SET) {} | shared hit {} | own cache hit {}",
+            if keycloak {
+                "Keycloak"
+            } else {
+                "loopback endpoint"
+            },
+            off_calls as f64 / k as f64,
+            on_calls as f64 / k as f64,
+            race_calls as f64 / k as f64,
+            gets as f64 / (2 * k) as f64,
+            fmt(percentiles(&mut a_miss)),
+            fmt(percentiles(&mut b_miss)),
+            fmt(percentiles(&mut a_hit)),
+            fmt(percentiles(&mut a_first)),
+            fmt(percentiles(&mut b_shared)),
+            fmt(percentiles(&mut a_local)),
+        );
+    }
+    drop(kc);
+}
+
+/// Measurement, not a test (`taskset -c 1 cargo test --release --test fleet
+/// -- --ignored --nocapture measure_dpop_under_grpc_load`, with
+/// `FLEET_SERVER_CPU=0`): DPoP-bound checks through gRPC load, two replica
+/// processes on the same policies, one with the shared replay cache (a real
+/// Redis on loopback) and one with the in-memory one. Each request carries
+/// its own proof, signed before the clock starts (h2load sends one body
+/// again and again, and a proof is good once). A closed loop of
+/// `connections × streams` checks in flight, every answer must be an allow;
+/// the two sides alternate which goes first, three rounds per shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run by hand"]
+async fn measure_dpop_under_grpc_load() {
+    use portcullis::foundation::proto::auth::CheckRequest;
+    use portcullis::foundation::proto::auth::authorization_client::AuthorizationClient;
+
+    // FLEET_N: checks per side per round.
+    let n: usize = std::env::var("FLEET_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let redis = Redis::start(Mode::Plain).await;
+    let policies = Policies::new(false);
+    let memory = Replica::start(policies.dir.path(), None).await;
+    let shared = Replica::start(policies.dir.path(), Some(&redis)).await;
+    let client = dpop::Client::new();
+    let token = policies.token("alice", Some(&client.jkt()));
+    let mint = |n: usize| dpop_checks(&client, &token, n);
+    // (p50, p99, checks/s, answers other than an allow) of `requests`
+    // against `addr`.
+    async fn load(
+        addr: SocketAddr,
+        requests: Vec<CheckRequest>,
+        connections: usize,
+        streams: usize,
+    ) -> (Duration, Duration, f64, usize) {
+        let n = requests.len();
+        let mut channels = Vec::new();
+        for _ in 0..connections {
+            channels.push(
+                AuthorizationClient::connect(format!("http://{addr}"))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let workers = connections * streams;
+        let mut chunks: Vec<Vec<CheckRequest>> = (0..workers).map(|_| Vec::new()).collect();
+        for (i, r) in requests.into_iter().enumerate() {
+            chunks[i % workers].push(r);
+        }
+        let start = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let mut c = channels[i % connections].clone();
+            tasks.spawn(async move {
+                let (mut took, mut refused) = (Vec::with_capacity(chunk.len()), 0);
+                for r in chunk {
+                    let t = Instant::now();
+                    let answer = c.check(r).await.unwrap().into_inner();
+                    took.push(t.elapsed());
+                    // 0: allowed. Anything else is counted and reported
+                    // (14: a 503, the store not answering within its timeout).
+                    refused += usize::from(answer.status.is_none_or(|s| s.code != 0));
+                }
+                (took, refused)
+            });
+        }
+        let (mut took, mut refused) = (Vec::with_capacity(n), 0);
+        while let Some(t) = tasks.join_next().await {
+            let (t, r) = t.unwrap();
+            took.extend(t);
+            refused += r;
+        }
+        let total = start.elapsed();
+        let (p50, p99) = percentiles(&mut took);
+        (p50, p99, n as f64 / total.as_secs_f64(), refused)
+    }
+    // Warm both.
+    load(memory.grpc, mint(500), 1, 4).await;
+    load(shared.grpc, mint(500), 1, 4).await;
+    for (connections, streams) in [(4, 16), (2, 8)] {
+        for round in 1..=3 {
+            let (m_reqs, s_reqs) = (mint(n), mint(n));
+            let commands = |r: &Redis| {
+                let stats = r.cli(&["INFO", "commandstats"]);
+                stats
+                    .lines()
+                    .filter_map(|l| {
+                        l.split_once("calls=")?
+                            .1
+                            .split(',')
+                            .next()?
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .sum::<u64>()
+            };
+            let (m, s, sets, all) = if round % 2 == 1 {
+                let m = load(memory.grpc, m_reqs, connections, streams).await;
+                let (sets, all) = (redis.calls("set"), commands(&redis));
+                let s = load(shared.grpc, s_reqs, connections, streams).await;
+                (m, s, redis.calls("set") - sets, commands(&redis) - all)
+            } else {
+                let (sets, all) = (redis.calls("set"), commands(&redis));
+                let s = load(shared.grpc, s_reqs, connections, streams).await;
+                let counted = (redis.calls("set") - sets, commands(&redis) - all);
+                let m = load(memory.grpc, m_reqs, connections, streams).await;
+                (m, s, counted.0, counted.1)
+            };
+            eprintln!(
+                "{connections}x{streams} round {round}: in-memory p50 {:?} p99 {:?} {:.0}/s ({} not allowed) | shared p50 {:?} p99 {:?} {:.0}/s ({} not allowed) | added p50 {:+.0} µs p99 {:+.0} µs | throughput ratio {:.2} | SET per check {:.3}, Redis commands per check {:.3} (INFO itself included)",
+                m.0,
+                m.1,
+                m.2,
+                m.3,
+                s.0,
+                s.1,
+                s.2,
+                s.3,
+                (s.0.as_secs_f64() - m.0.as_secs_f64()) * 1e6,
+                (s.1.as_secs_f64() - m.1.as_secs_f64()) * 1e6,
+                s.2 / m.2,
+                sets as f64 / n as f64,
+                all as f64 / n as f64,
+            );
+        }
+    }
 }

@@ -187,7 +187,7 @@ impl Config {
             tls.resolve(base);
         }
         if let Some(shared) = &mut config.shared_state {
-            shared.redis.resolve(base);
+            shared.resolve(base);
         }
         config
             .validate()

@@ -80,7 +80,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let minter = config.minter().map_err(anyhow::Error::msg)?;
     let shared = match &config.shared_state {
         Some(s) => Some(Arc::new(
-            RedisState::new(&s.redis, metrics.shared_state()).map_err(anyhow::Error::msg)?,
+            RedisState::new(&s.redis, metrics.shared_state())
+                .map_err(anyhow::Error::msg)?
+                .with_shared_answers(s.shared_answers().map_err(anyhow::Error::msg)?),
         )),
         None => None,
     };

@@ -78,7 +78,7 @@ impl IdentityConfig {
         let introspection = spec
             .introspection
             .as_ref()
-            .map(|i| Introspector::compile(i, files).map(Arc::new))
+            .map(|i| Introspector::compile(i, tenant, files).map(Arc::new))
             .transpose()?;
         let takes_tokens = !issuers.is_empty() || introspection.is_some();
         if spec.token_sources.is_some() && !takes_tokens {

@@ -76,15 +76,21 @@ impl std::fmt::Display for Pending {
 }
 
 impl Pending {
-    /// Fetches what is missing, waiting at most `wait`.
-    pub async fn resolve(&self, now: std::time::SystemTime, wait: std::time::Duration) {
+    /// Fetches what is missing, waiting at most `wait`; an introspection
+    /// asks `shared` first when it enables the shared cache.
+    pub async fn resolve(
+        &self,
+        now: std::time::SystemTime,
+        wait: std::time::Duration,
+        shared: Option<&Arc<dyn super::shared_state::SharedState>>,
+    ) {
         match self {
             Pending::Keys(keys) => {
                 keys.fetch_and_wait(wait).await;
             }
             Pending::Introspect(introspector, token) => {
                 let now = crate::request::input::unix_seconds(now);
-                introspector.introspect(token, now, wait).await;
+                introspector.introspect(token, now, wait, shared).await;
             }
         }
     }

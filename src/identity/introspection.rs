@@ -9,6 +9,15 @@
 //! `cache_ttl`; inactive ones for `negative_ttl`. The client secret is read
 //! from a file (a Kubernetes Secret mount) at each call, never from a policy.
 //!
+//! With a shared store that enables it (`shared_state.introspection_cache`),
+//! a miss asks the store before the endpoint, and an answer from the endpoint
+//! is stored for the other replicas (sealed, under a keyed hash of the token:
+//! [`super::shared_answers`]), for no longer than the bounds above counted
+//! from the moment the endpoint answered. The store is a cache: when it is
+//! slow, down or its entry does not open, the endpoint is asked, as without
+//! it. Revocation is checked after this stage on every request, so a shared
+//! answer never outlives a revocation.
+//!
 //! An answer about one token that is too large to judge (a body over
 //! [`http::MAX_RESPONSE_BYTES`], or an array or object over
 //! `limits.max_claim_items`) refuses that token alone, `claims_too_large`:
@@ -29,6 +38,7 @@ use tokio::time::Instant;
 
 use super::http::{self, TlsSpec};
 use super::jwt::{TokenError, Verified};
+use super::shared_state::SharedState;
 use crate::foundation::policy_files::FileScope;
 
 /// Default longest time an active result is reused.
@@ -74,6 +84,9 @@ pub struct IntrospectionSpec {
 #[derive(Debug)]
 pub struct Introspector {
     pub issuer: String,
+    /// The tenant it belongs to: part of a shared answer's key, so tenants
+    /// never read each other's answers.
+    tenant: String,
     endpoint: String,
     audiences: Vec<String>,
     client_id: String,
@@ -110,7 +123,11 @@ pub enum Lookup {
 }
 
 impl Introspector {
-    pub fn compile(spec: &IntrospectionSpec, files: &FileScope) -> Result<Introspector, String> {
+    pub fn compile(
+        spec: &IntrospectionSpec,
+        tenant: &str,
+        files: &FileScope,
+    ) -> Result<Introspector, String> {
         let at = |m: String| format!("identity.introspection: {m}");
         http::origin_of(&spec.endpoint).map_err(at)?;
         if spec.issuer.is_empty() || spec.client_id.is_empty() {
@@ -123,6 +140,7 @@ impl Introspector {
         let (client, _) = http::client(spec.tls.as_ref(), files).map_err(at)?;
         Ok(Introspector {
             issuer: spec.issuer.clone(),
+            tenant: tenant.to_string(),
             endpoint: spec.endpoint.clone(),
             audiences: spec.audiences.clone(),
             client_id: spec.client_id.clone(),
@@ -160,9 +178,16 @@ impl Introspector {
     }
 
     /// Introspects `token` (or joins the call in flight for it) and waits at
-    /// most `wait`. The call runs on its own task, so a check that gives up
-    /// does not cancel it for the others.
-    pub async fn introspect(self: &Arc<Self>, token: &str, now: u64, wait: Duration) {
+    /// most `wait`; with `shared` (a store enabling the shared cache) the
+    /// store is asked first. The call runs on its own task, so a check that
+    /// gives up does not cancel it for the others.
+    pub async fn introspect(
+        self: &Arc<Self>,
+        token: &str,
+        now: u64,
+        wait: Duration,
+        shared: Option<&Arc<dyn SharedState>>,
+    ) {
         if self
             .failed_at
             .lock()
@@ -184,15 +209,24 @@ impl Introspector {
                 e.insert(tx);
                 let this = Arc::clone(self);
                 let token = token.to_string();
+                let shared = shared.filter(|s| s.shared_answers().is_some()).cloned();
                 tokio::spawn(async move {
                     // Wakes the waiters however the call ends (even by a panic).
-                    let _done = InFlight {
+                    let done = InFlight {
                         introspector: Arc::clone(&this),
                         key,
                         _permit: permit,
                     };
-                    match this.call(&token, now).await {
-                        Ok(entry) => this.remember(key, entry, now),
+                    match this.answer(&token, now, shared.as_deref()).await {
+                        Ok((entry, share)) => {
+                            this.remember(key, entry, now);
+                            // The waiters decide now; the other replicas'
+                            // copy is written after.
+                            drop(done);
+                            if let (Some(store), Some((key, sealed, ttl))) = (shared, share) {
+                                store.cache_put(&key, sealed, ttl).await;
+                            }
+                        }
                         Err(e) => {
                             tracing::warn!(endpoint = %this.endpoint, error = %e, "introspection failed");
                             *this.failed_at.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -223,12 +257,47 @@ impl Introspector {
         cache.insert(key, entry);
     }
 
-    /// One call to the endpoint, turned into a cache entry. `Err` only for a
-    /// failure that is not about this token (no answer, a 5xx, our own
-    /// credentials refused, a response that is not JSON): introspection then
-    /// pauses. An answer too large to judge is about this token: it is
-    /// refused `claims_too_large`, and remembered like an inactive one.
-    async fn call(&self, token: &str, now: u64) -> Result<Cached, String> {
+    /// The result for `token`: the shared store's answer when it has one
+    /// that opens, else one call to the endpoint, with what to store for the
+    /// other replicas (entry key, sealed answer, time to live) when the
+    /// answer can be shared.
+    async fn answer(
+        &self,
+        token: &str,
+        now: u64,
+        shared: Option<&dyn SharedState>,
+    ) -> Result<(Cached, Option<(String, Vec<u8>, Duration)>), String> {
+        let fleet = shared.and_then(|store| {
+            let answers = store.shared_answers()?;
+            let key = answers.key_of(&self.tenant, &self.endpoint, &self.client_id, token);
+            Some((store, answers, key))
+        });
+        if let Some((store, answers, key)) = &fleet
+            && let Some(sealed) = store.cache_get(key).await
+            && let Some((at, body)) = answers.open(key, &sealed)
+            && let Ok(entry) = self.read(&body, now, at.min(now))
+        {
+            return Ok((entry, None));
+        }
+        let (entry, body) = self.call(token, now).await?;
+        let ttl = entry.until.saturating_sub(now);
+        let share = match (fleet, body) {
+            (Some((_, answers, key)), Some(body)) if ttl > 0 => answers
+                .seal(&key, now, &body)
+                .map(|sealed| (key, sealed, Duration::from_secs(ttl))),
+            _ => None,
+        };
+        Ok((entry, share))
+    }
+
+    /// One call to the endpoint, turned into a cache entry, with the body
+    /// when it is an answer another replica may judge again (a 2xx JSON
+    /// object). `Err` only for a failure that is not about this token (no
+    /// answer, a 5xx, our own credentials refused, a response that is not
+    /// JSON): introspection then pauses. An answer too large to judge is
+    /// about this token: it is refused `claims_too_large`, and remembered
+    /// like an inactive one.
+    async fn call(&self, token: &str, now: u64) -> Result<(Cached, Option<Vec<u8>>), String> {
         let secret = read_secret(&self.secret_file)?;
         // RFC 6749 §2.3.1: id and secret are form-encoded before Basic.
         let form = |s: &str| {
@@ -257,25 +326,46 @@ impl Introspector {
             }
             // The endpoint refused this token's request: it is not active.
             400..=499 => {
-                return Ok(Cached {
-                    until: now.saturating_add(self.negative_ttl),
-                    result: Err(TokenError::Inactive),
-                });
+                return Ok((
+                    Cached {
+                        until: now.saturating_add(self.negative_ttl),
+                        result: Err(TokenError::Inactive),
+                    },
+                    None,
+                ));
             }
             _ => return Err(format!("{}: status {status}", self.endpoint)),
         }
         let Some(bytes) = bytes else {
-            return Ok(too_large());
+            return Ok((too_large(), None));
         };
+        let entry = self.read(&bytes, now, now)?;
+        Ok((entry, Some(bytes.to_vec())))
+    }
+
+    /// An answer body given at `at`, judged at `now`: used no longer than
+    /// `cache_ttl` (or `negative_ttl`) from `at`, nor past the token's `exp`.
+    /// `Err` when it is not a JSON object.
+    fn read(&self, bytes: &[u8], now: u64, at: u64) -> Result<Cached, String> {
         use crate::request::input::{JsonRefused, strict_json_within};
         let max_items = self.max_claim_items.load(Ordering::Relaxed);
-        match strict_json_within(&bytes, max_items) {
-            Ok(Json::Object(response)) => Ok(self.judge(response, now, max_items)),
-            Err(JsonRefused::TooManyItems) => Ok(too_large()),
+        let mut entry = match strict_json_within(bytes, max_items) {
+            Ok(Json::Object(response)) => self.judge(response, now, max_items),
+            Err(JsonRefused::TooManyItems) => Cached {
+                until: now.saturating_add(self.negative_ttl),
+                result: Err(TokenError::ClaimsTooLarge),
+            },
             Ok(_) | Err(JsonRefused::Invalid) => {
-                Err("introspection response is not a JSON object".into())
+                return Err("introspection response is not a JSON object".into());
             }
-        }
+        };
+        let ttl = if entry.result.is_ok() {
+            self.cache_ttl
+        } else {
+            self.negative_ttl
+        };
+        entry.until = entry.until.min(at.saturating_add(ttl));
+        Ok(entry)
     }
 
     /// RFC 7662 §2.2: only `active: true` is active; then the response's own
@@ -417,7 +507,7 @@ mod tests {
             "{{ endpoint: '{endpoint}', issuer: https://idp.example, client_id: c, client_secret_file: secret }}"
         ))
         .unwrap();
-        Arc::new(Introspector::compile(&spec, &FileScope::new(dir, &[])).unwrap())
+        Arc::new(Introspector::compile(&spec, "acme", &FileScope::new(dir, &[])).unwrap())
     }
 
     fn inactive(until: u64) -> Cached {
@@ -458,6 +548,31 @@ mod tests {
         assert!(known(&i, "new", now) && known(&i, &format!("t{}", MAX_CACHED - 1), now));
     }
 
+    /// An answer read again (from the shared cache) is used no longer than
+    /// its bound counted from when the endpoint gave it, nor past `exp`.
+    #[test]
+    fn an_answer_is_bounded_from_when_it_was_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let i = introspector(dir.path(), "http://127.0.0.1:9/introspect");
+        let body = br#"{"active":true,"sub":"a","exp":2000}"#;
+        assert_eq!(i.read(body, 1_000, 1_000).unwrap().until, 1_060);
+        // Read 30 s after it was given: 30 s left, not 60.
+        assert_eq!(i.read(body, 1_030, 1_000).unwrap().until, 1_060);
+        // `exp` binds first.
+        let soon = br#"{"active":true,"exp":1010}"#;
+        assert_eq!(i.read(soon, 1_000, 990).unwrap().until, 1_010);
+        // Expired by the time it is read: judged again, refused.
+        let gone = br#"{"active":true,"exp":1001}"#;
+        assert!(matches!(
+            i.read(gone, 1_001, 990).unwrap().result,
+            Err(TokenError::Expired)
+        ));
+        // Inactive: `negative_ttl` (10 s) from when it was given.
+        let inactive = br#"{"active":false}"#;
+        assert_eq!(i.read(inactive, 1_005, 1_000).unwrap().until, 1_010);
+        assert!(i.read(b"[1]", 1_000, 1_000).is_err());
+    }
+
     #[tokio::test]
     async fn calls_beyond_the_in_flight_limit_are_not_made() {
         // An endpoint that takes connections (the kernel's backlog) and never
@@ -468,7 +583,8 @@ mod tests {
         let i = introspector(dir.path(), &endpoint);
         // At the limit: each distinct token gets its call.
         for n in 0..MAX_CALLS_IN_FLIGHT {
-            i.introspect(&format!("t{n}"), 1_000, Duration::ZERO).await;
+            i.introspect(&format!("t{n}"), 1_000, Duration::ZERO, None)
+                .await;
             assert!(
                 i.in_flight.contains_key(&digest(&format!("t{n}"))),
                 "call {n}"
@@ -478,7 +594,7 @@ mod tests {
         // One over: no call, so the token stays unknown (the check then gets
         // 503 introspection_unavailable), and the check is not kept waiting.
         let start = std::time::Instant::now();
-        i.introspect("one-over", 1_000, Duration::from_secs(30))
+        i.introspect("one-over", 1_000, Duration::from_secs(30), None)
             .await;
         assert!(start.elapsed() < Duration::from_secs(10), "not waited for");
         assert!(!i.in_flight.contains_key(&digest("one-over")));

@@ -32,6 +32,7 @@ pub mod introspection;
 pub mod jwt;
 pub mod keys;
 pub mod revocation;
+pub mod shared_answers;
 pub mod shared_state;
 mod spec;
 pub mod spiffe;

@@ -1,6 +1,7 @@
 //! What the identity stage asks of the state replicas share: one-time use of
-//! a key (a DPoP proof's `jti`) across every replica, and the revocations
-//! pushed live rather than written to files.
+//! a key (a DPoP proof's `jti`) across every replica, the revocations pushed
+//! live rather than written to files, and a cache of introspection answers
+//! (sealed by [`SharedAnswers`]; a cache, so any failure is a miss).
 //!
 //! Only the interface lives here; the implementation (Redis, in
 //! `transport::shared_state`) is built at startup and handed to the pipeline,
@@ -17,6 +18,7 @@ use std::time::Duration;
 use sha2::{Digest as _, Sha256};
 
 use super::revocation::RevocationList;
+use super::shared_answers::SharedAnswers;
 
 /// How much longer than the proof's window a replay key lives: a replica
 /// whose clock is behind the recording one's by up to this much still finds
@@ -56,6 +58,29 @@ pub trait SharedState: Send + Sync + std::fmt::Debug {
     /// `revocation_on_unavailable: fail_open_revocation_only`).
     fn revocation_fails_open(&self) -> bool {
         false
+    }
+
+    /// The keys of the shared introspection cache, when the server enables
+    /// it (`shared_state.introspection_cache`).
+    fn shared_answers(&self) -> Option<&SharedAnswers> {
+        None
+    }
+
+    /// The cache entry under `key`: `None` when there is none or the store
+    /// cannot answer (a cache never fails a check; the caller asks the
+    /// identity provider instead).
+    fn cache_get<'a>(&'a self, _key: &'a str) -> BoxFuture<'a, Option<Vec<u8>>> {
+        Box::pin(async { None })
+    }
+
+    /// Stores `value` under `key` for `ttl`, best effort.
+    fn cache_put<'a>(
+        &'a self,
+        _key: &'a str,
+        _value: Vec<u8>,
+        _ttl: Duration,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
     }
 }
 

@@ -165,6 +165,10 @@ pub struct SharedStateMetrics {
     pub errors: Counter,
     /// Calls not made because the circuit was open.
     pub short_circuited: Counter,
+    /// Shared introspection cache lookups that found an entry.
+    pub cache_hits: Counter,
+    /// Shared introspection cache lookups that found none (or could not ask).
+    pub cache_misses: Counter,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -320,6 +324,16 @@ impl Metrics {
             "shared_state_short_circuited",
             "Calls to the shared store not made because its circuit was open",
             shared_state.short_circuited.clone(),
+        );
+        registry.register(
+            "shared_introspection_cache_hits",
+            "Shared introspection cache lookups that found an entry (shared_state.introspection_cache)",
+            shared_state.cache_hits.clone(),
+        );
+        registry.register(
+            "shared_introspection_cache_misses",
+            "Shared introspection cache lookups that found none or could not ask the store (the identity provider is asked)",
+            shared_state.cache_misses.clone(),
         );
         let served_digest = Gauge::default();
         registry.register(

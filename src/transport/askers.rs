@@ -88,7 +88,9 @@ pub async fn authenticate(
     let input = crate::request::read(pipeline.store.limits(), &request).map_err(|e| e.reason())?;
     let mut result = identity::authenticate(&compiled.identity, &input);
     if let Err(identity::IdentityError::Pending(pending)) = &result {
-        pending.resolve(input.context.time, wait).await;
+        pending
+            .resolve(input.context.time, wait, pipeline.shared_state())
+            .await;
         result = identity::authenticate(&compiled.identity, &input);
     }
     let asker = result.map_err(|e| e.reason())?;

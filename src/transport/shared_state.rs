@@ -11,6 +11,9 @@
 //!   hash on every message, and every `revocation_refresh` anyway, so a lost
 //!   message delays a revocation by one refresh at most. A replica whose last
 //!   full read is older than twice the refresh cannot vouch for what it holds.
+//! - **Introspection answers** (with `introspection_cache`): `GET` and
+//!   `SET PX` of `<prefix>introspection:<keyed hash>`, the value sealed by
+//!   [`SharedAnswers`]. A cache: a failed call is a miss, never a 503.
 //! - **Failure**: every call has a short timeout; a run of failures opens a
 //!   circuit (no call for a while, then one probe), counted in metrics; the
 //!   caller answers 503 `shared_state_unavailable`, never falls back.
@@ -37,6 +40,7 @@ use serde::Deserialize;
 
 use crate::foundation::circuit::{self, Circuit};
 use crate::identity::revocation::RevocationList;
+use crate::identity::shared_answers::SharedAnswers;
 use crate::identity::shared_state::{BoxFuture, SharedState, Unavailable};
 use crate::observe::metrics::SharedStateMetrics;
 
@@ -58,6 +62,43 @@ pub const MAX_LIVE_REVOCATIONS: usize = 10_000;
 #[serde(deny_unknown_fields)]
 pub struct SharedStateConfig {
     pub redis: RedisConfig,
+    /// Introspection answers shared by the replicas (absent: each replica
+    /// caches its own).
+    #[serde(default)]
+    pub introspection_cache: Option<IntrospectionCacheConfig>,
+}
+
+/// `shared_state.introspection_cache`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionCacheConfig {
+    /// A file (a Secret every replica mounts) of at least 32 random bytes:
+    /// the key that names and seals the shared entries.
+    pub key_file: PathBuf,
+}
+
+impl SharedStateConfig {
+    /// Makes relative paths relative to `base` (the config file's directory).
+    pub fn resolve(&mut self, base: &Path) {
+        self.redis.resolve(base);
+        if let Some(cache) = &mut self.introspection_cache
+            && cache.key_file.is_relative()
+        {
+            cache.key_file = base.join(&cache.key_file);
+        }
+    }
+
+    /// The shared introspection cache's keys, read from `key_file` (an
+    /// error names the file, never its content).
+    pub fn shared_answers(&self) -> Result<Option<SharedAnswers>, String> {
+        let Some(cache) = &self.introspection_cache else {
+            return Ok(None);
+        };
+        let at = |m: String| format!("shared_state.introspection_cache: {m}");
+        let secret = std::fs::read(&cache.key_file)
+            .map_err(|e| at(format!("cannot read {}: {e}", cache.key_file.display())))?;
+        SharedAnswers::new(&secret).map(Some).map_err(at)
+    }
 }
 
 /// `shared_state.redis`.
@@ -275,6 +316,8 @@ pub struct RedisState {
     live: ArcSwap<Live>,
     /// The generation counter's value at the last full read.
     generation: AtomicU64,
+    /// The shared introspection cache's keys, when it is enabled.
+    answers: Option<SharedAnswers>,
 }
 
 impl RedisState {
@@ -306,7 +349,14 @@ impl RedisState {
             metrics,
             live: ArcSwap::from_pointee(Live::default()),
             generation: AtomicU64::new(0),
+            answers: None,
         })
+    }
+
+    /// Enables the shared introspection cache with these keys.
+    pub fn with_shared_answers(mut self, answers: Option<SharedAnswers>) -> RedisState {
+        self.answers = answers;
+        self
     }
 
     /// Whether the circuit is closed (calls are being made).
@@ -625,6 +675,35 @@ impl SharedState for RedisState {
 
     fn revocation_fails_open(&self) -> bool {
         self.fail_open
+    }
+
+    fn shared_answers(&self) -> Option<&SharedAnswers> {
+        self.answers.as_ref()
+    }
+
+    fn cache_get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Option<Vec<u8>>> {
+        Box::pin(async move {
+            let mut cmd = redis::cmd("GET");
+            cmd.arg(format!("{}introspection:{key}", self.prefix));
+            // A failure is a miss: the caller asks the identity provider.
+            let found = self.call::<Option<Vec<u8>>>(&cmd).await.ok().flatten();
+            match found {
+                Some(_) => self.metrics.cache_hits.inc(),
+                None => self.metrics.cache_misses.inc(),
+            };
+            found
+        })
+    }
+
+    fn cache_put<'a>(&'a self, key: &'a str, value: Vec<u8>, ttl: Duration) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(format!("{}introspection:{key}", self.prefix))
+                .arg(value)
+                .arg("PX")
+                .arg(ttl.as_millis().max(1) as u64);
+            let _ = self.call::<Option<String>>(&cmd).await;
+        })
     }
 }
 

@@ -177,6 +177,10 @@ shared_state:
     timeout: {{ .timeout }}
     revocation_refresh: {{ .revocationRefresh }}
     revocation_on_unavailable: {{ .revocationOnUnavailable }}
+  {{- if .introspectionCacheKey }}
+  introspection_cache:
+    key_file: {{ printf "/etc/portcullis/shared-state/%s" .introspectionCacheKey | quote }}
+  {{- end }}
 {{- end }}
 {{- end }}
 {{- end }}
