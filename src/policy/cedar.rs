@@ -631,6 +631,92 @@ when { resource has classification && resource.classification == "secret" };
     }
 
     #[test]
+    fn the_entities_file_gives_the_principal_its_groups() {
+        let schema = "entity Group;\nentity Jwt in [Group] = { sub: String };\nentity Order = { tenant: String, order: String };\naction \"read\" appliesTo { principal: Jwt, resource: Order, context: {} };\n";
+        let entities = r#"[{"uid": {"type": "Group", "id": "admins"}, "attrs": {}, "parents": []},
+            {"uid": {"type": "Jwt", "id": "root"}, "attrs": {"sub": "root"}, "parents": [{"type": "Group", "id": "admins"}]}]"#;
+        let p = CedarPolicy::compile(
+            &source(
+                "a.cedar",
+                "permit (principal in Group::\"admins\", action, resource);\n",
+            ),
+            &source("a.cedarschema", schema),
+            Some(&source("entities.json", entities)),
+            routes(),
+            Vec::new(),
+            Path::new("t.yaml"),
+        )
+        .unwrap();
+        let at = input("/tenants/acme/orders/1");
+        let root = caller(json!({"sub": "root"}));
+        assert!(matches!(
+            p.evaluate(&at, &root, "t", None, None).verdict,
+            Verdict::Allow(_)
+        ));
+        let alice = caller(json!({"sub": "alice"}));
+        assert_eq!(
+            p.evaluate(&at, &alice, "t", None, None).verdict,
+            Verdict::Deny(Vec::new())
+        );
+    }
+
+    #[test]
+    fn an_entities_file_that_does_not_conform_does_not_load() {
+        let e = CedarPolicy::compile(
+            &source("a.cedar", OWNER),
+            &source("a.cedarschema", SCHEMA),
+            Some(&source(
+                "entities.json",
+                r#"[{"uid": {"type": "Order", "id": "x"}, "attrs": {"tenant": 1}, "parents": []}]"#,
+            )),
+            routes(),
+            Vec::new(),
+            Path::new("t.yaml"),
+        )
+        .unwrap_err();
+        assert_eq!(e[0].file, PathBuf::from("entities.json"), "{e:?}");
+    }
+
+    #[test]
+    fn the_body_and_exposed_headers_are_in_the_context_and_a_cut_body_denies() {
+        let schema = "entity Jwt = { sub: String };\nentity Order = { tenant: String, order: String };\naction \"read\" appliesTo { principal: Jwt, resource: Order, context: { body?: { amount: Long }, headers: { \"x-env\"?: String } } };\n";
+        let p = CedarPolicy::compile(
+            &source("a.cedar", "permit (principal, action, resource)\nwhen { context has body && context.body.amount < 10 && context.headers has \"x-env\" };\n"),
+            &source("a.cedarschema", schema),
+            None,
+            routes(),
+            vec!["x-env".into()],
+            Path::new("t.yaml"),
+        )
+        .unwrap();
+        let who = caller(json!({"sub": "a"}));
+        let mut at = input("/tenants/acme/orders/1");
+        at.resource.headers.insert("x-env".into(), "prod".into());
+        at.resource.headers.insert("x-other".into(), "1".into());
+        at.resource.body = Body::Json(json!({"amount": 5}));
+        assert!(matches!(
+            p.evaluate(&at, &who, "t", None, None).verdict,
+            Verdict::Allow(_)
+        ));
+        at.resource.body = Body::Json(json!({"amount": 50}));
+        assert_eq!(
+            p.evaluate(&at, &who, "t", None, None).verdict,
+            Verdict::Deny(Vec::new())
+        );
+        at.resource.body = Body::Truncated;
+        assert_eq!(
+            p.evaluate(&at, &who, "t", None, None).verdict,
+            Verdict::BodyUnavailable
+        );
+        at.resource.body = Body::Json(json!({"amount": 5}));
+        at.resource.headers.remove("x-env");
+        assert_eq!(
+            p.evaluate(&at, &who, "t", None, None).verdict,
+            Verdict::Deny(Vec::new())
+        );
+    }
+
+    #[test]
     fn a_claim_shaped_like_an_entity_is_a_record() {
         let schema = "entity Jwt = { sub: String, boss?: { __entity?: { id: String } } };\nentity Order = { tenant: String, order: String };\naction \"read\" appliesTo { principal: Jwt, resource: Order, context: {} };\n";
         let p = CedarPolicy::compile(
