@@ -168,7 +168,7 @@ fn decide(case: &Case) -> Vec<(bool, &'static str)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
     /// Behaviour: YAML/CEL, Rego and Cedar decide every request alike, as
     /// the policy says (no engine errors on any of them).

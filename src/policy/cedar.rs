@@ -186,7 +186,10 @@ impl CedarPolicy {
         for e in result.validation_errors() {
             let mut err = located(policies, e);
             let name = names.get(e.policy_id()).map_or("?", |n| n);
-            err.message = format!("policy {name}: {}", err.message);
+            // Cedar names the policy by its id; the message names it once, by its name.
+            let own = format!("for policy `{}`, ", e.policy_id());
+            let message = err.message.replacen(&own, "", 1);
+            err.message = format!("policy {name}: {message}");
             errors.push(err);
         }
         let schema_parsed = validator.schema();
