@@ -223,8 +223,8 @@ fn refused() -> Vec<(&'static str, Value, &'static str)> {
         ),
         (
             "policy-file-name",
-            json!({ "policies": { "files": { "acme.json": "{}" } } }),
-            "acme.json",
+            json!({ "policies": { "files": { "acme.txt": "{}" } } }),
+            "acme.txt",
         ),
     ]
 }

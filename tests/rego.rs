@@ -11,7 +11,6 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -21,9 +20,7 @@ use serde_json::{Value, json};
 use portcullis::decision::Decision;
 use portcullis::foundation::proto::auth::CheckRequest;
 use portcullis::pipeline::Pipeline;
-use portcullis::request::tenancy::TenantResolver;
-use portcullis::tenants::store::PolicyStore;
-use support::now;
+use support::{now, pipeline};
 
 const PRIMER_ISSUER: &str = "https://idp.primer.example";
 
@@ -134,16 +131,6 @@ fn check_names_the_query_and_the_result() {
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("data.envoy.authz.allow"), "{text}");
     assert!(text.contains("result: true"), "{text}");
-}
-
-fn pipeline(dir: &Path) -> (Pipeline, Arc<PolicyStore>) {
-    let store = Arc::new(PolicyStore::new(dir));
-    let status = store.reload();
-    assert!(status.errors.is_empty(), "{:?}", status.error_lines());
-    (
-        Pipeline::new(Arc::clone(&store), TenantResolver::default()),
-        store,
-    )
 }
 
 fn request(tenant: &str, method: &str, path: &str, headers: Value) -> CheckRequest {

@@ -82,6 +82,11 @@ impl CompiledTenant {
         self.rego.as_deref()
     }
 
+    /// A Cedar tenant's compiled policy, when it is one.
+    pub fn cedar(&self) -> Option<&super::cedar::CedarPolicy> {
+        self.cedar.as_deref()
+    }
+
     pub fn rule_count(&self) -> usize {
         self.set.rules.len()
     }
@@ -141,6 +146,9 @@ impl CompiledTenant {
     ) -> Evaluation {
         if let Some(rego) = &self.rego {
             return self.evaluate_rego(rego, input, identity, explain, budget.deadline());
+        }
+        if let Some(cedar) = &self.cedar {
+            return self.evaluate_cedar(cedar, input, identity, explain, budget.deadline());
         }
         let resource = &input.resource;
         let mut trace = Vec::new();
@@ -396,6 +404,119 @@ impl CompiledTenant {
         Evaluation {
             outcome,
             params: Vec::new(),
+            trace,
+            dry_run: Vec::new(),
+        }
+    }
+
+    /// A Cedar tenant's check: the request mapped onto Cedar's (see
+    /// [`super::cedar_input`]), decided by its policies. Never fails; an
+    /// error denies. The determining policies are the decision's rule.
+    fn evaluate_cedar(
+        &self,
+        cedar: &super::cedar::CedarPolicy,
+        input: &Input,
+        identity: &Identity,
+        explain: bool,
+        deadline: Option<std::time::Instant>,
+    ) -> Evaluation {
+        use super::cedar::Verdict;
+        let attributes = self
+            .set
+            .resource_index
+            .lookup(&input.resource.segments)
+            .first()
+            .map(|&i| &self.set.resources[i].1);
+        let judged = cedar.evaluate(input, identity, &self.id, attributes, deadline);
+        let mut trace = Vec::new();
+        if explain && let Some((principal, action, resource)) = &judged.asked {
+            trace.push(RuleTrace {
+                rule: action.clone(),
+                effect: Effect::Deny,
+                result: format!(
+                    "asked: principal {principal}, action {action}, resource {resource}"
+                ),
+            });
+        }
+        let mut note = |ids: &[Arc<str>], effect: Effect, result: &str| {
+            if explain {
+                trace.extend(ids.iter().map(|id| RuleTrace {
+                    rule: id.to_string(),
+                    effect,
+                    result: result.to_string(),
+                }));
+            }
+        };
+        let joined = |ids: &[Arc<str>]| -> Arc<str> {
+            match ids {
+                [one] => Arc::clone(one),
+                many => Arc::from(
+                    many.iter()
+                        .map(|s| s.as_ref())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
+            }
+        };
+        let outcome = match judged.verdict {
+            Verdict::NoRoute => {
+                if explain {
+                    trace.push(RuleTrace {
+                        rule: "policy.cedar.routes".into(),
+                        effect: Effect::Deny,
+                        result: "no route covers this method and path".into(),
+                    });
+                }
+                Outcome::NoMatch
+            }
+            Verdict::Allow(ids) => {
+                note(&ids, Effect::Allow, "determining (permit)");
+                Outcome::Allow(joined(&ids))
+            }
+            Verdict::Deny(ids) if ids.is_empty() => {
+                if explain {
+                    trace.push(RuleTrace {
+                        rule: "policy.cedar".into(),
+                        effect: Effect::Deny,
+                        result: "no permit applies".into(),
+                    });
+                }
+                Outcome::NoMatch
+            }
+            Verdict::Deny(ids) => {
+                note(&ids, Effect::Deny, "determining (forbid)");
+                Outcome::Deny(joined(&ids))
+            }
+            Verdict::Error(ids, message) => {
+                note(&ids, Effect::Deny, &format!("error: {message}"));
+                let rule = if ids.is_empty() {
+                    Arc::from("policy.cedar")
+                } else {
+                    joined(&ids)
+                };
+                if explain && ids.is_empty() {
+                    trace.push(RuleTrace {
+                        rule: rule.to_string(),
+                        effect: Effect::Deny,
+                        result: format!("error: {message}"),
+                    });
+                }
+                Outcome::PolicyError(rule, message)
+            }
+            Verdict::BodyUnavailable => {
+                if explain {
+                    trace.push(RuleTrace {
+                        rule: "policy.cedar".into(),
+                        effect: Effect::Deny,
+                        result: "body is truncated or not JSON".into(),
+                    });
+                }
+                Outcome::BodyUnavailable(Arc::from("policy.cedar"))
+            }
+        };
+        Evaluation {
+            outcome,
+            params: judged.params,
             trace,
             dry_run: Vec::new(),
         }

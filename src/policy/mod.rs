@@ -16,6 +16,10 @@
 //! A tenant whose worst check is heavy ([`heavy`]) evaluates off the async
 //! workers, a share of them at a time.
 //!
+//! Other engines decide in place of the rules for the tenants that choose
+//! them: Rego ([`rego`], regorus) and Cedar ([`cedar`], cedar-policy, with the
+//! request mapped by [`cedar_input`]).
+//!
 //! The rule languages live here too: CEL conditions (`cel`, with a native
 //! evaluator for common shapes and a cost bound), header templates, the data
 //! documents rules read ([`data`]) and the downstream token spec
@@ -24,6 +28,8 @@
 //! Never imports: decision, tenants, the pipeline or anything above them.
 
 pub mod budget;
+pub mod cedar;
+pub mod cedar_input;
 pub(crate) mod cel;
 pub mod cost;
 pub mod data;

@@ -60,6 +60,16 @@ pub struct RegoPolicy {
     as_query: bool,
 }
 
+impl From<LoadError> for crate::foundation::document::PolicyError {
+    fn from(e: LoadError) -> Self {
+        crate::foundation::document::PolicyError {
+            file: e.file,
+            line: e.line,
+            message: e.message,
+        }
+    }
+}
+
 /// Why an evaluation gave no result to read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EvalError(pub String);

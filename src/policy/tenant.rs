@@ -221,6 +221,10 @@ pub struct CompiledTenant {
     /// of the rules. Shared with every tenant whose modules, data and query
     /// are the same.
     pub(crate) rego: Option<Arc<super::rego::RegoPolicy>>,
+    /// A Cedar tenant's compiled policy (`policy.cedar`); it decides in place
+    /// of the rules. Shared with every tenant whose files and routes are the
+    /// same.
+    pub(crate) cedar: Option<Arc<super::cedar::CedarPolicy>>,
     /// Union of what the conditions read: only these fields are built per
     /// check. The set's, kept here too for the evaluation.
     pub(crate) reads: Arc<Reads>,

@@ -387,6 +387,48 @@ fn compile_split(
         }
     };
 
+    let cedar = match spec.policy.as_ref().and_then(|p| p.cedar.as_ref()) {
+        None => None,
+        Some(cedar_spec) => {
+            let at = line_of(text, 0, "policy");
+            if !spec.rules.is_empty() || texts.as_ref().is_some_and(|t| t[0].is_some()) {
+                errors.push(err(
+                    at,
+                    "policy.cedar decides in place of rules: a tenant has one or the other".into(),
+                ));
+            }
+            if rego.is_some() || spec.policy.as_ref().is_some_and(|p| p.rego.is_some()) {
+                errors.push(err(
+                    at,
+                    "policy names both rego and cedar: a tenant has one engine".into(),
+                ));
+            }
+            if spec.default == Effect::Allow {
+                errors.push(err(
+                    line_of(text, 0, "default"),
+                    "default: allow does not apply to a Cedar tenant: Cedar denies what no permit allows".into(),
+                ));
+            }
+            let credential_headers = identity
+                .as_ref()
+                .map(|i| i.credential_headers().to_vec())
+                .unwrap_or_default();
+            match super::cedar::load(
+                cedar_spec,
+                &files,
+                (file, text, at),
+                &spec.resources,
+                &credential_headers,
+            ) {
+                Ok(p) => Some(p),
+                Err(mut e) => {
+                    errors.append(&mut e);
+                    None
+                }
+            }
+        }
+    };
+
     match identity {
         Some(identity) if errors.is_empty() => {
             let set = match compiled {
@@ -413,6 +455,7 @@ fn compile_split(
                 }),
                 set,
                 rego,
+                cedar,
                 warnings,
                 issuers,
                 shared_issuers: spec.shared_issuers.clone(),

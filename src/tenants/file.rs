@@ -73,6 +73,49 @@ pub struct PolicySpec {
     /// OPA-Envoy's Rego, run by regorus (docs/rego.md).
     #[serde(default)]
     pub rego: Option<RegoSpec>,
+    /// Cedar policies validated against a schema (docs/cedar.md).
+    #[serde(default)]
+    pub cedar: Option<CedarSpec>,
+}
+
+/// `policy.cedar`: the policies, the schema they are validated against, the
+/// entities, and the routes that name requests to Cedar.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct CedarSpec {
+    /// A `.cedar` file of policies, beside the policy file (or in
+    /// `policy_files` directories).
+    pub policies: String,
+    /// The schema: Cedar syntax (`.cedarschema`) or JSON (`.json`).
+    pub schema: String,
+    /// Cedar's entities JSON (group membership, resource data), validated
+    /// against the schema.
+    #[serde(default)]
+    pub entities: Option<String>,
+    /// Request headers the context exposes as `context.headers` (never
+    /// credentials).
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// The routes Cedar decides; a request on none is denied.
+    pub routes: Vec<CedarRouteSpec>,
+}
+
+/// One route of a Cedar tenant.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct CedarRouteSpec {
+    /// Route template: `/tenants/{tenant}/orders/{order}`.
+    pub path: String,
+    /// HTTP methods (upper case); empty or absent means any (then `action`
+    /// is required).
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// The action's id (`Action::"<action>"`); absent, `"<METHOD> <path>"`.
+    #[serde(default)]
+    pub action: Option<String>,
+    /// The resource's entity type; absent, `Route`.
+    #[serde(default)]
+    pub resource: Option<String>,
 }
 
 /// `policy.rego`: the modules, the data and the decision's rule.

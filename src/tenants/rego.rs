@@ -83,15 +83,8 @@ pub(super) fn load(
         return Ok(shared);
     }
     let data = (!data.is_empty()).then_some(Json::Object(data));
-    let policy = RegoPolicy::compile(&modules, data, &spec.query).map_err(|errs| {
-        errs.into_iter()
-            .map(|e| PolicyError {
-                file: e.file,
-                line: e.line,
-                message: e.message,
-            })
-            .collect::<Vec<_>>()
-    })?;
+    let policy = RegoPolicy::compile(&modules, data, &spec.query)
+        .map_err(|errs| errs.into_iter().map(PolicyError::from).collect::<Vec<_>>())?;
     Ok(SHARED.insert(key, Arc::new(policy)))
 }
 

@@ -1,4 +1,4 @@
-//! The same object-level policy as YAML rules (CEL) and as Rego, in process
+//! The same object-level policy as YAML rules (CEL), as Rego and as Cedar, in process
 //! (`Pipeline::check`: CheckRequest → Decision), with `cargo bench --bench
 //! engines`. Read every figure as a ratio to `engines/constant_answer` (a
 //! tenant whose one public rule always allows), measured in the same run.
@@ -12,6 +12,9 @@
 //!   `input.portcullis.claims` and `input.parsed_path`.
 //! - `engines/rego_decode_verify`: the same in Rego verifying the token
 //!   itself with `io.jwt.decode_verify` (as OPA-Envoy's primer does).
+//! - `engines/cedar_object_level`: the same in Cedar: a `permit` on the
+//!   route's action for a principal whose `tenant` is the resource's, holding
+//!   `orders:read`, validated against its schema at load.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -67,6 +70,19 @@ allow if {
 }
 "#;
 
+const OBJECT_LEVEL_CEDAR: &str = r#"@id("orders")
+permit (principal is Jwt, action == Action::"read", resource is Order)
+when {
+  principal has tenant && principal.tenant == resource.tenant &&
+  principal has scope && principal.scope.contains("orders:read")
+};
+"#;
+
+const CEDAR_SCHEMA: &str = r#"entity Jwt = { tenant?: String, scope?: Set<String> };
+entity Order = { tenant: String, order: String };
+action "read" appliesTo { principal: Jwt, resource: Order, context: {} };
+"#;
+
 fn setup(jwks: &Value) -> (tempfile::TempDir, Pipeline) {
     let dir = tempfile::tempdir().unwrap();
     let id = identity(jwks);
@@ -95,6 +111,14 @@ fn setup(jwks: &Value) -> (tempfile::TempDir, Pipeline) {
         );
         write(&format!("{tenant}.rego"), module.to_string());
     }
+    write(
+        "cedar.yaml",
+        format!(
+            "apiVersion: portcullis/v1\ntenant: cedar\n{id}policy:\n  cedar:\n    policies: cedar.cedar\n    schema: cedar.cedarschema\n    routes:\n      - {{ path: \"/tenants/{{tenant}}/orders/{{order}}\", methods: [GET], action: read, resource: Order }}\n"
+        ),
+    );
+    write("cedar.cedar", OBJECT_LEVEL_CEDAR.to_string());
+    write("cedar.cedarschema", CEDAR_SCHEMA.to_string());
     let store = PolicyStore::new(dir.path());
     let status = store.reload();
     assert!(status.errors.is_empty(), "{:?}", status.error_lines());
@@ -142,6 +166,7 @@ fn bench(c: &mut Criterion) {
         ("engines/yaml_object_level", "yaml"),
         ("engines/rego_object_level", "rego"),
         ("engines/rego_decode_verify", "rego_jwt"),
+        ("engines/cedar_object_level", "cedar"),
     ] {
         let r = request(tenant, &token);
         let d = p.check(&r);

@@ -540,3 +540,23 @@ impl DpopKey {
         format!("{input}.{}", B64.encode(sig.as_ref()))
     }
 }
+
+/// The pipeline over the policies in `dir`, which must all load, and its store
+/// (to reload).
+pub fn pipeline(
+    dir: &Path,
+) -> (
+    portcullis::pipeline::Pipeline,
+    std::sync::Arc<portcullis::tenants::store::PolicyStore>,
+) {
+    let store = std::sync::Arc::new(portcullis::tenants::store::PolicyStore::new(dir));
+    let status = store.reload();
+    assert!(status.errors.is_empty(), "{:?}", status.error_lines());
+    (
+        portcullis::pipeline::Pipeline::new(
+            std::sync::Arc::clone(&store),
+            portcullis::request::tenancy::TenantResolver::default(),
+        ),
+        store,
+    )
+}
