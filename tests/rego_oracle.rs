@@ -186,7 +186,7 @@ fn observe(r: &HttpResponse) -> Observed {
         let name = name.to_ascii_lowercase();
         if name == METADATA_HEADER {
             metadata = serde_json::from_str(value).unwrap_or(json!(value));
-        } else if !ignored(&name) && !(r.status == 200 && name == "content-type") {
+        } else if !ignored(&name) && (r.status != 200 || name != "content-type") {
             client_headers.insert(name, value.clone());
         }
     }
