@@ -94,10 +94,17 @@ Behind nginx (auth_request, :8090), and portcullis refusing a caller that is not
 
 TOUR
 if [ "${JAEGER:-0}" = 1 ]; then
-  echo "Jaeger's query API is on http://127.0.0.1:16686: a decision line's trace_id"
-  echo "finds its trace with  curl -s localhost:16686/api/v3/traces/TRACE_ID"
-  echo "(examples/jaeger/README.md)."
-  echo
+  cat <<'JAEGER_TOUR'
+Jaeger's query API is on http://127.0.0.1:16686. A denial, its trace id from the
+decision log, and the trace with its reason (examples/jaeger/README.md):
+
+  id=$(curl -s -o /dev/null -w '%header{x-portcullis-decision-id}' \
+    -H 'host: acme.example.com' localhost:8080/tenants/acme/orders/1)
+  trace=$(grep "$id" "${TMPDIR:-/tmp}/portcullis-demo-decisions.jsonl" | python3 -c \
+    'import json,sys; print(json.loads(sys.stdin.readline())["trace_id"])')
+  curl -s "localhost:16686/api/v3/traces/$trace" | python3 -m json.tool | grep -A1 '"reason"'
+
+JAEGER_TOUR
 fi
 echo "Each decision prints one line here; the JSON decision log is appended to"
 echo "$decisions. Ctrl-C stops everything."

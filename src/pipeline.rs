@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use crate::decision::mint::Minter;
 use crate::decision::{ClientErrors, Decision, Reason, respond};
 use crate::foundation::proto::auth::CheckRequest;
+use crate::identity::revocation::RevocationList;
+use crate::identity::shared_state::{SharedState, Unavailable};
 use crate::identity::{self, Identity, IdentityError, Pending};
 use crate::policy::budget::Budget;
 use crate::policy::heavy;
@@ -38,6 +40,10 @@ pub struct Pipeline {
     /// Every heavy tenant's evaluations in flight together (shared by clones), at most
     /// [`heavy::heavy_share`] ([`crate::policy::heavy`]).
     heavy: Arc<heavy::HeavyGate>,
+    /// The state replicas share (`shared_state` in the server config): DPoP
+    /// proofs are recorded there rather than in this replica's cache, and live
+    /// revocations are read from it. `None`: one replica, as before.
+    shared: Option<Arc<dyn SharedState>>,
 }
 
 impl Pipeline {
@@ -48,7 +54,14 @@ impl Pipeline {
             minter: None,
             client_errors: ClientErrors::default(),
             heavy: Arc::new(heavy::HeavyGate::new(heavy::heavy_share())),
+            shared: None,
         }
+    }
+
+    /// The state replicas share, when the server has a shared store.
+    pub fn with_shared_state(mut self, shared: Option<Arc<dyn SharedState>>) -> Pipeline {
+        self.shared = shared;
+        self
     }
 
     pub fn with_minter(mut self, minter: Option<Arc<Minter>>) -> Pipeline {
@@ -106,12 +119,55 @@ impl Pipeline {
         explain: bool,
         deadline: Option<Instant>,
     ) -> Run {
-        let first = self.run(request, explain, deadline);
-        let Some(pending) = first.pending else {
-            return first;
+        let mut front = self.front(request);
+        if let Front::Done(run) = &mut front
+            && let Some(pending) = run.pending.take()
+        {
+            pending.resolve(run.time, wait).await;
+            front = self.front(request);
+        }
+        let run = match front {
+            Front::Done(run) => run,
+            Front::Identified(mut known) => match known.identity.binding.replay.take() {
+                None => self.back(known, explain, deadline),
+                Some(ticket) => match self.record_shared(&mut known, &ticket).await {
+                    Ok(()) => self.back(known, explain, deadline),
+                    Err(()) => Run::of(known.decision, Vec::new(), None, known.time),
+                },
+            },
         };
-        pending.resolve(first.time, wait).await;
-        self.run(request, explain, deadline)
+        self.finish(run)
+    }
+
+    /// Records a DPoP proof in the shared store: one round trip, whose answer
+    /// is final (a replay is refused, a store that cannot answer is 503, never
+    /// this replica's own cache instead). `Err` once `known.decision` says why.
+    async fn record_shared(
+        &self,
+        known: &mut Identified,
+        ticket: &identity::binding::ReplayTicket,
+    ) -> Result<(), ()> {
+        let answer = match &self.shared {
+            Some(shared) => {
+                let now = unix_seconds(known.time);
+                shared.record_once(&ticket.shared, ticket.ttl(now)).await
+            }
+            None => Err(Unavailable("no shared store")),
+        };
+        let refused = match answer {
+            Ok(true) => return Ok(()),
+            Ok(false) => identity::record_replay(&known.tenant.identity, &known.input, |_, _| {
+                Err(identity::binding::BindingError::Replayed)
+            }),
+            Err(why) => {
+                respond::shared_state_unavailable(&mut known.decision, &why);
+                return Err(());
+            }
+        };
+        if let Err(e) = refused {
+            respond::refused(&mut known.decision, &known.tenant, &known.input, e);
+        }
+        Err(())
     }
 
     /// Decides one request and says what every candidate rule did.
@@ -123,23 +179,39 @@ impl Pipeline {
     /// One pass through the stages, with the server's `client_errors` where
     /// the tenant chose none.
     fn run(&self, request: &CheckRequest, explain: bool, deadline: Option<Instant>) -> Run {
-        let mut run = self.stages(request, explain, deadline);
+        let run = match self.front(request) {
+            Front::Done(run) => run,
+            // A proof to record in the shared store, and no way to wait for it
+            // here: never this replica's own cache instead.
+            Front::Identified(mut known) if known.identity.binding.replay.is_some() => {
+                respond::shared_state_unavailable(
+                    &mut known.decision,
+                    &Unavailable("a check that cannot wait"),
+                );
+                Run::of(known.decision, Vec::new(), None, known.time)
+            }
+            Front::Identified(known) => self.back(known, explain, deadline),
+        };
+        self.finish(run)
+    }
+
+    fn finish(&self, mut run: Run) -> Run {
         run.decision.client_errors.get_or_insert(self.client_errors);
         run
     }
 
-    /// One pass through the stages, in order; each is a plain function.
-    fn stages(&self, request: &CheckRequest, explain: bool, deadline: Option<Instant>) -> Run {
+    /// The stages up to the identity, in order; each is a plain function.
+    fn front(&self, request: &CheckRequest) -> Front {
         let id = uuid::Uuid::new_v4().to_string();
         if !self.store.is_ready() {
-            return Run::done(Decision::deny(id, Reason::NotReady));
+            return Front::Done(Run::done(Decision::deny(id, Reason::NotReady)));
         }
         let input = match request::read(self.store.limits(), request) {
             Ok(input) => input,
-            Err(e) => return Run::done(Decision::deny(id, e.reason()).with_detail(e)),
+            Err(e) => return Front::Done(Run::done(Decision::deny(id, e.reason()).with_detail(e))),
         };
         let Some(tenant) = self.tenancy.resolve(&input.resource, self.store.as_ref()) else {
-            return Run::done(Decision::deny(id, Reason::UnknownTenant));
+            return Front::Done(Run::done(Decision::deny(id, Reason::UnknownTenant)));
         };
         let mut input = input;
         if tenant.rego().is_some() {
@@ -147,14 +219,32 @@ impl Pipeline {
         }
         let mut decision = respond::begin(id, &tenant, &input);
         let time = input.context.time;
-        let identity = match authenticate(&tenant, &input) {
+        let identity = match authenticate(&tenant, &input, self.shared.is_some()) {
             Ok(identity) => identity,
             Err(e) => {
                 let pending = respond::refused(&mut decision, &tenant, &input, e);
-                return Run::of(decision, Vec::new(), pending, time);
+                return Front::Done(Run::of(decision, Vec::new(), pending, time));
             }
         };
         respond::identified(&mut decision, &identity);
+        Front::Identified(Identified {
+            decision,
+            tenant,
+            input,
+            identity,
+            time,
+        })
+    }
+
+    /// The stages after the identity: revocation, evaluate, respond.
+    fn back(&self, known: Identified, explain: bool, deadline: Option<Instant>) -> Run {
+        let Identified {
+            mut decision,
+            tenant,
+            input,
+            identity,
+            time,
+        } = known;
         let now = unix_seconds(time);
         // Checked on every request: a cached verification is no exemption.
         match self.store.revocation_list(&tenant.id) {
@@ -173,6 +263,18 @@ impl Pipeline {
                 }
             }
         }
+        // Revocations pushed through the shared store, unioned with the files.
+        let live = match self.live_revocations(&tenant, &identity) {
+            Ok(live) => live,
+            Err(why) => {
+                respond::shared_state_unavailable(&mut decision, &why);
+                return Run::of(decision, Vec::new(), None, time);
+            }
+        };
+        if let Some(kind) = live.and_then(|list| list.revoked(&identity, now)) {
+            respond::revoked(&mut decision, &tenant, &input, kind);
+            return Run::of(decision, Vec::new(), None, time);
+        }
         let Some(eval) = self.evaluate(&tenant, &input, &identity, explain, deadline) else {
             // A heavy tenant with its share of checks in flight.
             decision.reason = Reason::Overloaded;
@@ -181,6 +283,27 @@ impl Pipeline {
         let mint = self.minter.as_deref();
         let trace = respond::outcome(&mut decision, &tenant, &identity, &input, eval, mint, now);
         Run::of(decision, trace, None, time)
+    }
+
+    /// The live revocations to check `identity` against: `None` for a tenant
+    /// that does not ask for them (`identity.live_revocation`) or a caller no
+    /// list could revoke; `Err` when they are needed and cannot be vouched for
+    /// (unless the server chose to fail open on revocation alone).
+    fn live_revocations(
+        &self,
+        tenant: &CompiledTenant,
+        identity: &Identity,
+    ) -> Result<Option<Arc<RevocationList>>, Unavailable> {
+        if !tenant.identity.live_revocation || !crate::identity::revocation::revocable(identity) {
+            return Ok(None);
+        }
+        let Some(shared) = &self.shared else {
+            return Err(Unavailable("no shared store"));
+        };
+        match shared.live_revocations(&tenant.id) {
+            Err(_) if shared.revocation_fails_open() => Ok(None),
+            other => other,
+        }
     }
 
     /// The evaluate stage, in its own span: the tenant's rules over the
@@ -222,15 +345,24 @@ impl Pipeline {
 }
 
 /// The identity stage, in its own span: the caller's credential, validated
-/// against the tenant's issuers.
-fn authenticate(tenant: &CompiledTenant, input: &Input) -> Result<Identity, IdentityError> {
+/// against the tenant's issuers. With a shared store a DPoP proof is left for
+/// the caller to record there (`binding.replay`).
+fn authenticate(
+    tenant: &CompiledTenant,
+    input: &Input,
+    shared: bool,
+) -> Result<Identity, IdentityError> {
     let span = tracing::info_span!(
         "identity",
         auth_method = tracing::field::Empty,
         reason = tracing::field::Empty,
     );
     let _entered = span.enter();
-    let result = identity::authenticate(&tenant.identity, input);
+    let result = if shared {
+        identity::identify(&tenant.identity, input)
+    } else {
+        identity::authenticate(&tenant.identity, input)
+    };
     match &result {
         Ok(identity) => span.record("auth_method", identity.method.as_str()),
         Err(e) => span.record("reason", e.reason().code()),
@@ -244,6 +376,25 @@ fn dry_run_summary(hits: &[DryRunHit]) -> String {
         .map(|h| format!("{}={}", h.rule, h.would))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// What the stages up to the identity gave. Returned once per check and
+/// taken apart at once: boxing the large variant would cost every check an
+/// allocation to save a move.
+#[allow(clippy::large_enum_variant)]
+enum Front {
+    /// Decided already (or waiting for keys: `pending`).
+    Done(Run),
+    Identified(Identified),
+}
+
+/// A caller identified, with what the later stages need.
+struct Identified {
+    decision: Decision,
+    tenant: Arc<CompiledTenant>,
+    input: Input,
+    identity: Identity,
+    time: std::time::SystemTime,
 }
 
 /// One pass through the stages.

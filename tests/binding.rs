@@ -89,46 +89,7 @@ fn uuid_like() -> String {
     )
 }
 
-/// The client's DPoP key.
-struct Client {
-    key: support::DpopKey,
-}
-
-impl Client {
-    fn new() -> Client {
-        Client {
-            key: support::DpopKey::generate(),
-        }
-    }
-
-    fn jwk(&self) -> Value {
-        self.key.jwk()
-    }
-
-    fn jkt(&self) -> String {
-        self.key.jkt()
-    }
-
-    fn sign(&self, header: &Value, claims: &Value) -> String {
-        self.key.sign(header, claims)
-    }
-
-    fn proof(&self, htm: &str, htu: &str, token: &str, patch: Value) -> String {
-        let mut claims = json!({
-            "jti": format!("p-{}", uuid_like()), "htm": htm, "htu": htu, "iat": now(),
-            "ath": B64.encode(sha2::Sha256::digest(token.as_bytes())),
-        });
-        for (k, v) in patch.as_object().unwrap() {
-            if v.is_null() {
-                claims.as_object_mut().unwrap().remove(k);
-            } else {
-                claims[k] = v.clone();
-            }
-        }
-        let header = json!({"typ": "dpop+jwt", "alg": "EdDSA", "jwk": self.jwk()});
-        self.sign(&header, &claims)
-    }
-}
+use support::dpop::Client;
 
 fn token(f: &Fixture, cnf: Option<Value>) -> String {
     let t = now();

@@ -119,9 +119,32 @@ fn istio_example_values() -> Value {
     values
 }
 
+/// The example policies and one tenant that takes DPoP-bound tokens.
+fn dpop_policy_files() -> Value {
+    let mut files = example_policy_files();
+    files["shop.yaml"] = json!(
+        "apiVersion: portcullis/v1\ntenant: shop\nidentity:\n  jwt:\n    - { issuer: https://idp.shop.example, audiences: [shop], jwks_uri: https://idp.shop.example/jwks }\n  dpop: { public_origin: https://shop.example }\nrules: []\n"
+    );
+    files
+}
+
+/// `examples/helm/shared-state.yaml` with a DPoP tenant.
+fn shared_state_values() -> Value {
+    let mut values = read_yaml("examples/helm/shared-state.yaml");
+    values["policies"] = json!({ "files": dpop_policy_files() });
+    values
+}
+
 /// (name, release, namespace, values); the values must render.
 fn scenarios() -> Vec<(&'static str, &'static str, &'static str, Value)> {
     vec![
+        ("shared-state", "portcullis", "shop", shared_state_values()),
+        (
+            "dpop-unshared",
+            "portcullis",
+            "shop",
+            json!({ "policies": { "files": dpop_policy_files() } }),
+        ),
         ("default", "portcullis", "shop", json!({})),
         ("everything", "authz", "shop", everything_on()),
         (
@@ -157,6 +180,11 @@ fn scenarios() -> Vec<(&'static str, &'static str, &'static str, Value)> {
 /// (name, values, a piece of the expected error); the values must be refused.
 fn refused() -> Vec<(&'static str, Value, &'static str)> {
     vec![
+        (
+            "shared-state-without-secret",
+            json!({ "sharedState": { "enabled": true } }),
+            "sharedState.existingSecret is required",
+        ),
         (
             "selects-itself",
             json!({ "podLabels": { "portcullis.dev/authz": "enabled" } }),
@@ -1275,4 +1303,56 @@ fn token_exchange_is_rendered_only_when_asked_for() {
         config["token_exchange"]["keys"][0]["file"],
         "/etc/portcullis/secrets/idp-keys/k1.pem"
     );
+}
+
+#[test]
+fn shared_state_is_configured_mounted_and_warned_about_when_off() {
+    assert!(
+        rendered("default")
+            .server_config()
+            .get("shared_state")
+            .is_none()
+    );
+    let r = rendered("shared-state");
+    let redis = &r.server_config()["shared_state"]["redis"];
+    assert_eq!(redis["url_file"], "/etc/portcullis/shared-state/url");
+    assert_eq!(
+        redis["password_file"],
+        "/etc/portcullis/shared-state/password"
+    );
+    assert_eq!(redis["revocation_on_unavailable"], "fail_closed");
+    let pod = r.pod_spec();
+    assert_eq!(
+        volume(pod, "portcullis-shared-state")["secret"]["secretName"],
+        "portcullis-redis"
+    );
+    let mounts = r.portcullis_container()["volumeMounts"].as_array().unwrap();
+    assert!(
+        mounts.iter().any(|m| m["name"] == "portcullis-shared-state"
+            && m["mountPath"] == "/etc/portcullis/shared-state"),
+        "{mounts:?}"
+    );
+    // The rendered server config is one portcullis loads.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("p")).unwrap();
+    let mut config = r.server_config();
+    config.insert("policies".into(), json!("p"));
+    config["shared_state"]["redis"]["url_file"] = json!(dir.path().join("url"));
+    config["shared_state"]["redis"]["password_file"] = json!(dir.path().join("password"));
+    let path = dir.path().join("portcullis.yaml");
+    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    let loaded = portcullis::app::config::Config::load(&path);
+    assert!(loaded.is_ok(), "{loaded:?}");
+
+    // Two replicas, a DPoP tenant, no shared state: NOTES warn; not otherwise.
+    let warning = "each replica remembers only its own DPoP proofs";
+    assert!(rendered("dpop-unshared").notes.contains(warning));
+    assert!(
+        rendered("dpop-unshared")
+            .notes
+            .contains("a tenant uses DPoP")
+    );
+    for name in ["shared-state", "default", "everything"] {
+        assert!(!rendered(name).notes.contains(warning), "{name}");
+    }
 }

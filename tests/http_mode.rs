@@ -55,6 +55,10 @@ rules:
     path: /transfers
     when: resource.body.amount <= 100
     effect: allow
+cors:
+  allow_preflight: true
+  allow_origins: [https://app.initech.example]
+  allow_headers: [authorization]
 response:
   headers: {{ x-subject: "{{claims.sub}}", x-team: "{{claims.team}}", x-auth-method: "{{auth_method}}" }}
   remove: [authorization]
@@ -71,7 +75,15 @@ struct Fixture {
 /// portcullis with the initech tenant and the HTTP listener on a free port,
 /// trusting `trusted` as proxies.
 async fn fixture(trusted: &[&str]) -> Fixture {
+    fixture_with(trusted, &[]).await
+}
+
+/// [`fixture`] with more tenants' policy files (name, text).
+async fn fixture_with(trusted: &[&str], more: &[(&str, String)]) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
+    for (name, text) in more {
+        std::fs::write(dir.path().join(format!("{name}.yaml")), text).unwrap();
+    }
     let key = ES256KeyPair::generate().with_key_id("initech-1");
     let jwks =
         json!({ "keys": [serde_json::from_str::<Value>(&key.public_key().to_jwk()).unwrap()] });
@@ -98,11 +110,15 @@ async fn fixture(trusted: &[&str]) -> Fixture {
 
 impl Fixture {
     fn token(&self, sub: &str, team: &str, scope: &[&str]) -> String {
+        self.token_of(ISSUER, sub, team, scope)
+    }
+
+    fn token_of(&self, issuer: &str, sub: &str, team: &str, scope: &[&str]) -> String {
         let claims = Claims::with_custom_claims(
             json!({ "scope": scope, "org": { "team": team } }),
             jwt_simple::prelude::Duration::from_mins(5),
         )
-        .with_issuer(ISSUER)
+        .with_issuer(issuer)
         .with_subject(sub)
         .with_audience("reports-api");
         self.key.sign(claims).unwrap()
@@ -267,6 +283,55 @@ async fn decides_for_envoy_over_http_service() {
     )
     .await;
     assert_eq!(r.status, 503, "{r:?}");
+}
+
+/// A tenant whose key server is down: its callers get `keys_unavailable`,
+/// which is 503 over gRPC.
+fn keyless_policy() -> String {
+    format!(
+        r#"apiVersion: portcullis/v1
+tenant: keyless
+identity:
+  jwt:
+    - issuer: https://idp.keyless.example
+      audiences: [reports-api]
+      algorithms: [ES256]
+      jwks_uri: http://127.0.0.1:{port}/jwks.json
+rules:
+  - {{ id: anyone, path: "/{{rest...}}", effect: allow }}
+"#,
+        port = support::dead_port()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cannot_decide_deny_stays_a_deny_under_failure_mode_allow() {
+    let f = fixture_with(&["127.0.0.1/32"], &[("keyless", keyless_policy())]).await;
+    let (upstream, _echo) = support::start_echo_upstream().await;
+    // The example, failing open and naming the tenant whose keys are gone.
+    let mut cfg: Value = serde_json::from_str(&envoy_config(f.http_addr(), upstream)).unwrap();
+    let filter = &mut cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["http_filters"][0]["typed_config"];
+    filter["failure_mode_allow"] = json!(true);
+    filter["http_service"]["authorization_request"]["headers_to_add"][0]["value"] =
+        json!("keyless");
+    let envoy = Envoy::start(&serde_json::to_string(&cfg).unwrap()).await;
+    let main = envoy.listener("main").await;
+    let token = format!(
+        "Bearer {}",
+        f.token_of("https://idp.keyless.example", "alice", "blue", &[])
+    );
+    let r = http(
+        main,
+        "GET",
+        "/anything",
+        &[("host", "api.example"), ("authorization", &token)],
+        None,
+    )
+    .await;
+    // Not let through: a 403 with the reason, and a hint to retry.
+    assert_denied(&r, 403, "keys_unavailable");
+    assert_eq!(r.header("retry-after"), Some("1"), "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -487,6 +552,23 @@ async fn decides_for_nginx_auth_request() {
     )
     .await;
     assert_eq!(r.status, 403, "{r:?}");
+
+    // A preflight portcullis would answer with a 204 is a 403 here: nginx
+    // lets any 2xx through, so the preflight must not reach the upstream.
+    let r = http(
+        nginx.addr,
+        "OPTIONS",
+        "/reports/blue",
+        &[
+            host,
+            ("origin", "https://app.initech.example"),
+            ("access-control-request-method", "GET"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(!r.body.contains("\"path\""), "reached the upstream: {r:?}");
 
     // A client's X-Original-URI is overwritten by nginx ($request_uri): the
     // path checked is the one requested, so the forgery gains nothing.

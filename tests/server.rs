@@ -770,15 +770,20 @@ async fn envoys_deadline_stops_an_abandoned_check_between_conditions() {
 
     let mut req = tonic::Request::new(request("slow.example", "/slow", None));
     req.set_timeout(Duration::from_millis(50));
-    // The client gives up at its deadline (tonic reports it as cancelled).
-    let e = c.check(req).await.unwrap_err();
-    assert!(
-        matches!(
-            e.code(),
-            tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+    // The client gives up at its deadline (tonic reports it as cancelled). On
+    // a loaded machine its own timer can fire after the server's answer (sent
+    // at the server's copy of the same deadline) arrived: then that answer is
+    // the deadline's deny. Either way the log below says what stopped it.
+    match c.check(req).await {
+        Err(e) => assert!(
+            matches!(
+                e.code(),
+                tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+            ),
+            "{e:?}"
         ),
-        "{e:?}"
-    );
+        Ok(answer) => assert_eq!(answer.into_inner().status.unwrap().message, "policy_error"),
+    }
 
     let mut line = String::new();
     support::eventually("the abandoned check's decision", || {

@@ -1,4 +1,5 @@
-//! The command line: `serve`, `validate`, `lint`, `test`, `check`, `reach`, `replay`.
+//! The command line: `serve`, `validate`, `lint`, `test`, `check`, `reach`, `replay`,
+//! `unused`, `revoke`, `fleet-status`.
 //!
 //! Exit codes: 0 success; 1 a policy directory with errors or without policy
 //! files (`validate`, `check`) or a failing test suite (`test`); 64 bad
@@ -167,6 +168,36 @@ pub enum Command {
         /// Server configuration, for its policy file settings and limits.
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+    /// Revoke a token, a subject or a client on every replica at once, through
+    /// the shared store (`shared_state` in the server config).
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["jti", "sub", "client_id"])))]
+    Revoke {
+        /// Server configuration with `shared_state`.
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        tenant: String,
+        /// One token, by its `jti`.
+        #[arg(long)]
+        jti: Option<String>,
+        /// Every token of a subject.
+        #[arg(long)]
+        sub: Option<String>,
+        /// Every token of a client (`client_id` or `azp`).
+        #[arg(long)]
+        client_id: Option<String>,
+        /// Until when: `YYYY-MM-DDTHH:MM:SSZ` or a duration from now (`2h`);
+        /// without it, for ever.
+        #[arg(long)]
+        until: Option<String>,
+    },
+    /// Compare what replicas serve (their admin `/policies`) and name the
+    /// tenants that differ; exit 1 when they do.
+    FleetStatus {
+        /// Admin URLs of the replicas (`http://10.0.0.7:9002`).
+        #[arg(required = true, num_args = 1..)]
+        urls: Vec<String>,
     },
 }
 
@@ -391,6 +422,31 @@ pub fn main() -> ExitCode {
             format,
             config,
         } => replay_command(&log, &policies, fail_on_change, format, config),
+        Command::Revoke {
+            config,
+            tenant,
+            jti,
+            sub,
+            client_id,
+            until,
+        } => {
+            let (kind, value) = match (jti, sub, client_id) {
+                (Some(v), _, _) => ("jti", v),
+                (_, Some(v), _) => ("sub", v),
+                (_, _, Some(v)) => ("client_id", v),
+                (None, None, None) => return usage("name --jti, --sub or --client-id"),
+            };
+            crate::app::fleet::revoke(
+                &config,
+                crate::app::fleet::Revocation {
+                    tenant,
+                    kind,
+                    value,
+                    until,
+                },
+            )
+        }
+        Command::FleetStatus { urls } => crate::app::fleet::fleet_status(&urls),
     }
 }
 

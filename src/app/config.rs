@@ -74,6 +74,14 @@ pub struct Config {
     /// set. See [`crate::request::http_check`].
     #[serde(default)]
     pub http: Option<crate::request::http_check::HttpModeConfig>,
+    /// The state replicas share (DPoP replay, live revocation); see
+    /// [`crate::transport::shared_state`]. Absent: each replica alone.
+    #[serde(default)]
+    pub shared_state: Option<crate::transport::shared_state::SharedStateConfig>,
+    /// `sha256:<hex>` of the file's bytes, for drift (`/policies`); empty
+    /// when the config was not read from a file.
+    #[serde(skip)]
+    pub digest: String,
 }
 
 pub use crate::foundation::limits::{DEFAULT_MAX_CONCURRENT_CHECKS, Limits};
@@ -137,6 +145,8 @@ impl Config {
             client_errors: Default::default(),
             authzen: None,
             http: None,
+            shared_state: None,
+            digest: String::new(),
         }
     }
 
@@ -150,6 +160,13 @@ impl Config {
                 None => format!("{}: {message}", path.display()),
             }
         })?;
+        config.digest = {
+            use sha2::Digest as _;
+            format!(
+                "sha256:{}",
+                hex::encode(sha2::Sha256::digest(text.as_bytes()))
+            )
+        };
         let base = path.parent().unwrap_or(Path::new("."));
         if config.policies.is_relative() {
             config.policies = base.join(&config.policies);
@@ -168,6 +185,9 @@ impl Config {
         config.policy_files.resolve(base);
         if let Some(tls) = &mut config.tls {
             tls.resolve(base);
+        }
+        if let Some(shared) = &mut config.shared_state {
+            shared.redis.resolve(base);
         }
         config
             .validate()
@@ -204,6 +224,9 @@ impl Config {
                     "http.tenant_header is read as a context extension: tenancy.sources must include context_extension".into(),
                 );
             }
+        }
+        if let Some(shared) = &self.shared_state {
+            shared.redis.validate()?;
         }
         self.tenancy.validate()
     }

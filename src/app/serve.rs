@@ -36,6 +36,7 @@ use crate::transport::connections::{Conn, CountRequests, Gate, GatedListener, Gu
 use crate::transport::http_authz::{self, Asker, HttpAuthz};
 use crate::transport::net::Batched;
 use crate::transport::server::AuthzService;
+use crate::transport::shared_state::RedisState;
 use crate::transport::tls::ServerTls;
 use crate::transport::tls_accept;
 
@@ -77,10 +78,21 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     })?;
 
     let minter = config.minter().map_err(anyhow::Error::msg)?;
+    let shared = match &config.shared_state {
+        Some(s) => Some(Arc::new(
+            RedisState::new(&s.redis, metrics.shared_state()).map_err(anyhow::Error::msg)?,
+        )),
+        None => None,
+    };
     let pipeline = Arc::new(
         Pipeline::new(Arc::clone(&store), config.tenancy.clone())
             .with_minter(minter.clone())
-            .with_client_errors(config.client_errors),
+            .with_client_errors(config.client_errors)
+            .with_shared_state(
+                shared
+                    .clone()
+                    .map(|s| s as Arc<dyn crate::identity::shared_state::SharedState>),
+            ),
     );
     let (stop, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -89,11 +101,20 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             let _ = rx.wait_for(|s| *s).await;
         }
     };
+    let mut tasks = JoinSet::new();
+    if let Some(shared) = &shared {
+        // The first full read before serving, so live revocations hold from
+        // the first check (a Redis that is down leaves them unavailable).
+        let _ = shared.refresh_revocations().await;
+        let (shared, s) = (Arc::clone(shared), stopped());
+        tasks.spawn(async move {
+            shared.follow_revocations(s).await;
+            Ok(())
+        });
+    }
     let draining = Arc::new(AtomicBool::new(false));
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, store.is_ready()).await;
-
-    let mut tasks = JoinSet::new();
 
     // Admin first, so /healthz answers while gRPC binds.
     let admin_listener = TcpListener::bind(config.admin_listen)
@@ -105,6 +126,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         draining: Arc::clone(&draining),
         minter,
         metrics: Arc::clone(&metrics),
+        shared: shared.clone(),
+        config_digest: config.digest.as_str().into(),
     });
     let admin_stop = stopped();
     let admin_listener = GatedListener {

@@ -7,9 +7,12 @@
 //! body with the reason code and decision id, never internal detail; under
 //! `client_errors: generic` a refused token's code is `invalid_token` alone
 //! (the exact code stays in the gRPC status message and the dynamic metadata,
-//! which only Envoy and its access log see). A 503 deny
+//! which only Envoy and its access log see). Over gRPC a 503 deny
 //! (portcullis can answer but not decide) is still a *denied* response, so an
-//! Envoy with `failure_mode_allow: true` fails closed.
+//! Envoy with `failure_mode_allow: true` fails closed. Over HTTP that holds
+//! only once the listener has mapped the status for its asker
+//! (`transport::http_authz::deny_status_for`): Envoy's `http_service` takes
+//! any 5xx for an error, and forward-auth proxies take any 2xx for an allow.
 
 use prost_types::{Struct, Value, value::Kind};
 

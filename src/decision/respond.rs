@@ -101,6 +101,16 @@ pub fn revocation_unavailable(decision: &mut Decision, why: &str) {
     decision.detail = Some(format!("revocation list unavailable: {why}"));
 }
 
+/// Records that the shared store (DPoP replay, live revocation) cannot
+/// answer: 503, never what this replica alone remembers instead.
+pub fn shared_state_unavailable(
+    decision: &mut Decision,
+    why: &crate::identity::shared_state::Unavailable,
+) {
+    decision.reason = Reason::SharedStateUnavailable;
+    decision.detail = Some(why.to_string());
+}
+
 /// The policy's outcome as the decision: reason and rule, and on an allow the
 /// upstream's headers (`allow`). `now` is the request time in Unix seconds.
 /// Returns what every candidate rule did (empty unless asked to explain).
@@ -478,6 +488,7 @@ mod tests {
             binding: crate::identity::binding::Binding {
                 kind: binding,
                 thumbprint: None,
+                replay: None,
             },
         }
     }

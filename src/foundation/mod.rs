@@ -8,6 +8,7 @@
 //!
 //! Never imports: any other module of the crate.
 
+pub mod circuit;
 pub mod client_errors;
 pub mod codec;
 pub mod document;

@@ -58,6 +58,11 @@ pub enum Reason {
     /// loaded, or two files naming the tenant) and no last good list serves:
     /// a caller it could revoke cannot be judged.
     RevocationUnavailable,
+    /// The tenant needs the state replicas share (DPoP replay, live
+    /// revocation) and the shared store cannot answer in time, or its circuit
+    /// is open: portcullis cannot decide, and never falls back to what one
+    /// replica alone remembers.
+    SharedStateUnavailable,
     /// A DPoP proof that fails RFC 9449 §4.3 (or is missing for a DPoP token).
     InvalidDpopProof,
     /// A DPoP proof whose `jti` was already used.
@@ -161,6 +166,7 @@ impl Reason {
             Reason::InvalidAudience => "invalid_audience",
             Reason::TokenRevoked => "token_revoked",
             Reason::RevocationUnavailable => "revocation_unavailable",
+            Reason::SharedStateUnavailable => "shared_state_unavailable",
             Reason::TokenInactive => "token_inactive",
             Reason::InvalidDpopProof => "invalid_dpop_proof",
             Reason::DpopProofReplayed => "dpop_proof_replayed",
@@ -246,6 +252,7 @@ impl Reason {
             | Reason::KeysUnavailable
             | Reason::IntrospectionUnavailable
             | Reason::RevocationUnavailable
+            | Reason::SharedStateUnavailable
             | Reason::DownstreamTokenUnavailable
             | Reason::DpopReplayCacheFull => 503,
         }
@@ -310,7 +317,7 @@ impl Reason {
 }
 
 /// Every reason, for tests that must cover them all.
-pub(super) const ALL: [Reason; 51] = [
+pub(super) const ALL: [Reason; 52] = [
     Reason::Allowed,
     Reason::DefaultAllow,
     Reason::CorsPreflight,
@@ -333,6 +340,7 @@ pub(super) const ALL: [Reason; 51] = [
     Reason::InvalidAudience,
     Reason::TokenRevoked,
     Reason::RevocationUnavailable,
+    Reason::SharedStateUnavailable,
     Reason::TokenInactive,
     Reason::InvalidDpopProof,
     Reason::DpopProofReplayed,

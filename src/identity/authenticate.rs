@@ -23,8 +23,40 @@ use super::spiffe::spiffe;
 use super::token_source::{TokenSource, has_dpop_scheme};
 
 /// Establishes the caller's identity: the first source that finds a credential
-/// decides, and a credential that is present but unverified is an error.
+/// decides, and a credential that is present but unverified is an error. A
+/// DPoP proof is recorded as used in this replica's own cache, last, once the
+/// whole identity holds.
 pub fn authenticate(config: &IdentityConfig, input: &Input) -> Result<Identity, IdentityError> {
+    let mut identity = identify(config, input)?;
+    if let Some(ticket) = identity.binding.replay.take() {
+        record_replay(config, input, |dpop, now| dpop.record_local(&ticket, now))?;
+    }
+    Ok(identity)
+}
+
+/// Records a proof's one-time use with `record` (the tenant's own cache, or
+/// the answer the shared store gave) and turns a refusal into the DPoP
+/// challenge the client gets.
+pub fn record_replay(
+    config: &IdentityConfig,
+    input: &Input,
+    record: impl FnOnce(&binding::Dpop, u64) -> Result<(), binding::BindingError>,
+) -> Result<(), IdentityError> {
+    let now = crate::request::input::unix_seconds(input.context.time);
+    let result = match config.dpop.as_ref() {
+        Some(dpop) => record(dpop, now),
+        // A ticket is only made by a tenant's DPoP check.
+        None => Err(binding::BindingError::BadProof(
+            "DPoP is not configured for this tenant",
+        )),
+    };
+    result.map_err(|error| refusal(config, true, error, input))
+}
+
+/// [`authenticate`] without recording the DPoP proof: the identity's
+/// `binding.replay` says what the caller must record (in the shared store)
+/// before it trusts the identity.
+pub fn identify(config: &IdentityConfig, input: &Input) -> Result<Identity, IdentityError> {
     let headers = &input.resource.headers;
     // Envoy joins repeated headers with commas; two credentials in one request are
     // ambiguous and refused (no credential syntax we accept contains a comma).
@@ -212,7 +244,17 @@ fn bind(
         token,
         input,
     )
-    .map_err(|error| {
+    .map_err(|error| refusal(config, dpop_scheme, error, input))
+}
+
+/// A failed binding as the answer the client gets (see [`bind`]).
+fn refusal(
+    config: &IdentityConfig,
+    dpop_scheme: bool,
+    error: binding::BindingError,
+    input: &Input,
+) -> IdentityError {
+    {
         let dpop = config.dpop.as_ref();
         let challenge = (dpop_scheme || matches!(error, binding::BindingError::Required("dpop")))
             .then(|| {
@@ -236,7 +278,7 @@ fn bind(
             challenge,
             nonce,
         }
-    })
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use serde_json::{Map, Value as Json};
 use sha2::{Digest as _, Sha256};
 
 use super::keys::{self, KeyKind};
+pub use super::shared_state::ReplayTicket;
 use crate::foundation::reason::Reason;
 use crate::request::input::Input;
 
@@ -85,6 +86,8 @@ pub struct Dpop {
     /// The policy's own `replay_cache_size`, when it sets one.
     replay_size: Option<usize>,
     nonce_key: Option<Vec<u8>>,
+    /// The tenant, for the shared store's replay keys.
+    tenant: String,
 }
 
 const ALL_ALGS: [&str; 9] = [
@@ -140,6 +143,7 @@ impl Dpop {
             replay: replay_cache_for(tenant, size),
             replay_size: spec.replay_cache_size,
             nonce_key,
+            tenant: tenant.to_string(),
         })
     }
 
@@ -156,6 +160,12 @@ impl Dpop {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Records a proof in this replica's own cache: `Err` when it was used
+    /// before here (or the cache is full).
+    pub fn record_local(&self, ticket: &ReplayTicket, now: u64) -> Result<(), BindingError> {
+        self.replay.record(&ticket.local, ticket.until, now)
     }
 
     /// A fresh server nonce (for the `DPoP-Nonce` header).
@@ -279,6 +289,10 @@ pub struct Binding {
     pub kind: &'static str,
     /// The DPoP key's RFC 7638 thumbprint, or the certificate's SHA-256.
     pub thumbprint: Option<String>,
+    /// The DPoP proof to record as used, once the whole identity holds; the
+    /// pipeline records it ([`crate::identity::authenticate`] in this
+    /// replica's cache, or the shared store).
+    pub replay: Option<ReplayTicket>,
 }
 
 impl Default for Binding {
@@ -286,6 +300,7 @@ impl Default for Binding {
         Binding {
             kind: "none",
             thumbprint: None,
+            replay: None,
         }
     }
 }
@@ -339,6 +354,7 @@ pub fn check(
         binding = Binding {
             kind: "dpop",
             thumbprint: Some(proof.thumbprint.clone()),
+            replay: None,
         };
         replay = Some((dpop, proof));
     } else if jkt.is_some() {
@@ -369,6 +385,7 @@ pub fn check(
             binding = Binding {
                 kind: "mtls",
                 thumbprint: Some(thumbprint),
+                replay: None,
             };
         }
     }
@@ -387,12 +404,15 @@ pub fn check(
     }
     // RFC 9449 §11.1: the proof's jti is recorded last, once everything else
     // holds, so proofs that fail (e.g. made with a thief's own key) cannot fill
-    // the tenant's replay cache.
+    // the tenant's replay cache: the ticket goes with the identity, and is
+    // recorded once the whole identity holds.
     if let Some((dpop, proof)) = replay {
-        proof.record(
-            dpop,
-            crate::request::input::unix_seconds(input.context.time),
-        )?;
+        binding.replay = Some(ReplayTicket::new(
+            &dpop.tenant,
+            &proof.thumbprint,
+            proof.replay_key,
+            proof.until,
+        ));
     }
     Ok(binding)
 }

@@ -31,6 +31,10 @@ pub struct IdentityConfig {
     pub(super) introspection: Option<Arc<Introspector>>,
     pub(super) api_keys: Option<ApiKeys>,
     pub(super) dpop: Option<binding::Dpop>,
+    /// `identity.live_revocation`: callers are also checked against the
+    /// revocations pushed through the shared store, failing closed when this
+    /// replica cannot vouch for them.
+    pub live_revocation: bool,
 }
 
 /// One way of turning a request into an [`Identity`](super::Identity).
@@ -136,6 +140,7 @@ impl IdentityConfig {
             }
         }
         Ok(IdentityConfig {
+            live_revocation: spec.live_revocation,
             sources,
             credential_headers,
             issuers: issuers.into(),
@@ -171,6 +176,12 @@ impl IdentityConfig {
             Some(dpop) => dpop.limit_replay_cache(tenant, limits.replay_cache_size),
             None => Ok(()),
         }
+    }
+
+    /// Whether the tenant's checks reach the shared store: it takes DPoP
+    /// proofs (one-time use across replicas) or asks for live revocation.
+    pub fn needs_shared_state(&self) -> bool {
+        self.dpop.is_some() || self.live_revocation
     }
 
     /// Verified tokens cached now (at most `limits.token_cache_size`).

@@ -32,11 +32,12 @@ pub mod introspection;
 pub mod jwt;
 pub mod keys;
 pub mod revocation;
+pub mod shared_state;
 mod spec;
 pub mod spiffe;
 mod token_source;
 
-pub use authenticate::authenticate;
+pub use authenticate::{authenticate, identify, record_replay};
 pub use caller::{AuthMethod, Identity};
 pub use config::IdentityConfig;
 pub use error::{IdentityError, Pending};

@@ -79,6 +79,33 @@ pub struct RevocationList {
 }
 
 impl RevocationList {
+    /// An empty list for `tenant`, to be filled with [`RevocationList::insert`]
+    /// (the live revocations pushed through the shared store).
+    pub fn new(tenant: &str) -> RevocationList {
+        RevocationList {
+            tenant: tenant.to_string(),
+            ..RevocationList::default()
+        }
+    }
+
+    /// Adds one entry of `kind` (`jti`, `sub` or `client_id`) until `until`
+    /// (unix seconds); two entries for one value keep the later expiry.
+    /// `false` for another kind or an empty value.
+    pub fn insert(&mut self, kind: &str, value: &str, until: u64) -> bool {
+        let map = match kind {
+            "jti" => &mut self.jti,
+            "sub" => &mut self.sub,
+            "client_id" => &mut self.client_id,
+            _ => return false,
+        };
+        if value.is_empty() {
+            return false;
+        }
+        let slot = map.entry(value.to_string()).or_insert(until);
+        *slot = (*slot).max(until);
+        true
+    }
+
     /// Which kind of entry revokes `identity` at `now` (unix seconds), if any.
     pub fn revoked(&self, identity: &Identity, now: u64) -> Option<&'static str> {
         let hit = |map: &HashMap<String, u64>, value: Option<&str>| {
@@ -185,7 +212,7 @@ pub fn compile(file: &Path, text: &str) -> Result<RevocationList, Vec<PolicyErro
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` as unix seconds (UTC only, no fractions).
-fn parse_rfc3339_utc(text: &str) -> Option<u64> {
+pub fn parse_rfc3339_utc(text: &str) -> Option<u64> {
     let b = text.as_bytes();
     if b.len() != 20
         || b[4] != b'-'

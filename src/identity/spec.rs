@@ -47,6 +47,14 @@ pub struct IdentitySpec {
     /// treated as anonymous.
     #[serde(default)]
     pub credential_headers: Option<Vec<String>>,
+    /// Also honour revocations pushed live through the server's shared store
+    /// (`portcullis revoke`), on top of revocation files. When the replica
+    /// cannot vouch that what it read is current (the store is down or its
+    /// circuit open), callers a list could revoke get 503
+    /// `shared_state_unavailable`, unless the server chose
+    /// `revocation_on_unavailable: fail_open_revocation_only`.
+    #[serde(default)]
+    pub live_revocation: bool,
 }
 
 /// One place a token may be: a header (with an auth scheme), a cookie, or a

@@ -155,6 +155,18 @@ pub struct TlsMetrics {
     pub reload_error: Counter,
 }
 
+/// The shared store's series (`shared_state` in the server config), for
+/// [`crate::transport::shared_state`]. Label-free: no key, tenant or URL.
+#[derive(Debug, Clone, Default)]
+pub struct SharedStateMetrics {
+    /// 1 while the shared store answers (its circuit closed), else 0.
+    pub up: Gauge,
+    /// Calls to the shared store that failed or timed out.
+    pub errors: Counter,
+    /// Calls not made because the circuit was open.
+    pub short_circuited: Counter,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
@@ -182,6 +194,8 @@ pub struct Metrics {
     connections_refused: Family<ListenerLabels, Counter>,
     connections_closed: Family<ClosedLabels, Counter>,
     tls: TlsMetrics,
+    shared_state: SharedStateMetrics,
+    served_digest: Gauge,
     /// What the last reload served, to count only what changed.
     seen: Mutex<Seen>,
 }
@@ -291,8 +305,32 @@ impl Metrics {
             "Verified-token cache lookups by result, hit or miss (process-wide)",
             TOKEN_CACHE.clone(),
         );
+        let shared_state = SharedStateMetrics::default();
+        registry.register(
+            "shared_state_up",
+            "1 while the shared store (Redis) answers and its circuit is closed; 0 otherwise or without one",
+            shared_state.up.clone(),
+        );
+        registry.register(
+            "shared_state_errors",
+            "Calls to the shared store that failed or timed out",
+            shared_state.errors.clone(),
+        );
+        registry.register(
+            "shared_state_short_circuited",
+            "Calls to the shared store not made because its circuit was open",
+            shared_state.short_circuited.clone(),
+        );
+        let served_digest = Gauge::default();
+        registry.register(
+            "served_digest",
+            "The first 52 bits of the digest of everything this replica serves (rules, revocation generation, config; see /policies): replicas that differ show different values",
+            served_digest.clone(),
+        );
         Metrics {
             registry,
+            shared_state,
+            served_digest,
             tenants: config.tenants.clone(),
             decisions,
             dry_run_rules,
@@ -346,6 +384,17 @@ impl Metrics {
 
     pub fn log_dropped(&self) {
         self.log_dropped.inc();
+    }
+
+    /// Sets the served-digest gauge (see [`crate::observe::drift`]).
+    pub fn set_served_digest(&self, digest: &str) {
+        self.served_digest
+            .set(crate::observe::drift::gauge_value(digest));
+    }
+
+    /// The shared store's series.
+    pub fn shared_state(&self) -> SharedStateMetrics {
+        self.shared_state.clone()
     }
 
     /// The gRPC listeners' TLS series.

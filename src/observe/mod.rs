@@ -1,10 +1,12 @@
 //! Floor 7, observability: logs and traces ([`telemetry`]), Prometheus
-//! metrics ([`metrics`]) and the decision log ([`audit`]). It reads decisions
+//! metrics ([`metrics`]), the decision log ([`audit`]) and drift between
+//! replicas ([`drift`]). It reads decisions
 //! after they are made; no stage reads it.
 //!
 //! Never imports: transport or the app.
 
 pub mod audit;
+pub mod drift;
 pub mod metrics;
 pub mod replay;
 pub mod telemetry;

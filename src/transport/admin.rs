@@ -12,6 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json};
 use axum::routing::get;
 
+use crate::observe::drift;
 use crate::observe::metrics::Metrics;
 use crate::tenants::store::PolicyStore;
 
@@ -23,6 +24,27 @@ pub struct AdminState {
     /// Publishes the keys of the tokens portcullis mints, when it mints any.
     pub minter: Option<Arc<crate::decision::mint::Minter>>,
     pub metrics: Arc<Metrics>,
+    /// The shared store, when the server has one.
+    pub shared: Option<Arc<crate::transport::shared_state::RedisState>>,
+    /// `sha256:<hex>` of the server config file (empty without one).
+    pub config_digest: Arc<str>,
+}
+
+impl AdminState {
+    /// What this replica serves, as `/policies` shows it.
+    fn served(&self) -> serde_json::Value {
+        let status = self.store.status();
+        let generation = self.shared.as_ref().map(|s| s.revocation_generation());
+        let digest = drift::served_digest(&status.tenants, generation, &self.config_digest);
+        self.metrics.set_served_digest(&digest);
+        serde_json::json!({
+            "digest": digest,
+            "generation": status.generation,
+            "revocation_generation": generation,
+            "config_digest": &*self.config_digest,
+            "tenants": status.tenants,
+        })
+    }
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -50,6 +72,25 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     // A tenant whose revocation list never loaded would let revoked callers
     // in if it served: it does not (503), and this replica is not ready.
     not_ready.extend(status.revocation_unavailable.iter().cloned());
+    // The shared store's circuit is open and some tenant needs it (DPoP
+    // replay, live revocation): those tenants answer 503 until it closes.
+    if let Some(shared) = &state.shared
+        && !shared.is_up()
+    {
+        let needing: Vec<String> = status
+            .tenants
+            .iter()
+            .filter_map(|t| state.store.tenant(&t.tenant))
+            .filter(|t| t.identity.needs_shared_state())
+            .map(|t| t.id.to_string())
+            .collect();
+        if !needing.is_empty() {
+            not_ready.push(format!(
+                "shared state unavailable (circuit open) for tenants {}",
+                needing.join(", ")
+            ));
+        }
+    }
     let ready = not_ready.is_empty();
     // Issuers whose keys never loaded: their tokens get 503 keys_unavailable.
     // Reported, not counted against readiness: one identity provider down must
@@ -113,14 +154,12 @@ async fn jwks(State(state): State<AdminState>) -> axum::response::Response {
 }
 
 async fn policies(State(state): State<AdminState>) -> impl IntoResponse {
-    let status = state.store.status();
-    Json(serde_json::json!({
-        "generation": status.generation,
-        "tenants": status.tenants,
-    }))
+    Json(state.served())
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    // The served digest, as of this scrape.
+    let _ = state.served();
     (
         [(
             axum::http::header::CONTENT_TYPE,

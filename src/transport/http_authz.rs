@@ -21,8 +21,8 @@ use tokio_stream::StreamExt as _;
 
 use crate::decision::render;
 use crate::foundation::proto::auth::{CheckRequest, CheckResponse, check_response};
-use crate::foundation::proto::core::HeaderValueOption;
-use crate::request::http_check::{self, HttpAsk, HttpModeConfig, NotRead};
+use crate::foundation::proto::core::{HeaderValue as ProtoHeader, HeaderValueOption};
+use crate::request::http_check::{self, HttpAsk, HttpModeConfig, NotRead, Shape};
 use crate::transport::connections::{Conn, GatedListener};
 use crate::transport::server::AuthzService;
 
@@ -117,19 +117,16 @@ async fn handle(
         body: &body,
         peer: asker.addr,
     };
-    let (check, refused, transport) =
-        match http_check::read(&state.config, &state.context_key, &ask) {
-            Ok((check, shape)) => (check, None, shape.transport()),
-            Err(NotRead::Denied(shape, reason)) => {
-                (CheckRequest::default(), Some(reason), shape.transport())
-            }
-            Err(NotRead::NotFound) => return StatusCode::NOT_FOUND.into_response(),
-        };
+    let (check, refused, shape) = match http_check::read(&state.config, &state.context_key, &ask) {
+        Ok((check, shape)) => (check, None, shape),
+        Err(NotRead::Denied(shape, reason)) => (CheckRequest::default(), Some(reason), shape),
+        Err(NotRead::NotFound) => return StatusCode::NOT_FOUND.into_response(),
+    };
     // Envoy propagates its trace context (W3C `traceparent`) on the ask.
     let metadata = tonic::metadata::MetadataMap::from_headers(parts.headers.clone());
     let decision = state
         .service
-        .decide(&check, refused, &metadata, transport)
+        .decide(&check, refused, &metadata, shape.transport())
         .await;
     let mut rendered = render::render(&decision);
     // The tenant header is the proxy's word to portcullis, not the
@@ -142,7 +139,49 @@ async fn handle(
             ok.headers_to_remove.push(name);
         }
     }
+    deny_status_for(shape, &mut rendered);
     answer(&rendered)
+}
+
+/// Seconds a client is told to wait (`retry-after`) when portcullis could
+/// not decide and the Envoy shape sends that as a 403.
+pub const RETRY_AFTER_SECS: &str = "1";
+
+/// A deny's status as this shape's asker must see it to keep it a deny.
+///
+/// - Forward auth: nginx `auth_request`, Traefik and Caddy let any 2xx
+///   through, so a deny is never 2xx; a preflight portcullis would answer
+///   (204) becomes 403, and the proxy answers preflights itself.
+/// - Envoy `http_service`: Envoy treats any 5xx from the authorization
+///   server as its own error, which `failure_mode_allow: true` turns into an
+///   allow. A deny meaning "cannot decide now" (503: not ready, overloaded,
+///   keys unavailable, ...) is sent as 403 with `retry-after`; its reason
+///   code stays in the JSON body and the status in the decision log.
+pub fn deny_status_for(shape: Shape, response: &mut CheckResponse) {
+    let Some(check_response::HttpResponse::DeniedResponse(denied)) = &mut response.http_response
+    else {
+        return;
+    };
+    let Some(status) = denied.status.as_mut() else {
+        return;
+    };
+    match shape {
+        Shape::ForwardAuth if (200..300).contains(&status.code) => {
+            status.code = 403;
+        }
+        Shape::Envoy if (500..600).contains(&status.code) => {
+            status.code = 403;
+            denied.headers.push(HeaderValueOption {
+                header: Some(ProtoHeader {
+                    key: "retry-after".into(),
+                    value: RETRY_AFTER_SECS.into(),
+                    raw_value: Vec::new(),
+                }),
+                ..Default::default()
+            });
+        }
+        _ => {}
+    }
 }
 
 /// The body, up to `max` bytes (Envoy's `with_request_body` buffers it;

@@ -3,8 +3,9 @@
 //! sockets ([`net`]), their caps and timeouts ([`connections`]), TLS
 //! ([`tls`]: files and reload; [`tls_accept`]: handshakes) and which TLS
 //! clients are answered ([`clients`]), the admin port ([`admin`]: health, readiness, metrics,
-//! JWKS), and the AuthZEN API ([`authzen`], its askers in [`askers`]); what
-//! every transport records of a decision is [`decided`]'s. It chains nothing itself: every check is
+//! JWKS), the AuthZEN API ([`authzen`], its askers in [`askers`]), and the
+//! Redis client of the state replicas share ([`shared_state`]); what every
+//! transport records of a decision is [`decided`]'s. It chains nothing itself: every check is
 //! [`crate::pipeline::Pipeline`]'s.
 //!
 //! Never imports: the app (`cli`, `config`, `suite`, `schema`).
@@ -18,5 +19,6 @@ pub mod decided;
 pub mod http_authz;
 pub mod net;
 pub mod server;
+pub mod shared_state;
 pub mod tls;
 pub mod tls_accept;

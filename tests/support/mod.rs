@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+pub mod dpop;
+
 use portcullis::app::config::Config;
 use portcullis::app::serve::{self as server, Running};
 

@@ -159,6 +159,26 @@ http:
   {{- end }}
   trusted_proxies: {{ toJson $s.http.trustedProxies }}
 {{- end }}
+{{- with .Values.sharedState }}
+{{- if .enabled }}
+shared_state:
+  redis:
+    url_file: {{ printf "/etc/portcullis/shared-state/%s" .urlKey | quote }}
+    {{- if .passwordKey }}
+    password_file: {{ printf "/etc/portcullis/shared-state/%s" .passwordKey | quote }}
+    {{- if .username }}
+    username: {{ .username | quote }}
+    {{- end }}
+    {{- end }}
+    {{- if .tls.caSecret }}
+    tls:
+      ca_file: {{ printf "/etc/portcullis/shared-state-ca/%s" .tls.caKey | quote }}
+    {{- end }}
+    timeout: {{ .timeout }}
+    revocation_refresh: {{ .revocationRefresh }}
+    revocation_on_unavailable: {{ .revocationOnUnavailable }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/* Fails the render on values that would make a broken or unsafe install. */}}
@@ -168,6 +188,9 @@ http:
 {{- end }}
 {{- if and .Values.server.http.enabled (not .Values.server.http.trustedProxies) }}
 {{- fail "server.http.trustedProxies must name the proxies' addresses (CIDRs) when server.http.enabled" }}
+{{- end }}
+{{- if and .Values.sharedState.enabled (not .Values.sharedState.existingSecret) }}
+{{- fail "sharedState.existingSecret is required when sharedState.enabled is true (a Secret with the Redis URL)" }}
 {{- end }}
 {{- if and (has "header" .Values.server.tenancy.sources) (not .Values.server.tenancy.header) }}
 {{- fail "server.tenancy.header is required when server.tenancy.sources includes header" }}
@@ -236,6 +259,18 @@ is no other source (an empty ConfigMap keeps the volume valid; the pods stay unr
   secret:
     secretName: {{ .secretName }}
     defaultMode: 0440
+{{- end }}
+{{- if .Values.sharedState.enabled }}
+- name: portcullis-shared-state
+  secret:
+    secretName: {{ .Values.sharedState.existingSecret }}
+    defaultMode: 0440
+{{- if .Values.sharedState.tls.caSecret }}
+- name: portcullis-shared-state-ca
+  secret:
+    secretName: {{ .Values.sharedState.tls.caSecret }}
+    defaultMode: 0440
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -334,6 +369,16 @@ each workload pod.
     - name: portcullis-secret-{{ .name }}
       mountPath: {{ include "portcullis.secretDir" $ }}/{{ .name }}
       readOnly: true
+    {{- end }}
+    {{- if .Values.sharedState.enabled }}
+    - name: portcullis-shared-state
+      mountPath: /etc/portcullis/shared-state
+      readOnly: true
+    {{- if .Values.sharedState.tls.caSecret }}
+    - name: portcullis-shared-state-ca
+      mountPath: /etc/portcullis/shared-state-ca
+      readOnly: true
+    {{- end }}
     {{- end }}
 {{- end }}
 

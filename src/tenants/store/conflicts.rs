@@ -71,16 +71,17 @@ impl Holders {
 
 /// Why `tenant` (from `path`) cannot be admitted next to the other files: the
 /// first conflicting file in path order, as a scan of `next` would find it;
-/// with the key of `path` the conflict is about, for the error's line.
+/// with the key of `path` the conflict is about, for the error's line, and
+/// that file's path.
 pub(super) fn conflict(
     next: &BTreeMap<PathBuf, Loaded>,
     holders: &Holders,
     path: &Path,
     tenant: &CompiledTenant,
-) -> Option<(&'static str, String)> {
+) -> Option<(&'static str, String, PathBuf)> {
     let other_path = holders.first_conflict(path, tenant)?;
     let other = next.get(other_path)?;
-    conflict_with(other_path, other, tenant)
+    conflict_with(other_path, other, tenant).map(|(key, m)| (key, m, other_path.clone()))
 }
 
 /// The line of `key` in the policy file at `path`, for an error to point at;

@@ -217,15 +217,20 @@ impl PolicyStore {
             }
         }
 
-        // Admit pending files whose tenant id and hosts no other file holds. An
-        // incumbent keeps what it has; a file that loses a conflict may win it in a
-        // later pass once the holder has changed, so repeat until nothing moves.
-        // Refused files stay pending and are tried again at every reload.
+        // Admit pending files whose tenant id and hosts no other file holds.
+        // Of two files in conflict the one with the smaller path wins, whichever
+        // was there first: an admitted file with a larger path is evicted (and
+        // pends again), so what serves is a function of the files alone, the
+        // same on every replica whatever order it saw changes in or when it
+        // started (files taken in path order, each admitted unless it conflicts
+        // with one admitted before it). Repeat until nothing moves. Refused
+        // files stay pending and are tried again at every reload.
         let mut pending: Vec<(PathBuf, Arc<CompiledTenant>)> =
             std::mem::take(&mut state.pending).into_iter().collect();
+        pending.sort_by(|a, b| a.0.cmp(&b.0));
         loop {
             let mut rejected = Vec::new();
-            let before = pending.len();
+            let mut moved = false;
             for (path, tenant) in pending {
                 let full = !state.files.contains_key(&path)
                     && state.files.len() >= self.limits.max_tenants;
@@ -236,12 +241,23 @@ impl PolicyStore {
                         state.files.len()
                     )
                 });
-                let refused = refused.map(|m| (None, m)).or_else(|| {
+                let refused = refused.map(|m| (None, m, None)).or_else(|| {
                     conflict(&state.files, &state.holders, &path, &tenant)
-                        .map(|(key, m)| (Some(key), m))
+                        .map(|(key, m, other)| (Some(key), m, Some(other)))
                 });
                 match refused {
+                    Some((key, message, Some(other))) if other > path => {
+                        // The smaller path wins: the holder pends again.
+                        if let Some(old) = state.files.remove(&other) {
+                            state.holders.remove(&other, &old.tenant);
+                            swaps.push((Some(Arc::clone(&old.tenant)), None));
+                            rejected.push((other, old.tenant, None, String::new()));
+                        }
+                        rejected.push((path, tenant, key, message));
+                        moved = true;
+                    }
                     None => {
+                        moved = true;
                         if let Some(old) = state.files.get(&path) {
                             state.holders.remove(&path, &old.tenant);
                         }
@@ -255,10 +271,10 @@ impl PolicyStore {
                         );
                         swaps.push((old.map(|l| l.tenant), Some(tenant)));
                     }
-                    Some((key, message)) => rejected.push((path, tenant, key, message)),
+                    Some((key, message, _)) => rejected.push((path, tenant, key, message)),
                 }
             }
-            if rejected.len() == before || rejected.is_empty() {
+            if !moved || rejected.is_empty() {
                 for (path, tenant, key, message) in rejected {
                     // A rejected file's warnings are still worth fixing.
                     notes.extend(tenant.warnings.iter().map(|w| format!("warning: {w}")));
@@ -272,6 +288,7 @@ impl PolicyStore {
                 break;
             }
             pending = rejected.into_iter().map(|(p, t, _, _)| (p, t)).collect();
+            pending.sort_by(|a, b| a.0.cmp(&b.0));
         }
 
         // Swap: add and replace first, then the host index, then removals

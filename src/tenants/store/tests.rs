@@ -89,19 +89,23 @@ fn deleted_file_removes_tenant_but_empty_or_missing_dir_keeps_all() {
 }
 
 #[test]
-fn conflicts_keep_the_incumbent() {
+fn conflicts_go_to_the_smallest_path_whoever_came_first() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "b.yaml", &policy("b", "shared.example", "r"));
     let store = PolicyStore::new(dir.path());
     store.reload();
+    assert_eq!(&*store.tenant_for_host("shared.example").unwrap().id, "b");
+    // a.yaml comes later, but its path is smaller: it wins, b is refused.
     write(dir.path(), "a.yaml", &policy("a", "shared.example", "r"));
     let s = store.reload();
-    assert_eq!(s.errors.len(), 1);
-    assert!(s.errors[0].file.ends_with("a.yaml"));
-    assert!(s.errors[0].message.contains("b.yaml"));
-    assert_eq!(&*store.tenant_for_host("shared.example").unwrap().id, "b");
+    assert_eq!(s.errors.len(), 1, "{:?}", s.errors);
+    assert!(s.errors[0].file.ends_with("b.yaml"));
+    assert!(s.errors[0].message.contains("a.yaml"));
+    assert_eq!(&*store.tenant_for_host("shared.example").unwrap().id, "a");
+    assert!(store.tenant("b").is_none());
 
-    write(dir.path(), "c.yaml", &policy("b", "c.example", "r"));
+    // A larger path claiming a served id is refused.
+    write(dir.path(), "c.yaml", &policy("a", "c.example", "r"));
     let s = store.reload();
     assert!(
         s.errors
@@ -109,12 +113,96 @@ fn conflicts_keep_the_incumbent() {
             .any(|e| e.file.ends_with("c.yaml") && e.message.contains("already defined"))
     );
 
-    // Once b releases the host, a is admitted (its file is retried).
-    write(dir.path(), "b.yaml", &policy("b", "b.example", "r"));
+    // Once a releases the host, b is admitted (its file is retried).
+    write(dir.path(), "a.yaml", &policy("a", "a.example", "r"));
     fs::remove_file(dir.path().join("c.yaml")).unwrap();
     let s = store.reload();
     assert!(s.errors.is_empty(), "{:?}", s.errors);
-    assert_eq!(&*store.tenant_for_host("shared.example").unwrap().id, "a");
+    assert_eq!(&*store.tenant_for_host("shared.example").unwrap().id, "b");
+}
+
+/// What a store serves and reports, to compare two replicas.
+fn served(
+    dir: &Path,
+    store: &PolicyStore,
+    status: &StoreStatus,
+) -> (Vec<(String, String)>, Vec<String>) {
+    let mut tenants: Vec<(String, String)> = status
+        .tenants
+        .iter()
+        .map(|t| (t.tenant.clone(), t.digest.clone()))
+        .collect();
+    tenants.sort();
+    for host in ["shared.example", "x.example", "y.example"] {
+        tenants.push((
+            host.into(),
+            store
+                .tenant_for_host(host)
+                .map_or("-".into(), |t| t.id.to_string()),
+        ));
+    }
+    // Each replica has its own directory; the names in it are what count.
+    let at = format!("{}/", dir.display());
+    let mut errors: Vec<String> = status
+        .error_lines()
+        .iter()
+        .map(|e| e.replace(&at, ""))
+        .collect();
+    errors.sort();
+    (tenants, errors)
+}
+
+#[test]
+fn replicas_fed_the_same_files_in_any_order_serve_and_report_alike() {
+    // Four files in conflict by id and by host, in a chain: 1 and 2 share
+    // a host, 2 and 3 a tenant id, 3 and 4 a host.
+    let files = [
+        ("t1.yaml", policy("one", "shared.example", "r")),
+        ("t2.yaml", policy("two", "shared.example", "r")),
+        ("t3.yaml", policy("two", "x.example", "r")),
+        ("t4.yaml", policy("four", "x.example", "r")),
+        ("t5.yaml", policy("five", "y.example", "r")),
+    ];
+    // Every store sees all files in the end; what differs is the order they
+    // arrived in and when the store (re)started.
+    let orders: [&[usize]; 4] = [
+        &[0, 1, 2, 3, 4],
+        &[4, 3, 2, 1, 0],
+        &[1, 3, 0, 4, 2],
+        &[2, 1, 4, 0, 3],
+    ];
+    let mut seen = Vec::new();
+    for order in orders {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = PolicyStore::new(dir.path());
+        for (step, &i) in order.iter().enumerate() {
+            write(dir.path(), files[i].0, &files[i].1);
+            store.reload();
+            if step == 2 {
+                // A restart midway: a new store on the same directory.
+                store = PolicyStore::new(dir.path());
+                store.reload();
+            }
+        }
+        let status = store.reload();
+        seen.push(served(dir.path(), &store, &status));
+    }
+    // And one that started with every file already there.
+    let dir = tempfile::tempdir().unwrap();
+    for (name, body) in &files {
+        write(dir.path(), name, body);
+    }
+    let store = PolicyStore::new(dir.path());
+    let status = store.reload();
+    seen.push(served(dir.path(), &store, &status));
+    for other in &seen[1..] {
+        assert_eq!(&seen[0], other);
+    }
+    // The smallest path of each conflict wins: t1 over t2 (host), so t3
+    // holds tenant two, and t3 over t4 (host).
+    let ids: Vec<&str> = seen[0].0.iter().take(3).map(|(t, _)| t.as_str()).collect();
+    assert_eq!(ids, ["five", "one", "two"]);
+    assert_eq!(seen[0].1.len(), 2, "{:?}", seen[0].1);
 }
 
 #[test]
