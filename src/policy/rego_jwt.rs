@@ -21,7 +21,12 @@
 //!
 //! The tenant's issuers reach the builtins through a thread-local set around
 //! one evaluation ([`with_issuers`]), since one compiled policy serves every
-//! tenant with the same modules.
+//! tenant with the same modules. So does the tenant's verified-token cache:
+//! the bearer token a policy verifies is, most often, the one the identity
+//! stage has just verified with the same issuers, and a cache entry is only
+//! used while the token is unexpired and its issuer has the very key set that
+//! verified it (failures are never cached); `limits.token_cache_size: 0`
+//! verifies every call in full.
 //!
 //! Never imports: decision, tenants or anything above them.
 
@@ -34,7 +39,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use regorus::{Engine, Value};
 use serde_json::{Map, Value as Json, json};
 
-use crate::identity::jwt::{self, Attempt, Issuer};
+use crate::identity::jwt::{self, Attempt, Issuer, TokenCache};
 
 /// Largest token the builtins look at (as the validator).
 use crate::foundation::limits::MAX_TOKEN_BYTES;
@@ -60,6 +65,8 @@ const VERIFY: [(&str, Option<&str>); 13] = [
 #[derive(Clone)]
 struct Context {
     issuers: Arc<[Issuer]>,
+    cache: Arc<TokenCache>,
+    max_claim_items: usize,
     now: SystemTime,
 }
 
@@ -67,9 +74,16 @@ thread_local! {
     static CONTEXT: RefCell<Option<Context>> = const { RefCell::new(None) };
 }
 
-/// Runs `f` with `issuers` (at time `now`) as what the builtins verify with;
-/// outside it every token fails verification.
-pub fn with_issuers<R>(issuers: &Arc<[Issuer]>, now: SystemTime, f: impl FnOnce() -> R) -> R {
+/// Runs `f` with `issuers` (at time `now`, remembering successes in `cache`,
+/// claims of at most `max_claim_items` per array or object) as what the
+/// builtins verify with; outside it every token fails verification.
+pub fn with_issuers<R>(
+    issuers: &Arc<[Issuer]>,
+    cache: &Arc<TokenCache>,
+    max_claim_items: usize,
+    now: SystemTime,
+    f: impl FnOnce() -> R,
+) -> R {
     struct Reset;
     impl Drop for Reset {
         fn drop(&mut self) {
@@ -79,6 +93,8 @@ pub fn with_issuers<R>(issuers: &Arc<[Issuer]>, now: SystemTime, f: impl FnOnce(
     CONTEXT.with(|c| {
         *c.borrow_mut() = Some(Context {
             issuers: Arc::clone(issuers),
+            cache: Arc::clone(cache),
+            max_claim_items,
             now,
         });
     });
@@ -162,7 +178,13 @@ fn decode_verify(token: &str, constraints: &Json) -> Value {
 fn verified(token: &str, constraints: &Json) -> Option<(Json, Json)> {
     let context = CONTEXT.with(|c| c.borrow().clone())?;
     let (header, payload, _) = parts(token)?;
-    let Attempt::Done(Ok(v)) = jwt::verify(token, &context.issuers, context.now) else {
+    let Attempt::Done(Ok(v)) = jwt::verify_cached(
+        token,
+        &context.issuers,
+        &context.cache,
+        context.now,
+        context.max_claim_items,
+    ) else {
         // Refused, or the issuer's keys are not loaded yet: not valid.
         return None;
     };
