@@ -278,7 +278,7 @@ pub fn located(message: &str) -> (Option<String>, Option<usize>, String) {
 
 /// The first call of a [`FORBIDDEN_BUILTINS`] name outside comments and
 /// strings, with its line.
-fn forbidden_call(text: &str) -> Option<(usize, &'static str)> {
+pub fn forbidden_call(text: &str) -> Option<(usize, &'static str)> {
     for (n, line) in text.lines().enumerate() {
         let code = code_of(line);
         for name in FORBIDDEN_BUILTINS {
