@@ -11,6 +11,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -496,46 +497,16 @@ fn a_result_cannot_take_an_owned_header() {
     }
 }
 
-/// The example Envoy config with each of `tenants` on its own virtual host
-/// (`<tenant>.example`, the tenant in the route's `context_extensions`),
-/// `with_request_body` on, and the clusters on the test's ports.
+/// The example Envoy config with each of `tenants` on its own virtual host.
 fn envoy_config(
     portcullis: std::net::SocketAddr,
     upstream: std::net::SocketAddr,
     tenants: &[&str],
 ) -> String {
-    let mut cfg = support::example_envoy_config();
-    let resources = &mut cfg["static_resources"];
-    let hcm = &mut resources["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
-    let template = hcm["route_config"]["virtual_hosts"][0].clone();
-    let hosts: Vec<Value> = tenants
-        .iter()
-        .map(|t| {
-            let mut v = template.clone();
-            v["name"] = json!(t);
-            v["domains"] = json!([format!("{}.example", t.replace('_', "-"))]);
-            v["routes"][0]["typed_per_filter_config"]["envoy.filters.http.ext_authz"]["check_settings"]
-                ["context_extensions"] = json!({ "tenant": t });
-            v
-        })
-        .collect();
-    hcm["route_config"]["virtual_hosts"] = Value::Array(hosts);
-    let filters = hcm["http_filters"].as_array_mut().unwrap();
-    let authz = filters
-        .iter_mut()
-        .find(|f| f["name"] == "envoy.filters.http.ext_authz")
-        .unwrap();
-    authz["typed_config"]["with_request_body"] =
-        json!({ "max_request_bytes": 65536, "allow_partial_message": true });
-    for cluster in resources["clusters"].as_array_mut().unwrap() {
-        let port = match cluster["name"].as_str().unwrap() {
-            "portcullis" => portcullis.port(),
-            "upstream" => upstream.port(),
-            _ => continue,
-        };
-        *support::cluster_port(cluster) = json!(port);
-    }
-    serde_json::to_string(&cfg).unwrap()
+    serde_json::to_string(&support::envoy_per_tenant(
+        portcullis, upstream, tenants, 65536,
+    ))
+    .unwrap()
 }
 
 /// One request to `host` through Envoy at `at`.

@@ -12,6 +12,11 @@
 //!   (the same conditions in every tenant).
 //! - `distinct/`: DISTINCT_TENANTS (default 1,000) tenants × 20 rules, each
 //!   condition its own.
+//! - `rego/`: tenant `acme` decided by `tests/bench/opa/authz.rego` (the
+//!   policy OPA-Envoy is measured on) with `data.json` (the JWKS as
+//!   `data.bench.jwks`), the same issuer under `identity`. `run.sh` gives
+//!   OPA-Envoy this directory's `authz.rego` and `data.json`, so both servers
+//!   run the same files on the same request.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -63,6 +68,16 @@ fn one(jwks: &str) -> String {
     rules += ALLOW;
     format!(
         "apiVersion: portcullis/v1\ntenant: acme\n{}rules:\n{rules}{HEADERS}",
+        identity(jwks)
+    )
+}
+
+/// The Rego policy both OPA-Envoy and portcullis' Rego tenant run.
+const REGO_POLICY: &str = include_str!("../../tests/bench/opa/authz.rego");
+
+fn rego_tenant(jwks: &str) -> String {
+    format!(
+        "apiVersion: portcullis/v1\ntenant: acme\n{}policy:\n  rego:\n    files: [authz.rego]\n    data: [data.json]\n",
         identity(jwks)
     )
 }
@@ -189,6 +204,19 @@ fn main() {
         (0..distinct_tenants).map(|i| (format!("d{i}.yaml"), distinct(i, &format!("d{i}"), &jwks))),
     );
 
+    write_dir(
+        &out.join("rego"),
+        [
+            ("acme.yaml".into(), rego_tenant(&jwks)),
+            ("authz.rego".into(), REGO_POLICY.into()),
+            (
+                "data.json".into(),
+                json!({ "bench": { "jwks": jwks } }).to_string(),
+            ),
+        ]
+        .into_iter(),
+    );
+
     let acme_token = mint(&key, "acme");
     std::fs::write(out.join("token-acme.txt"), &acme_token).unwrap();
     let acme = request("acme", &acme_token);
@@ -197,6 +225,7 @@ fn main() {
     std::fs::write(out.join("check-t0.bin"), framed(&t0)).unwrap();
 
     check(&out.join("one"), &acme);
+    check(&out.join("rego"), &acme);
     check(&out.join("many"), &t0);
     let d0 = request("d0", &mint(&key, "d0"));
     check(&out.join("distinct"), &d0);

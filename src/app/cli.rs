@@ -1,5 +1,5 @@
 //! The command line: `serve`, `validate`, `lint`, `test`, `check`, `reach`, `replay`,
-//! `unused`, `revoke`, `fleet-status`.
+//! `unused`, `revoke`, `fleet-status`, `migrate`.
 //!
 //! Exit codes: 0 success; 1 a policy directory with errors or without policy
 //! files (`validate`, `check`) or a failing test suite (`test`); 64 bad
@@ -198,6 +198,36 @@ pub enum Command {
         /// Admin URLs of the replicas (`http://10.0.0.7:9002`).
         #[arg(required = true, num_args = 1..)]
         urls: Vec<String>,
+    },
+    /// Write a portcullis tenant (and Envoy settings) from another server's
+    /// configuration, flagging what does not carry over.
+    Migrate {
+        #[command(subcommand)]
+        from: MigrateFrom,
+    },
+}
+
+/// What `migrate` reads.
+#[derive(Debug, Subcommand)]
+pub enum MigrateFrom {
+    /// From an OPA-Envoy config file and its policy directory: the tenant
+    /// file, the modules and data, and `envoy.yaml.example` (docs/rego.md).
+    OpaEnvoy {
+        /// OPA-Envoy's config file (`--config-file`), YAML or JSON.
+        #[arg(long)]
+        config: PathBuf,
+        /// The policy directory OPA-Envoy loads (`.rego`, `data.json`).
+        #[arg(long)]
+        policies: PathBuf,
+        /// The tenant to write.
+        #[arg(long)]
+        tenant: String,
+        /// Output policy directory (created; existing files are not overwritten).
+        #[arg(long)]
+        out: PathBuf,
+        /// Where Envoy reaches portcullis' gRPC listener.
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        portcullis: String,
     },
 }
 
@@ -447,7 +477,58 @@ pub fn main() -> ExitCode {
             )
         }
         Command::FleetStatus { urls } => crate::app::fleet::fleet_status(&urls),
+        Command::Migrate {
+            from:
+                MigrateFrom::OpaEnvoy {
+                    config,
+                    policies,
+                    tenant,
+                    out,
+                    portcullis,
+                },
+        } => migrate_opa_envoy(&config, &policies, &tenant, &out, &portcullis),
     }
+}
+
+/// Plans, writes, reports every finding, then validates the output as
+/// `validate` does: 0 when it loads, 1 when it does not (the findings say
+/// why), 64 when the input cannot be read.
+fn migrate_opa_envoy(
+    config: &Path,
+    policies: &Path,
+    tenant: &str,
+    out: &Path,
+    portcullis: &str,
+) -> ExitCode {
+    use crate::app::migrate;
+    let text = match std::fs::read_to_string(config) {
+        Ok(t) => t,
+        Err(e) => return usage(&format!("{}: {e}", config.display())),
+    };
+    let plan = match migrate::plan(&text, policies, tenant, portcullis) {
+        Ok(p) => p,
+        Err(e) => return usage(&e),
+    };
+    if let Err(e) = migrate::write(&plan, out) {
+        return usage(&e);
+    }
+    let mut err = std::io::stderr().lock();
+    for f in &plan.findings {
+        let level = match f.level {
+            migrate::Level::Warning => "warning",
+            migrate::Level::Note => "note",
+        };
+        let _ = writeln!(err, "{level}: {}: {}", f.what, f.instead);
+    }
+    for (file, _) in &plan.files {
+        let _ = writeln!(err, "note: wrote {}", out.join(file).display());
+    }
+    drop(err);
+    validate(
+        out,
+        Default::default(),
+        crate::foundation::limits::Limits::default(),
+    )
 }
 
 fn replay_command(

@@ -22,7 +22,9 @@ pub struct IdentityConfig {
     /// portcullis' own JWT issuers, and where their tokens are read from.
     pub(super) issuers: Arc<[Issuer]>,
     pub(super) token_sources: Vec<TokenSource>,
-    pub(super) token_cache: jwt::TokenCache,
+    /// Shared with the `io.jwt.*` builtins of a Rego policy, which verify
+    /// the same tokens with the same issuers.
+    pub(super) token_cache: Arc<jwt::TokenCache>,
     /// Largest token looked at (`limits.max_token_bytes`).
     pub(super) max_token_bytes: usize,
     /// Most elements in one array or object of a token's claims
@@ -145,7 +147,7 @@ impl IdentityConfig {
             credential_headers,
             issuers: issuers.into(),
             token_sources,
-            token_cache: jwt::TokenCache::default(),
+            token_cache: Arc::new(jwt::TokenCache::default()),
             max_token_bytes: jwt::MAX_TOKEN_BYTES,
             max_claim_items: crate::foundation::limits::DEFAULT_MAX_CLAIM_ITEMS,
             introspection,
@@ -171,7 +173,7 @@ impl IdentityConfig {
         if let Some(introspection) = &self.introspection {
             introspection.limit_claim_items(limits.max_claim_items);
         }
-        self.token_cache = jwt::TokenCache::with_capacity(limits.token_cache_size);
+        self.token_cache = Arc::new(jwt::TokenCache::with_capacity(limits.token_cache_size));
         match &mut self.dpop {
             Some(dpop) => dpop.limit_replay_cache(tenant, limits.replay_cache_size),
             None => Ok(()),
@@ -206,6 +208,16 @@ impl IdentityConfig {
     /// with them).
     pub fn issuers(&self) -> &Arc<[Issuer]> {
         &self.issuers
+    }
+
+    /// The verified-token cache the identity stage fills.
+    pub fn token_cache(&self) -> &Arc<jwt::TokenCache> {
+        &self.token_cache
+    }
+
+    /// Most elements per array or object of a token's claims.
+    pub fn max_claim_items(&self) -> usize {
+        self.max_claim_items
     }
 
     /// The remote key sets this tenant's issuers use.

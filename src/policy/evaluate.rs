@@ -369,6 +369,8 @@ impl CompiledTenant {
             Ok(doc) => {
                 let result = super::rego_jwt::with_issuers(
                     self.identity.issuers(),
+                    self.identity.token_cache(),
+                    self.identity.max_claim_items(),
                     input.context.time,
                     identity,
                     || rego.evaluate(doc, deadline),

@@ -104,6 +104,12 @@ impl RegoPolicy {
         let mut engine = Engine::new();
         // OPA-Envoy's policies are in both dialects; `if`/`contains` decide.
         engine.set_rego_v0(false);
+        // As OPA (without `--strict-builtin-errors`), and so OPA-Envoy: a
+        // builtin that fails (`to_number("abc")`) makes its expression
+        // undefined instead of failing the whole decision, so another rule
+        // can still decide. regorus still raises its limit errors (the timer)
+        // in this mode, so a `not` over a cut-off call never turns true.
+        engine.set_strict_builtin_errors(false);
         let mut errors = Vec::new();
         for (file, text) in modules {
             let err = |line, message| LoadError {
@@ -282,7 +288,7 @@ pub fn located(message: &str) -> (Option<String>, Option<usize>, String) {
 
 /// The first call of a [`FORBIDDEN_BUILTINS`] name outside comments and
 /// strings, with its line.
-fn forbidden_call(text: &str) -> Option<(usize, &'static str)> {
+pub fn forbidden_call(text: &str) -> Option<(usize, &'static str)> {
     for (n, line) in text.lines().enumerate() {
         let code = code_of(line);
         for name in FORBIDDEN_BUILTINS {
@@ -374,6 +380,31 @@ mod tests {
         assert_eq!(
             p.evaluate(json!({}), None).unwrap(),
             Some(json!({"headers": {"x-a": "1"}}))
+        );
+    }
+
+    #[test]
+    fn a_failing_builtin_is_undefined_as_on_opa() {
+        // OPA-Envoy allows the second request: `to_number("abc")` is
+        // undefined there, not an error of the decision.
+        let p = RegoPolicy::compile(
+            &one("package envoy.authz\ndefault allow := false\nallow if to_number(input.id) <= 100\nallow if input.admin\n"),
+            None,
+            DEFAULT_QUERY,
+        )
+        .unwrap();
+        assert_eq!(
+            p.evaluate(json!({"id": "42"}), None).unwrap(),
+            Some(json!(true))
+        );
+        assert_eq!(
+            p.evaluate(json!({"id": "abc", "admin": true}), None)
+                .unwrap(),
+            Some(json!(true))
+        );
+        assert_eq!(
+            p.evaluate(json!({"id": "abc"}), None).unwrap(),
+            Some(json!(false))
         );
     }
 

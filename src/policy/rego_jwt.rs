@@ -34,7 +34,13 @@
 //! The tenant's issuers and the caller reach the builtins through a
 //! thread-local set around one evaluation ([`with_issuers`]), since one
 //! compiled policy serves every tenant with the same modules; the revocation
-//! lists through another, set by the pipeline ([`with_revocations`]).
+//! lists through another, set by the pipeline ([`with_revocations`]). So does
+//! the tenant's verified-token cache: the bearer token a policy verifies is,
+//! most often, the one the identity stage has just verified with the same
+//! issuers, and a cache entry is only used while the token is unexpired and
+//! its issuer has the very key set that verified it (failures are never
+//! cached); `limits.token_cache_size: 0` verifies every call in full. The
+//! binding and revocation checks above run on a cache hit too.
 //!
 //! Never imports: decision, tenants or anything above them.
 
@@ -49,7 +55,7 @@ use serde_json::{Map, Value as Json, json};
 
 use crate::identity::Identity;
 use crate::identity::binding::SenderConstraint;
-use crate::identity::jwt::{self, Attempt, Issuer};
+use crate::identity::jwt::{self, Attempt, Issuer, TokenCache};
 use crate::identity::revocation::RevocationList;
 
 /// Largest token the builtins look at (as the validator).
@@ -76,6 +82,8 @@ const VERIFY: [(&str, Option<&str>); 13] = [
 #[derive(Clone)]
 struct Context {
     issuers: Arc<[Issuer]>,
+    cache: Arc<TokenCache>,
+    max_claim_items: usize,
     now: SystemTime,
     /// The caller's own credential (issuer, `jti`) when the identity stage
     /// bound it to this request.
@@ -95,11 +103,14 @@ thread_local! {
     static REVOCATIONS: RefCell<Option<Revocations>> = const { RefCell::new(None) };
 }
 
-/// Runs `f` with `issuers` (at time `now`) as what the builtins verify with,
-/// and `caller` as the request's identity; outside it every token fails
-/// verification.
+/// Runs `f` with `issuers` (at time `now`, remembering successes in `cache`,
+/// claims of at most `max_claim_items` per array or object) as what the
+/// builtins verify with, and `caller` as the request's identity; outside it
+/// every token fails verification.
 pub fn with_issuers<R>(
     issuers: &Arc<[Issuer]>,
+    cache: &Arc<TokenCache>,
+    max_claim_items: usize,
     now: SystemTime,
     caller: &Identity,
     f: impl FnOnce() -> R,
@@ -117,6 +128,8 @@ pub fn with_issuers<R>(
     CONTEXT.with(|c| {
         *c.borrow_mut() = Some(Context {
             issuers: Arc::clone(issuers),
+            cache: Arc::clone(cache),
+            max_claim_items,
             now,
             bound_caller,
         });
@@ -216,7 +229,13 @@ fn decode_verify(token: &str, constraints: &Json) -> Value {
 fn verified(token: &str, constraints: &Json) -> Option<(Json, Json)> {
     let context = CONTEXT.with(|c| c.borrow().clone())?;
     let (header, payload, _) = parts(token)?;
-    let Attempt::Done(Ok(v)) = jwt::verify(token, &context.issuers, context.now) else {
+    let Attempt::Done(Ok(v)) = jwt::verify_cached(
+        token,
+        &context.issuers,
+        &context.cache,
+        context.now,
+        context.max_claim_items,
+    ) else {
         // Refused, or the issuer's keys are not loaded yet: not valid.
         return None;
     };

@@ -160,6 +160,18 @@ h2run() {
     while read -r metric value; do record "$section" "$name" "$run" "$metric" "$value"; done
 }
 
+# h2run_counted SECTION NAME RUN PORT ADMIN_PORT ARGS...: h2run on the acme
+# request against a portcullis, also recording the allow decisions its
+# /metrics counted meanwhile (so a run of fast denials shows).
+h2run_counted() {
+  local section=$1 name=$2 run=$3 port=$4 admin=$5
+  shift 5
+  local before
+  before=$(allows "$admin")
+  h2run "$section" "$name" "$run" "$port" "$FIX/check-acme.bin" "$@"
+  record "$section" "$name" "$run" allowed "$(($(allows "$admin") - before))"
+}
+
 # --- servers -----------------------------------------------------------------
 P_GRPC=$PORT_BASE P_ADMIN=$((PORT_BASE + 1)) C_GRPC=$((PORT_BASE + 2))
 M_GRPC=$((PORT_BASE + 3)) M_ADMIN=$((PORT_BASE + 4))
@@ -169,6 +181,10 @@ S_GRPC=$((PORT_BASE + 9))
 E_BASE=$((PORT_BASE + 10))
 # HTTP mode (Envoy's http_service): the constant HTTP server and portcullis' HTTP listener.
 H_CONST=$((PORT_BASE + 20)) P_HTTP=$((PORT_BASE + 21))
+# OPA-Envoy, and portcullis on the same Rego policy (cache on and off).
+O_GRPC=$((PORT_BASE + 22)) O_HTTP=$((PORT_BASE + 23))
+R_GRPC=$((PORT_BASE + 24)) R_ADMIN=$((PORT_BASE + 25))
+RN_GRPC=$((PORT_BASE + 26)) RN_ADMIN=$((PORT_BASE + 27))
 
 log "servers on cpu $SERVER_CPU, load generators on cpu $LOAD_CPU"
 # The floor every ratio is taken against: the constant server on the same
@@ -190,16 +206,23 @@ ONE_PID=$PID
 # its RS256 token in full, as if every token were new.
 start_portcullis nocache "$FIX/one" "$N_GRPC" "$N_ADMIN" "limits: { token_cache_size: 0 }"
 NOCACHE_PID=$PID
+# The Rego tenant: tenant acme decided by tests/bench/opa/authz.rego with the
+# JWKS as data (the files OPA-Envoy gets below), on the same request. Its
+# io.jwt.decode_verify shares the tenant's verified-token cache with the
+# identity stage; with the cache off both verify the token in full.
+start_portcullis rego "$FIX/rego" "$R_GRPC" "$R_ADMIN"
+REGO_PID=$PID
+start_portcullis rego_nocache "$FIX/rego" "$RN_GRPC" "$RN_ADMIN" "limits: { token_cache_size: 0 }"
 sleep 0.3
 record memory idle 0 rss_kb "$(rss_kb "$ONE_PID")"
 record memory const_idle 0 rss_kb "$(rss_kb "$CONST_PID")"
 
 # OPA-Envoy (built by tests/tools/peers.sh) on the same RS256 check written in
-# Rego (tests/bench/opa/authz.rego, the fixtures' JWKS as data), pinned to the
-# server core like portcullis. It is measured only once one Check, with its
-# decision log on, shows that the policy allows the fixture's request.
+# Rego (tests/bench/opa/authz.rego, the fixtures' JWKS as data: the files of
+# portcullis' Rego tenant), pinned to the server core like portcullis. It is
+# measured only once one Check, with its decision log on, shows that the
+# policy allows the fixture's request.
 OPA=${OPA_ENVOY:-$ROOT/.tools/peers/opa-envoy-plugin}
-O_GRPC=$((PORT_BASE + 20)) O_HTTP=$((PORT_BASE + 21))
 HAVE_OPA=0
 start_opa() { # decision log on console (true|false), log name
   cat >"$OUT/opa-$2.yaml" <<YAML
@@ -224,9 +247,7 @@ YAML
 }
 if [[ -x $OPA ]] && ((HAVE_H2LOAD)); then
   mkdir -p "$OUT/opa"
-  cp "$ROOT/tests/bench/opa/authz.rego" "$OUT/opa/"
-  python3 -c 'import json, sys; print(json.dumps({"bench": {"jwks": open(sys.argv[1]).read()}}))' \
-    "$FIX/jwks.json" >"$OUT/opa/data.json"
+  cp "$FIX/rego/authz.rego" "$FIX/rego/data.json" "$OUT/opa/"
   if start_opa true check; then
     h2load -n 1 -c 1 -H 'content-type: application/grpc' -H 'te: trailers' -d "$FIX/check-acme.bin" \
       "http://127.0.0.1:$O_GRPC$GRPC_PATH" >"$OUT/opa-check.h2load" 2>&1 || true
@@ -253,7 +274,7 @@ if ((HAVE_H2LOAD)); then
     [[ $shape == 4x16 ]] || section=grpc_closed_$shape
     conns=${shape%x*} streams=${shape#*x}
     for run in $(seq 1 "$RUNS"); do
-      targets=(const portcullis portcullis_nocache const_stock)
+      targets=(const portcullis portcullis_nocache const_stock portcullis_rego portcullis_rego_nocache)
       ((HAVE_OPA)) && targets+=(opa_envoy)
       n=${#targets[@]}
       for k in $(seq 0 $((n - 1))); do
@@ -263,21 +284,16 @@ if ((HAVE_H2LOAD)); then
           const) h2run "$section" const "$run" "$C_GRPC" "$FIX/check-acme.bin" -c "$conns" -m "$streams" ;;
           const_stock) h2run "$section" const_stock "$run" "$S_GRPC" "$FIX/check-acme.bin" -c "$conns" -m "$streams" ;;
           opa_envoy) h2run "$section" opa_envoy "$run" "$O_GRPC" "$FIX/check-acme.bin" -c "$conns" -m "$streams" ;;
-          portcullis)
-            before=$(allows "$P_ADMIN")
-            h2run "$section" portcullis "$run" "$P_GRPC" "$FIX/check-acme.bin" -c "$conns" -m "$streams"
-            record "$section" portcullis "$run" allowed "$(($(allows "$P_ADMIN") - before))"
-            ;;
-          portcullis_nocache)
-            before=$(allows "$N_ADMIN")
-            h2run "$section" portcullis_nocache "$run" "$N_GRPC" "$FIX/check-acme.bin" -c "$conns" -m "$streams"
-            record "$section" portcullis_nocache "$run" allowed "$(($(allows "$N_ADMIN") - before))"
-            ;;
+          portcullis) h2run_counted "$section" portcullis "$run" "$P_GRPC" "$P_ADMIN" -c "$conns" -m "$streams" ;;
+          portcullis_nocache) h2run_counted "$section" portcullis_nocache "$run" "$N_GRPC" "$N_ADMIN" -c "$conns" -m "$streams" ;;
+          portcullis_rego) h2run_counted "$section" portcullis_rego "$run" "$R_GRPC" "$R_ADMIN" -c "$conns" -m "$streams" ;;
+          portcullis_rego_nocache) h2run_counted "$section" portcullis_rego_nocache "$run" "$RN_GRPC" "$RN_ADMIN" -c "$conns" -m "$streams" ;;
         esac
       done
     done
   done
   record memory after_load 0 rss_kb "$(rss_kb "$ONE_PID")"
+  record memory rego_after_load 0 rss_kb "$(rss_kb "$REGO_PID")"
   ((HAVE_OPA)) && record memory opa_envoy_after_load 0 rss_kb "$(rss_kb "$OPA_PID")"
   # Open loop: 10 clients × 500 rps = 5,000 requests per second, against
   # both floors.
@@ -396,9 +412,9 @@ profile() { # NAME PORT ARGS...
 }
 if ((HAVE_H2LOAD && HAVE_VALGRIND)); then
   # Each server is stopped and started again under callgrind on its port.
-  declare -A SERVER_PID=([const]=$CONST_PID [one]=$ONE_PID [nocache]=$NOCACHE_PID)
-  declare -A SERVER_PORT=([const]=$C_GRPC [one]=$P_GRPC [nocache]=$N_GRPC)
-  for name in const one nocache; do
+  declare -A SERVER_PID=([const]=$CONST_PID [one]=$ONE_PID [nocache]=$NOCACHE_PID [rego]=$REGO_PID)
+  declare -A SERVER_PORT=([const]=$C_GRPC [one]=$P_GRPC [nocache]=$N_GRPC [rego]=$R_GRPC)
+  for name in const one nocache rego; do
     log "callgrind: $name, $PROFILE_N checks"
     stop "${SERVER_PID[$name]}"
     port=${SERVER_PORT[$name]}

@@ -489,6 +489,57 @@ pub fn example_envoy_with(authz: SocketAddr, upstream: SocketAddr) -> String {
     serde_json::to_string_pretty(&cfg).unwrap()
 }
 
+/// The host of a tenant's own virtual host in [`envoy_per_tenant`]:
+/// `<tenant>.example`, `_` as `-`.
+pub fn tenant_host(tenant: &str) -> String {
+    format!("{}.example", tenant.replace('_', "-"))
+}
+
+/// The example Envoy config with each of `tenants` on its own virtual host
+/// ([`tenant_host`], the tenant in the route's `context_extensions`),
+/// `with_request_body` on up to `max_request_bytes` (partial allowed), and the
+/// ext_authz cluster sent to `authz`, the upstream to `upstream`.
+pub fn envoy_per_tenant(
+    authz: SocketAddr,
+    upstream: SocketAddr,
+    tenants: &[&str],
+    max_request_bytes: usize,
+) -> serde_json::Value {
+    use serde_json::{Value, json};
+    let mut cfg = example_envoy_config();
+    let resources = &mut cfg["static_resources"];
+    let hcm = &mut resources["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+    let template = hcm["route_config"]["virtual_hosts"][0].clone();
+    let hosts: Vec<Value> = tenants
+        .iter()
+        .map(|t| {
+            let mut v = template.clone();
+            v["name"] = json!(t);
+            v["domains"] = json!([tenant_host(t)]);
+            v["routes"][0]["typed_per_filter_config"]["envoy.filters.http.ext_authz"]
+                ["check_settings"]["context_extensions"] = json!({ "tenant": t });
+            v
+        })
+        .collect();
+    hcm["route_config"]["virtual_hosts"] = Value::Array(hosts);
+    let filters = hcm["http_filters"].as_array_mut().unwrap();
+    let filter = filters
+        .iter_mut()
+        .find(|f| f["name"] == "envoy.filters.http.ext_authz")
+        .unwrap();
+    filter["typed_config"]["with_request_body"] =
+        json!({ "max_request_bytes": max_request_bytes, "allow_partial_message": true });
+    for cluster in resources["clusters"].as_array_mut().unwrap() {
+        let port = match cluster["name"].as_str().unwrap() {
+            "portcullis" => authz.port(),
+            "upstream" => upstream.port(),
+            _ => continue,
+        };
+        *cluster_port(cluster) = json!(port);
+    }
+    cfg
+}
+
 /// A client's DPoP key (Ed25519), with proofs signed by the JOSE library,
 /// never by portcullis.
 pub struct DpopKey {
