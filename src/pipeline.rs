@@ -303,6 +303,15 @@ impl Pipeline {
         if !tenant.identity.live_revocation || !crate::identity::revocation::revocable(identity) {
             return Ok(None);
         }
+        self.live_list(tenant)
+    }
+
+    /// The tenant's live revocations as the shared store vouches for them;
+    /// under `fail_open_revocation_only`, the last copy read when it cannot.
+    fn live_list(
+        &self,
+        tenant: &CompiledTenant,
+    ) -> Result<Option<Arc<RevocationList>>, Unavailable> {
         let Some(shared) = &self.shared else {
             return Err(Unavailable("no shared store"));
         };
@@ -323,17 +332,9 @@ impl Pipeline {
             Err(_) => r.unavailable = true,
         }
         if tenant.identity.live_revocation {
-            match &self.shared {
-                Some(shared) => match shared.live_revocations(&tenant.id) {
-                    Ok(Some(list)) => r.lists.push(list),
-                    Ok(None) => {}
-                    // Serve on the last copy, as the caller's check does.
-                    Err(_) if shared.revocation_fails_open() => {
-                        r.lists.extend(shared.last_revocations(&tenant.id));
-                    }
-                    Err(_) => r.unavailable = true,
-                },
-                None => r.unavailable = true,
+            match self.live_list(tenant) {
+                Ok(list) => r.lists.extend(list),
+                Err(_) => r.unavailable = true,
             }
         }
         r
@@ -366,7 +367,13 @@ impl Pipeline {
             // tenants' checks keep being served meanwhile. It takes no heavy
             // share: its checks are bounded by the check permits alone.
             None if tenant.rego.is_some() => {
-                let revocations = self.token_revocations(tenant);
+                // Read only for a policy that verifies tokens itself.
+                let verifies = tenant.rego.as_ref().is_some_and(|r| r.verifies_tokens);
+                let revocations = if verifies {
+                    self.token_revocations(tenant)
+                } else {
+                    crate::policy::rego_jwt::Revocations::default()
+                };
                 heavy::off_the_workers(|| {
                     crate::policy::rego_jwt::with_revocations(revocations, || {
                         tenant.evaluate_within(input, identity, explain, data, &mut budget)

@@ -58,6 +58,10 @@ pub struct RegoPolicy {
     /// regorus' `eval_rule` takes complete rules only; a rule built from
     /// partial definitions (`result["allowed"] := …`) is evaluated as a query.
     as_query: bool,
+    /// Some module names an `io.jwt.*` builtin (a plain scan of the text, so
+    /// a comment counts too): only then does a check need the revocation
+    /// lists the builtins check tokens against.
+    pub verifies_tokens: bool,
 }
 
 impl From<LoadError> for crate::foundation::document::PolicyError {
@@ -180,6 +184,7 @@ impl RegoPolicy {
             engine,
             query: query.to_string(),
             as_query,
+            verifies_tokens: modules.iter().any(|(_, text)| text.contains("io.jwt.")),
         })
     }
 
