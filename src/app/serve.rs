@@ -22,7 +22,6 @@ use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic_health::ServingStatus;
 
 use crate::app::config::Config;
-use crate::foundation::proto::auth::authorization_server::AuthorizationServer;
 use crate::identity::keys;
 use crate::observe::audit::DecisionLog;
 use crate::observe::metrics::Metrics;
@@ -31,6 +30,7 @@ use crate::tenants::store::PolicyStore;
 use crate::tenants::watch as policy_watch;
 use crate::transport::admin::{self, AdminState};
 use crate::transport::authzen::Authzen;
+use crate::transport::check_route::CheckRoute;
 use crate::transport::clients::ClientGate;
 use crate::transport::connections::{Conn, CountRequests, Gate, GatedListener, Guarded};
 use crate::transport::http_authz::{self, Asker, HttpAuthz};
@@ -175,7 +175,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             })
             .layer(CountRequests)
             .add_service(health_service.clone())
-            .add_service(AuthorizationServer::new(
+            .add_service(CheckRoute::new(
                 AuthzService::with_observers(
                     Arc::clone(&pipeline),
                     Arc::clone(&metrics),

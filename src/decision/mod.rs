@@ -18,6 +18,7 @@ pub mod audit;
 pub mod mint;
 pub mod render;
 pub mod respond;
+pub mod wire;
 
 pub use respond::DECISION_ID_HEADER;
 

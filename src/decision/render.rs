@@ -14,6 +14,8 @@
 //! (`transport::http_authz::deny_status_for`): Envoy's `http_service` takes
 //! any 5xx for an error, and forward-auth proxies take any 2xx for an allow.
 
+use std::borrow::Cow;
+
 use prost_types::{Struct, Value, value::Kind};
 
 use crate::decision::DECISION_ID_HEADER;
@@ -48,17 +50,7 @@ pub fn render(decision: &Decision) -> CheckResponse {
 /// [`render`], moving the decision's strings into the answer instead of
 /// copying them (the handler's last use of its decision).
 pub fn into_response(mut decision: Decision) -> CheckResponse {
-    let status = decision.status();
-    // From the reason's status: a policy's own deny status (even a 2xx) is
-    // still a deny to Envoy.
-    let rpc_code = match decision.reason.status() {
-        200 => code::OK,
-        204 => code::PERMISSION_DENIED, // answered by portcullis: not forwarded
-        401 => code::UNAUTHENTICATED,
-        400 | 414 | 431 => code::INVALID_ARGUMENT,
-        503 => code::UNAVAILABLE,
-        _ => code::PERMISSION_DENIED,
-    };
+    let rpc_code = rpc_code(&decision);
     let http_response = if decision.allowed {
         check_response::HttpResponse::OkResponse(OkHttpResponse {
             headers: std::mem::take(&mut decision.set_headers)
@@ -85,50 +77,101 @@ pub fn into_response(mut decision: Decision) -> CheckResponse {
             ..Default::default()
         })
     } else {
-        // A 204 (a preflight portcullis answers) has no body.
-        let has_body = status != 204 && decision.answer.body.is_none();
-        let mut headers = vec![
-            overwrite(DECISION_ID_HEADER, &decision.decision_id),
-            overwrite("cache-control", "no-store"),
-        ];
-        if has_body {
-            headers.push(overwrite("content-type", "application/json"));
-        }
-        headers.extend(decision.client_headers.iter().map(|(k, v)| overwrite(k, v)));
-        if let Some(challenge) = decision.challenge() {
-            headers.push(overwrite("www-authenticate", &challenge));
-        }
-        let body = if let Some(body) = &decision.answer.body {
-            body.clone()
-        } else if has_body {
-            serde_json::json!({
-                "error": decision.client_code(),
-                "decision_id": decision.decision_id,
-            })
-            .to_string()
-        } else {
-            String::new()
-        };
+        let denied = Denied::of(&decision);
         check_response::HttpResponse::DeniedResponse(DeniedHttpResponse {
             status: Some(HttpStatus {
-                code: i32::from(status),
+                code: i32::from(denied.status),
             }),
-            headers,
-            body,
+            headers: denied
+                .headers
+                .iter()
+                .map(|(k, v)| overwrite(k, v))
+                .collect(),
+            body: denied.body.into_owned(),
         })
     };
     CheckResponse {
         status: Some(Status {
             code: rpc_code,
-            message: if decision.allowed {
-                String::new()
-            } else {
-                decision.reason.code().to_string()
-            },
+            message: rpc_message(&decision).to_string(),
             details: Vec::new(),
         }),
         http_response: Some(http_response),
         dynamic_metadata: Some(metadata(decision)),
+    }
+}
+
+/// The `google.rpc.Code` of the answer, from the reason's status: a
+/// policy's own deny status (even a 2xx) is still a deny to Envoy.
+pub(crate) fn rpc_code(decision: &Decision) -> i32 {
+    match decision.reason.status() {
+        200 => code::OK,
+        204 => code::PERMISSION_DENIED, // answered by portcullis: not forwarded
+        401 => code::UNAUTHENTICATED,
+        400 | 414 | 431 => code::INVALID_ARGUMENT,
+        503 => code::UNAVAILABLE,
+        _ => code::PERMISSION_DENIED,
+    }
+}
+
+/// The gRPC status message: empty on an allow, the reason code on a deny.
+pub(crate) fn rpc_message(decision: &Decision) -> &'static str {
+    if decision.allowed {
+        ""
+    } else {
+        decision.reason.code()
+    }
+}
+
+/// What a deny sends the client: its status, headers (in order) and body.
+pub(crate) struct Denied<'a> {
+    pub status: u16,
+    pub headers: Vec<(&'a str, Cow<'a, str>)>,
+    pub body: Cow<'a, str>,
+}
+
+impl<'a> Denied<'a> {
+    pub(crate) fn of(decision: &'a Decision) -> Denied<'a> {
+        let status = decision.status();
+        // A 204 (a preflight portcullis answers) has no body.
+        let has_body = status != 204 && decision.answer.body.is_none();
+        let mut headers: Vec<(&str, Cow<'_, str>)> = vec![
+            (
+                DECISION_ID_HEADER,
+                Cow::Borrowed(decision.decision_id.as_str()),
+            ),
+            ("cache-control", Cow::Borrowed("no-store")),
+        ];
+        if has_body {
+            headers.push(("content-type", Cow::Borrowed("application/json")));
+        }
+        headers.extend(
+            decision
+                .client_headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), Cow::Borrowed(v.as_str()))),
+        );
+        if let Some(challenge) = decision.challenge() {
+            headers.push(("www-authenticate", Cow::Owned(challenge)));
+        }
+        let body = if let Some(body) = &decision.answer.body {
+            Cow::Borrowed(body.as_str())
+        } else if has_body {
+            Cow::Owned(
+                serde_json::json!({
+                    "error": decision.client_code(),
+                    "decision_id": decision.decision_id,
+                })
+                .to_string(),
+            )
+        } else {
+            Cow::Borrowed("")
+        };
+        Denied {
+            status,
+            headers,
+            body,
+        }
     }
 }
 
@@ -152,46 +195,16 @@ fn overwrite_owned(key: String, value: String) -> HeaderValueOption {
 /// Decision id, tenant, rule, digest and reason, for Envoy's access log
 /// (`%DYNAMIC_METADATA(envoy.filters.http.ext_authz:...)%`).
 fn metadata(decision: Decision) -> Struct {
-    let s = |v: &str| Value {
-        kind: Some(Kind::StringValue(v.to_string())),
-    };
-    let mut fields = std::collections::BTreeMap::new();
-    fields.insert("reason".to_string(), s(decision.reason.code()));
-    fields.insert(
-        "decision".to_string(),
-        s(if decision.allowed { "allow" } else { "deny" }),
-    );
-    if let Some(t) = &decision.tenant {
-        fields.insert("tenant".to_string(), s(t));
-    }
-    if let Some(r) = &decision.rule {
-        fields.insert("rule".to_string(), s(r));
-    }
-    if let Some(d) = &decision.digest {
-        fields.insert("policy_digest".to_string(), s(d));
-    }
-    // Dry run is loud: whoever reads the access log sees it was not enforced.
-    if let Some(w) = &decision.audit.would_be {
-        fields.insert("mode".to_string(), s(decision.audit.mode.as_str()));
-        let would = if w.allowed { "allow" } else { "deny" };
-        fields.insert("would_be_decision".to_string(), s(would));
-        fields.insert("would_be_reason".to_string(), s(w.reason.code()));
-    }
-    if !decision.audit.dry_run_rules.is_empty() {
-        let hits: Vec<String> = decision
-            .audit
-            .dry_run_rules
-            .iter()
-            .map(|h| format!("{}={}", h.rule, h.would))
-            .collect();
-        fields.insert("dry_run_rules".to_string(), s(&hits.join(",")));
-    }
-    fields.insert(
-        "decision_id".to_string(),
-        Value {
-            kind: Some(Kind::StringValue(decision.decision_id)),
-        },
-    );
+    let fields = own_metadata(&decision)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| {
+            let value = Value {
+                kind: Some(Kind::StringValue(v.into_owned())),
+            };
+            (k.to_string(), value)
+        })
+        .collect();
     // A policy's own metadata beside portcullis' namespace, which it cannot
     // replace.
     let mut all: std::collections::BTreeMap<String, Value> = decision
@@ -209,6 +222,38 @@ fn metadata(decision: Decision) -> Struct {
         },
     );
     Struct { fields: all }
+}
+
+/// The fields of portcullis' own metadata namespace, in the order a
+/// `Struct`'s map is written (by name); absent fields are `None`.
+pub(crate) fn own_metadata(decision: &Decision) -> [Option<(&'static str, Cow<'_, str>)>; 10] {
+    fn b(v: &str) -> Cow<'_, str> {
+        Cow::Borrowed(v)
+    }
+    let verdict = |allowed| if allowed { "allow" } else { "deny" };
+    let would = decision.audit.would_be.as_ref();
+    let dry_run_rules = (!decision.audit.dry_run_rules.is_empty()).then(|| {
+        let hits: Vec<String> = decision
+            .audit
+            .dry_run_rules
+            .iter()
+            .map(|h| format!("{}={}", h.rule, h.would))
+            .collect();
+        ("dry_run_rules", Cow::Owned(hits.join(",")))
+    });
+    [
+        Some(("decision", b(verdict(decision.allowed)))),
+        Some(("decision_id", b(&decision.decision_id))),
+        dry_run_rules,
+        // Dry run is loud: whoever reads the access log sees it was not enforced.
+        would.map(|_| ("mode", b(decision.audit.mode.as_str()))),
+        decision.digest.as_deref().map(|d| ("policy_digest", b(d))),
+        Some(("reason", b(decision.reason.code()))),
+        decision.rule.as_deref().map(|r| ("rule", b(r))),
+        decision.tenant.as_deref().map(|t| ("tenant", b(t))),
+        would.map(|w| ("would_be_decision", b(verdict(w.allowed)))),
+        would.map(|w| ("would_be_reason", b(w.reason.code()))),
+    ]
 }
 
 /// A JSON value as a `google.protobuf.Value`.

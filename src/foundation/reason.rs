@@ -317,7 +317,7 @@ impl Reason {
 }
 
 /// Every reason, for tests that must cover them all.
-pub(super) const ALL: [Reason; 52] = [
+pub(crate) const ALL: [Reason; 52] = [
     Reason::Allowed,
     Reason::DefaultAllow,
     Reason::CorsPreflight,

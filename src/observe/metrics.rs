@@ -11,10 +11,10 @@
 //! server's registry includes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -77,6 +77,16 @@ impl TenantLabels {
         }
     }
 
+    /// [`TenantLabels::label`], sharing the decision's own name where the
+    /// tenant keeps it; `folded` and `none` are the values for the rest.
+    fn shared(&self, tenant: Option<&Arc<str>>, folded: &Arc<str>, none: &Arc<str>) -> SharedLabel {
+        SharedLabel(Arc::clone(match tenant {
+            None => none,
+            Some(t) if self.keeps(t) => t,
+            Some(_) => folded,
+        }))
+    }
+
     fn keeps(&self, tenant: &str) -> bool {
         match self {
             TenantLabels::All => true,
@@ -97,13 +107,24 @@ pub struct MetricsConfig {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
-    tenant: String,
+    tenant: SharedLabel,
     decision: &'static str,
     reason: &'static str,
     mode: &'static str,
     /// The listener that asked: `grpc`, `http` (Envoy's `http_service`),
     /// `forward_auth`, `authzen`.
     transport: &'static str,
+}
+
+/// A label value shared with the decision it counts (its tenant's name), so
+/// counting a check copies no string.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+struct SharedLabel(Arc<str>);
+
+impl EncodeLabelValue for SharedLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&&*self.0, encoder)
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -187,6 +208,9 @@ struct PolicyInfoLabels {
 pub struct Metrics {
     registry: Registry,
     tenants: TenantLabels,
+    /// The label values of a folded tenant and of a check without one.
+    folded_tenant: Arc<str>,
+    no_tenant: Arc<str>,
     decisions: Family<DecisionLabels, Counter>,
     dry_run_rules: Family<DryRunRuleLabels, Counter>,
     latency: Histogram,
@@ -346,6 +370,8 @@ impl Metrics {
             shared_state,
             served_digest,
             tenants: config.tenants.clone(),
+            folded_tenant: Arc::from(OTHER_TENANT),
+            no_tenant: Arc::from(""),
             decisions,
             dry_run_rules,
             latency,
@@ -368,7 +394,11 @@ impl Metrics {
         latency: Duration,
         transport: &'static str,
     ) {
-        let tenant = self.tenants.label(decision.tenant.as_deref());
+        let tenant = self.tenants.shared(
+            decision.tenant.as_ref(),
+            &self.folded_tenant,
+            &self.no_tenant,
+        );
         let outcome = crate::decision::audit::Outcome::of(decision);
         self.decisions
             .get_or_create(&DecisionLabels {
@@ -380,14 +410,14 @@ impl Metrics {
             })
             .inc();
         for hit in &decision.audit.dry_run_rules {
-            let rule = if tenant == OTHER_TENANT {
+            let rule = if &*tenant.0 == OTHER_TENANT {
                 OTHER_TENANT.to_string()
             } else {
                 hit.rule.to_string()
             };
             self.dry_run_rules
                 .get_or_create(&DryRunRuleLabels {
-                    tenant: tenant.clone(),
+                    tenant: tenant.0.to_string(),
                     rule,
                     would: hit.would,
                 })

@@ -1,4 +1,5 @@
-//! Floor 8, transport: the gRPC ext_authz service ([`server`]), the HTTP
+//! Floor 8, transport: the gRPC ext_authz service ([`server`], mounted as
+//! [`check_route`], which writes its answers straight from the decision), the HTTP
 //! listener for Envoy's `http_service` and forward auth ([`http_authz`]) with its
 //! sockets ([`net`]), their caps and timeouts ([`connections`]), TLS
 //! ([`tls`]: files and reload; [`tls_accept`]: handshakes) and which TLS
@@ -13,6 +14,7 @@
 pub mod admin;
 pub mod askers;
 pub mod authzen;
+pub mod check_route;
 pub mod clients;
 pub mod connections;
 pub mod decided;

@@ -95,14 +95,22 @@ impl AuthzService {
         let started = Instant::now();
         let span = decided::check_span(transport);
         // Envoy's span is the parent; the client's traceparent only a link.
-        let parent = telemetry::parent_from_metadata(metadata);
-        let client = request
-            .attributes
-            .as_ref()
-            .and_then(|a| a.request.as_ref())
-            .and_then(|r| r.http.as_ref())
-            .and_then(|h| telemetry::client_link(&h.headers));
-        telemetry::attach(&span, &parent, client);
+        // Read only for a span that is recorded or a decision log that
+        // names the trace: nothing else reads them.
+        let parent = if span.is_disabled() && self.log.is_off() {
+            opentelemetry::Context::new()
+        } else {
+            telemetry::parent_from_metadata(metadata)
+        };
+        if !span.is_disabled() {
+            let client = request
+                .attributes
+                .as_ref()
+                .and_then(|a| a.request.as_ref())
+                .and_then(|r| r.http.as_ref())
+                .and_then(|h| telemetry::client_link(&h.headers));
+            telemetry::attach(&span, &parent, client);
+        }
         async {
             let timeout = grpc_timeout(metadata);
             let wait = timeout.map_or(DEFAULT_KEY_WAIT, |t| {
