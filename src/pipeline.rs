@@ -20,7 +20,7 @@ use crate::policy::budget::Budget;
 use crate::policy::heavy;
 use crate::policy::{CompiledTenant, DryRunHit, Evaluation, RuleTrace};
 use crate::request::tenancy::TenantResolver;
-use crate::request::{self, input::Input, input::unix_seconds};
+use crate::request::{self, input::Input, input::Taken, input::unix_seconds};
 use crate::tenants::store::PolicyStore;
 
 /// The longest a check waits for an issuer's keys when Envoy sent no deadline.
@@ -107,6 +107,21 @@ impl Pipeline {
             .decision
     }
 
+    /// [`Pipeline::check_until`] of a request whose header and
+    /// context-extension maps the caller moved out of it
+    /// ([`crate::request::input::take_maps`]), so reading it copies neither.
+    pub async fn check_until_taken(
+        &self,
+        request: &CheckRequest,
+        taken: Option<Taken>,
+        wait: Duration,
+        deadline: Option<Instant>,
+    ) -> Decision {
+        self.run_taken(request, taken, wait, false, deadline)
+            .await
+            .decision
+    }
+
     /// [`Pipeline::check_async`], and what every candidate rule did.
     pub async fn explain_async(
         &self,
@@ -124,12 +139,24 @@ impl Pipeline {
         explain: bool,
         deadline: Option<Instant>,
     ) -> Run {
-        let mut front = self.front(request);
+        self.run_taken(request, None, wait, explain, deadline).await
+    }
+
+    async fn run_taken(
+        &self,
+        request: &CheckRequest,
+        taken: Option<Taken>,
+        wait: Duration,
+        explain: bool,
+        deadline: Option<Instant>,
+    ) -> Run {
+        let mut taken = taken;
+        let mut front = self.front(request, &mut taken);
         if let Front::Done(run) = &mut front
             && let Some(pending) = run.pending.take()
         {
             pending.resolve(run.time, wait, self.shared.as_ref()).await;
-            front = self.front(request);
+            front = self.front(request, &mut taken);
         }
         let run = match front {
             Front::Done(run) => run,
@@ -184,7 +211,7 @@ impl Pipeline {
     /// One pass through the stages, with the server's `client_errors` where
     /// the tenant chose none.
     fn run(&self, request: &CheckRequest, explain: bool, deadline: Option<Instant>) -> Run {
-        let run = match self.front(request) {
+        let run = match self.front(request, &mut None) {
             Front::Done(run) => run,
             // A proof to record in the shared store, and no way to wait for it
             // here: never this replica's own cache instead.
@@ -206,12 +233,15 @@ impl Pipeline {
     }
 
     /// The stages up to the identity, in order; each is a plain function.
-    fn front(&self, request: &CheckRequest) -> Front {
+    /// `taken` holds the maps a caller moved out of `request`; they are given
+    /// back in it when the check must run again (keys to wait for).
+    fn front(&self, request: &CheckRequest, taken: &mut Option<Taken>) -> Front {
         let id = uuid::Uuid::new_v4().to_string();
         if !self.store.is_ready() {
             return Front::Done(Run::done(Decision::deny(id, Reason::NotReady)));
         }
-        let input = match request::read(self.store.limits(), request) {
+        let moved = taken.is_some();
+        let input = match request::read::read_taken(self.store.limits(), request, taken.take()) {
             Ok(input) => input,
             Err(e) => return Front::Done(Run::done(Decision::deny(id, e.reason()).with_detail(e))),
         };
@@ -220,7 +250,14 @@ impl Pipeline {
         };
         let mut input = input;
         if tenant.rego().is_some() {
-            input.check_document = Some(request::protomap::document(request));
+            // OPA-Envoy's document is the request itself, maps and all.
+            input.check_document = Some(if moved {
+                let mut whole = request.clone();
+                request::input::put_back(&mut whole, &taken_of(&input));
+                request::protomap::document(&whole)
+            } else {
+                request::protomap::document(request)
+            });
         }
         let mut decision = respond::begin(id, &tenant, &input);
         let time = input.context.time;
@@ -228,6 +265,9 @@ impl Pipeline {
             Ok(identity) => identity,
             Err(e) => {
                 let pending = respond::refused(&mut decision, &tenant, &input, e);
+                if moved && pending.is_some() {
+                    *taken = Some(taken_of(&input));
+                }
                 return Front::Done(Run::of(decision, Vec::new(), pending, time));
             }
         };
@@ -420,6 +460,14 @@ fn authenticate(
         Err(e) => span.record("reason", e.reason().code()),
     };
     result
+}
+
+/// The maps of `input` as [`crate::request::input::take_maps`] took them.
+fn taken_of(input: &Input) -> Taken {
+    Taken {
+        headers: input.resource.headers.clone(),
+        context_extensions: input.resource.context_extensions.clone(),
+    }
 }
 
 /// `rule=would` pairs for a span attribute.

@@ -190,6 +190,11 @@ impl DecisionLog {
 
     /// Writes nothing (`output: off`): a check need not gather what a line
     /// would hold.
+    /// Whether replayable records are written (they carry the request whole).
+    pub fn replays(&self) -> bool {
+        self.replay.is_some()
+    }
+
     pub fn is_off(&self) -> bool {
         self.tx.is_none()
     }

@@ -158,6 +158,17 @@ impl Input {
         req: &CheckRequest,
         max_body_bytes: usize,
     ) -> Result<Input, InputError> {
+        Self::from_parts(req, None, max_body_bytes)
+    }
+
+    /// [`Input::from_check_request_within`] of a request whose header and
+    /// context-extension maps were moved out first ([`take_maps`]): they are
+    /// used as they are, nothing is copied.
+    pub fn from_parts(
+        req: &CheckRequest,
+        taken: Option<Taken>,
+        max_body_bytes: usize,
+    ) -> Result<Input, InputError> {
         let attrs = req.attributes.as_ref().ok_or(InputError::NotHttp)?;
         let context = context_of(attrs);
         let http = attrs
@@ -168,7 +179,17 @@ impl Input {
         if http.method.is_empty() {
             return Err(InputError::NoMethod);
         }
-        let headers = headers_of(http);
+        let (headers, context_extensions) = match taken {
+            Some(t) => (t.headers, t.context_extensions),
+            None => (
+                headers_of(http),
+                attrs
+                    .context_extensions
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
+        };
         let (path, query, segments) = path::split_and_check(&http.path)?;
         let (query_params, query_repeated) = parse_query(query);
         let grpc = headers
@@ -200,11 +221,7 @@ impl Input {
             scheme: http.scheme.clone(),
             protocol: http.protocol.clone(),
             grpc,
-            context_extensions: attrs
-                .context_extensions
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            context_extensions,
             metadata: metadata_json(attrs.metadata_context.as_ref()),
             route_metadata: metadata_json(attrs.route_metadata_context.as_ref()),
             destination: attrs
@@ -285,6 +302,63 @@ pub fn normalize_host(host: &str) -> String {
 /// Reads `headers`, or `header_map` when Envoy sends that instead
 /// (`encode_raw_headers: true`). Names are lower-cased; repeats are joined with
 /// `,` exactly as Envoy joins them in `headers`, so both encodings look the same.
+/// A request's header and context-extension maps, moved out of its
+/// `CheckRequest` ([`take_maps`]) into the form [`Input`] keeps them in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Taken {
+    pub headers: BTreeMap<String, String>,
+    pub context_extensions: BTreeMap<String, String>,
+}
+
+/// Moves the header and context-extension maps out of `req` when that loses
+/// nothing: every header name is lower-case already and there is no
+/// `header_map` beside the map (Envoy sends one form or the other), so the
+/// [`Input`] built from them is the one [`Input::from_check_request`] builds.
+/// `None` (and `req` untouched) otherwise. [`put_back`] undoes it.
+pub fn take_maps(req: &mut CheckRequest) -> Option<Taken> {
+    let attrs = req.attributes.as_mut()?;
+    let http = attrs.request.as_mut()?.http.as_mut()?;
+    let lossless = http
+        .header_map
+        .as_ref()
+        .is_none_or(|m| m.headers.is_empty())
+        && http
+            .headers
+            .keys()
+            .all(|k| !k.bytes().any(|b| b.is_ascii_uppercase()));
+    if !lossless {
+        return None;
+    }
+    let headers = std::mem::take(&mut http.headers).into_iter().collect();
+    let context_extensions = std::mem::take(&mut attrs.context_extensions)
+        .into_iter()
+        .collect();
+    Some(Taken {
+        headers,
+        context_extensions,
+    })
+}
+
+/// Copies maps [`take_maps`] moved out back into `req`, which is then the
+/// request as it was decoded.
+pub fn put_back(req: &mut CheckRequest, taken: &Taken) {
+    let Some(attrs) = req.attributes.as_mut() else {
+        return;
+    };
+    attrs.context_extensions = taken
+        .context_extensions
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if let Some(http) = attrs.request.as_mut().and_then(|r| r.http.as_mut()) {
+        http.headers = taken
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+    }
+}
+
 fn headers_of(http: &attribute_context::HttpRequest) -> BTreeMap<String, String> {
     let mut out: BTreeMap<String, String> = http
         .headers
@@ -393,6 +467,80 @@ mod tests {
             host: "Example.COM.:8443".into(),
             ..Default::default()
         }
+    }
+
+    fn with_maps(headers: &[(&str, &str)]) -> CheckRequest {
+        let mut http = get("/a/b?x=1");
+        http.body = "{\"k\": 1}".into();
+        http.headers = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut req = request(http);
+        let attrs = req.attributes.as_mut().unwrap();
+        attrs.context_extensions = [("tenant".to_string(), "acme".to_string())].into();
+        attrs.request.as_mut().unwrap().time = Some(prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 0,
+        });
+        req
+    }
+
+    #[test]
+    fn an_input_from_taken_maps_is_the_input_from_the_request() {
+        let headers = [
+            ("content-type", "application/json"),
+            ("authorization", "Bearer t"),
+            (":authority", "acme.example"),
+        ];
+        let original = with_maps(&headers);
+        let mut req = original.clone();
+        let taken = take_maps(&mut req).unwrap();
+        assert!(
+            req.attributes
+                .as_ref()
+                .unwrap()
+                .context_extensions
+                .is_empty()
+        );
+        let moved = Input::from_parts(&req, Some(taken.clone()), MAX_BODY_BYTES).unwrap();
+        let copied = Input::from_check_request(&original).unwrap();
+        assert_eq!(format!("{moved:?}"), format!("{copied:?}"));
+        assert_eq!(moved.resource.headers.len(), 3);
+        assert_eq!(moved.resource.context_extensions["tenant"], "acme");
+        // Put back, the request is the one decoded.
+        put_back(&mut req, &taken);
+        assert_eq!(req, original);
+    }
+
+    #[test]
+    fn maps_are_not_taken_when_the_input_would_differ() {
+        // An upper-case name is lower-cased by the Input: taking would lose it.
+        let mut upper = with_maps(&[("X-Upper", "1")]);
+        let before = upper.clone();
+        assert!(take_maps(&mut upper).is_none());
+        assert_eq!(upper, before);
+        // A header_map beside the map is merged into it.
+        let mut both = with_maps(&[("a", "1")]);
+        both.attributes
+            .as_mut()
+            .unwrap()
+            .request
+            .as_mut()
+            .unwrap()
+            .http
+            .as_mut()
+            .unwrap()
+            .header_map = Some(HeaderMap {
+            headers: vec![HeaderValue {
+                key: "a".into(),
+                value: "2".into(),
+                raw_value: Vec::new(),
+            }],
+        });
+        let before = both.clone();
+        assert!(take_maps(&mut both).is_none());
+        assert_eq!(both, before);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use crate::foundation::limits::Limits;
 use crate::foundation::proto::auth::CheckRequest;
 use crate::foundation::reason::Reason;
-use crate::request::input::{Input, InputError};
+use crate::request::input::{Input, InputError, Taken};
 
 /// Why [`read`] refused a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,6 +37,18 @@ impl Refused {
 /// on the protobuf, then builds the [`Input`]. A body of `max_body_bytes` or
 /// more is treated as truncated (rules that read it deny).
 pub fn read(limits: &Limits, request: &CheckRequest) -> Result<Input, Refused> {
+    read_taken(limits, request, None)
+}
+
+/// [`read`] of a request whose header and context-extension maps were moved
+/// out of it ([`crate::request::input::take_maps`]); they are measured as if
+/// they were still in it.
+pub fn read_taken(
+    limits: &Limits,
+    request: &CheckRequest,
+    taken: Option<Taken>,
+) -> Result<Input, Refused> {
+    let moved = taken.as_ref().map(|t| &t.headers);
     let http = request
         .attributes
         .as_ref()
@@ -44,7 +56,7 @@ pub fn read(limits: &Limits, request: &CheckRequest) -> Result<Input, Refused> {
         .and_then(|r| r.http.as_ref());
     if let Some(http) = http {
         let map = http.header_map.as_ref().map_or(&[][..], |m| &m.headers[..]);
-        let count = http.headers.len() + map.len();
+        let count = http.headers.len() + map.len() + moved.map_or(0, |m| m.len());
         if count > limits.max_headers {
             return Err(Refused::TooManyHeaders {
                 count,
@@ -54,6 +66,7 @@ pub fn read(limits: &Limits, request: &CheckRequest) -> Result<Input, Refused> {
         let bytes = http
             .headers
             .iter()
+            .chain(moved.into_iter().flatten())
             .map(|(k, v)| k.len() + v.len())
             .chain(
                 map.iter()
@@ -73,10 +86,7 @@ pub fn read(limits: &Limits, request: &CheckRequest) -> Result<Input, Refused> {
             });
         }
     }
-    Ok(Input::from_check_request_within(
-        request,
-        limits.max_body_bytes,
-    )?)
+    Ok(Input::from_parts(request, taken, limits.max_body_bytes)?)
 }
 
 #[cfg(test)]

@@ -57,9 +57,8 @@ impl UnaryService<CheckRequest> for CheckCall {
     fn call(&mut self, request: Request<CheckRequest>) -> Self::Future {
         let service = Arc::clone(&self.0);
         Box::pin(async move {
-            let decision = service
-                .decide(request.get_ref(), None, request.metadata(), "grpc")
-                .await;
+            let (metadata, _, request) = request.into_parts();
+            let decision = service.decide_owned(request, &metadata, "grpc").await;
             Ok(Response::new(Answer(decision)))
         })
     }

@@ -22,6 +22,7 @@ use crate::observe::audit::DecisionLog;
 use crate::observe::metrics::Metrics;
 use crate::observe::telemetry;
 use crate::pipeline::{DEFAULT_KEY_WAIT, Pipeline};
+use crate::request::input::Taken;
 
 /// The deadline of a Check call that carries no `grpc-timeout`: Envoy always
 /// sends one (its ext_authz `timeout`, 200 ms by default), so this is for
@@ -72,9 +73,8 @@ impl Authorization for AuthzService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        let decision = self
-            .decide(request.get_ref(), None, request.metadata(), "grpc")
-            .await;
+        let (metadata, _, request) = request.into_parts();
+        let decision = self.decide_owned(request, &metadata, "grpc").await;
         Ok(Response::new(render::into_response(decision)))
     }
 }
@@ -92,6 +92,36 @@ impl AuthzService {
         metadata: &tonic::metadata::MetadataMap,
         transport: &'static str,
     ) -> Decision {
+        self.decide_taken(request, None, refused, metadata, transport)
+            .await
+    }
+
+    /// [`AuthzService::decide`] for a caller that owns the request: its
+    /// header and context-extension maps move into the check instead of
+    /// being copied (unless the replay log records the request whole).
+    pub async fn decide_owned(
+        &self,
+        mut request: CheckRequest,
+        metadata: &tonic::metadata::MetadataMap,
+        transport: &'static str,
+    ) -> Decision {
+        let taken = if self.log.replays() {
+            None
+        } else {
+            crate::request::input::take_maps(&mut request)
+        };
+        self.decide_taken(&request, taken, None, metadata, transport)
+            .await
+    }
+
+    async fn decide_taken(
+        &self,
+        request: &CheckRequest,
+        taken: Option<Taken>,
+        refused: Option<Reason>,
+        metadata: &tonic::metadata::MetadataMap,
+        transport: &'static str,
+    ) -> Decision {
         let started = Instant::now();
         let span = decided::check_span(transport);
         // Envoy's span is the parent; the client's traceparent only a link.
@@ -103,12 +133,15 @@ impl AuthzService {
             telemetry::parent_from_metadata(metadata)
         };
         if !span.is_disabled() {
-            let client = request
-                .attributes
-                .as_ref()
-                .and_then(|a| a.request.as_ref())
-                .and_then(|r| r.http.as_ref())
-                .and_then(|h| telemetry::client_link(&h.headers));
+            let client = match &taken {
+                Some(t) => telemetry::client_link(|name| t.headers.get(name)),
+                None => request
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.request.as_ref())
+                    .and_then(|r| r.http.as_ref())
+                    .and_then(|h| telemetry::client_link(|name| h.headers.get(name))),
+            };
             telemetry::attach(&span, &parent, client);
         }
         async {
@@ -125,7 +158,9 @@ impl AuthzService {
             let decision = match (&permit, refused) {
                 (_, Some(reason)) => Decision::deny(uuid::Uuid::new_v4().to_string(), reason),
                 (Ok(_), None) => {
-                    let check = self.pipeline.check_until(request, wait, deadline);
+                    let check = self
+                        .pipeline
+                        .check_until_taken(request, taken, wait, deadline);
                     check.await
                 }
                 (Err(_), None) => {

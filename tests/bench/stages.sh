@@ -93,6 +93,10 @@ ENCODE = "prost::message::Message::encode"
 FAST_ENCODE = "<portcullis::foundation::codec::FastEncoder<T> as tonic::codec::Encoder>::encode"
 FAST_MD = "portcullis::foundation::codec::encode_struct_field"
 CHECK_P = "<portcullis::transport::server::AuthzService as portcullis::foundation::proto::envoy::service::auth::v3::authorization_server::Authorization>::check::{{closure}}"
+# Since issue 23 step 3 the server mounts its own route (src/transport/check_route.rs),
+# whose answer is written from the Decision by src/decision/wire.rs.
+CHECK_R = "<portcullis::transport::check_route::CheckCall as tonic::server::service::UnaryService<portcullis::foundation::proto::envoy::service::auth::v3::CheckRequest>>::call::{{closure}}"
+WIRE_ENCODE = "<portcullis::transport::check_route::AnswerEncoder as tonic::codec::Encoder>::encode"
 CHECK_C = "<const_authz::Constant as portcullis::foundation::proto::envoy::service::auth::v3::authorization_server::Authorization>::check::{{closure}}"
 ALLOC = ["mi_malloc_aligned", "mi_zalloc_aligned", "mi_realloc_aligned", "mi_free", "malloc", "free", "realloc", "calloc"]
 
@@ -109,15 +113,15 @@ def table(name):
     c["stream"] = cost(H2STREAM)
     c["body"] = cost(BODY)
     c["decode"] = cost(DECODE)
-    c["encode"] = cost(FAST_ENCODE, ENCODE)
-    c["check"] = cost(CHECK_P, CHECK_C)
+    c["encode"] = cost(WIRE_ENCODE, FAST_ENCODE, ENCODE)
+    c["check"] = cost(CHECK_R, CHECK_P, CHECK_C)
     c["stream_rest"] = c["stream"] - c["body"] - c["encode"] - c["check"]
     c["rest"] = total - c["conn"] - c["stream"]
     c["alloc"] = sum(cost(f) for f in ALLOC)
     c["memcpy"] = like(r"^__memcpy_avx_unaligned_erms$|^__memmove")
     c["sip"] = cost("<core::hash::sip::Hasher<S> as core::hash::Hasher>::write")
     # portcullis' handler, stage by stage
-    c["run"] = cost("portcullis::pipeline::Pipeline::run")
+    c["run"] = cost("portcullis::pipeline::Pipeline::run", "portcullis::pipeline::Pipeline::run_async::{{closure}}")
     c["authn"] = cost("portcullis::identity::authenticate::authenticate")
     c["verify_cached"] = cost("portcullis::identity::jwt::verify_cached")
     vc = "portcullis::identity::jwt::verify_cached"
@@ -148,14 +152,14 @@ def table(name):
     c["render"] = cost("portcullis::decision::render::render")
     c["render_md"] = edge("portcullis::decision::render::render", "alloc::collections::btree::map::BTreeMap<K,V,A>::insert")
     c["encode_md"] = (edge(ENCODE, "prost::encoding::btree_map::encode") + edge(ENCODE, "prost::encoding::btree_map::encoded_len")
-                      + cost(FAST_MD))
+                      + cost(FAST_MD) + edge(WIRE_ENCODE, "portcullis::decision::wire::dynamic_metadata"))
     c["metrics_labels"] = edge("portcullis::observe::metrics::Metrics::observe_decision", "hashbrown::map::HashMap<K,V,S,A>::get")
     c["metrics"] = cost("portcullis::observe::metrics::Metrics::observe_decision")
     c["telemetry"] = sum(cost("portcullis::observe::telemetry::" + f) for f in ("parent_from_metadata", "client_link", "trace_id", "attach"))
     # The handler's own calls into tracing (the spans inside Pipeline::run
     # are inlined there and, at RUST_LOG=warn, disabled).
     c["tracing"] = sum(v for (a, b), v in edges.items()
-                       if a == CHECK_P and re.match(r"(core::ptr::drop_in_place<)?tracing", b))
+                       if a in (CHECK_P, CHECK_R) and re.match(r"(core::ptr::drop_in_place<)?tracing", b))
     c["audit"] = cost("portcullis::observe::audit::RequestSummary::of") + cost("portcullis::observe::audit::DecisionLog::record")
     c["drop_request"] = cost("core::ptr::drop_in_place<tonic::request::Request<portcullis::foundation::proto::envoy::service::auth::v3::CheckRequest>>")
     c["drop_decision"] = cost("core::ptr::drop_in_place<portcullis::decision::Decision>")
