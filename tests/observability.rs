@@ -10,6 +10,8 @@
 //! line per decision with the fields operators need; dry-run rules and tenants
 //! let requests through and say what they would have done; and no token,
 //! signature or key appears in any log line, decision line, span or metric.
+//! Beside it, a Cedar tenant's Checks, traced straight over gRPC: the check
+//! span names the determining policy and Cedar's outcome.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -305,6 +307,21 @@ fn sample(samples: &[Value], name: &str, labels: &[(&str, &str)]) -> Option<f64>
         .and_then(|s| s["value"].as_f64())
 }
 
+/// The decision id in a CheckResponse's dynamic metadata.
+fn grpc_decision_id(answer: &portcullis::foundation::proto::auth::CheckResponse) -> String {
+    answer.dynamic_metadata.as_ref().unwrap().fields["portcullis"]
+        .kind
+        .as_ref()
+        .map(|k| match k {
+            prost_types::value::Kind::StructValue(s) => match &s.fields["decision_id"].kind {
+                Some(prost_types::value::Kind::StringValue(v)) => v.clone(),
+                _ => panic!("no decision id"),
+            },
+            _ => panic!("no portcullis metadata"),
+        })
+        .unwrap()
+}
+
 /// Lines of a file that grows, once it has at least `n`.
 async fn lines_at_least(path: &Path, n: usize) -> Vec<Value> {
     let deadline = Instant::now() + support::READY_TIMEOUT;
@@ -519,17 +536,7 @@ async fn traces_metrics_and_decision_log_through_a_real_envoy() {
             "headers": { "traceparent": client_tp } } } } }))
     .unwrap();
     let answer = grpc.check(forged).await.unwrap().into_inner();
-    let forged_id = answer.dynamic_metadata.as_ref().unwrap().fields["portcullis"]
-        .kind
-        .as_ref()
-        .map(|k| match k {
-            prost_types::value::Kind::StructValue(s) => match &s.fields["decision_id"].kind {
-                Some(prost_types::value::Kind::StringValue(v)) => v.clone(),
-                _ => panic!("no decision id"),
-            },
-            _ => panic!("no portcullis metadata"),
-        })
-        .unwrap();
+    let forged_id = grpc_decision_id(&answer);
     // The last request: once its span is exported, every earlier one is too.
     let r = http(main, "GET", "/docs/intro", &[acme], None).await;
     let last = decision_id(&r);
@@ -824,4 +831,119 @@ async fn traces_metrics_and_decision_log_through_a_real_envoy() {
 
     drop(envoy);
     drop(portcullis);
+}
+
+/// A Cedar tenant (tests/cedar/orders: a `permit` for the order's own tenant,
+/// `forbid`s over it) decides Checks that carry a sampled trace context in
+/// their gRPC metadata, as Envoy's would; each exported check span names the
+/// tenant, the decision, the determining policy as `rule` and Cedar's outcome
+/// as `reason`, with the policy stage as its child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cedar_tenants_check_span_names_the_determining_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    let tenant = support::repo_root().join("tests/cedar/orders");
+    for name in ["orders.yaml", "orders.cedar", "orders.cedarschema"] {
+        std::fs::copy(tenant.join(name), policies.join(name)).unwrap();
+    }
+    let (receiver, otlp) = Receiver::start().await;
+    let config = dir.path().join("portcullis.yaml");
+    std::fs::write(
+        &config,
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\npolicies: policies\n\
+         tenancy: { sources: [context_extension] }\ndecision_log: { output: \"off\" }\n",
+    )
+    .unwrap();
+    let endpoint = format!("http://{otlp}");
+    let portcullis = PortcullisBinary::start(
+        &config,
+        dir.path(),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_SERVICE_NAME", "portcullis-cedar"),
+            // Only the Checks below, whose parent is sampled, are exported.
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+    )
+    .await;
+    let mut grpc =
+        portcullis::foundation::proto::auth::authorization_client::AuthorizationClient::connect(
+            format!("http://{}", portcullis.grpc),
+        )
+        .await
+        .unwrap();
+
+    // (API key, order, decision, rule, reason); the rule is absent where no
+    // policy determined the outcome.
+    let cases: [(&str, &str, &str, Option<&str>, &str); 3] = [
+        (
+            "alice-key",
+            "1",
+            "allow",
+            Some("own-tenant-reads"),
+            "allowed",
+        ),
+        (
+            "alice-key",
+            "9",
+            "deny",
+            Some("no-secret-orders"),
+            "denied_by_rule",
+        ),
+        ("bob-key", "1", "deny", None, "no_matching_rule"),
+    ];
+    let mut sent = Vec::new();
+    for (i, (key, order, ..)) in cases.iter().enumerate() {
+        let path = format!("/tenants/acme/orders/{order}");
+        let check = portcullis::app::cli::check_request_from_json(&json!({ "attributes": {
+            "contextExtensions": { "tenant": "orders" },
+            "request": { "http": { "method": "GET", "host": "orders.example.com", "path": path,
+                "headers": { "x-api-key": key } } } } }))
+        .unwrap();
+        let trace_id = format!("{:032x}", (0xceda_u128 << 64) | (i as u128 + 1));
+        let mut request = tonic::Request::new(check);
+        request.metadata_mut().insert(
+            "traceparent",
+            format!("00-{trace_id}-00f067aa0ba902b7-01")
+                .parse()
+                .unwrap(),
+        );
+        let answer = grpc.check(request).await.unwrap().into_inner();
+        sent.push((grpc_decision_id(&answer), trace_id));
+    }
+
+    for ((key, order, decision, rule, reason), (id, trace_id)) in cases.iter().zip(&sent) {
+        let span = receiver.check_span(id).await;
+        let what = format!("{key} reading order {order}: {span:#?}");
+        assert_eq!(span.service, "portcullis-cedar", "{what}");
+        assert_eq!(&span.trace_id, trace_id, "the caller's trace: {what}");
+        assert_eq!(span.parent, "00f067aa0ba902b7", "{what}");
+        for (k, v) in [
+            ("tenant", "orders"),
+            ("decision", *decision),
+            ("reason", *reason),
+            ("auth_method", "api_key"),
+        ] {
+            assert_eq!(
+                span.attrs.get(k).map(String::as_str),
+                Some(v),
+                "{k}: {what}"
+            );
+        }
+        assert_eq!(
+            span.attrs.get("rule").map(String::as_str),
+            *rule,
+            "rule: {what}"
+        );
+        assert!(
+            receiver
+                .spans()
+                .iter()
+                .any(|s| s.name == "policy" && s.parent == span.span_id),
+            "no policy span under the check span: {what}"
+        );
+    }
 }

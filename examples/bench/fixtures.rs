@@ -17,6 +17,15 @@
 //!   `data.bench.jwks`), the same issuer under `identity`. `run.sh` gives
 //!   OPA-Envoy this directory's `authz.rego` and `data.json`, so both servers
 //!   run the same files on the same request.
+//! - `cedar/`: tenant `acme` decided by a Cedar policy with the same
+//!   object-level rule (GET on the orders route, `orders:read` in the scope,
+//!   the path's tenant equal to the token's), validated against its schema;
+//!   the same issuer under `identity`. Like the Rego tenant it sets no
+//!   response headers.
+//!
+//! Besides the allow, every tenant of `acme` (`one`, `rego`, `cedar`) must
+//! deny the same request carrying another tenant's token: the three decide
+//! the object-level rule alike, not only the happy path.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -82,6 +91,32 @@ fn rego_tenant(jwks: &str) -> String {
     )
 }
 
+/// The allow rule of `ALLOW` and `authz.rego` as a Cedar policy: the
+/// principal's attributes are the validated claims (`scope` as a set), the
+/// resource's the route's path parameters (docs/cedar.md).
+const CEDAR_POLICY: &str = r#"// The benchmarked route: an order is read by a caller of its own tenant
+// holding orders:read.
+@id("orders")
+permit (principal is Jwt, action == Action::"read", resource is Order)
+when {
+  principal has tenant && principal.tenant == resource.tenant &&
+  principal has scope && principal.scope.contains("orders:read")
+};
+"#;
+
+/// What the Cedar policy may read, checked in strict mode at load.
+const CEDAR_SCHEMA: &str = r#"entity Jwt = { sub: String, tenant?: String, scope?: Set<String> };
+entity Order = { tenant: String, order: String };
+action "read" appliesTo { principal: Jwt, resource: Order, context: {} };
+"#;
+
+fn cedar_tenant(jwks: &str) -> String {
+    format!(
+        "apiVersion: portcullis/v1\ntenant: acme\n{}policy:\n  cedar:\n    policies: authz.cedar\n    schema: authz.cedarschema\n    routes:\n      - {{ path: \"/tenants/{{tenant}}/orders/{{order}}\", methods: [GET], action: read, resource: Order }}\n",
+        identity(jwks)
+    )
+}
+
 fn templated(tenant: &str, jwks: &str) -> String {
     let mut rules = String::new();
     for i in 0..RULES_PER_TENANT - 1 {
@@ -111,15 +146,20 @@ fn distinct(n: usize, tenant: &str, jwks: &str) -> String {
 }
 
 fn request(tenant: &str, token: &str) -> CheckRequest {
+    request_on(tenant, tenant, token)
+}
+
+/// A request routed to `tenant` for an order of `path_tenant`.
+fn request_on(tenant: &str, path_tenant: &str, token: &str) -> CheckRequest {
     portcullis::app::cli::check_request_from_json(&json!({
         "attributes": {
             "contextExtensions": { "tenant": tenant },
             "request": { "http": {
                 "method": "GET", "host": "api.bench.example", "scheme": "http",
-                "path": format!("/tenants/{tenant}/orders/42"),
+                "path": format!("/tenants/{path_tenant}/orders/42"),
                 "headers": {
                     ":authority": "api.bench.example", ":method": "GET",
-                    ":path": format!("/tenants/{tenant}/orders/42"),
+                    ":path": format!("/tenants/{path_tenant}/orders/42"),
                     "user-agent": "bench", "accept": "*/*",
                     "authorization": format!("Bearer {token}")
                 }
@@ -156,7 +196,8 @@ fn write_dir(dir: &Path, files: impl Iterator<Item = (String, String)>) {
     }
 }
 
-fn check(dir: &Path, request: &CheckRequest) {
+/// Decides `request` with the policies in `dir`, which must load whole.
+fn decide(dir: &Path, request: &CheckRequest) -> portcullis::decision::Decision {
     let store = PolicyStore::new(dir);
     let report = store.reload();
     assert!(
@@ -165,14 +206,30 @@ fn check(dir: &Path, request: &CheckRequest) {
         dir.display(),
         report.errors
     );
-    let pipeline = Pipeline::new(Arc::new(store), TenantResolver::default());
-    let d = pipeline.check(request);
+    Pipeline::new(Arc::new(store), TenantResolver::default()).check(request)
+}
+
+/// `request` is allowed by the policies in `dir`; returns the deciding rule.
+fn check(dir: &Path, request: &CheckRequest) -> Option<String> {
+    let d = decide(dir, request);
     assert!(
         d.allowed,
         "{}: {:?} {:?}",
         dir.display(),
         d.reason,
         d.detail
+    );
+    d.rule.map(|r| r.to_string())
+}
+
+/// `request` is denied by the policies in `dir`.
+fn check_denied(dir: &Path, request: &CheckRequest) {
+    let d = decide(dir, request);
+    assert!(
+        !d.allowed,
+        "{}: allowed by {:?}, expected a deny",
+        dir.display(),
+        d.rule
     );
 }
 
@@ -217,6 +274,16 @@ fn main() {
         .into_iter(),
     );
 
+    write_dir(
+        &out.join("cedar"),
+        [
+            ("acme.yaml".into(), cedar_tenant(&jwks)),
+            ("authz.cedar".into(), CEDAR_POLICY.into()),
+            ("authz.cedarschema".into(), CEDAR_SCHEMA.into()),
+        ]
+        .into_iter(),
+    );
+
     let acme_token = mint(&key, "acme");
     std::fs::write(out.join("token-acme.txt"), &acme_token).unwrap();
     let acme = request("acme", &acme_token);
@@ -226,6 +293,17 @@ fn main() {
 
     check(&out.join("one"), &acme);
     check(&out.join("rego"), &acme);
+    // The Cedar tenant allows by its one permit, named as the YAML rule is.
+    let cedar_rule = check(&out.join("cedar"), &acme);
+    assert_eq!(
+        cedar_rule.as_deref(),
+        Some("orders"),
+        "cedar: the deciding policy"
+    );
+    let foreign = request_on("acme", "acme", &mint(&key, "globex"));
+    for dir in ["one", "rego", "cedar"] {
+        check_denied(&out.join(dir), &foreign);
+    }
     check(&out.join("many"), &t0);
     let d0 = request("d0", &mint(&key, "d0"));
     check(&out.join("distinct"), &d0);

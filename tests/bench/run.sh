@@ -185,6 +185,8 @@ H_CONST=$((PORT_BASE + 20)) P_HTTP=$((PORT_BASE + 21))
 O_GRPC=$((PORT_BASE + 22)) O_HTTP=$((PORT_BASE + 23))
 R_GRPC=$((PORT_BASE + 24)) R_ADMIN=$((PORT_BASE + 25))
 RN_GRPC=$((PORT_BASE + 26)) RN_ADMIN=$((PORT_BASE + 27))
+# portcullis on a Cedar policy with the same rule.
+CE_GRPC=$((PORT_BASE + 28)) CE_ADMIN=$((PORT_BASE + 29))
 
 log "servers on cpu $SERVER_CPU, load generators on cpu $LOAD_CPU"
 # The floor every ratio is taken against: the constant server on the same
@@ -213,6 +215,11 @@ NOCACHE_PID=$PID
 start_portcullis rego "$FIX/rego" "$R_GRPC" "$R_ADMIN"
 REGO_PID=$PID
 start_portcullis rego_nocache "$FIX/rego" "$RN_GRPC" "$RN_ADMIN" "limits: { token_cache_size: 0 }"
+# The Cedar tenant: tenant acme decided by one Cedar permit with the same
+# object-level rule (the fixtures check that it allows this request and
+# denies another tenant's token, as the YAML and Rego tenants do).
+start_portcullis cedar "$FIX/cedar" "$CE_GRPC" "$CE_ADMIN"
+CEDAR_PID=$PID
 sleep 0.3
 record memory idle 0 rss_kb "$(rss_kb "$ONE_PID")"
 record memory const_idle 0 rss_kb "$(rss_kb "$CONST_PID")"
@@ -274,7 +281,7 @@ if ((HAVE_H2LOAD)); then
     [[ $shape == 4x16 ]] || section=grpc_closed_$shape
     conns=${shape%x*} streams=${shape#*x}
     for run in $(seq 1 "$RUNS"); do
-      targets=(const portcullis portcullis_nocache const_stock portcullis_rego portcullis_rego_nocache)
+      targets=(const portcullis portcullis_nocache const_stock portcullis_rego portcullis_rego_nocache portcullis_cedar)
       ((HAVE_OPA)) && targets+=(opa_envoy)
       n=${#targets[@]}
       for k in $(seq 0 $((n - 1))); do
@@ -288,12 +295,14 @@ if ((HAVE_H2LOAD)); then
           portcullis_nocache) h2run_counted "$section" portcullis_nocache "$run" "$N_GRPC" "$N_ADMIN" -c "$conns" -m "$streams" ;;
           portcullis_rego) h2run_counted "$section" portcullis_rego "$run" "$R_GRPC" "$R_ADMIN" -c "$conns" -m "$streams" ;;
           portcullis_rego_nocache) h2run_counted "$section" portcullis_rego_nocache "$run" "$RN_GRPC" "$RN_ADMIN" -c "$conns" -m "$streams" ;;
+          portcullis_cedar) h2run_counted "$section" portcullis_cedar "$run" "$CE_GRPC" "$CE_ADMIN" -c "$conns" -m "$streams" ;;
         esac
       done
     done
   done
   record memory after_load 0 rss_kb "$(rss_kb "$ONE_PID")"
   record memory rego_after_load 0 rss_kb "$(rss_kb "$REGO_PID")"
+  record memory cedar_after_load 0 rss_kb "$(rss_kb "$CEDAR_PID")"
   ((HAVE_OPA)) && record memory opa_envoy_after_load 0 rss_kb "$(rss_kb "$OPA_PID")"
   # Open loop: 10 clients × 500 rps = 5,000 requests per second, against
   # both floors.
@@ -412,9 +421,9 @@ profile() { # NAME PORT ARGS...
 }
 if ((HAVE_H2LOAD && HAVE_VALGRIND)); then
   # Each server is stopped and started again under callgrind on its port.
-  declare -A SERVER_PID=([const]=$CONST_PID [one]=$ONE_PID [nocache]=$NOCACHE_PID [rego]=$REGO_PID)
-  declare -A SERVER_PORT=([const]=$C_GRPC [one]=$P_GRPC [nocache]=$N_GRPC [rego]=$R_GRPC)
-  for name in const one nocache rego; do
+  declare -A SERVER_PID=([const]=$CONST_PID [one]=$ONE_PID [nocache]=$NOCACHE_PID [rego]=$REGO_PID [cedar]=$CEDAR_PID)
+  declare -A SERVER_PORT=([const]=$C_GRPC [one]=$P_GRPC [nocache]=$N_GRPC [rego]=$R_GRPC [cedar]=$CE_GRPC)
+  for name in const one nocache rego cedar; do
     log "callgrind: $name, $PROFILE_N checks"
     stop "${SERVER_PID[$name]}"
     port=${SERVER_PORT[$name]}

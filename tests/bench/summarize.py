@@ -110,21 +110,24 @@ SAME_REGO = (
     ("opa_envoy", "OPA-Envoy, Rego"),
     ("portcullis_rego", "portcullis, Rego"),
     ("portcullis_rego_nocache", "portcullis, Rego, cache off"),
+    ("portcullis_cedar", "portcullis, Cedar"),
     ("portcullis", "portcullis, YAML"),
     ("portcullis_nocache", "portcullis, YAML, cache off"),
     ("const", "constant server"),
 )
 for section, shape in SHAPES:
-    if not values(section, "portcullis_rego", "rps"):
+    if not (values(section, "portcullis_rego", "rps") or values(section, "portcullis_cedar", "rps")):
         continue
-    p(f"## gRPC Check, direct, {shape}: the same Rego policy on OPA-Envoy and portcullis\n")
+    p(f"## gRPC Check, direct, {shape}: the same Rego policy on OPA-Envoy and portcullis, and the rule in Cedar\n")
     p(
         "OPA-Envoy and portcullis' Rego tenant run the same files (tests/bench/opa/authz.rego, the "
         "JWKS as `data.bench.jwks`) on the same request; portcullis' YAML tenant decides the same "
         "request by its rules. On OPA-Envoy the policy's `io.jwt.decode_verify` verifies the RS256 "
         "token in full on every check; on portcullis it shares the tenant's verified-token cache with "
         "the identity stage, and with the cache off the token is verified in full twice (identity "
-        "stage, then the builtin). Ratios are to the constant-answer server in the same run.\n"
+        "stage, then the builtin). portcullis' Cedar tenant decides the same object-level rule with one "
+        "`permit` (examples/bench/fixtures.rs), the token verified by the identity stage only. Ratios "
+        "are to the constant-answer server in the same run.\n"
     )
     p("| server | Check/s | / constant | p50 µs | p99 µs | failed | allow decisions counted |")
     p("|---|---|---|---|---|---|---|")
@@ -152,10 +155,19 @@ for section, shape in SHAPES:
         )
     else:
         p("OPA-Envoy was not measured (not built, or it did not allow the fixture's request).\n")
+    if values(section, "portcullis_cedar", "rps"):
+        p(
+            f"portcullis-Cedar Check/s: / constant {fmt(ratio('portcullis_cedar', 'const', 'rps', section), 3)}×, "
+            f"/ portcullis-YAML {fmt(ratio('portcullis_cedar', 'portcullis', 'rps', section), 2)}×, "
+            f"/ portcullis-Rego {fmt(ratio('portcullis_cedar', 'portcullis_rego', 'rps', section), 2)}×, "
+            f"/ OPA-Envoy {fmt(ratio('portcullis_cedar', 'opa_envoy', 'rps', section), 2)}×. "
+            f"Spread of Check/s: portcullis-Cedar {spread(section, 'portcullis_cedar', 'rps')}.\n"
+        )
 if values("memory", "rego_after_load", "rss_kb"):
     p(
         f"Memory after load: OPA-Envoy {fmt(median('memory', 'opa_envoy_after_load', 'rss_kb'))} KiB, "
-        f"portcullis-Rego {fmt(median('memory', 'rego_after_load', 'rss_kb'))} KiB, portcullis-YAML "
+        f"portcullis-Rego {fmt(median('memory', 'rego_after_load', 'rss_kb'))} KiB, portcullis-Cedar "
+        f"{fmt(median('memory', 'cedar_after_load', 'rss_kb'))} KiB, portcullis-YAML "
         f"{fmt(median('memory', 'after_load', 'rss_kb'))} KiB.\n"
     )
 if values("profile", "const", "instructions_per_check"):
@@ -163,7 +175,7 @@ if values("profile", "const", "instructions_per_check"):
     p("| server | instructions / check | ratio | heap allocations / check | ratio | failed |")
     p("|---|---|---|---|---|---|")
     for name, label in (("const", "constant server"), ("one", "portcullis"), ("nocache", "portcullis, token cache off"),
-                        ("rego", "portcullis, Rego tenant")):
+                        ("rego", "portcullis, Rego tenant"), ("cedar", "portcullis, Cedar tenant")):
         p(
             f"| {label} | {fmt(median('profile', name, 'instructions_per_check'))} | "
             f"{fmt(ratio(name, 'const', 'instructions_per_check', 'profile'), 2)}× | "
@@ -280,8 +292,11 @@ for metric, what, target in (("instructions_per_check", "instructions / check (c
         head.append(f"| {what} | {fmt(ratio('one', 'const', metric, 'profile'), 2)}× | – | {target} |")
 for section, shape in SHAPES:
     for name, what in (("opa_envoy", "OPA-Envoy, the Rego policy"), ("portcullis_rego", "portcullis, the same Rego policy"),
+                       ("portcullis_cedar", "portcullis, the rule in Cedar"),
                        ("portcullis", "portcullis, YAML rules, same request")):
-        if values(section, "portcullis_rego", "rps") and values(section, name, "rps"):
+        if (values(section, "portcullis_rego", "rps") or values(section, "portcullis_cedar", "rps")) and values(
+            section, name, "rps"
+        ):
             head.append(
                 f"| Check/s {what}, {shape} | {fmt(ratio(name, 'const', 'rps', section), 3)}× | "
                 f"{fmt(ratio(name, 'const_stock', 'rps', section), 3)}× | – |"
@@ -292,6 +307,12 @@ for section, shape in SHAPES:
             f"{fmt(ratio('portcullis_rego', 'opa_envoy', 'rps', section), 2)}× (a ratio of the two) | – | "
             f"≥ 10× (issue 18) |"
         )
+    for other, label in (("portcullis", "portcullis-YAML"), ("portcullis_rego", "portcullis-Rego"), ("opa_envoy", "OPA-Envoy")):
+        if values(section, "portcullis_cedar", "rps") and values(section, other, "rps"):
+            head.append(
+                f"| Check/s portcullis-Cedar / {label}, {shape} | "
+                f"{fmt(ratio('portcullis_cedar', other, 'rps', section), 2)}× (a ratio of the two) | – | – |"
+            )
 if len(head) > 3:
     out[1:1] = head + [""]
 
