@@ -284,7 +284,7 @@ impl CedarPolicy {
         let resource = &input.resource;
         let found = self
             .index
-            .lookup(&resource.segments)
+            .hits(&resource.segments)
             .into_iter()
             .find_map(|i| {
                 let route = &self.routes[i];

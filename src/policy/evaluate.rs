@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ::cel::Value;
+use smallvec::SmallVec;
 
 use crate::identity::Identity;
 use crate::request::input::{Body, Input};
@@ -168,12 +169,13 @@ impl CompiledTenant {
             };
         }
         // The parameters each distinct template binds, bound once: rules on
-        // one route share a template, and binding copies every value.
-        let mut bound: Vec<(&Template, Vec<(String, String)>)> = Vec::new();
-        let candidates: Vec<(&Rule, usize)> = self
+        // one route share a template, and binding copies every value. Both
+        // vectors are inline: a path's few rules cost no allocation.
+        let mut bound: Bound = SmallVec::new();
+        let candidates: SmallVec<[(&Rule, usize); 8]> = self
             .set
             .index
-            .lookup(&resource.segments)
+            .hits(&resource.segments)
             .into_iter()
             .filter_map(|i| {
                 let rule = &self.set.rules[i];
@@ -205,9 +207,8 @@ impl CompiledTenant {
         let attributes = self
             .set
             .resource_index
-            .lookup(&resource.segments)
-            .first()
-            .map(|&i| &self.set.resources[i].1);
+            .first(&resource.segments)
+            .map(|i| &self.set.resources[i].1);
         let mut base: Option<Base> = None;
         let request = Request {
             input,
@@ -246,7 +247,7 @@ impl CompiledTenant {
                 note(&mut trace, spent.message());
                 return Evaluation {
                     outcome: Outcome::PolicyError(rule.id.clone(), spent.message().into()),
-                    params: params.clone(),
+                    params: std::mem::take(&mut bound[k].1),
                     trace,
                     dry_run: std::mem::take(&mut dry_run),
                 };
@@ -281,7 +282,7 @@ impl CompiledTenant {
                     note(&mut trace, "body is truncated or not JSON");
                     return Evaluation {
                         outcome: Outcome::BodyUnavailable(rule.id.clone()),
-                        params: params.clone(),
+                        params: std::mem::take(&mut bound[k].1),
                         trace,
                         dry_run: std::mem::take(&mut dry_run),
                     };
@@ -290,7 +291,7 @@ impl CompiledTenant {
                     note(&mut trace, "query repeats a parameter name");
                     return Evaluation {
                         outcome: Outcome::AmbiguousQuery(rule.id.clone()),
-                        params: params.clone(),
+                        params: std::mem::take(&mut bound[k].1),
                         trace,
                         dry_run: std::mem::take(&mut dry_run),
                     };
@@ -306,7 +307,7 @@ impl CompiledTenant {
                     };
                     return Evaluation {
                         outcome,
-                        params: params.clone(),
+                        params: std::mem::take(&mut bound[k].1),
                         trace,
                         dry_run: std::mem::take(&mut dry_run),
                     };
@@ -316,7 +317,7 @@ impl CompiledTenant {
                     note(&mut trace, &format!("error: {message}"));
                     return Evaluation {
                         outcome: Outcome::PolicyError(rule.id.clone(), message),
-                        params: params.clone(),
+                        params: std::mem::take(&mut bound[k].1),
                         trace,
                         dry_run: std::mem::take(&mut dry_run),
                     };
@@ -426,9 +427,8 @@ impl CompiledTenant {
         let attributes = self
             .set
             .resource_index
-            .lookup(&input.resource.segments)
-            .first()
-            .map(|&i| &self.set.resources[i].1);
+            .first(&input.resource.segments)
+            .map(|i| &self.set.resources[i].1);
         let judged = cedar.evaluate(input, identity, &self.id, attributes, deadline);
         let mut trace = Vec::new();
         if explain && let Some((principal, action, resource)) = &judged.asked {
@@ -598,7 +598,7 @@ impl CompiledTenant {
         let routed = self
             .set
             .index
-            .lookup(&resource.segments)
+            .hits(&resource.segments)
             .into_iter()
             .any(|i| {
                 let rule = &self.set.rules[i];
@@ -674,6 +674,9 @@ struct Request<'a> {
     identity: &'a Identity,
     data: Option<&'a Value>,
 }
+
+/// The parameters each distinct template of one request's candidates binds.
+type Bound<'a> = SmallVec<[(&'a Template, Vec<(String, String)>); 4]>;
 
 /// What differs per rule: its path parameters and the resource's attributes.
 type RuleOwn<'a> = (&'a [(String, String)], Option<&'a BTreeMap<String, String>>);

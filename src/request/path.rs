@@ -308,6 +308,10 @@ thread_local! {
     pub(crate) static COVERS_CALLS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
+/// The items [`RouteIndex::hits`] found: inline up to eight, the most one
+/// path's rules usually number.
+pub type Hits = smallvec::SmallVec<[usize; 8]>;
+
 /// An index from route templates to the items (rule numbers) registered on them,
 /// so finding the candidates for a path costs the path's depth, not the number of
 /// rules. Lookup returns every item whose template matches, in ascending order.
@@ -376,11 +380,31 @@ impl RouteIndex {
 
     /// All items whose template matches `segments`, sorted and without repeats.
     pub fn lookup(&self, segments: &[String]) -> Vec<usize> {
-        let mut out = Vec::new();
-        collect(&self.root, segments, &mut out);
+        self.hits(segments).into_vec()
+    }
+
+    /// [`RouteIndex::lookup`] in an inline buffer: a check's few candidates
+    /// cost no allocation.
+    pub fn hits(&self, segments: &[String]) -> Hits {
+        let mut out = Hits::new();
+        visit(&self.root, segments, &mut |items| {
+            out.extend_from_slice(items)
+        });
         out.sort_unstable();
         out.dedup();
         out
+    }
+
+    /// The first (lowest) item [`RouteIndex::lookup`] would return, found
+    /// without collecting the others.
+    pub fn first(&self, segments: &[String]) -> Option<usize> {
+        let mut first: Option<usize> = None;
+        visit(&self.root, segments, &mut |items| {
+            if let Some(&low) = items.iter().min() {
+                first = Some(first.map_or(low, |f| f.min(low)));
+            }
+        });
+        first
     }
 
     /// All items whose template covers `template` (see [`Template::covers`]),
@@ -423,20 +447,22 @@ fn collect_covering(node: &Node, parts: &[Part], out: &mut Vec<usize>) {
     }
 }
 
-fn collect(node: &Node, segments: &[String], out: &mut Vec<usize>) {
-    out.extend_from_slice(&node.catch_all);
+/// Hands `found` the items of every node below `node` whose template matches
+/// `segments` (in trie order: sort them for file order).
+fn visit(node: &Node, segments: &[String], found: &mut impl FnMut(&[usize])) {
+    found(&node.catch_all);
     let Some((first, rest)) = segments.split_first() else {
-        out.extend_from_slice(&node.items);
+        found(&node.items);
         return;
     };
     if let Ok(at) = node
         .literals
         .binary_search_by(|(k, _)| k.as_ref().cmp(first.as_str()))
     {
-        collect(&node.literals[at].1, rest, out);
+        visit(&node.literals[at].1, rest, found);
     }
     if let Some(child) = node.param.as_ref().filter(|_| !first.is_empty()) {
-        collect(child, rest, out);
+        visit(child, rest, found);
     }
 }
 
@@ -633,6 +659,46 @@ mod tests {
         assert_eq!(index.lookup(&segs("/static/x")), vec![3, 4]);
         assert_eq!(index.lookup(&segs("/")), vec![4]);
         assert_eq!(index.lookup(&segs("/tenants/acme/orders/")), vec![4]);
+    }
+
+    /// `hits` and `first` find what `lookup` finds, without its vector.
+    #[test]
+    fn hits_and_first_agree_with_lookup() {
+        let templates = [
+            "/{any...}",
+            "/tenants/{tenant}/orders/{order}",
+            "/tenants/acme/orders/{order}",
+            "/tenants/{tenant}/orders",
+            "/static/{rest...}",
+            "/tenants/{tenant}/orders/{order}",
+        ];
+        let mut index = RouteIndex::default();
+        for (i, t) in templates.iter().enumerate().rev() {
+            index.insert(&Template::parse(t).unwrap(), i);
+        }
+        // Every item twice, in another order: `lookup` dedups.
+        for (i, t) in templates.iter().enumerate() {
+            index.insert(&Template::parse(t).unwrap(), i);
+        }
+        for path in [
+            "/tenants/acme/orders/1",
+            "/tenants/other/orders/1",
+            "/tenants/acme/orders",
+            "/static/x",
+            "/",
+            "/tenants/acme/orders/",
+        ] {
+            let all = index.lookup(&segs(path));
+            assert_eq!(index.hits(&segs(path)).as_slice(), all.as_slice(), "{path}");
+            assert_eq!(index.first(&segs(path)), all.first().copied(), "{path}");
+        }
+        assert_eq!(
+            index.lookup(&segs("/tenants/acme/orders/1")),
+            vec![0, 1, 2, 5]
+        );
+        let empty = RouteIndex::default();
+        assert_eq!(empty.first(&segs("/a")), None);
+        assert!(empty.hits(&segs("/a")).is_empty());
     }
 
     fn segment() -> impl Strategy<Value = String> {
