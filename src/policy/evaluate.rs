@@ -361,7 +361,7 @@ impl CompiledTenant {
             .check_document
             .as_ref()
             .unwrap_or(&serde_json::Value::Null);
-        let outcome = match super::rego_input::document(request, identity, &self.id) {
+        let outcome = match super::rego_input::value(request, identity, &self.id) {
             Err(_) => {
                 note(&mut trace, Effect::Deny, "body is not JSON".into());
                 Outcome::BodyUnavailable(rule)

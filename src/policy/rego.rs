@@ -188,11 +188,12 @@ impl RegoPolicy {
         })
     }
 
-    /// Evaluates the query over `input`, within [`MAX_EVALUATION_TIME`] and
-    /// `deadline`. `Ok(None)` is an undefined result.
+    /// Evaluates the query over `input` ([`super::rego_input::value`]),
+    /// within [`MAX_EVALUATION_TIME`] and `deadline`. `Ok(None)` is an
+    /// undefined result.
     pub fn evaluate(
         &self,
-        input: Json,
+        input: regorus::Value,
         deadline: Option<Instant>,
     ) -> Result<Option<Json>, EvalError> {
         let limit = deadline.map_or(MAX_EVALUATION_TIME, |d| {
@@ -206,7 +207,7 @@ impl RegoPolicy {
         }
         let mut engine = self.engine.clone();
         engine.set_execution_timer_config(timer(limit));
-        engine.set_input(regorus::Value::from(input));
+        engine.set_input(input);
         let failed = |e: anyhow::Error| EvalError(located(&e.to_string()).2);
         let value = if self.as_query {
             let results = engine
@@ -354,6 +355,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn input(json: Json) -> regorus::Value {
+        regorus::Value::from(json)
+    }
+
     fn one(text: &str) -> Vec<(PathBuf, String)> {
         vec![(PathBuf::from("authz.rego"), text.to_string())]
     }
@@ -368,8 +373,8 @@ mod tests {
         .unwrap();
         let get = json!({"attributes": {"request": {"http": {"method": "GET"}}}});
         let post = json!({"attributes": {"request": {"http": {"method": "POST"}}}});
-        assert_eq!(p.evaluate(get, None).unwrap(), Some(json!(true)));
-        assert_eq!(p.evaluate(post, None).unwrap(), Some(json!(false)));
+        assert_eq!(p.evaluate(input(get), None).unwrap(), Some(json!(true)));
+        assert_eq!(p.evaluate(input(post), None).unwrap(), Some(json!(false)));
     }
 
     #[test]
@@ -380,10 +385,10 @@ mod tests {
             "data.envoy.authz.result",
         )
         .unwrap();
-        let got = p.evaluate(json!({"ok": true}), None).unwrap();
+        let got = p.evaluate(input(json!({"ok": true})), None).unwrap();
         assert_eq!(got, Some(json!({"allowed": true, "headers": {"x-a": "1"}})));
         assert_eq!(
-            p.evaluate(json!({}), None).unwrap(),
+            p.evaluate(input(json!({})), None).unwrap(),
             Some(json!({"headers": {"x-a": "1"}}))
         );
     }
@@ -399,16 +404,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            p.evaluate(json!({"id": "42"}), None).unwrap(),
+            p.evaluate(input(json!({"id": "42"})), None).unwrap(),
             Some(json!(true))
         );
         assert_eq!(
-            p.evaluate(json!({"id": "abc", "admin": true}), None)
+            p.evaluate(input(json!({"id": "abc", "admin": true})), None)
                 .unwrap(),
             Some(json!(true))
         );
         assert_eq!(
-            p.evaluate(json!({"id": "abc"}), None).unwrap(),
+            p.evaluate(input(json!({"id": "abc"})), None).unwrap(),
             Some(json!(false))
         );
     }
@@ -460,7 +465,7 @@ mod tests {
         )
         .unwrap();
         let deadline = Some(Instant::now() + Duration::from_millis(50));
-        let e = p.evaluate(json!({}), deadline).unwrap_err();
+        let e = p.evaluate(input(json!({})), deadline).unwrap_err();
         assert!(e.0.contains("time") || e.0.contains("limit"), "{e:?}");
     }
 }
