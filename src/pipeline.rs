@@ -220,7 +220,7 @@ impl Pipeline {
         };
         let mut input = input;
         if tenant.rego().is_some() {
-            input.check_document = Some(request::protomap::document(request));
+            input.check_message = request::protomap::message(request);
         }
         let mut decision = respond::begin(id, &tenant, &input);
         let time = input.context.time;

@@ -40,9 +40,37 @@ struct Added {
     source_principal: Option<String>,
 }
 
-fn added(request: &Json) -> Result<Added, BodyRefused> {
-    let http = &request["attributes"]["request"]["http"];
-    let path = http["path"].as_str().unwrap_or("");
+/// The request document's fields [`added`] reads, in either form.
+trait Fields {
+    /// The member `key` (a missing one where there is none).
+    fn at(&self, key: &str) -> &Self;
+    fn text(&self) -> Option<&str>;
+}
+
+impl Fields for Json {
+    fn at(&self, key: &str) -> &Json {
+        &self[key]
+    }
+    fn text(&self) -> Option<&str> {
+        self.as_str()
+    }
+}
+
+impl Fields for regorus::Value {
+    fn at(&self, key: &str) -> &regorus::Value {
+        &self[key]
+    }
+    fn text(&self) -> Option<&str> {
+        match self {
+            regorus::Value::String(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+fn added<F: Fields>(request: &F) -> Result<Added, BodyRefused> {
+    let http = request.at("attributes").at("request").at("http");
+    let path = http.at("path").text().unwrap_or("");
     let (raw_path, raw_query) = path.split_once('?').unwrap_or((path, ""));
     let decoded = percent_encoding::percent_decode_str(raw_path).decode_utf8_lossy();
     let parsed_path = decoded
@@ -51,8 +79,11 @@ fn added(request: &Json) -> Result<Added, BodyRefused> {
         .map(str::to_string)
         .collect();
     let (parsed_body, truncated_body) = body(http)?;
-    let source_principal = request["attributes"]["source"]["principal"]
-        .as_str()
+    let source_principal = request
+        .at("attributes")
+        .at("source")
+        .at("principal")
+        .text()
         .filter(|p| !p.is_empty())
         .map(str::to_string);
     Ok(Added {
@@ -101,20 +132,20 @@ pub fn document(request: &Json, identity: &Identity, tenant: &str) -> Result<Jso
     Ok(Json::Object(doc))
 }
 
-/// The input document for one check as the engine's value: equal to
-/// `regorus::Value::from(document(…))`, built without that copy. The request
-/// and the caller's claims are read in place rather than copied into a
-/// second JSON document and converted through serde (most of a Rego check's
-/// cost once went there).
+/// The input document for one check as the engine's value; `request` is
+/// the `CheckRequest` as [`crate::request::protomap::walk`] builds it in this
+/// form. Equal to `regorus::Value::from(document(…))` of the JSON form, built
+/// without a second JSON document and serde's conversion (most of a Rego
+/// check's cost once went there).
 pub fn value(
-    request: &Json,
+    request: &regorus::Value,
     identity: &Identity,
     tenant: &str,
 ) -> Result<regorus::Value, BodyRefused> {
     use regorus::Value;
     let added = added(request)?;
     let mut doc: BTreeMap<Value, Value> = match request {
-        Json::Object(o) => o.iter().map(|(k, v)| (key(k), value_of(v))).collect(),
+        Value::Object(o) => o.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         _ => BTreeMap::new(),
     };
     let strings = |pairs: &[(&str, &str)]| -> Value {
@@ -196,6 +227,30 @@ fn key(k: &str) -> regorus::Value {
     regorus::Value::from(k)
 }
 
+/// The request walked straight into the engine's value: what [`value_of`]
+/// makes of [`crate::request::protomap::document`]'s JSON.
+impl crate::request::protomap::Build for regorus::Value {
+    type Key = regorus::Value;
+    fn key(name: &str) -> regorus::Value {
+        key(name)
+    }
+    fn json(json: Json) -> regorus::Value {
+        value_of(&json)
+    }
+    fn string(s: &str) -> regorus::Value {
+        regorus::Value::from(s)
+    }
+    fn list(items: Vec<regorus::Value>) -> regorus::Value {
+        regorus::Value::from(items)
+    }
+    fn object(entries: Vec<(regorus::Value, regorus::Value)>) -> regorus::Value {
+        if entries.is_empty() {
+            return regorus::Value::new_object();
+        }
+        regorus::Value::from(entries.into_iter().collect::<BTreeMap<_, _>>())
+    }
+}
+
 /// `application/x-www-form-urlencoded` (a query string too): each name's values.
 fn form(text: &str) -> Map<String, Json> {
     let mut out: Map<String, Json> = Map::new();
@@ -211,8 +266,8 @@ fn form(text: &str) -> Map<String, Json> {
 }
 
 /// `(parsed_body, truncated_body)` as OPA-Envoy's `getParsedBody`.
-fn body(http: &Json) -> Result<(Json, bool), BodyRefused> {
-    let header = |name: &str| http["headers"][name].as_str();
+fn body<F: Fields>(http: &F) -> Result<(Json, bool), BodyRefused> {
+    let header = |name: &str| http.at("headers").at(name).text();
     if header(PARTIAL_BODY_HEADER) == Some("true") {
         return Ok((Json::Null, true));
     }
@@ -225,9 +280,9 @@ fn body(http: &Json) -> Result<(Json, bool), BodyRefused> {
         // gRPC and multipart bodies are not parsed (docs/rego.md).
         return Ok((Json::Null, false));
     }
-    let text: String = match http["body"].as_str() {
+    let text: String = match http.at("body").text() {
         Some(b) if !b.is_empty() => b.to_string(),
-        _ => match http["rawBody"].as_str() {
+        _ => match http.at("rawBody").text() {
             Some(raw) => {
                 use base64::Engine as _;
                 let bytes = base64::engine::general_purpose::STANDARD
@@ -340,7 +395,7 @@ mod tests {
                 json!({"address": {"socketAddress": {"address": "10.0.0.1", "portValue": 8080}}});
             for identity in [&caller, &Identity::anonymous()] {
                 let want = regorus::Value::from(document(&req, identity, "acme").unwrap());
-                let got = value(&req, identity, "acme").unwrap();
+                let got = value(&value_of(&req), identity, "acme").unwrap();
                 assert_eq!(got, want, "request {i}");
                 assert_eq!(got.to_string(), want.to_string(), "request {i}");
             }
@@ -348,12 +403,119 @@ mod tests {
         let refused = request(json!({"path": "/", "body": "{nope",
             "headers": {"content-type": "application/json"}}));
         assert_eq!(
-            value(&refused, &caller, "acme").map(|_| ()),
+            value(&value_of(&refused), &caller, "acme").map(|_| ()),
             Err(BodyRefused)
         );
         // Not an object: the document is only what portcullis adds.
         let want = regorus::Value::from(document(&Json::Null, &caller, "t").unwrap());
-        assert_eq!(value(&Json::Null, &caller, "t").unwrap(), want);
+        assert_eq!(value(&regorus::Value::Null, &caller, "t").unwrap(), want);
+    }
+
+    /// Walked straight into the engine's value, a `CheckRequest` is what
+    /// its JSON document converts to: every kind of field (strings, maps,
+    /// bytes, numbers, a `Timestamp`, a `Struct` with nested values), the
+    /// document's additions read from either form alike.
+    #[test]
+    fn a_check_request_walked_into_the_value_is_its_json_document() {
+        use crate::foundation::proto::auth::{AttributeContext, CheckRequest, attribute_context};
+        use crate::foundation::proto::core::{
+            Address, Metadata, SocketAddress, address, socket_address,
+        };
+        use crate::request::protomap;
+        let socket = |ip: &str, port| Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: ip.into(),
+                port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
+                ..Default::default()
+            })),
+        };
+        let mut http = attribute_context::HttpRequest {
+            id: "r1".into(),
+            method: "POST".into(),
+            path: "/tenants/acme/orders/4%202?x=1&y=2&x=3".into(),
+            host: "api.example".into(),
+            protocol: "HTTP/1.1".into(),
+            size: 17,
+            raw_body: br#"{"n": 1, "f": 2.5, "s": ["a"]}"#.to_vec(),
+            ..Default::default()
+        };
+        http.headers
+            .insert("content-type".into(), "application/json".into());
+        http.headers.insert("content-length".into(), "29".into());
+        let number = |n: f64| prost_types::Value {
+            kind: Some(prost_types::value::Kind::NumberValue(n)),
+        };
+        let nested = prost_types::Struct {
+            fields: [
+                ("whole".to_string(), number(3.0)),
+                ("half".to_string(), number(-0.5)),
+                (
+                    "list".to_string(),
+                    prost_types::Value {
+                        kind: Some(prost_types::value::Kind::ListValue(
+                            prost_types::ListValue {
+                                values: vec![
+                                    number(1.0),
+                                    prost_types::Value {
+                                        kind: Some(prost_types::value::Kind::NullValue(0)),
+                                    },
+                                ],
+                            },
+                        )),
+                    },
+                ),
+            ]
+            .into(),
+        };
+        let request = CheckRequest {
+            attributes: Some(AttributeContext {
+                source: Some(attribute_context::Peer {
+                    address: Some(socket("10.1.2.3", 51000)),
+                    principal: "spiffe://acme/client".into(),
+                    labels: [("team".to_string(), "a".to_string())].into(),
+                    ..Default::default()
+                }),
+                destination: Some(attribute_context::Peer {
+                    address: Some(socket("10.0.0.9", 8080)),
+                    ..Default::default()
+                }),
+                request: Some(attribute_context::Request {
+                    time: Some(prost_types::Timestamp {
+                        seconds: 1_700_000_000,
+                        nanos: 5,
+                    }),
+                    http: Some(http),
+                }),
+                context_extensions: [("tenant".to_string(), "acme".to_string())].into(),
+                metadata_context: Some(Metadata {
+                    filter_metadata: [("envoy.filters.http.jwt_authn".to_string(), nested)].into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        };
+        let mut caller = Identity::anonymous();
+        caller.subject = Some("alice".into());
+        caller.claims = std::sync::Arc::new(
+            json!({"scope": ["orders:read"], "n": 1})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        let json = protomap::document(&request);
+        let walked: regorus::Value = protomap::walk(&protomap::message(&request).unwrap());
+        assert_eq!(walked, regorus::Value::from(json.clone()));
+        let want = regorus::Value::from(document(&json, &caller, "acme").unwrap());
+        let got = value(&walked, &caller, "acme").unwrap();
+        assert_eq!(got, want);
+        assert_eq!(got.to_string(), want.to_string());
+        // The parts read from the request reached the document.
+        assert_eq!(got["parsed_body"]["f"], regorus::Value::from(2.5));
+        assert_eq!(
+            got["source_principal"],
+            regorus::Value::from("spiffe://acme/client")
+        );
+        assert_eq!(got["parsed_path"][3], regorus::Value::from("4 2"));
     }
 
     fn any_json() -> impl proptest::strategy::Strategy<Value = Json> {
