@@ -251,13 +251,13 @@ impl Pipeline {
         let mut input = input;
         if tenant.rego().is_some() {
             // OPA-Envoy's document is the request itself, maps and all.
-            input.check_document = Some(if moved {
+            input.check_message = if moved {
                 let mut whole = request.clone();
                 request::input::put_back(&mut whole, &taken_of(&input));
-                request::protomap::document(&whole)
+                request::protomap::message(&whole)
             } else {
-                request::protomap::document(request)
-            });
+                request::protomap::message(request)
+            };
         }
         let mut decision = respond::begin(id, &tenant, &input);
         let time = input.context.time;

@@ -359,10 +359,12 @@ impl CompiledTenant {
             }
         };
         let request = input
-            .check_document
+            .check_message
             .as_ref()
-            .unwrap_or(&serde_json::Value::Null);
-        let outcome = match super::rego_input::document(request, identity, &self.id) {
+            .map_or(regorus::Value::Null, |m| {
+                crate::request::protomap::walk::<regorus::Value>(m)
+            });
+        let outcome = match super::rego_input::value(&request, identity, &self.id) {
             Err(_) => {
                 note(&mut trace, Effect::Deny, "body is not JSON".into());
                 Outcome::BodyUnavailable(rule)

@@ -120,9 +120,10 @@ impl Peer {
 pub struct Input {
     pub resource: Resource,
     pub context: Context,
-    /// The `CheckRequest` as OPA-Envoy maps it ([`crate::request::protomap`]):
-    /// built by the pipeline for Rego tenants only.
-    pub check_document: Option<Json>,
+    /// The `CheckRequest` as its descriptors read it, which OPA-Envoy's
+    /// document is walked from ([`crate::request::protomap`]): decoded by the
+    /// pipeline for Rego tenants only.
+    pub check_message: Option<prost_reflect::DynamicMessage>,
 }
 
 /// Why a CheckRequest could not be turned into an [`Input`]. Denied, never a panic.
@@ -232,7 +233,7 @@ impl Input {
         Ok(Input {
             resource,
             context,
-            check_document: None,
+            check_message: None,
         })
     }
 }

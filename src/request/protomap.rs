@@ -6,12 +6,14 @@
 //! default fields left out, integers as numbers, enums as their numbers,
 //! `google.protobuf.Struct` (`metadataContext.filterMetadata`) as plain JSON
 //! and every other message, `Timestamp` included, as an object of its set
-//! fields (`{"seconds": …, "nanos": …}`). [`document`] does the same walk over
+//! fields (`{"seconds": …, "nanos": …}`). [`walk`] does the same walk over
 //! the message's descriptors, so a policy written for OPA-Envoy reads the
-//! same paths here.
+//! same paths here; it builds JSON ([`document`]) or, through [`Build`], the
+//! Rego engine's own value without JSON in between.
 //!
-//! Only Rego tenants need it (the pipeline builds it for them alone); it reads
-//! the protobuf a second time, beside [`super::input`], for that reason.
+//! Only Rego tenants need it (the pipeline decodes the [`message`] for them
+//! alone); it reads the protobuf a second time, beside [`super::input`], for
+//! that reason.
 //!
 //! Never imports: identity, policy or anything above the request floor.
 
@@ -34,56 +36,91 @@ static CHECK_REQUEST: LazyLock<Option<MessageDescriptor>> = LazyLock::new(|| {
         .get_message_by_name("envoy.service.auth.v3.CheckRequest")
 });
 
-/// The message's JSON names, types and set fields (see the module docs).
-/// `Null` only if the compiled-in descriptors are broken (then every Rego
-/// policy sees no request and denies).
+/// The request as its descriptors read it, for [`walk`]. `None` only if the
+/// compiled-in descriptors are broken (then every Rego policy sees no request
+/// and denies).
+pub fn message(request: &CheckRequest) -> Option<DynamicMessage> {
+    let desc = CHECK_REQUEST.as_ref()?;
+    DynamicMessage::decode(desc.clone(), request.encode_to_vec().as_slice()).ok()
+}
+
+/// The message's JSON names, types and set fields (see the module docs), as
+/// JSON; `Null` where [`message`] is `None`.
 pub fn document(request: &CheckRequest) -> Json {
-    let Some(desc) = CHECK_REQUEST.as_ref() else {
-        return Json::Null;
-    };
-    match DynamicMessage::decode(desc.clone(), request.encode_to_vec().as_slice()) {
-        Ok(message) => message_json(&message),
-        Err(_) => Json::Null,
+    message(request).map_or(Json::Null, |m| walk(&m))
+}
+
+/// A document [`walk`] can build: JSON here, the Rego engine's own value in
+/// the policy floor (built in place of converting this JSON afterwards).
+/// Every number and every `google.protobuf.Struct` reaches a form as the JSON
+/// it is here ([`Build::json`]), so the forms cannot disagree on them.
+pub trait Build: Sized {
+    type Key;
+    fn key(name: &str) -> Self::Key;
+    /// A number, a boolean or a `Struct`/`Value`/`ListValue` as plain JSON.
+    fn json(json: Json) -> Self;
+    fn string(s: &str) -> Self;
+    fn list(items: Vec<Self>) -> Self;
+    fn object(entries: Vec<(Self::Key, Self)>) -> Self;
+}
+
+impl Build for Json {
+    type Key = String;
+    fn key(name: &str) -> String {
+        name.to_string()
+    }
+    fn json(json: Json) -> Json {
+        json
+    }
+    fn string(s: &str) -> Json {
+        Json::String(s.to_string())
+    }
+    fn list(items: Vec<Json>) -> Json {
+        Json::Array(items)
+    }
+    fn object(entries: Vec<(String, Json)>) -> Json {
+        Json::Object(entries.into_iter().collect::<Map<_, _>>())
     }
 }
 
-fn message_json(message: &DynamicMessage) -> Json {
-    let name = message.descriptor().full_name().to_string();
+/// `message` mapped as OPA-Envoy maps it (see the module docs).
+pub fn walk<B: Build>(message: &DynamicMessage) -> B {
     // Go's structpb types have `AsMap`: plain JSON, as protobuf's JSON mapping.
     if matches!(
-        name.as_str(),
+        message.descriptor().full_name(),
         "google.protobuf.Struct" | "google.protobuf.Value" | "google.protobuf.ListValue"
     ) {
-        return serde_json::to_value(message).unwrap_or(Json::Null);
+        return B::json(serde_json::to_value(message).unwrap_or(Json::Null));
     }
-    let mut out = Map::new();
-    for (field, value) in message.fields() {
-        out.insert(field.json_name().to_string(), value_json(value));
-    }
-    Json::Object(out)
+    B::object(
+        message
+            .fields()
+            .map(|(field, value)| (B::key(field.json_name()), value_of(value)))
+            .collect(),
+    )
 }
 
-fn value_json(value: &Value) -> Json {
+fn value_of<B: Build>(value: &Value) -> B {
     match value {
-        Value::Bool(b) => Json::Bool(*b),
-        Value::I32(n) => Json::from(*n),
-        Value::I64(n) => Json::from(*n),
-        Value::U32(n) => Json::from(*n),
-        Value::U64(n) => Json::from(*n),
+        Value::Bool(b) => B::json(Json::Bool(*b)),
+        Value::I32(n) => B::json(Json::from(*n)),
+        Value::I64(n) => B::json(Json::from(*n)),
+        Value::U32(n) => B::json(Json::from(*n)),
+        Value::U64(n) => B::json(Json::from(*n)),
         Value::F32(n) => {
-            serde_json::Number::from_f64(f64::from(*n)).map_or(Json::Null, Json::Number)
+            B::json(serde_json::Number::from_f64(f64::from(*n)).map_or(Json::Null, Json::Number))
         }
-        Value::F64(n) => serde_json::Number::from_f64(*n).map_or(Json::Null, Json::Number),
-        Value::String(s) => Json::String(s.clone()),
+        Value::F64(n) => B::json(serde_json::Number::from_f64(*n).map_or(Json::Null, Json::Number)),
+        Value::String(s) => B::string(s),
         // Go's []byte reaches OPA through encoding/json: standard base64.
-        Value::Bytes(b) => Json::String(base64::engine::general_purpose::STANDARD.encode(b)),
-        Value::EnumNumber(n) => Json::from(*n),
-        Value::Message(m) => message_json(m),
-        Value::List(items) => Json::Array(items.iter().map(value_json).collect()),
-        Value::Map(entries) => Json::Object(
+        Value::Bytes(b) => B::string(&base64::engine::general_purpose::STANDARD.encode(b)),
+        Value::EnumNumber(n) => B::json(Json::from(*n)),
+        Value::Message(m) => walk(m),
+        Value::List(items) => B::list(items.iter().map(value_of).collect()),
+        Value::Map(entries) => B::object(
             entries
                 .iter()
-                .map(|(k, v)| (key_string(k), value_json(v)))
+                .map(|(k, v)| (B::key(&key_string(k)), value_of(v)))
                 .collect(),
         ),
     }
