@@ -164,7 +164,10 @@ impl Pipeline {
                 None => self.back(known, explain, deadline),
                 Some(ticket) => match self.record_shared(&mut known, &ticket).await {
                     Ok(()) => self.back(known, explain, deadline),
-                    Err(()) => Run::of(known.decision, Vec::new(), None, known.time),
+                    Err(()) => {
+                        respond::hand_over(&mut known.decision, known.identity);
+                        Run::of(known.decision, Vec::new(), None, known.time)
+                    }
                 },
             },
         };
@@ -220,6 +223,7 @@ impl Pipeline {
                     &mut known.decision,
                     &Unavailable("a check that cannot wait"),
                 );
+                respond::hand_over(&mut known.decision, known.identity);
                 Run::of(known.decision, Vec::new(), None, known.time)
             }
             Front::Identified(known) => self.back(known, explain, deadline),
@@ -290,44 +294,69 @@ impl Pipeline {
             identity,
             time,
         } = known;
+        let trace = self.judge(
+            &mut decision,
+            &tenant,
+            &input,
+            &identity,
+            explain,
+            deadline,
+            time,
+        );
+        respond::hand_over(&mut decision, identity);
+        Run::of(decision, trace, None, time)
+    }
+
+    /// [`Pipeline::back`]'s stages, into `decision`; what every candidate
+    /// rule did when asked.
+    #[allow(clippy::too_many_arguments)]
+    fn judge(
+        &self,
+        decision: &mut Decision,
+        tenant: &CompiledTenant,
+        input: &Input,
+        identity: &Identity,
+        explain: bool,
+        deadline: Option<Instant>,
+        time: std::time::SystemTime,
+    ) -> Vec<RuleTrace> {
         let now = unix_seconds(time);
         // Checked on every request: a cached verification is no exemption.
         match self.store.revocation_list(&tenant.id) {
             Ok(Some(list)) => {
-                if let Some(kind) = list.revoked(&identity, now) {
-                    respond::revoked(&mut decision, &tenant, &input, kind);
-                    return Run::of(decision, Vec::new(), None, time);
+                if let Some(kind) = list.revoked(identity, now) {
+                    respond::revoked(decision, tenant, input, kind);
+                    return Vec::new();
                 }
             }
             Ok(None) => {}
             // A list that cannot be loaded might name this caller: fail closed.
             Err(why) => {
-                if crate::identity::revocation::revocable(&identity) {
-                    respond::revocation_unavailable(&mut decision, &why);
-                    return Run::of(decision, Vec::new(), None, time);
+                if crate::identity::revocation::revocable(identity) {
+                    respond::revocation_unavailable(decision, &why);
+                    return Vec::new();
                 }
             }
         }
         // Revocations pushed through the shared store, unioned with the files.
-        let live = match self.live_revocations(&tenant, &identity) {
+        let live = match self.live_revocations(tenant, identity) {
             Ok(live) => live,
             Err(why) => {
-                respond::shared_state_unavailable(&mut decision, &why);
-                return Run::of(decision, Vec::new(), None, time);
+                respond::shared_state_unavailable(decision, &why);
+                return Vec::new();
             }
         };
-        if let Some(kind) = live.and_then(|list| list.revoked(&identity, now)) {
-            respond::revoked(&mut decision, &tenant, &input, kind);
-            return Run::of(decision, Vec::new(), None, time);
+        if let Some(kind) = live.and_then(|list| list.revoked(identity, now)) {
+            respond::revoked(decision, tenant, input, kind);
+            return Vec::new();
         }
-        let Some(eval) = self.evaluate(&tenant, &input, &identity, explain, deadline) else {
+        let Some(eval) = self.evaluate(tenant, input, identity, explain, deadline) else {
             // A heavy tenant with its share of checks in flight.
             decision.reason = Reason::Overloaded;
-            return Run::of(decision, Vec::new(), None, time);
+            return Vec::new();
         };
         let mint = self.minter.as_deref();
-        let trace = respond::outcome(&mut decision, &tenant, &identity, &input, eval, mint, now);
-        Run::of(decision, trace, None, time)
+        respond::outcome(decision, tenant, identity, input, eval, mint, now)
     }
 
     /// The live revocations to check `identity` against: `None` for a tenant

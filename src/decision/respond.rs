@@ -44,14 +44,20 @@ pub fn begin(decision_id: String, tenant: &CompiledTenant, input: &Input) -> Dec
     decision
 }
 
-/// Records who the caller is.
+/// Records who the caller is (the subject and issuer are moved in by
+/// [`hand_over`] once the check is done with the identity).
 pub fn identified(decision: &mut Decision, identity: &Identity) {
     decision.auth_method = identity.method.as_str();
-    decision.subject = identity.subject.clone();
-    decision.audit.issuer = identity.issuer.clone();
     decision.audit.client_id = client_id(identity);
     decision.audit.sender_constraint = identity.binding.kind;
     decision.audit.claims = Some(std::sync::Arc::clone(&identity.claims));
+}
+
+/// Moves the caller's subject and issuer into the decision: the identity's
+/// last use, after every stage that reads it.
+pub fn hand_over(decision: &mut Decision, identity: Identity) {
+    decision.subject = identity.subject;
+    decision.audit.issuer = identity.issuer;
 }
 
 /// Records why the credential was not accepted: its reason, a binding's
