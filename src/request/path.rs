@@ -448,11 +448,15 @@ fn collect_covering(node: &Node, parts: &[Part], out: &mut Vec<usize>) {
 }
 
 /// Hands `found` the items of every node below `node` whose template matches
-/// `segments` (in trie order: sort them for file order).
+/// `segments` (in trie order: sort them for file order), never an empty list.
 fn visit(node: &Node, segments: &[String], found: &mut impl FnMut(&[usize])) {
-    found(&node.catch_all);
+    if !node.catch_all.is_empty() {
+        found(&node.catch_all);
+    }
     let Some((first, rest)) = segments.split_first() else {
-        found(&node.items);
+        if !node.items.is_empty() {
+            found(&node.items);
+        }
         return;
     };
     if let Ok(at) = node
